@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# ztun's one entry point on a fresh Debian machine (run as root):
+#   ./dev.sh demo          the main job: ztun carrying TCP, UDP and ping in throwaway namespaces
+#   ./dev.sh test [ARGS]   install everything, then run the test suite (ARGS go to pytest)
+#   ./dev.sh bench [ARGS]  the benchmark (ztun bench)
+#   ./dev.sh setup         only install (idempotent; a second run takes about a second)
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+
+APT_PACKAGES=(
+  iproute2 iputils-ping ethtool tcpdump curl
+  microsocks dante-server dnsmasq-base nginx-light iperf3
+  openssh-client openssh-server
+)
+VENV=.venv
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "dev.sh: run as root (namespaces, TUN devices and apt need it): sudo $0 $*" >&2
+    exit 2
+  fi
+}
+
+setup_apt() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing+=(python3-venv); fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "dev.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # policy-rc.d keeps Debian from starting danted/nginx/sshd system services: the tests
+    # start their own instances inside namespaces.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    rm -f /usr/sbin/policy-rc.d
+  fi
+  modprobe tun 2>/dev/null || true
+  modprobe sch_netem 2>/dev/null || true
+}
+
+setup_venv() {
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "dev.sh: ztun needs Python >= 3.11 (found $(python3 --version))" >&2; exit 2; }
+  local stamp
+  stamp=$(cat pyproject.toml | sha256sum | cut -c1-16)
+  if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$stamp" ]; then
+    echo "dev.sh: creating $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q -U pip
+    "$VENV/bin/pip" install -q -e ".[dev]"
+    echo "$stamp" > "$VENV/.stamp"
+  fi
+}
+
+setup() { need_root "$@"; setup_apt; setup_venv; }
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+  setup) setup ;;
+  demo) setup; exec "$VENV/bin/ztun" demo "$@" ;;
+  test)
+    setup
+    # -n 2: the suite is namespace-isolated per xdist worker; two workers match two cores.
+    exec "$VENV/bin/pytest" -n "${ZTUN_TEST_WORKERS:-2}" "$@" ;;
+  bench) setup; exec "$VENV/bin/ztun" bench "$@" ;;
+  *) sed -n '2,6p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,356 @@
+"""The engine: one asyncio loop wiring the TUN device, the system stack and the outbounds.
+
+It only moves bytes (aioquic's asyncio adapter is the model): read packets from the
+device in batches into one reusable buffer, feed the sans-IO stack, write what it
+returns; accept hairpinned TCP connections and relay them through an outbound; carry UDP
+sessions over associations; re-arm one timer for the stack's expiries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import socket
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from .outbound import (
+    Outbound,
+    OutboundError,
+    Rejected,
+    Target,
+    UdpAssociation,
+)
+from .relay import SHARED_BUFFER_SIZE, Relay, close_with_reset
+from .stack import (
+    SystemStack,
+    TcpSession,
+    TcpSessionExpired,
+    UdpDatagram,
+    UdpSession,
+    UdpSessionExpired,
+)
+from .tun import Device
+
+log = logging.getLogger("ztun")
+
+READ_BATCH = 256  # packets per readiness callback: bounded so TCP accepts are not starved
+ACCEPT_BATCH = 64
+UDP_QUEUE_LIMIT = 64  # datagrams held while an association is being set up
+MAX_PACKET = 65536 + 64
+
+
+def _ip_text(raw: bytes) -> str:
+    return str(ipaddress.ip_address(raw))
+
+
+class _UdpFlow:
+    """One app UDP session carried over one outbound association (opened lazily)."""
+
+    def __init__(self, engine: Engine, session: UdpSession) -> None:
+        self.engine = engine
+        self.session = session
+        self.association: UdpAssociation | None = None
+        self.queue: list[UdpDatagram] = []
+        self.closed = False
+        self.task = asyncio.get_running_loop().create_task(self._open())
+
+    async def _open(self) -> None:
+        engine = self.engine
+        try:
+            association = await engine.udp_outbound.open_udp(self._on_reply)
+        except Rejected:
+            for datagram in self.queue:
+                engine.write_packet(engine.stack.udp_unreachable(datagram))
+            self.queue.clear()
+            self.close()
+            return
+        except (OutboundError, OSError) as exc:
+            engine.stats["udp_open_failed"] += 1
+            log.warning("UDP association for %s failed: %s", self._source(), exc)
+            self.queue.clear()
+            self.close()
+            return
+        if self.closed:
+            association.close()
+            return
+        self.association = association
+        association.closed.add_done_callback(lambda _f: self.close())
+        for datagram in self.queue:
+            self._send(datagram)
+        self.queue.clear()
+
+    def _source(self) -> str:
+        return f"{_ip_text(self.session.client_addr)}:{self.session.client_port}"
+
+    def send(self, datagram: UdpDatagram) -> None:
+        if self.association is None:
+            if len(self.queue) < UDP_QUEUE_LIMIT:
+                self.queue.append(datagram)
+            else:
+                self.engine.stats["udp_queue_overflow"] += 1
+            return
+        self._send(datagram)
+
+    def _send(self, datagram: UdpDatagram) -> None:
+        assert self.association is not None
+        self.engine.stats["udp_datagrams_up"] += 1
+        self.engine.stats["udp_bytes_up"] += len(datagram.payload)
+        self.association.send(Target(_ip_text(datagram.dst_addr), datagram.dst_port), datagram.payload)
+
+    def _on_reply(self, source: Target, payload: bytes) -> None:
+        engine = self.engine
+        try:
+            addr = ipaddress.ip_address(source.host)
+        except ValueError:
+            engine.stats["udp_reply_from_domain"] += 1
+            return
+        if self.session.version == 4 and addr.version == 6:
+            mapped = addr.ipv4_mapped  # type: ignore[union-attr]
+            if mapped is None:
+                engine.stats["udp_reply_family_mismatch"] += 1
+                return
+            addr = mapped
+        elif self.session.version == 6 and addr.version == 4:
+            addr = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + addr.packed)
+        engine.stats["udp_datagrams_down"] += 1
+        engine.stats["udp_bytes_down"] += len(payload)
+        packet = engine.stack.udp_reply(self.session, addr.packed, source.port, payload, engine.loop.time())
+        engine.write_packet(packet)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.association is not None:
+            self.association.close()
+        self.engine.udp_flow_closed(self)
+
+
+class Engine:
+    def __init__(
+        self,
+        device: Device,
+        stack: SystemStack,
+        tcp_outbound: Outbound,
+        udp_outbound: Outbound | None = None,
+        *,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.device = device
+        self.stack = stack
+        self.tcp_outbound = tcp_outbound
+        self.udp_outbound = udp_outbound or tcp_outbound
+        self.connect_timeout = connect_timeout
+        self.stats: Counter[str] = Counter()
+        self.relays: set[Relay] = set()
+        self.udp_flows: dict[int, _UdpFlow] = {}
+        self.pending: set[asyncio.Task[None]] = set()
+        self.listeners: list[socket.socket] = []
+        self._rx = bytearray(MAX_PACKET)
+        self._relay_buffer = memoryview(bytearray(SHARED_BUFFER_SIZE))
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the hairpin listeners, then start reading the device."""
+        for version, iface in ((4, self.stack.nat4), (6, self.stack.nat6)):
+            if iface is None:
+                continue
+            family = socket.AF_INET if version == 4 else socket.AF_INET6
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if version == 6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((_ip_text(iface.server_addr), 0))
+            sock.listen(4096)
+            sock.setblocking(False)
+            self.stack.set_listen_port(version, sock.getsockname()[1])
+            self.loop.add_reader(sock.fileno(), self._on_accept, sock, version)
+            self.listeners.append(sock)
+        self.loop.add_reader(self.device.fileno(), self._on_device_readable)
+        self._arm_timer()
+
+    def listen_ports(self) -> dict[int, int]:
+        ports = {}
+        for version, nat in ((4, self.stack.nat4), (6, self.stack.nat6)):
+            if nat is not None:
+                ports[version] = nat.listen_port
+        return ports
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    def stop(self) -> None:
+        """Close every flow (apps see RST), the listeners and the device."""
+        if self._stopped.is_set():
+            return
+        self.loop.remove_reader(self.device.fileno())
+        for sock in self.listeners:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        for relay in list(self.relays):
+            relay.abort()
+        for flow in list(self.udp_flows.values()):
+            flow.close()
+        for task in list(self.pending):
+            task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._stopped.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for logs and `ztun demo`: what flowed, and what was dropped and why."""
+        return {
+            "tcp_active": len(self.relays),
+            "udp_sessions": len(self.udp_flows),
+            **dict(sorted(self.stats.items())),
+            "stack": dict(sorted(self.stack.counters.items())),
+        }
+
+    def snapshot_json(self) -> str:
+        return json.dumps(self.snapshot(), sort_keys=True)
+
+    # -- device ----------------------------------------------------------------------------
+
+    def write_packet(self, packet: bytes | bytearray | memoryview) -> None:
+        try:
+            self.device.write(packet)
+            self.stats["tun_packets_out"] += 1
+        except BlockingIOError:
+            self.stats["tun_write_dropped"] += 1
+        except OSError as exc:
+            self.stats["tun_write_error"] += 1
+            log.debug("TUN write failed: %s", exc)
+
+    def _on_device_readable(self) -> None:
+        rx = memoryview(self._rx)
+        read_into = self.device.read_into
+        receive = self.stack.receive
+        write = self.device.write
+        now = self.loop.time()
+        count = 0
+        for _ in range(READ_BATCH):
+            try:
+                n = read_into(rx)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.stats["tun_read_error"] += 1
+                log.error("TUN read failed: %s", exc)
+                break
+            count += 1
+            out = receive(rx[:n], now)
+            if out is None:
+                continue
+            if type(out) is UdpDatagram:
+                self._on_udp(out)
+                continue
+            try:
+                write(out)  # type: ignore[arg-type]
+            except BlockingIOError:
+                self.stats["tun_write_dropped"] += 1
+            except OSError as exc:
+                self.stats["tun_write_error"] += 1
+                log.debug("TUN write failed: %s", exc)
+        self.stats["tun_packets_in"] += count
+
+    # -- TCP -------------------------------------------------------------------------------
+
+    def _on_accept(self, listener: socket.socket, version: int) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            session = self.stack.tcp_accepted(version, peer[1])
+            if session is None:
+                close_with_reset(conn)
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.stats["tcp_flows"] += 1
+            self._spawn(self._serve_tcp(conn, session))
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _serve_tcp(self, conn: socket.socket, session: TcpSession) -> None:
+        target = Target(_ip_text(session.dst_addr), session.dst_port)
+        try:
+            stream = await asyncio.wait_for(self.tcp_outbound.open_tcp(target), self.connect_timeout)
+        except Rejected:
+            self.stats["tcp_rejected"] += 1
+            self._tcp_failed(conn, session)
+            return
+        except (OutboundError, OSError, TimeoutError) as exc:
+            self.stats["tcp_outbound_failed"] += 1
+            log.warning("TCP %s -> %s: %s", _ip_text(session.client_addr), target, exc or type(exc).__name__)
+            self._tcp_failed(conn, session)
+            return
+        except asyncio.CancelledError:
+            self._tcp_failed(conn, session)
+            raise
+        remote, early = stream.sock, stream.early
+        remote.setblocking(False)
+
+        def on_close(relay: Relay, exc: BaseException | None) -> None:
+            self.relays.discard(relay)
+            self.stats["tcp_bytes_up"] += relay.bytes_up
+            self.stats["tcp_bytes_down"] += relay.bytes_down
+            if exc is not None:
+                self.stats["tcp_relay_reset"] += 1
+            self.stack.tcp_closed(session, self.loop.time())
+
+        relay = Relay(self.loop, conn, remote, self._relay_buffer, on_close)
+        self.relays.add(relay)
+        relay.start(early)
+
+    def _tcp_failed(self, conn: socket.socket, session: TcpSession) -> None:
+        close_with_reset(conn)
+        self.stack.tcp_closed(session, self.loop.time())
+
+    # -- UDP -------------------------------------------------------------------------------
+
+    def _on_udp(self, datagram: UdpDatagram) -> None:
+        session = datagram.session
+        flow = self.udp_flows.get(id(session))
+        if flow is None:
+            flow = _UdpFlow(self, session)
+            self.udp_flows[id(session)] = flow
+            self.stats["udp_sessions_total"] += 1
+        flow.send(datagram)
+
+    def udp_flow_closed(self, flow: _UdpFlow) -> None:
+        if self.udp_flows.get(id(flow.session)) is flow:
+            del self.udp_flows[id(flow.session)]
+        self.stack.udp.remove(flow.session)
+
+    # -- time ------------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        self._timer = self.loop.call_later(1.0, self._on_timer)
+
+    def _on_timer(self) -> None:
+        for event in self.stack.on_timer(self.loop.time()):
+            if isinstance(event, UdpSessionExpired):
+                flow = self.udp_flows.get(id(event.session))
+                if flow is not None:
+                    flow.close()
+            elif isinstance(event, TcpSessionExpired):
+                self.stats["tcp_nat_expired"] += 1
+        self._arm_timer()
+
+
+OnReady = Callable[[Engine], None]

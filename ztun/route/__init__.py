@@ -1,0 +1,48 @@
+"""Auto-route: plan (pure), journal (crash safety), and per-OS appliers.
+
+Linux is applied over rtnetlink by :mod:`ztun.route.linux` (imported lazily by callers,
+since it needs pyroute2 and root); :mod:`ztun.route.darwin` and :mod:`ztun.route.windows`
+build the macOS route-socket messages and Windows ``MIB_IPFORWARD_ROW2`` rows.
+"""
+
+from ztun.route.journal import (
+    DEFAULT_RUN_DIR,
+    Journal,
+    JournalError,
+    JournalState,
+    default_journal_path,
+)
+from ztun.route.model import (
+    TABLE_MAIN,
+    PolicyRule,
+    RouteChange,
+    TableRoute,
+    change_from_json,
+)
+from ztun.route.plan import (
+    DEFAULT_FWMARK,
+    DEFAULT_PRIORITY,
+    DEFAULT_TABLE,
+    AutoRouteConfig,
+    RoutePlanError,
+    plan_auto_route,
+)
+
+__all__ = [
+    "DEFAULT_FWMARK",
+    "DEFAULT_PRIORITY",
+    "DEFAULT_RUN_DIR",
+    "DEFAULT_TABLE",
+    "TABLE_MAIN",
+    "AutoRouteConfig",
+    "Journal",
+    "JournalError",
+    "JournalState",
+    "PolicyRule",
+    "RouteChange",
+    "RoutePlanError",
+    "TableRoute",
+    "change_from_json",
+    "default_journal_path",
+    "plan_auto_route",
+]

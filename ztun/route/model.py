@@ -1,0 +1,179 @@
+"""Route changes as data: what auto-route wants the kernel to hold, with no I/O.
+
+A plan is a list of frozen :class:`PolicyRule` / :class:`TableRoute` values. Keeping the plan
+pure lets the unit tests check the whole design without root, lets the journal store
+exactly what was applied (``to_json``/``from_json``), and lets ``describe()`` print the
+``ip`` command each change corresponds to (for logs, ``--dry-run`` and review).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any, Literal
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Well-known routing tables (linux/rtnetlink.h, enum rt_class_t).
+TABLE_MAIN = 254
+TABLE_LOCAL = 255
+TABLE_DEFAULT = 253
+RESERVED_TABLES = frozenset({0, TABLE_DEFAULT, TABLE_MAIN, TABLE_LOCAL})
+
+RuleAction = Literal["lookup", "unreachable"]
+RouteType = Literal["unicast", "unreachable"]
+
+FAMILY_NAMES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
+
+
+def family_of(net: IPNetwork) -> int:
+    """The socket address family of a network (AF_INET or AF_INET6)."""
+    return socket.AF_INET if net.version == 4 else socket.AF_INET6
+
+
+def _ip_flag(family: int) -> str:
+    return "-4" if family == socket.AF_INET else "-6"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """One ``ip rule``: a selector (mark, destination, protocol/port) and an action.
+
+    ``invert`` is FIB_RULE_INVERT, which negates the *whole* selector: that is how
+    ``not fwmark M`` is expressed. Because it negates every selector together, the planner
+    never combines it with others ("not (mark M and udp dport 53)" matches nearly all
+    traffic); the DNS rule says "unmarked" as ``fwmark 0/MASK`` instead.
+    """
+
+    family: int
+    priority: int
+    action: RuleAction = "lookup"
+    table: int = 0
+    fwmark: int | None = None
+    fwmask: int | None = None
+    invert: bool = False
+    dst: str | None = None
+    suppress_prefixlength: int | None = None
+    ip_proto: int | None = None
+    dport: int | None = None
+
+    kind: Literal["rule"] = "rule"
+
+    def describe(self) -> str:
+        """The ``ip rule add`` command this rule corresponds to."""
+        parts = ["ip", _ip_flag(self.family), "rule", "add"]
+        if self.invert:
+            parts.append("not")
+        if self.fwmark is not None:
+            mark = f"{self.fwmark:#x}"
+            if self.fwmask is not None and (self.fwmask != 0xFFFFFFFF or self.fwmark == 0):
+                mark += f"/{self.fwmask:#x}"
+            parts += ["fwmark", mark]
+        if self.dst is not None:
+            parts += ["to", self.dst]
+        if self.ip_proto is not None:
+            parts += ["ipproto", {6: "tcp", 17: "udp"}.get(self.ip_proto, str(self.ip_proto))]
+        if self.dport is not None:
+            parts += ["dport", str(self.dport)]
+        if self.action == "lookup":
+            parts += ["lookup", "main" if self.table == TABLE_MAIN else str(self.table)]
+        else:
+            parts.append(self.action)
+        if self.suppress_prefixlength is not None:
+            parts += ["suppress_prefixlength", str(self.suppress_prefixlength)]
+        parts += ["priority", str(self.priority)]
+        return " ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict; ``from_json`` inverts it (the journal's record format)."""
+        return {
+            "kind": "rule",
+            "family": FAMILY_NAMES[self.family],
+            "priority": self.priority,
+            "action": self.action,
+            "table": self.table,
+            "fwmark": self.fwmark,
+            "fwmask": self.fwmask,
+            "invert": self.invert,
+            "dst": self.dst,
+            "suppress_prefixlength": self.suppress_prefixlength,
+            "ip_proto": self.ip_proto,
+            "dport": self.dport,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TableRoute:
+    """One route in the auto-route table: ``dst`` into ``device`` or an unreachable entry."""
+
+    family: int
+    table: int
+    dst: str
+    type: RouteType = "unicast"
+    device: str | None = None
+    metric: int | None = None
+
+    kind: Literal["route"] = "route"
+
+    def describe(self) -> str:
+        """The ``ip route add`` command this route corresponds to."""
+        parts = ["ip", _ip_flag(self.family), "route", "add"]
+        if self.type != "unicast":
+            parts.append(self.type)
+        parts.append(self.dst)
+        if self.device is not None:
+            parts += ["dev", self.device]
+        parts += ["table", str(self.table)]
+        if self.metric is not None:
+            parts += ["metric", str(self.metric)]
+        return " ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict; ``from_json`` inverts it (the journal's record format)."""
+        return {
+            "kind": "route",
+            "family": FAMILY_NAMES[self.family],
+            "table": self.table,
+            "dst": self.dst,
+            "type": self.type,
+            "device": self.device,
+            "metric": self.metric,
+        }
+
+
+RouteChange = PolicyRule | TableRoute
+
+_FAMILY_BY_NAME = {name: fam for fam, name in FAMILY_NAMES.items()}
+
+
+def change_from_json(data: dict[str, Any]) -> RouteChange:
+    """Rebuild a change from its journal record; raises ValueError on a foreign record."""
+    try:
+        family = _FAMILY_BY_NAME[data["family"]]
+        if data["kind"] == "rule":
+            return PolicyRule(
+                family=family,
+                priority=int(data["priority"]),
+                action=data["action"],
+                table=int(data["table"]),
+                fwmark=data["fwmark"],
+                fwmask=data["fwmask"],
+                invert=bool(data["invert"]),
+                dst=data["dst"],
+                suppress_prefixlength=data["suppress_prefixlength"],
+                ip_proto=data["ip_proto"],
+                dport=data["dport"],
+            )
+        if data["kind"] == "route":
+            return TableRoute(
+                family=family,
+                table=int(data["table"]),
+                dst=str(data["dst"]),
+                type=data["type"],
+                device=data["device"],
+                metric=data["metric"],
+            )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a route change record: {data!r}") from exc
+    raise ValueError(f"unknown change kind {data.get('kind')!r}")

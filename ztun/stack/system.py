@@ -1,0 +1,314 @@
+"""The system stack: ztun's sans-IO packet core (after sing-tun's "system" stack).
+
+TCP is never terminated here. A packet of an app flow is rewritten in place onto a
+hairpin -- from `peer:nat_port` to `server:listen_port`, both addresses of the TUN's
+own prefix -- and written back into the TUN, so the *kernel* accepts the connection on
+ztun's local listener and runs the TCP state machine, windows and congestion control.
+The listener's answers come out of the TUN again and are rewritten back to
+`dst:dport -> client:cport`. Per packet that is four field stores and two RFC 1624
+checksum additions with deltas precomputed per flow.
+
+UDP datagrams become `UdpDatagram` events (full-cone sessions per app source); answers
+are built by `udp_reply`. ICMP/ICMPv6 echo requests are answered in place.
+
+Time is always an argument; `receive` returns what to write back to the TUN (a view of
+the rewritten input, or a new packet), an event, or None when the packet was dropped --
+every drop is counted in `counters` under a reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+from ..wire import (
+    ACK,
+    RST,
+    SYN,
+    IcmpPacket,
+    Icmpv6Packet,
+    Ipv4Packet,
+    Ipv6Packet,
+    TcpPacket,
+    UdpPacket,
+    WireError,
+    build_icmp_unreachable,
+    build_tcp,
+    build_udp,
+    parse_ip,
+)
+from ..wire.checksum import apply_delta, incremental_update
+from .events import StackEvent, TcpSession, TcpSessionExpired, UdpDatagram, UdpSession, UdpSessionExpired
+from .nat import ACTIVE, CLOSING, NatExhausted, TcpNatTable
+from .udp import UdpSessionTable
+
+PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6 = 1, 6, 17, 58
+ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
+ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
+REPLY_HOP_LIMIT = 64
+
+Output = memoryview | bytearray | UdpDatagram | None
+
+IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def hairpin_peer(iface: IpInterface) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The fake remote end of the hairpin: the next usable address of the TUN's prefix."""
+    net = iface.network
+    usable = net.num_addresses - (2 if iface.version == 4 and net.prefixlen < 31 else 0)
+    if usable < 2:
+        raise ValueError(
+            f"TUN address {iface}: the prefix needs room for a second address "
+            f"(use at most /{30 if iface.version == 4 else 126})"
+        )
+    first = int(net.network_address) + (1 if iface.version == 4 and net.prefixlen < 31 else 0)
+    last = first + usable - 1
+    candidate = int(iface.ip) + 1
+    if candidate > last:
+        candidate = first
+    if candidate == int(iface.ip):
+        candidate += 1
+    return ipaddress.ip_address(candidate)
+
+
+class SystemStack:
+    def __init__(
+        self,
+        *,
+        inet4: ipaddress.IPv4Interface | None,
+        inet6: ipaddress.IPv6Interface | None,
+        listen_port4: int = 0,
+        listen_port6: int = 0,
+        udp_timeout: float = 60.0,
+        tcp_pending_timeout: float = 30.0,
+        tcp_closing_linger: float = 30.0,
+    ) -> None:
+        if inet4 is None and inet6 is None:
+            raise ValueError("the TUN needs at least one address (IPv4 or IPv6)")
+        self.counters: Counter[str] = Counter()
+        self.nat4: TcpNatTable | None = None
+        self.nat6: TcpNatTable | None = None
+        if inet4 is not None:
+            self.nat4 = TcpNatTable(
+                4,
+                inet4.ip.packed,
+                hairpin_peer(inet4).packed,
+                listen_port4,
+                pending_timeout=tcp_pending_timeout,
+                closing_linger=tcp_closing_linger,
+            )
+        if inet6 is not None:
+            self.nat6 = TcpNatTable(
+                6,
+                inet6.ip.packed,
+                hairpin_peer(inet6).packed,
+                listen_port6,
+                pending_timeout=tcp_pending_timeout,
+                closing_linger=tcp_closing_linger,
+            )
+        self.udp = UdpSessionTable(udp_timeout)
+
+    # -- packets from the TUN ------------------------------------------------------------
+
+    def receive(self, packet: memoryview, now: float) -> Output:
+        """Handle one packet read from the TUN (rewritten in place when it is TCP/ICMP)."""
+        try:
+            ip = parse_ip(packet)
+            if isinstance(ip, Ipv4Packet):
+                return self._receive_v4(ip, now)
+            return self._receive_v6(ip, now)
+        except WireError as exc:
+            self.counters[f"malformed_{exc.reason}"] += 1
+            return None
+
+    def _receive_v4(self, ip: Ipv4Packet, now: float) -> Output:
+        if ip.is_fragment:
+            return self._drop("ipv4_fragment")
+        dst = ip.dst
+        if dst[0] >= 224:
+            return self._drop("multicast")
+        proto = ip.protocol
+        if proto == PROTO_TCP:
+            if self.nat4 is None:
+                return self._drop("tcp_family_disabled")
+            return self._tcp(ip, ip.payload, self.nat4, now)
+        if proto == PROTO_UDP:
+            return self._udp(4, ip.src, dst, ip.payload, now)
+        if proto == PROTO_ICMP:
+            return self._icmp4(ip)
+        return self._drop("unsupported_protocol")
+
+    def _receive_v6(self, ip: Ipv6Packet, now: float) -> Output:
+        dst = ip.dst
+        if dst[0] == 0xFF:
+            return self._drop("multicast")
+        if ip.is_fragment:
+            return self._drop("ipv6_fragment")
+        proto, offset = ip.upper_layer()
+        payload = ip.buf[offset:]
+        if proto == PROTO_TCP:
+            if self.nat6 is None:
+                return self._drop("tcp_family_disabled")
+            return self._tcp(ip, payload, self.nat6, now)
+        if proto == PROTO_UDP:
+            return self._udp(6, ip.src, dst, payload, now)
+        if proto == PROTO_ICMPV6:
+            return self._icmp6(ip, payload)
+        return self._drop("unsupported_protocol")
+
+    def _drop(self, reason: str) -> None:
+        self.counters[reason] += 1
+        return None
+
+    # -- TCP: the NAT hairpin ------------------------------------------------------------
+
+    def _tcp(self, ip: Ipv4Packet | Ipv6Packet, segment: memoryview, nat: TcpNatTable, now: float) -> Output:
+        tcp = TcpPacket.checked(segment)
+        src = ip.src
+        sport = tcp.src_port
+        is_v4 = isinstance(ip, Ipv4Packet)
+        if sport == nat.listen_port and src == nat.server_addr:
+            # The kernel listener answering the hairpin: back to the app's view.
+            session = nat.by_port(tcp.dst_port)
+            if session is None or ip.dst != nat.peer_addr:
+                return self._drop("tcp_unknown_nat_port")
+            ip.src = session.dst_addr
+            ip.dst = session.client_addr
+            tcp.src_port = session.dst_port
+            tcp.dst_port = session.client_port
+            tcp.checksum = apply_delta(tcp.checksum, session.l4_delta_in)
+            if is_v4:
+                ip.checksum = apply_delta(ip.checksum, session.ip_delta_in)  # type: ignore[union-attr]
+            return ip.buf
+        flags = tcp.flags
+        key = (src, sport, ip.dst, tcp.dst_port)
+        session = nat.by_flow(key)
+        if session is None or (session.state == CLOSING and flags & (SYN | ACK) == SYN):
+            if flags & (SYN | ACK | RST) != SYN:
+                if flags & RST:
+                    return self._drop("tcp_no_session")
+                self.counters["tcp_reset_unknown_flow"] += 1
+                return self._reset_for(ip, tcp, len(segment))
+            try:
+                session = nat.open(key, now)
+            except NatExhausted:
+                self.counters["tcp_nat_exhausted"] += 1
+                return self._reset_for(ip, tcp, len(segment))
+        ip.src = nat.peer_addr
+        ip.dst = nat.server_addr
+        tcp.src_port = session.nat_port
+        tcp.dst_port = nat.listen_port
+        tcp.checksum = apply_delta(tcp.checksum, session.l4_delta_out)
+        if is_v4:
+            ip.checksum = apply_delta(ip.checksum, session.ip_delta_out)  # type: ignore[union-attr]
+        return ip.buf
+
+    def _reset_for(self, ip: Ipv4Packet | Ipv6Packet, tcp: TcpPacket, seg_len: int) -> bytearray:
+        """RFC 793 reset generation for a segment that belongs to no connection."""
+        if tcp.flags & ACK:
+            seq, ack, flags = tcp.ack, 0, RST
+        else:
+            data_len = seg_len - tcp.header_len
+            seq = 0
+            ack = (tcp.seq + data_len + (1 if tcp.flags & SYN else 0)) & 0xFFFFFFFF
+            flags = RST | ACK
+        return build_tcp(
+            ip.dst, ip.src, tcp.dst_port, tcp.src_port, seq=seq, ack=ack, flags=flags, window=0
+        )
+
+    def tcp_accepted(self, version: int, nat_port: int) -> TcpSession | None:
+        """The listener accepted peer:nat_port: which app flow is it? (None: unknown port)."""
+        nat = self.nat4 if version == 4 else self.nat6
+        session = nat.by_port(nat_port) if nat is not None else None
+        if session is None or session.state == CLOSING:
+            self.counters["tcp_accept_unknown"] += 1
+            return None
+        if session.state != ACTIVE:
+            nat.activate(session)  # type: ignore[union-attr]
+        return session
+
+    def tcp_closed(self, session: TcpSession, now: float) -> None:
+        nat = self.nat4 if session.version == 4 else self.nat6
+        if nat is not None:
+            nat.close(session, now)
+
+    # -- UDP: sessions and datagram events -----------------------------------------------
+
+    def _udp(self, version: int, src: bytes, dst: bytes, segment: memoryview, now: float) -> Output:
+        udp = UdpPacket.checked(segment)
+        session = self.udp.get_or_open(version, src, udp.src_port, now)
+        return UdpDatagram(session, dst, udp.dst_port, bytes(udp.payload))
+
+    def udp_reply(self, session: UdpSession, src_addr: bytes, src_port: int, payload: bytes, now: float) -> bytearray:
+        """An IP/UDP packet carrying a datagram from src_addr:src_port back to the app."""
+        self.udp.touch(session, now)
+        return build_udp(src_addr, session.client_addr, src_port, session.client_port, payload)
+
+    def udp_unreachable(self, datagram: UdpDatagram, *, code: int | None = None) -> bytearray:
+        """ICMP port unreachable for a datagram that was rejected (what a closed port says)."""
+        s = datagram.session
+        original = build_udp(s.client_addr, datagram.dst_addr, s.client_port, datagram.dst_port, datagram.payload)
+        if code is None:
+            code = 3 if s.version == 4 else 4  # port unreachable (ICMP / ICMPv6)
+        return build_icmp_unreachable(original, datagram.dst_addr, code=code)
+
+    # -- ICMP echo, answered in place ----------------------------------------------------
+
+    def _icmp4(self, ip: Ipv4Packet) -> Output:
+        icmp = IcmpPacket.checked(ip.payload)
+        if icmp.type != ICMP_ECHO_REQUEST:
+            return self._drop("icmp_not_echo")
+        if not icmp.verify_checksum():
+            return self._drop("icmp_bad_checksum")
+        src, dst = ip.src, ip.dst
+        ip.src, ip.dst = dst, src  # a swap leaves the header sum unchanged
+        icmp.type = ICMP_ECHO_REPLY
+        icmp.checksum = incremental_update(icmp.checksum, bytes((ICMP_ECHO_REQUEST, 0)), bytes((ICMP_ECHO_REPLY, 0)))
+        ip.ttl = REPLY_HOP_LIMIT
+        ip.fill_checksum()
+        self.counters["icmp_echo_answered"] += 1
+        return ip.buf
+
+    def _icmp6(self, ip: Ipv6Packet, message: memoryview) -> Output:
+        icmp = Icmpv6Packet.checked(message)
+        if icmp.type != ICMPV6_ECHO_REQUEST:
+            return self._drop("icmpv6_not_echo")
+        src, dst = ip.src, ip.dst
+        if not icmp.verify_checksum(src, dst):
+            return self._drop("icmp_bad_checksum")
+        ip.src, ip.dst = dst, src  # the pseudo-header sum does not change with the swap
+        icmp.type = ICMPV6_ECHO_REPLY
+        icmp.checksum = incremental_update(
+            icmp.checksum, bytes((ICMPV6_ECHO_REQUEST, 0)), bytes((ICMPV6_ECHO_REPLY, 0))
+        )
+        ip.hop_limit = REPLY_HOP_LIMIT
+        self.counters["icmp_echo_answered"] += 1
+        return ip.buf
+
+    # -- time ----------------------------------------------------------------------------
+
+    def on_timer(self, now: float) -> list[StackEvent]:
+        events: list[StackEvent] = []
+        for nat in (self.nat4, self.nat6):
+            if nat is not None:
+                events.extend(TcpSessionExpired(s) for s in nat.expire(now))
+        events.extend(UdpSessionExpired(s) for s in self.udp.expire(now))
+        return events
+
+    def next_timer(self) -> float | None:
+        deadlines = [
+            d
+            for d in (
+                self.nat4.next_deadline() if self.nat4 else None,
+                self.nat6.next_deadline() if self.nat6 else None,
+                self.udp.next_deadline(),
+            )
+            if d is not None
+        ]
+        return min(deadlines) if deadlines else None
+
+    def set_listen_port(self, version: int, port: int) -> None:
+        """Set once the kernel listener is bound (port 0 means 'let the kernel pick')."""
+        nat = self.nat4 if version == 4 else self.nat6
+        if nat is not None:
+            nat.listen_port = port

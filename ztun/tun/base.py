@@ -1,0 +1,38 @@
+"""The `Device` protocol: what the engine needs from a TUN, whatever the OS.
+
+A device moves whole IP packets (no link-layer header, no packet-info prefix). The
+engine reads into one reusable buffer (`read_into`) so the hot path never allocates;
+`write` takes any buffer (the stack rewrites packets in place and hands back a view).
+Offloads (virtio-net header) and multi-queue are properties of a device, not of its
+callers: a device opened with them still reads and writes one packet per call.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+class DeviceError(OSError):
+    """A TUN device could not be opened or configured; the message says what to do."""
+
+
+@runtime_checkable
+class Device(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def mtu(self) -> int: ...
+
+    def fileno(self) -> int: ...
+
+    def read_into(self, buf: memoryview) -> int:
+        """Read one packet into `buf`; return its length. Raises BlockingIOError when empty."""
+        ...
+
+    def write(self, packet: bytes | bytearray | memoryview) -> int: ...
+
+    def close(self) -> None: ...

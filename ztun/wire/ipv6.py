@@ -1,0 +1,262 @@
+"""IPv6 header (RFC 8200): a zero-copy view, the extension-header walk, and a repr."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from ipaddress import IPv6Address
+from typing import Self
+
+from ztun.wire._types import BytesLike, WritableBuffer
+from ztun.wire._util import check_room, check_uint
+from ztun.wire.errors import Malformed, Truncated
+from ztun.wire.proto import (
+    IPPROTO_AH,
+    IPPROTO_DSTOPTS,
+    IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS,
+    IPPROTO_ROUTING,
+)
+
+__all__ = ["MAX_EXT_HEADERS", "Ipv6Packet", "Ipv6Repr"]
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+# version/class/flow, payload length, next header, hop limit, src, dst.
+_HEADER = struct.Struct("!IHBB16s16s")
+
+#: Upper bound on extension headers walked per packet.  RFC 8200 sec. 4.1 allows each
+#: header once (destination options twice), so more than this is an attack or garbage,
+#: and the bound keeps the walk O(1) per packet whatever the payload length.
+MAX_EXT_HEADERS = 8
+
+#: Extension headers whose length field counts 8-octet units beyond the first 8.
+_EXT_8OCTET = frozenset({IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS})
+_EXT_ALL = _EXT_8OCTET | {IPPROTO_FRAGMENT, IPPROTO_AH}
+
+
+class _F:
+    """Field offsets of the IPv6 fixed header and of extension headers (RFC 8200 sec. 3, 4)."""
+
+    VER_TC_FLOW = 0
+    PAYLOAD_LEN = 4
+    NEXT_HEADER = 6
+    HOP_LIMIT = 7
+    SRC = slice(8, 24)
+    DST = slice(24, 40)
+    HEADER_LEN = 40
+    VERSION = 6
+    TC_SHIFT = 20
+    TC_MASK = 0xFF
+    FLOW_MASK = 0xFFFFF
+
+    # Extension headers, relative to their start.
+    EXT_NEXT_HEADER = 0
+    EXT_LEN = 1
+    EXT_MIN_LEN = 8
+    EXT_UNIT = 8
+    AH_UNIT = 4
+    #: AH's length counts 4-octet units minus 2 (RFC 4302 sec. 2.2).
+    AH_LEN_BIAS = 2
+    FRAG_OFFSET_FLAGS = 2
+    FRAG_LEN = 8
+    #: Fragment offset (13 bits, 8-octet units) and the M flag; bits 1-2 are reserved.
+    FRAG_OFFSET_MASK = 0xFFF8
+    FRAG_M = 0x0001
+
+
+class Ipv6Packet:
+    """A view of an IPv6 packet over a buffer; see :class:`ztun.wire.Ipv4Packet`."""
+
+    __slots__ = ("buf",)
+
+    buf: memoryview
+
+    def __init__(self, buf: BytesLike) -> None:
+        self.buf = buf if isinstance(buf, memoryview) else memoryview(buf)
+
+    @classmethod
+    def checked(cls, buf: BytesLike) -> Self:
+        """Validate the fixed header and payload length; cut ``.buf`` to 40 + payload_len.
+
+        The extension-header chain is validated lazily by :meth:`upper_layer`, so packets
+        that are only counted or dropped never pay for the walk.  Jumbograms (payload
+        length 0 with a hop-by-hop Jumbo option, RFC 2675) are not supported: their
+        payload reads as empty.
+        """
+        mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+        size = len(mv)
+        if size < _F.HEADER_LEN:
+            raise Truncated("truncated", f"IPv6 header needs 40 bytes, got {size}")
+        version = mv[_F.VER_TC_FLOW] >> 4
+        if version != _F.VERSION:
+            raise Malformed("bad_version", f"IPv6 version field is {version}")
+        total_len = _F.HEADER_LEN + _U16.unpack_from(mv, _F.PAYLOAD_LEN)[0]
+        if total_len > size:
+            raise Truncated("truncated", f"IPv6 packet length {total_len} > buffer {size}")
+        return cls(mv[:total_len] if total_len != size else mv)
+
+    @property
+    def version(self) -> int:
+        return self.buf[_F.VER_TC_FLOW] >> 4
+
+    @property
+    def traffic_class(self) -> int:
+        word: int = _U32.unpack_from(self.buf, _F.VER_TC_FLOW)[0]
+        return (word >> _F.TC_SHIFT) & _F.TC_MASK
+
+    @property
+    def flow_label(self) -> int:
+        word: int = _U32.unpack_from(self.buf, _F.VER_TC_FLOW)[0]
+        return word & _F.FLOW_MASK
+
+    @property
+    def payload_len(self) -> int:
+        value: int = _U16.unpack_from(self.buf, _F.PAYLOAD_LEN)[0]
+        return value
+
+    @property
+    def next_header(self) -> int:
+        """Next header of the fixed header (may be an extension; see :meth:`upper_layer`)."""
+        return self.buf[_F.NEXT_HEADER]
+
+    @property
+    def hop_limit(self) -> int:
+        return self.buf[_F.HOP_LIMIT]
+
+    @hop_limit.setter
+    def hop_limit(self, value: int) -> None:
+        self.buf[_F.HOP_LIMIT] = value
+
+    @property
+    def src(self) -> bytes:
+        return self.buf[_F.SRC].tobytes()
+
+    @src.setter
+    def src(self, value: bytes) -> None:
+        self.buf[_F.SRC] = value
+
+    @property
+    def dst(self) -> bytes:
+        return self.buf[_F.DST].tobytes()
+
+    @dst.setter
+    def dst(self, value: bytes) -> None:
+        self.buf[_F.DST] = value
+
+    @property
+    def payload(self) -> memoryview:
+        """Everything after the fixed header, extension headers included."""
+        return self.buf[_F.HEADER_LEN : _F.HEADER_LEN + self.payload_len]
+
+    # -- extension headers --------------------------------------------------------
+
+    def _walk(self) -> tuple[int, int, bool]:
+        """Walk the extension chain: (upper protocol, its offset, fragment seen)."""
+        buf = self.buf
+        next_header = buf[_F.NEXT_HEADER]
+        offset = _F.HEADER_LEN
+        if next_header not in _EXT_ALL:  # the common case: TCP/UDP/ICMPv6 right away
+            return next_header, offset, False
+        end = len(buf)
+        fragment = False
+        for index in range(MAX_EXT_HEADERS):
+            if next_header not in _EXT_ALL:
+                return next_header, offset, fragment
+            if next_header == IPPROTO_HOPOPTS and index:
+                # RFC 8200 sec. 4.1: hop-by-hop options only right after the fixed header.
+                raise Malformed("bad_ext_header", "hop-by-hop header not first")
+            if offset + _F.EXT_MIN_LEN > end:
+                raise Malformed("bad_ext_header", f"extension header at {offset} past payload")
+            if next_header == IPPROTO_FRAGMENT:
+                word = _U16.unpack_from(buf, offset + _F.FRAG_OFFSET_FLAGS)[0]
+                if word & (_F.FRAG_OFFSET_MASK | _F.FRAG_M):
+                    fragment = True  # an atomic fragment (RFC 6946) is not one
+                length = _F.FRAG_LEN
+            elif next_header == IPPROTO_AH:
+                length = (buf[offset + _F.EXT_LEN] + _F.AH_LEN_BIAS) * _F.AH_UNIT
+            else:
+                length = (buf[offset + _F.EXT_LEN] + 1) * _F.EXT_UNIT
+            next_header = buf[offset + _F.EXT_NEXT_HEADER]
+            offset += length
+            if offset > end:
+                raise Malformed("bad_ext_header", f"extension header ends at {offset} > {end}")
+        if next_header in _EXT_ALL:
+            raise Malformed("bad_ext_header", f"more than {MAX_EXT_HEADERS} extension headers")
+        return next_header, offset, fragment
+
+    def upper_layer(self) -> tuple[int, int]:
+        """(protocol, offset from the start of the packet) of the upper-layer header.
+
+        Walks hop-by-hop, routing, fragment, destination-options and AH headers, at
+        most :data:`MAX_EXT_HEADERS` of them.  ESP and unknown numbers end the walk and
+        are returned as the protocol, as is 59 (no next header).  For a non-first
+        fragment the bytes at the offset are fragment data: check :attr:`is_fragment`.
+        """
+        next_header, offset, _ = self._walk()
+        return next_header, offset
+
+    @property
+    def is_fragment(self) -> bool:
+        """True if a fragment header has a non-zero offset or the M flag (may raise Malformed)."""
+        return self._walk()[2]
+
+    def __repr__(self) -> str:
+        return (
+            f"Ipv6Packet(src={IPv6Address(self.src)}, dst={IPv6Address(self.dst)}, "
+            f"next_header={self.next_header}, len={len(self.buf)})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ipv6Repr:
+    """A high-level IPv6 fixed header (extension headers belong to the payload)."""
+
+    src: IPv6Address
+    dst: IPv6Address
+    next_header: int
+    payload_len: int
+    hop_limit: int = 64
+    traffic_class: int = 0
+    flow_label: int = 0
+
+    def __post_init__(self) -> None:
+        check_uint("next_header", self.next_header, 8)
+        check_uint("payload_len", self.payload_len, 16)
+        check_uint("hop_limit", self.hop_limit, 8)
+        check_uint("traffic_class", self.traffic_class, 8)
+        check_uint("flow_label", self.flow_label, 20)
+
+    @property
+    def header_len(self) -> int:
+        return _F.HEADER_LEN
+
+    @property
+    def total_len(self) -> int:
+        return _F.HEADER_LEN + self.payload_len
+
+    @classmethod
+    def parse(cls, pkt: Ipv6Packet) -> Self:
+        return cls(
+            src=IPv6Address(pkt.src),
+            dst=IPv6Address(pkt.dst),
+            next_header=pkt.next_header,
+            payload_len=pkt.payload_len,
+            hop_limit=pkt.hop_limit,
+            traffic_class=pkt.traffic_class,
+            flow_label=pkt.flow_label,
+        )
+
+    def emit(self, buf: WritableBuffer) -> None:
+        """Write the 40-byte fixed header at the start of ``buf``."""
+        check_room("Ipv6Repr.emit", buf, _F.HEADER_LEN)
+        _HEADER.pack_into(
+            buf,
+            0,
+            (_F.VERSION << 28) | (self.traffic_class << _F.TC_SHIFT) | self.flow_label,
+            self.payload_len,
+            self.next_header,
+            self.hop_limit,
+            self.src.packed,
+            self.dst.packed,
+        )
