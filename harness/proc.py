@@ -129,8 +129,9 @@ def run_local(
         # A grandchild that kept running in the group is killed with its parent.
         if proc.returncode is not None:
             _killpg(proc.pid, signal.SIGKILL)
-    return CmdResult(shown, proc.returncode, out.decode(errors="replace"),
-                     err.decode(errors="replace"))
+    return CmdResult(
+        shown, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    )
 
 
 class LocalProcess:
@@ -275,8 +276,7 @@ class LocalProcess:
                     if self._partial and regex.search(self._partial):
                         return
                     raise self._not_ready(
-                        f"exited with status {self._popen.returncode} before "
-                        f"{ready.describe()}"
+                        f"exited with status {self._popen.returncode} before {ready.describe()}"
                     )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -295,8 +295,7 @@ class LocalProcess:
             with self._cond:
                 if self._exited:
                     raise self._not_ready(
-                        f"exited with status {self._popen.returncode} before "
-                        f"{ready.describe()}"
+                        f"exited with status {self._popen.returncode} before {ready.describe()}"
                     )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

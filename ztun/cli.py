@@ -15,9 +15,13 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .options import DEFAULT_INET4, DEFAULT_INET6, RunOptions
+
+if TYPE_CHECKING:
+    from .tun import Device
 
 log = logging.getLogger("ztun")
 
@@ -170,11 +174,10 @@ def setup_logging(ns: argparse.Namespace) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-async def _serve(opts: RunOptions) -> int:
+async def _serve(opts: RunOptions, device: Device) -> int:
     from .engine import Engine
     from .outbound import make_outbound
     from .stack import SystemStack
-    from .tun import open_device
 
     tcp_outbound = make_outbound(opts.proxy, connect_timeout=opts.connect_timeout,
                                  fwmark=opts.fwmark, bind_interface=opts.bind_interface)
@@ -182,11 +185,6 @@ async def _serve(opts: RunOptions) -> int:
                                   fwmark=opts.fwmark, bind_interface=opts.bind_interface)
                     if opts.udp_proxy else tcp_outbound)
     stack = SystemStack(inet4=opts.inet4, inet6=opts.inet6, udp_timeout=opts.udp_timeout)
-    try:
-        device = open_device(opts.device, mtu=opts.mtu, addresses=opts.addresses)
-    except (OSError, ValueError) as exc:
-        log.error("cannot open %s: %s", opts.device, exc)
-        return 1
     try:
         engine = Engine(device, stack, tcp_outbound, udp_outbound, connect_timeout=opts.connect_timeout)
         engine.start()
@@ -206,6 +204,17 @@ async def _serve(opts: RunOptions) -> int:
     return 0
 
 
+def _open_device(opts: RunOptions) -> Device | None:
+    # pyroute2's synchronous API runs its own event loop: configure the device before ours.
+    from .tun import open_device
+
+    try:
+        return open_device(opts.device, mtu=opts.mtu, addresses=opts.addresses)
+    except (OSError, ValueError) as exc:
+        log.error("cannot open %s: %s", opts.device, exc)
+        return None
+
+
 def cmd_run(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     opts = _options(ns, parser)
     setup_logging(ns)
@@ -217,7 +226,10 @@ def cmd_run(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except OSError as exc:
             log.error("cannot enter network namespace %r: %s", opts.netns, exc)
             return 1
-    return asyncio.run(_serve(opts))
+    device = _open_device(opts)
+    if device is None:
+        return 1
+    return asyncio.run(_serve(opts, device))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -153,8 +153,15 @@ clientmethod: none
 socksmethod: none
 user.privileged: root
 user.unprivileged: nobody
-client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 log: connect disconnect }}
-socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect udpassociate bindreply udpreply log: connect disconnect }}
+client pass {{
+    from: 0.0.0.0/0 to: 0.0.0.0/0
+    log: connect disconnect
+}}
+socks pass {{
+    from: 0.0.0.0/0 to: 0.0.0.0/0
+    command: connect udpassociate bindreply udpreply
+    log: connect disconnect
+}}
 """)
 
 

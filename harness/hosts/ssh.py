@@ -22,7 +22,7 @@ import shlex
 import signal
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +66,20 @@ class SshError(RuntimeError):
 
 
 def connect(
-    host: str, port: int, *, username: str, key_path: Path, timeout: float
+    host: str,
+    port: int,
+    *,
+    username: str,
+    key_path: Path,
+    timeout: float,
+    check: Callable[[], None] | None = None,
 ) -> paramiko.SSHClient:
     """One paramiko connection, retried until the guest's sshd answers or ``timeout``.
 
     A user-mode (slirp) port forward accepts the TCP connection even while the guest is
     not listening yet, and then drops it; so "connected" means "the SSH banner arrived",
-    and refusals and resets before the deadline are simply retried.
+    and refusals and resets before the deadline are simply retried.  ``check`` is called
+    before each attempt and raises if the machine died meanwhile (no point in waiting).
     """
     key = _load_key(key_path)
     deadline = time.monotonic() + timeout
@@ -80,6 +87,8 @@ def connect(
     last: Exception | None = None
     while time.monotonic() < deadline:
         attempt += 1
+        if check is not None:
+            check()
         client = paramiko.SSHClient()
         # A throw-away guest on loopback: its host key is new every image, and pinning
         # it would only make a rebuilt image fail.

@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from harness.peers.socks5_wire import (
     AUTH_VERSION,
@@ -395,8 +395,7 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.on_datagram(data, addr)
@@ -590,6 +589,10 @@ class RecordingServer:
             self.log.write("error", conn_id, client=client, reason="handshake timeout")
         except (ConnectionError, OSError) as exc:
             self.log.write("error", conn_id, client=client, reason=f"socket error: {exc}")
+        except Exception as exc:  # a harness bug must show in the log, not vanish
+            self.log.write("error", conn_id, client=client,
+                           reason=f"internal error: {type(exc).__name__}: {exc}")
+            raise
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -638,12 +641,13 @@ class RecordingServer:
         bound: Address | None,
         record: dict[str, Any],
     ) -> None:
-        writer.write(encode_reply(reply, bound))
-        await writer.drain()
+        # Log first: a client that reads the reply and then the log must find the record.
         self.log.write(
             "request", conn_id, reply=reply, reply_name=reply_name(reply),
             bound=str(bound) if bound else None, **record,
         )
+        writer.write(encode_reply(reply, bound))
+        await writer.drain()
 
     async def _negotiate(
         self,
@@ -660,10 +664,10 @@ class RecordingServer:
         methods = list(await reader.readexactly(count))
         wanted = Method.USERNAME_PASSWORD if self.username is not None else Method.NO_AUTH
         if wanted not in methods:
-            writer.write(bytes([SOCKS_VERSION, Method.NO_ACCEPTABLE]))
-            await writer.drain()
             self.log.write("greeting", conn_id, client=client, methods=methods,
                            chosen=Method.NO_ACCEPTABLE)
+            writer.write(bytes([SOCKS_VERSION, Method.NO_ACCEPTABLE]))
+            await writer.drain()
             return False
         writer.write(bytes([SOCKS_VERSION, wanted]))
         await writer.drain()
@@ -674,9 +678,9 @@ class RecordingServer:
         (plen,) = await reader.readexactly(1)
         password = (await reader.readexactly(plen)).decode("utf-8", errors="replace")
         ok = version == AUTH_VERSION and user == self.username and password == self.password
+        self.log.write("auth", conn_id, client=client, user=user, ok=ok)
         writer.write(bytes([AUTH_VERSION, 0 if ok else 1]))
         await writer.drain()
-        self.log.write("auth", conn_id, client=client, user=user, ok=ok)
         return user if ok else False
 
     async def _read_request(self, reader: asyncio.StreamReader) -> tuple[int, Address]:

@@ -141,7 +141,7 @@ def decode_address(data: bytes, offset: int = 0) -> tuple[Address, int]:
         if length == 0:
             raise Socks5Error("empty domain name", Reply.GENERAL_FAILURE)
         end = offset + 1 + length
-        host = _take(data, offset + 1, length).decode("idna", errors="replace")
+        host = _decode_domain(_take(data, offset + 1, length))
     else:
         raise Socks5Error(f"unknown address type 0x{atyp:02x}", Reply.ADDRESS_TYPE_NOT_SUPPORTED)
     (port,) = struct.unpack("!H", _take(data, end, 2))
@@ -163,6 +163,16 @@ def address_length(data: bytes) -> int | None:
     if atyp == AddrType.DOMAIN:
         return None if len(data) < 2 else 1 + 1 + data[1] + 2
     raise Socks5Error(f"unknown address type 0x{atyp:02x}", Reply.ADDRESS_TYPE_NOT_SUPPORTED)
+
+
+def _decode_domain(raw: bytes) -> str:
+    """ASCII (the usual case) or IDNA; anything else cannot be resolved, so it is refused."""
+    for codec in ("ascii", "idna"):
+        try:
+            return raw.decode(codec)
+        except UnicodeError:
+            continue
+    raise Socks5Error(f"domain name {raw!r} is neither ASCII nor IDNA", Reply.HOST_UNREACHABLE)
 
 
 def _take(data: bytes, offset: int, length: int) -> bytes:

@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from harness.peers.recording import READY_LINE, format_sockaddr, parse_listen
 
@@ -161,8 +161,7 @@ class _UdpEcho(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         assert self.transport is not None
@@ -171,29 +170,51 @@ class _UdpEcho(asyncio.DatagramProtocol):
                        sha256=hashlib.sha256(data).hexdigest())
 
 
-async def _serve(kind: str, listens: list[tuple[str, int]], log: _Log) -> int:
+async def serve_tcp_echo(host: str, port: int, *, log: Path | None = None) -> asyncio.Server:
+    """A TCP echo server on the running loop (in-process use; the CLI wraps it)."""
+    sink = _Log(log)
+
+    async def accept(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await _tcp_echo(r, w, sink)
+
+    return await asyncio.start_server(accept, host, port, reuse_address=True)
+
+
+async def serve_tcp_data(host: str, port: int, *, log: Path | None = None) -> asyncio.Server:
+    """The SINK/SOURCE/DUPLEX server on the running loop."""
+    sink = _Log(log)
+
+    async def accept(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await _tcp_data(r, w, sink)
+
+    return await asyncio.start_server(accept, host, port, reuse_address=True)
+
+
+async def serve_udp_echo(
+    host: str, port: int, *, log: Path | None = None
+) -> asyncio.DatagramTransport:
+    """A UDP echo endpoint on the running loop."""
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: _UdpEcho(_Log(log)), local_addr=(host, port)
+    )
+    return transport
+
+
+async def _serve(kind: str, listens: list[tuple[str, int]], log: Path | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    closers: list[Any] = []
+    closers: list[asyncio.Server | asyncio.DatagramTransport] = []
     bound: list[str] = []
     for host, port in listens:
         if kind == "udp-echo":
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpEcho(log), local_addr=(host, port)
-            )
+            transport = await serve_udp_echo(host, port, log=log)
             closers.append(transport)
             bound.append(format_sockaddr(transport.get_extra_info("sockname")))
         else:
-            handler = _tcp_echo if kind == "tcp-echo" else _tcp_data
-
-            async def accept(
-                r: asyncio.StreamReader, w: asyncio.StreamWriter, handler: Any = handler
-            ) -> None:
-                await handler(r, w, log)
-
-            server = await asyncio.start_server(accept, host, port, reuse_address=True)
+            serve = serve_tcp_echo if kind == "tcp-echo" else serve_tcp_data
+            server = await serve(host, port, log=log)
             closers.append(server)
             bound.append(format_sockaddr(server.sockets[0].getsockname()))
     print(f"{READY_LINE} {', '.join(bound)}", flush=True)
@@ -212,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="ADDR:PORT")
     parser.add_argument("--log", type=Path, metavar="FILE.jsonl")
     args = parser.parse_args(argv)
-    return asyncio.run(_serve(args.kind, args.listen, _Log(args.log)))
+    return asyncio.run(_serve(args.kind, args.listen, args.log))
 
 
 if __name__ == "__main__":

@@ -31,11 +31,17 @@ Strict route (``strict=True``) blocks what would otherwise go around the TUN:
   same ladder with ``unreachable default`` in T, so it fails fast (ENETUNREACH, and Happy
   Eyeballs falls back to IPv4) instead of leaking; on-link neighbours still work through
   the suppress rule, as they do for IPv4.
-* Rule P+1 catches unmarked traffic that T did not route: a socket bound to another
-  interface (SO_BINDTODEVICE / IP_UNICAST_IF) never matches ``dev TUN`` routes and would
-  otherwise fall through to ``main`` at 32766 and leave by that interface.  With
-  ``--include``, P+1 is limited to the included prefixes: strict means "what is meant for
-  the tunnel cannot go around it", not "everything else is blocked".
+* Rule P+1 makes the tunnel fail closed.  If ztun dies and its TUN disappears, the kernel
+  flushes the TUN's routes from T but keeps the rules: without P+1 all traffic would
+  silently fall through to ``main`` (32766) and leave by the physical interface; with it
+  the lookup stops with ENETUNREACH until ``ztun cleanup`` or the next start.  It also
+  stops sockets bound to another interface (SO_BINDTODEVICE), which never match
+  ``dev TUN`` routes: for IPv6 the lookup fails; for IPv4 the kernel then "assumes the
+  destination is on link" on the bound device (net/ipv4/route.c) -- the gateway is never
+  used, so such traffic cannot leave the LAN, but a full drop of bound IPv4 sockets needs a
+  netfilter rule, which routing cannot express.  With ``--include``, P+1 is limited to the
+  included prefixes: strict means "what is meant for the tunnel cannot go around it", not
+  "everything else is blocked".
 * Excludes are rules to ``main`` (P-2), not ``throw`` routes in T: a throw would fall
   through to P+1 and be blocked in strict mode.
 """

@@ -30,6 +30,8 @@ class _F:
     DATA = 8
     HEADER_LEN = 8
     CHECKSUM_OK = 0xFFFF
+    #: ~(+0): the checksum of a message whose bytes are all zero.
+    ALL_ZERO_CHECKSUM = 0xFFFF
 
 
 class IcmpView:
@@ -121,10 +123,16 @@ class IcmpView:
         _U16.pack_into(self.buf, _F.CHECKSUM, internet_checksum(self.buf, initial))
 
     def adjust_checksum(self, delta: int) -> None:
-        """Apply a precomputed :func:`~ztun.wire.checksum_delta` (ident rewrite, type flip)."""
-        _U16.pack_into(
-            self.buf, _F.CHECKSUM, apply_delta(_U16.unpack_from(self.buf, _F.CHECKSUM)[0], delta)
-        )
+        """Apply a precomputed :func:`~ztun.wire.checksum_delta` (ident rewrite, type flip).
+
+        An ICMPv4 message can become all zeros (echo reply, ident 0, seq 0, no data),
+        where RFC 1624 eqn. 3 yields +0 but receivers expect 0xffff; checked only when
+        the result is 0, so the common path stays two additions.
+        """
+        checksum = apply_delta(_U16.unpack_from(self.buf, _F.CHECKSUM)[0], delta)
+        _U16.pack_into(self.buf, _F.CHECKSUM, checksum)
+        if checksum == 0 and not int.from_bytes(self.buf, "big"):
+            _U16.pack_into(self.buf, _F.CHECKSUM, _F.ALL_ZERO_CHECKSUM)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(type={self.type}, code={self.code}, len={len(self.buf)})"

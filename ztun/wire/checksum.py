@@ -99,6 +99,12 @@ def apply_delta(checksum: int, delta: int) -> int:
 
     ``HC' = ~(~HC + delta)`` with end-around carry; never produces the -0 that
     eqn. 2 can.  Both operands are at most 0xffff, so one fold suffices.
+
+    The result equals a full recompute except when every summed byte is now zero:
+    then it is 0x0000 where a recompute gives 0xffff (and receivers want 0xffff).
+    That cannot happen under a pseudo header (it holds the protocol number) or for an
+    IPv4 header (version 4); an all-zero ICMPv4 echo reply can, and
+    ``IcmpPacket.adjust_checksum`` handles it.
     """
     total = (checksum ^ _MASK16) + delta
     total = (total & _MASK16) + (total >> 16)

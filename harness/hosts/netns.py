@@ -1,0 +1,592 @@
+"""NetnsHost: a Linux network namespace as a Host.
+
+How the harness gets "inside" a namespace, and why:
+
+* **Commands** run as ``ip netns exec NAME argv...``: iproute2 enters the namespace,
+  remounts ``/sys`` for it and *execs in place*, so the pid we hold is the program's.
+* **Netlink, sysctls, sockets and /proc/net** are done from a short-lived helper thread
+  that calls ``setns(2)`` into the namespace (:func:`run_in_netns`).  A network namespace
+  is a per-*task* attribute, so only that thread moves; the sockets it creates stay bound
+  to the namespace for their whole life, ``/proc/sys/net/*`` and
+  ``/proc/thread-self/net/*`` resolve against the thread's namespace, and pyroute2's
+  ``IPRoute()`` opened there talks to the namespace's kernel tables.  The alternative,
+  pyroute2's ``netns.create_socket`` / ``IPRoute(netns=...)``, forks a child of the
+  (multi-threaded) pytest process for every socket -- slower, and fork-after-threads is
+  a deadlock lottery.
+* **Creation** uses the same trick: the helper thread ``unshare(CLONE_NEWNET)`` and
+  pyroute2's ``netns.attach`` bind-mounts ``/proc/<tid>/ns/net`` on ``/run/netns/NAME``;
+  removal is pyroute2's ``netns.remove`` after every process inside has been killed, and
+  is *verified* (the name is gone and ``ip netns pids`` had nothing left).
+
+Nothing here touches the root namespace: veth pairs are created inside one namespace
+with their peer placed directly in the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import os
+import select
+import signal
+import socket as socketlib
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+
+from harness.hosts.base import (
+    DEFAULT_RUN_TIMEOUT,
+    DEFAULT_SPAWN_TIMEOUT,
+    CmdResult,
+    CommandFailed,
+    IfAddress,
+    LogLine,
+    PathExists,
+    Process,
+    Readiness,
+    TcpListening,
+    UdpListening,
+)
+from harness.proc import PROBE_INTERVAL_MAX, PROBE_INTERVAL_MIN, LocalProcess, run_local
+
+__all__ = [
+    "BASE_SYSCTLS",
+    "NETNS_RUN_DIR",
+    "NetnsError",
+    "NetnsHost",
+    "kill_netns_pids",
+    "list_netns",
+    "netns_pids",
+    "remove_netns",
+    "run_in_netns",
+]
+
+T = TypeVar("T")
+
+NETNS_RUN_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+IFA_F_NODAD = 0x02
+"""Address flag: skip duplicate address detection, so an IPv6 address is usable at once
+(otherwise it is "tentative" for ~1 s and bind()/connect() fail with EADDRNOTAVAIL)."""
+
+KILL_WAIT = 5.0
+"""Seconds to wait for processes left in a namespace to die after SIGKILL."""
+
+OFFLOAD_FEATURES = ("tx", "rx", "tso", "gso", "gro")
+"""Turned off on every test link: with them on, veth hands packets over with partial
+(or no) checksums and as 64 KiB super-packets, so a capture would show neither real
+checksums nor wire-sized segments."""
+
+BASE_SYSCTLS: Mapping[str, str] = {
+    # IPv6 addresses usable at once; no router solicitations/SLAAC noise in captures.
+    "net/ipv6/conf/all/accept_dad": "0",
+    "net/ipv6/conf/default/accept_dad": "0",
+    "net/ipv6/conf/all/accept_ra": "0",
+    "net/ipv6/conf/default/accept_ra": "0",
+    "net/ipv6/conf/all/disable_ipv6": "0",
+    "net/ipv6/conf/default/disable_ipv6": "0",
+    # A tun2socks answers from addresses that are not routed back through the TUN, so
+    # strict reverse-path filtering would silently drop its replies.
+    "net/ipv4/conf/all/rp_filter": "0",
+    "net/ipv4/conf/default/rp_filter": "0",
+    # Unprivileged ICMP echo sockets (ping without CAP_NET_RAW; ztun's ICMP option).
+    "net/ipv4/ping_group_range": "0 2147483647",
+}
+"""Applied to every namespace before any link exists (new links copy ``default``)."""
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetnsError(RuntimeError):
+    """A namespace could not be created, configured or verifiably removed."""
+
+
+# --------------------------------------------------------------------------- primitives
+
+
+def _netns_path(name: str) -> Path:
+    return NETNS_RUN_DIR / name
+
+
+def _setns(name: str) -> None:
+    fd = os.open(_netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _in_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a fresh thread and return its result (or raise its exception).
+
+    The thread ends after ``fn``, so a namespace it entered never leaks into a
+    thread that is reused for something else.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # re-raised in the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="netns-helper", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
+
+
+def run_in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Call ``fn`` from a helper thread that has entered namespace ``name``."""
+
+    def entered() -> T:
+        _setns(name)
+        return fn()
+
+    return _in_thread(entered)
+
+
+def create_netns(name: str) -> None:
+    """Create ``/run/netns/NAME`` for a fresh namespace, without forking."""
+    if _netns_path(name).exists():
+        raise NetnsError(
+            f"namespace {name!r} already exists (leftover? `python -m harness cleanup`)"
+        )
+
+    def unshare_and_attach() -> None:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+        # /proc/<tid>/ns/net is this thread's (new) namespace.
+        pr_netns.attach(name, threading.get_native_id())
+
+    _in_thread(unshare_and_attach)
+
+
+def list_netns(prefix: str = "") -> list[str]:
+    """Names in /run/netns starting with ``prefix``."""
+    try:
+        names = os.listdir(NETNS_RUN_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def netns_pids(name: str) -> list[int]:
+    """Pids of processes inside ``name`` (``ip netns pids``: compares ns inodes)."""
+    result = run_local(["ip", "netns", "pids", name], timeout=DEFAULT_RUN_TIMEOUT)
+    if not result.ok:
+        return []
+    return [int(tok) for tok in result.stdout.split() if tok.isdigit()]
+
+
+def _wait_pids_gone(pids: Sequence[int], timeout: float) -> list[int]:
+    """Await the exit of ``pids`` via pidfds; returns those still alive at the deadline."""
+    fds: dict[int, int] = {}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            fds[os.pidfd_open(pid)] = pid
+    try:
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        pending = set(fds)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for fd, _ in poller.poll(remaining * 1000):
+                pending.discard(fd)
+                poller.unregister(fd)
+        return sorted(fds[fd] for fd in pending)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def kill_netns_pids(name: str, timeout: float = KILL_WAIT) -> list[int]:
+    """SIGKILL every process inside ``name`` and await their exit; returns the pids."""
+    pids = netns_pids(name)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    survivors = _wait_pids_gone(pids, timeout)
+    if survivors:
+        raise NetnsError(f"processes {survivors} in namespace {name!r} survived SIGKILL")
+    return pids
+
+
+def remove_netns(name: str) -> list[int]:
+    """Kill what runs inside, remove the namespace, verify it is gone; returns killed pids.
+
+    A namespace lives as long as a process or a mount holds it: the name going away is
+    not enough, so processes are killed first and the result is checked.
+    """
+    killed = kill_netns_pids(name) if _netns_path(name).exists() else []
+    with contextlib.suppress(FileNotFoundError):
+        pr_netns.remove(name)
+    if _netns_path(name).exists():
+        raise NetnsError(f"namespace {name!r} still present after removal")
+    return killed
+
+
+# --------------------------------------------------------------------------- host
+
+
+def _proc_net_ports(text: str, *, listen_only: bool) -> set[int]:
+    """Local ports in a /proc/net/{tcp,udp}[6] table (hex ``ADDR:PORT``; state 0A=LISTEN)."""
+    ports: set[int] = set()
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        if listen_only and fields[3] != "0A":
+            continue
+        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+class NetnsHost:
+    """A Host backed by a network namespace; see the module docstring.
+
+    ``NetnsHost(name, log_dir=...)`` creates the namespace, brings ``lo`` up and applies
+    :data:`BASE_SYSCTLS` plus ``sysctls``.  With ``create=False`` it adopts an existing
+    namespace (and :meth:`close` does not remove it).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        log_dir: Path,
+        sysctls: Mapping[str, str] | None = None,
+        forwarding: bool = False,
+        create: bool = True,
+        label: str | None = None,
+    ) -> None:
+        self._name = name
+        self.label = label or name
+        """Short role name ("client") for file names and messages."""
+        self._log_dir = Path(log_dir)
+        self._owned = create
+        self._closed = False
+        self._processes: list[LocalProcess] = []
+        self._spawn_names: dict[str, int] = {}
+        if create:
+            create_netns(name)
+        try:
+            settings = dict(BASE_SYSCTLS)
+            flag = "1" if forwarding else "0"
+            settings["net/ipv4/ip_forward"] = flag
+            settings["net/ipv6/conf/all/forwarding"] = flag
+            settings.update(sysctls or {})
+            self.set_sysctls(settings)
+            self.link_up("lo")
+        except BaseException:
+            if create:
+                remove_netns(name)
+            raise
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def log_dir(self) -> Path:
+        return self._log_dir
+
+    @property
+    def processes(self) -> list[Process]:
+        """Every process spawned in this host (running or not), oldest first."""
+        return list(self._processes)
+
+    def __repr__(self) -> str:
+        return f"<NetnsHost {self._name}>"
+
+    def exec_argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` wrapped to run inside the namespace."""
+        return ["ip", "netns", "exec", self._name, *argv]
+
+    # ------------------------------------------------------------------ commands
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = DEFAULT_RUN_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+        input: str | bytes | None = None,
+        check: bool = False,
+    ) -> CmdResult:
+        result = run_local(
+            self.exec_argv(argv), display_argv=argv, timeout=timeout, env=env, input=input
+        )
+        if check and not result.ok:
+            raise CommandFailed(result)
+        return result
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str,
+        ready: Readiness | None = None,
+        timeout: float = DEFAULT_SPAWN_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+    ) -> Process:
+        # Two processes with the same name get distinct logs (tcpdump-1, tcpdump-2...).
+        count = self._spawn_names.get(name, 0)
+        self._spawn_names[name] = count + 1
+        stem = name if count == 0 else f"{name}-{count}"
+        proc = LocalProcess(
+            self.exec_argv(argv),
+            name=name,
+            log_path=self._log_dir / f"{stem}.log",
+            display_argv=argv,
+            env=env,
+            probe=self.is_ready,
+        )
+        self._processes.append(proc)
+        if ready is not None:
+            try:
+                proc.wait_for(ready, timeout)
+            except BaseException:
+                proc.stop()
+                raise
+        return proc
+
+    # ------------------------------------------------------------------ readiness
+
+    def listening_ports(self, kind: str, family: int | None = None) -> set[int]:
+        """Ports with a TCP listener (``kind="tcp"``) or bound UDP socket (``"udp"``)."""
+        tables = []
+        if family in (None, socketlib.AF_INET):
+            tables.append(kind)
+        if family in (None, socketlib.AF_INET6):
+            tables.append(kind + "6")
+
+        def read() -> set[int]:
+            ports: set[int] = set()
+            for table in tables:
+                with contextlib.suppress(FileNotFoundError):
+                    text = Path(f"/proc/thread-self/net/{table}").read_text()
+                    ports |= _proc_net_ports(text, listen_only=kind == "tcp")
+            return ports
+
+        return run_in_netns(self._name, read)
+
+    def is_ready(self, ready: Readiness) -> bool:
+        """Check a non-log readiness condition once (the probe LocalProcess polls)."""
+        if isinstance(ready, TcpListening):
+            return ready.port in self.listening_ports("tcp", ready.family)
+        if isinstance(ready, UdpListening):
+            return ready.port in self.listening_ports("udp", ready.family)
+        if isinstance(ready, PathExists):
+            return Path(ready.path).exists()
+        raise TypeError(f"{type(ready).__name__} is not a host condition")
+
+    def wait_ready(self, ready: Readiness, *, timeout: float = DEFAULT_SPAWN_TIMEOUT) -> None:
+        if isinstance(ready, LogLine):
+            raise TypeError("LogLine belongs to a process: use Process.wait_for")
+        deadline = time.monotonic() + timeout
+        interval = PROBE_INTERVAL_MIN
+        # Polled: the kernel offers no event for "a socket started listening".
+        while not self.is_ready(ready):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self._name}: no {ready.describe()} within {timeout:g}s")
+            threading.Event().wait(min(interval, remaining))
+            interval = min(interval * 2, PROBE_INTERVAL_MAX)
+
+    # ------------------------------------------------------------------ files & sockets
+
+    def read_file(self, path: str | Path) -> bytes:
+        return Path(path).read_bytes()
+
+    def write_file(self, path: str | Path, data: str | bytes) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data.encode() if isinstance(data, str) else data)
+
+    def socket(
+        self,
+        family: socketlib.AddressFamily | int = socketlib.AF_INET,
+        type: socketlib.SocketKind | int = socketlib.SOCK_STREAM,
+        proto: int = 0,
+    ) -> socketlib.socket:
+        return run_in_netns(self._name, lambda: socketlib.socket(family, type, proto))
+
+    # ------------------------------------------------------------------ configuration
+
+    def netlink(self, fn: Callable[[IPRoute], T]) -> T:
+        """Call ``fn(ipr)`` with a pyroute2 ``IPRoute`` bound to this namespace."""
+
+        def call() -> T:
+            with IPRoute() as ipr:
+                return fn(ipr)
+
+        return run_in_netns(self._name, call)
+
+    def set_sysctls(self, settings: Mapping[str, str]) -> None:
+        """Write ``/proc/sys`` keys (``net/ipv4/ip_forward`` or ``net.ipv4.ip_forward``)."""
+
+        def write() -> None:
+            for key, value in settings.items():
+                path = Path("/proc/sys") / key.replace(".", "/")
+                path.write_text(f"{value}\n")
+
+        run_in_netns(self._name, write)
+
+    def sysctl(self, key: str) -> str:
+        path = Path("/proc/sys") / key.replace(".", "/")
+        return run_in_netns(self._name, lambda: path.read_text().strip())
+
+    def link_up(self, ifname: str, *, mtu: int | None = None) -> None:
+        def up(ipr: IPRoute) -> None:
+            index = self._index(ipr, ifname)
+            if mtu is not None:
+                ipr.link("set", index=index, mtu=mtu)
+            ipr.link("set", index=index, state="up")
+
+        self.netlink(up)
+
+    def set_mtu(self, ifname: str, mtu: int) -> None:
+        self.netlink(lambda ipr: ipr.link("set", index=self._index(ipr, ifname), mtu=mtu))
+
+    def add_address(self, ifname: str, address: IfAddress | str) -> None:
+        """Add an address; IPv6 ones with ``nodad`` so they are usable immediately."""
+        iface = ipaddress.ip_interface(address)
+        flags = IFA_F_NODAD if iface.version == 6 else 0
+
+        def add(ipr: IPRoute) -> None:
+            ipr.addr(
+                "add",
+                index=self._index(ipr, ifname),
+                address=str(iface.ip),
+                prefixlen=iface.network.prefixlen,
+                flags=flags,
+            )
+
+        self.netlink(add)
+
+    def add_route(
+        self,
+        dst: str,
+        *,
+        dev: str | None = None,
+        via: str | None = None,
+        table: int | None = None,
+        metric: int | None = None,
+    ) -> None:
+        """Add a route (``dst`` like ``default``, ``10.0.0.0/8``, ``::/0``) inside the host.
+
+        ``default`` is IPv4; say ``::/0`` (or give an IPv6 ``via``) for IPv6.
+        """
+        argv = ["ip"]
+        is_v6 = ":" in dst or (via is not None and ":" in via)
+        if is_v6:
+            argv.append("-6")
+        argv += ["route", "add", dst]
+        if via is not None:
+            argv += ["via", via]
+        if dev is not None:
+            argv += ["dev", dev]
+        if table is not None:
+            argv += ["table", str(table)]
+        if metric is not None:
+            argv += ["metric", str(metric)]
+        self.run(argv, check=True)
+
+    def disable_offloads(self, ifname: str) -> None:
+        """``ethtool -K IF tx off rx off tso off gso off gro off`` (see OFFLOAD_FEATURES)."""
+        argv = ["ethtool", "-K", ifname]
+        for feature in OFFLOAD_FEATURES:
+            argv += [feature, "off"]
+        self.run(argv, check=True)
+
+    def operstates(self) -> dict[str, str]:
+        """``{ifname: operstate}`` (``UP``, ``DOWN``, ``UNKNOWN`` for lo and TUNs...)."""
+        return self.netlink(
+            lambda ipr: {
+                str(link.get("ifname")): str(link.get("operstate")) for link in ipr.get_links()
+            }
+        )
+
+    def wait_links_up(
+        self, ifnames: Sequence[str], *, timeout: float = DEFAULT_SPAWN_TIMEOUT
+    ) -> None:
+        """Await operstate UP on ``ifnames`` (carrier is propagated asynchronously).
+
+        Polled with a bounded back-off: a netlink subscription would be the event, but
+        with the ifindex trick in harness.topo links are up by the first check.
+        """
+        deadline = time.monotonic() + timeout
+        interval = PROBE_INTERVAL_MIN
+        while True:
+            states = self.operstates()
+            down = {n: states.get(n, "missing") for n in ifnames if states.get(n) != "UP"}
+            if not down:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NetnsError(f"{self._name}: links not up within {timeout:g}s: {down}")
+            threading.Event().wait(min(interval, remaining))
+            interval = min(interval * 2, PROBE_INTERVAL_MAX)
+
+    def interfaces(self) -> list[str]:
+        return self.netlink(lambda ipr: [str(link.get("ifname")) for link in ipr.get_links()])
+
+    def addresses(self, ifname: str | None = None) -> list[IfAddress]:
+        def collect(ipr: IPRoute) -> list[IfAddress]:
+            kwargs: dict[str, Any] = {}
+            if ifname is not None:
+                kwargs["index"] = self._index(ipr, ifname)
+            return [
+                ipaddress.ip_interface(f"{msg.get('address')}/{msg['prefixlen']}")
+                for msg in ipr.get_addr(**kwargs)
+            ]
+
+        return self.netlink(collect)
+
+    @staticmethod
+    def _index(ipr: IPRoute, ifname: str) -> int:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise NetnsError(f"no interface {ifname!r}")
+        return int(found[0])
+
+    # ------------------------------------------------------------------ teardown
+
+    def stop_processes(self) -> None:
+        """Stop spawned processes, newest first (clients before the servers they use)."""
+        errors: list[BaseException] = []
+        for proc in reversed(self._processes):
+            try:
+                proc.stop()
+            except Exception as exc:  # keep stopping the others
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.stop_processes()
+        finally:
+            if self._owned:
+                remove_netns(self._name)

@@ -1,0 +1,93 @@
+"""Fixtures for auto-route tests: a private namespace with its own default route and TUN.
+
+Everything happens inside a namespace created here and removed on teardown (also on
+failure); the root namespace's routes and rules are never read or written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+NETNS_TIMEOUT = 10.0
+_counter = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "netns: needs root and creates network namespaces")
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if not os.path.exists("/dev/net/tun"):
+        return "no /dev/net/tun"
+    try:
+        import pyroute2  # noqa: F401
+    except ImportError:
+        return "pyroute2 not installed"
+    return None
+
+
+@dataclass(frozen=True)
+class RouteNs:
+    """A namespace with ``uplink0`` (its own default routes, v4 and v6) and a TUN ``zt0``."""
+
+    name: str
+    tun: str = "zt0"
+    uplink: str = "uplink0"
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``ip -n NAME ARGS`` (the test's eyes; the product itself uses netlink)."""
+        return subprocess.run(
+            ["ip", "-n", self.name, *args],
+            capture_output=True,
+            text=True,
+            timeout=NETNS_TIMEOUT,
+            check=check,
+        )
+
+    def snapshot(self) -> str:
+        """The routing state to compare byte-for-byte: rules and every table, v4 and v6."""
+        out = []
+        for fam in ("-4", "-6"):
+            for args in (("rule", "show"), ("route", "show", "table", "all")):
+                res = self.ip(fam, *args)
+                out.append(f"### ip {fam} {' '.join(args)}\n{res.stdout}")
+        return "\n".join(out)
+
+
+@pytest.fixture
+def route_ns() -> Iterator[RouteNs]:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from pyroute2 import IPRoute, netns
+
+    name = f"ztr{os.getpid() % 100000}x{next(_counter)}"
+    netns.create(name)
+    try:
+        with IPRoute(netns=name) as ipr:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            ipr.link("set", index=lo, state="up")
+            # a veth pair with both ends inside: the uplink needs a carrier for its routes
+            ipr.link("add", ifname="uplink0", kind="veth", peer="uplinkpeer0")
+            up = ipr.link_lookup(ifname="uplink0")[0]
+            ipr.link("set", index=up, state="up")
+            ipr.link("set", index=ipr.link_lookup(ifname="uplinkpeer0")[0], state="up")
+            ipr.addr("add", index=up, address="10.250.0.2", prefixlen=24)
+            ipr.addr("add", index=up, address="fd00:250::2", prefixlen=64, flags=0x02)
+            ipr.route("add", dst="0.0.0.0/0", gateway="10.250.0.1", oif=up)
+            ipr.route("add", dst="::/0", gateway="fd00:250::1", oif=up, family=10)
+            ipr.link("add", ifname="zt0", kind="tuntap", mode="tun")
+            tun = ipr.link_lookup(ifname="zt0")[0]
+            ipr.link("set", index=tun, state="up")
+            ipr.addr("add", index=tun, address="172.19.0.1", prefixlen=30)
+        yield RouteNs(name)
+    finally:
+        netns.remove(name)

@@ -1,0 +1,117 @@
+"""Outbound sockets: non-blocking, marked, bound to a device, connected with a deadline.
+
+ztun's own traffic must not be routed back into its TUN. Auto-route does that with policy
+routing keyed on a fwmark (SO_MARK, needs CAP_NET_ADMIN) or by pinning the socket to the
+real uplink (SO_BINDTODEVICE); both are set before connect(), when the route is chosen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Any
+
+from .errors import OutboundError
+
+#: Both are Linux-only; elsewhere the options are refused with a clear message.
+_SO_MARK: int | None = getattr(socket, "SO_MARK", None)
+_SO_BINDTODEVICE: int | None = getattr(socket, "SO_BINDTODEVICE", None)
+
+SockAddr = tuple[Any, ...]
+
+
+def make_socket(
+    family: int,
+    kind: int,
+    *,
+    fwmark: int | None = None,
+    bind_interface: str | None = None,
+) -> socket.socket:
+    """A non-blocking socket with the routing options applied (TCP_NODELAY for TCP).
+
+    Raises OutboundError when an option cannot be set: that is a configuration problem
+    (missing capability, unknown interface), not a network one.
+    """
+    sock = socket.socket(family, kind)
+    try:
+        sock.setblocking(False)
+        if fwmark is not None:
+            if _SO_MARK is None:
+                raise OutboundError("fwmark (SO_MARK) is supported on Linux only")
+            _setopt(sock, _SO_MARK, fwmark, f"fwmark {fwmark:#x}", "needs CAP_NET_ADMIN")
+        if bind_interface:
+            if _SO_BINDTODEVICE is None:
+                raise OutboundError("bind_interface (SO_BINDTODEVICE) is supported on Linux only")
+            _setopt(
+                sock,
+                _SO_BINDTODEVICE,
+                bind_interface.encode(),
+                f"bind_interface {bind_interface!r}",
+                "does the interface exist? before Linux 5.7 it needs CAP_NET_RAW",
+            )
+        if kind == socket.SOCK_STREAM:
+            # Proxied request/response traffic must not wait for Nagle's timer.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _setopt(sock: socket.socket, opt: int, value: int | bytes, what: str, hint: str) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, opt, value)
+    except OSError as exc:
+        raise OutboundError(f"cannot set {what}: {exc.strerror} ({hint})") from exc
+
+
+def sockaddr_for(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> SockAddr:
+    return (str(ip), port) if ip.version == 4 else (str(ip), port, 0, 0)
+
+
+async def resolve(host: str, port: int, kind: int) -> list[tuple[int, SockAddr]]:
+    """(family, sockaddr) candidates for host:port; IP literals skip the resolver."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        return [(family, sockaddr_for(ip, port))]
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=kind)
+    return [(info[0], info[4]) for info in infos]
+
+
+async def connect_tcp(
+    host: str,
+    port: int,
+    *,
+    timeout: float,
+    fwmark: int | None = None,
+    bind_interface: str | None = None,
+) -> socket.socket:
+    """Connect to host:port, trying each resolved address in turn within one deadline.
+
+    Raises TimeoutError when the deadline passes, socket.gaierror when the name does not
+    resolve, or the last address's OSError (ConnectionRefusedError, ...).
+    """
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        candidates = await resolve(host, port, socket.SOCK_STREAM)
+        last_error: OSError = OSError(f"{host} resolved to no address")
+        for family, sockaddr in candidates:
+            sock = make_socket(
+                family, socket.SOCK_STREAM, fwmark=fwmark, bind_interface=bind_interface
+            )
+            try:
+                await loop.sock_connect(sock, sockaddr)
+            except OSError as exc:
+                sock.close()
+                last_error = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        raise last_error

@@ -1,0 +1,441 @@
+"""SOCKS5 client protocol, sans-IO (after h11): bytes in, events and bytes out.
+
+`Socks5Client` drives one handshake - greeting, optional RFC 1929 username/password
+sub-negotiation, one request (CONNECT or UDP ASSOCIATE) and its reply - without touching
+a socket. Its I/O adapter (`socks5.py`) writes `data_to_send()` and feeds whatever the
+proxy sent to `receive_data()`, in chunks of any size down to one byte; `receive_data(b"")`
+means the proxy closed the connection. Bytes the proxy sent after its reply belong to the
+tunnel and are kept in `trailing_data`.
+
+The UDP request header (RFC 1928 section 7) is encoded and decoded by plain functions.
+
+Remote garbage raises `RemoteProtocolError`; using the client out of order raises
+`LocalProtocolError`. A proxy saying "no" (no acceptable method, bad password, a non-zero
+reply) is not garbage: it is an event.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .target import MAX_DOMAIN_LEN, Target, encode_domain
+
+SOCKS_VERSION = 0x05
+#: RFC 1929 section 2: the sub-negotiation has its own version byte.
+AUTH_VERSION = 0x01
+AUTH_SUCCESS = 0x00
+_RESERVED = 0x00
+_PORT_LEN = 2
+_IPV4_LEN = 4
+_IPV6_LEN = 16
+#: VER METHOD
+_METHOD_REPLY_LEN = 2
+#: VER STATUS
+_AUTH_REPLY_LEN = 2
+#: VER REP RSV ATYP, then the address
+_REPLY_HEAD_LEN = 4
+#: VER REP: enough to know a request failed
+_REPLY_FAILURE_LEN = 2
+#: RSV(2) FRAG ATYP, then the address
+_UDP_HEAD_LEN = 4
+_UDP_RESERVED = b"\x00\x00"
+
+
+class Method(enum.IntEnum):
+    """Authentication methods (RFC 1928 section 3)."""
+
+    NO_AUTH = 0x00
+    GSSAPI = 0x01
+    USERNAME_PASSWORD = 0x02
+    NO_ACCEPTABLE = 0xFF
+
+
+class Command(enum.IntEnum):
+    CONNECT = 0x01
+    BIND = 0x02
+    UDP_ASSOCIATE = 0x03
+
+
+class AddressType(enum.IntEnum):
+    IPV4 = 0x01
+    DOMAIN = 0x03
+    IPV6 = 0x04
+
+
+class Reply(enum.IntEnum):
+    """Reply codes (RFC 1928 section 6)."""
+
+    SUCCEEDED = 0x00
+    GENERAL_FAILURE = 0x01
+    NOT_ALLOWED = 0x02
+    NETWORK_UNREACHABLE = 0x03
+    HOST_UNREACHABLE = 0x04
+    CONNECTION_REFUSED = 0x05
+    TTL_EXPIRED = 0x06
+    COMMAND_NOT_SUPPORTED = 0x07
+    ADDRESS_TYPE_NOT_SUPPORTED = 0x08
+
+
+REPLY_NAMES: dict[int, str] = {
+    Reply.SUCCEEDED: "succeeded",
+    Reply.GENERAL_FAILURE: "general SOCKS server failure",
+    Reply.NOT_ALLOWED: "connection not allowed by ruleset",
+    Reply.NETWORK_UNREACHABLE: "network unreachable",
+    Reply.HOST_UNREACHABLE: "host unreachable",
+    Reply.CONNECTION_REFUSED: "connection refused",
+    Reply.TTL_EXPIRED: "TTL expired",
+    Reply.COMMAND_NOT_SUPPORTED: "command not supported",
+    Reply.ADDRESS_TYPE_NOT_SUPPORTED: "address type not supported",
+}
+
+
+def reply_name(code: int) -> str:
+    """The RFC 1928 name of a reply code ("connection refused"), or "unassigned reply 0x..."."""
+    return REPLY_NAMES.get(code, f"unassigned reply {code:#04x}")
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """Base of the two ways a SOCKS5 exchange can go wrong."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We used the state machine wrongly (fed it after the handshake, bad credentials)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The proxy sent bytes that are not valid SOCKS5, or closed mid-message."""
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MethodSelected:
+    """The proxy chose `method` among the ones we offered."""
+
+    method: int
+
+
+@dataclass(frozen=True, slots=True)
+class NoAcceptableMethods:
+    """The proxy accepts none of the offered methods (METHOD 0xFF); it will close."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSucceeded:
+    """RFC 1929 status 0: the username and password were accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailed:
+    """RFC 1929 non-zero status; the proxy must close the connection after it."""
+
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSucceeded:
+    """Reply 0x00. `bound` is BND.ADDR:BND.PORT: for UDP ASSOCIATE, the relay to send to."""
+
+    bound: Target
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    """A non-zero reply code; `reason` is its RFC name."""
+
+    reply_code: int
+
+    @property
+    def reason(self) -> str:
+        return reply_name(self.reply_code)
+
+
+Event = (
+    MethodSelected
+    | NoAcceptableMethods
+    | AuthSucceeded
+    | AuthFailed
+    | RequestSucceeded
+    | RequestFailed
+)
+
+
+# -- state machine (after h11's _state.py: the legal moves, in one table) -----------------
+
+
+class State(enum.Enum):
+    AWAIT_METHOD = "awaiting the method selection"
+    AWAIT_AUTH = "awaiting the authentication status"
+    AWAIT_REPLY = "awaiting the reply to the request"
+    ESTABLISHED = "established"
+    FAILED = "failed"
+
+
+#: (state, what the proxy said) -> next state. A method selection is keyed by the method
+#: because it decides whether a sub-negotiation follows.
+_TRANSITIONS: dict[tuple[State, object], State] = {
+    (State.AWAIT_METHOD, (MethodSelected, Method.NO_AUTH)): State.AWAIT_REPLY,
+    (State.AWAIT_METHOD, (MethodSelected, Method.USERNAME_PASSWORD)): State.AWAIT_AUTH,
+    (State.AWAIT_METHOD, NoAcceptableMethods): State.FAILED,
+    (State.AWAIT_AUTH, AuthSucceeded): State.AWAIT_REPLY,
+    (State.AWAIT_AUTH, AuthFailed): State.FAILED,
+    (State.AWAIT_REPLY, RequestSucceeded): State.ESTABLISHED,
+    (State.AWAIT_REPLY, RequestFailed): State.FAILED,
+}
+
+
+def _symbol(event: Event) -> object:
+    if isinstance(event, MethodSelected):
+        return (MethodSelected, event.method)
+    return type(event)
+
+
+class Socks5Client:
+    """One client-side SOCKS5 handshake for `command` to `target`.
+
+    The greeting is queued at construction: offer no-auth, plus username/password when
+    credentials are given (as curl does), and never pipeline - each message is sent only
+    after the previous answer, because many servers discard what arrives early.
+    """
+
+    def __init__(
+        self,
+        command: Command,
+        target: Target,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self._request = encode_request(command, target)
+        self._auth: bytes | None = None
+        methods = [Method.NO_AUTH]
+        if username is not None:
+            self._auth = encode_auth(username, password or "")
+            methods.append(Method.USERNAME_PASSWORD)
+        self._offered = frozenset(methods)
+        self._buf = bytearray()
+        self._out = bytearray(encode_greeting(methods))
+        self.state = State.AWAIT_METHOD
+
+    def data_to_send(self) -> bytes:
+        """What to write to the proxy now (possibly b""); the queue is emptied."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Tunnel bytes that arrived together with the final reply (ESTABLISHED only)."""
+        if self.state is not State.ESTABLISHED:
+            raise LocalProtocolError(f"no trailing data while {self.state.value}")
+        return bytes(self._buf)
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the proxy (b"" = it closed); return the events now complete."""
+        if self.state in (State.ESTABLISHED, State.FAILED):
+            raise LocalProtocolError(
+                f"handshake {self.state.value}: relay tunnel bytes directly, not through "
+                "the protocol core"
+            )
+        if not data:
+            return self._receive_eof()
+        self._buf += data
+        events: list[Event] = []
+        try:
+            while self.state not in (State.ESTABLISHED, State.FAILED):
+                event = self._next_event()
+                if event is None:
+                    break
+                self._apply(event)
+                events.append(event)
+        except RemoteProtocolError:
+            self.state = State.FAILED
+            raise
+        return events
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _apply(self, event: Event) -> None:
+        key = (self.state, _symbol(event))
+        if key not in _TRANSITIONS:
+            raise LocalProtocolError(f"no transition from {self.state.name} on {event!r}")
+        self.state = _TRANSITIONS[key]
+        # Entering a state that awaits an answer means sending the question first.
+        if self.state is State.AWAIT_AUTH:
+            assert self._auth is not None  # only offered with credentials
+            self._out += self._auth
+        elif self.state is State.AWAIT_REPLY:
+            self._out += self._request
+
+    def _next_event(self) -> Event | None:
+        if self.state is State.AWAIT_METHOD:
+            return self._parse_method()
+        if self.state is State.AWAIT_AUTH:
+            return self._parse_auth()
+        return self._parse_reply()
+
+    def _parse_method(self) -> Event | None:
+        if len(self._buf) < _METHOD_REPLY_LEN:
+            return None
+        version, method = self._buf[0], self._buf[1]
+        if version != SOCKS_VERSION:
+            raise RemoteProtocolError(
+                f"method selection has version {version:#04x}, not 0x05 (is this a SOCKS5 proxy?)"
+            )
+        del self._buf[:_METHOD_REPLY_LEN]
+        if method == Method.NO_ACCEPTABLE:
+            return NoAcceptableMethods()
+        if method not in self._offered:
+            raise RemoteProtocolError(f"proxy chose method {method:#04x}, which was not offered")
+        return MethodSelected(method)
+
+    def _parse_auth(self) -> Event | None:
+        if len(self._buf) < _AUTH_REPLY_LEN:
+            return None
+        version, status = self._buf[0], self._buf[1]
+        # Some servers answer the sub-negotiation with 0x05; the status byte is what counts.
+        if version not in (AUTH_VERSION, SOCKS_VERSION):
+            raise RemoteProtocolError(f"authentication reply has version {version:#04x}")
+        del self._buf[:_AUTH_REPLY_LEN]
+        return AuthSucceeded() if status == AUTH_SUCCESS else AuthFailed(status)
+
+    def _parse_reply(self) -> Event | None:
+        if len(self._buf) < _REPLY_FAILURE_LEN:
+            return None
+        version, code = self._buf[0], self._buf[1]
+        if version != SOCKS_VERSION:
+            raise RemoteProtocolError(f"reply has version {version:#04x}, not 0x05")
+        if code != Reply.SUCCEEDED:
+            # A failure is decided by VER REP alone: some servers send nothing after it,
+            # others a zeroed or bogus address, and the connection closes either way.
+            self._buf.clear()
+            return RequestFailed(code)
+        # RSV (byte 2) is ignored: RFC 1928 fixes it to 0, but nothing depends on it.
+        parsed = parse_address(self._buf, _REPLY_HEAD_LEN - 1)
+        if parsed is None:
+            return None
+        bound, end = parsed
+        del self._buf[:end]
+        return RequestSucceeded(bound)
+
+    def _receive_eof(self) -> list[Event]:
+        waiting = self.state.value
+        self.state = State.FAILED
+        raise RemoteProtocolError(f"proxy closed the connection while {waiting}")
+
+
+# -- encoders -----------------------------------------------------------------------------
+
+
+def encode_greeting(methods: Sequence[int]) -> bytes:
+    """VER NMETHODS METHODS (RFC 1928 section 3)."""
+    if not 1 <= len(methods) <= 0xFF:
+        raise LocalProtocolError("a greeting offers 1 to 255 methods")
+    return bytes([SOCKS_VERSION, len(methods), *methods])
+
+
+def encode_auth(username: str, password: str) -> bytes:
+    """VER ULEN UNAME PLEN PASSWD (RFC 1929 section 2), UTF-8.
+
+    An empty password is sent as PLEN 0; servers that want one will say so.
+    """
+    uname, passwd = username.encode(), password.encode()
+    if not 1 <= len(uname) <= 0xFF:
+        raise LocalProtocolError("username must be 1 to 255 bytes (RFC 1929)")
+    if len(passwd) > 0xFF:
+        raise LocalProtocolError("password must be at most 255 bytes (RFC 1929)")
+    return bytes([AUTH_VERSION, len(uname)]) + uname + bytes([len(passwd)]) + passwd
+
+
+@functools.lru_cache(maxsize=4096)
+def encode_address(target: Target) -> bytes:
+    """ATYP DST.ADDR DST.PORT (RFC 1928 section 5); cached, as UDP sends it per datagram."""
+    port = target.port.to_bytes(_PORT_LEN, "big")
+    if target.ip is None:
+        name = encode_domain(target.host)
+        return bytes([AddressType.DOMAIN, len(name)]) + name + port
+    atyp = AddressType.IPV4 if target.ip.version == 4 else AddressType.IPV6
+    return bytes([atyp]) + target.ip.packed + port
+
+
+def encode_request(command: Command, target: Target) -> bytes:
+    """VER CMD RSV ATYP DST.ADDR DST.PORT (RFC 1928 section 4)."""
+    return bytes([SOCKS_VERSION, command, _RESERVED]) + encode_address(target)
+
+
+@functools.lru_cache(maxsize=4096)
+def encode_udp_header(target: Target) -> bytes:
+    """RSV(2) FRAG(0) ATYP DST.ADDR DST.PORT, to prepend to a UDP payload (section 7)."""
+    return _UDP_RESERVED + b"\x00" + encode_address(target)
+
+
+# -- decoders -----------------------------------------------------------------------------
+
+
+def parse_address(buf: bytes | bytearray | memoryview, offset: int) -> tuple[Target, int] | None:
+    """Parse ATYP ADDR PORT at `offset`; return (target, end offset) or None if incomplete."""
+    if len(buf) <= offset:
+        return None
+    atyp = buf[offset]
+    start = offset + 1
+    if atyp == AddressType.IPV4:
+        end = start + _IPV4_LEN
+    elif atyp == AddressType.IPV6:
+        end = start + _IPV6_LEN
+    elif atyp == AddressType.DOMAIN:
+        if len(buf) <= start:
+            return None
+        name_len = buf[start]
+        if name_len == 0:
+            raise RemoteProtocolError("domain address of length 0")
+        start += 1
+        end = start + name_len
+    else:
+        raise RemoteProtocolError(f"unknown address type {atyp:#04x}")
+    if len(buf) < end + _PORT_LEN:
+        return None
+    raw = bytes(buf[start:end])
+    port = int.from_bytes(buf[end : end + _PORT_LEN], "big")
+    if atyp == AddressType.DOMAIN:
+        try:
+            host = raw.decode("ascii")
+            target = Target(host, port)
+        except (UnicodeDecodeError, ValueError):
+            raise RemoteProtocolError(f"invalid domain {raw[:MAX_DOMAIN_LEN]!r}") from None
+    else:
+        target = Target(str(ipaddress.ip_address(raw)), port)
+    return target, end + _PORT_LEN
+
+
+@dataclass(frozen=True, slots=True)
+class UdpHeader:
+    """A decoded UDP request header: the payload is `datagram[length:]`.
+
+    Returning the header length instead of a payload copy lets the caller slice a
+    memoryview when it wants zero-copy.
+    """
+
+    target: Target
+    frag: int
+    length: int
+
+
+def decode_udp_header(datagram: bytes | bytearray | memoryview) -> UdpHeader:
+    """Decode a relay datagram's header; RemoteProtocolError when it is short or garbage."""
+    if len(datagram) < _UDP_HEAD_LEN:
+        raise RemoteProtocolError(f"UDP datagram of {len(datagram)} bytes has no header")
+    if bytes(datagram[:2]) != _UDP_RESERVED:
+        raise RemoteProtocolError("UDP header reserved bytes are not zero")
+    parsed = parse_address(datagram, _UDP_HEAD_LEN - 1)
+    if parsed is None:
+        raise RemoteProtocolError("UDP header truncated inside the address")
+    target, end = parsed
+    return UdpHeader(target=target, frag=datagram[2], length=end)

@@ -1,0 +1,181 @@
+"""Outbound URLs: `socks5://[user[:pass]@]host:port` (also `socks5h://`), `direct://`,
+`reject://`.
+
+Parsed by hand rather than with `urllib.parse` so each mistake gets its own message
+("port missing", "IPv6 address must be in brackets") and so the password never appears
+in one: messages quote the URL with the password replaced by `***`.
+
+`socks5` and `socks5h` behave the same: ztun always hands domain names to the proxy.
+curl resolves names locally for `socks5://`, but inside a host whose traffic ztun routes
+(and whose DNS it may answer with fake IPs) a local lookup could loop back into ztun; the
+`socks5h` spelling is accepted so URLs written for curl work unchanged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import unquote
+
+from .target import MAX_PORT, Target
+
+Scheme = Literal["socks5", "socks5h"]
+SCHEMES: tuple[Scheme, ...] = ("socks5", "socks5h")
+#: The outbounds that need no address.
+Builtin = Literal["direct", "reject"]
+BUILTINS: tuple[Builtin, ...] = ("direct", "reject")
+#: RFC 1929: ULEN and PLEN are one byte each.
+MAX_CREDENTIAL_LEN = 255
+_EXAMPLE = "socks5://127.0.0.1:1080"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyURL:
+    """A parsed proxy URL; `str()` gives it back with the password masked."""
+
+    scheme: Scheme
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        """`host:port` (IPv6 in brackets), the name error messages use for the proxy."""
+        return str(Target(self.host, self.port))
+
+    def __str__(self) -> str:
+        auth = ""
+        if self.username is not None:
+            auth = self.username + (":***" if self.password else "") + "@"
+        return f"{self.scheme}://{auth}{self.address}"
+
+
+class _Bad(ValueError):
+    """Internal: one problem with the URL, wrapped with the (redacted) URL by the parser."""
+
+
+def parse_proxy_url(text: str) -> ProxyURL:
+    """Parse a proxy URL; raises ValueError("proxy URL '...': <what is wrong>")."""
+    try:
+        return _parse(text.strip())
+    except _Bad as exc:
+        raise ValueError(f"proxy URL {redact(text)!r}: {exc}") from None
+
+
+def parse_outbound_url(text: str) -> ProxyURL | Builtin:
+    """A proxy URL, or "direct" / "reject" for `direct://` and `reject://`; else ValueError."""
+    scheme, sep, rest = text.strip().partition("://")
+    name = scheme.lower()
+    if sep and name in SCHEMES:
+        return parse_proxy_url(text)
+    if sep and name in BUILTINS:
+        if rest not in ("", "/"):
+            raise ValueError(f"outbound URL {redact(text)!r}: {name}:// takes no address")
+        return "direct" if name == "direct" else "reject"
+    problem = (
+        f"unsupported scheme {scheme!r} (use socks5://, socks5h://, direct:// or reject://)"
+        if sep
+        else "scheme missing (expected e.g. socks5://127.0.0.1:1080 or direct://)"
+    )
+    raise ValueError(f"outbound URL {redact(text)!r}: {problem}")
+
+
+def redact(text: str) -> str:
+    """`text` with whatever sits between `user:` and the last `@` replaced by `***`."""
+    _, sep, rest = text.partition("://")
+    if not sep:
+        rest = text
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return text
+    user = userinfo.split(":", 1)[0]
+    return text[: len(text) - len(rest)] + f"{user}:***@{hostpart}"
+
+
+def _parse(text: str) -> ProxyURL:
+    scheme_text, sep, rest = text.partition("://")
+    if not sep:
+        raise _Bad(f"scheme missing (expected e.g. {_EXAMPLE})")
+    scheme = scheme_text.lower()
+    if scheme not in SCHEMES:
+        raise _Bad(f"unsupported scheme {scheme_text!r} (use socks5:// or socks5h://)")
+    netloc, tail = _split_tail(rest)
+    if tail not in ("", "/"):
+        raise _Bad(f"unexpected {tail!r} after host:port (a proxy URL has no path or query)")
+    userinfo, at, hostport = netloc.rpartition("@")
+    username, password = _parse_userinfo(userinfo) if at else (None, None)
+    host, port = _parse_hostport(hostport)
+    return ProxyURL(
+        scheme="socks5h" if scheme == "socks5h" else "socks5",
+        host=host,
+        port=port,
+        username=username,
+        password=password,
+    )
+
+
+def _split_tail(rest: str) -> tuple[str, str]:
+    """Split `authority` from whatever follows it (`/`, `?` or `#` start the tail)."""
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return rest[:cut], rest[cut:]
+
+
+def _parse_userinfo(userinfo: str) -> tuple[str, str]:
+    user_text, _, pass_text = userinfo.partition(":")
+    username = _decode_credential(user_text, "username")
+    password = _decode_credential(pass_text, "password")
+    if not username:
+        raise _Bad("username is empty (drop the '@' to connect without authentication)")
+    return username, password
+
+
+def _decode_credential(text: str, what: str) -> str:
+    try:
+        value = unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise _Bad(f"{what} is not valid UTF-8 after percent-decoding") from None
+    if len(value.encode()) > MAX_CREDENTIAL_LEN:
+        raise _Bad(f"{what} longer than {MAX_CREDENTIAL_LEN} bytes (RFC 1929 limit)")
+    return value
+
+
+def _parse_hostport(hostport: str) -> tuple[str, int]:
+    if hostport.startswith("["):
+        inside, bracket, after = hostport[1:].partition("]")
+        if not bracket:
+            raise _Bad("IPv6 address has no closing ']'")
+        try:
+            host = str(ipaddress.IPv6Address(inside))
+        except ValueError:
+            raise _Bad(f"{inside!r} in brackets is not an IPv6 address") from None
+        if not after:
+            raise _Bad(f"port missing (e.g. socks5://[{host}]:1080)")
+        if not after.startswith(":"):
+            raise _Bad(f"unexpected {after!r} after ']' (expected ':PORT')")
+        port_text = after[1:]
+    else:
+        if hostport.count(":") > 1:
+            raise _Bad("IPv6 address must be in brackets, e.g. socks5://[::1]:1080")
+        host, colon, port_text = hostport.partition(":")
+        if not host:
+            raise _Bad(f"host missing (expected e.g. {_EXAMPLE})")
+        if not colon:
+            raise _Bad(f"port missing (e.g. socks5://{host}:1080)")
+        try:
+            host = Target(host, 0).host
+        except ValueError as exc:
+            raise _Bad(str(exc).replace("target host", "host")) from None
+    return host, _parse_port(port_text)
+
+
+def _parse_port(text: str) -> int:
+    if not text:
+        raise _Bad("port missing after ':'")
+    if not text.isascii() or not text.isdigit():
+        raise _Bad(f"port {text!r} is not a number")
+    port = int(text)
+    if not 1 <= port <= MAX_PORT:
+        raise _Bad(f"port {port} out of range 1-{MAX_PORT}")
+    return port
