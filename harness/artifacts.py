@@ -33,19 +33,25 @@ __all__ = [
 MAX_DIRNAME = 120
 """Longest per-test folder name; longer node ids are cut and suffixed with a hash."""
 
+HASH_CHARS = 8
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 
 
 def safe_test_dirname(nodeid: str) -> str:
     """A readable, filesystem-safe, collision-resistant folder name for a node id.
 
-    ``tests/harness/test_x.py::test_a[v6-1]`` -> ``tests.harness.test_x.py--test_a-v6-1``.
+    ``tests/harness/test_x.py::test_a`` -> ``tests.harness.test_x.py--test_a``; names
+    that needed escaping (parameters) get a short hash of the node id appended.
     """
-    name = nodeid.replace("::", "--").replace("/", ".")
-    name = _UNSAFE.sub("-", name).strip("-.") or "test"
+    readable = nodeid.replace("::", "--").replace("/", ".")
+    name = _UNSAFE.sub("-", readable).strip("-.") or "test"
+    digest = hashlib.sha256(nodeid.encode()).hexdigest()[:HASH_CHARS]
     if len(name) > MAX_DIRNAME:
-        digest = hashlib.sha256(nodeid.encode()).hexdigest()[:10]
-        name = f"{name[: MAX_DIRNAME - 11]}-{digest}"
+        name = f"{name[: MAX_DIRNAME - HASH_CHARS - 1]}-{digest}"
+    elif name != readable:
+        # Lossy (test_a[1/2] and test_a[1:2] would meet): the hash keeps them apart.
+        name = f"{name}-{digest}"
     return name
 
 

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="SO_MARK for ztun's own outbound sockets (for policy routing)")
     run.add_argument("--interface", dest="bind_interface", metavar="IFACE",
                      help="bind outbound sockets to IFACE (SO_BINDTODEVICE)")
+    run.add_argument("--no-offload", dest="offload", action="store_false",
+                     help="open the TUN without IFF_VNET_HDR/TSO (one MTU-sized packet per read)")
     _add_logging(run)
 
     demo = sub.add_parser("demo", help="show ztun carrying TCP, UDP and ping in throwaway namespaces",
@@ -166,6 +168,7 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         netns=ns.netns,
         fwmark=ns.fwmark,
         bind_interface=ns.bind_interface,
+        offload=ns.offload,
     )
 
 
@@ -193,8 +196,9 @@ async def _serve(opts: RunOptions, device: Device) -> int:
             loop.add_signal_handler(sig, engine.stop)
         ports = engine.listen_ports()
         log.info(
-            "ztun ready device=%s index=%d mtu=%d addresses=%s listen=%s proxy=%s",
-            device.name, device.index, device.mtu, ",".join(str(a) for a in opts.addresses),
+            "ztun ready device=%s index=%d mtu=%d offload=%s addresses=%s listen=%s proxy=%s",
+            device.name, device.index, device.mtu, "on" if device.frame_header_len else "off",
+            ",".join(str(a) for a in opts.addresses),
             ",".join(f"v{v}:{p}" for v, p in ports.items()), opts.proxy,
         )
         await engine.wait_stopped()
@@ -209,7 +213,7 @@ def _open_device(opts: RunOptions) -> Device | None:
     from .tun import open_device
 
     try:
-        return open_device(opts.device, mtu=opts.mtu, addresses=opts.addresses)
+        return open_device(opts.device, mtu=opts.mtu, addresses=opts.addresses, offload=opts.offload)
     except (OSError, ValueError) as exc:
         log.error("cannot open %s: %s", opts.device, exc)
         return None

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import socket
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from .outbound import (
     Target,
     UdpAssociation,
 )
+from .pump import TunPump
 from .relay import SHARED_BUFFER_SIZE, Relay, close_with_reset
 from .stack import (
     SystemStack,
@@ -37,10 +39,8 @@ from .tun import Device
 
 log = logging.getLogger("ztun")
 
-READ_BATCH = 256  # packets per readiness callback: bounded so TCP accepts are not starved
 ACCEPT_BATCH = 64
 UDP_QUEUE_LIMIT = 64  # datagrams held while an association is being set up
-MAX_PACKET = 65536 + 64
 
 
 def _ip_text(raw: bytes) -> str:
@@ -118,7 +118,8 @@ class _UdpFlow:
             addr = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + addr.packed)
         engine.stats["udp_datagrams_down"] += 1
         engine.stats["udp_bytes_down"] += len(payload)
-        packet = engine.stack.udp_reply(self.session, addr.packed, source.port, payload, engine.loop.time())
+        with engine.lock:
+            packet = engine.stack.udp_reply(self.session, addr.packed, source.port, payload, engine.loop.time())
         engine.write_packet(packet)
 
     def close(self) -> None:
@@ -150,7 +151,9 @@ class Engine:
         self.udp_flows: dict[int, _UdpFlow] = {}
         self.pending: set[asyncio.Task[None]] = set()
         self.listeners: list[socket.socket] = []
-        self._rx = bytearray(MAX_PACKET)
+        # The stack is shared with the TUN pump thread; every call into it holds this.
+        self.lock = threading.Lock()
+        self.pump: TunPump | None = None
         self._relay_buffer = memoryview(bytearray(SHARED_BUFFER_SIZE))
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
@@ -174,7 +177,8 @@ class Engine:
             self.stack.set_listen_port(version, sock.getsockname()[1])
             self.loop.add_reader(sock.fileno(), self._on_accept, sock, version)
             self.listeners.append(sock)
-        self.loop.add_reader(self.device.fileno(), self._on_device_readable)
+        self.pump = TunPump(self.device, self.stack, self.lock, self.loop, self._on_udp_batch, self.stats)
+        self.pump.start()
         self._arm_timer()
 
     def listen_ports(self) -> dict[int, int]:
@@ -191,7 +195,8 @@ class Engine:
         """Close every flow (apps see RST), the listeners and the device."""
         if self._stopped.is_set():
             return
-        self.loop.remove_reader(self.device.fileno())
+        if self.pump is not None:
+            self.pump.stop()
         for sock in self.listeners:
             self.loop.remove_reader(sock.fileno())
             sock.close()
@@ -229,38 +234,6 @@ class Engine:
             self.stats["tun_write_error"] += 1
             log.debug("TUN write failed: %s", exc)
 
-    def _on_device_readable(self) -> None:
-        rx = memoryview(self._rx)
-        read_into = self.device.read_into
-        receive = self.stack.receive
-        write = self.device.write
-        now = self.loop.time()
-        count = 0
-        for _ in range(READ_BATCH):
-            try:
-                n = read_into(rx)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                self.stats["tun_read_error"] += 1
-                log.error("TUN read failed: %s", exc)
-                break
-            count += 1
-            out = receive(rx[:n], now)
-            if out is None:
-                continue
-            if type(out) is UdpDatagram:
-                self._on_udp(out)
-                continue
-            try:
-                write(out)  # type: ignore[arg-type]
-            except BlockingIOError:
-                self.stats["tun_write_dropped"] += 1
-            except OSError as exc:
-                self.stats["tun_write_error"] += 1
-                log.debug("TUN write failed: %s", exc)
-        self.stats["tun_packets_in"] += count
-
     # -- TCP -------------------------------------------------------------------------------
 
     def _on_accept(self, listener: socket.socket, version: int) -> None:
@@ -272,7 +245,8 @@ class Engine:
             except OSError as exc:
                 log.warning("accept failed: %s", exc)
                 return
-            session = self.stack.tcp_accepted(version, peer[1])
+            with self.lock:
+                session = self.stack.tcp_accepted(version, peer[1])
             if session is None:
                 close_with_reset(conn)
                 continue
@@ -311,7 +285,8 @@ class Engine:
             self.stats["tcp_bytes_down"] += relay.bytes_down
             if exc is not None:
                 self.stats["tcp_relay_reset"] += 1
-            self.stack.tcp_closed(session, self.loop.time())
+            with self.lock:
+                self.stack.tcp_closed(session, self.loop.time())
 
         relay = Relay(self.loop, conn, remote, self._relay_buffer, on_close)
         self.relays.add(relay)
@@ -319,9 +294,14 @@ class Engine:
 
     def _tcp_failed(self, conn: socket.socket, session: TcpSession) -> None:
         close_with_reset(conn)
-        self.stack.tcp_closed(session, self.loop.time())
+        with self.lock:
+            self.stack.tcp_closed(session, self.loop.time())
 
     # -- UDP -------------------------------------------------------------------------------
+
+    def _on_udp_batch(self, datagrams: list[UdpDatagram]) -> None:
+        for datagram in datagrams:
+            self._on_udp(datagram)
 
     def _on_udp(self, datagram: UdpDatagram) -> None:
         session = datagram.session
@@ -335,7 +315,8 @@ class Engine:
     def udp_flow_closed(self, flow: _UdpFlow) -> None:
         if self.udp_flows.get(id(flow.session)) is flow:
             del self.udp_flows[id(flow.session)]
-        self.stack.udp.remove(flow.session)
+        with self.lock:
+            self.stack.udp.remove(flow.session)
 
     # -- time ------------------------------------------------------------------------------
 
@@ -343,7 +324,9 @@ class Engine:
         self._timer = self.loop.call_later(1.0, self._on_timer)
 
     def _on_timer(self) -> None:
-        for event in self.stack.on_timer(self.loop.time()):
+        with self.lock:
+            events = self.stack.on_timer(self.loop.time())
+        for event in events:
             if isinstance(event, UdpSessionExpired):
                 flow = self.udp_flows.get(id(event.session))
                 if flow is not None:

@@ -23,6 +23,7 @@ class RunOptions:
     netns: str | None = None
     fwmark: int | None = None
     bind_interface: str | None = None
+    offload: bool = True  # IFF_VNET_HDR + TSO/CSUM: 64 KiB super-packets per read
 
     @property
     def inet4(self) -> ipaddress.IPv4Interface | None:

@@ -82,6 +82,8 @@ def connect(
     before each attempt and raises if the machine died meanwhile (no point in waiting).
     """
     key = _load_key(key_path)
+    # Each refused attempt makes paramiko log a traceback at ERROR: noise while booting.
+    logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
     deadline = time.monotonic() + timeout
     attempt = 0
     last: Exception | None = None

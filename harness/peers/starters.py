@@ -7,7 +7,9 @@ handle with the address, the :class:`~harness.hosts.Process` and ``stop()``.
 
 Known limits of the real servers, measured here (see DESIGN.md):
 
-* microsocks 1.0.3: CONNECT only, no UDP ASSOCIATE, relays through a 1 KiB buffer.
+* microsocks 1.0.3: CONNECT only, no UDP ASSOCIATE, relays through a 1 KiB buffer, and
+  no half-close: the first EOF from either side closes both directions (a client that
+  shuts down its write side loses the replies still in flight).
 * danted 1.4.2: CONNECT and UDP ASSOCIATE. It accepts datagrams only from the address the
   client declared in its UDP ASSOCIATE request; sing-box declares ``[::1]:0`` (or
   ``127.0.0.1:0``) and is then blocked ("expected udp packet from clientaddress ::1.0"),

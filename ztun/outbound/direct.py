@@ -14,7 +14,7 @@ import socket
 
 from .base import DatagramHandler, TcpStream
 from .errors import TargetUnreachable
-from .sockets import connect_tcp, make_socket, resolve, sockaddr_for
+from .sockets import connect_tcp, describe, make_socket, resolve, sockaddr_for
 from .socks5_proto import Reply
 from .target import Target
 
@@ -67,7 +67,7 @@ class DirectOutbound:
             ) from exc
         except OSError as exc:
             code = _ERRNO_REPLY.get(exc.errno or 0, Reply.GENERAL_FAILURE)
-            raise TargetUnreachable(code, f"{target}: {exc.strerror or exc}") from exc
+            raise TargetUnreachable(code, f"{target}: {describe(exc)}") from exc
         return TcpStream(sock)
 
     async def open_udp(self, on_datagram: DatagramHandler) -> DirectUdpAssociation:

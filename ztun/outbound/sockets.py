@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 from typing import Any
 
@@ -64,6 +65,13 @@ def _setopt(sock: socket.socket, opt: int, value: int | bytes, what: str, hint: 
         sock.setsockopt(socket.SOL_SOCKET, opt, value)
     except OSError as exc:
         raise OutboundError(f"cannot set {what}: {exc.strerror} ({hint})") from exc
+
+
+def describe(exc: OSError) -> str:
+    """The errno's text ("Connection refused"): asyncio's connect errors bury it in args."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
 
 
 def sockaddr_for(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> SockAddr:

@@ -29,7 +29,7 @@ from .errors import (
     ProxyTimeout,
     ProxyUnreachable,
 )
-from .sockets import SockAddr, connect_tcp, make_socket, resolve, sockaddr_for
+from .sockets import SockAddr, connect_tcp, describe, make_socket, resolve, sockaddr_for
 from .socks5_proto import (
     AuthFailed,
     Command,
@@ -99,7 +99,7 @@ class Socks5Outbound:
                 udp.close()
                 raise ProxyUnreachable(
                     f"proxy {self.url.address}: cannot reach UDP relay {relay[0]}:{relay[1]}: "
-                    f"{exc.strerror}"
+                    f"{describe(exc)}"
                 ) from exc
         except BaseException:
             control.close()
@@ -127,7 +127,7 @@ class Socks5Outbound:
             except OSError as exc:
                 raise ProxyProtocolError(
                     f"proxy {self.url.address}: connection lost during the handshake: "
-                    f"{exc.strerror or exc}"
+                    f"{describe(exc)}"
                 ) from exc
         except BaseException:
             sock.close()
@@ -152,7 +152,7 @@ class Socks5Outbound:
         except socket.gaierror as exc:
             raise ProxyUnreachable(f"{where}: cannot resolve host: {exc.strerror}") from exc
         except OSError as exc:
-            raise ProxyUnreachable(f"{where}: {exc.strerror or exc}") from exc
+            raise ProxyUnreachable(f"{where}: {describe(exc)}") from exc
 
     async def _negotiate(
         self, sock: socket.socket, command: Command, target: Target
@@ -272,7 +272,7 @@ class Socks5UdpAssociation:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._teardown(f"control connection failed: {exc.strerror}")
+            self._teardown(f"control connection failed: {describe(exc)}")
             return
         if not data:
             self._teardown("proxy closed the control connection")
@@ -286,7 +286,7 @@ class Socks5UdpAssociation:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # ICMP error queued on the connected socket
-                log.debug("%r: relay error: %s", self, exc.strerror)
+                log.debug("%r: relay error: %s", self, describe(exc))
                 continue
             try:
                 header = decode_udp_header(datagram)

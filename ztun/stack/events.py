@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 class TcpSession:
     """One app TCP connection, NATed onto the hairpin (peer:nat_port -> server:listen_port).
 
-    `delta_*` are precomputed RFC 1624 checksum deltas so each packet of the flow is
-    rewritten with two additions, never a full checksum.
+    `*_delta_*` are precomputed RFC 1624 checksum deltas so each packet of the flow is
+    rewritten with two additions, never a full checksum. `ip_delta_*` covers the two
+    addresses only: the IPv4 header checksum, and the partial (pseudo-header) transport
+    sum of offloaded frames.
     """
 
     version: int

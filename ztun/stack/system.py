@@ -38,6 +38,7 @@ from ..wire import (
     parse_ip,
 )
 from ..wire.checksum import apply_delta, incremental_update
+from ..wire.vnet import apply_partial_delta
 from .events import StackEvent, TcpSession, TcpSessionExpired, UdpDatagram, UdpSession, UdpSessionExpired
 from .nat import ACTIVE, CLOSING, NatExhausted, TcpNatTable
 from .udp import UdpSessionTable
@@ -110,18 +111,22 @@ class SystemStack:
 
     # -- packets from the TUN ------------------------------------------------------------
 
-    def receive(self, packet: memoryview, now: float) -> Output:
-        """Handle one packet read from the TUN (rewritten in place when it is TCP/ICMP)."""
+    def receive(self, packet: memoryview, now: float, csum_partial: bool = False) -> Output:
+        """Handle one packet read from the TUN (rewritten in place when it is TCP/ICMP).
+
+        `csum_partial`: the frame came with virtio NEEDS_CSUM, so its transport checksum
+        field holds the uncomplemented pseudo-header sum (see `ztun.wire.vnet`).
+        """
         try:
             ip = parse_ip(packet)
             if isinstance(ip, Ipv4Packet):
-                return self._receive_v4(ip, now)
-            return self._receive_v6(ip, now)
+                return self._receive_v4(ip, now, csum_partial)
+            return self._receive_v6(ip, now, csum_partial)
         except WireError as exc:
             self.counters[f"malformed_{exc.reason}"] += 1
             return None
 
-    def _receive_v4(self, ip: Ipv4Packet, now: float) -> Output:
+    def _receive_v4(self, ip: Ipv4Packet, now: float, csum_partial: bool) -> Output:
         if ip.is_fragment:
             return self._drop("ipv4_fragment")
         dst = ip.dst
@@ -131,14 +136,14 @@ class SystemStack:
         if proto == PROTO_TCP:
             if self.nat4 is None:
                 return self._drop("tcp_family_disabled")
-            return self._tcp(ip, ip.payload, self.nat4, now)
+            return self._tcp(ip, ip.payload, self.nat4, now, csum_partial)
         if proto == PROTO_UDP:
             return self._udp(4, ip.src, dst, ip.payload, now)
         if proto == PROTO_ICMP:
             return self._icmp4(ip)
         return self._drop("unsupported_protocol")
 
-    def _receive_v6(self, ip: Ipv6Packet, now: float) -> Output:
+    def _receive_v6(self, ip: Ipv6Packet, now: float, csum_partial: bool) -> Output:
         dst = ip.dst
         if dst[0] == 0xFF:
             return self._drop("multicast")
@@ -149,7 +154,7 @@ class SystemStack:
         if proto == PROTO_TCP:
             if self.nat6 is None:
                 return self._drop("tcp_family_disabled")
-            return self._tcp(ip, payload, self.nat6, now)
+            return self._tcp(ip, payload, self.nat6, now, csum_partial)
         if proto == PROTO_UDP:
             return self._udp(6, ip.src, dst, payload, now)
         if proto == PROTO_ICMPV6:
@@ -162,7 +167,9 @@ class SystemStack:
 
     # -- TCP: the NAT hairpin ------------------------------------------------------------
 
-    def _tcp(self, ip: Ipv4Packet | Ipv6Packet, segment: memoryview, nat: TcpNatTable, now: float) -> Output:
+    def _tcp(
+        self, ip: Ipv4Packet | Ipv6Packet, segment: memoryview, nat: TcpNatTable, now: float, csum_partial: bool
+    ) -> Output:
         tcp = TcpPacket.checked(segment)
         src = ip.src
         sport = tcp.src_port
@@ -176,7 +183,10 @@ class SystemStack:
             ip.dst = session.client_addr
             tcp.src_port = session.dst_port
             tcp.dst_port = session.client_port
-            tcp.checksum = apply_delta(tcp.checksum, session.l4_delta_in)
+            if csum_partial:
+                tcp.checksum = apply_partial_delta(tcp.checksum, session.ip_delta_in)
+            else:
+                tcp.checksum = apply_delta(tcp.checksum, session.l4_delta_in)
             if is_v4:
                 ip.checksum = apply_delta(ip.checksum, session.ip_delta_in)  # type: ignore[union-attr]
             return ip.buf
@@ -198,7 +208,10 @@ class SystemStack:
         ip.dst = nat.server_addr
         tcp.src_port = session.nat_port
         tcp.dst_port = nat.listen_port
-        tcp.checksum = apply_delta(tcp.checksum, session.l4_delta_out)
+        if csum_partial:
+            tcp.checksum = apply_partial_delta(tcp.checksum, session.ip_delta_out)
+        else:
+            tcp.checksum = apply_delta(tcp.checksum, session.l4_delta_out)
         if is_v4:
             ip.checksum = apply_delta(ip.checksum, session.ip_delta_out)  # type: ignore[union-attr]
         return ip.buf

@@ -29,10 +29,21 @@ class Device(Protocol):
 
     def fileno(self) -> int: ...
 
-    def read_into(self, buf: memoryview) -> int:
-        """Read one packet into `buf`; return its length. Raises BlockingIOError when empty."""
+    @property
+    def frame_header_len(self) -> int:
+        """Bytes before the IP packet in a frame: 10 with IFF_VNET_HDR offloads, else 0."""
         ...
 
-    def write(self, packet: bytes | bytearray | memoryview) -> int: ...
+    def read_into(self, buf: memoryview) -> int:
+        """Read one frame into `buf`; return its length. Raises BlockingIOError when empty."""
+        ...
+
+    def write(self, packet: bytes | bytearray | memoryview) -> int:
+        """Write one plain IP packet (the device adds a neutral frame header if it has one)."""
+        ...
+
+    def write_frame(self, frame: bytes | bytearray | memoryview) -> int:
+        """Write a frame as read (header included), e.g. after an in-place rewrite."""
+        ...
 
     def close(self) -> None: ...

@@ -36,6 +36,13 @@ class FdDevice:
     def fileno(self) -> int:
         return self._fd
 
+    @property
+    def frame_header_len(self) -> int:
+        return 0
+
+    def write_frame(self, frame: bytes | bytearray | memoryview) -> int:
+        return os.write(self._fd, frame)
+
     def read_into(self, buf: memoryview) -> int:
         return os.readv(self._fd, (buf,))
 

@@ -28,6 +28,12 @@ IFF_MULTI_QUEUE = 0x0100
 IFF_VNET_HDR = 0x4000
 IFNAMSIZ = 16
 IFA_F_NODAD = 0x02  # a TUN has no neighbours to collide with: skip IPv6 DAD's delay
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+#: What ztun asks the kernel to leave undone: checksums and TCP segmentation. UDP
+#: segmentation offload (USO) is not asked for -- UDP is relayed datagram by datagram.
+OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+VNET_HDR_LEN = 10
+_ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 
 
 def _ipr(netns: str | None) -> Any:
@@ -46,6 +52,7 @@ class LinuxTun:
         mtu: int = 1500,
         addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = (),
         netns: str | None = None,
+        offload: bool = False,
         extra_flags: int = 0,
     ) -> None:
         if not name or len(name.encode()) >= IFNAMSIZ:
@@ -53,7 +60,8 @@ class LinuxTun:
         self._name = name
         self._mtu = mtu
         self._netns = netns
-        self.flags = IFF_TUN | IFF_NO_PI | extra_flags
+        self.flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0) | extra_flags
+        self._hdr_len = VNET_HDR_LEN if offload else 0
         with in_netns(netns):
             try:
                 fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -64,6 +72,9 @@ class LinuxTun:
             try:
                 ifr = struct.pack("16sH22x", name.encode(), self.flags)
                 fcntl.ioctl(fd, TUNSETIFF, ifr)
+                if offload:
+                    fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+                    fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
                 self._index = socket.if_nametoindex(name)
             except OSError as exc:
                 os.close(fd)
@@ -110,11 +121,20 @@ class LinuxTun:
     def fileno(self) -> int:
         return self._fd
 
+    @property
+    def frame_header_len(self) -> int:
+        return self._hdr_len
+
     def read_into(self, buf: memoryview) -> int:
         return os.readv(self._fd, (buf,))
 
     def write(self, packet: bytes | bytearray | memoryview) -> int:
+        if self._hdr_len:
+            return os.writev(self._fd, (_ZERO_VNET_HDR, packet)) - self._hdr_len
         return os.write(self._fd, packet)
+
+    def write_frame(self, frame: bytes | bytearray | memoryview) -> int:
+        return os.write(self._fd, frame)
 
     def close(self) -> None:
         # Closing the last descriptor of a non-persistent TUN removes the link, its

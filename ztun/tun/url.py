@@ -16,6 +16,7 @@ def open_device(
     mtu: int,
     addresses: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
     netns: str | None = None,
+    offload: bool = True,
 ) -> Device:
     """Open the device `url` names; ValueError says what is wrong with the URL."""
     parts = urlsplit(url)
@@ -25,7 +26,7 @@ def open_device(
             raise ValueError(f"device {url!r}: tun:// is supported on Linux only")
         from .linux import LinuxTun
 
-        return LinuxTun(name, mtu=mtu, addresses=addresses, netns=netns)
+        return LinuxTun(name, mtu=mtu, addresses=addresses, netns=netns, offload=offload)
     if parts.scheme == "fd":
         text = parts.netloc or parts.path
         if not text.isdigit():

@@ -53,7 +53,9 @@ class IcmpView:
         mv = buf if isinstance(buf, memoryview) else memoryview(buf)
         if len(mv) < _F.HEADER_LEN:
             raise Truncated("truncated", f"{cls._NAME} header needs 8 bytes, got {len(mv)}")
-        return cls(mv)
+        view = object.__new__(cls)  # skips __init__'s isinstance: once per packet
+        view.buf = mv
+        return view
 
     @property
     def type(self) -> int:

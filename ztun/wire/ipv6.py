@@ -94,7 +94,9 @@ class Ipv6Packet:
         total_len = _F.HEADER_LEN + _U16.unpack_from(mv, _F.PAYLOAD_LEN)[0]
         if total_len > size:
             raise Truncated("truncated", f"IPv6 packet length {total_len} > buffer {size}")
-        return cls(mv[:total_len] if total_len != size else mv)
+        view = object.__new__(cls)  # skips __init__'s isinstance: once per packet
+        view.buf = mv if total_len == size else mv[:total_len]
+        return view
 
     @property
     def version(self) -> int:
@@ -147,7 +149,8 @@ class Ipv6Packet:
     @property
     def payload(self) -> memoryview:
         """Everything after the fixed header, extension headers included."""
-        return self.buf[_F.HEADER_LEN : _F.HEADER_LEN + self.payload_len]
+        buf = self.buf
+        return buf[_F.HEADER_LEN : _F.HEADER_LEN + _U16.unpack_from(buf, _F.PAYLOAD_LEN)[0]]
 
     # -- extension headers --------------------------------------------------------
 

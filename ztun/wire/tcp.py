@@ -241,7 +241,9 @@ class TcpPacket:
             raise Malformed("bad_data_offset", f"TCP data offset gives {header_len} bytes")
         if header_len > size:
             raise Truncated("truncated", f"TCP header length {header_len} > segment {size}")
-        return cls(mv)
+        view = object.__new__(cls)  # skips __init__'s isinstance: once per packet
+        view.buf = mv
+        return view
 
     @property
     def src_port(self) -> int:
@@ -334,11 +336,13 @@ class TcpPacket:
 
     @property
     def options(self) -> memoryview:
-        return self.buf[_F.OPTIONS : self.header_len]
+        buf = self.buf
+        return buf[_F.OPTIONS : (buf[_F.DATA_OFF] >> _F.DATA_OFF_SHIFT) << _F.WORD_SHIFT]
 
     @property
     def payload(self) -> memoryview:
-        return self.buf[self.header_len :]
+        buf = self.buf
+        return buf[(buf[_F.DATA_OFF] >> _F.DATA_OFF_SHIFT) << _F.WORD_SHIFT :]
 
     def verify_checksum(self, src: bytes, dst: bytes) -> bool:
         """True if the checksum over pseudo header + segment is correct.

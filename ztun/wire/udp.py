@@ -56,7 +56,9 @@ class UdpPacket:
             raise Malformed("bad_length", f"UDP length field {length} < 8")
         if length > size:
             raise Truncated("truncated", f"UDP length {length} > datagram {size}")
-        return cls(mv[:length] if length != size else mv)
+        view = object.__new__(cls)  # skips __init__'s isinstance: once per packet
+        view.buf = mv if length == size else mv[:length]
+        return view
 
     @property
     def src_port(self) -> int:
@@ -93,7 +95,8 @@ class UdpPacket:
 
     @property
     def payload(self) -> memoryview:
-        return self.buf[_F.HEADER_LEN : self.length]
+        buf = self.buf
+        return buf[_F.HEADER_LEN : _U16.unpack_from(buf, _F.LENGTH)[0]]
 
     def verify_checksum(self, src: bytes, dst: bytes) -> bool:
         """True if the checksum is correct, or absent (0) over IPv4.

@@ -148,9 +148,7 @@ def traffic(ns_a: str, ns_b: str, veth_a: str) -> list[bytes]:
                 frames.append(cap.recv(65535))
             except BlockingIOError:
                 break
-    return [
-        f[ETH_HEADER_LEN:] for f in frames if f[12:14] in (ETHERTYPE_IPV4, ETHERTYPE_IPV6)
-    ]
+    return [f[ETH_HEADER_LEN:] for f in frames if f[12:14] in (ETHERTYPE_IPV4, ETHERTYPE_IPV6)]
 
 
 def pick(packets: list[bytes]) -> dict[str, bytes]:
@@ -166,15 +164,19 @@ def pick(packets: list[bytes]) -> dict[str, bytes]:
         "IPV4_TCP_DATA": lambda p: IP in p and TCP in p and tcp_payload(p)[:3] == b"GET",
         "IPV6_TCP_SYN": lambda p: IPv6 in p and TCP in p and p[TCP].flags == "S",
         "IPV6_TCP_DATA": lambda p: IPv6 in p and TCP in p and tcp_payload(p)[:3] == b"GET",
-        "IPV4_UDP_DNS_QUERY": lambda p: IP in p and ICMP not in p and UDP in p
-        and p[UDP].dport == DNS_PORT,
-        "IPV6_UDP_DNS_QUERY": lambda p: IPv6 in p and ICMPv6DestUnreach not in p and UDP in p
-        and p[UDP].dport == DNS_PORT,
-        "IPV4_UDP_CLOSED_PORT": lambda p: IP in p and ICMP not in p and UDP in p
-        and p[UDP].dport == CLOSED_PORT,
+        "IPV4_UDP_DNS_QUERY": lambda p: (
+            IP in p and ICMP not in p and UDP in p and p[UDP].dport == DNS_PORT
+        ),
+        "IPV6_UDP_DNS_QUERY": lambda p: (
+            IPv6 in p and ICMPv6DestUnreach not in p and UDP in p and p[UDP].dport == DNS_PORT
+        ),
+        "IPV4_UDP_CLOSED_PORT": lambda p: (
+            IP in p and ICMP not in p and UDP in p and p[UDP].dport == CLOSED_PORT
+        ),
         "IPV4_ICMP_PORT_UNREACH": lambda p: IP in p and ICMP in p and p[ICMP].type == 3,
-        "IPV6_UDP_CLOSED_PORT": lambda p: IPv6 in p and ICMPv6DestUnreach not in p and UDP in p
-        and p[UDP].dport == CLOSED_PORT,
+        "IPV6_UDP_CLOSED_PORT": lambda p: (
+            IPv6 in p and ICMPv6DestUnreach not in p and UDP in p and p[UDP].dport == CLOSED_PORT
+        ),
         "IPV6_ICMP_PORT_UNREACH": lambda p: ICMPv6DestUnreach in p,
         "IPV4_ICMP_ECHO_REQUEST": lambda p: IP in p and ICMP in p and p[ICMP].type == 8,
         "IPV4_ICMP_ECHO_REPLY": lambda p: IP in p and ICMP in p and p[ICMP].type == 0,
@@ -182,10 +184,12 @@ def pick(packets: list[bytes]) -> dict[str, bytes]:
         "IPV6_ICMP_ECHO_REPLY": lambda p: ICMPv6EchoReply in p,
         "IPV4_UDP_FRAG_FIRST": lambda p: IP in p and p[IP].flags.MF and p[IP].frag == 0,
         "IPV4_UDP_FRAG_LAST": lambda p: IP in p and not p[IP].flags.MF and p[IP].frag > 0,
-        "IPV6_HBH_FRAG_FIRST": lambda p: IPv6ExtHdrHopByHop in p and frag6 in p
-        and p[frag6].offset == 0,
-        "IPV6_HBH_FRAG_LAST": lambda p: IPv6ExtHdrHopByHop in p and frag6 in p
-        and p[frag6].offset > 0 and not p[frag6].m,
+        "IPV6_HBH_FRAG_FIRST": lambda p: (
+            IPv6ExtHdrHopByHop in p and frag6 in p and p[frag6].offset == 0
+        ),
+        "IPV6_HBH_FRAG_LAST": lambda p: (
+            IPv6ExtHdrHopByHop in p and frag6 in p and p[frag6].offset > 0 and not p[frag6].m
+        ),
     }
     chosen: dict[str, bytes] = {}
     for ip in packets:
@@ -224,8 +228,23 @@ def main() -> None:
         for ns in (ns_a, ns_b):
             run(["ip", "netns", "add", ns])
             created.append(ns)
-        run(["ip", "link", "add", veth_a, "netns", ns_a, "type", "veth",
-             "peer", "name", veth_b, "netns", ns_b])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                veth_a,
+                "netns",
+                ns_a,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                veth_b,
+                "netns",
+                ns_b,
+            ]
+        )
         for ns, dev, addr4, addr6 in ((ns_a, veth_a, A4, A6), (ns_b, veth_b, B4, B6)):
             ip = ["ip", "netns", "exec", ns, "ip"]
             run([*ip, "link", "set", "lo", "up"])

@@ -106,7 +106,10 @@ def test_delta_is_precomputable_and_reversible() -> None:
     forward, backward = checksum_delta(old, new), checksum_delta(new, old)
     assert 0 <= forward <= 0xFFFE
     for checksum in (0x0000, 0x1234, 0xFFFE):
-        assert apply_delta(apply_delta(checksum, forward), backward) in (checksum, checksum ^ 0xFFFF)
+        assert apply_delta(apply_delta(checksum, forward), backward) in (
+            checksum,
+            checksum ^ 0xFFFF,
+        )
 
 
 @given(st.binary(min_size=2, max_size=400), st.data())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 import wire_vectors as V
@@ -146,8 +147,9 @@ def test_options_match_scapy() -> None:
     buf = poisoned(repr_.total_len)
     repr_.emit(buf)
     buf[repr_.header_len :] = bytes(8)
-    reference = IP(src=str(A), dst=str(B), proto=2, ttl=1, id=7, tos=0xC0,
-                   options=[IPOption_Router_Alert()]) / (b"\0" * 8)
+    reference = IP(
+        src=str(A), dst=str(B), proto=2, ttl=1, id=7, tos=0xC0, options=[IPOption_Router_Alert()]
+    ) / (b"\0" * 8)
     assert bytes(buf) == bytes(reference)
     pkt = Ipv4Packet.checked(buf)
     assert pkt.header_len == 24 and bytes(pkt.options) == alert
@@ -164,7 +166,7 @@ def test_options_match_scapy() -> None:
         {"payload_len": 65536},
     ],
 )
-def test_repr_refuses_impossible_values(kwargs: dict[str, object]) -> None:
+def test_repr_refuses_impossible_values(kwargs: dict[str, Any]) -> None:
     base = Ipv4Repr(A, B, IPPROTO_TCP, 0)
     with pytest.raises(ValueError):
         dataclasses.replace(base, **kwargs)

@@ -104,8 +104,13 @@ def test_icmpv6_upper_layer(name: str) -> None:
         ([(IPPROTO_ROUTING, opts(1)), (IPPROTO_FRAGMENT, frag())], (IPPROTO_UDP, 64)),
         ([(IPPROTO_AH, bytes([4]) + bytes(22))], (IPPROTO_UDP, 64)),  # (4+2)*4 = 24 bytes
         (
-            [(IPPROTO_HOPOPTS, opts()), (IPPROTO_DSTOPTS, opts()), (IPPROTO_ROUTING, opts()),
-             (IPPROTO_FRAGMENT, frag()), (IPPROTO_DSTOPTS, opts())],
+            [
+                (IPPROTO_HOPOPTS, opts()),
+                (IPPROTO_DSTOPTS, opts()),
+                (IPPROTO_ROUTING, opts()),
+                (IPPROTO_FRAGMENT, frag()),
+                (IPPROTO_DSTOPTS, opts()),
+            ],
             (IPPROTO_UDP, 80),
         ),
     ],

@@ -91,14 +91,16 @@ def test_nat_rewrite_with_precomputed_delta() -> None:
     """The per-flow delta of (address + port) fixes the checksum without a recompute."""
     tcp, src, dst = segment("IPV4_TCP_DATA")
     new_src, new_port = bytes([172, 19, 0, 2]), 40000
-    delta = checksum_delta(src + tcp.src_port.to_bytes(2, "big"), new_src + new_port.to_bytes(2, "big"))
+    delta = checksum_delta(
+        src + tcp.src_port.to_bytes(2, "big"), new_src + new_port.to_bytes(2, "big")
+    )
     tcp.src_port = new_port
     tcp.adjust_checksum(delta)
     assert tcp.verify_checksum(new_src, dst)
 
 
 def test_flag_constants() -> None:
-    assert [FIN, SYN, RST, PSH, ACK, URG, ECE, CWR] == [1 << i for i in range(8)]
+    assert [1 << i for i in range(8)] == [FIN, SYN, RST, PSH, ACK, URG, ECE, CWR]
 
 
 @pytest.mark.parametrize(
@@ -111,8 +113,11 @@ def test_flag_constants() -> None:
         (b"\x1e\x06\x00\x00\x00\x00\x03\x03\x07", TcpOptions(window_scale=7)),  # MPTCP skipped
         (b"\xfe\x02\x04\x02", TcpOptions(sack_permitted=True)),  # experimental, empty body
         (
-            b"\x01\x01\x05\x12" + (1).to_bytes(4, "big") + (2).to_bytes(4, "big")
-            + (5).to_bytes(4, "big") + (9).to_bytes(4, "big"),
+            b"\x01\x01\x05\x12"
+            + (1).to_bytes(4, "big")
+            + (2).to_bytes(4, "big")
+            + (5).to_bytes(4, "big")
+            + (9).to_bytes(4, "big"),
             TcpOptions(sack_blocks=((1, 2), (5, 9))),
         ),
         (b"\x02\x04\x00\x01\x02\x04\x05\xb4", TcpOptions(mss=1460)),  # last one wins

@@ -59,7 +59,9 @@ def zero_sum_datagram() -> bytearray:
     UdpRepr(1234, 53, 4).emit(buf, V4_SRC, V4_DST, payload)
     buf[6:8] = b"\0\0"
     # Setting the last word to the current checksum makes the total sum -0.
-    buf[10:12] = internet_checksum(buf, pseudo_header_sum(V4_SRC, V4_DST, 17, 12)).to_bytes(2, "big")
+    buf[10:12] = internet_checksum(buf, pseudo_header_sum(V4_SRC, V4_DST, 17, 12)).to_bytes(
+        2, "big"
+    )
     return buf
 
 
@@ -75,7 +77,7 @@ def test_computed_zero_is_sent_as_all_ones() -> None:
 
 
 def test_adjust_checksum_keeps_zero_rules() -> None:
-    udp, src, dst = datagram("IPV4_UDP_DNS_QUERY")
+    udp, src, _dst = datagram("IPV4_UDP_DNS_QUERY")
     udp.checksum = 0  # absent: a rewrite must not invent one
     udp.adjust_checksum(checksum_delta(src, bytes([172, 19, 0, 2])))
     assert udp.checksum == 0

@@ -20,7 +20,6 @@ from ztun.wire import (
     Icmpv6Packet,
     Ipv4Packet,
     Ipv4Repr,
-    Ipv6Packet,
     Ipv6Repr,
     TcpOptions,
     TcpPacket,
@@ -148,6 +147,8 @@ def touch_everything(buf: bytes | bytearray | memoryview) -> None:
         proto, offset = pkt.upper_layer()
         upper = pkt.buf[offset:]
     src, dst = pkt.src, pkt.dst
+    if pkt.is_fragment:  # the upper layer spans fragments; the stack stops here too
+        return
     if proto == IPPROTO_TCP:
         tcp = TcpPacket.checked(upper)
         TcpRepr.parse(tcp)

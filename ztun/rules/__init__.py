@@ -1,0 +1,30 @@
+"""Routing rules (proxy / direct / reject) and the ``Config`` model shared by
+``--config FILE`` and the CLI flags."""
+
+from ztun.rules.config import (
+    Config,
+    DnsOptions,
+    RouteOptions,
+    SniffOptions,
+    load_config,
+    parse_toml,
+)
+from ztun.rules.errors import COMMAND_LINE, ConfigError, format_key, locate
+from ztun.rules.rules import Action, Flow, Rule, RuleSet
+
+__all__ = [
+    "COMMAND_LINE",
+    "Action",
+    "Config",
+    "ConfigError",
+    "DnsOptions",
+    "Flow",
+    "RouteOptions",
+    "Rule",
+    "RuleSet",
+    "SniffOptions",
+    "format_key",
+    "load_config",
+    "locate",
+    "parse_toml",
+]
