@@ -247,6 +247,23 @@ class LocalProcess:
         else:
             self._wait_probe(ready, deadline, timeout)
 
+    def wait_output(self, predicate: Callable[[str], bool], timeout: float) -> bool:
+        """Await ``predicate(log_text)`` becoming true (re-checked on each new output).
+
+        Returns False at the deadline or if the process exits without it; an extension
+        beyond the Process protocol for conditions a single regex cannot express
+        ("the third statistics line").
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if predicate("".join(self._lines) + self._partial):
+                    return True
+                remaining = deadline - time.monotonic()
+                if self._exited or remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+
     # ------------------------------------------------------------------ internals
 
     def __repr__(self) -> str:

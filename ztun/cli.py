@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bind outbound sockets to IFACE (SO_BINDTODEVICE)")
     run.add_argument("--no-offload", dest="offload", action="store_false",
                      help="open the TUN without IFF_VNET_HDR/TSO (one MTU-sized packet per read)")
+    run.add_argument("--relay", choices=("splice", "copy"), default="splice",
+                     help="how TCP bytes move between sockets: splice(2) through a pipe (default) or recv/send")
     _add_logging(run)
 
     demo = sub.add_parser("demo", help="show ztun carrying TCP, UDP and ping in throwaway namespaces",
@@ -169,6 +171,7 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         fwmark=ns.fwmark,
         bind_interface=ns.bind_interface,
         offload=ns.offload,
+        splice=ns.relay == "splice",
     )
 
 
@@ -189,7 +192,8 @@ async def _serve(opts: RunOptions, device: Device) -> int:
                     if opts.udp_proxy else tcp_outbound)
     stack = SystemStack(inet4=opts.inet4, inet6=opts.inet6, udp_timeout=opts.udp_timeout)
     try:
-        engine = Engine(device, stack, tcp_outbound, udp_outbound, connect_timeout=opts.connect_timeout)
+        engine = Engine(device, stack, tcp_outbound, udp_outbound, connect_timeout=opts.connect_timeout,
+                        splice=opts.splice)
         engine.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

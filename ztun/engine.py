@@ -26,7 +26,7 @@ from .outbound import (
     UdpAssociation,
 )
 from .pump import TunPump
-from .relay import SHARED_BUFFER_SIZE, Relay, close_with_reset
+from .relay import HAVE_SPLICE, SHARED_BUFFER_SIZE, PipePool, Relay, close_with_reset
 from .stack import (
     SystemStack,
     TcpSession,
@@ -140,6 +140,7 @@ class Engine:
         udp_outbound: Outbound | None = None,
         *,
         connect_timeout: float = 10.0,
+        splice: bool = True,
     ) -> None:
         self.device = device
         self.stack = stack
@@ -155,6 +156,7 @@ class Engine:
         self.lock = threading.Lock()
         self.pump: TunPump | None = None
         self._relay_buffer = memoryview(bytearray(SHARED_BUFFER_SIZE))
+        self.pipes = PipePool() if splice and HAVE_SPLICE else None
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
         self.loop = asyncio.get_running_loop()
@@ -208,6 +210,8 @@ class Engine:
             task.cancel()
         if self._timer is not None:
             self._timer.cancel()
+        if self.pipes is not None:
+            self.pipes.close()
         self._stopped.set()
 
     def snapshot(self) -> dict[str, Any]:
@@ -288,7 +292,7 @@ class Engine:
             with self.lock:
                 self.stack.tcp_closed(session, self.loop.time())
 
-        relay = Relay(self.loop, conn, remote, self._relay_buffer, on_close)
+        relay = Relay(self.loop, conn, remote, self._relay_buffer, on_close, self.pipes)
         self.relays.add(relay)
         relay.start(early)
 

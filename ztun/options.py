@@ -24,6 +24,7 @@ class RunOptions:
     fwmark: int | None = None
     bind_interface: str | None = None
     offload: bool = True  # IFF_VNET_HDR + TSO/CSUM: 64 KiB super-packets per read
+    splice: bool = True  # relay TCP with splice(2) instead of recv/send copies
 
     @property
     def inet4(self) -> ipaddress.IPv4Interface | None:

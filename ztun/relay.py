@@ -1,5 +1,10 @@
 """Byte relay between two connected non-blocking sockets, driven by loop readiness callbacks.
 
+On Linux the bytes go socket -> pipe -> socket with splice(2) and never enter Python;
+the pipe is borrowed from a pool only while bytes sit in it, so an idle connection
+holds no pipe (and no buffer). Elsewhere, or when splice is refused, a shared buffer
+with recv_into/send does the same job.
+
 One shared receive buffer serves every connection (the loop runs one callback at a
 time), so an idle connection costs no buffer at all; only bytes the far side could not
 take yet are copied aside, and reading from that side pauses until they drain -- the
@@ -11,12 +16,52 @@ error on either side aborts both with RST so the app sees what the remote did.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import socket
 import struct
 from collections.abc import Callable
 
 SHARED_BUFFER_SIZE = 256 * 1024
 _LINGER_RST = struct.pack("ii", 1, 0)
+HAVE_SPLICE = hasattr(os, "splice")
+PIPE_SIZE = 1 << 20  # bytes per splice; capped by /proc/sys/fs/pipe-max-size
+F_SETPIPE_SZ = 1031
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+
+
+class PipePool:
+    """Pipes lent to relay directions while bytes are in flight, kept for reuse."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self._free: list[tuple[int, int]] = []
+        self._keep = keep
+        self.pipe_size = PIPE_SIZE
+
+    def take(self) -> tuple[int, int]:
+        if self._free:
+            return self._free.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.pipe_size = fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # the default 64 KiB pipe works, in smaller steps
+        return r, w
+
+    def give(self, pipe: tuple[int, int]) -> None:
+        if len(self._free) < self._keep:
+            self._free.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+    def discard(self, pipe: tuple[int, int]) -> None:
+        os.close(pipe[0])
+        os.close(pipe[1])
+
+    def close(self) -> None:
+        while self._free:
+            self.discard(self._free.pop())
 
 
 def close_with_reset(sock: socket.socket) -> None:
@@ -104,6 +149,85 @@ class _Direction:
         self.relay.direction_done()
 
 
+class _SpliceDirection(_Direction):
+    """src -> pipe -> dst with splice(2): the payload never enters user space."""
+
+    __slots__ = ("in_pipe", "pipe", "pool")
+
+    def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket, pool: PipePool) -> None:
+        super().__init__(relay, src, dst, memoryview(b""))
+        self.pool = pool
+        self.pipe: tuple[int, int] | None = None
+        self.in_pipe = 0
+
+    def stop(self) -> None:
+        super().stop()
+        if self.pipe is not None:
+            # Bytes still in the pipe are lost with the flow: never hand them to another.
+            self.pool.discard(self.pipe)
+            self.pipe = None
+
+    def on_readable(self) -> None:
+        if self.pipe is None:
+            self.pipe = self.pool.take()
+        try:
+            n = os.splice(self.src.fileno(), self.pipe[1], self.pool.pipe_size, flags=_SPLICE_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            self._release_if_empty()
+            return
+        except OSError as exc:
+            self.relay.abort(exc)
+            return
+        if n == 0:
+            self.loop.remove_reader(self.src.fileno())
+            self.eof = True
+            self._release_if_empty()
+            self._finish_if_drained()
+            return
+        self.moved += n
+        self.in_pipe += n
+        self._drain()
+
+    def _drain(self) -> bool:
+        """Move what is in the pipe to dst; False (and wait for writable) if dst is full."""
+        assert self.pipe is not None
+        while self.in_pipe:
+            try:
+                m = os.splice(self.pipe[0], self.dst.fileno(), self.in_pipe, flags=_SPLICE_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                self.loop.remove_reader(self.src.fileno())
+                self.loop.add_writer(self.dst.fileno(), self.on_writable)
+                return False
+            except OSError as exc:
+                self.relay.abort(exc)
+                return False
+            self.in_pipe -= m
+        self._release_if_empty()
+        return True
+
+    def on_writable(self) -> None:
+        if self.pending:
+            super().on_writable()
+            return
+        if not self._drain():
+            return
+        self.loop.remove_writer(self.dst.fileno())
+        if self.eof:
+            self._finish_if_drained()
+        else:
+            self.loop.add_reader(self.src.fileno(), self.on_readable)
+
+    def _release_if_empty(self) -> None:
+        if self.pipe is not None and not self.in_pipe:
+            self.pool.give(self.pipe)
+            self.pipe = None
+
+    def _finish_if_drained(self) -> None:
+        if self.in_pipe:
+            return
+        super()._finish_if_drained()
+
+
 class Relay:
     """Relay between `app` (the accepted hairpin socket) and `remote` (the outbound)."""
 
@@ -114,13 +238,18 @@ class Relay:
         remote: socket.socket,
         buffer: memoryview,
         on_close: Callable[[Relay, BaseException | None], None],
+        pipes: PipePool | None = None,
     ) -> None:
         self.loop = loop
         self.app = app
         self.remote = remote
         self._on_close = on_close
-        self.up = _Direction(self, app, remote, buffer)
-        self.down = _Direction(self, remote, app, buffer)
+        if pipes is not None:
+            self.up: _Direction = _SpliceDirection(self, app, remote, pipes)
+            self.down: _Direction = _SpliceDirection(self, remote, app, pipes)
+        else:
+            self.up = _Direction(self, app, remote, buffer)
+            self.down = _Direction(self, remote, app, buffer)
         self.closed = False
 
     @property

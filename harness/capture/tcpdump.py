@@ -10,6 +10,7 @@ Why each tcpdump flag:
 * ``-i IFACE`` -- one interface, never ``any`` (the ``any`` pseudo-device rewrites link
   headers to SLL and mixes directions);
 * ``-nn`` -- no name or port lookups (no DNS traffic of our own, no delays);
+* SIGUSR1 before SIGINT -- see :func:`_drain`;
 * ``-Z root`` -- Debian's tcpdump drops to user ``tcpdump`` after opening the device,
   and that user may not write into the test's artifact folder.
 
@@ -21,16 +22,19 @@ captured`` statistics line, which tcpdump prints after the file is flushed and c
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import struct
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import artifacts
 from harness.hosts.base import DEFAULT_STOP_TIMEOUT, Host, LogLine, Process
-from harness.proc import run_local
+from harness.proc import PROBE_INTERVAL_MAX, PROBE_INTERVAL_MIN, run_local
 from harness.skips import require_tool
 
 __all__ = [
@@ -49,6 +53,9 @@ LISTEN_TIMEOUT = 10.0
 
 SUMMARY_LINES = 10
 """Packets shown in a failure report's capture summary."""
+
+DRAIN_ROUNDS = 50
+"""Upper bound on SIGUSR1 statistics requests while draining (each costs ~0.1 ms)."""
 
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": "<",  # microsecond, little-endian
@@ -138,17 +145,62 @@ class Capture:
         return f"{head}\n{indented}" if indented else head
 
 
+_FINAL_STATS = re.compile(r"^(\d+) packets? (captured|dropped by kernel)$", re.MULTILINE)
+_INFO_STATS = re.compile(r"(\d+) packets? captured, (\d+) packets? received by filter")
+
+
 def _parse_stats(log: str, capture: Capture) -> bool:
+    """Read tcpdump's exit statistics (printed once the file is closed)."""
     found = False
-    for line in log.splitlines():
-        words = line.split()
-        if len(words) >= 3 and words[0].isdigit():
-            if line.endswith("packets captured"):
-                capture.captured = int(words[0])
-                found = True
-            elif line.endswith("packets dropped by kernel"):
-                capture.dropped = int(words[0])
+    for match in _FINAL_STATS.finditer(log):
+        if match.group(2) == "captured":
+            capture.captured = int(match.group(1))
+            found = True
+        else:
+            capture.dropped = int(match.group(1))
     return found
+
+
+def _await_output(proc: Process, predicate: Callable[[str], bool], timeout: float) -> bool:
+    """Event-driven with LocalProcess.wait_output; a bounded poll for other backends."""
+    waiter = getattr(proc, "wait_output", None)
+    if waiter is not None:
+        return bool(waiter(predicate, timeout))
+    deadline = time.monotonic() + timeout
+    interval = PROBE_INTERVAL_MIN
+    while not predicate(proc.log_text()):
+        if time.monotonic() >= deadline or not proc.alive():
+            return False
+        threading.Event().wait(interval)
+        interval = min(interval * 2, PROBE_INTERVAL_MAX)
+    return True
+
+
+def _more_reports_than(seen: int) -> Callable[[str], bool]:
+    return lambda text: len(_INFO_STATS.findall(text)) > seen
+
+
+def _drain(proc: Process, timeout: float) -> None:
+    """Let tcpdump write every packet the kernel already queued for it.
+
+    SIGINT makes tcpdump leave its loop at once, dropping what sits unread in its ring
+    buffer -- e.g. the echo reply that arrived while the test was already stopping.
+    SIGUSR1 prints "N captured, M received by filter": once N == M (or the pair is
+    unchanged across two reports: on ``lo`` libpcap discards the outgoing copy of each
+    packet, so M stays above N), every queued packet is in the file.
+    """
+    deadline = time.monotonic() + timeout
+    last: tuple[int, int] | None = None
+    for _ in range(DRAIN_ROUNDS):
+        seen = len(_INFO_STATS.findall(proc.log_text()))
+        proc.send_signal(signal.SIGUSR1)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not _await_output(proc, _more_reports_than(seen), remaining):
+            return
+        captured, received = map(int, _INFO_STATS.findall(proc.log_text())[-1])
+        if captured >= received or (captured, received) == last:
+            return
+        last = (captured, received)
 
 
 @contextlib.contextmanager
@@ -200,7 +252,9 @@ def capture(
 
 
 def _stop(proc: Process, cap: Capture, timeout: float) -> CaptureError | None:
-    """SIGINT tcpdump and await its statistics (printed after the file is closed)."""
+    """Drain, SIGINT tcpdump and await its statistics (printed after the file is closed)."""
+    if proc.alive():
+        _drain(proc, timeout)
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout)

@@ -55,6 +55,8 @@ GUEST_KILL_AFTER = 2
 TIMEOUT_STATUS = 124
 #: Where background processes of the harness keep their logs and exit statuses in a guest.
 GUEST_RUN_DIR = "/run/harness"
+#: Seconds to open a channel: a TCG guest on a loaded machine can take long to answer.
+CHANNEL_OPEN_TIMEOUT = 60.0
 #: Largest chunk read from a channel at once.
 CHUNK = 65536
 #: How often a guest-side wait loop re-checks its condition (seconds, inside the guest).
@@ -203,7 +205,7 @@ class SshHost:
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise SshError(f"{self._name}: SSH connection lost")
-        channel = transport.open_session(timeout=10)
+        channel = transport.open_session(timeout=CHANNEL_OPEN_TIMEOUT)
         try:
             channel.exec_command(command)
             if input is not None:
@@ -489,7 +491,7 @@ class GuestProcess:
     def _stream_lines(self, command: str, *, deadline: float) -> Iterator[str]:
         transport = self._host.client.get_transport()
         assert transport is not None
-        channel = transport.open_session(timeout=10)
+        channel = transport.open_session(timeout=CHANNEL_OPEN_TIMEOUT)
         try:
             channel.exec_command(command)
             pending = b""

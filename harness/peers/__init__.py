@@ -2,7 +2,7 @@
 
 from harness.peers.recording import (
     EventLog,
-    Faults,
+    ProxyFaults,
     RecordingServer,
     Socks5Request,
     UdpTargetStats,
@@ -34,8 +34,8 @@ from harness.peers.targets import seeded_bytes, seeded_chunks, seeded_sha256
 
 __all__ = [
     "EventLog",
-    "Faults",
     "PeerServer",
+    "ProxyFaults",
     "RecordingServer",
     "RecordingSocks5",
     "Socks5Request",

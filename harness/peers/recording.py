@@ -29,7 +29,7 @@ log while the server is still running. Event kinds (``"event"`` key):
 "to_target" is client -> target, "from_target" is target -> client. Every event has ``id``
 (one per accepted TCP connection) and ``time`` (UNIX seconds).
 
-Faults (repeatable ``--fault``):
+ProxyFaults (repeatable ``--fault``):
 ``refuse[:CODE]``  answer every request with reply CODE (default 5, connection refused).
 ``delay:MS``       wait MS milliseconds before answering each request.
 ``drop-after:N``   reset both connections of a CONNECT once N bytes (both directions added)
@@ -99,7 +99,7 @@ _ERRNO_REPLY = {
 
 
 @dataclass(frozen=True, slots=True)
-class Faults:
+class ProxyFaults:
     """Misbehaviours to inject; the default is a well-behaved server."""
 
     refuse: Reply | int | None = None
@@ -108,7 +108,7 @@ class Faults:
     close_udp_after: int | None = None
 
     @classmethod
-    def parse(cls, specs: Iterable[str]) -> Faults:
+    def parse(cls, specs: Iterable[str]) -> ProxyFaults:
         """Parse ``--fault`` values; ValueError names the bad one and the accepted forms."""
         values: dict[str, Any] = {}
         for spec in specs:
@@ -531,7 +531,7 @@ class RecordingServer:
         log: EventLog | None = None,
         username: str | None = None,
         password: str | None = None,
-        faults: Faults | None = None,
+        faults: ProxyFaults | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         log_payloads: bool = True,
     ) -> None:
@@ -542,7 +542,7 @@ class RecordingServer:
         self.log = log or EventLog()
         self.username = username
         self.password = password
-        self.faults = faults or Faults()
+        self.faults = faults or ProxyFaults()
         self.connect_timeout = connect_timeout
         # Payload hex makes UDP hashes per target computable from the log; datagrams in
         # tests are small, so the log stays small.
@@ -863,7 +863,7 @@ async def _run(args: argparse.Namespace) -> int:
     log = EventLog(args.log)
     server = RecordingServer(
         host, port, log=log, username=args.user, password=args.password,
-        faults=Faults.parse(args.fault), connect_timeout=args.connect_timeout,
+        faults=ProxyFaults.parse(args.fault), connect_timeout=args.connect_timeout,
         log_payloads=not args.no_payloads,
     )
     stop = asyncio.Event()
@@ -884,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        Faults.parse(args.fault)
+        ProxyFaults.parse(args.fault)
         if (args.user is None) != (args.password is None):
             raise ValueError("give both --user and --password, or neither")
     except ValueError as exc:

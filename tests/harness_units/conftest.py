@@ -1,17 +1,13 @@
 """Fixtures for the harness's own unit tests.
 
 In-process servers run on an asyncio loop in a background thread, bound to 127.0.0.1, so
-blocking test clients can talk to them without root. Tests that need namespaces build a
-client/proxy/server topology themselves (marked ``netns``; skipped without root).
+blocking test clients can talk to them without root. Tests that need namespaces use the
+plugin's ``topology`` fixture (client/proxy/server) and ``rng`` (seeded per test).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import os
-import random
-import shutil
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
@@ -20,18 +16,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from harness.peers.recording import EventLog, Faults, RecordingServer
+from harness.peers.recording import EventLog, ProxyFaults, RecordingServer
 from harness.peers.targets import serve_tcp_data, serve_tcp_echo, serve_udp_echo
 
 T = TypeVar("T")
 LOOP_CALL_TIMEOUT = 15.0
 LOOPBACK = "127.0.0.1"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # The plugin registers the project's markers; repeat the one used here so these tests
-    # also run with the plugin disabled (-p no:ztun_harness).
-    config.addinivalue_line("markers", "netns: needs root and network namespaces")
 
 
 class LoopThread:
@@ -96,7 +86,7 @@ def make_proxy(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Any]:
     def make(*, faults: list[str] | None = None, host: str = LOOPBACK,
              **kwargs: Any) -> RecordingServer:
         log = EventLog(tmp_path / f"socks-{len(servers)}.jsonl")
-        server = RecordingServer(host, 0, log=log, faults=Faults.parse(faults or []), **kwargs)
+        server = RecordingServer(host, 0, log=log, faults=ProxyFaults.parse(faults or []), **kwargs)
         loop_thread.run(server.start())
         servers.append(server)
         return server
@@ -105,36 +95,3 @@ def make_proxy(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Any]:
     for server in servers:
         loop_thread.run(server.close())
         server.log.close()
-
-
-@pytest.fixture
-def rng(request: pytest.FixtureRequest) -> random.Random:
-    """A generator seeded from the test's node id: reproducible, different per test."""
-    return random.Random(f"harness-units/{request.node.nodeid}")
-
-
-def _can_netns() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for network namespaces"
-    if shutil.which("ip") is None:
-        return "iproute2 (ip) is not installed"
-    return None
-
-
-@functools.cache
-def _namer() -> Any:
-    from harness.topo import Namer
-
-    return Namer()
-
-
-@pytest.fixture
-def topo(tmp_path: Path) -> Iterator[Any]:
-    """client/proxy/server namespaces (the default topology), removed afterwards."""
-    reason = _can_netns()
-    if reason:
-        pytest.skip(reason)
-    from harness.topo import Topology, client_proxy_server
-
-    with Topology(client_proxy_server(), scope=_namer().scope(), log_dir=tmp_path / "hosts") as t:
-        yield t

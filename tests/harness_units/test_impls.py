@@ -80,9 +80,9 @@ def test_singbox_config_shape() -> None:
 # --------------------------------------------------------------------------- sing-box, live
 
 
-def _client_tcp_echo(topo: Any, target: tuple[str, int], payload: bytes) -> bytes:
+def _client_tcp_echo(topology: Any, target: tuple[str, int], payload: bytes) -> bytes:
     family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
-    with topo.client.socket(family, socket.SOCK_STREAM) as sock:
+    with topology.client.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(TIMEOUT)
         sock.connect(target)
         sock.sendall(payload)
@@ -93,9 +93,9 @@ def _client_tcp_echo(topo: Any, target: tuple[str, int], payload: bytes) -> byte
         return bytes(out)
 
 
-def _client_udp_echo(topo: Any, target: tuple[str, int], payload: bytes) -> bytes:
+def _client_udp_echo(topology: Any, target: tuple[str, int], payload: bytes) -> bytes:
     family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
-    with topo.client.socket(family, socket.SOCK_DGRAM) as sock:
+    with topology.client.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(TIMEOUT)
         sock.sendto(payload, target)
         data: bytes = sock.recv(65535)
@@ -104,26 +104,26 @@ def _client_udp_echo(topo: Any, target: tuple[str, int], payload: bytes) -> byte
 
 @pytest.mark.netns
 @pytest.mark.parametrize("stack", ["system", "gvisor", "mixed"])
-def test_singbox_carries_tcp_and_udp_through_the_recording_proxy(topo: Any, stack: Any) -> None:
-    proxy = start_recording(topo.proxy, str(topo.address("proxy", "client", 4)), PROXY_PORT)
-    targets = [str(topo.address("server", "proxy", f)) for f in (4, 6)]
+def test_singbox_carries_tcp_and_udp_through_the_recording_proxy(topology: Any, stack: Any) -> None:
+    proxy = start_recording(topology.proxy, str(topology.address("proxy", "client", 4)), PROXY_PORT)
+    targets = [str(topology.address("server", "proxy", f)) for f in (4, 6)]
     for ip in targets:
-        start_tcp_echo(topo.server, ip, ECHO_PORT)
-        start_udp_echo(topo.server, ip, ECHO_PORT)
-    running = SingBox(stack=stack).start(topo.client, device="sbtun0", proxy_url=proxy.url,
+        start_tcp_echo(topology.server, ip, ECHO_PORT)
+        start_udp_echo(topology.server, ip, ECHO_PORT)
+    running = SingBox(stack=stack).start(topology.client, device="sbtun0", proxy_url=proxy.url,
                                          mtu=1500)
     with running:
         assert running.version.startswith("sing-box version 1.")
         assert running.config_path is not None
-        routes = topo.client.run(["ip", "route", "show", "default"], check=True).stdout
+        routes = topology.client.run(["ip", "route", "show", "default"], check=True).stdout
         assert "dev sbtun0" in routes
         for index, ip in enumerate(targets):
             payload = seeded_bytes(index, 200_000)
-            assert _client_tcp_echo(topo, (ip, ECHO_PORT), payload) == payload
+            assert _client_tcp_echo(topology, (ip, ECHO_PORT), payload) == payload
             digest = hashlib.sha256(payload).hexdigest()
             assert_socks5_roundtrip(proxy, (ip, ECHO_PORT), digest, digest, command="CONNECT")
             datagram = b"udp through sing-box %d" % index
-            assert _client_udp_echo(topo, (ip, ECHO_PORT), datagram) == datagram
+            assert _client_udp_echo(topology, (ip, ECHO_PORT), datagram) == datagram
             d = hashlib.sha256(datagram).hexdigest()
             assert_socks5_roundtrip(proxy, (ip, ECHO_PORT), d, d, command="UDP ASSOCIATE")
         udp = [r for r in proxy.requests() if r.command == "UDP ASSOCIATE"]
@@ -131,4 +131,4 @@ def test_singbox_carries_tcp_and_udp_through_the_recording_proxy(topo: Any, stac
         assert {r.target_host for r in udp} <= {"::1", "127.0.0.1", "0.0.0.0", "::"}
         assert "sing-box started" in running.log_text()
     assert not running.alive()
-    assert "sbtun0" not in topo.client.interfaces()
+    assert "sbtun0" not in topology.client.interfaces()

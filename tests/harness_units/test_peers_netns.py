@@ -36,17 +36,17 @@ TIMEOUT = 10.0
 ECHO_PORT, DATA_PORT, PROXY_PORT = 7, 9000, 1080
 
 
-def _ip(topo: Any, host: str, toward: str, family: int) -> str:
-    return str(topo.address(host, toward, family))
+def _ip(topology: Any, host: str, toward: str, family: int) -> str:
+    return str(topology.address(host, toward, family))
 
 
 def _fam(family: int) -> socket.AddressFamily:
     return socket.AF_INET6 if family == 6 else socket.AF_INET
 
 
-def _client_connect(topo: Any, proxy: tuple[str, int], target: tuple[str, int], family: int,
+def _client_connect(topology: Any, proxy: tuple[str, int], target: tuple[str, int], family: int,
                     **auth: Any) -> socket.socket:
-    sock: socket.socket = topo.client.socket(_fam(family), socket.SOCK_STREAM)
+    sock: socket.socket = topology.client.socket(_fam(family), socket.SOCK_STREAM)
     sock.settimeout(TIMEOUT)
     sock.connect(proxy)
     handshake(sock, Command.CONNECT, Address.from_host(*target), **auth)
@@ -62,11 +62,11 @@ def _echo(sock: socket.socket, payload: bytes) -> bytes:
     return bytes(out)
 
 
-def _client_udp(topo: Any, proxy: tuple[str, int], family: int, **auth: Any) -> UdpSession:
-    control = topo.client.socket(_fam(family), socket.SOCK_STREAM)
+def _client_udp(topology: Any, proxy: tuple[str, int], family: int, **auth: Any) -> UdpSession:
+    control = topology.client.socket(_fam(family), socket.SOCK_STREAM)
     control.settimeout(TIMEOUT)
     control.connect(proxy)
-    udp = topo.client.socket(_fam(family), socket.SOCK_DGRAM)
+    udp = topology.client.socket(_fam(family), socket.SOCK_DGRAM)
     udp.settimeout(TIMEOUT)
     udp.bind((control.getsockname()[0], 0))
     try:
@@ -80,24 +80,24 @@ def _client_udp(topo: Any, proxy: tuple[str, int], family: int, **auth: Any) -> 
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_recording_server_in_namespaces(topo: Any, family: int) -> None:
-    server_ip = _ip(topo, "server", "proxy", family)
-    proxy_ip = _ip(topo, "proxy", "client", family)
-    start_tcp_echo(topo.server, server_ip, ECHO_PORT)
-    start_udp_echo(topo.server, server_ip, ECHO_PORT)
-    proxy = start_recording(topo.proxy, proxy_ip, PROXY_PORT, user="u", password="p")
+def test_recording_server_in_namespaces(topology: Any, family: int) -> None:
+    server_ip = _ip(topology, "server", "proxy", family)
+    proxy_ip = _ip(topology, "proxy", "client", family)
+    start_tcp_echo(topology.server, server_ip, ECHO_PORT)
+    start_udp_echo(topology.server, server_ip, ECHO_PORT)
+    proxy = start_recording(topology.proxy, proxy_ip, PROXY_PORT, user="u", password="p")
     assert proxy.url == (f"socks5://u:p@[{proxy_ip}]:1080" if family == 6
                          else f"socks5://u:p@{proxy_ip}:1080")
     payload = seeded_bytes(family, 100_000)
-    with _client_connect(topo, proxy.endpoint, (server_ip, ECHO_PORT), family,
+    with _client_connect(topology, proxy.endpoint, (server_ip, ECHO_PORT), family,
                          username="u", password="p") as sock:
         assert _echo(sock, payload) == payload
     digest = hashlib.sha256(payload).hexdigest()
     request = assert_socks5_roundtrip(proxy, (server_ip, ECHO_PORT), digest, digest)
     assert request.user == "u"
     with pytest.raises(Socks5ClientError, match="none of the offered methods"):
-        _client_udp(topo, proxy.endpoint, family)  # UDP ASSOCIATE needs the auth too
-    session = _client_udp(topo, proxy.endpoint, family, username="u", password="p")
+        _client_udp(topology, proxy.endpoint, family)  # UDP ASSOCIATE needs the auth too
+    session = _client_udp(topology, proxy.endpoint, family, username="u", password="p")
     try:
         session.send((server_ip, ECHO_PORT), b"authed datagram")
         assert session.recv()[1] == b"authed datagram"
@@ -106,11 +106,11 @@ def test_recording_server_in_namespaces(topo: Any, family: int) -> None:
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_recording_udp_associate_in_namespaces(topo: Any, family: int) -> None:
-    server_ip = _ip(topo, "server", "proxy", family)
-    start_udp_echo(topo.server, server_ip, ECHO_PORT)
-    proxy = start_recording(topo.proxy, _ip(topo, "proxy", "client", family), PROXY_PORT)
-    session = _client_udp(topo, proxy.endpoint, family)
+def test_recording_udp_associate_in_namespaces(topology: Any, family: int) -> None:
+    server_ip = _ip(topology, "server", "proxy", family)
+    start_udp_echo(topology.server, server_ip, ECHO_PORT)
+    proxy = start_recording(topology.proxy, _ip(topology, "proxy", "client", family), PROXY_PORT)
+    session = _client_udp(topology, proxy.endpoint, family)
     try:
         for payload in (b"one", b"two"):
             session.send((server_ip, ECHO_PORT), payload)
@@ -122,13 +122,13 @@ def test_recording_udp_associate_in_namespaces(topo: Any, family: int) -> None:
                             command="UDP ASSOCIATE")
 
 
-def test_tcp_data_source_through_microsocks(topo: Any) -> None:
-    server_ip = _ip(topo, "server", "proxy", 4)
-    start_tcp_data(topo.server, server_ip, DATA_PORT)
-    proxy = start_microsocks(topo.proxy, _ip(topo, "proxy", "client", 4), PROXY_PORT)
+def test_tcp_data_source_through_microsocks(topology: Any) -> None:
+    server_ip = _ip(topology, "server", "proxy", 4)
+    start_tcp_data(topology.server, server_ip, DATA_PORT)
+    proxy = start_microsocks(topology.proxy, _ip(topology, "proxy", "client", 4), PROXY_PORT)
     assert not proxy.supports_udp
     size = 2_000_000
-    with _client_connect(topo, proxy.endpoint, (server_ip, DATA_PORT), 4) as sock:
+    with _client_connect(topology, proxy.endpoint, (server_ip, DATA_PORT), 4) as sock:
         sock.sendall(b"SOURCE %d 5\n" % size)
         digest = hashlib.sha256()
         total = 0
@@ -139,12 +139,12 @@ def test_tcp_data_source_through_microsocks(topo: Any) -> None:
     assert digest.hexdigest() == seeded_sha256(5, size)
 
 
-def test_microsocks_with_auth_over_ipv6(topo: Any) -> None:
-    server_ip = _ip(topo, "server", "proxy", 6)
-    start_tcp_echo(topo.server, server_ip, ECHO_PORT)
-    proxy = start_microsocks(topo.proxy, _ip(topo, "proxy", "client", 6), PROXY_PORT,
+def test_microsocks_with_auth_over_ipv6(topology: Any) -> None:
+    server_ip = _ip(topology, "server", "proxy", 6)
+    start_tcp_echo(topology.server, server_ip, ECHO_PORT)
+    proxy = start_microsocks(topology.proxy, _ip(topology, "proxy", "client", 6), PROXY_PORT,
                              user="u", password="p")
-    with _client_connect(topo, proxy.endpoint, (server_ip, ECHO_PORT), 6,
+    with _client_connect(topology, proxy.endpoint, (server_ip, ECHO_PORT), 6,
                          username="u", password="p") as sock:
         # No half-close here: microsocks tears both directions down on the first EOF.
         sock.sendall(b"v6 via microsocks")
@@ -157,15 +157,15 @@ def test_microsocks_with_auth_over_ipv6(topo: Any) -> None:
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_danted_connect_and_udp(topo: Any, family: int) -> None:
-    server_ip = _ip(topo, "server", "proxy", family)
-    start_tcp_echo(topo.server, server_ip, ECHO_PORT)
-    start_udp_echo(topo.server, server_ip, ECHO_PORT)
-    proxy = start_danted(topo.proxy, _ip(topo, "proxy", "client", family), PROXY_PORT)
+def test_danted_connect_and_udp(topology: Any, family: int) -> None:
+    server_ip = _ip(topology, "server", "proxy", family)
+    start_tcp_echo(topology.server, server_ip, ECHO_PORT)
+    start_udp_echo(topology.server, server_ip, ECHO_PORT)
+    proxy = start_danted(topology.proxy, _ip(topology, "proxy", "client", family), PROXY_PORT)
     assert proxy.supports_udp
-    with _client_connect(topo, proxy.endpoint, (server_ip, ECHO_PORT), family) as sock:
+    with _client_connect(topology, proxy.endpoint, (server_ip, ECHO_PORT), family) as sock:
         assert _echo(sock, b"via dante") == b"via dante"
-    session = _client_udp(topo, proxy.endpoint, family)  # declares its real address
+    session = _client_udp(topology, proxy.endpoint, family)  # declares its real address
     try:
         session.send((server_ip, ECHO_PORT), b"udp via dante")
         source, data = session.recv()
@@ -174,20 +174,20 @@ def test_danted_connect_and_udp(topo: Any, family: int) -> None:
         session.close()
 
 
-def test_ssh_dynamic(topo: Any) -> None:
-    server_ip = _ip(topo, "server", "proxy", 4)
-    start_tcp_echo(topo.server, server_ip, ECHO_PORT)
-    proxy = start_ssh_dynamic(topo.proxy, _ip(topo, "proxy", "client", 4), PROXY_PORT)
-    with _client_connect(topo, proxy.endpoint, (server_ip, ECHO_PORT), 4) as sock:
+def test_ssh_dynamic(topology: Any) -> None:
+    server_ip = _ip(topology, "server", "proxy", 4)
+    start_tcp_echo(topology.server, server_ip, ECHO_PORT)
+    proxy = start_ssh_dynamic(topology.proxy, _ip(topology, "proxy", "client", 4), PROXY_PORT)
+    with _client_connect(topology, proxy.endpoint, (server_ip, ECHO_PORT), 4) as sock:
         assert _echo(sock, b"via ssh") == b"via ssh"
 
 
-def test_dnsmasq_answers_fixed_records_only(topo: Any) -> None:
-    server_ip = _ip(topo, "server", "proxy", 4)
-    start_dnsmasq(topo.server, server_ip, {"example.test": ["10.201.1.2", "fd00:201:1::2"]})
+def test_dnsmasq_answers_fixed_records_only(topology: Any) -> None:
+    server_ip = _ip(topology, "server", "proxy", 4)
+    start_dnsmasq(topology.server, server_ip, {"example.test": ["10.201.1.2", "fd00:201:1::2"]})
 
     def query(name: str, qtype: str) -> Any:
-        sock = topo.proxy.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = topology.proxy.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.settimeout(TIMEOUT)
         with sock:
             sock.sendto(bytes(DNS(id=1, rd=1, qd=DNSQR(qname=name, qtype=qtype))),
@@ -203,17 +203,17 @@ def test_dnsmasq_answers_fixed_records_only(topo: Any) -> None:
 
 
 @pytest.mark.parametrize("engine", ["python", "nginx"])
-def test_http_server(topo: Any, engine: str, tmp_path: Any) -> None:
+def test_http_server(topology: Any, engine: str, tmp_path: Any) -> None:
     root = tmp_path / "www"
     root.mkdir()
     body = seeded_bytes(9, 300_000)
     (root / "blob.bin").write_bytes(body)
-    server_ip = _ip(topo, "server", "proxy", 4)
-    start_http_server(topo.server, server_ip, 8080, root, engine=engine)
-    result = topo.proxy.run(["curl", "-sS", "--max-time", "10", "-o", "-",
+    server_ip = _ip(topology, "server", "proxy", 4)
+    start_http_server(topology.server, server_ip, 8080, root, engine=engine)
+    result = topology.proxy.run(["curl", "-sS", "--max-time", "10", "-o", "-",
                              f"http://{server_ip}:8080/blob.bin"], timeout=20)
     assert result.ok, result.stderr
-    fetched = topo.proxy.run(
+    fetched = topology.proxy.run(
         ["sh", "-c", f"curl -sS --max-time 10 http://{server_ip}:8080/blob.bin | sha256sum"],
         timeout=20,
     ).stdout.split()[0]
@@ -238,31 +238,32 @@ def _receive_marked(sock: socket.socket, marker: bytes) -> bytes:
     raise AssertionError("marked packet never arrived")
 
 
-def test_send_raw_on_iface_delivers_bytes_untouched(topo: Any, rng: Any) -> None:
-    client_if = topo.iface("client", "proxy")
-    proxy_if = topo.iface("proxy", "client")
-    src, dst = _ip(topo, "client", "proxy", 4), _ip(topo, "proxy", "client", 4)
+def test_send_raw_on_iface_delivers_bytes_untouched(topology: Any, rng: Any) -> None:
+    client_if = topology.iface("client", "proxy")
+    proxy_if = topology.iface("proxy", "client")
+    src, dst = _ip(topology, "client", "proxy", 4), _ip(topology, "proxy", "client", 4)
     bad = bytes(packets.with_bad_ip_checksum(rng, packets.udp(rng, src, dst, 9, b"MARK-1")))
-    with _listen_raw(topo.proxy, proxy_if) as sniffer:
-        packets.send_raw(topo.client, bad, iface=client_if)
+    with _listen_raw(topology.proxy, proxy_if) as sniffer:
+        packets.send_raw(topology.client, bad, iface=client_if)
         assert _receive_marked(sniffer, b"MARK-1") == bad
 
 
-def test_send_raw_routed_goes_through_the_kernel(topo: Any, rng: Any) -> None:
-    proxy_if = topo.iface("proxy", "client")
+def test_send_raw_routed_goes_through_the_kernel(topology: Any, rng: Any) -> None:
+    proxy_if = topology.iface("proxy", "client")
     for family in (4, 6):
-        src, dst = _ip(topo, "client", "proxy", family), _ip(topo, "proxy", "client", family)
+        src = _ip(topology, "client", "proxy", family)
+        dst = _ip(topology, "proxy", "client", family)
         marker = b"MARK-ROUTED-%d" % family
         pkt = bytes(packets.udp(rng, src, dst, 9, marker))
-        with _listen_raw(topo.proxy, proxy_if) as sniffer:
-            packets.send_raw(topo.client, pkt)
+        with _listen_raw(topology.proxy, proxy_if) as sniffer:
+            packets.send_raw(topology.client, pkt)
             got = _receive_marked(sniffer, marker)
         # A hop-free route: the kernel forwards the header as built (its own checksum
         # fill gives the same value for a correct packet).
         assert got == pkt, (got.hex(), pkt.hex())
 
 
-def test_send_raw_fallback_script_when_host_has_no_sockets(topo: Any, rng: Any) -> None:
+def test_send_raw_fallback_script_when_host_has_no_sockets(topology: Any, rng: Any) -> None:
     """VM backends cannot hand out sockets: the helper script path must work too."""
 
     class NoSockets:
@@ -275,10 +276,10 @@ def test_send_raw_fallback_script_when_host_has_no_sockets(topo: Any, rng: Any) 
         def socket(self, *args: Any) -> socket.socket:
             raise NotImplementedError
 
-    proxy_if = topo.iface("proxy", "client")
-    src, dst = _ip(topo, "client", "proxy", 4), _ip(topo, "proxy", "client", 4)
+    proxy_if = topology.iface("proxy", "client")
+    src, dst = _ip(topology, "client", "proxy", 4), _ip(topology, "proxy", "client", 4)
     pkt = bytes(packets.udp(rng, src, dst, 9, b"MARK-SCRIPT"))
-    with _listen_raw(topo.proxy, proxy_if) as sniffer:
-        packets.send_raw(NoSockets(topo.client), pkt, iface=topo.iface("client", "proxy"))
+    with _listen_raw(topology.proxy, proxy_if) as sniffer:
+        packets.send_raw(NoSockets(topology.client), pkt, iface=topology.iface("client", "proxy"))
         assert _receive_marked(sniffer, b"MARK-SCRIPT") == pkt
 

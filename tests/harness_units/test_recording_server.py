@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness.assertions import assert_socks5_roundtrip
-from harness.peers.recording import Faults, RecordingServer
+from harness.peers.recording import ProxyFaults, RecordingServer
 from harness.peers.socks5_client import (
     Socks5ClientError,
     connect,
@@ -286,12 +286,12 @@ def test_fault_close_udp_after_n_datagrams(make_proxy: Any, targets: Targets) ->
 @pytest.mark.parametrize("spec", ["explode", "delay:x", "drop-after:", "refuse:z"])
 def test_bad_fault_specs_are_rejected_with_the_accepted_forms(spec: str) -> None:
     with pytest.raises(ValueError, match="expected refuse"):
-        Faults.parse([spec])
+        ProxyFaults.parse([spec])
 
 
 def test_fault_specs_parse() -> None:
-    faults = Faults.parse(["refuse", "delay:50", "drop-after:10", "close-udp:3"])
-    assert faults == Faults(refuse=5, delay_ms=50, drop_after=10, close_udp_after=3)
+    faults = ProxyFaults.parse(["refuse", "delay:50", "drop-after:10", "close-udp:3"])
+    assert faults == ProxyFaults(refuse=5, delay_ms=50, drop_after=10, close_udp_after=3)
 
 
 # --------------------------------------------------------------------------- the CLI

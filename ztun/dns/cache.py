@@ -42,13 +42,13 @@ class _Entry:
 def _lifetime(reply: DNSRecord) -> int | None:
     rcode = reply.header.rcode
     if rcode == RCODE.NOERROR and reply.rr:
-        return min(rr.ttl for rr in reply.rr)
+        return int(min(rr.ttl for rr in reply.rr))
     if rcode in (RCODE.NOERROR, RCODE.NXDOMAIN):
         soas = [rr for rr in reply.auth if rr.rtype == QTYPE.SOA]
         if not soas:
             return None
         soa = soas[0]
-        return -min(soa.ttl, soa.rdata.times[-1])  # negative marks "negative answer"
+        return -int(min(soa.ttl, soa.rdata.times[-1]))  # negative marks "negative answer"
     return None
 
 

@@ -195,8 +195,9 @@ class DnsHandler:
                 if domain is None:
                     reply.header.rcode = RCODE.NXDOMAIN
                 else:
-                    reply.add_answer(RR(query.q.qname, QTYPE.PTR, rdata=PTR(domain + "."),
-                                        ttl=self.fake_ttl))
+                    reply.add_answer(
+                        RR(query.q.qname, QTYPE.PTR, rdata=PTR(domain + "."), ttl=self.fake_ttl)
+                    )
                 return reply
         bypass = any(name == s or name.endswith("." + s) for s in FAKE_IP_BYPASS)
         if qtype in (QTYPE.A, QTYPE.AAAA) and not bypass:

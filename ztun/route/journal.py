@@ -101,8 +101,13 @@ class Journal:
             raise JournalError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
         self.path.unlink(missing_ok=True)
         self._append(
-            {"op": "begin", "v": JOURNAL_VERSION, "device": device, "netns": netns,
-             "pid": os.getpid()}
+            {
+                "op": "begin",
+                "v": JOURNAL_VERSION,
+                "device": device,
+                "netns": netns,
+                "pid": os.getpid(),
+            }
         )
         _fsync_dir(self.path.parent)
 
@@ -154,7 +159,9 @@ class Journal:
             except (ValueError, KeyError, TypeError) as exc:
                 if torn_tail and lineno == len(lines):
                     break  # crash inside write(): the change it announced was never made
-                raise JournalError(f"{self.path}:{lineno}: not a ztun journal line ({exc})") from exc
+                raise JournalError(
+                    f"{self.path}:{lineno}: not a ztun journal line ({exc})"
+                ) from exc
         return state
 
     def remove(self) -> None:

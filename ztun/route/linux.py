@@ -261,9 +261,7 @@ def apply(
     is raised, so the system is left as it was found.  ``progress(seq, change)`` is called
     after each change is in the kernel (tests use it to crash at a chosen point).
     """
-    device = next(
-        (c.device for c in changes if isinstance(c, TableRoute) and c.device), "unknown"
-    )
+    device = next((c.device for c in changes if isinstance(c, TableRoute) and c.device), "unknown")
     journal.begin(device, netns)
     try:
         with _rtnl(netns) as ipr:

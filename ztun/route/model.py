@@ -24,7 +24,7 @@ RESERVED_TABLES = frozenset({0, TABLE_DEFAULT, TABLE_MAIN, TABLE_LOCAL})
 RuleAction = Literal["lookup", "unreachable"]
 RouteType = Literal["unicast", "unreachable"]
 
-FAMILY_NAMES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
+FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 
 
 def family_of(net: IPNetwork) -> int:

@@ -81,7 +81,7 @@ IPPROTO_UDP = 17
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
-_DEFAULT_DST = {socket.AF_INET: "0.0.0.0/0", socket.AF_INET6: "::/0"}
+_DEFAULT_DST: dict[int, str] = {socket.AF_INET: "0.0.0.0/0", socket.AF_INET6: "::/0"}
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
@@ -140,8 +140,7 @@ def _validate(cfg: AutoRouteConfig) -> None:
     for net in cfg.include:
         if family_of(net) not in proxied:
             raise RoutePlanError(
-                f"--include {net} is IPv{net.version} but the TUN has no IPv{net.version}"
-                " address"
+                f"--include {net} is IPv{net.version} but the TUN has no IPv{net.version} address"
             )
 
 
@@ -167,9 +166,7 @@ def plan_auto_route(cfg: AutoRouteConfig) -> list[RouteChange]:
     include_mode = bool(cfg.include)
     # Families that get a ladder: those we carry, plus under strict (default mode) those
     # we must block.
-    laddered = [
-        f for f in _FAMILIES if f in proxied or (cfg.strict and not include_mode)
-    ]
+    laddered = [f for f in _FAMILIES if f in proxied or (cfg.strict and not include_mode)]
     p = cfg.priority
     excludes = _unique([*cfg.exclude, *(_host_net(a) for a in cfg.proxy_addresses)])
 

@@ -156,7 +156,9 @@ class Config:
 # -- loading ---------------------------------------------------------------------------
 
 
-def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+def load_config(
+    path: Path | str | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
     """Read ``path`` (TOML; None: defaults only), apply ``overrides``, validate.
 
     ``overrides`` maps dotted keys to values already typed as TOML would type them
@@ -226,7 +228,9 @@ class _Builder:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.error((*path, key), f"must be {_kind_name(kind)}, not {_kind_name(type(value))}")
+            raise self.error(
+                (*path, key), f"must be {_kind_name(kind)}, not {_kind_name(type(value))}"
+            )
         return value
 
     def take_opt(self, table: dict[str, Any], path: KeyPath, key: str, kind: type[T]) -> T | None:
@@ -244,8 +248,10 @@ class _Builder:
         values = raw if isinstance(raw, list) else [raw]
         if isinstance(raw, list) and not raw:
             return ()
-        return tuple(convert(v, (*path, key, i) if isinstance(raw, list) else (*path, key))
-                     for i, v in enumerate(values))
+        return tuple(
+            convert(v, (*path, key, i) if isinstance(raw, list) else (*path, key))
+            for i, v in enumerate(values)
+        )
 
     def section(self, data: dict[str, Any], key: str) -> dict[str, Any]:
         value = data.pop(key, {})
@@ -335,21 +341,41 @@ class _Builder:
         has_v6 = any(a.version == 6 for a in addresses)
         floor = MIN_MTU_V6 if has_v6 else MIN_MTU_V4
         if not floor <= mtu <= MAX_MTU:
-            raise self.error(("mtu",), f"{mtu} is outside {floor}-{MAX_MTU}"
-                             + (" (IPv6 needs at least 1280)" if has_v6 else ""))
+            raise self.error(
+                ("mtu",),
+                f"{mtu} is outside {floor}-{MAX_MTU}"
+                + (" (IPv6 needs at least 1280)" if has_v6 else ""),
+            )
         interface = self.take_opt(data, (), "interface", str)
         if interface is not None and not 0 < len(interface) < IFNAMSIZ:
             raise self.error(("interface",), f"{interface!r}: must be 1-{IFNAMSIZ - 1} chars")
-        log_level = self.choice(data.pop("log_level", "info"), ("log_level",), LOG_LEVELS) \
-            if "log_level" in data else "info"
+        log_level = (
+            self.choice(data.pop("log_level", "info"), ("log_level",), LOG_LEVELS)
+            if "log_level" in data
+            else "info"
+        )
         default_action = Action(
             self.choice(data.pop("default_action"), ("default_action",), tuple(Action))
-            if "default_action" in data else Action.PROXY
+            if "default_action" in data
+            else Action.PROXY
         )
-        self.no_leftovers(data, (), (
-            "proxy", "device", "addresses", "mtu", "interface", "log_level", "default_action",
-            "route", "dns", "sniff", "rules",
-        ))
+        self.no_leftovers(
+            data,
+            (),
+            (
+                "proxy",
+                "device",
+                "addresses",
+                "mtu",
+                "interface",
+                "log_level",
+                "default_action",
+                "route",
+                "dns",
+                "sniff",
+                "rules",
+            ),
+        )
         return Config(
             proxy=proxy,
             device=device,
@@ -389,24 +415,32 @@ class _Builder:
             priority=self.take(t, p, "priority", int, DEFAULT_PRIORITY),
         )
         if opts.table in RESERVED_TABLES or not 0 < opts.table < 2**32:
-            raise self.error((*p, "table"), f"{opts.table} is reserved or out of range"
-                             " (0/253/254/255 are the kernel's)")
+            raise self.error(
+                (*p, "table"),
+                f"{opts.table} is reserved or out of range (0/253/254/255 are the kernel's)",
+            )
         if not 0 < opts.fwmark < 2**32:
             raise self.error((*p, "fwmark"), "must be a non-zero 32-bit mark")
         if not 4 <= opts.priority <= 32764:
             raise self.error((*p, "priority"), "must be 4-32764 (rules use P-3..P+1)")
-        self.no_leftovers(t, p, ("auto", "strict", "include", "exclude", "table", "fwmark",
-                                 "priority"))
+        self.no_leftovers(
+            t, p, ("auto", "strict", "include", "exclude", "table", "fwmark", "priority")
+        )
         return opts
 
     def dns(self, t: dict[str, Any]) -> DnsOptions:
         p: KeyPath = ("dns",)
-        mode = DnsMode(self.choice(t.pop("mode"), (*p, "mode"), tuple(DnsMode))) \
-            if "mode" in t else DnsMode.OFF
+        mode = (
+            DnsMode(self.choice(t.pop("mode"), (*p, "mode"), tuple(DnsMode)))
+            if "mode" in t
+            else DnsMode.OFF
+        )
         upstream_raw = self.take_opt(t, p, "upstream", str)
-        upstream = self.host_port(upstream_raw, (*p, "upstream"), DNS_PORT) if upstream_raw else None
+        upstream = (
+            self.host_port(upstream_raw, (*p, "upstream"), DNS_PORT) if upstream_raw else None
+        )
         if mode is DnsMode.REMOTE and upstream is None:
-            raise self.error((*p, "mode"), "remote mode needs dns.upstream (e.g. \"1.1.1.1:53\")")
+            raise self.error((*p, "mode"), 'remote mode needs dns.upstream (e.g. "1.1.1.1:53")')
         v4 = DEFAULT_V4_RANGE
         if "fake_ip_range" in t:
             net = self.network(t.pop("fake_ip_range"), (*p, "fake_ip_range"))
@@ -421,16 +455,25 @@ class _Builder:
             else:
                 net = self.network(raw, (*p, "fake_ip6_range"))
                 if not isinstance(net, ipaddress.IPv6Network):
-                    raise self.error((*p, "fake_ip6_range"), "must be an IPv6 range (or \"\")")
+                    raise self.error((*p, "fake_ip6_range"), 'must be an IPv6 range (or "")')
                 v6 = net
         ttl = self.take(t, p, "fake_ip_ttl", int, DEFAULT_FAKE_TTL)
         if not 0 <= ttl <= 86400:
             raise self.error((*p, "fake_ip_ttl"), "must be 0-86400 seconds")
         state = self.take(t, p, "state_file", str, str(DEFAULT_STATE_PATH))
-        self.no_leftovers(t, p, ("mode", "upstream", "fake_ip_range", "fake_ip6_range",
-                                 "fake_ip_ttl", "state_file"))
-        return DnsOptions(mode=mode, upstream=upstream, fake_ip_range=v4, fake_ip6_range=v6,
-                          fake_ip_ttl=ttl, state_file=Path(state))
+        self.no_leftovers(
+            t,
+            p,
+            ("mode", "upstream", "fake_ip_range", "fake_ip6_range", "fake_ip_ttl", "state_file"),
+        )
+        return DnsOptions(
+            mode=mode,
+            upstream=upstream,
+            fake_ip_range=v4,
+            fake_ip6_range=v6,
+            fake_ip_ttl=ttl,
+            state_file=Path(state),
+        )
 
     def sniff(self, t: dict[str, Any]) -> SniffOptions:
         p: KeyPath = ("sniff",)
@@ -462,13 +505,20 @@ class _Builder:
             networks=networks,
             origin=f"{self.file}:{locate(self.text, p) or '?'}",
         )
-        self.no_leftovers(t, p, ("action", "domain", "domain_suffix", "domain_keyword",
-                                 "cidr", "port", "network"))
+        self.no_leftovers(
+            t, p, ("action", "domain", "domain_suffix", "domain_keyword", "cidr", "port", "network")
+        )
         if not (rule.has_destination or rule.ports or rule.networks):
             raise self.error(p, "rule has no condition; use default_action for a catch-all")
         return rule
 
 
 def _kind_name(kind: type) -> str:
-    return {bool: "true/false", int: "an integer", str: "a string", float: "a number",
-            list: "a list", dict: "a table"}.get(kind, kind.__name__)
+    return {
+        bool: "true/false",
+        int: "an integer",
+        str: "a string",
+        float: "a number",
+        list: "a list",
+        dict: "a table",
+    }.get(kind, kind.__name__)

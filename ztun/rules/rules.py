@@ -88,7 +88,11 @@ class Rule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_cidr_set", _CidrSet(self.cidrs))
         small = sum(hi - lo + 1 for lo, hi in self.ports) <= 1024
-        port_set = frozenset(p for lo, hi in self.ports for p in range(lo, hi + 1)) if small else frozenset()
+        port_set = (
+            frozenset(p for lo, hi in self.ports for p in range(lo, hi + 1))
+            if small
+            else frozenset()
+        )
         object.__setattr__(self, "_port_set", port_set)
 
     @property
@@ -101,9 +105,7 @@ class Rule:
             return False
         if self.ports and not self._port_matches(flow.dst_port):
             return False
-        if self.has_destination and not self._destination_matches(flow):
-            return False
-        return True
+        return not self.has_destination or self._destination_matches(flow)
 
     def _port_matches(self, port: int) -> bool:
         if self._port_set:

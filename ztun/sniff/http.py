@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from ztun.sniff.result import MAX_HTTP_BYTES, Sniffed, SniffResult, Verdict, clean_hostname
 
-METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE",
-           b"PATCH")
+METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH")
 _STARTS = tuple(m + b" " for m in METHODS)
 _VERSIONS = (b"HTTP/1.0", b"HTTP/1.1")
 

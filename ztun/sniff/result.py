@@ -14,7 +14,9 @@ MAX_TLS_BYTES = 16 * 1024
 MAX_HTTP_BYTES = 8 * 1024
 MAX_DOMAIN_LENGTH = 253
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*$"
+)
 
 
 class Verdict(Enum):

@@ -12,6 +12,7 @@ from typing import TypeAlias
 
 from ztun.wire import icmp, icmpv6
 from ztun.wire._types import BytesLike
+from ztun.wire._util import check_uint
 from ztun.wire.checksum import internet_checksum, pseudo_header_sum
 from ztun.wire.ip import parse_ip
 from ztun.wire.ipv4 import Ipv4Packet, Ipv4Repr
@@ -39,6 +40,7 @@ _ICMP_HEADER = struct.Struct("!BBHHH")
 _ICMP_HEADER_LEN = 8
 _CHECKSUM_OFFSET = 2
 _U16 = struct.Struct("!H")
+_NO_OPTIONS = TcpOptions()
 
 #: RFC 1812 sec. 4.3.2.3: an ICMPv4 error quotes as much of the original as fits in a
 #: 576-byte datagram (RFC 792's "header + 64 bits" is the minimum).  Linux does the same.
@@ -109,7 +111,7 @@ def build_tcp(
     ack: int = 0,
     flags: int = ACK,
     window: int = 65535,
-    options: TcpOptions = TcpOptions(),  # noqa: B008 -- frozen, so sharing is safe
+    options: TcpOptions = _NO_OPTIONS,
     payload: BytesLike = b"",
     ttl: int = 64,
     ident: int = 0,
@@ -180,7 +182,12 @@ def build_icmp_echo(
     reply: bool = False,
     ttl: int = 64,
 ) -> bytearray:
-    """An ICMP (IPv4) or ICMPv6 echo request, or reply with ``reply=True``."""
+    """An ICMP (IPv4) or ICMPv6 echo request, or reply with ``reply=True``.
+
+    IPv4 ICMP goes out without DF, as the kernel sends its own echo replies.
+    """
+    check_uint("ident", ident, 16)
+    check_uint("seq", seq, 16)
     raw_src, raw_dst = _raw_pair(src, dst)
     if len(raw_src) == _IPV4_LEN:
         icmp_type = icmp.ECHO_REPLY if reply else icmp.ECHO_REQUEST

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-NETNS_TIMEOUT = 10.0
+from tests.integration.route.route_ns import RouteNs
+
 _counter = itertools.count()
 
 
@@ -32,34 +31,6 @@ def _skip_reason() -> str | None:
     except ImportError:
         return "pyroute2 not installed"
     return None
-
-
-@dataclass(frozen=True)
-class RouteNs:
-    """A namespace with ``uplink0`` (its own default routes, v4 and v6) and a TUN ``zt0``."""
-
-    name: str
-    tun: str = "zt0"
-    uplink: str = "uplink0"
-
-    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``ip -n NAME ARGS`` (the test's eyes; the product itself uses netlink)."""
-        return subprocess.run(
-            ["ip", "-n", self.name, *args],
-            capture_output=True,
-            text=True,
-            timeout=NETNS_TIMEOUT,
-            check=check,
-        )
-
-    def snapshot(self) -> str:
-        """The routing state to compare byte-for-byte: rules and every table, v4 and v6."""
-        out = []
-        for fam in ("-4", "-6"):
-            for args in (("rule", "show"), ("route", "show", "table", "all")):
-                res = self.ip(fam, *args)
-                out.append(f"### ip {fam} {' '.join(args)}\n{res.stdout}")
-        return "\n".join(out)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ normal, failed apply, SIGKILL mid-way or after -- restores routing byte-for-byte
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -15,8 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.route.conftest import RouteNs
-from ztun.route import AutoRouteConfig, Journal, PolicyRule, RouteChange, plan_auto_route
+from tests.integration.route.route_ns import RouteNs
+from ztun.route import (
+    AutoRouteConfig,
+    Journal,
+    PolicyRule,
+    RouteChange,
+    TableRoute,
+    plan_auto_route,
+)
 from ztun.route.linux import RouteError, apply, recover, restore
 
 pytestmark = pytest.mark.netns
@@ -145,7 +153,11 @@ def _run_and_kill(changes: list[RouteChange], journal: Journal, ns: RouteNs, sto
         assert child.stdout is not None
         ready, _, _ = select.select([child.stdout], [], [], CHILD_READY_TIMEOUT)
         line = child.stdout.readline().strip() if ready else ""
-        assert line, f"child did not report in time: {child.stderr.read() if not ready else ''}"
+        if not line:  # died or hung: stop it first so its stderr can be read whole
+            child.kill()
+            child.wait(timeout=CHILD_READY_TIMEOUT)
+            assert child.stderr is not None
+            pytest.fail(f"apply child did not report in time: {child.stderr.read()}")
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait(timeout=CHILD_READY_TIMEOUT) == -signal.SIGKILL
         return line
@@ -207,15 +219,13 @@ def test_failed_apply_rolls_back(route_ns: RouteNs, tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j")
     changes = plan(ns)
     # the TUN vanishes between planning and applying: the v4 default route cannot be added
-    broken = [*changes[1:], changes[0].__class__(**{**_fields(changes[0]), "device": "nope0"})]
+    first = changes[0]
+    assert isinstance(first, TableRoute)
+    broken = [*changes[1:], dataclasses.replace(first, device="nope0")]
     with pytest.raises(RouteError, match="no device 'nope0'"):
         apply(broken, journal, ns.name)
     assert ns.snapshot() == before
     assert not journal.exists()
-
-
-def _fields(change: RouteChange) -> dict[str, object]:
-    return {k: getattr(change, k) for k in change.__slots__ if k != "kind"}
 
 
 def test_preexisting_entry_is_left_in_place(route_ns: RouteNs, tmp_path: Path) -> None:

@@ -47,8 +47,12 @@ def negative(rcode: int, soa_ttl: int = 3600, minimum: int = 120) -> DNSRecord:
     r = DNSRecord.question("nx.example.com").reply()
     r.header.rcode = rcode
     r.add_auth(
-        RR("example.com", QTYPE.SOA, ttl=soa_ttl,
-           rdata=SOA("ns.example.com", "h.example.com", (1, 2, 3, 4, minimum)))
+        RR(
+            "example.com",
+            QTYPE.SOA,
+            ttl=soa_ttl,
+            rdata=SOA("ns.example.com", "h.example.com", (1, 2, 3, 4, minimum)),
+        )
     )
     return r
 

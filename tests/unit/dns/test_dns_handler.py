@@ -20,7 +20,9 @@ from ztun.dns import (
 )
 
 
-def ask(h: DnsHandler, name: str, qtype: str = "A", now: float = 0.0, ident: int = 0x4242):
+def ask(
+    h: DnsHandler, name: str, qtype: str = "A", now: float = 0.0, ident: int = 0x4242
+) -> Answer | Forward | Drop:
     q = DNSRecord.question(name, qtype)
     q.header.id = ident
     return h.handle_query(bytes(q.pack()), now)
@@ -109,11 +111,9 @@ def upstream_reply(fwd: Forward, ttl: int = 300, answers: int = 1) -> bytes:
     return bytes(r.pack())
 
 
-def remote(**kw: object) -> DnsHandler:
+def remote() -> DnsHandler:
     ids = itertools.count(0x1000)
-    return DnsHandler(
-        DnsMode.REMOTE, upstream=("192.0.2.53", 53), id_source=lambda: next(ids), **kw
-    )  # type: ignore[arg-type]
+    return DnsHandler(DnsMode.REMOTE, upstream=("192.0.2.53", 53), id_source=lambda: next(ids))
 
 
 def test_remote_forward_reply_and_cache() -> None:

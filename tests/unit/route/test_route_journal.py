@@ -49,7 +49,9 @@ def test_torn_last_line_is_ignored(tmp_path: Path) -> None:
 
 def test_garbage_in_the_middle_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "j"
-    path.write_text('{"op":"begin","device":"t","netns":null,"pid":1}\nnot json\n{"op":"applied"}\n')
+    path.write_text(
+        '{"op":"begin","device":"t","netns":null,"pid":1}\nnot json\n{"op":"applied"}\n'
+    )
     with pytest.raises(JournalError, match=r"j:2: not a ztun journal line"):
         Journal(path).read()
 
@@ -89,7 +91,7 @@ def test_linux_applier_refuses_an_event_loop_thread(tmp_path: Path) -> None:
     j.intent(0, ROUTE)
 
     async def main() -> None:
-        with pytest.raises(RuntimeError, match="asyncio.to_thread"):
+        with pytest.raises(RuntimeError, match=r"asyncio\.to_thread"):
             restore(j)
 
     asyncio.run(main())

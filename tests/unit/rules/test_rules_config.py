@@ -74,8 +74,10 @@ def test_defaults_without_a_file() -> None:
 
 
 def test_flags_override_the_file(tmp_path: Path) -> None:
-    c = load_config(write(tmp_path, GOOD), {"route.strict": False, "dns.mode": "fake-ip",
-                                            "route.exclude": ["10.9.0.0/16"]})
+    c = load_config(
+        write(tmp_path, GOOD),
+        {"route.strict": False, "dns.mode": "fake-ip", "route.exclude": ["10.9.0.0/16"]},
+    )
     assert not c.route.strict and c.dns.mode is DnsMode.FAKE_IP
     assert c.route.exclude == (ipaddress.ip_network("10.9.0.0/16"),)
 
@@ -90,33 +92,53 @@ def test_auto_route_config_bridges_to_the_planner(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (('action = "reject"', 'action = "rejct"'),
-         "ztun.toml:29: rules[1].action: 'rejct' is not one of proxy, direct, reject"),
-        (('strict = true', 'strict = "yes"'),
-         "ztun.toml:10: route.strict: must be true/false, not a string"),
-        (('"192.168.0.0/16"', '"192.168.0.1/16"'),
-         "ztun.toml:11: route.exclude[0]: '192.168.0.1/16' is not a CIDR"),
-        (('port = [22, "8000-8100"]', 'port = [22, "8100-8000"]'),
-         "ztun.toml:27: rules[1].port[1]: '8100-8000': ports are 1-65535, low before high"),
-        (('mode = "remote"', 'mode = "dot"'),
-         "ztun.toml:14: dns.mode: 'dot' is not one of off, hijack, fake-ip, remote"),
-        (('[sniff]\ntimeout = 1', '[sniff]\ntimeout = 1\nfoo = 2'),
-         "ztun.toml:20: sniff.foo: unknown key (known: enabled, timeout)"),
-        (('socks5h://', 'http://'), "ztun.toml:2: proxy: 'http://user:pw@proxy.example:1080'"),
-        (('addresses = ["172.19.0.1/30", ', 'mtu = 1000\naddresses = ["172.19.0.1/30", '),
-         "ztun.toml:4: mtu: 1000 is outside 1280-65535 (IPv6 needs at least 1280)"),
-        (('network = "tcp"\n', ''), None),
-        (('cidr = ["10.0.0.0/8"]\nport = [22, "8000-8100"]\nnetwork = "tcp"\n', ''),
-         "ztun.toml:25: rules[1]: rule has no condition"),
-        (('upstream = "[2606:4700::1111]:5353"\n', ''),
-         "ztun.toml:14: dns.mode: remote mode needs dns.upstream"),
-        (('exclude = [', 'exclude = ['), None),
-        (('[route]', '[route]\ntable = 254'), "ztun.toml:9: route.table: 254 is reserved"),
-        (('proxy = ', 'proxy = 5 #'), "ztun.toml:2: proxy: must be a string, not an integer"),
-        (('auto = true\n', 'auto = true\nauto = false\n'), "ztun.toml:10: TOML syntax"),
+        (
+            ('action = "reject"', 'action = "rejct"'),
+            "ztun.toml:29: rules[1].action: 'rejct' is not one of proxy, direct, reject",
+        ),
+        (
+            ("strict = true", 'strict = "yes"'),
+            "ztun.toml:10: route.strict: must be true/false, not a string",
+        ),
+        (
+            ('"192.168.0.0/16"', '"192.168.0.1/16"'),
+            "ztun.toml:11: route.exclude[0]: '192.168.0.1/16' is not a CIDR",
+        ),
+        (
+            ('port = [22, "8000-8100"]', 'port = [22, "8100-8000"]'),
+            "ztun.toml:27: rules[1].port[1]: '8100-8000': ports are 1-65535, low before high",
+        ),
+        (
+            ('mode = "remote"', 'mode = "dot"'),
+            "ztun.toml:14: dns.mode: 'dot' is not one of off, hijack, fake-ip, remote",
+        ),
+        (
+            ("[sniff]\ntimeout = 1", "[sniff]\ntimeout = 1\nfoo = 2"),
+            "ztun.toml:20: sniff.foo: unknown key (known: enabled, timeout)",
+        ),
+        (("socks5h://", "http://"), "ztun.toml:2: proxy: 'http://user:pw@proxy.example:1080'"),
+        (
+            ('addresses = ["172.19.0.1/30", ', 'mtu = 1000\naddresses = ["172.19.0.1/30", '),
+            "ztun.toml:4: mtu: 1000 is outside 1280-65535 (IPv6 needs at least 1280)",
+        ),
+        (('network = "tcp"\n', ""), None),
+        (
+            ('cidr = ["10.0.0.0/8"]\nport = [22, "8000-8100"]\nnetwork = "tcp"\n', ""),
+            "ztun.toml:25: rules[1]: rule has no condition",
+        ),
+        (
+            ('upstream = "[2606:4700::1111]:5353"\n', ""),
+            "ztun.toml:14: dns.mode: remote mode needs dns.upstream",
+        ),
+        (("exclude = [", "exclude = ["), None),
+        (("[route]", "[route]\ntable = 254"), "ztun.toml:9: route.table: 254 is reserved"),
+        (("proxy = ", "proxy = 5 #"), "ztun.toml:2: proxy: must be a string, not an integer"),
+        (("auto = true\n", "auto = true\nauto = false\n"), "ztun.toml:10: TOML syntax"),
     ],
 )
-def test_errors_name_file_line_and_key(tmp_path: Path, edit: tuple[str, str], expected: str | None) -> None:
+def test_errors_name_file_line_and_key(
+    tmp_path: Path, edit: tuple[str, str], expected: str | None
+) -> None:
     old, new = edit
     assert old in GOOD
     path = write(tmp_path, GOOD.replace(old, new, 1))

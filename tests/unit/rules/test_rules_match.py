@@ -11,16 +11,20 @@ from hypothesis import strategies as st
 from ztun.rules import Action, Flow, Rule, RuleSet
 
 
-def flow(domain: str | None = None, ip: str | None = "192.0.2.1", port: int = 443,
-         network: str = "tcp") -> Flow:
+def flow(
+    domain: str | None = None, ip: str | None = "192.0.2.1", port: int = 443, network: str = "tcp"
+) -> Flow:
     return Flow(network, ipaddress.ip_address(ip) if ip else None, port, domain)  # type: ignore[arg-type]
 
 
 RULES = RuleSet(
     (
         Rule(Action.REJECT, domain_keywords=("ads",)),
-        Rule(Action.DIRECT, domain_suffixes=frozenset({"lan", "corp.example"}),
-             cidrs=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))),
+        Rule(
+            Action.DIRECT,
+            domain_suffixes=frozenset({"lan", "corp.example"}),
+            cidrs=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")),
+        ),
         Rule(Action.DIRECT, domains=frozenset({"exact.example"})),
         Rule(Action.REJECT, networks=frozenset({"udp"}), ports=((443, 443), (8000, 8100))),
     ),
@@ -61,8 +65,16 @@ def test_explain_names_the_rule_and_memo_is_consistent() -> None:
 
 
 def test_all_groups_must_hold() -> None:
-    rs = RuleSet((Rule(Action.DIRECT, domain_suffixes=frozenset({"example"}),
-                       ports=((53, 53),), networks=frozenset({"udp"})),))
+    rs = RuleSet(
+        (
+            Rule(
+                Action.DIRECT,
+                domain_suffixes=frozenset({"example"}),
+                ports=((53, 53),),
+                networks=frozenset({"udp"}),
+            ),
+        )
+    )
     assert rs.match(flow("a.example", port=53, network="udp")) is Action.DIRECT
     assert rs.match(flow("a.example", port=53, network="tcp")) is Action.PROXY
     assert rs.match(flow("a.example", port=54, network="udp")) is Action.PROXY
@@ -82,8 +94,10 @@ def test_memo_is_bounded() -> None:
     assert len(rs._memo) <= 4096
 
 
-@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)), min_size=1, max_size=20),
-       st.integers(0, 2**32 - 1))
+@given(
+    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)), min_size=1, max_size=20),
+    st.integers(0, 2**32 - 1),
+)
 def test_cidr_buckets_agree_with_ipaddress(nets: list[tuple[int, int]], addr: int) -> None:
     networks = tuple(ipaddress.IPv4Network((a, p), strict=False) for a, p in nets)
     ip = ipaddress.IPv4Address(addr)

@@ -56,8 +56,14 @@ def initial(
     type_bits = {QUIC_V1: 0, QUIC_V2: 1}[version]
     first = 0xC0 | (type_bits << 4) | (pn_len - 1)
     head = (
-        bytes([first]) + version.to_bytes(4, "big") + bytes([len(dcid)]) + dcid
-        + bytes([len(scid)]) + scid + varint(len(token)) + token
+        bytes([first])
+        + version.to_bytes(4, "big")
+        + bytes([len(dcid)])
+        + dcid
+        + bytes([len(scid)])
+        + scid
+        + varint(len(token))
+        + token
     )
     # length covers packet number + payload + tag; 2-byte varint keeps the math simple
     payload_len = max(len(frames), size - len(head) - 2 - pn_len - 16)

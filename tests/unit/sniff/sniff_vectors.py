@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 
 # RFC 9001 A.2: the ClientHello (as CRYPTO frame) the client sends for "example.com" ...
@@ -72,10 +73,8 @@ def ssl_client_hello(server_hostname: str | None, *, tls13_only: bool = False) -
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     conn = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
-    try:
+    with contextlib.suppress(ssl.SSLWantReadError):  # it waits for a ServerHello: done
         conn.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
     return outgoing.read()
 
 

@@ -61,8 +61,13 @@ def test_quic_hello_body_shares_the_parser() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"\x17\x03\x03\x00\x10", b"SSH-2.0-OpenSSH_9.2\r\n", b"\x16\x02\x00", b"\x16\x03\x01\x00\x00",
-     b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00"],
+    [
+        b"\x17\x03\x03\x00\x10",
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+        b"\x16\x02\x00",
+        b"\x16\x03\x01\x00\x00",
+        b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00",
+    ],
 )
 def test_not_tls(data: bytes) -> None:
     assert sniff_tls(data) is Verdict.NOT_THIS_PROTOCOL
@@ -124,9 +129,16 @@ def test_stream_verdicts() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "clean"),
-    [("Example.COM.", "example.com"), ("xn--bcher-kva.example", "xn--bcher-kva.example"),
-     ("10.0.0.1", None), ("a..b", None), ("-x.example", None), ("", None), ("bücher.de", None),
-     ("a" * 64 + ".example", None)],
+    [
+        ("Example.COM.", "example.com"),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("10.0.0.1", None),
+        ("a..b", None),
+        ("-x.example", None),
+        ("", None),
+        ("bücher.de", None),
+        ("a" * 64 + ".example", None),
+    ],
 )
 def test_clean_hostname(raw: str, clean: str | None) -> None:
     assert clean_hostname(raw) == clean

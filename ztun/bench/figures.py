@@ -1,0 +1,225 @@
+"""The figures: each runs one load tool from the client against one system and returns numbers.
+
+Every function takes the same `Ctx` and returns `{metric key: value}`; a figure that makes
+no sense for a system (UDP through proxychains, memory of a system with no process)
+raises `NotApplicable`, which the report shows as "n/a", not as a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import netns
+from . import parse, procstat
+from .options import Durations
+from .proc import BenchError, await_condition, run
+from .servers import HOLD_PORT, HTTP_PORT, IPERF_PORT, SOCKS_UDP_PORT, Holder, Servers
+from .systems import Env, System
+from .topology import SERVER_V4
+
+GB = 1e9
+UDP_PAYLOAD = 1400  # bytes: fits a 1500 MTU after IP/UDP and the 10-byte SOCKS5 UDP header
+TOOL_SLACK = 20.0  # seconds a tool may take beyond its nominal duration (connect, report)
+HELD_CONCURRENCY = 256  # connects in flight while opening idle connections
+HELD_SETTLE_TIMEOUT = 30.0  # for the holder to see every connection the client opened
+
+
+class NotApplicable(Exception):
+    """The figure does not exist for this system; the reason is shown in the JSON."""
+
+
+@dataclass
+class Ctx:
+    env: Env
+    servers: Servers
+    holder: Holder
+    durations: Durations
+
+
+Figure = Callable[[Ctx, System, float], dict[str, float]]
+
+
+def _client(ctx: Ctx, system: System, argv: list[str], timeout: float) -> str:
+    return run(ctx.env.topo.client, [*system.client_prefix, *argv], timeout=timeout).stdout
+
+
+def _cpu(system: System) -> float | None:
+    return procstat.cpu_seconds(system.pid) if system.pid else None
+
+
+def _per_gb(system: System, cpu_before: float | None, moved: float) -> dict[str, float]:
+    cpu_after = _cpu(system)
+    if cpu_before is None or cpu_after is None or moved <= 0:
+        return {}
+    return {"cpu_s_per_gb": (cpu_after - cpu_before) / (moved / GB)}
+
+
+def _iperf(ctx: Ctx, system: System, timeout: float, extra: list[str]) -> str:
+    d = ctx.durations
+    argv = ["iperf3", "-c", SERVER_V4, "-p", str(IPERF_PORT), "-J", "-t", f"{d.iperf_seconds:g}",
+            "--connect-timeout", "5000", *extra]
+    try:
+        return _client(ctx, system, argv, timeout)
+    except BenchError:
+        # A half-finished test leaves the server busy ("the server is busy running a test").
+        ctx.servers.start_iperf3()
+        raise
+
+
+def tcp_bulk(streams: int, reverse: bool) -> Figure:
+    def figure(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
+        extra = ["-P", str(streams), "-O", str(ctx.durations.iperf_omit)] + (["-R"] if reverse else [])
+        before = _cpu(system)
+        result = parse.iperf_tcp(_iperf(ctx, system, timeout, extra))
+        return {"gbps": result.bits_per_second / 1e9, **_per_gb(system, before, result.bytes_total)}
+
+    return figure
+
+
+def udp(offered_bps: int) -> Figure:
+    def figure(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
+        if not system.carries_udp:
+            raise NotApplicable("proxychains carries TCP only")
+        before = _cpu(system)
+        result = parse.iperf_udp(_iperf(ctx, system, timeout, ["-u", "-b", str(offered_bps),
+                                                               "-l", str(UDP_PAYLOAD)]))
+        return {"delivered_mbps": result.delivered_bps / 1e6, "loss_pct": result.loss_percent,
+                **_per_gb(system, before, result.bytes_delivered)}
+
+    return figure
+
+
+def conn(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
+    """New connections per second: ab without keep-alive, one 1 KiB GET per connection."""
+    d = ctx.durations
+    csv_path = os.path.join(ctx.env.workdir, f"ab-{system.name}.csv")
+    out = _client(ctx, system, ["ab", "-q", "-r", "-s", "10", "-n", str(d.conn_requests),
+                                "-c", str(d.conn_concurrency), "-e", csv_path,
+                                f"http://{SERVER_V4}:{HTTP_PORT}/1k"], timeout)
+    with open(csv_path) as f:
+        result = parse.ab(out, f.read())
+    if result.complete == 0:
+        raise BenchError("ab completed no request")
+    return {"conn_per_s": result.requests_per_second, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
+            "failed": float(result.failed)}
+
+
+def rr(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
+    """Request/response on one kept-alive connection: wrk -c1 -t1 (a C client; no Python in
+    the loop to blur the round-trip time)."""
+    d = ctx.durations
+    out = _client(ctx, system, ["wrk", "-c1", "-t1", f"-d{d.rr_seconds:g}s", "--latency",
+                                f"http://{SERVER_V4}:{HTTP_PORT}/1k"], timeout)
+    result = parse.wrk(out)
+    if result.errors:
+        raise BenchError(f"wrk saw {result.errors} errors")
+    return {"rr_per_s": result.requests_per_second, "p50_us": result.p50_seconds * 1e6,
+            "p99_us": result.p99_seconds * 1e6}
+
+
+def _open_idle(client_ns: str, count: int, deadline: float) -> list[socket.socket]:
+    """Open `count` TCP connections to the holder, at most HELD_CONCURRENCY in flight.
+
+    Non-blocking connects multiplexed with selectors: one thread, bounded in time."""
+    opened: list[socket.socket] = []
+    pending: dict[socket.socket, None] = {}
+    failures = 0
+    sel = selectors.DefaultSelector()
+    try:
+        while len(opened) < count:
+            if time.monotonic() > deadline:
+                raise BenchError(f"opened only {len(opened)} of {count} idle connections in time")
+            while len(pending) < HELD_CONCURRENCY and len(opened) + len(pending) < count:
+                with netns.in_netns(client_ns):
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sock.connect_ex((SERVER_V4, HOLD_PORT))
+                sel.register(sock, selectors.EVENT_WRITE)
+                pending[sock] = None
+            for key, _ in sel.select(timeout=1.0):
+                sock = key.fileobj  # type: ignore[assignment]
+                sel.unregister(sock)
+                del pending[sock]
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    sock.close()
+                    failures += 1
+                    if failures > count // 10 + 10:
+                        raise BenchError(f"{failures} idle connections failed to open")
+                else:
+                    opened.append(sock)
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    finally:
+        for sock in pending:
+            sock.close()
+        sel.close()
+    return opened
+
+
+def rss(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
+    """The tun2socks's memory idle and with N idle connections held end to end.
+
+    The system is restarted against sing-box's socks inbound (danted forks a worker per few
+    clients and would need ~1,000 processes for 10,000 connections); every system gets the
+    same holding proxy. A connection counts once the holder in the server accepted it.
+    """
+    if system.pid is None:
+        raise NotApplicable("no tun2socks process")
+    deadline = time.monotonic() + timeout
+    system.stop()
+    system.start(tcp_port=SOCKS_UDP_PORT)
+    pid = system.pid
+    assert pid is not None
+    out = {"idle_mib": procstat.rss_bytes(pid) / procstat.MIB}
+    holder = ctx.holder
+    holder.release()
+    held: list[socket.socket] = []
+    try:
+        for count in ctx.durations.held_counts:
+            open_deadline = min(deadline, time.monotonic() + ctx.durations.held_open_seconds)
+            held += _open_idle(ctx.env.topo.client, count - len(held), open_deadline)
+            await_condition(lambda n=count: holder.count >= n,  # type: ignore[misc]
+                            min(HELD_SETTLE_TIMEOUT, max(1.0, deadline - time.monotonic())),
+                            f"the holder to see {count} connections (has {holder.count})")
+            system.check_alive()
+            out[f"held_{count}_mib"] = procstat.rss_bytes(pid) / procstat.MIB
+    finally:
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.close()
+        holder.release()
+    return out
+
+
+FIGURES: dict[str, Figure] = {
+    "tcp-1-up": tcp_bulk(1, reverse=False),
+    "tcp-1-down": tcp_bulk(1, reverse=True),
+    "tcp-4-up": tcp_bulk(4, reverse=False),
+    "tcp-4-down": tcp_bulk(4, reverse=True),
+    "conn": conn,
+    "rr": rr,
+    "udp-200m": udp(200_000_000),
+    "udp-1g": udp(1_000_000_000),
+    "rss": rss,
+}
+
+
+def timeout_for(test: str, d: Durations) -> float:
+    """Per-figure bound: the load's nominal length plus slack (more for the process-heavy ones)."""
+    if test.startswith(("tcp-", "udp-")):
+        return d.iperf_seconds + d.iperf_omit + TOOL_SLACK
+    if test == "conn":
+        return 90.0
+    if test == "rr":
+        return d.rr_seconds + TOOL_SLACK
+    if test == "rss":
+        return d.held_open_seconds * len(d.held_counts) + 60.0
+    raise ValueError(test)

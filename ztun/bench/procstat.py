@@ -1,0 +1,66 @@
+"""CPU time and resident memory of a process tree, read from /proc.
+
+A tree, not one pid: a tun2socks may run worker processes (ztun `--workers N`), and the
+bill is theirs together. CPU is utime+stime of the live processes plus cutime+cstime of
+the root (children it has reaped), in clock ticks converted to seconds.
+"""
+
+from __future__ import annotations
+
+import os
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+MIB = 1 << 20
+# Fields of /proc/PID/stat after the ")" that ends the command name (0-based there):
+_PPID, _UTIME, _STIME, _CUTIME, _CSTIME = 1, 11, 12, 13, 14
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def tree(root: int) -> list[int]:
+    """`root` and its live descendants (one /proc scan)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields:
+            children.setdefault(int(fields[_PPID]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def cpu_seconds(root: int) -> float:
+    ticks = 0
+    for pid in tree(root):
+        fields = _stat_fields(pid)
+        if not fields:
+            continue
+        ticks += int(fields[_UTIME]) + int(fields[_STIME])
+        if pid == root:
+            ticks += int(fields[_CUTIME]) + int(fields[_CSTIME])
+    return ticks / CLOCK_TICKS
+
+
+def rss_bytes(root: int) -> int:
+    """Resident set of the tree (statm's resident pages; shared pages counted per process)."""
+    total = 0
+    for pid in tree(root):
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE_SIZE
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return total

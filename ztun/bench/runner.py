@@ -1,0 +1,267 @@
+"""`ztun bench`: build the namespaces, start the servers, run every figure for every system,
+interleaved per repetition, and report.
+
+Interleaving: each repetition runs every system once (in an order rotated per repetition),
+so a noisy minute on this shared 2-core machine hits all systems alike rather than one.
+Cleanup is a defer stack (contextlib.ExitStack) run in reverse on success, failure, Ctrl-C
+and SIGTERM, and verified: the namespaces must really be gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any, TextIO
+
+from . import report
+from .figures import FIGURES, Ctx, NotApplicable, timeout_for
+from .options import BenchOptions
+from .proc import BenchError, stop_all
+from .report import RunRecord
+from .servers import Holder, Servers, sing_box_path
+from .systems import Env, System, make_system
+from .topology import new_topology
+
+NOFILE = 262144  # 10,000 held connections cost the client, ztun and sing-box 2-3 fds each
+ERROR_CHARS = 600  # of an error message kept in the table's log lines (the JSON keeps all)
+
+# Which Debian package brings each tool (for the "install these" message and the JSON).
+TOOLS = {"iperf3": "iperf3", "nginx": "nginx-light", "danted": "dante-server", "ab": "apache2-utils",
+         "wrk": "wrk", "proxychains4": "proxychains4", "ss": "iproute2"}
+
+
+def _needed_tools(opts: BenchOptions) -> list[str]:
+    tools = ["iperf3", "nginx", "danted", "ss"]
+    if "conn" in opts.tests:
+        tools.append("ab")
+    if "rr" in opts.tests:
+        tools.append("wrk")
+    if "socks-only" in opts.systems:
+        tools.append("proxychains4")
+    return tools
+
+
+def _preflight(opts: BenchOptions, err: TextIO) -> bool:
+    if os.geteuid() != 0:
+        print("ztun bench: needs root (it creates network namespaces and TUN devices)", file=err)
+        return False
+    missing = [t for t in _needed_tools(opts) if not shutil.which(t)]
+    if missing:
+        pkgs = " ".join(sorted({TOOLS[t] for t in missing}))
+        print(f"ztun bench: missing {', '.join(missing)}; install them: apt-get install {pkgs} "
+              "(./dev.sh setup does)", file=err)
+        return False
+    if any(s.startswith("sing-box") for s in opts.systems) or "udp-200m" in opts.tests or "udp-1g" in opts.tests \
+            or "rss" in opts.tests:
+        try:
+            sing_box_path()
+        except BenchError as exc:
+            print(f"ztun bench: {exc}", file=err)
+            return False
+    return True
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(NOFILE, hard if hard != resource.RLIM_INFINITY else NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))  # root may raise the hard limit
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the defer stack removes the namespaces either way."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _versions() -> dict[str, str]:
+    out: dict[str, str] = {"python": platform.python_version()}
+    pkgs = sorted(set(TOOLS.values()) - {"iproute2"})
+    res = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", *pkgs],
+                         capture_output=True, text=True, timeout=10)
+    for line in res.stdout.splitlines():
+        name, _, version = line.partition(" ")
+        if version:
+            out[name] = version
+    with contextlib.suppress(BenchError, OSError, subprocess.SubprocessError):
+        res = subprocess.run([sing_box_path(), "version"], capture_output=True, text=True, timeout=10)
+        out["sing-box"] = res.stdout.split("\n", 1)[0].removeprefix("sing-box version ").strip()
+    from .. import __version__
+
+    out["ztun"] = __version__
+    return out
+
+
+def _environment() -> dict[str, Any]:
+    return {
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "versions": _versions(),
+        "tcp_socks_server": "danted (dante-server), log: error",
+        "udp_socks_server": "sing-box socks inbound (danted drops sing-box's UDP: it declares [::1]:0 "
+                            "in UDP ASSOCIATE and danted accepts datagrams only from the declared address)",
+        "held_connections_proxy": "sing-box socks inbound (danted needs a process per few clients)",
+        "socks_only_client": "proxychains4 (LD_PRELOAD; SOCKS5 handshake inside connect(), data path native)",
+        "tun_mtu": {"ztun": 1500, "sing-box": "default (9000)"},
+        "load_tools": {"tcp/udp": "iperf3 -J", "conn": "ab (no keep-alive, 1 KiB)", "rr": "wrk -c1 -t1 --latency"},
+    }
+
+
+class Progress:
+    """One status line that rewrites itself on a terminal (plain lines otherwise)."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total, self.done, self.stream = total, 0, stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+
+    def _eta(self) -> str:
+        elapsed = time.monotonic() - self.started
+        if not self.done:
+            return f"{elapsed:.0f}s elapsed"
+        left = elapsed / self.done * (self.total - self.done)
+        return f"{elapsed:.0f}s elapsed, ~{left:.0f}s left"
+
+    def status(self, text: str) -> None:
+        line = f"[{self.done + 1:>3}/{self.total}] {text}  ({self._eta()})"
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            self.stream.flush()
+
+    def result(self, record: RunRecord) -> None:
+        self.done += 1
+        if record.metrics:
+            what = " ".join(f"{k}={v:.3g}" for k, v in record.metrics.items())
+        else:
+            what = record.not_applicable and f"n/a ({record.not_applicable})" or \
+                record.skipped and f"skipped ({record.skipped})" or \
+                f"FAILED: {(record.error or '')[:ERROR_CHARS]}"
+        line = f"[{self.done:>3}/{self.total}] rep {record.rep} {record.system:<16} {record.test:<10} {what}"
+        if record.seconds:
+            line += f"  ({record.seconds:.1f}s)"
+        self.stream.write(("\r\033[K" if self.tty else "") + line + "\n")
+        self.stream.flush()
+
+
+def _run_one(ctx: Ctx, system: System, rep: int, test: str, deadline: float) -> RunRecord:
+    record = RunRecord(rep, system.name, test)
+    timeout = timeout_for(test, ctx.durations)
+    if time.monotonic() + timeout > deadline:
+        record.skipped = "time limit"
+        return record
+    started = time.monotonic()
+    try:
+        system.check_alive()
+        ctx.servers.check_alive()
+        record.metrics = FIGURES[test](ctx, system, timeout)
+    except NotApplicable as exc:
+        record.not_applicable = str(exc)
+    except (BenchError, ValueError, OSError) as exc:
+        record.error = f"{type(exc).__name__}: {exc}"
+    record.seconds = time.monotonic() - started
+    return record
+
+
+def _run_system(ctx: Ctx, system: System, rep: int, tests: tuple[str, ...], deadline: float,
+                progress: Progress, runs: list[RunRecord]) -> None:
+    progress.status(f"rep {rep} {system.name}: starting")
+    try:
+        system.start()
+    except (BenchError, OSError) as exc:
+        for test in tests:
+            record = RunRecord(rep, system.name, test, error=f"start failed: {exc}")
+            runs.append(record)
+            progress.result(record)
+        system.stop()
+        return
+    try:
+        for test in tests:
+            progress.status(f"rep {rep} {system.name} {test}")
+            record = _run_one(ctx, system, rep, test, deadline)
+            runs.append(record)
+            progress.result(record)
+    finally:
+        system.stop()
+
+
+def run_bench(opts: BenchOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    if not _preflight(opts, err):
+        return 1
+    _raise_nofile()
+    started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    started = time.monotonic()
+    deadline = started + opts.time_limit
+    runs: list[RunRecord] = []
+    interrupted = False
+    environment = _environment()
+    progress = Progress(opts.reps * len(opts.systems) * len(opts.tests), err)
+    print(f"ztun bench: {len(opts.systems)} systems x {len(opts.tests)} figures x {opts.reps} rep(s), "
+          f"time limit {opts.time_limit:g}s", file=err, flush=True)
+    try:
+        with _sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="ztbench-") as workdir, \
+                contextlib.ExitStack() as defer:
+            topo = new_topology()
+
+            def remove_namespaces() -> None:
+                left = topo.teardown()
+                if left:
+                    print(f"ztun bench: could not remove {left}; run `ztun cleanup`", file=err)
+
+            defer.callback(remove_namespaces)
+            progress.status("building namespaces and starting servers")
+            topo.build()
+            servers = Servers(topo, workdir)
+            defer.callback(lambda: stop_all(servers.procs))
+            servers.start()
+            holder = Holder(topo.server)
+            defer.callback(holder.close)
+            env = Env(topo, workdir)
+            ctx = Ctx(env, servers, holder, opts.durations)
+            systems = [make_system(name, env) for name in opts.systems]
+            for rep in range(1, opts.reps + 1):
+                shift = (rep - 1) % len(systems)
+                for system in systems[shift:] + systems[:shift]:
+                    _run_system(ctx, system, rep, opts.tests, deadline, progress, runs)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\nztun bench: interrupted; namespaces removed; reporting what was measured", file=err)
+    except BenchError as exc:
+        print(f"\nztun bench: {exc}", file=err)
+        return 1
+    elapsed = time.monotonic() - started
+    complete = not interrupted and not any(r.skipped or r.error for r in runs)
+    options = {**asdict(opts), "durations": asdict(opts.durations)}
+    doc = report.document(runs, options=options, environment=environment, started_at=started_at,
+                          elapsed=elapsed, complete=complete)
+    print("", file=out)
+    print(report.table(runs, opts.systems, opts.tests), file=out)
+    print(f"\n{elapsed:.0f}s, {sum(1 for r in runs if r.error)} failed, "
+          f"{sum(1 for r in runs if r.skipped)} skipped (time limit)", file=out)
+    if opts.json_path:
+        report.write_json(doc, opts.json_path)
+        print(f"wrote {opts.json_path}", file=out)
+    if opts.png_path:
+        why_not = report.write_png(doc, opts.png_path)
+        print(f"wrote {opts.png_path}" if why_not is None else f"no PNG: {why_not}", file=out)
+    return 130 if interrupted else 0

@@ -1,0 +1,179 @@
+"""The systems under test: how each is started, stopped and pointed at, in the client namespace.
+
+`direct` and `socks-only` frame the tun2socks figures: the first is the kernel's own
+forwarding (the physical limit), the second is an app speaking SOCKS5 itself to the same
+danted (through proxychains4's LD_PRELOAD, which does the handshake in C inside connect()
+and then leaves the socket to the app, so the data path is the app's own). The tun2socks
+systems (ztun, sing-box with its three stacks) own a TUN that the client's default route
+points into, and relay through danted for TCP and sing-box's socks inbound for UDP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+
+from .. import netns
+from .proc import BenchError, Proc, await_condition, link_exists, log_has, spawn
+from .servers import DANTED_PORT, FILE_SIZE, HTTP_PORT, SOCKS_UDP_PORT, sing_box_path
+from .topology import PROXY_C_V4, SERVER_V4, Topology
+
+TUN_NAME = "zbtun0"
+START_TIMEOUT = 30.0
+PROBE_TIMEOUT = 15.0
+PROBE_SOCKET_TIMEOUT = 3.0
+
+
+@dataclass
+class Env:
+    """What a system needs from the run: the namespaces and a directory for configs and logs."""
+
+    topo: Topology
+    workdir: str
+
+
+@dataclass
+class System:
+    name: str
+    env: Env
+    proc: Proc | None = None
+    carries_udp: bool = True
+    client_prefix: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        """The tun2socks process whose CPU and memory are billed (None: nothing to bill)."""
+        return self.proc.pid if self.proc else None
+
+    def start(self, *, tcp_port: int = DANTED_PORT) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+        self.env.topo.route_default()
+
+    def check_alive(self) -> None:
+        if self.proc and not self.proc.alive():
+            raise BenchError(f"{self.name} died: {self.proc.log_tail()}")
+
+    def probe(self) -> None:
+        """One HTTP GET from the client, retried until it works: the path is up end to end
+        (a TUN that exists is not yet a stack that answers)."""
+        last: list[str] = []
+
+        def fetch() -> bool:
+            try:
+                with netns.in_netns(self.env.topo.client):
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                with sock:
+                    sock.settimeout(PROBE_SOCKET_TIMEOUT)
+                    sock.connect((SERVER_V4, HTTP_PORT))
+                    sock.sendall(f"GET /1k HTTP/1.0\r\nHost: {SERVER_V4}\r\n\r\n".encode())
+                    data = b""
+                    while chunk := sock.recv(65536):
+                        data += chunk
+                ok = data.startswith(b"HTTP/1.1 200") and data.endswith(b"z" * FILE_SIZE)
+                if not ok:
+                    last[:] = [repr(data[:100])]
+                return ok
+            except OSError as exc:
+                last[:] = [str(exc)]
+                return False
+
+        def died() -> str | None:
+            if self.proc and not self.proc.alive():
+                return f"exited: {self.proc.log_tail()}"
+            return None
+
+        try:
+            await_condition(fetch, PROBE_TIMEOUT, f"{self.name} to carry an HTTP GET", abort=died)
+        except BenchError as exc:
+            raise BenchError(f"{exc} (last: {last[0] if last else '-'})") from None
+
+
+class Direct(System):
+    def start(self, *, tcp_port: int = DANTED_PORT) -> None:
+        self.env.topo.set_forwarding(True)
+        self.env.topo.route_default(via=PROXY_C_V4)
+        self.probe()
+
+    def stop(self) -> None:
+        super().stop()
+        self.env.topo.set_forwarding(False)
+
+
+class SocksOnly(System):
+    """The app speaks SOCKS5: proxychains4 (strict chain to danted); no default route, so
+    nothing can bypass the proxy. It has no UDP (proxychains only hooks TCP connect)."""
+
+    def start(self, *, tcp_port: int = DANTED_PORT) -> None:
+        conf = os.path.join(self.env.workdir, "proxychains.conf")
+        with open(conf, "w") as f:
+            f.write(f"strict_chain\nquiet_mode\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n"
+                    f"[ProxyList]\nsocks5 {PROXY_C_V4} {tcp_port}\n")
+        self.client_prefix = ["proxychains4", "-q", "-f", conf]
+        self.carries_udp = False
+
+
+class Ztun(System):
+    def start(self, *, tcp_port: int = DANTED_PORT) -> None:
+        env = self.env
+        # `ip netns exec` execs: the pid we hold is ztun's own, not a wrapper's.
+        self.proc = spawn(env.topo.client, [
+            sys.executable, "-m", "ztun", "run", "--device", f"tun://{TUN_NAME}",
+            "--proxy", f"socks5://{PROXY_C_V4}:{tcp_port}",
+            "--udp-proxy", f"socks5://{PROXY_C_V4}:{SOCKS_UDP_PORT}", "--loglevel", "info",
+        ], name=f"ztun-{tcp_port}", workdir=env.workdir, ready=log_has(r"ztun ready"), timeout=START_TIMEOUT)
+        env.topo.route_default(dev=TUN_NAME)
+        self.probe()
+
+
+class SingBox(System):
+    """sing-box 1.14 with a TUN inbound; auto_route off (the bench owns the routes), defaults
+    otherwise (its default TUN MTU is 9000, recorded in the JSON)."""
+
+    def __init__(self, name: str, env: Env, stack: str) -> None:
+        super().__init__(name, env)
+        self.stack = stack
+
+    def config(self, tcp_port: int) -> dict[str, object]:
+        return {
+            "log": {"level": "warn"},
+            "inbounds": [{"type": "tun", "tag": "tun-in", "interface_name": TUN_NAME,
+                          "address": ["172.19.0.1/30"], "auto_route": False, "stack": self.stack}],
+            "outbounds": [
+                {"type": "socks", "tag": "socks-tcp", "server": PROXY_C_V4, "server_port": tcp_port,
+                 "version": "5", "network": "tcp"},
+                {"type": "socks", "tag": "socks-udp", "server": PROXY_C_V4, "server_port": SOCKS_UDP_PORT,
+                 "version": "5", "network": "udp"},
+            ],
+            "route": {"rules": [{"network": "udp", "outbound": "socks-udp"}], "final": "socks-tcp"},
+        }
+
+    def start(self, *, tcp_port: int = DANTED_PORT) -> None:
+        env = self.env
+        conf = os.path.join(env.workdir, f"{self.name}.json")
+        with open(conf, "w") as f:
+            json.dump(self.config(tcp_port), f, indent=1)
+        self.proc = spawn(env.topo.client, [sing_box_path(), "run", "-c", conf, "-D", env.workdir],
+                          name=f"{self.name}-{tcp_port}", workdir=env.workdir,
+                          ready=link_exists(env.topo.client, TUN_NAME), timeout=START_TIMEOUT)
+        env.topo.route_default(dev=TUN_NAME)
+        self.probe()
+
+
+def make_system(name: str, env: Env) -> System:
+    if name == "direct":
+        return Direct(name, env, carries_udp=True)
+    if name == "socks-only":
+        return SocksOnly(name, env, carries_udp=False)
+    if name == "ztun":
+        return Ztun(name, env)
+    if name.startswith("sing-box-"):
+        return SingBox(name, env, name.removeprefix("sing-box-"))
+    raise ValueError(f"unknown system {name}")
