@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ztun")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-SUBCOMMANDS = ("run", "demo", "cleanup")
+SUBCOMMANDS = ("run", "demo", "cleanup", "bench")
 
 
 def _cidr(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -47,7 +47,9 @@ def _cidr(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     if iface.ip == iface.network.network_address or (
         iface.version == 4 and iface.ip == iface.network.broadcast_address
     ):
-        raise argparse.ArgumentTypeError(f"{text}: the network or broadcast address cannot be the TUN's")
+        raise argparse.ArgumentTypeError(
+            f"{text}: the network or broadcast address cannot be the TUN's"
+        )
     return iface
 
 
@@ -78,7 +80,9 @@ def _device_url(text: str) -> str:
     if text.startswith("tun://"):
         name = text[len("tun://") :]
         if not name or len(name.encode()) > 15 or "/" in name or " " in name:
-            raise argparse.ArgumentTypeError(f"device {text!r}: tun://NAME needs a name of 1..15 bytes")
+            raise argparse.ArgumentTypeError(
+                f"device {text!r}: tun://NAME needs a name of 1..15 bytes"
+            )
         return text
     if text.startswith("fd://"):
         if not text[len("fd://") :].isdigit():
@@ -90,57 +94,144 @@ def _device_url(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ztun",
-        description="ztun: send every TCP connection, UDP flow and ping through a SOCKS5 proxy via a TUN device.",
+        description="ztun: send every TCP connection, UDP flow and ping through a SOCKS5 proxy "
+        "via a TUN device.",
     )
     parser.add_argument("--version", action="version", version=f"ztun {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the tun2socks (default command)", description=(
-        "Create the TUN device, carry its TCP/UDP/ICMP through the proxy, and remove the "
-        "device on SIGINT/SIGTERM. Routes are not changed: point routes at the device yourself."))
-    run.add_argument("--device", type=_device_url, default="tun://ztun0", metavar="URL",
-                     help="tun://NAME creates a TUN (default tun://ztun0); fd://N adopts an open TUN descriptor")
-    run.add_argument("-x", "--proxy", type=_proxy_url, default="socks5://127.0.0.1:1080", metavar="URL",
-                     help="socks5://[user:pass@]host:port (or socks5h://, direct://, reject://); default %(default)s")
-    run.add_argument("--udp-proxy", type=_proxy_url, default=None, metavar="URL",
-                     help="a different outbound for UDP (default: the --proxy)")
-    run.add_argument("-i", "--tun-ip", "--address", dest="addresses", type=_cidr, action="append", metavar="CIDR",
-                     help=f"TUN address, repeatable for IPv4 and IPv6 (default {DEFAULT_INET4} and {DEFAULT_INET6}); "
-                     "a bare address gets /30 (IPv4) or /126 (IPv6)")
-    run.add_argument("-m", "--tun-mtu", "--mtu", dest="mtu", type=_bounded(int, 576, 65535, "MTU"), default=1500,
-                     metavar="N", help="TUN MTU (default %(default)s)")
-    run.add_argument("--udp-timeout", type=_bounded(float, 1, 86400, "UDP timeout"), default=60.0, metavar="S",
-                     help="idle seconds before a UDP session and its association are released (default %(default)g)")
-    run.add_argument("--connect-timeout", type=_bounded(float, 0.1, 300, "connect timeout"), default=10.0,
-                     metavar="S", help="seconds to reach the proxy and get its reply (default %(default)g)")
-    run.add_argument("--netns", metavar="NAME", help="run inside the network namespace /run/netns/NAME")
-    run.add_argument("--fwmark", type=_bounded(int, 1, 0xFFFFFFFF, "fwmark"), metavar="N",
-                     help="SO_MARK for ztun's own outbound sockets (for policy routing)")
-    run.add_argument("--interface", dest="bind_interface", metavar="IFACE",
-                     help="bind outbound sockets to IFACE (SO_BINDTODEVICE)")
-    run.add_argument("--no-offload", dest="offload", action="store_false",
-                     help="open the TUN without IFF_VNET_HDR/TSO (one MTU-sized packet per read)")
-    run.add_argument("--relay", choices=("splice", "copy"), default="splice",
-                     help="how TCP bytes move between sockets: splice(2) through a pipe (default) or recv/send")
+    run = sub.add_parser(
+        "run",
+        help="run the tun2socks (default command)",
+        description=(
+            "Create the TUN device, carry its TCP/UDP/ICMP through the proxy, and remove the "
+            "device on SIGINT/SIGTERM. Routes are not changed: point routes at the device yourself."
+        ),
+    )
+    run.add_argument(
+        "--device",
+        type=_device_url,
+        default="tun://ztun0",
+        metavar="URL",
+        help="tun://NAME creates a TUN (default tun://ztun0); fd://N adopts an open TUN descriptor",
+    )
+    run.add_argument(
+        "-x",
+        "--proxy",
+        type=_proxy_url,
+        default="socks5://127.0.0.1:1080",
+        metavar="URL",
+        help="socks5://[user:pass@]host:port (or socks5h://, direct://, reject://); "
+        "default %(default)s",
+    )
+    run.add_argument(
+        "--udp-proxy",
+        type=_proxy_url,
+        default=None,
+        metavar="URL",
+        help="a different outbound for UDP (default: the --proxy)",
+    )
+    run.add_argument(
+        "-i",
+        "--tun-ip",
+        "--address",
+        dest="addresses",
+        type=_cidr,
+        action="append",
+        metavar="CIDR",
+        help="TUN address, repeatable for IPv4 and IPv6 "
+        f"(default {DEFAULT_INET4} and {DEFAULT_INET6}); "
+        "a bare address gets /30 (IPv4) or /126 (IPv6)",
+    )
+    run.add_argument(
+        "-m",
+        "--tun-mtu",
+        "--mtu",
+        dest="mtu",
+        type=_bounded(int, 576, 65535, "MTU"),
+        default=1500,
+        metavar="N",
+        help="TUN MTU (default %(default)s)",
+    )
+    run.add_argument(
+        "--udp-timeout",
+        type=_bounded(float, 1, 86400, "UDP timeout"),
+        default=60.0,
+        metavar="S",
+        help="idle seconds before a UDP session and its association are released "
+        "(default %(default)g)",
+    )
+    run.add_argument(
+        "--connect-timeout",
+        type=_bounded(float, 0.1, 300, "connect timeout"),
+        default=10.0,
+        metavar="S",
+        help="seconds to reach the proxy and get its reply (default %(default)g)",
+    )
+    run.add_argument(
+        "--netns", metavar="NAME", help="run inside the network namespace /run/netns/NAME"
+    )
+    run.add_argument(
+        "--fwmark",
+        type=_bounded(int, 1, 0xFFFFFFFF, "fwmark"),
+        metavar="N",
+        help="SO_MARK for ztun's own outbound sockets (for policy routing)",
+    )
+    run.add_argument(
+        "--interface",
+        dest="bind_interface",
+        metavar="IFACE",
+        help="bind outbound sockets to IFACE (SO_BINDTODEVICE)",
+    )
+    run.add_argument(
+        "--no-offload",
+        dest="offload",
+        action="store_false",
+        help="open the TUN without IFF_VNET_HDR/TSO (one MTU-sized packet per read)",
+    )
+    run.add_argument(
+        "--relay",
+        choices=("splice", "copy"),
+        default="splice",
+        help="how TCP bytes move between sockets: splice(2) through a pipe (default) or recv/send",
+    )
     _add_logging(run)
 
-    demo = sub.add_parser("demo", help="show ztun carrying TCP, UDP and ping in throwaway namespaces",
-                          description="Build client/proxy/server network namespaces, start a SOCKS5 server, "
-                          "run ztun in the client, send an HTTP download, a DNS query and a ping through it, "
-                          "print what flowed, and remove everything.")
-    demo.add_argument("--size", type=_bounded(int, 1, 1 << 30, "size"), default=8 << 20, metavar="BYTES",
-                      help="size of the HTTP download (default %(default)s)")
-    demo.add_argument("--socks", choices=("auto", "microsocks", "danted", "builtin"), default="auto",
-                      help="SOCKS5 server for TCP (auto: microsocks if installed, else built-in)")
+    demo = sub.add_parser(
+        "demo",
+        help="show ztun carrying TCP, UDP and ping in throwaway namespaces",
+        description="Build client/proxy/server network namespaces, start a SOCKS5 server, "
+        "run ztun in the client, send an HTTP download, a DNS query and a ping through it, "
+        "print what flowed, and remove everything.",
+    )
+    demo.add_argument(
+        "--size",
+        type=_bounded(int, 1, 1 << 30, "size"),
+        default=8 << 20,
+        metavar="BYTES",
+        help="size of the HTTP download (default %(default)s)",
+    )
+    demo.add_argument(
+        "--socks",
+        choices=("auto", "microsocks", "danted", "builtin"),
+        default="auto",
+        help="SOCKS5 server for TCP (auto: microsocks if installed, else built-in)",
+    )
     _add_logging(demo)
 
     cleanup = sub.add_parser("cleanup", help="remove what a crashed ztun or demo left behind")
     _add_logging(cleanup)
+
+    from .bench.cli import add_bench_parser
+
+    _add_logging(add_bench_parser(sub))
     return parser
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--loglevel", choices=LOG_LEVELS, default="info", help="log level (default %(default)s)")
+    p.add_argument(
+        "--loglevel", choices=LOG_LEVELS, default="info", help="log level (default %(default)s)"
+    )
     p.add_argument("-d", "--debug", action="store_true", help="same as --loglevel debug")
 
 
@@ -158,7 +249,9 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
     if len(v4) > 1 or len(v6) > 1:
         parser.error("give at most one IPv4 and one IPv6 --address")
     if v6 and ns.mtu < 1280:
-        parser.error(f"MTU {ns.mtu} is below IPv6's minimum of 1280; raise it or give only an IPv4 --address")
+        parser.error(
+            f"MTU {ns.mtu} is below IPv6's minimum of 1280; raise it or give only an IPv4 --address"
+        )
     return RunOptions(
         device=ns.device,
         proxy=ns.proxy,
@@ -177,7 +270,9 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
 
 def setup_logging(ns: argparse.Namespace) -> None:
     level = logging.DEBUG if getattr(ns, "debug", False) else getattr(logging, ns.loglevel.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 async def _serve(opts: RunOptions, device: Device) -> int:
@@ -185,15 +280,32 @@ async def _serve(opts: RunOptions, device: Device) -> int:
     from .outbound import make_outbound
     from .stack import SystemStack
 
-    tcp_outbound = make_outbound(opts.proxy, connect_timeout=opts.connect_timeout,
-                                 fwmark=opts.fwmark, bind_interface=opts.bind_interface)
-    udp_outbound = (make_outbound(opts.udp_proxy, connect_timeout=opts.connect_timeout,
-                                  fwmark=opts.fwmark, bind_interface=opts.bind_interface)
-                    if opts.udp_proxy else tcp_outbound)
+    tcp_outbound = make_outbound(
+        opts.proxy,
+        connect_timeout=opts.connect_timeout,
+        fwmark=opts.fwmark,
+        bind_interface=opts.bind_interface,
+    )
+    udp_outbound = (
+        make_outbound(
+            opts.udp_proxy,
+            connect_timeout=opts.connect_timeout,
+            fwmark=opts.fwmark,
+            bind_interface=opts.bind_interface,
+        )
+        if opts.udp_proxy
+        else tcp_outbound
+    )
     stack = SystemStack(inet4=opts.inet4, inet6=opts.inet6, udp_timeout=opts.udp_timeout)
     try:
-        engine = Engine(device, stack, tcp_outbound, udp_outbound, connect_timeout=opts.connect_timeout,
-                        splice=opts.splice)
+        engine = Engine(
+            device,
+            stack,
+            tcp_outbound,
+            udp_outbound,
+            connect_timeout=opts.connect_timeout,
+            splice=opts.splice,
+        )
         engine.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -201,9 +313,13 @@ async def _serve(opts: RunOptions, device: Device) -> int:
         ports = engine.listen_ports()
         log.info(
             "ztun ready device=%s index=%d mtu=%d offload=%s addresses=%s listen=%s proxy=%s",
-            device.name, device.index, device.mtu, "on" if device.frame_header_len else "off",
+            device.name,
+            device.index,
+            device.mtu,
+            "on" if device.frame_header_len else "off",
             ",".join(str(a) for a in opts.addresses),
-            ",".join(f"v{v}:{p}" for v, p in ports.items()), opts.proxy,
+            ",".join(f"v{v}:{p}" for v, p in ports.items()),
+            _redacted(opts.proxy),
         )
         await engine.wait_stopped()
         log.info("ztun stopped stats=%s", engine.snapshot_json())
@@ -212,12 +328,21 @@ async def _serve(opts: RunOptions, device: Device) -> int:
     return 0
 
 
+def _redacted(url: str) -> str:
+    """The proxy URL for logs: the password never reaches a log file."""
+    from .outbound import parse_outbound_url
+
+    return str(parse_outbound_url(url))
+
+
 def _open_device(opts: RunOptions) -> Device | None:
     # pyroute2's synchronous API runs its own event loop: configure the device before ours.
     from .tun import open_device
 
     try:
-        return open_device(opts.device, mtu=opts.mtu, addresses=opts.addresses, offload=opts.offload)
+        return open_device(
+            opts.device, mtu=opts.mtu, addresses=opts.addresses, offload=opts.offload
+        )
     except (OSError, ValueError) as exc:
         log.error("cannot open %s: %s", opts.device, exc)
         return None
@@ -257,6 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .cleanup import cleanup
 
         return cleanup()
+    if ns.command == "bench":
+        from .bench.cli import cmd_bench
+
+        return cmd_bench(ns)
     parser.error(f"unknown command {ns.command}")
     return 2
 

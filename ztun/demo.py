@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.server
 import json
 import os
 import re
@@ -21,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -62,8 +60,12 @@ class _Demo:
     def spawn(self, name: str, ns: str, argv: list[str], ready: Callable[[_Proc], bool]) -> _Proc:
         log_path = os.path.join(self.workdir, f"{name}.log")
         with open(log_path, "wb") as log_file:
-            popen = subprocess.Popen(netns.exec_argv(ns, argv), stdout=log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+            popen = subprocess.Popen(
+                netns.exec_argv(ns, argv),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         proc = _Proc(name, popen, log_path)
         self.procs.append(proc)
         _await(lambda: ready(proc) or _exited(proc), READY_TIMEOUT, f"{name} to get ready")
@@ -109,8 +111,12 @@ def _log_has(pattern: str) -> Callable[[_Proc], bool]:
 
 def _listening(ns: str, port: int, udp: bool = False) -> Callable[[_Proc], bool]:
     def check(_proc: _Proc) -> bool:
-        out = subprocess.run(netns.exec_argv(ns, ["ss", "-Hln" + ("u" if udp else "t"), f"sport = :{port}"]),
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            netns.exec_argv(ns, ["ss", "-Hln" + ("u" if udp else "t"), f"sport = :{port}"]),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return bool(out.stdout.strip())
 
     return check
@@ -123,24 +129,59 @@ def _build_topology(demo: _Demo) -> tuple[str, str, str]:
         demo.namespaces.append(name)
     tag = str(os.getpid() % 100000)
     netns.veth(client, f"zdc{tag}", proxy, f"zdp{tag}", [f"{CLIENT_V4}/24"], [f"{PROXY_C_V4}/24"])
-    netns.veth(proxy, f"zdq{tag}", server, f"zds{tag}", [f"{PROXY_S_V4}/24", "fd00:201::1/64"],
-               [f"{SERVER_V4}/24", f"{SERVER_V6}/64"])
+    netns.veth(
+        proxy,
+        f"zdq{tag}",
+        server,
+        f"zds{tag}",
+        [f"{PROXY_S_V4}/24", "fd00:201::1/64"],
+        [f"{SERVER_V4}/24", f"{SERVER_V6}/64"],
+    )
     return client, proxy, server
 
 
 def _start_servers(demo: _Demo, server: str, blob_dir: str) -> str:
     py = sys.executable
-    demo.spawn("http", server, [py, "-m", "http.server", "--bind", SERVER_V4, "--directory", blob_dir,
-                                str(HTTP_PORT)], _listening(server, HTTP_PORT))
+    demo.spawn(
+        "http",
+        server,
+        [py, "-m", "http.server", "--bind", SERVER_V4, "--directory", blob_dir, str(HTTP_PORT)],
+        _listening(server, HTTP_PORT),
+    )
     if shutil.which("dnsmasq"):
-        demo.spawn("dnsmasq", server, ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-                                       "--bind-interfaces", f"--listen-address={SERVER_V4}", "--port=53",
-                                       f"--address=/{DNS_NAME}/{SERVER_V4}", "--log-queries",
-                                       "--log-facility=-", "--pid-file="],
-                   _listening(server, 53, udp=True))
+        demo.spawn(
+            "dnsmasq",
+            server,
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                f"--listen-address={SERVER_V4}",
+                "--port=53",
+                f"--address=/{DNS_NAME}/{SERVER_V4}",
+                "--log-queries",
+                "--log-facility=-",
+                "--pid-file=",
+            ],
+            _listening(server, 53, udp=True),
+        )
         return "dnsmasq"
-    demo.spawn("dns", server, [py, "-m", "ztun.servers.dns", "--listen", f"{SERVER_V4}:53",
-                               "--answer", f"{DNS_NAME}={SERVER_V4}"], _listening(server, 53, udp=True))
+    demo.spawn(
+        "dns",
+        server,
+        [
+            py,
+            "-m",
+            "ztun.servers.dns",
+            "--listen",
+            f"{SERVER_V4}:53",
+            "--answer",
+            f"{DNS_NAME}={SERVER_V4}",
+        ],
+        _listening(server, 53, udp=True),
+    )
     return "built-in DNS"
 
 
@@ -172,8 +213,14 @@ def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list
     if choice == "auto":
         tcp_kind = "microsocks" if shutil.which("microsocks") else "builtin"
     if tcp_kind == "microsocks":
-        procs.append(demo.spawn("microsocks", proxy, ["microsocks", "-i", PROXY_C_V4, "-p", str(TCP_PORT)],
-                                _listening(proxy, TCP_PORT)))
+        procs.append(
+            demo.spawn(
+                "microsocks",
+                proxy,
+                ["microsocks", "-i", PROXY_C_V4, "-p", str(TCP_PORT)],
+                _listening(proxy, TCP_PORT),
+            )
+        )
     elif tcp_kind == "danted":
         conf = os.path.join(demo.workdir, "danted-tcp.conf")
         _danted_config(conf)
@@ -181,18 +228,38 @@ def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list
             text = f.read().replace(f"port = {UDP_PORT}", f"port = {TCP_PORT}")
         with open(conf, "w") as f:
             f.write(text)
-        procs.append(demo.spawn("danted-tcp", proxy, ["danted", "-f", conf, "-N", "1"], _listening(proxy, TCP_PORT)))
+        procs.append(
+            demo.spawn(
+                "danted-tcp", proxy, ["danted", "-f", conf, "-N", "1"], _listening(proxy, TCP_PORT)
+            )
+        )
     else:
-        procs.append(demo.spawn("socks5", proxy, [py, "-m", "ztun.servers.socks5", "--listen",
-                                                  f"{PROXY_C_V4}:{TCP_PORT}"], _listening(proxy, TCP_PORT)))
+        procs.append(
+            demo.spawn(
+                "socks5",
+                proxy,
+                [py, "-m", "ztun.servers.socks5", "--listen", f"{PROXY_C_V4}:{TCP_PORT}"],
+                _listening(proxy, TCP_PORT),
+            )
+        )
     if shutil.which("danted") and choice in ("auto", "danted", "microsocks"):
         conf = os.path.join(demo.workdir, "danted.conf")
         _danted_config(conf)
-        procs.append(demo.spawn("danted", proxy, ["danted", "-f", conf, "-N", "1"], _listening(proxy, UDP_PORT)))
+        procs.append(
+            demo.spawn(
+                "danted", proxy, ["danted", "-f", conf, "-N", "1"], _listening(proxy, UDP_PORT)
+            )
+        )
         udp_kind = "danted"
     else:
-        procs.append(demo.spawn("socks5-udp", proxy, [py, "-m", "ztun.servers.socks5", "--listen",
-                                                      f"{PROXY_C_V4}:{UDP_PORT}"], _listening(proxy, UDP_PORT)))
+        procs.append(
+            demo.spawn(
+                "socks5-udp",
+                proxy,
+                [py, "-m", "ztun.servers.socks5", "--listen", f"{PROXY_C_V4}:{UDP_PORT}"],
+                _listening(proxy, UDP_PORT),
+            )
+        )
         udp_kind = "builtin"
     return tcp_kind, udp_kind, procs
 
@@ -230,9 +297,16 @@ def _dns_query(client: str) -> str:
 def _ping(client: str) -> str:
     if not shutil.which("ping"):
         return "skipped (ping not installed)"
-    out = subprocess.run(netns.exec_argv(client, ["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER_V4]),
-                         capture_output=True, text=True, timeout=20)
-    summary = next((line for line in out.stdout.splitlines() if "packets transmitted" in line), out.stdout.strip())
+    out = subprocess.run(
+        netns.exec_argv(client, ["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER_V4]),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    summary = next(
+        (line for line in out.stdout.splitlines() if "packets transmitted" in line),
+        out.stdout.strip(),
+    )
     return summary
 
 
@@ -266,23 +340,48 @@ def run_demo(size: int = 8 << 20, socks: str = "auto") -> int:
             f.write(blob)
         dns_kind = _start_servers(demo, server, blob_dir)
         tcp_kind, udp_kind, proxy_procs = _start_proxies(demo, proxy, socks)
-        ztun = demo.spawn("ztun", client, [
-            sys.executable, "-m", "ztun", "run", "--device", "tun://ztun0",
-            "--proxy", f"socks5://{PROXY_C_V4}:{TCP_PORT}", "--udp-proxy", f"socks5://{PROXY_C_V4}:{UDP_PORT}",
-        ], _log_has(r"ztun ready"))
+        ztun = demo.spawn(
+            "ztun",
+            client,
+            [
+                sys.executable,
+                "-m",
+                "ztun",
+                "run",
+                "--device",
+                "tun://ztun0",
+                "--proxy",
+                f"socks5://{PROXY_C_V4}:{TCP_PORT}",
+                "--udp-proxy",
+                f"socks5://{PROXY_C_V4}:{UDP_PORT}",
+            ],
+            _log_has(r"ztun ready"),
+        )
         netns.default_route(client, "ztun0")
-        print(f"  client {client}: ztun0 172.19.0.1/30 + fdfe:dcba:9876::1/126, default route -> ztun0",
-              file=out)
-        print(f"  proxy  {proxy}: {tcp_kind} on {PROXY_C_V4}:{TCP_PORT} (TCP), {udp_kind} on "
-              f"{PROXY_C_V4}:{UDP_PORT} (UDP); does not forward", file=out)
-        print(f"  server {server}: HTTP on {SERVER_V4}:{HTTP_PORT}, {dns_kind} on {SERVER_V4}:53", file=out)
+        print(
+            f"  client {client}: ztun0 172.19.0.1/30 + fdfe:dcba:9876::1/126, "
+            "default route -> ztun0",
+            file=out,
+        )
+        print(
+            f"  proxy  {proxy}: {tcp_kind} on {PROXY_C_V4}:{TCP_PORT} (TCP), {udp_kind} on "
+            f"{PROXY_C_V4}:{UDP_PORT} (UDP); does not forward",
+            file=out,
+        )
+        print(
+            f"  server {server}: HTTP on {SERVER_V4}:{HTTP_PORT}, {dns_kind} on {SERVER_V4}:53",
+            file=out,
+        )
         print("", file=out)
 
         body, seconds = _http_get(client, "/blob")
         ok = hashlib.sha256(body).digest() == hashlib.sha256(blob).digest()
         rate = len(body) * 8 / seconds / 1e6 if seconds else 0.0
-        print(f"  TCP   HTTP GET /blob: {len(body)} bytes in {seconds:.2f} s ({rate:.0f} Mbit/s), "
-              f"sha256 {'matches' if ok else 'DIFFERS'} ({hashlib.sha256(body).hexdigest()[:16]}...)", file=out)
+        print(
+            f"  TCP   HTTP GET /blob: {len(body)} bytes in {seconds:.2f} s ({rate:.0f} Mbit/s), "
+            f"sha256 {'matches' if ok else 'DIFFERS'} ({hashlib.sha256(body).hexdigest()[:16]}...)",
+            file=out,
+        )
         answer = _dns_query(client)
         print(f"  UDP   DNS A {DNS_NAME} via UDP ASSOCIATE -> {answer}", file=out)
         print(f"  ICMP  ping {SERVER_V4} (echo answered by ztun): {_ping(client)}", file=out)
@@ -291,18 +390,37 @@ def run_demo(size: int = 8 << 20, socks: str = "auto") -> int:
         ztun.popen.wait(10)
         stats = _stats_from(ztun.log_text())
         print("", file=out)
-        print("  ztun counters: " + ", ".join(
-            f"{k}={stats[k]}" for k in ("tcp_flows", "tcp_bytes_up", "tcp_bytes_down", "udp_sessions_total",
-                                        "udp_datagrams_up", "udp_datagrams_down") if k in stats), file=out)
+        print(
+            "  ztun counters: "
+            + ", ".join(
+                f"{k}={stats[k]}"
+                for k in (
+                    "tcp_flows",
+                    "tcp_bytes_up",
+                    "tcp_bytes_down",
+                    "udp_sessions_total",
+                    "udp_datagrams_up",
+                    "udp_datagrams_down",
+                )
+                if k in stats
+            ),
+            file=out,
+        )
         if stats.get("stack"):
             print(f"  ztun stack: {stats['stack']}", file=out)
         print("  the proxy's view:", file=out)
         for proc in proxy_procs:
-            lines = [ln for ln in proc.log_text().splitlines()
-                     if re.search(r"connect|CONNECT|UDP|udp|10\.201", ln)][-4:]
+            lines = [
+                ln
+                for ln in proc.log_text().splitlines()
+                if re.search(r"connect|CONNECT|UDP|udp|10\.201", ln)
+            ][-4:]
             for ln in lines:
                 print(f"    [{proc.name}] {ln.strip()[:160]}", file=out)
         success = ok and SERVER_V4 in answer
-    print(f"ztun demo: removed {len(demo.namespaces)} namespaces; "
-          f"{'traffic flowed through ztun' if success else 'SOMETHING FAILED'}", file=out)
+    print(
+        f"ztun demo: removed {len(demo.namespaces)} namespaces; "
+        f"{'traffic flowed through ztun' if success else 'SOMETHING FAILED'}",
+        file=out,
+    )
     return 0 if success else 1

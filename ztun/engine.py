@@ -99,7 +99,9 @@ class _UdpFlow:
         assert self.association is not None
         self.engine.stats["udp_datagrams_up"] += 1
         self.engine.stats["udp_bytes_up"] += len(datagram.payload)
-        self.association.send(Target(_ip_text(datagram.dst_addr), datagram.dst_port), datagram.payload)
+        self.association.send(
+            Target(_ip_text(datagram.dst_addr), datagram.dst_port), datagram.payload
+        )
 
     def _on_reply(self, source: Target, payload: bytes) -> None:
         engine = self.engine
@@ -109,7 +111,7 @@ class _UdpFlow:
             engine.stats["udp_reply_from_domain"] += 1
             return
         if self.session.version == 4 and addr.version == 6:
-            mapped = addr.ipv4_mapped  # type: ignore[union-attr]
+            mapped = addr.ipv4_mapped
             if mapped is None:
                 engine.stats["udp_reply_family_mismatch"] += 1
                 return
@@ -119,7 +121,9 @@ class _UdpFlow:
         engine.stats["udp_datagrams_down"] += 1
         engine.stats["udp_bytes_down"] += len(payload)
         with engine.lock:
-            packet = engine.stack.udp_reply(self.session, addr.packed, source.port, payload, engine.loop.time())
+            packet = engine.stack.udp_reply(
+                self.session, addr.packed, source.port, payload, engine.loop.time()
+            )
         engine.write_packet(packet)
 
     def close(self) -> None:
@@ -179,7 +183,9 @@ class Engine:
             self.stack.set_listen_port(version, sock.getsockname()[1])
             self.loop.add_reader(sock.fileno(), self._on_accept, sock, version)
             self.listeners.append(sock)
-        self.pump = TunPump(self.device, self.stack, self.lock, self.loop, self._on_udp_batch, self.stats)
+        self.pump = TunPump(
+            self.device, self.stack, self.lock, self.loop, self._on_udp_batch, self.stats
+        )
         self.pump.start()
         self._arm_timer()
 
@@ -267,14 +273,18 @@ class Engine:
     async def _serve_tcp(self, conn: socket.socket, session: TcpSession) -> None:
         target = Target(_ip_text(session.dst_addr), session.dst_port)
         try:
-            stream = await asyncio.wait_for(self.tcp_outbound.open_tcp(target), self.connect_timeout)
+            stream = await asyncio.wait_for(
+                self.tcp_outbound.open_tcp(target), self.connect_timeout
+            )
         except Rejected:
             self.stats["tcp_rejected"] += 1
             self._tcp_failed(conn, session)
             return
         except (OutboundError, OSError, TimeoutError) as exc:
             self.stats["tcp_outbound_failed"] += 1
-            log.warning("TCP %s -> %s: %s", _ip_text(session.client_addr), target, exc or type(exc).__name__)
+            log.warning(
+                "TCP %s -> %s: %s", _ip_text(session.client_addr), target, exc or type(exc).__name__
+            )
             self._tcp_failed(conn, session)
             return
         except asyncio.CancelledError:

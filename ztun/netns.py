@@ -81,21 +81,33 @@ def exec_argv(name: str, argv: Sequence[str]) -> list[str]:
 
 
 def veth(
-    ns_a: str, if_a: str, ns_b: str, if_b: str,
-    addrs_a: Sequence[str] = (), addrs_b: Sequence[str] = (),
+    ns_a: str,
+    if_a: str,
+    ns_b: str,
+    if_b: str,
+    addrs_a: Sequence[str] = (),
+    addrs_b: Sequence[str] = (),
 ) -> None:
     """A veth pair created straight inside ns_a with its peer in ns_b, addressed and up."""
     from pyroute2 import NetNS
 
     with NetNS(ns_a) as a:
-        a.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": f"{NETNS_DIR}/{ns_b}"})
+        a.link(
+            "add",
+            ifname=if_a,
+            kind="veth",
+            peer={"ifname": if_b, "net_ns_fd": f"{NETNS_DIR}/{ns_b}"},
+        )
     for ns_name, ifname, addrs in ((ns_a, if_a, addrs_a), (ns_b, if_b, addrs_b)):
         with NetNS(ns_name) as ns:
             (index,) = ns.link_lookup(ifname=ifname)
             for cidr in addrs:
                 iface = ipaddress.ip_interface(cidr)
-                kwargs: dict[str, Any] = {"index": index, "address": str(iface.ip),
-                                          "prefixlen": iface.network.prefixlen}
+                kwargs: dict[str, Any] = {
+                    "index": index,
+                    "address": str(iface.ip),
+                    "prefixlen": iface.network.prefixlen,
+                }
                 if iface.version == 6:
                     kwargs["flags"] = 0x02  # IFA_F_NODAD: usable at once, no 1-2 s DAD wait
                 ns.addr("add", **kwargs)
@@ -108,5 +120,9 @@ def default_route(name: str, ifname: str, versions: Sequence[int] = (4, 6)) -> N
     with NetNS(name) as ns:
         (index,) = ns.link_lookup(ifname=ifname)
         for version in versions:
-            ns.route("add", dst="0.0.0.0/0" if version == 4 else "::/0", oif=index,
-                     family=2 if version == 4 else 10)
+            ns.route(
+                "add",
+                dst="0.0.0.0/0" if version == 4 else "::/0",
+                oif=index,
+                family=2 if version == 4 else 10,
+            )

@@ -10,6 +10,7 @@ stack. Events the stack produces (UDP datagrams) go to the loop in one batch per
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import select
@@ -49,10 +50,8 @@ class TunPump(threading.Thread):
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
-        try:
+        with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
-        except OSError:
-            pass
         if self.is_alive():
             self.join(timeout)
         os.close(self._wake_r)
@@ -111,7 +110,7 @@ class TunPump(threading.Thread):
                         # kernel still segments/checksums a GSO super-packet.
                         write_frame(rx[:n])
                     elif type(out) is UdpDatagram:
-                        datagrams.append(out)  # type: ignore[arg-type]
+                        datagrams.append(out)
                     else:
                         write(out)  # type: ignore[arg-type]
                 except BlockingIOError:

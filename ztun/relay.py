@@ -16,6 +16,7 @@ error on either side aborts both with RST so the app sees what the remote did.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import socket
@@ -42,10 +43,9 @@ class PipePool:
         if self._free:
             return self._free.pop()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
+        # Where the size is refused the default 64 KiB pipe works, in smaller steps.
+        with contextlib.suppress(OSError):
             self.pipe_size = fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # the default 64 KiB pipe works, in smaller steps
         return r, w
 
     def give(self, pipe: tuple[int, int]) -> None:
@@ -66,17 +66,17 @@ class PipePool:
 
 def close_with_reset(sock: socket.socket) -> None:
     """Close so the peer gets RST, not FIN: how a refused or failed flow is reported."""
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-    except OSError:
-        pass
     sock.close()
 
 
 class _Direction:
     __slots__ = ("buffer", "done", "dst", "eof", "loop", "moved", "pending", "relay", "src")
 
-    def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket, buffer: memoryview) -> None:
+    def __init__(
+        self, relay: Relay, src: socket.socket, dst: socket.socket, buffer: memoryview
+    ) -> None:
         self.relay = relay
         self.loop = relay.loop
         self.src = src
@@ -141,10 +141,8 @@ class _Direction:
     def _finish_if_drained(self) -> None:
         if self.pending:
             return
-        try:
+        with contextlib.suppress(OSError):
             self.dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
         self.done = True
         self.relay.direction_done()
 
@@ -154,7 +152,9 @@ class _SpliceDirection(_Direction):
 
     __slots__ = ("in_pipe", "pipe", "pool")
 
-    def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket, pool: PipePool) -> None:
+    def __init__(
+        self, relay: Relay, src: socket.socket, dst: socket.socket, pool: PipePool
+    ) -> None:
         super().__init__(relay, src, dst, memoryview(b""))
         self.pool = pool
         self.pipe: tuple[int, int] | None = None

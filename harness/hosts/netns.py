@@ -35,10 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-
-from pyroute2 import IPRoute
-from pyroute2 import netns as pr_netns
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from harness.hosts.base import (
     DEFAULT_RUN_TIMEOUT,
@@ -54,6 +51,12 @@ from harness.hosts.base import (
     UdpListening,
 )
 from harness.proc import PROBE_INTERVAL_MAX, PROBE_INTERVAL_MIN, LocalProcess, run_local
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+# pyroute2 is imported where used: it costs ~0.7 s, and the plugin (hence this module)
+# is loaded by every pytest run, including unit tests that never touch a namespace.
 
 __all__ = [
     "BASE_SYSCTLS",
@@ -167,6 +170,8 @@ def create_netns(name: str) -> None:
         if _libc.unshare(CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+        from pyroute2 import netns as pr_netns
+
         # /proc/<tid>/ns/net is this thread's (new) namespace.
         pr_netns.attach(name, threading.get_native_id())
 
@@ -233,6 +238,8 @@ def remove_netns(name: str) -> list[int]:
     A namespace lives as long as a process or a mount holds it: the name going away is
     not enough, so processes are killed first and the result is checked.
     """
+    from pyroute2 import netns as pr_netns
+
     killed = kill_netns_pids(name) if _netns_path(name).exists() else []
     with contextlib.suppress(FileNotFoundError):
         pr_netns.remove(name)
@@ -433,6 +440,8 @@ class NetnsHost:
 
     def netlink(self, fn: Callable[[IPRoute], T]) -> T:
         """Call ``fn(ipr)`` with a pyroute2 ``IPRoute`` bound to this namespace."""
+
+        from pyroute2 import IPRoute
 
         def call() -> T:
             with IPRoute() as ipr:

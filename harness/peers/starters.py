@@ -11,9 +11,11 @@ Known limits of the real servers, measured here (see DESIGN.md):
   no half-close: the first EOF from either side closes both directions (a client that
   shuts down its write side loses the replies still in flight).
 * danted 1.4.2: CONNECT and UDP ASSOCIATE. It accepts datagrams only from the address the
-  client declared in its UDP ASSOCIATE request; sing-box declares ``[::1]:0`` (or
-  ``127.0.0.1:0``) and is then blocked ("expected udp packet from clientaddress ::1.0"),
-  so sing-box UDP through danted fails by design of both, not by a harness bug.
+  client declared in its UDP ASSOCIATE request. sing-box declares ``[::1]:0`` (or
+  ``127.0.0.1:0``): with only an IPv4 internal address danted answers the request with
+  "address type not supported"; with a dual-stack internal it accepts and then blocks
+  every datagram ("expected udp packet from clientaddress ::1.0"). So sing-box UDP
+  through danted fails by design of both, not by a harness bug.
   Its ``username`` method checks the *system* password database: the user must exist
   in the host with that password; the starter does not create users.
 * ``ssh -D``: CONNECT only (OpenSSH implements no UDP ASSOCIATE and no SOCKS5 auth).
@@ -282,12 +284,14 @@ def start_danted(
     port: int,
     *,
     external: Sequence[str] | None = None,
+    extra_addrs: Sequence[str] = (),
     user: str | None = None,
     password: str | None = None,
     name: str | None = None,
 ) -> Socks5Server:
     """Dante's danted (CONNECT + UDP ASSOCIATE) listening on ``addr:port``.
 
+    ``extra_addrs`` adds internal addresses on the same port (a dual-stack proxy).
     ``external`` defaults to every non-loopback interface of the host. With ``user`` the
     ``username`` method is used: that user must exist in the host's password database
     with ``password`` (danted checks the system, not its config); otherwise the test is
@@ -302,7 +306,8 @@ def start_danted(
         external = [i for i in host.interfaces() if i != "lo"]
     name = name or _unique("danted")
     conf = _workfile(host, f"{name}.conf")
-    host.write_file(conf, danted_config([(addr, port)], external, username_auth=user is not None))
+    internal = [(a, port) for a in (addr, *extra_addrs)]
+    host.write_file(conf, danted_config(internal, external, username_auth=user is not None))
     process = host.spawn([binary, "-f", str(conf)], name=name, ready=TcpListening(port))
     return Socks5Server(kind="danted", host=host, address=addr, port=port, process=process,
                         username=user, password=password, supports_udp=True)

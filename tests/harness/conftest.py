@@ -29,8 +29,12 @@ def host(require_root: None, artifacts, request: pytest.FixtureRequest) -> Itera
 def nested_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Environment for a nested pytest: not an xdist worker, no startup cleanup (a
     concurrent self-test may be inspecting deliberate leftovers)."""
-    for var in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID",
-                "PYTEST_ADDOPTS"):
+    for var in (
+        "PYTEST_XDIST_WORKER",
+        "PYTEST_XDIST_WORKER_COUNT",
+        "PYTEST_XDIST_TESTRUNUID",
+        "PYTEST_ADDOPTS",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("ZTUN_HARNESS_STARTUP_CLEANUP", "0")
 
@@ -41,7 +45,11 @@ def nested(pytester: pytest.Pytester, nested_env: None) -> Callable[..., pytest.
 
     def run(*args: str) -> pytest.RunResult:
         return pytester.runpytest_subprocess(
-            "-p", "no:cacheprovider", "--artifacts", str(pytester.path / "artifacts"), *args,
+            "-p",
+            "no:cacheprovider",
+            "--artifacts",
+            str(pytester.path / "artifacts"),
+            *args,
             timeout=SUBPROCESS_TIMEOUT,
         )
 

@@ -94,8 +94,11 @@ def test_wait_for_a_later_line(host: NetnsHost) -> None:
 
 def test_spawn_raises_with_log_tail_when_process_exits(host: NetnsHost) -> None:
     with pytest.raises(ProcessNotReady) as info:
-        host.spawn(["sh", "-c", "echo 'bind: address in use' >&2; exit 7"], name="bad",
-                   ready=LogLine("ready"))
+        host.spawn(
+            ["sh", "-c", "echo 'bind: address in use' >&2; exit 7"],
+            name="bad",
+            ready=LogLine("ready"),
+        )
     assert info.value.returncode == 7
     assert "address in use" in info.value.log_tail
     assert "exited with status 7" in str(info.value)
@@ -103,7 +106,7 @@ def test_spawn_raises_with_log_tail_when_process_exits(host: NetnsHost) -> None:
 
 def test_spawn_deadline_stops_the_process(host: NetnsHost) -> None:
     start = time.monotonic()
-    with pytest.raises(ProcessNotReady, match="within 0.3s"):
+    with pytest.raises(ProcessNotReady, match=r"within 0\.3s"):
         host.spawn(["sleep", "30"], name="slow", ready=TcpListening(9), timeout=0.3)
     assert time.monotonic() - start < 5
     assert netns_pids(host.name) == []
@@ -112,10 +115,10 @@ def test_spawn_deadline_stops_the_process(host: NetnsHost) -> None:
 @pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
 def test_tcp_and_udp_readiness(host: NetnsHost, address: str) -> None:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    tcp = host.spawn([PY, "-c", SERVE_TCP, address, "7001"], name="tcp",
-                     ready=TcpListening(7001, family))
-    udp = host.spawn([PY, "-c", SERVE_UDP, address, "7002"], name="udp",
-                     ready=UdpListening(7002))
+    tcp = host.spawn(
+        [PY, "-c", SERVE_TCP, address, "7001"], name="tcp", ready=TcpListening(7001, family)
+    )
+    udp = host.spawn([PY, "-c", SERVE_UDP, address, "7002"], name="udp", ready=UdpListening(7002))
     assert 7001 in host.listening_ports("tcp", family)
     assert 7002 in host.listening_ports("udp")
     # The root namespace does not see them: the check really looks inside.
@@ -126,8 +129,11 @@ def test_tcp_and_udp_readiness(host: NetnsHost, address: str) -> None:
 
 def test_path_readiness(host: NetnsHost, tmp_path: Path) -> None:
     marker = tmp_path / "ready"
-    host.spawn(["sh", "-c", f"sleep 0.1; touch {marker}; exec sleep 30"], name="p",
-               ready=PathExists(marker))
+    host.spawn(
+        ["sh", "-c", f"sleep 0.1; touch {marker}; exec sleep 30"],
+        name="p",
+        ready=PathExists(marker),
+    )
     assert marker.exists()
 
 
@@ -162,8 +168,7 @@ def test_socket_lives_in_the_namespace(host: NetnsHost) -> None:
 
 
 def test_socket_talks_to_a_spawned_server(host: NetnsHost) -> None:
-    host.spawn([PY, "-c", SERVE_TCP, "127.0.0.1", "7003"], name="srv",
-               ready=TcpListening(7003))
+    host.spawn([PY, "-c", SERVE_TCP, "127.0.0.1", "7003"], name="srv", ready=TcpListening(7003))
     with host.socket() as sock:
         sock.settimeout(5)
         sock.connect(("127.0.0.1", 7003))

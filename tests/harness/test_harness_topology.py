@@ -54,23 +54,32 @@ def test_addresses_and_names(topology: Topology) -> None:
 
 def test_veth_offloads_are_off(topology: Topology) -> None:
     features = topology.client.run(["ethtool", "-k", topology.iface("client", "proxy")]).stdout
-    for feature in ("tx-checksumming", "rx-checksumming", "generic-segmentation-offload",
-                    "tcp-segmentation-offload", "generic-receive-offload"):
+    for feature in (
+        "tx-checksumming",
+        "rx-checksumming",
+        "generic-segmentation-offload",
+        "tcp-segmentation-offload",
+        "generic-receive-offload",
+    ):
         assert f"{feature}: off" in features
 
 
 def test_ipv6_is_usable_at_once(topology: Topology) -> None:
     # No DAD: binding a fresh address works immediately (else EADDRNOTAVAIL).
     addr = str(topology.address("client", "proxy", 6))
-    topology.client.run(["python3", "-c", f"import socket;socket.socket(socket.AF_INET6)"
-                         f".bind(('{addr}', 0))"], check=True)
+    topology.client.run(
+        ["python3", "-c", f"import socket;socket.socket(socket.AF_INET6).bind(('{addr}', 0))"],
+        check=True,
+    )
 
 
 def test_custom_spec_with_a_router(topology_factory) -> None:
     spec = TopologySpec.of(
         hosts=["a", HostSpec("r", forwarding=True), "b"],
-        links=[LinkSpec("a", "r", ipv4="192.168.10.0/24", mtu=1400),
-               LinkSpec("r", "b", ipv4="192.168.20.0/24")],
+        links=[
+            LinkSpec("a", "r", ipv4="192.168.10.0/24", mtu=1400),
+            LinkSpec("r", "b", ipv4="192.168.20.0/24"),
+        ],
     )
     topo = topology_factory(spec)
     topo.a.add_route("default", via="192.168.10.2")
@@ -125,15 +134,28 @@ def test_capture_sees_a_ping(topology: Topology, artifacts: TestArtifacts) -> No
 def test_capture_holds_real_checksums(topology: Topology) -> None:
     """With offloads off, TCP leaves the veth with a full checksum (tcpdump -vv checks)."""
     server = topology.proxy.spawn(
-        ["python3", "-c", "import socket;s=socket.socket();s.bind(('0.0.0.0',7100));"
-         "s.listen();c,_=s.accept();c.recv(10)"], name="srv")
+        [
+            "python3",
+            "-c",
+            "import socket;s=socket.socket();s.bind(('0.0.0.0',7100));"
+            "s.listen();c,_=s.accept();c.recv(10)",
+        ],
+        name="srv",
+    )
     from harness.hosts.base import TcpListening
 
     server.wait_for(TcpListening(7100))
     with capture(topology.client, topology.iface("client", "proxy"), "tcp port 7100") as cap:
-        topology.client.run(["python3", "-c", "import socket;s=socket.create_connection(("
-                             f"'{topology.address('proxy', 'client')}',7100));"
-                             "s.send(b'x');s.close()"], check=True)
+        topology.client.run(
+            [
+                "python3",
+                "-c",
+                "import socket;s=socket.create_connection(("
+                f"'{topology.address('proxy', 'client')}',7100));"
+                "s.send(b'x');s.close()",
+            ],
+            check=True,
+        )
         server.wait(5)
     verbose = cap.text(extra=("-vv",))
     assert "cksum" in verbose and "incorrect" not in verbose

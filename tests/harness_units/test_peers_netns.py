@@ -283,3 +283,39 @@ def test_send_raw_fallback_script_when_host_has_no_sockets(topology: Any, rng: A
         packets.send_raw(NoSockets(topology.client), pkt, iface=topology.iface("client", "proxy"))
         assert _receive_marked(sniffer, b"MARK-SCRIPT") == pkt
 
+
+
+@pytest.mark.parametrize("dual_stack", [False, True], ids=["v4-internal", "dual-internal"])
+def test_danted_refuses_udp_when_the_declared_client_is_loopback(
+    topology: Any, dual_stack: bool
+) -> None:
+    """What sing-box does (declares [::1]:0 in UDP ASSOCIATE) fails with danted: refused
+    outright with an IPv4-only internal address, accepted-then-blocked with a dual-stack
+    one. Pinned here so a danted upgrade that changes it is noticed."""
+    from harness.hosts import LogLine
+
+    server_ip = _ip(topology, "server", "proxy", 4)
+    start_udp_echo(topology.server, server_ip, ECHO_PORT)
+    extra = [_ip(topology, "proxy", "client", 6)] if dual_stack else []
+    proxy = start_danted(topology.proxy, _ip(topology, "proxy", "client", 4), PROXY_PORT,
+                         extra_addrs=extra)
+    control = topology.client.socket(socket.AF_INET, socket.SOCK_STREAM)
+    udp = topology.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with control, udp:
+        control.settimeout(TIMEOUT)
+        control.connect(proxy.endpoint)
+        if not dual_stack:
+            with pytest.raises(Socks5ClientError, match="address type not supported"):
+                handshake(control, Command.UDP_ASSOCIATE, Address.from_host("::1", 0))
+            return
+        bound = handshake(control, Command.UDP_ASSOCIATE, Address.from_host("::1", 0))
+        udp.bind((control.getsockname()[0], 0))
+        relay_ip = bound.host if bound.host not in ("0.0.0.0", "::") else proxy.address
+        if ":" in relay_ip:  # danted answered with its IPv6 relay address: follow it
+            udp.close()
+            udp = topology.client.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        session = UdpSession(control=control, udp=udp, relay=(relay_ip, bound.port))
+        session.send((server_ip, ECHO_PORT), b"dropped")
+        proxy.process.wait_for(LogLine(r"expected udp packet from clientaddress ::1\.0"),
+                               timeout=TIMEOUT)
+        udp.close()

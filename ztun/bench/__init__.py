@@ -3,7 +3,15 @@
 Heavy imports (matplotlib) happen only when a PNG is written.
 """
 
-from .options import QUICK_SYSTEMS, QUICK_TESTS, SYSTEMS, TESTS, BenchOptions, Durations, parse_names
+from .options import (
+    QUICK_SYSTEMS,
+    QUICK_TESTS,
+    SYSTEMS,
+    TESTS,
+    BenchOptions,
+    Durations,
+    parse_names,
+)
 from .runner import run_bench
 from .topology import PREFIX
 

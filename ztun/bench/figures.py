@@ -28,6 +28,9 @@ UDP_PAYLOAD = 1400  # bytes: fits a 1500 MTU after IP/UDP and the 10-byte SOCKS5
 TOOL_SLACK = 20.0  # seconds a tool may take beyond its nominal duration (connect, report)
 HELD_CONCURRENCY = 256  # connects in flight while opening idle connections
 HELD_SETTLE_TIMEOUT = 30.0  # for the holder to see every connection the client opened
+HELD_NOMINAL_RATE = 2000.0  # idle connections opened per second, roughly, through a tun2socks
+CONN_TIMEOUT, CONN_NOMINAL = 90.0, 8.0  # ab: bound, and its usual length through danted
+START_SLACK = 10.0  # seconds to restart a system (rss) before the load begins
 
 
 class NotApplicable(Exception):
@@ -62,19 +65,28 @@ def _per_gb(system: System, cpu_before: float | None, moved: float) -> dict[str,
 
 def _iperf(ctx: Ctx, system: System, timeout: float, extra: list[str]) -> str:
     d = ctx.durations
-    argv = ["iperf3", "-c", SERVER_V4, "-p", str(IPERF_PORT), "-J", "-t", f"{d.iperf_seconds:g}",
-            "--connect-timeout", "5000", *extra]
-    try:
-        return _client(ctx, system, argv, timeout)
-    except BenchError:
-        # A half-finished test leaves the server busy ("the server is busy running a test").
-        ctx.servers.start_iperf3()
-        raise
+    argv = [
+        "iperf3",
+        "-c",
+        SERVER_V4,
+        "-p",
+        str(IPERF_PORT),
+        "-J",
+        "-t",
+        f"{d.iperf_seconds:g}",
+        "--connect-timeout",
+        "5000",
+        *extra,
+    ]
+    ctx.servers.fresh_iperf3()
+    return _client(ctx, system, argv, timeout)
 
 
 def tcp_bulk(streams: int, reverse: bool) -> Figure:
     def figure(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
-        extra = ["-P", str(streams), "-O", str(ctx.durations.iperf_omit)] + (["-R"] if reverse else [])
+        extra = ["-P", str(streams), "-O", str(ctx.durations.iperf_omit)] + (
+            ["-R"] if reverse else []
+        )
         before = _cpu(system)
         result = parse.iperf_tcp(_iperf(ctx, system, timeout, extra))
         return {"gbps": result.bits_per_second / 1e9, **_per_gb(system, before, result.bytes_total)}
@@ -87,10 +99,15 @@ def udp(offered_bps: int) -> Figure:
         if not system.carries_udp:
             raise NotApplicable("proxychains carries TCP only")
         before = _cpu(system)
-        result = parse.iperf_udp(_iperf(ctx, system, timeout, ["-u", "-b", str(offered_bps),
-                                                               "-l", str(UDP_PAYLOAD)]))
-        return {"delivered_mbps": result.delivered_bps / 1e6, "loss_pct": result.loss_percent,
-                **_per_gb(system, before, result.bytes_delivered)}
+        result = parse.iperf_udp(
+            _iperf(ctx, system, timeout, ["-u", "-b", str(offered_bps), "-l", str(UDP_PAYLOAD)])
+        )
+        return {
+            "sent_mbps": result.offered_bps / 1e6,
+            "delivered_mbps": result.delivered_bps / 1e6,
+            "loss_pct": result.loss_percent,
+            **_per_gb(system, before, result.bytes_delivered),
+        }
 
     return figure
 
@@ -99,28 +116,62 @@ def conn(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
     """New connections per second: ab without keep-alive, one 1 KiB GET per connection."""
     d = ctx.durations
     csv_path = os.path.join(ctx.env.workdir, f"ab-{system.name}.csv")
-    out = _client(ctx, system, ["ab", "-q", "-r", "-s", "10", "-n", str(d.conn_requests),
-                                "-c", str(d.conn_concurrency), "-e", csv_path,
-                                f"http://{SERVER_V4}:{HTTP_PORT}/1k"], timeout)
+    out = _client(
+        ctx,
+        system,
+        [
+            "ab",
+            "-q",
+            "-r",
+            "-s",
+            "10",
+            "-n",
+            str(d.conn_requests),
+            "-c",
+            str(d.conn_concurrency),
+            "-e",
+            csv_path,
+            f"http://{SERVER_V4}:{HTTP_PORT}/1k",
+        ],
+        timeout,
+    )
     with open(csv_path) as f:
         result = parse.ab(out, f.read())
     if result.complete == 0:
         raise BenchError("ab completed no request")
-    return {"conn_per_s": result.requests_per_second, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
-            "failed": float(result.failed)}
+    return {
+        "conn_per_s": result.requests_per_second,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "failed": float(result.failed),
+    }
 
 
 def rr(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
     """Request/response on one kept-alive connection: wrk -c1 -t1 (a C client; no Python in
     the loop to blur the round-trip time)."""
     d = ctx.durations
-    out = _client(ctx, system, ["wrk", "-c1", "-t1", f"-d{d.rr_seconds:g}s", "--latency",
-                                f"http://{SERVER_V4}:{HTTP_PORT}/1k"], timeout)
+    out = _client(
+        ctx,
+        system,
+        [
+            "wrk",
+            "-c1",
+            "-t1",
+            f"-d{d.rr_seconds:g}s",
+            "--latency",
+            f"http://{SERVER_V4}:{HTTP_PORT}/1k",
+        ],
+        timeout,
+    )
     result = parse.wrk(out)
     if result.errors:
         raise BenchError(f"wrk saw {result.errors} errors")
-    return {"rr_per_s": result.requests_per_second, "p50_us": result.p50_seconds * 1e6,
-            "p99_us": result.p99_seconds * 1e6}
+    return {
+        "rr_per_s": result.requests_per_second,
+        "p50_us": result.p50_seconds * 1e6,
+        "p99_us": result.p99_seconds * 1e6,
+    }
 
 
 def _open_idle(client_ns: str, count: int, deadline: float) -> list[socket.socket]:
@@ -186,9 +237,11 @@ def rss(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
         for count in ctx.durations.held_counts:
             open_deadline = min(deadline, time.monotonic() + ctx.durations.held_open_seconds)
             held += _open_idle(ctx.env.topo.client, count - len(held), open_deadline)
-            await_condition(lambda n=count: holder.count >= n,  # type: ignore[misc]
-                            min(HELD_SETTLE_TIMEOUT, max(1.0, deadline - time.monotonic())),
-                            f"the holder to see {count} connections (has {holder.count})")
+            await_condition(
+                lambda n=count: holder.count >= n,  # type: ignore[misc]
+                min(HELD_SETTLE_TIMEOUT, max(1.0, deadline - time.monotonic())),
+                f"the holder to see {count} connections (has {holder.count})",
+            )
             system.check_alive()
             out[f"held_{count}_mib"] = procstat.rss_bytes(pid) / procstat.MIB
     finally:
@@ -217,9 +270,22 @@ def timeout_for(test: str, d: Durations) -> float:
     if test.startswith(("tcp-", "udp-")):
         return d.iperf_seconds + d.iperf_omit + TOOL_SLACK
     if test == "conn":
-        return 90.0
+        return CONN_TIMEOUT
     if test == "rr":
         return d.rr_seconds + TOOL_SLACK
     if test == "rss":
-        return d.held_open_seconds * len(d.held_counts) + 60.0
+        return d.held_open_seconds * len(d.held_counts) + HELD_SETTLE_TIMEOUT + START_SLACK
+    raise ValueError(test)
+
+
+def nominal_seconds(test: str, d: Durations) -> float:
+    """What a figure takes when all goes well: a run skips a figure that cannot finish in time."""
+    if test.startswith(("tcp-", "udp-")):
+        return d.iperf_seconds + d.iperf_omit + 1.0
+    if test == "conn":
+        return CONN_NOMINAL
+    if test == "rr":
+        return d.rr_seconds + 1.0
+    if test == "rss":
+        return START_SLACK + sum(d.held_counts) / HELD_NOMINAL_RATE
     raise ValueError(test)

@@ -12,12 +12,25 @@ from dataclasses import dataclass, field
 #: physical limit (kernel routing, no TUN, no proxy), `socks-only` the proxy's own
 #: ceiling (the app speaks SOCKS5 itself), then the tun2socks implementations.
 SYSTEMS: tuple[str, ...] = (
-    "direct", "socks-only", "ztun", "sing-box-system", "sing-box-gvisor", "sing-box-mixed",
+    "direct",
+    "socks-only",
+    "ztun",
+    "sing-box-system",
+    "sing-box-gvisor",
+    "sing-box-mixed",
 )
 #: Every figure, in the order they run within one system. `rss` restarts the system
 #: against the holding proxy, so it runs last.
 TESTS: tuple[str, ...] = (
-    "tcp-1-up", "tcp-1-down", "tcp-4-up", "tcp-4-down", "conn", "rr", "udp-200m", "udp-1g", "rss",
+    "tcp-1-up",
+    "tcp-1-down",
+    "tcp-4-up",
+    "tcp-4-down",
+    "conn",
+    "rr",
+    "udp-200m",
+    "udp-1g",
+    "rss",
 )
 #: `--quick`: one repetition of a subset, short durations; the whole run stays under 2 min.
 QUICK_SYSTEMS: tuple[str, ...] = ("direct", "socks-only", "ztun", "sing-box-system")
@@ -40,8 +53,14 @@ class Durations:
     held_open_seconds: float = 90.0  # bound on opening the largest batch of idle connections
 
 
-QUICK_DURATIONS = Durations(iperf_seconds=2.0, iperf_omit=0, conn_requests=2000, rr_seconds=2.0,
-                            held_counts=(1000,), held_open_seconds=30.0)
+QUICK_DURATIONS = Durations(
+    iperf_seconds=2.0,
+    iperf_omit=0,
+    conn_requests=2000,
+    rr_seconds=2.0,
+    held_counts=(1000,),
+    held_open_seconds=30.0,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +76,15 @@ class BenchOptions:
 
     @classmethod
     def make(
-        cls, *, quick: bool = False, reps: int | None = None, systems: tuple[str, ...] | None = None,
-        tests: tuple[str, ...] | None = None, json_path: str | None = "bench.json",
-        png_path: str | None = "bench.png", time_limit: float | None = None,
+        cls,
+        *,
+        quick: bool = False,
+        reps: int | None = None,
+        systems: tuple[str, ...] | None = None,
+        tests: tuple[str, ...] | None = None,
+        json_path: str | None = "bench.json",
+        png_path: str | None = "bench.png",
+        time_limit: float | None = None,
     ) -> BenchOptions:
         """Fill what the user left out from the profile (`--quick` or full)."""
         return cls(
@@ -68,7 +93,9 @@ class BenchOptions:
             tests=tests or (QUICK_TESTS if quick else TESTS),
             json_path=json_path,
             png_path=png_path,
-            time_limit=time_limit if time_limit is not None else (110.0 if quick else DEFAULT_TIME_LIMIT),
+            time_limit=time_limit
+            if time_limit is not None
+            else (110.0 if quick else DEFAULT_TIME_LIMIT),
             quick=quick,
             durations=QUICK_DURATIONS if quick else Durations(),
         )
@@ -79,5 +106,7 @@ def parse_names(text: str, known: tuple[str, ...], what: str) -> tuple[str, ...]
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise ValueError(f"unknown {what} {', '.join(unknown) or '(none given)'}; choose from {','.join(known)}")
+        raise ValueError(
+            f"unknown {what} {', '.join(unknown) or '(none given)'}; choose from {','.join(known)}"
+        )
     return tuple(n for n in known if n in names)

@@ -67,28 +67,46 @@ def iperf_tcp(text: str) -> IperfTcp:
     except KeyError:
         raise ValueError("iperf3 JSON has no end.sum_received (the test did not finish)") from None
     moved = sum(int(iv["sum"]["bytes"]) for iv in doc.get("intervals", ()))
-    return IperfTcp(float(received["bits_per_second"]), max(moved, int(received["bytes"])),
-                    int(sent.get("retransmits", 0)))
+    return IperfTcp(
+        float(received["bits_per_second"]),
+        max(moved, int(received["bytes"])),
+        int(sent.get("retransmits", 0)),
+    )
 
 
 def iperf_udp(text: str) -> IperfUdp:
-    """Loss comes from the receiver's report; delivered = what arrived over the test's time."""
+    """Offered is what the sender managed (it may fall short of `-b` on a busy machine);
+    delivered and loss are the receiver's report (iperf3 >= 3.12 sends it back to the client)."""
     doc = _iperf_doc(text)
     end = doc.get("end", {})
-    total = end.get("sum_received") or end.get("sum")
-    sent = end.get("sum_sent") or end.get("sum")
-    if not total or not sent:
+    received, sent = end.get("sum_received"), end.get("sum_sent")
+    if received and sent:
+        seconds = float(received["seconds"])
+        if seconds <= 0 or not received.get("packets"):
+            raise ValueError("iperf3 UDP: the receiver counted no packets")
+        return IperfUdp(
+            offered_bps=float(sent["bits_per_second"]),
+            delivered_bps=float(received["bits_per_second"]),
+            loss_percent=float(received["lost_percent"]),
+            bytes_delivered=int(received["bytes"]),
+            seconds=seconds,
+        )
+    # Older iperf3: one "sum" with the sender's bytes and the receiver's loss counts.
+    total = end.get("sum")
+    if not total:
         raise ValueError("iperf3 UDP JSON has no end.sum (the test did not finish)")
-    packets = int(total.get("packets", 0))
-    lost = int(total.get("lost_packets", 0))
-    seconds = float(sent.get("seconds") or total.get("seconds") or 0.0)
+    packets, lost = int(total.get("packets", 0)), int(total.get("lost_packets", 0))
+    seconds = float(total.get("seconds") or 0.0)
     if packets <= 0 or seconds <= 0:
         raise ValueError("iperf3 UDP: the receiver counted no packets")
-    loss = 100.0 * lost / packets
-    sent_bytes = int(sent["bytes"])
-    delivered = sent_bytes * (packets - lost) / packets
-    return IperfUdp(offered_bps=float(sent["bits_per_second"]), delivered_bps=delivered * 8 / seconds,
-                    loss_percent=loss, bytes_delivered=int(delivered), seconds=seconds)
+    delivered = int(total["bytes"]) * (packets - lost) / packets
+    return IperfUdp(
+        offered_bps=float(total["bits_per_second"]),
+        delivered_bps=delivered * 8 / seconds,
+        loss_percent=100.0 * lost / packets,
+        bytes_delivered=int(delivered),
+        seconds=seconds,
+    )
 
 
 def _number(pattern: str, text: str, what: str) -> float:
@@ -108,10 +126,13 @@ def ab(text: str, csv: str) -> AbResult:
     if 50 not in percentiles or 99 not in percentiles:
         raise ValueError("ab's percentile CSV has no 50%/99% rows")
     return AbResult(
-        requests_per_second=_number(r"^Requests per second:\s+([\d.]+)", text, "requests per second"),
+        requests_per_second=_number(
+            r"^Requests per second:\s+([\d.]+)", text, "requests per second"
+        ),
         complete=int(_number(r"^Complete requests:\s+(\d+)", text, "complete requests")),
         failed=int(_number(r"^Failed requests:\s+(\d+)", text, "failed requests")),
-        p50_ms=percentiles[50], p99_ms=percentiles[99],
+        p50_ms=percentiles[50],
+        p99_ms=percentiles[99],
     )
 
 
@@ -136,6 +157,7 @@ def wrk(text: str) -> WrkResult:
     return WrkResult(
         requests_per_second=_number(r"^Requests/sec:\s+([\d.]+)", text, "Requests/sec"),
         requests=int(_number(r"^\s+(\d+) requests in", text, "request count")),
-        p50_seconds=_duration(latency["50"]), p99_seconds=_duration(latency["99"]),
+        p50_seconds=_duration(latency["50"]),
+        p99_seconds=_duration(latency["99"]),
         errors=errors,
     )

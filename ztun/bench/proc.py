@@ -63,8 +63,12 @@ class Proc:
             self.popen.wait(timeout)
 
 
-def await_condition(condition: Callable[[], bool], timeout: float, what: str,
-                    abort: Callable[[], str | None] | None = None) -> None:
+def await_condition(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    abort: Callable[[], str | None] | None = None,
+) -> None:
     """Wait for a condition that has no fd to wait on, polling with back-off until a deadline.
 
     `abort` returns a reason to stop early (the process we wait for has died).
@@ -81,14 +85,26 @@ def await_condition(condition: Callable[[], bool], timeout: float, what: str,
         delay = min(delay * 2, POLL_MAX)
 
 
-def spawn(ns: str, argv: Sequence[str], *, name: str, workdir: str,
-          ready: Callable[[Proc], bool], timeout: float = READY_TIMEOUT,
-          env: dict[str, str] | None = None) -> Proc:
+def spawn(
+    ns: str,
+    argv: Sequence[str],
+    *,
+    name: str,
+    workdir: str,
+    ready: Callable[[Proc], bool],
+    timeout: float = READY_TIMEOUT,
+    env: dict[str, str] | None = None,
+) -> Proc:
     """Start `argv` in namespace `ns` (logs to workdir/name.log) and wait until `ready`."""
     log_path = os.path.join(workdir, f"{name}.log")
     with open(log_path, "wb") as log_file:
-        popen = subprocess.Popen(netns.exec_argv(ns, argv), stdout=log_file, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, env=env)
+        popen = subprocess.Popen(
+            netns.exec_argv(ns, argv),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
     proc = Proc(name, popen, log_path)
 
     def died() -> str | None:
@@ -104,12 +120,24 @@ def spawn(ns: str, argv: Sequence[str], *, name: str, workdir: str,
     return proc
 
 
-def run(ns: str, argv: Sequence[str], *, timeout: float, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    ns: str,
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run a client command to completion in `ns`, bounded by `timeout`."""
     try:
-        result = subprocess.run(netns.exec_argv(ns, argv), capture_output=True, text=True,
-                                timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            netns.exec_argv(ns, argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"{argv[0]} did not finish within {timeout:g}s") from exc
     if check and result.returncode != 0:
@@ -125,9 +153,14 @@ def log_has(pattern: str) -> Callable[[Proc], bool]:
 
 def listening(ns: str, port: int, *, udp: bool = False) -> Callable[[Proc], bool]:
     """Ready when something in `ns` listens on `port` (read from the kernel, not guessed)."""
+
     def check(_proc: Proc | None = None) -> bool:
-        out = subprocess.run(netns.exec_argv(ns, ["ss", "-Hln" + ("u" if udp else "t"), f"sport = :{port}"]),
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            netns.exec_argv(ns, ["ss", "-Hln" + ("u" if udp else "t"), f"sport = :{port}"]),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return bool(out.stdout.strip())
 
     return check
@@ -135,9 +168,14 @@ def listening(ns: str, port: int, *, udp: bool = False) -> Callable[[Proc], bool
 
 def link_exists(ns: str, ifname: str) -> Callable[[Proc], bool]:
     def check(_proc: Proc | None = None) -> bool:
-        out = subprocess.run(netns.exec_argv(ns, ["ip", "-o", "link", "show", "dev", ifname]),
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            netns.exec_argv(ns, ["ip", "-o", "link", "show", "dev", ifname]),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.returncode == 0 and ",UP" in out.stdout
+
     return check
 
 

@@ -31,26 +31,34 @@ class Metric:
 
 
 def _tcp(test: str, label: str) -> list[Metric]:
-    return [Metric(test, "gbps", f"TCP {label}", "Gbit/s", True),
-            Metric(test, "cpu_s_per_gb", f"TCP {label} CPU", "s/GB", False)]
+    return [
+        Metric(test, "gbps", f"TCP {label}", "Gbit/s", True),
+        Metric(test, "cpu_s_per_gb", f"TCP {label} CPU", "s/GB", False),
+    ]
 
 
 def _udp(test: str, label: str) -> list[Metric]:
-    return [Metric(test, "delivered_mbps", f"UDP {label} delivered", "Mbit/s", True),
-            Metric(test, "loss_pct", f"UDP {label} loss", "%", False),
-            Metric(test, "cpu_s_per_gb", f"UDP {label} CPU", "s/GB", False)]
+    return [
+        Metric(test, "delivered_mbps", f"UDP {label} delivered", "Mbit/s", True),
+        Metric(test, "sent_mbps", f"UDP {label} sent by iperf3", "Mbit/s", True),
+        Metric(test, "loss_pct", f"UDP {label} loss", "%", False),
+        Metric(test, "cpu_s_per_gb", f"UDP {label} CPU", "s/GB", False),
+    ]
 
 
 METRICS: tuple[Metric, ...] = (
-    *_tcp("tcp-1-up", "1 stream up"), *_tcp("tcp-1-down", "1 stream down"),
-    *_tcp("tcp-4-up", "4 streams up"), *_tcp("tcp-4-down", "4 streams down"),
+    *_tcp("tcp-1-up", "1 stream up"),
+    *_tcp("tcp-1-down", "1 stream down"),
+    *_tcp("tcp-4-up", "4 streams up"),
+    *_tcp("tcp-4-down", "4 streams down"),
     Metric("conn", "conn_per_s", "new connections", "conn/s", True),
     Metric("conn", "p50_ms", "new connection p50", "ms", False),
     Metric("conn", "p99_ms", "new connection p99", "ms", False),
     Metric("rr", "rr_per_s", "request/response", "RR/s", True),
     Metric("rr", "p50_us", "request/response p50", "us", False),
     Metric("rr", "p99_us", "request/response p99", "us", False),
-    *_udp("udp-200m", "200M"), *_udp("udp-1g", "1G"),
+    *_udp("udp-200m", "200M"),
+    *_udp("udp-1g", "1G"),
     Metric("rss", "idle_mib", "RSS idle", "MiB", False),
     Metric("rss", "held_1000_mib", "RSS 1,000 idle conns", "MiB", False),
     Metric("rss", "held_10000_mib", "RSS 10,000 idle conns", "MiB", False),
@@ -67,6 +75,7 @@ class RunRecord:
     not_applicable: str | None = None
     skipped: str | None = None
     seconds: float = 0.0
+    load1: float = 0.0  # 1-minute load average when the figure started: noise shows up here
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +92,10 @@ def summarise(runs: Sequence[RunRecord]) -> dict[str, dict[str, Stat]]:
     for r in runs:
         for key, value in r.metrics.items():
             values.setdefault(r.system, {}).setdefault(f"{r.test}.{key}", []).append(value)
-    return {system: {mid: Stat(min(v), statistics.median(v), max(v), len(v)) for mid, v in by.items()}
-            for system, by in values.items()}
+    return {
+        system: {mid: Stat(min(v), statistics.median(v), max(v), len(v)) for mid, v in by.items()}
+        for system, by in values.items()
+    }
 
 
 def ratios(summary: dict[str, dict[str, Stat]]) -> dict[str, dict[str, float]]:
@@ -137,14 +148,21 @@ def table(runs: Sequence[RunRecord], systems: Sequence[str], tests: Sequence[str
     primary: dict[str, str] = {}
     for m in METRICS:
         primary.setdefault(m.test, m.id)  # always shown, so a failed or n/a test is visible
-    metrics = [m for m in METRICS if m.test in tests
-               and (m.id == primary[m.test] or any(m.id in summary.get(s, {}) for s in systems))]
+    metrics = [
+        m
+        for m in METRICS
+        if m.test in tests
+        and (m.id == primary[m.test] or any(m.id in summary.get(s, {}) for s in systems))
+    ]
     label_w = max([len(f"{m.label} [{m.unit}]") for m in metrics] + [6]) + 1
-    rows = [[f"{m.label} [{m.unit}]" + (" ^" if m.higher_is_better else " v")] +
-            [_cell(summary.get(s, {}).get(m.id), _missing(runs, s, m.test)) for s in systems]
-            for m in metrics]
+    rows = [
+        [f"{m.label} [{m.unit}]" + (" ^" if m.higher_is_better else " v")]
+        + [_cell(summary.get(s, {}).get(m.id), _missing(runs, s, m.test)) for s in systems]
+        for m in metrics
+    ]
     widths = [max(label_w + 2, *(len(r[0]) for r in rows))] + [
-        max(len(s), *(len(r[i + 1]) for r in rows)) for i, s in enumerate(systems)]
+        max(len(s), *(len(r[i + 1]) for r in rows)) for i, s in enumerate(systems)
+    ]
     lines = ["median (min-max) over repetitions; ^ higher is better, v lower is better", ""]
     lines.append("  ".join(h.ljust(w) for h, w in zip(["metric", *systems], widths, strict=True)))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -152,15 +170,28 @@ def table(runs: Sequence[RunRecord], systems: Sequence[str], tests: Sequence[str
     if REFERENCE in summary and others:
         lines += ["", f"ratios {REFERENCE}/system (medians)", ""]
         rwidths = [widths[0]] + [max(len(s), 6) for s in others]
-        lines.append("  ".join(h.ljust(w) for h, w in zip(["metric", *others], rwidths, strict=True)))
+        lines.append(
+            "  ".join(h.ljust(w) for h, w in zip(["metric", *others], rwidths, strict=True))
+        )
         for m, row in zip(metrics, rows, strict=True):
             cells = [f"{rat[s][m.id]:.2f}x" if m.id in rat.get(s, {}) else "-" for s in others]
-            lines.append("  ".join(c.ljust(w) for c, w in zip([row[0], *cells], rwidths, strict=True)).rstrip())
+            lines.append(
+                "  ".join(
+                    c.ljust(w) for c, w in zip([row[0], *cells], rwidths, strict=True)
+                ).rstrip()
+            )
     return "\n".join(lines)
 
 
-def document(runs: Sequence[RunRecord], *, options: dict[str, Any], environment: dict[str, Any],
-             started_at: str, elapsed: float, complete: bool) -> dict[str, Any]:
+def document(
+    runs: Sequence[RunRecord],
+    *,
+    options: dict[str, Any],
+    environment: dict[str, Any],
+    started_at: str,
+    elapsed: float,
+    complete: bool,
+) -> dict[str, Any]:
     summary = summarise(runs)
     return {
         "schema": SCHEMA,
@@ -206,10 +237,16 @@ def write_png(doc: dict[str, Any], path: str) -> str | None:
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log", base=2)
     ax.set_xticks(range(len(metrics)))
-    ax.set_xticklabels([f"{m.label} ({'higher' if m.higher_is_better else 'lower'} better)" for m in metrics],
-                       rotation=60, ha="right", fontsize=8)
+    ax.set_xticklabels(
+        [f"{m.label} ({'higher' if m.higher_is_better else 'lower'} better)" for m in metrics],
+        rotation=60,
+        ha="right",
+        fontsize=8,
+    )
     ax.set_ylabel("ztun median / system median (log2)")
-    ax.set_title(f"ztun bench: ratios to ztun ({doc['started_at']}, {doc['options']['reps']} rep(s))")
+    ax.set_title(
+        f"ztun bench: ratios to ztun ({doc['started_at']}, {doc['options']['reps']} rep(s))"
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -25,7 +25,7 @@ from dataclasses import asdict
 from typing import Any, TextIO
 
 from . import report
-from .figures import FIGURES, Ctx, NotApplicable, timeout_for
+from .figures import FIGURES, Ctx, NotApplicable, nominal_seconds, timeout_for
 from .options import BenchOptions
 from .proc import BenchError, stop_all
 from .report import RunRecord
@@ -37,8 +37,15 @@ NOFILE = 262144  # 10,000 held connections cost the client, ztun and sing-box 2-
 ERROR_CHARS = 600  # of an error message kept in the table's log lines (the JSON keeps all)
 
 # Which Debian package brings each tool (for the "install these" message and the JSON).
-TOOLS = {"iperf3": "iperf3", "nginx": "nginx-light", "danted": "dante-server", "ab": "apache2-utils",
-         "wrk": "wrk", "proxychains4": "proxychains4", "ss": "iproute2"}
+TOOLS = {
+    "iperf3": "iperf3",
+    "nginx": "nginx-light",
+    "danted": "dante-server",
+    "ab": "apache2-utils",
+    "wrk": "wrk",
+    "proxychains4": "proxychains4",
+    "ss": "iproute2",
+}
 
 
 def _needed_tools(opts: BenchOptions) -> list[str]:
@@ -59,11 +66,18 @@ def _preflight(opts: BenchOptions, err: TextIO) -> bool:
     missing = [t for t in _needed_tools(opts) if not shutil.which(t)]
     if missing:
         pkgs = " ".join(sorted({TOOLS[t] for t in missing}))
-        print(f"ztun bench: missing {', '.join(missing)}; install them: apt-get install {pkgs} "
-              "(./dev.sh setup does)", file=err)
+        print(
+            f"ztun bench: missing {', '.join(missing)}; install them: apt-get install {pkgs} "
+            "(./dev.sh setup does)",
+            file=err,
+        )
         return False
-    if any(s.startswith("sing-box") for s in opts.systems) or "udp-200m" in opts.tests or "udp-1g" in opts.tests \
-            or "rss" in opts.tests:
+    if (
+        any(s.startswith("sing-box") for s in opts.systems)
+        or "udp-200m" in opts.tests
+        or "udp-1g" in opts.tests
+        or "rss" in opts.tests
+    ):
         try:
             sing_box_path()
         except BenchError as exc:
@@ -84,6 +98,7 @@ def _raise_nofile() -> None:
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C, so the defer stack removes the namespaces either way."""
+
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -97,14 +112,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _versions() -> dict[str, str]:
     out: dict[str, str] = {"python": platform.python_version()}
     pkgs = sorted(set(TOOLS.values()) - {"iproute2"})
-    res = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", *pkgs],
-                         capture_output=True, text=True, timeout=10)
+    res = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", *pkgs],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     for line in res.stdout.splitlines():
         name, _, version = line.partition(" ")
         if version:
             out[name] = version
     with contextlib.suppress(BenchError, OSError, subprocess.SubprocessError):
-        res = subprocess.run([sing_box_path(), "version"], capture_output=True, text=True, timeout=10)
+        res = subprocess.run(
+            [sing_box_path(), "version"], capture_output=True, text=True, timeout=10
+        )
         out["sing-box"] = res.stdout.split("\n", 1)[0].removeprefix("sing-box version ").strip()
     from .. import __version__
 
@@ -120,11 +141,15 @@ def _environment() -> dict[str, Any]:
         "versions": _versions(),
         "tcp_socks_server": "danted (dante-server), log: error",
         "udp_socks_server": "sing-box socks inbound (danted drops sing-box's UDP: it declares [::1]:0 "
-                            "in UDP ASSOCIATE and danted accepts datagrams only from the declared address)",
+        "in UDP ASSOCIATE and danted accepts datagrams only from the declared address)",
         "held_connections_proxy": "sing-box socks inbound (danted needs a process per few clients)",
         "socks_only_client": "proxychains4 (LD_PRELOAD; SOCKS5 handshake inside connect(), data path native)",
         "tun_mtu": {"ztun": 1500, "sing-box": "default (9000)"},
-        "load_tools": {"tcp/udp": "iperf3 -J", "conn": "ab (no keep-alive, 1 KiB)", "rr": "wrk -c1 -t1 --latency"},
+        "load_tools": {
+            "tcp/udp": "iperf3 -J",
+            "conn": "ab (no keep-alive, 1 KiB)",
+            "rr": "wrk -c1 -t1 --latency",
+        },
     }
 
 
@@ -154,9 +179,11 @@ class Progress:
         if record.metrics:
             what = " ".join(f"{k}={v:.3g}" for k, v in record.metrics.items())
         else:
-            what = record.not_applicable and f"n/a ({record.not_applicable})" or \
-                record.skipped and f"skipped ({record.skipped})" or \
-                f"FAILED: {(record.error or '')[:ERROR_CHARS]}"
+            what = (
+                (record.not_applicable and f"n/a ({record.not_applicable})")
+                or (record.skipped and f"skipped ({record.skipped})")
+                or f"FAILED: {(record.error or '')[:ERROR_CHARS]}"
+            )
         line = f"[{self.done:>3}/{self.total}] rep {record.rep} {record.system:<16} {record.test:<10} {what}"
         if record.seconds:
             line += f"  ({record.seconds:.1f}s)"
@@ -165,11 +192,13 @@ class Progress:
 
 
 def _run_one(ctx: Ctx, system: System, rep: int, test: str, deadline: float) -> RunRecord:
-    record = RunRecord(rep, system.name, test)
-    timeout = timeout_for(test, ctx.durations)
-    if time.monotonic() + timeout > deadline:
+    """One figure, bounded by its own timeout and by what is left of the run's time limit."""
+    record = RunRecord(rep, system.name, test, load1=round(os.getloadavg()[0], 2))
+    left = deadline - time.monotonic()
+    if left < nominal_seconds(test, ctx.durations):
         record.skipped = "time limit"
         return record
+    timeout = min(timeout_for(test, ctx.durations), left)
     started = time.monotonic()
     try:
         system.check_alive()
@@ -178,13 +207,23 @@ def _run_one(ctx: Ctx, system: System, rep: int, test: str, deadline: float) -> 
     except NotApplicable as exc:
         record.not_applicable = str(exc)
     except (BenchError, ValueError, OSError) as exc:
-        record.error = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            record.skipped = "time limit (cut short)"
+        else:
+            record.error = f"{type(exc).__name__}: {exc}"
     record.seconds = time.monotonic() - started
     return record
 
 
-def _run_system(ctx: Ctx, system: System, rep: int, tests: tuple[str, ...], deadline: float,
-                progress: Progress, runs: list[RunRecord]) -> None:
+def _run_system(
+    ctx: Ctx,
+    system: System,
+    rep: int,
+    tests: tuple[str, ...],
+    deadline: float,
+    progress: Progress,
+    runs: list[RunRecord],
+) -> None:
     progress.status(f"rep {rep} {system.name}: starting")
     try:
         system.start()
@@ -216,11 +255,18 @@ def run_bench(opts: BenchOptions, out: TextIO = sys.stdout, err: TextIO = sys.st
     interrupted = False
     environment = _environment()
     progress = Progress(opts.reps * len(opts.systems) * len(opts.tests), err)
-    print(f"ztun bench: {len(opts.systems)} systems x {len(opts.tests)} figures x {opts.reps} rep(s), "
-          f"time limit {opts.time_limit:g}s", file=err, flush=True)
+    print(
+        f"ztun bench: {len(opts.systems)} systems x {len(opts.tests)} figures x {opts.reps} rep(s), "
+        f"time limit {opts.time_limit:g}s",
+        file=err,
+        flush=True,
+    )
     try:
-        with _sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="ztbench-") as workdir, \
-                contextlib.ExitStack() as defer:
+        with (
+            _sigterm_as_interrupt(),
+            tempfile.TemporaryDirectory(prefix="ztbench-") as workdir,
+            contextlib.ExitStack() as defer,
+        ):
             topo = new_topology()
 
             def remove_namespaces() -> None:
@@ -232,7 +278,7 @@ def run_bench(opts: BenchOptions, out: TextIO = sys.stdout, err: TextIO = sys.st
             progress.status("building namespaces and starting servers")
             topo.build()
             servers = Servers(topo, workdir)
-            defer.callback(lambda: stop_all(servers.procs))
+            defer.callback(servers.stop)
             servers.start()
             holder = Holder(topo.server)
             defer.callback(holder.close)
@@ -245,19 +291,30 @@ def run_bench(opts: BenchOptions, out: TextIO = sys.stdout, err: TextIO = sys.st
                     _run_system(ctx, system, rep, opts.tests, deadline, progress, runs)
     except KeyboardInterrupt:
         interrupted = True
-        print("\nztun bench: interrupted; namespaces removed; reporting what was measured", file=err)
+        print(
+            "\nztun bench: interrupted; namespaces removed; reporting what was measured", file=err
+        )
     except BenchError as exc:
         print(f"\nztun bench: {exc}", file=err)
         return 1
     elapsed = time.monotonic() - started
     complete = not interrupted and not any(r.skipped or r.error for r in runs)
     options = {**asdict(opts), "durations": asdict(opts.durations)}
-    doc = report.document(runs, options=options, environment=environment, started_at=started_at,
-                          elapsed=elapsed, complete=complete)
+    doc = report.document(
+        runs,
+        options=options,
+        environment=environment,
+        started_at=started_at,
+        elapsed=elapsed,
+        complete=complete,
+    )
     print("", file=out)
     print(report.table(runs, opts.systems, opts.tests), file=out)
-    print(f"\n{elapsed:.0f}s, {sum(1 for r in runs if r.error)} failed, "
-          f"{sum(1 for r in runs if r.skipped)} skipped (time limit)", file=out)
+    print(
+        f"\n{elapsed:.0f}s, {sum(1 for r in runs if r.error)} failed, "
+        f"{sum(1 for r in runs if r.skipped)} skipped (time limit)",
+        file=out,
+    )
     if opts.json_path:
         report.write_json(doc, opts.json_path)
         print(f"wrote {opts.json_path}", file=out)

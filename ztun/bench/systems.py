@@ -114,8 +114,10 @@ class SocksOnly(System):
     def start(self, *, tcp_port: int = DANTED_PORT) -> None:
         conf = os.path.join(self.env.workdir, "proxychains.conf")
         with open(conf, "w") as f:
-            f.write(f"strict_chain\nquiet_mode\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n"
-                    f"[ProxyList]\nsocks5 {PROXY_C_V4} {tcp_port}\n")
+            f.write(
+                f"strict_chain\nquiet_mode\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n"
+                f"[ProxyList]\nsocks5 {PROXY_C_V4} {tcp_port}\n"
+            )
         self.client_prefix = ["proxychains4", "-q", "-f", conf]
         self.carries_udp = False
 
@@ -124,11 +126,27 @@ class Ztun(System):
     def start(self, *, tcp_port: int = DANTED_PORT) -> None:
         env = self.env
         # `ip netns exec` execs: the pid we hold is ztun's own, not a wrapper's.
-        self.proc = spawn(env.topo.client, [
-            sys.executable, "-m", "ztun", "run", "--device", f"tun://{TUN_NAME}",
-            "--proxy", f"socks5://{PROXY_C_V4}:{tcp_port}",
-            "--udp-proxy", f"socks5://{PROXY_C_V4}:{SOCKS_UDP_PORT}", "--loglevel", "info",
-        ], name=f"ztun-{tcp_port}", workdir=env.workdir, ready=log_has(r"ztun ready"), timeout=START_TIMEOUT)
+        self.proc = spawn(
+            env.topo.client,
+            [
+                sys.executable,
+                "-m",
+                "ztun",
+                "run",
+                "--device",
+                f"tun://{TUN_NAME}",
+                "--proxy",
+                f"socks5://{PROXY_C_V4}:{tcp_port}",
+                "--udp-proxy",
+                f"socks5://{PROXY_C_V4}:{SOCKS_UDP_PORT}",
+                "--loglevel",
+                "info",
+            ],
+            name=f"ztun-{tcp_port}",
+            workdir=env.workdir,
+            ready=log_has(r"ztun ready"),
+            timeout=START_TIMEOUT,
+        )
         env.topo.route_default(dev=TUN_NAME)
         self.probe()
 
@@ -144,13 +162,33 @@ class SingBox(System):
     def config(self, tcp_port: int) -> dict[str, object]:
         return {
             "log": {"level": "warn"},
-            "inbounds": [{"type": "tun", "tag": "tun-in", "interface_name": TUN_NAME,
-                          "address": ["172.19.0.1/30"], "auto_route": False, "stack": self.stack}],
+            "inbounds": [
+                {
+                    "type": "tun",
+                    "tag": "tun-in",
+                    "interface_name": TUN_NAME,
+                    "address": ["172.19.0.1/30"],
+                    "auto_route": False,
+                    "stack": self.stack,
+                }
+            ],
             "outbounds": [
-                {"type": "socks", "tag": "socks-tcp", "server": PROXY_C_V4, "server_port": tcp_port,
-                 "version": "5", "network": "tcp"},
-                {"type": "socks", "tag": "socks-udp", "server": PROXY_C_V4, "server_port": SOCKS_UDP_PORT,
-                 "version": "5", "network": "udp"},
+                {
+                    "type": "socks",
+                    "tag": "socks-tcp",
+                    "server": PROXY_C_V4,
+                    "server_port": tcp_port,
+                    "version": "5",
+                    "network": "tcp",
+                },
+                {
+                    "type": "socks",
+                    "tag": "socks-udp",
+                    "server": PROXY_C_V4,
+                    "server_port": SOCKS_UDP_PORT,
+                    "version": "5",
+                    "network": "udp",
+                },
             ],
             "route": {"rules": [{"network": "udp", "outbound": "socks-udp"}], "final": "socks-tcp"},
         }
@@ -160,9 +198,14 @@ class SingBox(System):
         conf = os.path.join(env.workdir, f"{self.name}.json")
         with open(conf, "w") as f:
             json.dump(self.config(tcp_port), f, indent=1)
-        self.proc = spawn(env.topo.client, [sing_box_path(), "run", "-c", conf, "-D", env.workdir],
-                          name=f"{self.name}-{tcp_port}", workdir=env.workdir,
-                          ready=link_exists(env.topo.client, TUN_NAME), timeout=START_TIMEOUT)
+        self.proc = spawn(
+            env.topo.client,
+            [sing_box_path(), "run", "-c", conf, "-D", env.workdir],
+            name=f"{self.name}-{tcp_port}",
+            workdir=env.workdir,
+            ready=link_exists(env.topo.client, TUN_NAME),
+            timeout=START_TIMEOUT,
+        )
         env.topo.route_default(dev=TUN_NAME)
         self.probe()
 

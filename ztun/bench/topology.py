@@ -55,12 +55,28 @@ class Topology:
             self.namespaces.append(name)
             sysctl(name, NS_SYSCTLS)
         short = self.tag[-5:]
-        netns.veth(self.client, f"zbc{short}", self.proxy, f"zbp{short}",
-                   [f"{CLIENT_V4}/24"], [f"{PROXY_C_V4}/24"])
-        netns.veth(self.proxy, f"zbq{short}", self.server, f"zbs{short}",
-                   [f"{PROXY_S_V4}/24"], [f"{SERVER_V4}/24"])
+        netns.veth(
+            self.client,
+            f"zbc{short}",
+            self.proxy,
+            f"zbp{short}",
+            [f"{CLIENT_V4}/24"],
+            [f"{PROXY_C_V4}/24"],
+        )
+        netns.veth(
+            self.proxy,
+            f"zbq{short}",
+            self.server,
+            f"zbs{short}",
+            [f"{PROXY_S_V4}/24"],
+            [f"{SERVER_V4}/24"],
+        )
         # The way back for `direct`; without forwarding in the proxy it carries nothing.
-        run(self.server, ["ip", "route", "add", CLIENT_NET, "via", PROXY_S_V4], timeout=SYSCTL_TIMEOUT)
+        run(
+            self.server,
+            ["ip", "route", "add", CLIENT_NET, "via", PROXY_S_V4],
+            timeout=SYSCTL_TIMEOUT,
+        )
 
     def set_forwarding(self, on: bool) -> None:
         sysctl(self.proxy, {"net.ipv4.ip_forward": "1" if on else "0"})
@@ -68,7 +84,12 @@ class Topology:
     def route_default(self, *, via: str | None = None, dev: str | None = None) -> None:
         """Point the client's default route at the proxy (`direct`) or a TUN; None removes it."""
         if via is None and dev is None:
-            run(self.client, ["ip", "route", "flush", "exact", "0.0.0.0/0"], timeout=SYSCTL_TIMEOUT, check=False)
+            run(
+                self.client,
+                ["ip", "route", "flush", "exact", "0.0.0.0/0"],
+                timeout=SYSCTL_TIMEOUT,
+                check=False,
+            )
             return
         target = ["via", via] if via else ["dev", dev or ""]
         run(self.client, ["ip", "route", "replace", "default", *target], timeout=SYSCTL_TIMEOUT)
@@ -83,7 +104,9 @@ class Topology:
 
 
 def sysctl(ns: str, values: dict[str, str]) -> None:
-    run(ns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())], timeout=SYSCTL_TIMEOUT)
+    run(
+        ns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())], timeout=SYSCTL_TIMEOUT
+    )
 
 
 def new_topology() -> Topology:

@@ -33,12 +33,14 @@ from .sockets import SockAddr, connect_tcp, describe, make_socket, resolve, sock
 from .socks5_proto import (
     AuthFailed,
     Command,
+    LocalProtocolError,
     NoAcceptableMethods,
     RemoteProtocolError,
     RequestFailed,
     RequestSucceeded,
     Socks5Client,
     decode_udp_header,
+    encode_auth,
     encode_udp_header,
 )
 from .target import Target
@@ -70,6 +72,11 @@ class Socks5Outbound:
         bind_interface: str | None = None,
     ) -> None:
         self.url = parse_proxy_url(url) if isinstance(url, str) else url
+        if self.url.username is not None:
+            try:  # fail at configuration time, not on the first connection
+                encode_auth(self.url.username, self.url.password or "")
+            except LocalProtocolError as exc:
+                raise ValueError(f"proxy {self.url}: {exc}") from None
         self.connect_timeout = connect_timeout
         self.fwmark = fwmark
         self.bind_interface = bind_interface
@@ -196,7 +203,12 @@ class Socks5Outbound:
         if bound.port == 0:
             raise ProxyProtocolError(f"proxy {self.url.address}: UDP relay port 0")
         if bound.ip is None:
-            candidates = await resolve(bound.host, bound.port, socket.SOCK_DGRAM)
+            try:
+                candidates = await resolve(bound.host, bound.port, socket.SOCK_DGRAM)
+            except OSError as exc:
+                raise ProxyUnreachable(
+                    f"proxy {self.url.address}: cannot resolve UDP relay {bound}: {exc}"
+                ) from exc
             if not candidates:
                 raise ProxyProtocolError(
                     f"proxy {self.url.address}: UDP relay {bound} resolves to nothing"

@@ -146,7 +146,9 @@ class Socks5Server:
             finally:
                 transport.close()
         else:
-            writer.write(b"\x05" + bytes((REP_CMD_UNSUPPORTED,)) + b"\x00" + encode_addr("0.0.0.0", 0))
+            writer.write(
+                b"\x05" + bytes((REP_CMD_UNSUPPORTED,)) + b"\x00" + encode_addr("0.0.0.0", 0)
+            )
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -160,7 +162,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def serve(host: str, port: int, username: str | None = None, password: str | None = None) -> None:
+async def serve(
+    host: str, port: int, username: str | None = None, password: str | None = None
+) -> None:
     server = await asyncio.start_server(Socks5Server(username, password).handle, host, port)
     log.info("listening on %s:%d", host, port)
     print(f"listening on {host}:{port}", flush=True)

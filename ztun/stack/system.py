@@ -37,9 +37,16 @@ from ..wire import (
     build_udp,
     parse_ip,
 )
-from ..wire.checksum import apply_delta, incremental_update
+from ..wire.checksum import apply_delta, checksum_delta
 from ..wire.vnet import apply_partial_delta
-from .events import StackEvent, TcpSession, TcpSessionExpired, UdpDatagram, UdpSession, UdpSessionExpired
+from .events import (
+    StackEvent,
+    TcpSession,
+    TcpSessionExpired,
+    UdpDatagram,
+    UdpSession,
+    UdpSessionExpired,
+)
 from .nat import ACTIVE, CLOSING, NatExhausted, TcpNatTable
 from .udp import UdpSessionTable
 
@@ -47,6 +54,9 @@ PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6 = 1, 6, 17, 58
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
 REPLY_HOP_LIMIT = 64
+# Request -> reply changes only the type byte of the first checksummed word.
+_ECHO_DELTA_V4 = checksum_delta(bytes((ICMP_ECHO_REQUEST, 0)), bytes((ICMP_ECHO_REPLY, 0)))
+_ECHO_DELTA_V6 = checksum_delta(bytes((ICMPV6_ECHO_REQUEST, 0)), bytes((ICMPV6_ECHO_REPLY, 0)))
 
 Output = memoryview | bytearray | UdpDatagram | None
 
@@ -161,14 +171,19 @@ class SystemStack:
             return self._icmp6(ip, payload)
         return self._drop("unsupported_protocol")
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str) -> Output:
         self.counters[reason] += 1
         return None
 
     # -- TCP: the NAT hairpin ------------------------------------------------------------
 
     def _tcp(
-        self, ip: Ipv4Packet | Ipv6Packet, segment: memoryview, nat: TcpNatTable, now: float, csum_partial: bool
+        self,
+        ip: Ipv4Packet | Ipv6Packet,
+        segment: memoryview,
+        nat: TcpNatTable,
+        now: float,
+        csum_partial: bool,
     ) -> Output:
         tcp = TcpPacket.checked(segment)
         src = ip.src
@@ -252,7 +267,9 @@ class SystemStack:
         session = self.udp.get_or_open(version, src, udp.src_port, now)
         return UdpDatagram(session, dst, udp.dst_port, bytes(udp.payload))
 
-    def udp_reply(self, session: UdpSession, src_addr: bytes, src_port: int, payload: bytes, now: float) -> bytearray:
+    def udp_reply(
+        self, session: UdpSession, src_addr: bytes, src_port: int, payload: bytes, now: float
+    ) -> bytearray:
         """An IP/UDP packet carrying a datagram from src_addr:src_port back to the app."""
         self.udp.touch(session, now)
         return build_udp(src_addr, session.client_addr, src_port, session.client_port, payload)
@@ -260,7 +277,9 @@ class SystemStack:
     def udp_unreachable(self, datagram: UdpDatagram, *, code: int | None = None) -> bytearray:
         """ICMP port unreachable for a datagram that was rejected (what a closed port says)."""
         s = datagram.session
-        original = build_udp(s.client_addr, datagram.dst_addr, s.client_port, datagram.dst_port, datagram.payload)
+        original = build_udp(
+            s.client_addr, datagram.dst_addr, s.client_port, datagram.dst_port, datagram.payload
+        )
         if code is None:
             code = 3 if s.version == 4 else 4  # port unreachable (ICMP / ICMPv6)
         return build_icmp_unreachable(original, datagram.dst_addr, code=code)
@@ -276,7 +295,8 @@ class SystemStack:
         src, dst = ip.src, ip.dst
         ip.src, ip.dst = dst, src  # a swap leaves the header sum unchanged
         icmp.type = ICMP_ECHO_REPLY
-        icmp.checksum = incremental_update(icmp.checksum, bytes((ICMP_ECHO_REQUEST, 0)), bytes((ICMP_ECHO_REPLY, 0)))
+        # adjust_checksum, not a bare RFC 1624 update: an all-zero reply must carry 0xffff.
+        icmp.adjust_checksum(_ECHO_DELTA_V4)
         ip.ttl = REPLY_HOP_LIMIT
         ip.fill_checksum()
         self.counters["icmp_echo_answered"] += 1
@@ -291,9 +311,7 @@ class SystemStack:
             return self._drop("icmp_bad_checksum")
         ip.src, ip.dst = dst, src  # the pseudo-header sum does not change with the swap
         icmp.type = ICMPV6_ECHO_REPLY
-        icmp.checksum = incremental_update(
-            icmp.checksum, bytes((ICMPV6_ECHO_REQUEST, 0)), bytes((ICMPV6_ECHO_REPLY, 0))
-        )
+        icmp.adjust_checksum(_ECHO_DELTA_V6)
         ip.hop_limit = REPLY_HOP_LIMIT
         self.counters["icmp_echo_answered"] += 1
         return ip.buf

@@ -50,16 +50,32 @@ class VnetHdr:
     @classmethod
     def parse(cls, frame: bytes | bytearray | memoryview) -> VnetHdr:
         if len(frame) < VNET_HDR_LEN:
-            raise Truncated("truncated", f"virtio_net_hdr needs {VNET_HDR_LEN} bytes, got {len(frame)}")
+            raise Truncated(
+                "truncated", f"virtio_net_hdr needs {VNET_HDR_LEN} bytes, got {len(frame)}"
+            )
         return cls(*_FORMAT.unpack_from(frame, 0))
 
     def emit(self, buf: bytearray | memoryview) -> None:
-        _FORMAT.pack_into(buf, 0, self.flags, self.gso_type, self.hdr_len, self.gso_size,
-                          self.csum_start, self.csum_offset)
+        _FORMAT.pack_into(
+            buf,
+            0,
+            self.flags,
+            self.gso_type,
+            self.hdr_len,
+            self.gso_size,
+            self.csum_start,
+            self.csum_offset,
+        )
 
     def pack(self) -> bytes:
-        return _FORMAT.pack(self.flags, self.gso_type, self.hdr_len, self.gso_size,
-                            self.csum_start, self.csum_offset)
+        return _FORMAT.pack(
+            self.flags,
+            self.gso_type,
+            self.hdr_len,
+            self.gso_size,
+            self.csum_start,
+            self.csum_offset,
+        )
 
     @property
     def needs_csum(self) -> bool:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.route.route_ns import RouteNs
+from tests.integration.route.route_ns import NETNS_TIMEOUT, RouteNs
+
+RT_SCOPE_LINK = 253  # linux/rtnetlink.h
 
 _counter = itertools.count()
 
@@ -43,6 +47,22 @@ def route_ns() -> Iterator[RouteNs]:
     name = f"ztr{os.getpid() % 100000}x{next(_counter)}"
     netns.create(name)
     try:
+        # No DAD: link-local addresses become final as soon as a link has carrier, so the
+        # kernel's own IPv6 set-up is over before the "before" snapshot is taken.
+        for conf in ("all", "default"):
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    name,
+                    "sysctl",
+                    "-qw",
+                    f"net.ipv6.conf.{conf}.accept_dad=0",
+                ],
+                check=True,
+                timeout=NETNS_TIMEOUT,
+            )
         with IPRoute(netns=name) as ipr:
             lo = ipr.link_lookup(ifname="lo")[0]
             ipr.link("set", index=lo, state="up")
@@ -59,6 +79,18 @@ def route_ns() -> Iterator[RouteNs]:
             tun = ipr.link_lookup(ifname="zt0")[0]
             ipr.link("set", index=tun, state="up")
             ipr.addr("add", index=tun, address="172.19.0.1", prefixlen=30)
+            # veth carrier comes up asynchronously (linkwatch), and with it IPv6 addrconf:
+            # wait (bounded) for both ends' link-local addresses.
+            for ifname in ("uplink0", "uplinkpeer0"):
+                index = ipr.link_lookup(ifname=ifname)[0]
+                ipr.poll(
+                    ipr.addr,
+                    "dump",
+                    timeout=NETNS_TIMEOUT,
+                    index=index,
+                    family=socket.AF_INET6,
+                    scope=RT_SCOPE_LINK,
+                )
         yield RouteNs(name)
     finally:
         netns.remove(name)

@@ -11,27 +11,32 @@ from ztun.cli import build_parser, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ztun", *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "ztun", *args], capture_output=True, text=True, timeout=30
+    )
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["run", "--proxy", "socks5://host"], "port"),
-    (["run", "--proxy", "http://h:1"], "scheme"),
-    (["run", "--proxy", "socks5://h:99999"], "port"),
-    (["run", "--address", "10.0.0.1/31"], "/31"),
-    (["run", "--address", "10.0.0.0/30"], "network or broadcast"),
-    (["run", "--address", "banana"], "banana"),
-    (["run", "--mtu", "100"], "out of range"),
-    (["run", "--mtu", "x"], "not a number"),
-    (["run", "--device", "eth0"], "tun://NAME or fd://N"),
-    (["run", "--device", "tun://a-name-much-too-long"], "1..15"),
-    (["run", "--device", "fd://x"], "descriptor"),
-    (["run", "--udp-timeout", "0"], "out of range"),
-    (["run", "--address", "10.0.0.1", "--address", "10.1.0.1"], "at most one IPv4"),
-    (["run", "--mtu", "1000"], "1280"),
-    (["run", "--loglevel", "loud"], "invalid choice"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--proxy", "socks5://host"], "port"),
+        (["run", "--proxy", "http://h:1"], "scheme"),
+        (["run", "--proxy", "socks5://h:99999"], "port"),
+        (["run", "--address", "10.0.0.1/31"], "/31"),
+        (["run", "--address", "10.0.0.0/30"], "network or broadcast"),
+        (["run", "--address", "banana"], "banana"),
+        (["run", "--mtu", "100"], "out of range"),
+        (["run", "--mtu", "x"], "not a number"),
+        (["run", "--device", "eth0"], "tun://NAME or fd://N"),
+        (["run", "--device", "tun://a-name-much-too-long"], "1..15"),
+        (["run", "--device", "fd://x"], "descriptor"),
+        (["run", "--udp-timeout", "0"], "out of range"),
+        (["run", "--address", "10.0.0.1", "--address", "10.1.0.1"], "at most one IPv4"),
+        (["run", "--mtu", "1000"], "1280"),
+        (["run", "--loglevel", "loud"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_bad_input_exits_2_and_says_what_is_wrong(args: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SystemExit) as exc:
         main(args)
@@ -43,7 +48,9 @@ def test_seed_short_flags_map_onto_run() -> None:
     parser = build_parser()
     from ztun.cli import _normalise_argv, _options
 
-    ns = parser.parse_args(_normalise_argv(["-x", "socks5://u:p@10.0.0.2:1080", "-i", "10.9.0.1", "-m", "1400", "-d"]))
+    ns = parser.parse_args(
+        _normalise_argv(["-x", "socks5://u:p@10.0.0.2:1080", "-i", "10.9.0.1", "-m", "1400", "-d"])
+    )
     opts = _options(ns, parser)
     assert ns.command == "run" and ns.debug
     assert opts.proxy == "socks5://u:p@10.0.0.2:1080"
@@ -54,9 +61,26 @@ def test_seed_short_flags_map_onto_run() -> None:
 def test_help_documents_every_run_flag() -> None:
     out = run_cli("run", "--help")
     assert out.returncode == 0
-    for flag in ("--device", "--proxy", "-x", "--udp-proxy", "--address", "-i", "--tun-ip", "--mtu", "-m",
-                 "--tun-mtu", "--udp-timeout", "--connect-timeout", "--netns", "--fwmark", "--interface",
-                 "--loglevel", "--debug", "-d"):
+    for flag in (
+        "--device",
+        "--proxy",
+        "-x",
+        "--udp-proxy",
+        "--address",
+        "-i",
+        "--tun-ip",
+        "--mtu",
+        "-m",
+        "--tun-mtu",
+        "--udp-timeout",
+        "--connect-timeout",
+        "--netns",
+        "--fwmark",
+        "--interface",
+        "--loglevel",
+        "--debug",
+        "-d",
+    ):
         assert flag in out.stdout, flag
 
 

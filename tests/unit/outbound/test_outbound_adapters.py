@@ -26,6 +26,7 @@ from ztun.outbound import (
     ProxyRefused,
     ProxyTimeout,
     ProxyUnreachable,
+    ProxyURL,
     Rejected,
     RejectOutbound,
     Socks5Outbound,
@@ -205,6 +206,12 @@ def test_proxy_port_closed_is_unreachable() -> None:
             ProxyUnreachable, match=f"proxy {LOOPBACK}:{port}: [Cc]onnection refused"
         ):
             run(outbound.open_tcp(Target(TEST_NET, 80)))
+
+
+def test_credentials_too_long_for_rfc1929_fail_at_construction() -> None:
+    url = ProxyURL("socks5", LOOPBACK, 1080, "u" * 300, "p")
+    with pytest.raises(ValueError, match="username must be 1 to 255 bytes"):
+        Socks5Outbound(url)
 
 
 def test_unknown_interface_is_a_configuration_error() -> None:

@@ -37,7 +37,9 @@ LISTEN4, LISTEN6 = 40001, 40002
 
 @pytest.fixture
 def stack() -> SystemStack:
-    return SystemStack(inet4=INET4, inet6=INET6, listen_port4=LISTEN4, listen_port6=LISTEN6, udp_timeout=60.0)
+    return SystemStack(
+        inet4=INET4, inet6=INET6, listen_port4=LISTEN4, listen_port6=LISTEN6, udp_timeout=60.0
+    )
 
 
 def feed(stack: SystemStack, packet: bytes | bytearray, now: float = 0.0):  # type: ignore[no-untyped-def]
@@ -52,7 +54,9 @@ def tcp_of(packet) -> tuple:  # type: ignore[no-untyped-def]
     else:
         _, off = ip.upper_layer()
         seg = TcpPacket.checked(ip.buf[off:])
-    assert seg.verify_checksum(ip.src, ip.dst), "transport checksum must stay valid after the rewrite"
+    assert seg.verify_checksum(ip.src, ip.dst), (
+        "transport checksum must stay valid after the rewrite"
+    )
     return ip, seg
 
 
@@ -64,12 +68,19 @@ def test_hairpin_peer_is_next_address_in_prefix() -> None:
         hairpin_peer(ipaddress.IPv4Interface("10.0.0.1/32"))
 
 
-@pytest.mark.parametrize(("app", "dst", "server", "peer", "listen"), [
-    (APP4, DST4, SERVER4, PEER4, LISTEN4),
-    (APP6, DST6, SERVER6, PEER6, LISTEN6),
-])
-def test_tcp_flow_is_rewritten_onto_the_hairpin_and_back(stack, app, dst, server, peer, listen) -> None:  # type: ignore[no-untyped-def]
-    syn = build_tcp(app, dst, 51000, 443, seq=1000, flags=SYN, options=TcpOptions(mss=1460, window_scale=7))
+@pytest.mark.parametrize(
+    ("app", "dst", "server", "peer", "listen"),
+    [
+        (APP4, DST4, SERVER4, PEER4, LISTEN4),
+        (APP6, DST6, SERVER6, PEER6, LISTEN6),
+    ],
+)
+def test_tcp_flow_is_rewritten_onto_the_hairpin_and_back(
+    stack, app, dst, server, peer, listen
+) -> None:  # type: ignore[no-untyped-def]
+    syn = build_tcp(
+        app, dst, 51000, 443, seq=1000, flags=SYN, options=TcpOptions(mss=1460, window_scale=7)
+    )
     out = feed(stack, syn)
     ip, seg = tcp_of(out)
     assert (ipaddress.ip_address(ip.src), ipaddress.ip_address(ip.dst)) == (peer, server)
@@ -130,13 +141,21 @@ def test_port_reuse_after_close_opens_a_new_mapping(stack) -> None:  # type: ign
 def test_udp_datagram_becomes_event_and_reply_is_built(stack) -> None:  # type: ignore[no-untyped-def]
     event = feed(stack, build_udp(APP4, DST4, 40000, 53, b"query"), now=5.0)
     assert isinstance(event, UdpDatagram)
-    assert (ipaddress.ip_address(event.dst_addr), event.dst_port, event.payload) == (DST4, 53, b"query")
+    assert (ipaddress.ip_address(event.dst_addr), event.dst_port, event.payload) == (
+        DST4,
+        53,
+        b"query",
+    )
     again = feed(stack, build_udp(APP4, DST4, 40000, 54, b"x"), now=6.0)
     assert again.session is event.session  # full cone: one session per source
     reply = stack.udp_reply(event.session, DST4.packed, 53, b"answer", now=7.0)
     ip = parse_ip(reply)
     udp = UdpPacket.checked(ip.payload)
-    assert (ipaddress.ip_address(ip.dst), udp.dst_port, bytes(udp.payload)) == (APP4, 40000, b"answer")
+    assert (ipaddress.ip_address(ip.dst), udp.dst_port, bytes(udp.payload)) == (
+        APP4,
+        40000,
+        b"answer",
+    )
     assert udp.verify_checksum(ip.src, ip.dst)
     assert stack.on_timer(66.0) == []  # the reply kept it alive
     assert [type(e) for e in stack.on_timer(67.1)] == [UdpSessionExpired]
@@ -166,11 +185,14 @@ def test_ping_is_answered_in_place_v4_and_v6(stack) -> None:  # type: ignore[no-
     assert ipaddress.ip_address(ip6.src) == DST6
 
 
-@pytest.mark.parametrize(("packet", "reason"), [
-    (b"", "malformed_truncated"),
-    (b"\x45\x00\x00", "malformed_truncated"),
-    (b"\x75" + b"\x00" * 39, "malformed_bad_version"),
-])
+@pytest.mark.parametrize(
+    ("packet", "reason"),
+    [
+        (b"", "malformed_truncated"),
+        (b"\x45\x00\x00", "malformed_truncated"),
+        (b"\x75" + b"\x00" * 39, "malformed_bad_version"),
+    ],
+)
 def test_garbage_is_counted_and_dropped(stack, packet, reason) -> None:  # type: ignore[no-untyped-def]
     assert feed(stack, packet) is None
     assert stack.counters[reason] == 1
@@ -185,7 +207,9 @@ def test_truncated_tcp_header_is_counted(stack) -> None:  # type: ignore[no-unty
 
 
 def test_multicast_and_unknown_protocols_are_dropped(stack) -> None:  # type: ignore[no-untyped-def]
-    assert feed(stack, build_udp(APP4, ipaddress.IPv4Address("224.0.0.251"), 5353, 5353, b"m")) is None
+    assert (
+        feed(stack, build_udp(APP4, ipaddress.IPv4Address("224.0.0.251"), 5353, 5353, b"m")) is None
+    )
     gre = bytearray(build_udp(APP4, DST4, 1, 2, b""))
     ip = Ipv4Packet.checked(gre)
     gre[9] = 47

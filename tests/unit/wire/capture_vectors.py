@@ -14,6 +14,9 @@ An AF_PACKET socket rather than tcpdump: the kernel queues each packet to it bef
 the protocol handler runs, so once a reply has been received its packets are in the
 queue -- no "stop tcpdump and hope it flushed" race.  Both namespaces are deleted in
 a ``finally``.  Not a test: pytest does not collect it.
+
+Regenerating changes ISNs, ports, IP IDs and hence checksums: ``test_syn_fields`` in
+test_wire_ipv4.py asserts two literal values of the committed capture; update them.
 """
 
 from __future__ import annotations
