@@ -36,6 +36,7 @@ import pytest
 
 from harness.hosts.base import Host
 from harness.hosts.netns import NetnsError, create_netns, remove_netns
+from harness.owners import release_owner
 from harness.proc import run_local
 
 __all__ = [
@@ -157,6 +158,7 @@ def netem_support() -> NetemSupport:
         )
     finally:
         remove_netns(PROBE_NETNS)
+        release_owner(PROBE_NETNS.split("-", 1)[0] + "-")
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Ownership.  Every pytest process (each xdist worker, or the single process) names
 everything it creates under its own *owner prefix* (``zt<session><worker>-``, see
-harness.topo) and records ``<prefix>.owner`` (pid and start time) in :data:`OWNER_DIR`.
+harness.topo) and records its pid and start time for that prefix (harness.owners).
 So:
 
 * the leak check at session end looks only at its own prefix -- two workers, or two
@@ -24,8 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.hosts.netns import NetnsError, list_netns, netns_pids, remove_netns
+from harness.owners import (
+    NAME_PREFIX,
+    OWNER_DIR,
+    claim_owner,
+    known_owners,
+    owner_alive,
+    owner_prefix,
+    release_owner,
+)
 from harness.proc import live_processes, run_local
-from harness.topo import NAME_PREFIX
 
 __all__ = [
     "OWNER_DIR",
@@ -40,50 +48,6 @@ __all__ = [
     "owner_prefix",
     "release_owner",
 ]
-
-OWNER_DIR = Path("/run/ztun-harness")
-"""tmpfs: owner records vanish on reboot, like the namespaces they describe."""
-
-
-# --------------------------------------------------------------------------- owners
-
-
-def _start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat: distinguishes a live owner from a reused pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def owner_prefix(name: str) -> str | None:
-    """``zt4f2am-000-client`` / ``zt4f2am-0000a`` -> ``zt4f2am-``; None if not ours."""
-    if not name.startswith(NAME_PREFIX) or "-" not in name:
-        return None
-    return name.split("-", 1)[0] + "-"
-
-
-def claim_owner(prefix: str) -> None:
-    OWNER_DIR.mkdir(parents=True, exist_ok=True)
-    pid = os.getpid()
-    (OWNER_DIR / f"{prefix}owner").write_text(f"{pid} {_start_time(pid)}\n")
-
-
-def release_owner(prefix: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        (OWNER_DIR / f"{prefix}owner").unlink()
-
-
-def owner_alive(prefix: str) -> bool:
-    """True if the process that claimed ``prefix`` still runs (same pid, same start)."""
-    try:
-        pid_text, start = (OWNER_DIR / f"{prefix}owner").read_text().split()
-    except (OSError, ValueError):
-        return False
-    pid = int(pid_text)
-    return pid == os.getpid() or _start_time(pid) == start
-
 
 # --------------------------------------------------------------------------- root snapshot
 
@@ -288,6 +252,10 @@ def cleanup(
     if not dry_run:
         for owner, alive in owners.items():
             if not alive or force:
+                release_owner(owner)
+        # Records of dead runs that left nothing behind.
+        for owner in known_owners():
+            if owner.startswith(prefix) and owner not in owners and not owner_alive(owner):
                 release_owner(owner)
     return report
 

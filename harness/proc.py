@@ -125,10 +125,8 @@ def run_local(
         _killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
-    finally:
-        # A grandchild that kept running in the group is killed with its parent.
-        if proc.returncode is not None:
-            _killpg(proc.pid, signal.SIGKILL)
+    # A command that exited normally may have started a daemon on purpose (dnsmasq,
+    # danted -D): it is left running; Host.close() kills whatever remains inside.
     return CmdResult(
         shown, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
     )

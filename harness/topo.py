@@ -34,6 +34,7 @@ from types import TracebackType
 
 from harness.defer import DeferStack
 from harness.hosts.netns import NetnsHost
+from harness.owners import NAME_PREFIX
 
 __all__ = [
     "IFNAMSIZ_MAX",
@@ -48,9 +49,6 @@ __all__ = [
     "TopologySpec",
     "client_proxy_server",
 ]
-
-NAME_PREFIX = "zt"
-"""Every namespace/link the harness creates starts with this (and nothing else of ours does)."""
 
 IFNAMSIZ_MAX = 15
 """Longest interface name Linux accepts (IFNAMSIZ is 16 including the NUL)."""
@@ -109,7 +107,6 @@ class Namer:
         self.worker = worker_tag(worker_id)
         self.prefix = f"{NAME_PREFIX}{self.session_tag}{self.worker}-"
         self._counter = 0
-        self._claimed = False
         self._lock = threading.Lock()
 
     @property
@@ -118,14 +115,7 @@ class Namer:
         return f"{NAME_PREFIX}{self.session_tag}"
 
     def scope(self) -> NameScope:
-        """A fresh scope; the first one records this process as the prefix's owner."""
         with self._lock:
-            if not self._claimed:
-                # Late import: hygiene imports this module.
-                from harness.hygiene import claim_owner
-
-                claim_owner(self.prefix)
-                self._claimed = True
             counter = self._counter
             self._counter = (self._counter + 1) % _COUNTER_SPACE
         return NameScope(self.prefix, _base36(counter, COUNTER_DIGITS))

@@ -50,6 +50,7 @@ from harness.hosts.base import (
     TcpListening,
     UdpListening,
 )
+from harness.owners import claim_owner, owner_prefix
 from harness.proc import PROBE_INTERVAL_MAX, PROBE_INTERVAL_MIN, LocalProcess, run_local
 
 if TYPE_CHECKING:
@@ -165,6 +166,10 @@ def create_netns(name: str) -> None:
         raise NetnsError(
             f"namespace {name!r} already exists (leftover? `python -m harness cleanup`)"
         )
+
+    prefix = owner_prefix(name)
+    if prefix is not None:
+        claim_owner(prefix)  # before creating: a crash in between leaves a claimed name
 
     def unshare_and_attach() -> None:
         if _libc.unshare(CLONE_NEWNET) != 0:

@@ -189,10 +189,12 @@ def test_close_kills_untracked_processes_and_verifies(
     h = NetnsHost(state(request.config).namer.scope().netns("x"), log_dir=artifacts.dir / "x")
     # A daemon the host did not spawn (double fork, own session): only `ip netns pids`
     # finds it.
-    h.run(["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 < /dev/null &"], check=True)
-    pids = netns_pids(h.name)
-    assert pids
-    h.close()
+    try:
+        h.run(["setsid", "-f", "sleep", "300"], check=True)
+        pids = netns_pids(h.name)
+        assert pids
+    finally:
+        h.close()
     assert not Path(f"/run/netns/{h.name}").exists()
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()

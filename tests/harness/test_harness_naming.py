@@ -47,6 +47,21 @@ def test_workers_and_sessions_never_share_a_prefix() -> None:
         assert not any(b != a and b.startswith(a) for b in prefixes)
 
 
+@pytest.mark.parametrize(
+    ("name", "owner"),
+    [
+        ("zt4f2am-000-client", "zt4f2am-"),
+        ("zt4f2aw12-0000a", "zt4f2aw12-"),
+        ("ztprobe123-netem", "ztprobe123-"),
+        ("ztbench-24247-p", None),  # another tool's name: never ours to remove
+        ("zsbc", None),
+        ("zt4F2am-000-client", None),
+    ],
+)
+def test_owner_prefix_only_matches_our_names(name: str, owner: str | None) -> None:
+    assert owner_prefix(name) == owner
+
+
 def test_default_spec_matches_the_contract() -> None:
     spec = client_proxy_server()
     assert [h.name for h in spec.hosts] == ["client", "proxy", "server"]

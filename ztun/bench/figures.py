@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import selectors
 import socket
 import time
@@ -30,6 +31,8 @@ HELD_CONCURRENCY = 256  # connects in flight while opening idle connections
 HELD_SETTLE_TIMEOUT = 30.0  # for the holder to see every connection the client opened
 HELD_NOMINAL_RATE = 2000.0  # idle connections opened per second, roughly, through a tun2socks
 CONN_TIMEOUT, CONN_NOMINAL = 90.0, 8.0  # ab: bound, and its usual length through danted
+FD_MARGIN = 300  # descriptors a process needs besides its connections
+HELD_COUNTS_MAX = (10000,)
 START_SLACK = 10.0  # seconds to restart a system (rss) before the load begins
 
 
@@ -215,12 +218,22 @@ def _open_idle(client_ns: str, count: int, deadline: float) -> list[socket.socke
     return opened
 
 
+def held_cap() -> int:
+    """How many idle connections the fd limit allows: the tun2socks (and the holding proxy)
+    spend two descriptors per connection, and the hard RLIMIT_NOFILE here is 20,000."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return max(HELD_COUNTS_MAX)
+    return (hard - FD_MARGIN) // 2
+
+
 def rss(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
     """The tun2socks's memory idle and with N idle connections held end to end.
 
     The system is restarted against sing-box's socks inbound (danted forks a worker per few
     clients and would need ~1,000 processes for 10,000 connections); every system gets the
-    same holding proxy. A connection counts once the holder in the server accepted it.
+    same holding proxy. A connection counts once it sits in the holder's accept queue.
+    Keys name the count asked for; `held_max_conns` says how many the fd limit allowed.
     """
     if system.pid is None:
         raise NotApplicable("no tun2socks process")
@@ -229,21 +242,29 @@ def rss(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
     system.start(tcp_port=SOCKS_UDP_PORT)
     pid = system.pid
     assert pid is not None
-    out = {"idle_mib": procstat.rss_bytes(pid) / procstat.MIB}
+    idle = procstat.rss_bytes(pid)
+    out = {"idle_mib": idle / procstat.MIB}
     holder = ctx.holder
     holder.release()
     held: list[socket.socket] = []
     try:
-        for count in ctx.durations.held_counts:
+        for asked in ctx.durations.held_counts:
+            count = min(asked, held_cap())
             open_deadline = min(deadline, time.monotonic() + ctx.durations.held_open_seconds)
             held += _open_idle(ctx.env.topo.client, count - len(held), open_deadline)
-            await_condition(
-                lambda n=count: holder.count >= n,  # type: ignore[misc]
-                min(HELD_SETTLE_TIMEOUT, max(1.0, deadline - time.monotonic())),
-                f"the holder to see {count} connections (has {holder.count})",
-            )
+            try:
+                await_condition(
+                    lambda n=count: holder.count >= n,  # type: ignore[misc]
+                    min(HELD_SETTLE_TIMEOUT, max(1.0, deadline - time.monotonic())),
+                    f"the holder to see {count} connections",
+                )
+            except BenchError as exc:
+                raise BenchError(f"{exc} (it has {holder.count})") from None
             system.check_alive()
-            out[f"held_{count}_mib"] = procstat.rss_bytes(pid) / procstat.MIB
+            rss_now = procstat.rss_bytes(pid)
+            out[f"held_{asked}_mib"] = rss_now / procstat.MIB
+            out["held_max_conns"] = float(count)
+            out["kib_per_conn"] = (rss_now - idle) / count / 1024
     finally:
         for sock in held:
             with contextlib.suppress(OSError):

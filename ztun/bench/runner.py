@@ -20,14 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any, TextIO
 
 from . import report
 from .figures import FIGURES, Ctx, NotApplicable, nominal_seconds, timeout_for
 from .options import BenchOptions
-from .proc import BenchError, stop_all
+from .proc import BenchError
 from .report import RunRecord
 from .servers import Holder, Servers, sing_box_path
 from .systems import Env, System, make_system
@@ -96,17 +96,37 @@ def _raise_nofile() -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the defer stack removes the namespaces either way."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the defer stack removes the namespaces either way.
+
+    Only in this process: pyroute2 forks helper children (NetNS, netns.create) that inherit
+    Python's handlers and are stopped with SIGTERM; a child that unwound our stack would run
+    our teardown and delete the namespaces under the live bench. Children exit at once.
+    """
+    owner = os.getpid()
 
     def handler(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _owner_only(fn: Callable[[], object]) -> Callable[[], None]:
+    """A teardown step that does nothing in a forked child (second line of the same defence)."""
+    owner = os.getpid()
+
+    def guarded() -> None:
+        if os.getpid() == owner:
+            fn()
+
+    return guarded
 
 
 def _versions() -> dict[str, str]:
@@ -244,61 +264,69 @@ def _run_system(
         system.stop()
 
 
+def _measure(
+    opts: BenchOptions, deadline: float, progress: Progress, runs: list[RunRecord], err: TextIO
+) -> None:
+    """Build, start, run every figure, tear down: the defer stack undoes each step in reverse."""
+    with contextlib.ExitStack() as defer:
+        workdir = tempfile.mkdtemp(prefix="ztbench-")
+        defer.callback(_owner_only(lambda: shutil.rmtree(workdir, ignore_errors=True)))
+        topo = new_topology()
+
+        def remove_namespaces() -> None:
+            left = topo.teardown()
+            if left:
+                print(f"ztun bench: could not remove {left}; run `ztun cleanup`", file=err)
+
+        defer.callback(_owner_only(remove_namespaces))
+        progress.status("building namespaces and starting servers")
+        topo.build()
+        servers = Servers(topo, workdir)
+        defer.callback(_owner_only(servers.stop))
+        servers.start()
+        holder = Holder(topo.server)
+        defer.callback(_owner_only(holder.close))
+        env = Env(topo, workdir)
+        ctx = Ctx(env, servers, holder, opts.durations)
+        systems = [make_system(name, env) for name in opts.systems]
+        for rep in range(1, opts.reps + 1):
+            shift = (rep - 1) % len(systems)
+            for system in systems[shift:] + systems[:shift]:
+                _run_system(ctx, system, rep, opts.tests, deadline, progress, runs)
+
+
 def run_bench(opts: BenchOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run the bench; 0 when it ran (failed figures are in the table and JSON), 1 when it
+    could not (not root, a tool missing, the servers would not start), 130 on Ctrl-C."""
     if not _preflight(opts, err):
         return 1
     _raise_nofile()
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     started = time.monotonic()
-    deadline = started + opts.time_limit
     runs: list[RunRecord] = []
-    interrupted = False
+    interrupted = failed_setup = False
     environment = _environment()
     progress = Progress(opts.reps * len(opts.systems) * len(opts.tests), err)
     print(
-        f"ztun bench: {len(opts.systems)} systems x {len(opts.tests)} figures x {opts.reps} rep(s), "
-        f"time limit {opts.time_limit:g}s",
+        f"ztun bench: {len(opts.systems)} systems x {len(opts.tests)} figures x {opts.reps} "
+        f"rep(s), time limit {opts.time_limit:g}s",
         file=err,
         flush=True,
     )
     try:
-        with (
-            _sigterm_as_interrupt(),
-            tempfile.TemporaryDirectory(prefix="ztbench-") as workdir,
-            contextlib.ExitStack() as defer,
-        ):
-            topo = new_topology()
-
-            def remove_namespaces() -> None:
-                left = topo.teardown()
-                if left:
-                    print(f"ztun bench: could not remove {left}; run `ztun cleanup`", file=err)
-
-            defer.callback(remove_namespaces)
-            progress.status("building namespaces and starting servers")
-            topo.build()
-            servers = Servers(topo, workdir)
-            defer.callback(servers.stop)
-            servers.start()
-            holder = Holder(topo.server)
-            defer.callback(holder.close)
-            env = Env(topo, workdir)
-            ctx = Ctx(env, servers, holder, opts.durations)
-            systems = [make_system(name, env) for name in opts.systems]
-            for rep in range(1, opts.reps + 1):
-                shift = (rep - 1) % len(systems)
-                for system in systems[shift:] + systems[:shift]:
-                    _run_system(ctx, system, rep, opts.tests, deadline, progress, runs)
+        with _signals_as_interrupt():
+            _measure(opts, started + opts.time_limit, progress, runs, err)
     except KeyboardInterrupt:
         interrupted = True
         print(
             "\nztun bench: interrupted; namespaces removed; reporting what was measured", file=err
         )
-    except BenchError as exc:
-        print(f"\nztun bench: {exc}", file=err)
-        return 1
+    except (BenchError, OSError) as exc:
+        failed_setup = True
+        print(f"\nztun bench: {type(exc).__name__}: {exc}", file=err)
     elapsed = time.monotonic() - started
-    complete = not interrupted and not any(r.skipped or r.error for r in runs)
+    environment["loadavg_at_end"] = list(os.getloadavg())
+    complete = not (interrupted or failed_setup) and not any(r.skipped or r.error for r in runs)
     options = {**asdict(opts), "durations": asdict(opts.durations)}
     doc = report.document(
         runs,
@@ -321,4 +349,6 @@ def run_bench(opts: BenchOptions, out: TextIO = sys.stdout, err: TextIO = sys.st
     if opts.png_path:
         why_not = report.write_png(doc, opts.png_path)
         print(f"wrote {opts.png_path}" if why_not is None else f"no PNG: {why_not}", file=out)
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    return 1 if failed_setup else 0

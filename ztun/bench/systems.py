@@ -4,8 +4,8 @@
 forwarding (the physical limit), the second is an app speaking SOCKS5 itself to the same
 danted (through proxychains4's LD_PRELOAD, which does the handshake in C inside connect()
 and then leaves the socket to the app, so the data path is the app's own). The tun2socks
-systems (ztun, sing-box with its three stacks) own a TUN that the client's default route
-points into, and relay through danted for TCP and sing-box's socks inbound for UDP.
+systems (ztun, sing-box with its three stacks) own a TUN that two /1 routes in the client
+point into, and relay through danted for TCP and sing-box's socks inbound for UDP.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class System:
         if self.proc:
             self.proc.stop()
             self.proc = None
-        self.env.topo.route_default()
+        self.env.topo.route_into(None)
 
     def check_alive(self) -> None:
         if self.proc and not self.proc.alive():
@@ -99,7 +99,6 @@ class System:
 class Direct(System):
     def start(self, *, tcp_port: int = DANTED_PORT) -> None:
         self.env.topo.set_forwarding(True)
-        self.env.topo.route_default(via=PROXY_C_V4)
         self.probe()
 
     def stop(self) -> None:
@@ -147,7 +146,7 @@ class Ztun(System):
             ready=log_has(r"ztun ready"),
             timeout=START_TIMEOUT,
         )
-        env.topo.route_default(dev=TUN_NAME)
+        env.topo.route_into(TUN_NAME)
         self.probe()
 
 
@@ -190,7 +189,10 @@ class SingBox(System):
                     "network": "udp",
                 },
             ],
-            "route": {"rules": [{"network": "udp", "outbound": "socks-udp"}], "final": "socks-tcp"},
+            "route": {
+                "rules": [{"network": "udp", "outbound": "socks-udp"}],
+                "final": "socks-tcp",
+            },
         }
 
     def start(self, *, tcp_port: int = DANTED_PORT) -> None:
@@ -206,7 +208,7 @@ class SingBox(System):
             ready=link_exists(env.topo.client, TUN_NAME),
             timeout=START_TIMEOUT,
         )
-        env.topo.route_default(dev=TUN_NAME)
+        env.topo.route_into(TUN_NAME)
         self.probe()
 
 

@@ -20,6 +20,7 @@ CLIENT_V4, PROXY_C_V4 = "10.210.0.1", "10.210.0.2"
 PROXY_S_V4, SERVER_V4 = "10.211.0.1", "10.211.0.2"
 CLIENT_NET, SERVER_NET = "10.210.0.0/24", "10.211.0.0/24"
 SYSCTL_TIMEOUT = 10.0
+DEF1 = ("0.0.0.0/1", "128.0.0.0/1")
 
 # Tuned in every namespace: thousands of short connections (ab) and 10,000 held ones must
 # not run out of ephemeral ports or accept-queue slots, which would measure the knob, not
@@ -71,28 +72,27 @@ class Topology:
             [f"{PROXY_S_V4}/24"],
             [f"{SERVER_V4}/24"],
         )
-        # The way back for `direct`; without forwarding in the proxy it carries nothing.
-        run(
-            self.server,
-            ["ip", "route", "add", CLIENT_NET, "via", PROXY_S_V4],
-            timeout=SYSCTL_TIMEOUT,
-        )
+        # The default route and the way back, for `direct`: without forwarding in the proxy
+        # they carry nothing, so every other system reaches the server only through SOCKS5.
+        run(self.client, ["ip", "route", "add", "default", "via", PROXY_C_V4], timeout=SYSCTL_TIMEOUT)
+        run(self.server, ["ip", "route", "add", CLIENT_NET, "via", PROXY_S_V4], timeout=SYSCTL_TIMEOUT)
 
     def set_forwarding(self, on: bool) -> None:
         sysctl(self.proxy, {"net.ipv4.ip_forward": "1" if on else "0"})
 
-    def route_default(self, *, via: str | None = None, dev: str | None = None) -> None:
-        """Point the client's default route at the proxy (`direct`) or a TUN; None removes it."""
-        if via is None and dev is None:
-            run(
-                self.client,
-                ["ip", "route", "flush", "exact", "0.0.0.0/0"],
-                timeout=SYSCTL_TIMEOUT,
-                check=False,
-            )
-            return
-        target = ["via", via] if via else ["dev", dev or ""]
-        run(self.client, ["ip", "route", "replace", "default", *target], timeout=SYSCTL_TIMEOUT)
+    def route_into(self, dev: str | None) -> None:
+        """Send everything into a TUN with two /1 routes (wg-quick's and OpenVPN's def1 trick),
+        or take them away (None).
+
+        The default route stays on the veth: sing-box watches the default route and resets
+        its connections when it moves (with auto_route off it logs "updated default
+        interface" and the first iperf3 run dies), and a real machine keeps its default
+        route while a tun2socks runs. The proxy is on-link (a /24), so it stays outside."""
+        for half in DEF1:
+            if dev:
+                run(self.client, ["ip", "route", "replace", half, "dev", dev], timeout=SYSCTL_TIMEOUT)
+            else:
+                run(self.client, ["ip", "route", "del", half], timeout=SYSCTL_TIMEOUT, check=False)
 
     def teardown(self) -> list[str]:
         """Remove every namespace (killing what runs inside); returns any that survived."""

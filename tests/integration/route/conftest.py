@@ -11,12 +11,15 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.integration.route.route_ns import NETNS_TIMEOUT, RouteNs
 
 RT_SCOPE_LINK = 253  # linux/rtnetlink.h
+TABLE_LOCAL = 255
+IFA_F_TENTATIVE = 0x40  # linux/if_addr.h
 
 _counter = itertools.count()
 
@@ -35,6 +38,39 @@ def _skip_reason() -> str | None:
     except ImportError:
         return "pyroute2 not installed"
     return None
+
+
+def _wait_ipv6_settled(ipr: Any, index: int) -> None:
+    """Wait (bounded) until the kernel's own IPv6 set-up of a veth end is over.
+
+    veth carrier comes up asynchronously (linkwatch), then addrconf adds the link-local
+    address, clears its tentative flag from a work queue and only then inserts its local
+    route: the last step is what must be seen before a "before" snapshot is taken.
+    """
+
+    def settled(command: str, **spec: Any) -> list[Any]:
+        return [
+            a
+            for a in ipr.addr(command, **spec)
+            if not (a.get_attr("IFA_FLAGS") or a["flags"]) & IFA_F_TENTATIVE
+        ]
+
+    (addr,) = ipr.poll(
+        settled,
+        "dump",
+        timeout=NETNS_TIMEOUT,
+        index=index,
+        family=socket.AF_INET6,
+        scope=RT_SCOPE_LINK,
+    )
+    ipr.poll(
+        ipr.route,
+        "dump",
+        timeout=NETNS_TIMEOUT,
+        family=socket.AF_INET6,
+        table=TABLE_LOCAL,
+        dst=addr.get_attr("IFA_ADDRESS"),
+    )
 
 
 @pytest.fixture
@@ -79,18 +115,8 @@ def route_ns() -> Iterator[RouteNs]:
             tun = ipr.link_lookup(ifname="zt0")[0]
             ipr.link("set", index=tun, state="up")
             ipr.addr("add", index=tun, address="172.19.0.1", prefixlen=30)
-            # veth carrier comes up asynchronously (linkwatch), and with it IPv6 addrconf:
-            # wait (bounded) for both ends' link-local addresses.
             for ifname in ("uplink0", "uplinkpeer0"):
-                index = ipr.link_lookup(ifname=ifname)[0]
-                ipr.poll(
-                    ipr.addr,
-                    "dump",
-                    timeout=NETNS_TIMEOUT,
-                    index=index,
-                    family=socket.AF_INET6,
-                    scope=RT_SCOPE_LINK,
-                )
+                _wait_ipv6_settled(ipr, ipr.link_lookup(ifname=ifname)[0])
         yield RouteNs(name)
     finally:
         netns.remove(name)
