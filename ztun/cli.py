@@ -9,10 +9,8 @@ is `ztun run ...`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -21,11 +19,12 @@ from . import __version__
 from .options import DEFAULT_INET4, DEFAULT_INET6, RunOptions
 
 if TYPE_CHECKING:
-    from .tun import Device
+    pass
 
 log = logging.getLogger("ztun")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_PROXY = "socks5://127.0.0.1:1080"
 SUBCOMMANDS = ("run", "demo", "cleanup", "bench")
 
 
@@ -51,6 +50,13 @@ def _cidr(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
             f"{text}: the network or broadcast address cannot be the TUN's"
         )
     return iface
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a CIDR ({exc})") from None
 
 
 def _bounded(kind: type, low: float, high: float, what: str):  # type: ignore[no-untyped-def]
@@ -111,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--device",
         type=_device_url,
-        default="tun://ztun0",
+        default=None,
         metavar="URL",
         help="tun://NAME creates a TUN (default tun://ztun0); fd://N adopts an open TUN descriptor",
     )
@@ -119,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-x",
         "--proxy",
         type=_proxy_url,
-        default="socks5://127.0.0.1:1080",
+        default=None,
         metavar="URL",
         help="socks5://[user:pass@]host:port (or socks5h://, direct://, reject://); "
-        "default %(default)s",
+        f"default {DEFAULT_PROXY}",
     )
     run.add_argument(
         "--udp-proxy",
@@ -149,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mtu",
         dest="mtu",
         type=_bounded(int, 576, 65535, "MTU"),
-        default=1500,
+        default=None,
         metavar="N",
-        help="TUN MTU (default %(default)s)",
+        help="TUN MTU (default 1500)",
     )
     run.add_argument(
         "--udp-timeout",
@@ -194,6 +200,52 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("splice", "copy"),
         default="splice",
         help="how TCP bytes move between sockets: splice(2) through a pipe (default) or recv/send",
+    )
+    routing = run.add_argument_group("routing, DNS and rules")
+    routing.add_argument("--config", metavar="FILE", help="TOML config (flags override it)")
+    routing.add_argument(
+        "--auto-route",
+        action="store_true",
+        default=None,
+        help="route everything into the TUN (policy routing; restored on exit and after a crash)",
+    )
+    routing.add_argument(
+        "--strict-route",
+        action="store_true",
+        default=None,
+        help="with --auto-route: block what would bypass the TUN instead of leaking it",
+    )
+    routing.add_argument(
+        "--include",
+        action="append",
+        type=_network,
+        metavar="CIDR",
+        help="with --auto-route: route only these into the TUN (repeatable)",
+    )
+    routing.add_argument(
+        "--exclude",
+        action="append",
+        type=_network,
+        metavar="CIDR",
+        help="with --auto-route: never route these into the TUN (repeatable)",
+    )
+    routing.add_argument(
+        "--dns",
+        choices=("off", "hijack", "fake-ip", "remote"),
+        default=None,
+        help="DNS to port 53: off (carried like any UDP), hijack (answered by ztun via the "
+        "destination over TCP through the proxy), fake-ip (answered from a fake pool; the "
+        "proxy resolves), remote (sent to --dns-upstream over TCP through the proxy)",
+    )
+    routing.add_argument(
+        "--dns-upstream", metavar="HOST:PORT", help="resolver for --dns remote (e.g. 1.1.1.1:53)"
+    )
+    routing.add_argument(
+        "--no-sniff",
+        dest="sniff",
+        action="store_false",
+        default=None,
+        help="do not read TLS SNI / HTTP Host from a flow's first bytes",
     )
     _add_logging(run)
 
@@ -242,29 +294,75 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
     return args
 
 
+def _overrides(ns: argparse.Namespace) -> dict[str, object]:
+    """Flags given on the command line, as dotted config keys (a flag beats the file)."""
+    given: dict[str, object] = {}
+    if ns.device is not None and ns.device.startswith("tun://"):
+        given["device"] = ns.device
+    if ns.addresses:
+        given["addresses"] = [str(a) for a in ns.addresses]
+    if ns.mtu is not None:
+        given["mtu"] = ns.mtu
+    if ns.bind_interface is not None:
+        given["interface"] = ns.bind_interface
+    for key, value in (
+        ("route.auto", ns.auto_route),
+        ("route.strict", ns.strict_route),
+        ("route.include", ns.include),
+        ("route.exclude", ns.exclude),
+        ("dns.mode", ns.dns),
+        ("dns.upstream", ns.dns_upstream),
+        ("sniff.enabled", ns.sniff),
+    ):
+        if value is not None:
+            given[key] = value
+    return given
+
+
 def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOptions:
-    addresses = tuple(ns.addresses) if ns.addresses else (DEFAULT_INET4, DEFAULT_INET6)
+    from .rules import ConfigError, load_config
+
+    try:
+        config = load_config(ns.config, _overrides(ns))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    addresses = tuple(config.addresses)
     v4 = [a for a in addresses if a.version == 4]
     v6 = [a for a in addresses if a.version == 6]
     if len(v4) > 1 or len(v6) > 1:
         parser.error("give at most one IPv4 and one IPv6 --address")
-    if v6 and ns.mtu < 1280:
+    for iface in addresses:
+        try:
+            _cidr(str(iface))
+        except argparse.ArgumentTypeError as exc:
+            parser.error(str(exc))
+    mtu = config.mtu
+    if v6 and mtu < 1280:
         parser.error(
-            f"MTU {ns.mtu} is below IPv6's minimum of 1280; raise it or give only an IPv4 --address"
+            f"MTU {mtu} is below IPv6's minimum of 1280; raise it or give only an IPv4 --address"
         )
+    device = ns.device or config.device
+    if config.route.auto and not device.startswith("tun://"):
+        parser.error(
+            "--auto-route needs a tun:// device (ztun must know the interface it routes to)"
+        )
+    fwmark = ns.fwmark
+    if fwmark is None and config.route.auto:
+        fwmark = config.route.fwmark  # ztun's own sockets must bypass its routes
     return RunOptions(
-        device=ns.device,
-        proxy=ns.proxy,
+        device=device,
+        proxy=ns.proxy or config.proxy or DEFAULT_PROXY,
         udp_proxy=ns.udp_proxy,
         addresses=addresses,
-        mtu=ns.mtu,
+        mtu=mtu,
         udp_timeout=ns.udp_timeout,
         connect_timeout=ns.connect_timeout,
         netns=ns.netns,
-        fwmark=ns.fwmark,
-        bind_interface=ns.bind_interface,
+        fwmark=fwmark,
+        bind_interface=config.interface,
         offload=ns.offload,
         splice=ns.relay == "splice",
+        config=config,
     )
 
 
@@ -273,79 +371,6 @@ def setup_logging(ns: argparse.Namespace) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-
-
-async def _serve(opts: RunOptions, device: Device) -> int:
-    from .engine import Engine
-    from .outbound import make_outbound
-    from .stack import SystemStack
-
-    tcp_outbound = make_outbound(
-        opts.proxy,
-        connect_timeout=opts.connect_timeout,
-        fwmark=opts.fwmark,
-        bind_interface=opts.bind_interface,
-    )
-    udp_outbound = (
-        make_outbound(
-            opts.udp_proxy,
-            connect_timeout=opts.connect_timeout,
-            fwmark=opts.fwmark,
-            bind_interface=opts.bind_interface,
-        )
-        if opts.udp_proxy
-        else tcp_outbound
-    )
-    stack = SystemStack(inet4=opts.inet4, inet6=opts.inet6, udp_timeout=opts.udp_timeout)
-    try:
-        engine = Engine(
-            device,
-            stack,
-            tcp_outbound,
-            udp_outbound,
-            connect_timeout=opts.connect_timeout,
-            splice=opts.splice,
-        )
-        engine.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, engine.stop)
-        ports = engine.listen_ports()
-        log.info(
-            "ztun ready device=%s index=%d mtu=%d offload=%s addresses=%s listen=%s proxy=%s",
-            device.name,
-            device.index,
-            device.mtu,
-            "on" if device.frame_header_len else "off",
-            ",".join(str(a) for a in opts.addresses),
-            ",".join(f"v{v}:{p}" for v, p in ports.items()),
-            _redacted(opts.proxy),
-        )
-        await engine.wait_stopped()
-        log.info("ztun stopped stats=%s", engine.snapshot_json())
-    finally:
-        device.close()
-    return 0
-
-
-def _redacted(url: str) -> str:
-    """The proxy URL for logs: the password never reaches a log file."""
-    from .outbound import parse_outbound_url
-
-    return str(parse_outbound_url(url))
-
-
-def _open_device(opts: RunOptions) -> Device | None:
-    # pyroute2's synchronous API runs its own event loop: configure the device before ours.
-    from .tun import open_device
-
-    try:
-        return open_device(
-            opts.device, mtu=opts.mtu, addresses=opts.addresses, offload=opts.offload
-        )
-    except (OSError, ValueError) as exc:
-        log.error("cannot open %s: %s", opts.device, exc)
-        return None
 
 
 def cmd_run(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -359,10 +384,9 @@ def cmd_run(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except OSError as exc:
             log.error("cannot enter network namespace %r: %s", opts.netns, exc)
             return 1
-    device = _open_device(opts)
-    if device is None:
-        return 1
-    return asyncio.run(_serve(opts, device))
+    from .app import run
+
+    return run(opts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

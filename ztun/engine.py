@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from .dns import DnsHandler
+from .dnsflow import DnsService
 from .outbound import (
     Outbound,
     OutboundError,
@@ -27,6 +29,8 @@ from .outbound import (
 )
 from .pump import TunPump
 from .relay import HAVE_SPLICE, SHARED_BUFFER_SIZE, PipePool, Relay, close_with_reset
+from .router import LoopDetected, Router
+from .rules import Action
 from .stack import (
     SystemStack,
     TcpSession,
@@ -41,6 +45,8 @@ log = logging.getLogger("ztun")
 
 ACCEPT_BATCH = 64
 UDP_QUEUE_LIMIT = 64  # datagrams held while an association is being set up
+DNS_PORT = 53
+FlowKey = tuple[int, Action]
 
 
 def _ip_text(raw: bytes) -> str:
@@ -48,22 +54,33 @@ def _ip_text(raw: bytes) -> str:
 
 
 class _UdpFlow:
-    """One app UDP session carried over one outbound association (opened lazily)."""
+    """One app UDP session carried over one outbound association (opened lazily).
 
-    def __init__(self, engine: Engine, session: UdpSession) -> None:
+    A session whose datagrams the rules send two ways (proxy and direct) has one flow per
+    outbound; `key` is (session id, action).
+    """
+
+    def __init__(
+        self, engine: Engine, session: UdpSession, outbound: Outbound, key: FlowKey
+    ) -> None:
         self.engine = engine
         self.session = session
+        self.outbound = outbound
+        self.key = key
         self.association: UdpAssociation | None = None
-        self.queue: list[UdpDatagram] = []
+        self.queue: list[tuple[UdpDatagram, Target]] = []
+        # Replies to a datagram sent to a fake-IP domain must seem to come from the fake
+        # address the app used: source port -> fake address.
+        self.fake_sources: dict[int, bytes] = {}
         self.closed = False
         self.task = asyncio.get_running_loop().create_task(self._open())
 
     async def _open(self) -> None:
         engine = self.engine
         try:
-            association = await engine.udp_outbound.open_udp(self._on_reply)
+            association = await self.outbound.open_udp(self._on_reply)
         except Rejected:
-            for datagram in self.queue:
+            for datagram, _ in self.queue:
                 engine.write_packet(engine.stack.udp_unreachable(datagram))
             self.queue.clear()
             self.close()
@@ -79,29 +96,29 @@ class _UdpFlow:
             return
         self.association = association
         association.closed.add_done_callback(lambda _f: self.close())
-        for datagram in self.queue:
-            self._send(datagram)
+        for datagram, target in self.queue:
+            self._send(datagram, target)
         self.queue.clear()
 
     def _source(self) -> str:
         return f"{_ip_text(self.session.client_addr)}:{self.session.client_port}"
 
-    def send(self, datagram: UdpDatagram) -> None:
+    def send(self, datagram: UdpDatagram, target: Target) -> None:
+        if target.is_domain:
+            self.fake_sources[target.port] = datagram.dst_addr
         if self.association is None:
             if len(self.queue) < UDP_QUEUE_LIMIT:
-                self.queue.append(datagram)
+                self.queue.append((datagram, target))
             else:
                 self.engine.stats["udp_queue_overflow"] += 1
             return
-        self._send(datagram)
+        self._send(datagram, target)
 
-    def _send(self, datagram: UdpDatagram) -> None:
+    def _send(self, datagram: UdpDatagram, target: Target) -> None:
         assert self.association is not None
         self.engine.stats["udp_datagrams_up"] += 1
         self.engine.stats["udp_bytes_up"] += len(datagram.payload)
-        self.association.send(
-            Target(_ip_text(datagram.dst_addr), datagram.dst_port), datagram.payload
-        )
+        self.association.send(target, datagram.payload)
 
     def _on_reply(self, source: Target, payload: bytes) -> None:
         engine = self.engine
@@ -118,11 +135,14 @@ class _UdpFlow:
             addr = mapped
         elif self.session.version == 6 and addr.version == 4:
             addr = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + addr.packed)
+        source_addr = self.fake_sources.get(source.port, addr.packed)
+        if len(source_addr) != len(self.session.client_addr):
+            source_addr = addr.packed
         engine.stats["udp_datagrams_down"] += 1
         engine.stats["udp_bytes_down"] += len(payload)
         with engine.lock:
             packet = engine.stack.udp_reply(
-                self.session, addr.packed, source.port, payload, engine.loop.time()
+                self.session, source_addr, source.port, payload, engine.loop.time()
             )
         engine.write_packet(packet)
 
@@ -140,20 +160,19 @@ class Engine:
         self,
         device: Device,
         stack: SystemStack,
-        tcp_outbound: Outbound,
-        udp_outbound: Outbound | None = None,
+        router: Router,
         *,
         connect_timeout: float = 10.0,
         splice: bool = True,
+        dns: DnsHandler | None = None,
     ) -> None:
         self.device = device
         self.stack = stack
-        self.tcp_outbound = tcp_outbound
-        self.udp_outbound = udp_outbound or tcp_outbound
+        self.router = router
         self.connect_timeout = connect_timeout
         self.stats: Counter[str] = Counter()
         self.relays: set[Relay] = set()
-        self.udp_flows: dict[int, _UdpFlow] = {}
+        self.udp_flows: dict[FlowKey, _UdpFlow] = {}
         self.pending: set[asyncio.Task[None]] = set()
         self.listeners: list[socket.socket] = []
         # The stack is shared with the TUN pump thread; every call into it holds this.
@@ -164,6 +183,11 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
         self.loop = asyncio.get_running_loop()
+        self.dns = (
+            DnsService(dns, router.proxy_tcp, self._dns_reply, self.stats)
+            if dns is not None
+            else None
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -214,6 +238,8 @@ class Engine:
             flow.close()
         for task in list(self.pending):
             task.cancel()
+        if self.dns is not None:
+            self.dns.close()
         if self._timer is not None:
             self._timer.cancel()
         if self.pipes is not None:
@@ -271,11 +297,21 @@ class Engine:
         task.add_done_callback(self.pending.discard)
 
     async def _serve_tcp(self, conn: socket.socket, session: TcpSession) -> None:
-        target = Target(_ip_text(session.dst_addr), session.dst_port)
+        dst = ipaddress.ip_address(session.dst_addr)
+        source = _ip_text(session.client_addr)
         try:
+            domain = await self.router.sniff(conn)
+            decision = self.router.decide("tcp", dst, session.dst_port, domain)
+            if decision.action is Action.REJECT:
+                raise Rejected(f"rule rejects {decision.target}")
             stream = await asyncio.wait_for(
-                self.tcp_outbound.open_tcp(target), self.connect_timeout
+                decision.outbound.open_tcp(decision.target), self.connect_timeout
             )
+        except LoopDetected as exc:
+            self.stats["tcp_loop_refused"] += 1
+            log.error("refused a routing loop: %s", exc)
+            self._tcp_failed(conn, session)
+            return
         except Rejected:
             self.stats["tcp_rejected"] += 1
             self._tcp_failed(conn, session)
@@ -283,7 +319,7 @@ class Engine:
         except (OutboundError, OSError, TimeoutError) as exc:
             self.stats["tcp_outbound_failed"] += 1
             log.warning(
-                "TCP %s -> %s: %s", _ip_text(session.client_addr), target, exc or type(exc).__name__
+                "TCP %s -> %s:%d: %s", source, dst, session.dst_port, exc or type(exc).__name__
             )
             self._tcp_failed(conn, session)
             return
@@ -318,19 +354,44 @@ class Engine:
             self._on_udp(datagram)
 
     def _on_udp(self, datagram: UdpDatagram) -> None:
+        if self.dns is not None and datagram.dst_port == DNS_PORT:
+            self.dns.on_query(datagram, self.loop.time())
+            return
         session = datagram.session
-        flow = self.udp_flows.get(id(session))
+        try:
+            decision = self.router.decide(
+                "udp", ipaddress.ip_address(datagram.dst_addr), datagram.dst_port
+            )
+        except LoopDetected as exc:
+            self.stats["udp_loop_refused"] += 1
+            log.error("refused a routing loop: %s", exc)
+            return
+        if decision.action is Action.REJECT:
+            self.stats["udp_rejected"] += 1
+            self.write_packet(self.stack.udp_unreachable(datagram))
+            return
+        key = (id(session), decision.action)
+        flow = self.udp_flows.get(key)
         if flow is None:
-            flow = _UdpFlow(self, session)
-            self.udp_flows[id(session)] = flow
+            flow = _UdpFlow(self, session, decision.outbound, key)
+            self.udp_flows[key] = flow
             self.stats["udp_sessions_total"] += 1
-        flow.send(datagram)
+        flow.send(datagram, decision.target)
+
+    def _dns_reply(self, query: UdpDatagram, payload: bytes) -> None:
+        """Answer a DNS query as if the server the app asked had sent it."""
+        with self.lock:
+            packet = self.stack.udp_reply(
+                query.session, query.dst_addr, query.dst_port, payload, self.loop.time()
+            )
+        self.write_packet(packet)
 
     def udp_flow_closed(self, flow: _UdpFlow) -> None:
-        if self.udp_flows.get(id(flow.session)) is flow:
-            del self.udp_flows[id(flow.session)]
-        with self.lock:
-            self.stack.udp.remove(flow.session)
+        if self.udp_flows.get(flow.key) is flow:
+            del self.udp_flows[flow.key]
+        if not any(f.session is flow.session for f in self.udp_flows.values()):
+            with self.lock:
+                self.stack.udp.remove(flow.session)
 
     # -- time ------------------------------------------------------------------------------
 
@@ -342,11 +403,12 @@ class Engine:
             events = self.stack.on_timer(self.loop.time())
         for event in events:
             if isinstance(event, UdpSessionExpired):
-                flow = self.udp_flows.get(id(event.session))
-                if flow is not None:
+                for flow in [f for f in self.udp_flows.values() if f.session is event.session]:
                     flow.close()
             elif isinstance(event, TcpSessionExpired):
                 self.stats["tcp_nat_expired"] += 1
+        if self.dns is not None:
+            self.dns.on_timer(self.loop.time())
         self._arm_timer()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from .rules import Config
+
 DEFAULT_INET4 = ipaddress.IPv4Interface("172.19.0.1/30")
 DEFAULT_INET6 = ipaddress.IPv6Interface("fdfe:dcba:9876::1/126")
 
@@ -25,6 +27,7 @@ class RunOptions:
     bind_interface: str | None = None
     offload: bool = True  # IFF_VNET_HDR + TSO/CSUM: 64 KiB super-packets per read
     splice: bool = True  # relay TCP with splice(2) instead of recv/send copies
+    config: Config = field(default_factory=Config)  # routing, DNS, sniffing, rules
 
     @property
     def inet4(self) -> ipaddress.IPv4Interface | None:

@@ -218,6 +218,7 @@ def render_table(document: dict[str, Any]) -> list[str]:
     names = list(columns)
     behaviours: list[str] = document["behaviours"]
     notes: list[str] = []
+    number = 0
     rows: list[list[str]] = []
     for behaviour in behaviours:
         row = [behaviour]
@@ -228,11 +229,12 @@ def render_table(document: dict[str, Any]) -> list[str]:
                 continue
             cell = _CELL.get(result["outcome"], result["outcome"])
             if result["outcome"] != PASSED:
-                notes.append(f"[{len(notes) + 1}] {impl} / {behaviour}: "
+                number += 1
+                notes.append(f"[{number}] {impl} / {behaviour}: "
                              f"{_first_line(result.get('reason', ''), REASON_CHARS)}")
                 if result.get("artifacts"):
                     notes.append(f"    artifacts: {result['artifacts']}")
-                cell += f" [{sum(1 for n in notes if n.startswith('['))}]"
+                cell += f" [{number}]"
             row.append(cell)
         rows.append(row)
     header = ["behaviour", *names]

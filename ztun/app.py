@@ -1,0 +1,191 @@
+"""`ztun run` assembled: options -> device -> routes -> engine, and everything undone after.
+
+Ordering matters for crash safety: the routes journal is recovered (a previous run that
+was SIGKILLed) before anything new is made; routes go in only after the device is up,
+with ztun's own sockets marked so they bypass them; on the way out routes are restored
+before the device disappears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from .options import RunOptions
+from .tun import Device
+
+log = logging.getLogger("ztun")
+
+RUN_DIR = Path("/run/ztun")
+
+
+def netns_id() -> int:
+    """The inode of this process's network namespace: names a journal per namespace."""
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+def journal_path(device_name: str) -> Path:
+    from .route import default_journal_path
+
+    return default_journal_path(f"{device_name}@{netns_id()}", RUN_DIR)
+
+
+def redacted(url: str) -> str:
+    """The proxy URL for logs: the password never reaches a log file."""
+    from .outbound import parse_outbound_url
+
+    return str(parse_outbound_url(url))
+
+
+def _proxy_addresses(
+    url: str,
+) -> tuple[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], ...]:
+    """The proxy's resolved addresses (to exclude from auto-route and to detect loops)."""
+    from .outbound import ProxyURL, parse_outbound_url
+
+    spec = parse_outbound_url(url)
+    if not isinstance(spec, ProxyURL):
+        return ()
+    try:
+        infos = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        log.warning("cannot resolve proxy %s: %s", spec.host, exc)
+        return ()
+    return tuple({(ipaddress.ip_address(str(info[4][0]).split("%")[0]), spec.port) for info in infos})
+
+
+def open_device(opts: RunOptions) -> Device | None:
+    # pyroute2's synchronous API runs its own event loop: configure before ours starts.
+    from .tun import open_device as open_url
+
+    try:
+        return open_url(opts.device, mtu=opts.mtu, addresses=opts.addresses, offload=opts.offload)
+    except (OSError, ValueError) as exc:
+        log.error("cannot open %s: %s", opts.device, exc)
+        return None
+
+
+def run(opts: RunOptions) -> int:
+    journal = None
+    if opts.config.route.auto:
+        from .route import Journal
+        from .route.linux import recover
+
+        journal = Journal(journal_path(opts.config.device_name))
+        report = recover(journal)
+        if report is not None:
+            log.warning("restored routes left by a previous run: %s", report)
+    device = open_device(opts)
+    if device is None:
+        return 1
+    proxies = _proxy_addresses(opts.proxy) + (
+        _proxy_addresses(opts.udp_proxy) if opts.udp_proxy else ()
+    )
+    try:
+        if journal is not None:
+            from .route import plan_auto_route
+            from .route.linux import apply
+
+            plan = plan_auto_route(opts.config.auto_route_config(tuple(a for a, _ in proxies)))
+            apply(plan, journal)
+            log.info("auto-route: %d rules/routes applied (journal %s)", len(plan), journal.path)
+        return asyncio.run(_serve(opts, device, frozenset((str(a), p) for a, p in proxies)))
+    finally:
+        if journal is not None:
+            from .route.linux import restore
+
+            log.info("auto-route restored: %s", restore(journal))
+        device.close()
+
+
+def _build_dns(opts: RunOptions):  # type: ignore[no-untyped-def]
+    from .dns import DnsHandler, DnsMode, load_pool
+
+    cfg = opts.config.dns
+    if cfg.mode is DnsMode.OFF:
+        return None, None
+    pool = None
+    if cfg.mode is DnsMode.FAKE_IP:
+        pool = load_pool(cfg.state_file, cfg.fake_ip_range, cfg.fake_ip6_range)
+    handler = DnsHandler(cfg.mode, pool=pool, upstream=cfg.upstream, fake_ttl=cfg.fake_ip_ttl)
+    return handler, pool
+
+
+async def _serve(
+    opts: RunOptions, device: Device, proxy_endpoints: frozenset[tuple[str, int]]
+) -> int:
+    from .dns import SAVE_INTERVAL, save_pool
+    from .engine import Engine
+    from .outbound import DirectOutbound, make_outbound
+    from .router import Router
+    from .stack import SystemStack
+
+    def outbound(url: str):  # type: ignore[no-untyped-def]
+        return make_outbound(
+            url,
+            connect_timeout=opts.connect_timeout,
+            fwmark=opts.fwmark,
+            bind_interface=opts.bind_interface,
+        )
+
+    proxy_tcp = outbound(opts.proxy)
+    proxy_udp = outbound(opts.udp_proxy) if opts.udp_proxy else proxy_tcp
+    direct = DirectOutbound(
+        connect_timeout=opts.connect_timeout, fwmark=opts.fwmark, bind_interface=opts.bind_interface
+    )
+    dns, pool = _build_dns(opts)
+    cfg = opts.config
+    router = Router(
+        proxy_tcp=proxy_tcp,
+        proxy_udp=proxy_udp,
+        direct=direct,
+        rules=cfg.rule_set(),
+        pool=pool,
+        sniff_timeout=cfg.sniff.timeout if cfg.sniff.enabled else None,
+        proxy_endpoints=proxy_endpoints,
+    )
+    stack = SystemStack(inet4=opts.inet4, inet6=opts.inet6, udp_timeout=opts.udp_timeout)
+    engine = Engine(
+        device, stack, router, connect_timeout=opts.connect_timeout, splice=opts.splice, dns=dns
+    )
+    engine.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, engine.stop)
+    saver = None
+    if pool is not None:
+        state_file = cfg.dns.state_file
+
+        def save_if_dirty() -> None:
+            nonlocal saver
+            if pool.dirty:
+                save_pool(pool, state_file)
+            saver = loop.call_later(SAVE_INTERVAL, save_if_dirty)
+
+        saver = loop.call_later(SAVE_INTERVAL, save_if_dirty)
+    log.info(
+        "ztun ready device=%s index=%d mtu=%d offload=%s addresses=%s listen=%s proxy=%s "
+        "dns=%s sniff=%s auto_route=%s",
+        device.name,
+        device.index,
+        device.mtu,
+        "on" if device.frame_header_len else "off",
+        ",".join(str(a) for a in opts.addresses),
+        ",".join(f"v{v}:{p}" for v, p in engine.listen_ports().items()),
+        redacted(opts.proxy),
+        cfg.dns.mode,
+        "on" if cfg.sniff.enabled else "off",
+        "on" if cfg.route.auto else "off",
+    )
+    await engine.wait_stopped()
+    if saver is not None:
+        saver.cancel()
+    if pool is not None:
+        save_pool(pool, cfg.dns.state_file)
+    log.info("ztun stopped stats=%s", engine.snapshot_json())
+    return 0

@@ -1,0 +1,102 @@
+"""The asyncio side of ztun.dns: DNS queries caught on the TUN, answered or forwarded.
+
+Queries to port 53 never take the UDP association path: the sans-IO `DnsHandler`
+answers them (fake-ip, cache) or asks for an upstream exchange, which goes as DNS over
+TCP (RFC 7766 framing) through the same outbound as other TCP -- so resolution happens
+on the proxy's side of the world and nothing leaks around the tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+from .dns import Answer, DnsHandler, Drop, Forward, TcpDnsDeframer, frame
+from .outbound import Outbound, OutboundError, Target
+from .stack import UdpDatagram
+
+log = logging.getLogger("ztun")
+
+UPSTREAM_READ = 4096
+Reply = Callable[[UdpDatagram, bytes], None]
+
+
+class DnsService:
+    def __init__(
+        self, handler: DnsHandler, outbound: Outbound, reply: Reply, stats: Counter[str]
+    ) -> None:
+        self.handler = handler
+        self.outbound = outbound
+        self.reply = reply
+        self.stats = stats
+        self._waiting: dict[int, UdpDatagram] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def on_query(self, datagram: UdpDatagram, now: float) -> None:
+        result = self.handler.handle_query(datagram.payload, now)
+        if isinstance(result, Answer):
+            self.stats["dns_answered_locally"] += 1
+            self.reply(datagram, result.payload)
+        elif isinstance(result, Drop):
+            self.stats["dns_dropped"] += 1
+            log.debug("DNS query dropped: %s", result.reason)
+        elif isinstance(result, Forward):
+            self.stats["dns_forwarded"] += 1
+            self._waiting[result.upstream_id] = datagram
+            task = asyncio.get_running_loop().create_task(self._exchange(result, datagram))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _exchange(self, fwd: Forward, datagram: UdpDatagram) -> None:
+        host, port = fwd.server or (str(ipaddress.ip_address(datagram.dst_addr)), datagram.dst_port)
+        loop = asyncio.get_running_loop()
+        try:
+            stream = await self.outbound.open_tcp(Target(host, port))
+        except (OutboundError, OSError) as exc:
+            log.warning("DNS upstream %s:%d unreachable: %s", host, port, exc)
+            self._fail(fwd.upstream_id)
+            return
+        sock = stream.sock
+        try:
+            await loop.sock_sendall(sock, frame(fwd.wire))
+            deframer = TcpDnsDeframer()
+            messages = deframer.feed(stream.early)
+            while not messages:
+                data = await loop.sock_recv(sock, UPSTREAM_READ)
+                if not data:
+                    break
+                messages = deframer.feed(data)
+        except OSError as exc:
+            log.warning("DNS upstream %s:%d failed: %s", host, port, exc)
+            messages = []
+        finally:
+            sock.close()
+        for message in messages:
+            matched = self.handler.handle_reply(message, loop.time())
+            if matched is not None:
+                waiting = self._waiting.pop(matched[0].upstream_id, None)
+                if waiting is not None:
+                    self.reply(waiting, matched[1])
+        if fwd.upstream_id in self._waiting:
+            self._fail(fwd.upstream_id)
+
+    def _fail(self, upstream_id: int) -> None:
+        failed = self.handler.fail(upstream_id)
+        waiting = self._waiting.pop(upstream_id, None)
+        if failed is not None and waiting is not None:
+            self.stats["dns_servfail"] += 1
+            self.reply(waiting, failed[1])
+
+    def on_timer(self, now: float) -> None:
+        for fwd, answer in self.handler.expire(now):
+            waiting = self._waiting.pop(fwd.upstream_id, None)
+            if waiting is not None:
+                self.stats["dns_servfail"] += 1
+                self.reply(waiting, answer)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
