@@ -33,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         "--force", action="store_true", help="also remove what belongs to runs still alive"
     )
     clean.add_argument("--dry-run", action="store_true", help="only print what would go")
+    pcap = sub.add_parser("pcap", add_help=False, help="canonical pcap diff/render (pcap -h)")
+    pcap.add_argument("pcap_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "pcap":
+        from harness.pcap.cli import main as pcap_main  # scapy: only when asked for
+
+        return pcap_main(args.pcap_args)
 
     if not args.prefix.startswith(NAME_PREFIX):
         parser.error(f"--prefix must start with {NAME_PREFIX!r}: only our names are removed")

@@ -32,7 +32,7 @@ def netns_id() -> int:
 def journal_path(device_name: str) -> Path:
     from .route import default_journal_path
 
-    return default_journal_path(f"{device_name}@{netns_id()}", RUN_DIR)
+    return default_journal_path(f"{device_name}_{netns_id()}", RUN_DIR)
 
 
 def redacted(url: str) -> str:
@@ -56,7 +56,9 @@ def _proxy_addresses(
     except OSError as exc:
         log.warning("cannot resolve proxy %s: %s", spec.host, exc)
         return ()
-    return tuple({(ipaddress.ip_address(str(info[4][0]).split("%")[0]), spec.port) for info in infos})
+    return tuple(
+        {(ipaddress.ip_address(str(info[4][0]).split("%")[0]), spec.port) for info in infos}
+    )
 
 
 def open_device(opts: RunOptions) -> Device | None:

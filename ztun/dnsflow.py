@@ -14,7 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 
-from .dns import Answer, DnsHandler, Drop, Forward, TcpDnsDeframer, frame
+from .dns import Answer, DnsHandler, Drop, Forward, TcpDnsDeframer
 from .outbound import Outbound, OutboundError, Target
 from .stack import UdpDatagram
 
@@ -61,7 +61,7 @@ class DnsService:
             return
         sock = stream.sock
         try:
-            await loop.sock_sendall(sock, frame(fwd.wire))
+            await loop.sock_sendall(sock, fwd.wire)  # already length-framed (RFC 7766)
             deframer = TcpDnsDeframer()
             messages = deframer.feed(stream.early)
             while not messages:

@@ -50,7 +50,6 @@ USER = "root"
 SHARE_TAG = "repo"
 GUEST_SHARE = "/mnt/repo"
 GUEST_VENV = "/opt/ztun"
-GUEST_WHEELS = "/var/cache/ztun-wheels"
 
 COLD_BOOT_TIMEOUT = 300.0
 """Cold boot to SSH: ~25 s under TCG here; generous for slow CI runners."""
@@ -381,24 +380,41 @@ def _req_name(requirement: str) -> str:
     return requirement.strip().lower()
 
 
-def ensure_wheelhouse(requirements: list[str]) -> Path:
-    """Wheels for ``requirements`` built on the host (the guest has no network at all)."""
+def ensure_guest_packages(requirements: list[str]) -> Path:
+    """A tarball of site-packages for the guest venv, built on the host.
+
+    The guest has no network, and pip under TCG spends minutes resolving and compiling.
+    Host and guest run the same Debian Python (3.11, same ABI and paths), so the host
+    downloads the wheels (``pip wheel``), installs them into a staging folder with
+    ``pip install --target`` (bytecode compiled here), and the guest only unpacks a tar.
+    """
     digest = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:16]
     house = vmimage.cache_root() / f"wheels-{digest}"
+    tarball = house / "site-packages.tar"
     with vmimage.locked(house.with_suffix(".lock")):
-        if (house / "complete").is_file():
-            return house
+        if tarball.is_file():
+            return tarball
         shutil.rmtree(house, ignore_errors=True)
         house.mkdir(parents=True)
-        done = subprocess.run(
-            [os.environ.get("ZTUN_VM_PYTHON", _host_python()), "-m", "pip", "wheel", "-q",
-             "--wheel-dir", str(house), *requirements],
-            capture_output=True, text=True, timeout=PROVISION_TIMEOUT, check=False,
-        )
-        if done.returncode != 0:
-            raise QemuError(f"pip wheel failed:\n{done.stderr[-3000:]}")
-        (house / "complete").write_text("\n".join(requirements) + "\n")
-        return house
+        python = os.environ.get("ZTUN_VM_PYTHON", _host_python())
+        staging = house / "staging"
+        for argv in (
+            [python, "-m", "pip", "wheel", "-q", "--wheel-dir", str(house), *requirements],
+            [python, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(house),
+             "--target", str(staging), *requirements],
+        ):
+            done = subprocess.run(argv, capture_output=True, text=True,
+                                  timeout=PROVISION_TIMEOUT, check=False)
+            if done.returncode != 0:
+                raise QemuError(f"{' '.join(argv[:5])} failed:\n{done.stderr[-3000:]}")
+        # Console scripts carry the host's interpreter path: the guest runs `python -m`.
+        shutil.rmtree(staging / "bin", ignore_errors=True)
+        partial = tarball.with_suffix(".partial")
+        subprocess.run(["tar", "-cf", str(partial), "-C", str(staging), "."], check=True,
+                       timeout=PROVISION_TIMEOUT)
+        shutil.rmtree(staging)
+        partial.rename(tarball)
+        return tarball
 
 
 def _host_python() -> str:
@@ -434,7 +450,7 @@ def ensure_state(image: vmimage.GuestImage, accel: str, *, rebuild: bool = False
         meta = directory / "meta.json"
         if meta.is_file() and not rebuild:
             return _load_state(directory)
-        wheels = ensure_wheelhouse(requirements)
+        wheels = ensure_guest_packages(requirements)
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
         return _boot_and_save(image, accel, directory, wheels, requirements)
@@ -464,7 +480,7 @@ def _boot_and_save(
         log.info("cold boot (%s) to SSH in %.1f s", accel, boot_seconds)
         started = time.monotonic()
         with SshHost("provision", client, directory / "logs") as guest:
-            _provision(guest, wheels, requirements)
+            _provision(guest, wheels)
             # Quiesce before the save: nothing half-written may sit in the guest's cache,
             # and a dropped page cache makes the state file (and every restore) smaller.
             guest.run(["sh", "-c", "sync && echo 3 > /proc/sys/vm/drop_caches"], check=True)
@@ -491,17 +507,20 @@ def _boot_and_save(
     return _load_state(directory)
 
 
-def _provision(guest: SshHost, wheels: Path, requirements: list[str]) -> None:
-    """A venv with the harness's wheels at /opt/ztun, from wheels copied over SFTP."""
-    guest.run(["mkdir", "-p", GUEST_WHEELS], check=True)
-    for wheel in sorted(wheels.glob("*.whl")):
-        guest.put(wheel, f"{GUEST_WHEELS}/{wheel.name}")
-    guest.run(["python3", "-m", "venv", GUEST_VENV], timeout=PROVISION_TIMEOUT, check=True)
-    guest.run(
-        [f"{GUEST_VENV}/bin/pip", "install", "-q", "--no-index", "--no-cache-dir",
-         "--find-links", GUEST_WHEELS, *requirements],
-        timeout=PROVISION_TIMEOUT, check=True,
-    )
+def _provision(guest: SshHost, packages: Path) -> None:
+    """A venv at /opt/ztun whose site-packages come from the host-built tarball."""
+    guest.run(["python3", "-m", "venv", "--without-pip", GUEST_VENV],
+              timeout=PROVISION_TIMEOUT, check=True)
+    remote = f"/tmp/{packages.name}"
+    guest.put(packages, remote)
+    site = guest.run([f"{GUEST_VENV}/bin/python3", "-c",
+                      "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                     check=True).stdout.strip()
+    guest.run(["tar", "-xf", remote, "-C", site], timeout=PROVISION_TIMEOUT, check=True)
+    guest.run(["rm", "-f", remote], check=True)
+    # Prove the venv works before it is frozen into the saved state.
+    guest.run([f"{GUEST_VENV}/bin/python3", "-c", "import pytest, scapy, pyroute2"],
+              timeout=PROVISION_TIMEOUT, check=True)
 
 
 # --------------------------------------------------------------------------- the host
@@ -527,6 +546,11 @@ class QemuHost(SshHost):
     def ssh_port(self) -> int:
         """The loopback port forwarded to the guest's sshd (for testinfra/paramiko)."""
         return self.machine.ssh_port
+
+    @property
+    def ssh_key(self) -> Path:
+        """The test key that logs in as root (lives in the image cache, never in git)."""
+        return self.machine.image.private_key
 
     @property
     def accel(self) -> str:

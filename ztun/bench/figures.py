@@ -20,7 +20,7 @@ from .. import netns
 from . import parse, procstat
 from .options import Durations
 from .proc import BenchError, await_condition, run
-from .servers import HOLD_PORT, HTTP_PORT, IPERF_PORT, SOCKS_UDP_PORT, Holder, Servers
+from .servers import HOLD_PORT, HTTP_PORT, IPERF_PORT, Servers
 from .systems import Env, System
 from .topology import SERVER_V4
 
@@ -28,11 +28,12 @@ GB = 1e9
 UDP_PAYLOAD = 1400  # bytes: fits a 1500 MTU after IP/UDP and the 10-byte SOCKS5 UDP header
 TOOL_SLACK = 20.0  # seconds a tool may take beyond its nominal duration (connect, report)
 HELD_CONCURRENCY = 256  # connects in flight while opening idle connections
-HELD_SETTLE_TIMEOUT = 30.0  # for the holder to see every connection the client opened
+HELD_SETTLE_TIMEOUT = 30.0  # for holdsocks to answer every connection the client opened
 HELD_NOMINAL_RATE = 2000.0  # idle connections opened per second, roughly, through a tun2socks
 CONN_TIMEOUT, CONN_NOMINAL = 90.0, 8.0  # ab: bound, and its usual length through danted
 FD_MARGIN = 300  # descriptors a process needs besides its connections
-HELD_COUNTS_MAX = (10000,)
+HELD_TARGET = 10000
+HELD_STALL = 5.0  # seconds without a new held connection: the tun2socks holds no more
 START_SLACK = 10.0  # seconds to restart a system (rss) before the load begins
 
 
@@ -44,7 +45,6 @@ class NotApplicable(Exception):
 class Ctx:
     env: Env
     servers: Servers
-    holder: Holder
     durations: Durations
 
 
@@ -178,7 +178,7 @@ def rr(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
 
 
 def _open_idle(client_ns: str, count: int, deadline: float) -> list[socket.socket]:
-    """Open `count` TCP connections to the holder, at most HELD_CONCURRENCY in flight.
+    """Open `count` TCP connections through the system, at most HELD_CONCURRENCY in flight.
 
     Non-blocking connects multiplexed with selectors: one thread, bounded in time."""
     opened: list[socket.socket] = []
@@ -219,57 +219,71 @@ def _open_idle(client_ns: str, count: int, deadline: float) -> list[socket.socke
 
 
 def held_cap() -> int:
-    """How many idle connections the fd limit allows: the tun2socks (and the holding proxy)
-    spend two descriptors per connection, and the hard RLIMIT_NOFILE here is 20,000."""
+    """How many idle connections the fd limit lets a tun2socks hold: two descriptors per
+    connection (the app's side and the proxy's) under the hard RLIMIT_NOFILE (20,000 here)."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
-        return max(HELD_COUNTS_MAX)
+        return HELD_TARGET
     return (hard - FD_MARGIN) // 2
 
 
-def rss(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
-    """The tun2socks's memory idle and with N idle connections held end to end.
+def _hold(ctx: Ctx, system: System, held: list[socket.socket], target: int, deadline: float) -> int:
+    """Open idle connections up to `target` and wait until holdsocks has answered them all,
+    or until the count stops growing (the tun2socks or the fd limit gave out): how many."""
+    open_deadline = min(deadline, time.monotonic() + ctx.durations.held_open_seconds)
+    with contextlib.suppress(BenchError):  # what opened is still measured
+        held += _open_idle(ctx.env.topo.client, target - len(held), open_deadline)
+    last, still_since = -1, time.monotonic()
 
-    The system is restarted against sing-box's socks inbound (danted forks a worker per few
-    clients and would need ~1,000 processes for 10,000 connections); every system gets the
-    same holding proxy. A connection counts once it sits in the holder's accept queue.
-    Keys name the count asked for; `held_max_conns` says how many the fd limit allowed.
+    def settled() -> bool:
+        nonlocal last, still_since
+        count = ctx.servers.held()
+        if count != last:
+            last, still_since = count, time.monotonic()
+        return count >= target or time.monotonic() - still_since > HELD_STALL
+
+    with contextlib.suppress(BenchError):
+        await_condition(settled, max(1.0, min(HELD_SETTLE_TIMEOUT, deadline - time.monotonic())),
+                        "idle connections to settle")
+    return ctx.servers.held()
+
+
+def rss(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
+    """The tun2socks's memory idle, with 1,000 idle connections, and with as many as it holds
+    up to 10,000 (the fd limit caps a two-sockets-per-connection design at ~9,850).
+
+    The system is restarted against holdsocks, a proxy that answers CONNECT and holds (one
+    descriptor per connection), so the proxy is never the limit. A connection counts once
+    holdsocks answered it; memory is read from /proc (the process tree's resident set).
     """
     if system.pid is None:
         raise NotApplicable("no tun2socks process")
     deadline = time.monotonic() + timeout
     system.stop()
-    system.start(tcp_port=SOCKS_UDP_PORT)
+    system.start(tcp_port=HOLD_PORT)
     pid = system.pid
     assert pid is not None
     idle = procstat.rss_bytes(pid)
     out = {"idle_mib": idle / procstat.MIB}
-    holder = ctx.holder
-    holder.release()
     held: list[socket.socket] = []
     try:
-        for asked in ctx.durations.held_counts:
-            count = min(asked, held_cap())
-            open_deadline = min(deadline, time.monotonic() + ctx.durations.held_open_seconds)
-            held += _open_idle(ctx.env.topo.client, count - len(held), open_deadline)
-            try:
-                await_condition(
-                    lambda n=count: holder.count >= n,  # type: ignore[misc]
-                    min(HELD_SETTLE_TIMEOUT, max(1.0, deadline - time.monotonic())),
-                    f"the holder to see {count} connections",
-                )
-            except BenchError as exc:
-                raise BenchError(f"{exc} (it has {holder.count})") from None
+        for step in ctx.durations.held_counts:
+            target = min(step, held_cap())
+            count = _hold(ctx, system, held, target, deadline)
             system.check_alive()
             rss_now = procstat.rss_bytes(pid)
-            out[f"held_{asked}_mib"] = rss_now / procstat.MIB
-            out["held_max_conns"] = float(count)
-            out["kib_per_conn"] = (rss_now - idle) / count / 1024
+            if count >= target:
+                out[f"held_{step}_mib"] = rss_now / procstat.MIB
+            if count > 0:
+                out["held_max_conns"] = float(count)
+                out["held_max_mib"] = rss_now / procstat.MIB
+                out["kib_per_conn"] = (rss_now - idle) / count / 1024
+            if count < target:
+                break  # it holds no more; the larger steps would only repeat this
     finally:
         for sock in held:
             with contextlib.suppress(OSError):
                 sock.close()
-        holder.release()
     return out
 
 

@@ -61,8 +61,8 @@ METRICS: tuple[Metric, ...] = (
     *_udp("udp-1g", "1G"),
     Metric("rss", "idle_mib", "RSS idle", "MiB", False),
     Metric("rss", "held_1000_mib", "RSS 1,000 idle conns", "MiB", False),
-    Metric("rss", "held_10000_mib", "RSS ~10,000 idle conns", "MiB", False),
-    Metric("rss", "held_max_conns", "idle conns held (fd limit)", "conns", True),
+    Metric("rss", "held_max_conns", "idle conns held (<=10,000)", "conns", True),
+    Metric("rss", "held_max_mib", "RSS at that many", "MiB", False),
     Metric("rss", "kib_per_conn", "memory per idle conn", "KiB", False),
 )
 

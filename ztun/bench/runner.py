@@ -29,7 +29,7 @@ from .figures import FIGURES, Ctx, NotApplicable, nominal_seconds, timeout_for
 from .options import BenchOptions
 from .proc import BenchError
 from .report import RunRecord
-from .servers import Holder, Servers, sing_box_path
+from .servers import Servers, sing_box_path
 from .systems import Env, System, make_system
 from .topology import new_topology
 
@@ -284,10 +284,8 @@ def _measure(
         servers = Servers(topo, workdir)
         defer.callback(_owner_only(servers.stop))
         servers.start()
-        holder = Holder(topo.server)
-        defer.callback(_owner_only(holder.close))
         env = Env(topo, workdir)
-        ctx = Ctx(env, servers, holder, opts.durations)
+        ctx = Ctx(env, servers, opts.durations)
         systems = [make_system(name, env) for name in opts.systems]
         for rep in range(1, opts.reps + 1):
             shift = (rep - 1) % len(systems)

@@ -3,35 +3,31 @@
 * danted (Dante 1.4) is the SOCKS5 server for TCP: it carries ~5 Gbit/s where microsocks,
   relaying through a 1 KiB buffer, caps near 0.35 Gbit/s. It forks worker processes that
   each serve a handful of clients, so it is not the place to hold 10,000 idle connections.
-* sing-box's `socks` inbound is the SOCKS5 server for UDP (and holds the idle connections):
-  danted only relays datagrams from the address a client declares in UDP ASSOCIATE, and
-  sing-box (the client) declares `[::1]:0`, so danted drops all of sing-box's UDP. One UDP
-  server for every system keeps the comparison fair.
-* nginx serves a 1 KiB file (ab, wrk), iperf3 does bulk TCP and UDP, and a holder accepts
-  and keeps idle connections so the tun2socks's memory per connection can be read.
+* sing-box's `socks` inbound is the SOCKS5 server for UDP: danted only relays datagrams
+  from the address a client declares in UDP ASSOCIATE, and sing-box (the client) declares
+  `[::1]:0`, so danted drops all of sing-box's UDP. One UDP server for every system keeps
+  the comparison fair.
+* holdsocks (ours) answers CONNECT and holds: the idle-connection figure's proxy.
+* nginx serves a 1 KiB file (ab, wrk), iperf3 does bulk TCP and UDP.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
+import sys
 from dataclasses import dataclass, field
 
-from .. import netns
-from .proc import BenchError, Proc, listening, run, spawn, stop_all
+from .proc import BenchError, Proc, listening, spawn, stop_all
 from .topology import PROXY_C_V4, PROXY_S_V4, SERVER_V4, Topology
 
 DANTED_PORT = 1080
 SOCKS_UDP_PORT = 1081  # sing-box socks inbound: UDP for everyone, and the holding proxy
 HTTP_PORT = 8080
 IPERF_PORT = 5201
-HOLD_PORT = 9000
+HOLD_PORT = 1082  # holdsocks: answers CONNECT, holds, relays nothing (idle connections)
 FILE_SIZE = 1024
-HOLD_BACKLOG = 65535  # capped by net.core.somaxconn, which the topology raises to match
-SS_TIMEOUT = 10.0
 
 
 def sing_box_path() -> str:
@@ -112,6 +108,7 @@ class Servers:
     workdir: str
     procs: list[Proc] = field(default_factory=list)
     iperf: Proc | None = None
+    holdsocks: Proc | None = None
 
     def start(self) -> None:
         topo, wd = self.topo, self.workdir
@@ -167,6 +164,21 @@ class Servers:
                 ready=listening(topo.proxy, SOCKS_UDP_PORT),
             )
         )
+        self.holdsocks = spawn(
+            topo.proxy,
+            [sys.executable, "-m", "ztun.bench.holdsocks", "--listen", f"{PROXY_C_V4}:{HOLD_PORT}"],
+            name="holdsocks",
+            workdir=wd,
+            ready=listening(topo.proxy, HOLD_PORT),
+        )
+        self.procs.append(self.holdsocks)
+
+    def held(self) -> int:
+        """Idle connections holdsocks has answered and still holds (its last `held N` line)."""
+        if not self.holdsocks:
+            raise BenchError("holdsocks is not running")
+        lines = [ln for ln in self.holdsocks.log_text().splitlines() if ln.startswith("held ")]
+        return int(lines[-1].split()[1]) if lines else 0
 
     def fresh_iperf3(self) -> None:
         """A one-off iperf3 server (-1) per test: a test that a dying tun2socks cut short leaves
@@ -188,43 +200,3 @@ class Servers:
         dead = [p for p in self.procs if not p.alive()]
         if dead:
             raise BenchError(f"{dead[0].name} died: {dead[0].log_tail()}")
-
-
-class Holder:
-    """A listening socket in the server namespace that never accepts: it holds idle connections.
-
-    The kernel completes each handshake and parks the connection in the accept queue, so
-    10,000 established connections cost the holder no descriptor (this sandbox's hard
-    RLIMIT_NOFILE is 20,000 and cannot be raised). The queue's length, which `ss` shows as
-    a listener's Recv-Q, is the proof that each connection crossed the tun2socks and the proxy.
-    """
-
-    def __init__(self, ns: str) -> None:
-        self.ns = ns
-        self.sock = self._listen()
-
-    def _listen(self) -> socket.socket:
-        with netns.in_netns(self.ns):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((SERVER_V4, HOLD_PORT))
-        sock.listen(HOLD_BACKLOG)
-        return sock
-
-    @property
-    def count(self) -> int:
-        out = run(
-            self.ns, ["ss", "-Hltn", f"sport = :{HOLD_PORT}"], timeout=SS_TIMEOUT
-        ).stdout.split()
-        if len(out) < 2 or not out[1].isdigit():
-            raise BenchError(f"cannot read the holder's accept queue from ss: {out!r}")
-        return int(out[1])
-
-    def release(self) -> None:
-        """Drop what is held (closing the listener resets every queued connection); listen anew."""
-        self.sock.close()
-        self.sock = self._listen()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .. import netns
 from .proc import BenchError, Proc, await_condition, link_exists, log_has, spawn
-from .servers import DANTED_PORT, FILE_SIZE, HTTP_PORT, SOCKS_UDP_PORT, sing_box_path
+from .servers import DANTED_PORT, FILE_SIZE, HOLD_PORT, HTTP_PORT, SOCKS_UDP_PORT, sing_box_path
 from .topology import PROXY_C_V4, SERVER_V4, Topology
 
 TUN_NAME = "zbtun0"
@@ -61,9 +61,10 @@ class System:
         if self.proc and not self.proc.alive():
             raise BenchError(f"{self.name} died: {self.proc.log_tail()}")
 
-    def probe(self) -> None:
+    def probe(self, tcp_port: int = DANTED_PORT) -> None:
         """One HTTP GET from the client, retried until it works: the path is up end to end
-        (a TUN that exists is not yet a stack that answers)."""
+        (a TUN that exists is not yet a stack that answers). Against holdsocks, which
+        relays nothing, a completed connect is all there is to see."""
         last: list[str] = []
 
         def fetch() -> bool:
@@ -72,6 +73,9 @@ class System:
                     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 with sock:
                     sock.settimeout(PROBE_SOCKET_TIMEOUT)
+                    if tcp_port == HOLD_PORT:
+                        sock.connect((SERVER_V4, HOLD_PORT))
+                        return True
                     sock.connect((SERVER_V4, HTTP_PORT))
                     sock.sendall(f"GET /1k HTTP/1.0\r\nHost: {SERVER_V4}\r\n\r\n".encode())
                     data = b""
@@ -147,7 +151,7 @@ class Ztun(System):
             timeout=START_TIMEOUT,
         )
         env.topo.route_into(TUN_NAME)
-        self.probe()
+        self.probe(tcp_port)
 
 
 class SingBox(System):
@@ -209,7 +213,7 @@ class SingBox(System):
             timeout=START_TIMEOUT,
         )
         env.topo.route_into(TUN_NAME)
-        self.probe()
+        self.probe(tcp_port)
 
 
 def make_system(name: str, env: Env) -> System:

@@ -1,0 +1,212 @@
+"""The semantic tier: what must hold of kernel-generated traffic, not how it was segmented.
+
+Two captures of the same TCP exchange between two Linux kernels differ in ways that are
+not regressions: a delayed ACK here, a window update there, an ACK merged into a FIN,
+a retransmission. What must *not* differ is, per direction of each TCP connection:
+
+* the control sequence -- SYN, FIN, RST, each at its relative sequence number
+  (``S@0 FA@1025``: the FIN sits right after 1024 bytes), retransmissions collapsed;
+* the options that matter -- which options the SYN carries, and the MSS value (after
+  clamping), but not the window scale value (it follows the host's memory);
+* the reassembled payload -- length and hash (SOCKS5 decoded, as in the strict tier).
+
+Non-TCP flows (UDP, ICMP) are not segmented by a kernel: they keep their strict lines.
+Predicates from the profile (``count(tcp.flags == SA)``, ``all(checksum != bad)``) are
+evaluated over every packet; an ``expect`` in the profile is checked against the
+capture itself, so a golden recorded with a wrong count cannot hide it.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from harness.pcap.normalise import Flow, TcpSegment, Trace
+from harness.pcap.payload import (
+    RawStream,
+    SocksClientStream,
+    SocksServerStream,
+    SocksSession,
+    Stream,
+)
+from harness.pcap.profile import Predicate
+
+__all__ = [
+    "Clause",
+    "evaluate",
+    "expectation_failures",
+    "matches",
+    "parse_match",
+    "semantic_text",
+]
+
+SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
+SEQ_SPACE = 1 << 32
+DIRECTIONS = (">", "<")
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<=": operator.le,
+    ">=": operator.ge,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+_CLAUSE = re.compile(r"^\s*([a-z][a-z0-9_.]*)\s*(==|!=|<=|>=|<|>)\s*(\S+)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Clause:
+    """``field op value``; fields are those the normaliser records per packet
+    (proto, ip.version, tcp.flags, tcp.window, len, checksum, icmp.type, icmp.code,
+    retransmission, flow)."""
+
+    field: str
+    op: str
+    value: int | str
+
+    def test(self, fields: Mapping[str, Any]) -> bool:
+        have = fields.get(self.field)
+        if have is None:
+            return self.op == "!="
+        want = self.value
+        if isinstance(want, int) and isinstance(have, int):
+            return _OPS[self.op](have, want)
+        if self.op in ("==", "!="):
+            return _OPS[self.op](str(have), str(want))
+        return False  # ordering between a number and a word: never true
+
+
+def parse_match(expr: str) -> tuple[Clause, ...]:
+    """``"tcp.flags == SA and ip.version == 6"`` -> clauses (ValueError on bad syntax)."""
+    clauses: list[Clause] = []
+    for part in re.split(r"\s+and\s+", expr.strip()):
+        found = _CLAUSE.match(part)
+        if found is None:
+            raise ValueError(f"cannot read {part!r}: expected 'field == value' joined by 'and'")
+        name, op, raw = found.groups()
+        value: int | str = int(raw) if re.fullmatch(r"-?\d+", raw) else raw
+        clauses.append(Clause(name, op, value))
+    return tuple(clauses)
+
+
+def matches(clauses: tuple[Clause, ...], fields: Mapping[str, Any]) -> bool:
+    return all(c.test(fields) for c in clauses)
+
+
+def evaluate(pred: Predicate, trace: Trace) -> int | bool:
+    clauses = parse_match(pred.match)
+    hits = [matches(clauses, p.fields) for p in trace.packets]
+    return sum(hits) if pred.kind == "count" else all(hits)
+
+
+def _render_value(value: int | bool) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def expectation_failures(trace: Trace) -> list[str]:
+    """Predicates whose ``expect`` the capture does not meet (empty: all met)."""
+    failures: list[str] = []
+    for pred in trace.profile.predicates:
+        if pred.expect is None:
+            continue
+        value = evaluate(pred, trace)
+        if value != pred.expect:
+            failures.append(
+                f"{pred.label} = {_render_value(value)}, profile expects "
+                f"{_render_value(pred.expect)} ({pred.why})"
+            )
+    return failures
+
+
+# --------------------------------------------------------------------------- TCP summary
+
+
+def _control(segments: list[TcpSegment]) -> str:
+    events: list[str] = []
+    for seg in segments:
+        if not seg.flags & (SYN | FIN | RST):
+            continue
+        letters = "".join(c for bit, c in ((SYN, "S"), (FIN, "F"), (RST, "R"), (ACK, "A"))
+                          if seg.flags & bit)
+        event = f"{letters}@{seg.seq}"
+        if event not in events:  # a retransmitted SYN or FIN is the same event
+            events.append(event)
+    return " ".join(events) or "none"
+
+
+def _options(segments: list[TcpSegment]) -> str:
+    for seg in segments:
+        if seg.flags & SYN:
+            return ",".join(seg.options) or "none"
+    return "no SYN seen"
+
+
+def _reassemble(segments: list[TcpSegment]) -> tuple[bytes, list[str]]:
+    """The byte stream of one direction, in sequence order, and notes on holes."""
+    pieces = sorted((s.seq, s.payload) for s in segments if s.payload)
+    start = 1 if any(s.flags & SYN for s in segments) else (pieces[0][0] if pieces else 0)
+    stream = bytearray()
+    notes: list[str] = []
+    for seq, payload in pieces:
+        offset = (seq - start) % SEQ_SPACE
+        if offset > len(stream):
+            notes.append(f"hole of {offset - len(stream)} bytes at {start + len(stream)}")
+            stream += bytes(offset - len(stream))
+        stream[offset : offset + len(payload)] = payload
+    return bytes(stream), notes
+
+
+def _fresh_stream(kind: Stream | None, session: SocksSession | None, masked: bool) -> Stream:
+    if session is not None and isinstance(kind, SocksClientStream):
+        return SocksClientStream(session)
+    if session is not None and isinstance(kind, SocksServerStream):
+        return SocksServerStream(session)
+    return RawStream(masked)
+
+
+def _tcp_summary(flow: Flow, trace: Trace) -> list[str]:
+    by_dir: dict[str, list[TcpSegment]] = {d: [] for d in DIRECTIONS}
+    for packet in flow.packets:
+        if packet.tcp is not None:
+            by_dir[packet.tcp.direction].append(packet.tcp)
+    masked = trace.profile.masked("payload")
+    session = None
+    if flow.socks is not None:
+        session = SocksSession(flow.socks.names, flow.socks.server_addr, masked)
+    # The client side first: the server's reply decoding reads what the request asked.
+    order = sorted(DIRECTIONS, key=lambda d: not isinstance(flow.streams.get(d),
+                                                             SocksClientStream))
+    rendered: dict[str, list[str]] = {}
+    for direction in order:
+        segments = by_dir[direction]
+        data, notes = _reassemble(segments)
+        stream = _fresh_stream(flow.streams.get(direction), session, masked)
+        items = notes + stream.feed(data)
+        rendered[direction] = [
+            f"  {direction} control {_control(segments)}",
+            f"  {direction} options {_options(segments)}",
+            f"  {direction} data {'; '.join(items) if items else 'none'}",
+        ]
+    return [line for d in DIRECTIONS for line in rendered[d]]
+
+
+def semantic_text(trace: Trace) -> str:
+    """The semantic tier's text (what a semantic profile compares)."""
+    lines = [f"bad checksums: {trace.bad_checksums}"]
+    for flow in trace.flows:
+        lines.append(f"flow {flow.number}: {flow.header}")
+        if flow.proto == "tcp":
+            lines += _tcp_summary(flow, trace)
+        else:
+            lines += [f"  {p.line}" for p in flow.packets if not p.hidden]
+    for pred in trace.profile.predicates:
+        value = evaluate(pred, trace)
+        line = f"{pred.label} = {_render_value(value)}"
+        if pred.expect is not None and value != pred.expect:
+            line += f"  (profile expects {_render_value(pred.expect)})"
+        lines.append(line)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,127 @@
+"""pytest fixtures for VM hosts (the plugin imports this module's fixtures).
+
+Cost ladder, cheapest first: the image and the saved guest state are built once per
+machine (cached under ``~/.cache/ztun/vms``), resolved once per session here, and each
+test restores its own guest from the state in a few seconds and throws it away after.
+A test that cannot run (no QEMU, no mmdebstrap, not root) skips with a reason naming what
+to install.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import vmimage
+from harness.artifacts import TestArtifacts
+from harness.hosts.base import Host
+from harness.hosts.qemu import QEMU, QemuHost, SavedState, accelerator, ensure_state
+from harness.hosts.vagrant import VagrantBox, VagrantHost, box_unavailable_reason
+from harness.testinfra_backends import testinfra_host
+
+__all__ = [
+    "qemu_host",
+    "testinfra_for",
+    "vagrant_linux",
+    "vm_image",
+    "vm_state",
+    "vm_testinfra",
+]
+
+#: Apt packages that provide what the QEMU fixtures run, for skip reasons.
+_APT_HINT = "apt-get install qemu-system-x86 qemu-utils mmdebstrap"
+
+
+def _require_vm_tools() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("VM image build needs root (mmdebstrap --mode=root)")
+    missing = [t for t in (QEMU, "qemu-img", "mmdebstrap", "mke2fs") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"tool missing: {', '.join(missing)} ({_APT_HINT})")
+
+
+@pytest.fixture(scope="session")
+def vm_image() -> vmimage.GuestImage:
+    """The Debian 12 guest image for this recipe (built on first use, then cached)."""
+    _require_vm_tools()
+    return vmimage.ensure_image()
+
+
+@pytest.fixture(scope="session")
+def vm_state(vm_image: vmimage.GuestImage) -> SavedState:
+    """The booted-and-saved guest every QemuHost restores from (KVM if it works, else TCG)."""
+    return ensure_state(vm_image, accelerator(vm_image))
+
+
+def _artifacts(request: pytest.FixtureRequest) -> TestArtifacts | None:
+    if "artifacts" in request.fixturenames or _has_fixture(request, "artifacts"):
+        value: TestArtifacts = request.getfixturevalue("artifacts")
+        return value
+    return None
+
+
+def _has_fixture(request: pytest.FixtureRequest, name: str) -> bool:
+    try:
+        request.getfixturevalue(name)
+    except pytest.FixtureLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def qemu_host(
+    request: pytest.FixtureRequest, vm_image: vmimage.GuestImage, vm_state: SavedState,
+    tmp_path: Path,
+) -> Iterator[QemuHost]:
+    """A fresh guest restored from the saved state; powered off and removed after the test.
+
+    The repository is mounted read-only at ``/mnt/repo``; ``/opt/ztun`` holds a venv with
+    the harness's dependencies; ``ztun`` on the guest's PATH runs this checkout.
+    """
+    artifacts = _artifacts(request)
+    log_dir = artifacts.path("vm") if artifacts is not None else tmp_path / "vm"
+    if artifacts is not None:
+        artifacts.add_log_dir(log_dir)
+    host = QemuHost.start("vm", log_dir, image=vm_image, accel=vm_state.accel)
+    try:
+        if artifacts is not None:
+            timings = ", ".join(f"{k} {v:.2f} s" for k, v in host.timings.items())
+            artifacts.attach("vm", text=f"accel {host.accel}; {timings}")
+        yield host
+    finally:
+        host.close()
+
+
+@pytest.fixture
+def vm_testinfra(qemu_host: QemuHost) -> Any:
+    """testinfra's ``host`` for the guest (paramiko over the guest's own connection)."""
+    return testinfra_host(qemu_host)
+
+
+@pytest.fixture
+def testinfra_for() -> Callable[[Host], Any]:
+    """``testinfra_for(host)``: a testinfra Host for any harness Host (netns or VM)."""
+    return testinfra_host
+
+
+@pytest.fixture
+def vagrant_linux(
+    request: pytest.FixtureRequest, vm_image: vmimage.GuestImage, tmp_path: Path
+) -> Iterator[VagrantHost]:
+    """The Linux Vagrant box (libvirt, inside a private network namespace), if it comes up."""
+    box = VagrantBox.linux(vm_image)
+    reason = box_unavailable_reason(box)
+    if reason:
+        pytest.skip(reason)
+    artifacts = _artifacts(request)
+    log_dir = artifacts.path("vagrant") if artifacts is not None else tmp_path / "vagrant"
+    host = VagrantHost.up(box, log_dir)
+    try:
+        yield host
+    finally:
+        host.close()

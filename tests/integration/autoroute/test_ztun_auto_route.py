@@ -1,0 +1,198 @@
+"""`ztun run --auto-route` end to end (issue 8): in a client namespace with a default
+route of its own, everything goes through the proxy; a SIGKILL leaves routes behind that
+`ztun cleanup` (or the next start) restores byte for byte; DNS goes where --dns says.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.capture import capture
+from harness.decode import packets_of
+from harness.hosts import LogLine
+from harness.peers.starters import (
+    start_danted,
+    start_dnsmasq,
+    start_recording,
+    start_tcp_echo,
+    start_udp_echo,
+)
+
+pytestmark = [pytest.mark.netns, pytest.mark.linux]
+
+ZTUN = str(Path(sys.executable).with_name("ztun"))
+ECHO, UDP_ECHO, SOCKS = 5002, 5003, 1080
+
+
+def routing_state(host) -> str:  # type: ignore[no-untyped-def]
+    """Everything auto-route may touch, as the kernel reports it."""
+    parts = []
+    for argv in (
+        ["ip", "-4", "rule", "show"],
+        ["ip", "-6", "rule", "show"],
+        ["ip", "-4", "route", "show", "table", "all"],
+        ["ip", "-6", "route", "show", "table", "all"],
+    ):
+        parts.append(host.run(argv, timeout=10, check=True).stdout)
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def path(topology, require_root):  # type: ignore[no-untyped-def]
+    client, proxy, server = topology.client, topology.proxy, topology.server
+    proxy_addr = str(topology.address("proxy", "client", 4))
+    server_addr = str(topology.address("server", "proxy", 4))
+    start_tcp_echo(server, server_addr, ECHO)
+    start_udp_echo(server, server_addr, UDP_ECHO)
+    # The client's own default route points at the proxy host, which does not forward:
+    # without ztun nothing reaches the server, so whatever does was carried by ztun.
+    client.run(["ip", "route", "add", "default", "via", proxy_addr], timeout=10, check=True)
+    return topology, proxy_addr, server_addr
+
+
+def start_ztun(topology, proxy_url: str, *extra: str):  # type: ignore[no-untyped-def]
+    return topology.client.spawn(
+        [ZTUN, "run", "--device", "tun://zt0", "--proxy", proxy_url, "--auto-route", *extra],
+        name="ztun",
+        ready=LogLine(r"ztun ready"),
+    )
+
+
+def echo(topology, server_addr: str, payload: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    sock = topology.client.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(10)
+        sock.connect((server_addr, ECHO))
+        sock.sendall(payload)
+        received = b""
+        while len(received) < len(payload) and (data := sock.recv(65536)):
+            received += data
+    return received
+
+
+def test_everything_goes_through_the_proxy_and_sigkill_is_recovered(path) -> None:  # type: ignore[no-untyped-def]
+    topology, proxy_addr, server_addr = path
+    client = topology.client
+    start_danted(topology.proxy, proxy_addr, SOCKS)
+    before = routing_state(client)
+    link = topology.iface("client", "proxy")
+    with capture(client, link, "ip") as cap:
+        ztun = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}")
+        assert routing_state(client) != before, "auto-route changed nothing"
+        assert echo(topology, server_addr, b"tcp through auto-route") == b"tcp through auto-route"
+        udp = client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with udp:
+            udp.settimeout(5)
+            udp.sendto(b"udp through auto-route", (server_addr, UDP_ECHO))
+            assert udp.recvfrom(100)[0] == b"udp through auto-route"
+        ping = client.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", server_addr], timeout=15)
+        assert ping.returncode == 0, ping.stdout
+    # On the wire to the proxy host there is SOCKS5 to the proxy and nothing else: the
+    # proxy's own connection did not loop into the TUN, and nothing went around it.
+    peers = set()
+    for _frame, ip in packets_of(cap.path):
+        if ip and ip[0] >> 4 == 4:
+            peers.add(socket.inet_ntoa(ip[16:20]))
+    assert server_addr not in peers
+    assert peers <= {proxy_addr, str(topology.address("client", "proxy", 4))}
+    # A crash leaves the rules behind; `ztun cleanup` in that namespace puts it all back.
+    client.run(["kill", "-9", str(ztun.pid)], timeout=5, check=True)
+    ztun.wait(10)
+    left = routing_state(client)
+    assert "lookup 2022" in left, "a SIGKILLed ztun should have left its rules"
+    cleanup = client.run([ZTUN, "cleanup"], timeout=30)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert routing_state(client) == before
+
+
+def test_next_start_recovers_and_sigterm_restores(path) -> None:  # type: ignore[no-untyped-def]
+    topology, proxy_addr, server_addr = path
+    client = topology.client
+    start_danted(topology.proxy, proxy_addr, SOCKS)
+    before = routing_state(client)
+    first = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}")
+    client.run(["kill", "-9", str(first.pid)], timeout=5, check=True)
+    first.wait(10)
+    second = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}")
+    assert "restored routes left by a previous run" in second.log_text()
+    assert echo(topology, server_addr, b"after recovery") == b"after recovery"
+    second.stop()
+    assert routing_state(client) == before
+
+
+def test_fake_ip_dns_sends_the_domain_to_the_proxy(path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dnslib import DNSRecord
+
+    topology, proxy_addr, _server_addr = path
+    client = topology.client
+    recorder = start_recording(topology.proxy, proxy_addr, SOCKS)
+    config = tmp_path / "ztun.toml"
+    config.write_text(f'[dns]\nmode = "fake-ip"\nstate_file = "{tmp_path}/fakeip.json"\n')
+    start_ztun(topology, recorder.url, "--config", str(config))
+    udp = client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with udp:
+        udp.settimeout(5)
+        # Any resolver address: port 53 is answered by ztun from the fake pool.
+        udp.sendto(DNSRecord.question("service.example.test", "A").pack(), ("192.0.2.53", 53))
+        answer = DNSRecord.parse(udp.recvfrom(4096)[0])
+    fake = str(answer.rr[0].rdata)
+    assert fake.startswith(("198.18.", "198.19.")), fake
+    sock = client.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(10)
+        try:
+            sock.connect((fake, 443))
+            sock.sendall(b"x")
+            sock.recv(10)
+        except OSError:
+            pass  # the proxy cannot resolve the name here; the request is what we check
+    request = recorder.wait_for_request(lambda r: r.command == "CONNECT", timeout=10)
+    assert (request.target_host, request.target_port) == ("service.example.test", 443)
+
+
+def test_remote_dns_goes_to_the_upstream_through_the_proxy(path) -> None:  # type: ignore[no-untyped-def]
+    from dnslib import DNSRecord
+
+    topology, proxy_addr, server_addr = path
+    start_dnsmasq(topology.server, server_addr, {"remote.ztun.test": "10.9.9.9"})
+    recorder = start_recording(topology.proxy, proxy_addr, SOCKS)
+    start_ztun(topology, recorder.url, "--dns", "remote", "--dns-upstream", f"{server_addr}:53")
+    udp = topology.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with udp:
+        udp.settimeout(10)
+        udp.sendto(DNSRecord.question("remote.ztun.test", "A").pack(), ("192.0.2.53", 53))
+        answer = DNSRecord.parse(udp.recvfrom(4096)[0])
+    assert [str(rr.rdata) for rr in answer.rr] == ["10.9.9.9"]
+    request = recorder.wait_for_request(lambda r: r.target_port == 53, timeout=10)
+    assert request.command == "CONNECT" and request.target_host == server_addr
+
+
+def test_strict_route_blocks_ipv6_when_only_ipv4_is_proxied(path) -> None:  # type: ignore[no-untyped-def]
+    topology, proxy_addr, server_addr = path
+    client = topology.client
+    proxy6 = str(topology.address("proxy", "client", 6))
+    server6 = str(topology.address("server", "proxy", 6))
+    client.run(["ip", "-6", "route", "add", "default", "via", proxy6], timeout=10, check=True)
+    start_danted(topology.proxy, proxy_addr, SOCKS)
+    link = topology.iface("client", "proxy")
+    with capture(client, link, "ip6 and (tcp or udp)") as cap:
+        start_ztun(
+            topology,
+            f"socks5://{proxy_addr}:{SOCKS}",
+            "--address",
+            "172.19.0.1/30",
+            "--strict-route",
+        )
+        sock = client.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        with sock, pytest.raises(OSError):
+            sock.settimeout(5)
+            sock.connect((server6, ECHO))
+        udp = client.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        with udp, pytest.raises(OSError):
+            udp.sendto(b"must not leak", (server6, UDP_ECHO))
+        assert echo(topology, server_addr, b"v4 still flows") == b"v4 still flows"
+    assert cap.packet_count() == 0, "IPv6 leaked around the TUN under --strict-route"
