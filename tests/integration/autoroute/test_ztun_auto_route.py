@@ -43,7 +43,7 @@ def routing_state(host) -> str:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def path(topology, require_root):  # type: ignore[no-untyped-def]
-    client, proxy, server = topology.client, topology.proxy, topology.server
+    client, server = topology.client, topology.server
     proxy_addr = str(topology.address("proxy", "client", 4))
     server_addr = str(topology.address("server", "proxy", 4))
     start_tcp_echo(server, server_addr, ECHO)
