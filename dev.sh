@@ -10,7 +10,7 @@ cd "$(dirname "$(readlink -f "$0")")"
 APT_PACKAGES=(
   iproute2 iputils-ping ethtool tcpdump curl
   microsocks dante-server dnsmasq-base nginx-light iperf3
-  openssh-client openssh-server
+  openssh-client openssh-server nftables
 )
 VENV=.venv
 

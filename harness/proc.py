@@ -22,6 +22,7 @@ import contextlib
 import os
 import re
 import select
+import selectors
 import signal
 import subprocess
 import threading
@@ -29,6 +30,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from harness.hosts.base import (
     DEFAULT_RUN_TIMEOUT,
@@ -96,7 +98,13 @@ def run_local(
     env: Mapping[str, str] | None = None,
     input: str | bytes | None = None,
 ) -> CmdResult:
-    """Run ``argv`` to completion, killing its whole process group at ``timeout``.
+    """Run ``argv`` to completion; at ``timeout`` kill its process group.
+
+    "Completion" is the *command's* exit, watched through a pidfd -- not EOF on its
+    pipes: a command that starts a daemon (``setsid -f``, dnsmasq, danted) hands the
+    daemon its stdout, and waiting for EOF would wait for the daemon.  What the command
+    wrote before exiting is drained from the pipes; the daemon is left running
+    (Host.close() kills whatever remains inside a host).
 
     ``display_argv`` is what results and errors report (the caller's command, not the
     backend wrapper around it).  Output is decoded as UTF-8 with replacement, because a
@@ -112,24 +120,96 @@ def run_local(
         env=merged_env(env),
         start_new_session=True,
     )
+    assert proc.stdout is not None and proc.stderr is not None
+    buffers = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    pidfd = os.pidfd_open(proc.pid)
+    sel = selectors.DefaultSelector()
     try:
-        out, err = proc.communicate(data, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise CommandTimeout(
-            shown, timeout, out.decode(errors="replace"), err.decode(errors="replace")
-        ) from None
+        for fd in buffers:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        sel.register(pidfd, selectors.EVENT_READ)
+        pending = memoryview(data) if data is not None else None
+        stdin_fd = proc.stdin.fileno() if proc.stdin is not None else -1
+        if proc.stdin is not None:
+            os.set_blocking(stdin_fd, False)
+            sel.register(stdin_fd, selectors.EVENT_WRITE)
+        deadline = time.monotonic() + timeout
+        exited = False
+        while not exited:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                _drain_pipes(buffers)
+                out, err = (bytes(b).decode(errors="replace") for b in buffers.values())
+                raise CommandTimeout(shown, timeout, out, err)
+            for key, _ in sel.select(remaining):
+                fd = key.fd
+                if fd == pidfd:
+                    exited = True
+                elif fd == stdin_fd and proc.stdin is not None:
+                    pending = _feed(proc.stdin, pending, sel)
+                elif not _read_some(fd, buffers[fd]):
+                    sel.unregister(fd)
+        proc.wait()
+        _drain_pipes(buffers)
     except BaseException:
-        # KeyboardInterrupt mid-command: never leave the child running.
+        # Timeout or KeyboardInterrupt mid-command: never leave the child running.
         _killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
-    # A command that exited normally may have started a daemon on purpose (dnsmasq,
-    # danted -D): it is left running; Host.close() kills whatever remains inside.
-    return CmdResult(
-        shown, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
-    )
+    finally:
+        sel.close()
+        os.close(pidfd)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+    out, err = (bytes(b).decode(errors="replace") for b in buffers.values())
+    return CmdResult(shown, proc.returncode, out, err)
+
+
+def _read_some(fd: int, buffer: bytearray) -> bool:
+    """Read what is available; False at EOF."""
+    try:
+        chunk = os.read(fd, READ_CHUNK)
+    except BlockingIOError:
+        return True
+    buffer += chunk
+    return bool(chunk)
+
+
+def _drain_pipes(buffers: dict[int, bytearray]) -> None:
+    """Take what an exited command left in its pipes, without waiting for EOF."""
+    for fd, buffer in buffers.items():
+        while True:
+            try:
+                chunk = os.read(fd, READ_CHUNK)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                break
+            buffer += chunk
+
+
+def _feed(
+    stdin: IO[bytes], pending: memoryview | None, sel: selectors.BaseSelector
+) -> memoryview | None:
+    """Write the next piece of input; close stdin when all is written (or unwanted)."""
+    try:
+        if pending:
+            written = os.write(stdin.fileno(), pending)
+            pending = pending[written:]
+    except BlockingIOError:
+        return pending
+    except BrokenPipeError:
+        pending = None
+    if not pending:
+        sel.unregister(stdin.fileno())
+        stdin.close()
+        return None
+    return pending
 
 
 class LocalProcess:

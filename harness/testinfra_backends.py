@@ -17,7 +17,6 @@ adds no SSH handshake at all.
 from __future__ import annotations
 
 import shlex
-import socket
 import subprocess
 from typing import Any
 
@@ -49,8 +48,9 @@ class NetnsBackend(base.BaseBackend):  # type: ignore[misc]
 
     NAME = NETNS_SCHEME
 
-    def __init__(self, hostspec: str, *args: Any, timeout: float = DEFAULT_RUN_TIMEOUT,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, hostspec: str, *args: Any, timeout: float = DEFAULT_RUN_TIMEOUT, **kwargs: Any
+    ) -> None:
         self.netns = hostspec
         self.timeout = float(timeout)
         super().__init__(hostspec, *args, **kwargs)
@@ -62,8 +62,10 @@ class NetnsBackend(base.BaseBackend):  # type: ignore[misc]
             done = subprocess.run(argv, capture_output=True, timeout=self.timeout, check=False)
         except subprocess.TimeoutExpired as exc:
             raise CommandTimeout(
-                ["sh", "-c", cmd], self.timeout,
-                _text(exc.stdout), _text(exc.stderr),
+                ["sh", "-c", cmd],
+                self.timeout,
+                _text(exc.stdout),
+                _text(exc.stderr),
             ) from exc
         return self.result(done.returncode, self.encode(cmd), done.stdout, done.stderr)
 
@@ -74,8 +76,14 @@ class TimedParamikoBackend(ParamikoBackend):  # type: ignore[misc]
     #: Seconds beyond the guest-side timeout before the host gives up on the channel.
     GRACE = 5.0
 
-    def __init__(self, hostspec: str, *args: Any, command_timeout: float = DEFAULT_RUN_TIMEOUT,
-                 client: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        hostspec: str,
+        *args: Any,
+        command_timeout: float = DEFAULT_RUN_TIMEOUT,
+        client: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(hostspec, *args, **kwargs)
         self.command_timeout = float(command_timeout)
         if client is not None:
@@ -93,14 +101,19 @@ class TimedParamikoBackend(ParamikoBackend):  # type: ignore[misc]
             stdout = b"".join(chan.makefile("rb"))
             stderr = b"".join(chan.makefile_stderr("rb"))
             rc: int = chan.recv_exit_status()
-        except (TimeoutError, socket.timeout) as exc:
-            raise CommandTimeout(["sh", "-c", command.decode()], self.command_timeout, "", "") \
-                from exc
+        except TimeoutError as exc:
+            raise CommandTimeout(
+                ["sh", "-c", command.decode()], self.command_timeout, "", ""
+            ) from exc
         finally:
             chan.close()
         if rc == 124:  # coreutils timeout: the command ran out of time in the guest
-            raise CommandTimeout(["sh", "-c", command.decode()], self.command_timeout,
-                                 stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+            raise CommandTimeout(
+                ["sh", "-c", command.decode()],
+                self.command_timeout,
+                stdout.decode(errors="replace"),
+                stderr.decode(errors="replace"),
+            )
         return rc, stdout, stderr
 
 
@@ -131,8 +144,11 @@ def testinfra_host(host: Host, *, timeout: float = DEFAULT_RUN_TIMEOUT) -> testi
         key = getattr(host, "ssh_key", None)
         spec = f"paramiko://{user}@{ssh_host}:{port}"
         backend = TimedParamikoBackend(
-            spec, ssh_identity_file=str(key) if key else None, timeout=int(timeout),
-            command_timeout=timeout, client=client,
+            spec,
+            ssh_identity_file=str(key) if key else None,
+            timeout=int(timeout),
+            command_timeout=timeout,
+            client=client,
         )
     else:
         backend = NetnsBackend(host.name, timeout=timeout)

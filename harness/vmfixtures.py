@@ -59,23 +59,19 @@ def vm_state(vm_image: vmimage.GuestImage) -> SavedState:
 
 
 def _artifacts(request: pytest.FixtureRequest) -> TestArtifacts | None:
-    if "artifacts" in request.fixturenames or _has_fixture(request, "artifacts"):
-        value: TestArtifacts = request.getfixturevalue("artifacts")
-        return value
-    return None
-
-
-def _has_fixture(request: pytest.FixtureRequest, name: str) -> bool:
+    """The plugin's per-test artifacts, when the plugin is active."""
     try:
-        request.getfixturevalue(name)
+        value: TestArtifacts = request.getfixturevalue("artifacts")
     except pytest.FixtureLookupError:
-        return False
-    return True
+        return None
+    return value
 
 
 @pytest.fixture
 def qemu_host(
-    request: pytest.FixtureRequest, vm_image: vmimage.GuestImage, vm_state: SavedState,
+    request: pytest.FixtureRequest,
+    vm_image: vmimage.GuestImage,
+    vm_state: SavedState,
     tmp_path: Path,
 ) -> Iterator[QemuHost]:
     """A fresh guest restored from the saved state; powered off and removed after the test.

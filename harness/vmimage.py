@@ -199,8 +199,18 @@ def _build(directory: Path, digest: str) -> GuestImage:
         shutil.copyfile(initrds[-1], directory / "initrd.img")
         rootfs = directory / "rootfs.ext4"
         _run(
-            ["mke2fs", "-q", "-t", "ext4", "-L", "ztunroot", "-d", str(rootdir), str(rootfs),
-             ROOTFS_SIZE],
+            [
+                "mke2fs",
+                "-q",
+                "-t",
+                "ext4",
+                "-L",
+                "ztunroot",
+                "-d",
+                str(rootdir),
+                str(rootfs),
+                ROOTFS_SIZE,
+            ],
             timeout=600,
             step="mke2fs",
         )

@@ -153,9 +153,24 @@ async def _serve(
     )
     stack = SystemStack(inet4=opts.inet4, inet6=opts.inet6, udp_timeout=opts.udp_timeout)
     engine = Engine(
-        device, stack, router, connect_timeout=opts.connect_timeout, splice=opts.splice, dns=dns
+        device,
+        stack,
+        router,
+        connect_timeout=opts.connect_timeout,
+        splice=opts.splice,
+        dns=dns,
+        redirect=opts.redirect,
     )
     engine.start()
+    if opts.redirect and engine.redirect_port is not None:
+        from .redirect import RedirectError, install
+
+        try:
+            install(device.name, engine.redirect_port)
+        except (RedirectError, OSError) as exc:
+            log.error("%s", exc)
+            engine.stop()
+            return 1
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, engine.stop)
@@ -172,7 +187,7 @@ async def _serve(
         saver = loop.call_later(SAVE_INTERVAL, save_if_dirty)
     log.info(
         "ztun ready device=%s index=%d mtu=%d offload=%s addresses=%s listen=%s proxy=%s "
-        "dns=%s sniff=%s auto_route=%s",
+        "dns=%s sniff=%s auto_route=%s redirect=%s",
         device.name,
         device.index,
         device.mtu,
@@ -183,11 +198,16 @@ async def _serve(
         cfg.dns.mode,
         "on" if cfg.sniff.enabled else "off",
         "on" if cfg.route.auto else "off",
+        f"on:{engine.redirect_port}" if opts.redirect else "off",
     )
     await engine.wait_stopped()
     if saver is not None:
         saver.cancel()
     if pool is not None:
         save_pool(pool, cfg.dns.state_file)
+    if opts.redirect:
+        from .redirect import remove
+
+        remove(device.name)
     log.info("ztun stopped stats=%s", engine.snapshot_json())
     return 0

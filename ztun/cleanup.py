@@ -52,6 +52,11 @@ def cleanup() -> int:
         report = restore(Journal(path))
         print(f"ztun cleanup: restored routes from {path}: {report}")
         restored += 1
+    from .redirect import leftover_tables, remove_table
+
+    for table in leftover_tables():
+        remove_table(table)
+        print(f"ztun cleanup: removed nftables table inet {table}")
     removed = 0
     for name in netns.list_names(PREFIX):
         netns.remove(name)

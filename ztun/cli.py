@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how TCP bytes move between sockets: splice(2) through a pipe (default) or recv/send",
     )
     routing = run.add_argument_group("routing, DNS and rules")
+    routing.add_argument(
+        "--redirect",
+        action="store_true",
+        help="Linux fast path: nftables redirects this host's TCP bound for the TUN straight "
+        "to ztun's listener (TCP bytes never cross the TUN); needs nftables",
+    )
     routing.add_argument("--config", metavar="FILE", help="TOML config (flags override it)")
     routing.add_argument(
         "--auto-route",
@@ -362,6 +368,7 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         bind_interface=config.interface,
         offload=ns.offload,
         splice=ns.relay == "splice",
+        redirect=ns.redirect,
         config=config,
     )
 

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import socket
+import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -47,6 +48,26 @@ ACCEPT_BATCH = 64
 UDP_QUEUE_LIMIT = 64  # datagrams held while an association is being set up
 DNS_PORT = 53
 FlowKey = tuple[int, Action]
+
+
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same value
+
+
+def original_destination(
+    conn: socket.socket,
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """Where a connection nftables redirected was going (conntrack's original tuple)."""
+    if conn.family == socket.AF_INET6:
+        try:
+            raw = conn.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+            port, _flowinfo, addr = struct.unpack_from("!2xHI16s", raw)
+            ip = ipaddress.IPv6Address(addr)
+            return (ip.ipv4_mapped or ip), port
+        except OSError:
+            pass  # an IPv4 connection on the dual-stack listener: ask the IPv4 table
+    raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port, addr = struct.unpack_from("!2xH4s", raw)
+    return ipaddress.IPv4Address(addr), port
 
 
 def _ip_text(raw: bytes) -> str:
@@ -165,11 +186,14 @@ class Engine:
         connect_timeout: float = 10.0,
         splice: bool = True,
         dns: DnsHandler | None = None,
+        redirect: bool = False,
     ) -> None:
         self.device = device
         self.stack = stack
         self.router = router
         self.connect_timeout = connect_timeout
+        # With --redirect, nftables sends TCP bound for the TUN here instead (port 0: any).
+        self.redirect_port: int | None = 0 if redirect else None
         self.stats: Counter[str] = Counter()
         self.relays: set[Relay] = set()
         self.udp_flows: dict[FlowKey, _UdpFlow] = {}
@@ -206,6 +230,16 @@ class Engine:
             sock.setblocking(False)
             self.stack.set_listen_port(version, sock.getsockname()[1])
             self.loop.add_reader(sock.fileno(), self._on_accept, sock, version)
+            self.listeners.append(sock)
+        if self.redirect_port is not None:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # one port, both families
+            sock.bind(("::", self.redirect_port))
+            sock.listen(4096)
+            sock.setblocking(False)
+            self.redirect_port = sock.getsockname()[1]
+            self.loop.add_reader(sock.fileno(), self._on_redirect_accept, sock)
             self.listeners.append(sock)
         self.pump = TunPump(
             self.device, self.stack, self.lock, self.loop, self._on_udp_batch, self.stats
@@ -289,19 +323,58 @@ class Engine:
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.stats["tcp_flows"] += 1
-            self._spawn(self._serve_tcp(conn, session))
+            self._on_hairpin_accept(conn, session)
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _serve_tcp(self, conn: socket.socket, session: TcpSession) -> None:
-        dst = ipaddress.ip_address(session.dst_addr)
-        source = _ip_text(session.client_addr)
+    def _on_redirect_accept(self, listener: socket.socket) -> None:
+        """A TCP connection nftables redirected to us: its destination is SO_ORIGINAL_DST."""
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            try:
+                dst, port = original_destination(conn)
+            except OSError as exc:
+                log.warning("redirected connection without an original destination: %s", exc)
+                close_with_reset(conn)
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.stats["tcp_flows"] += 1
+            self.stats["tcp_flows_redirected"] += 1
+            self._spawn(self._serve_tcp(conn, dst, port, str(peer[0]), None))
+
+    def _on_hairpin_accept(self, conn: socket.socket, session: TcpSession) -> None:
+        self._spawn(
+            self._serve_tcp(
+                conn,
+                ipaddress.ip_address(session.dst_addr),
+                session.dst_port,
+                _ip_text(session.client_addr),
+                session,
+            )
+        )
+
+    async def _serve_tcp(
+        self,
+        conn: socket.socket,
+        dst: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        port: int,
+        source: str,
+        session: TcpSession | None,
+    ) -> None:
+        """Route one app connection, open its outbound, relay until both sides are done."""
         try:
             domain = await self.router.sniff(conn)
-            decision = self.router.decide("tcp", dst, session.dst_port, domain)
+            decision = self.router.decide("tcp", dst, port, domain)
             if decision.action is Action.REJECT:
                 raise Rejected(f"rule rejects {decision.target}")
             stream = await asyncio.wait_for(
@@ -318,9 +391,7 @@ class Engine:
             return
         except (OutboundError, OSError, TimeoutError) as exc:
             self.stats["tcp_outbound_failed"] += 1
-            log.warning(
-                "TCP %s -> %s:%d: %s", source, dst, session.dst_port, exc or type(exc).__name__
-            )
+            log.warning("TCP %s -> %s:%d: %s", source, dst, port, exc or type(exc).__name__)
             self._tcp_failed(conn, session)
             return
         except asyncio.CancelledError:
@@ -335,17 +406,20 @@ class Engine:
             self.stats["tcp_bytes_down"] += relay.bytes_down
             if exc is not None:
                 self.stats["tcp_relay_reset"] += 1
-            with self.lock:
-                self.stack.tcp_closed(session, self.loop.time())
+            self._session_done(session)
 
         relay = Relay(self.loop, conn, remote, self._relay_buffer, on_close, self.pipes)
         self.relays.add(relay)
         relay.start(early)
 
-    def _tcp_failed(self, conn: socket.socket, session: TcpSession) -> None:
+    def _tcp_failed(self, conn: socket.socket, session: TcpSession | None) -> None:
         close_with_reset(conn)
-        with self.lock:
-            self.stack.tcp_closed(session, self.loop.time())
+        self._session_done(session)
+
+    def _session_done(self, session: TcpSession | None) -> None:
+        if session is not None:
+            with self.lock:
+                self.stack.tcp_closed(session, self.loop.time())
 
     # -- UDP -------------------------------------------------------------------------------
 

@@ -80,7 +80,10 @@ class Qmp:
     """Just enough of the QEMU Machine Protocol: commands in, replies out, events skipped."""
 
     def __init__(
-        self, path: Path, *, timeout: float = QMP_TIMEOUT,
+        self,
+        path: Path,
+        *,
+        timeout: float = QMP_TIMEOUT,
         process: subprocess.Popen[bytes] | None = None,
     ) -> None:
         deadline = time.monotonic() + timeout
@@ -132,8 +135,9 @@ class Qmp:
 
 def qemu_version() -> str:
     """``QEMU emulator version X`` line; part of the saved-state key (states don't port)."""
-    done = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=10,
-                          check=True)
+    done = subprocess.run(
+        [QEMU, "--version"], capture_output=True, text=True, timeout=10, check=True
+    )
     return done.stdout.splitlines()[0]
 
 
@@ -179,22 +183,46 @@ class Machine:
         cpu = "host" if self.accel == "kvm" else "max"
         share = self.share if self.share is not None else self.workdir
         argv = [
-            QEMU, "-name", f"ztun-{self.workdir.name}", "-nodefaults", "-no-user-config",
-            "-machine", f"q35,accel={self.accel}", "-cpu", cpu,
-            "-smp", str(SMP), "-m", str(MEMORY_MIB),
-            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-            "-append", self.image.cmdline,
+            QEMU,
+            "-name",
+            f"ztun-{self.workdir.name}",
+            "-nodefaults",
+            "-no-user-config",
+            "-machine",
+            f"q35,accel={self.accel}",
+            "-cpu",
+            cpu,
+            "-smp",
+            str(SMP),
+            "-m",
+            str(MEMORY_MIB),
+            "-kernel",
+            str(self.image.kernel),
+            "-initrd",
+            str(self.image.initrd),
+            "-append",
+            self.image.cmdline,
             # cache=unsafe: the overlay is thrown away, so flushes would only cost time.
-            "-drive", f"file={self.disk},if=none,id=root,format=qcow2,cache=unsafe",
-            "-device", "virtio-blk-pci,drive=root",
+            "-drive",
+            f"file={self.disk},if=none,id=root,format=qcow2,cache=unsafe",
+            "-device",
+            "virtio-blk-pci,drive=root",
             "-netdev",
             f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
-            "-device", "virtio-net-pci,netdev=net0",
-            "-fsdev", f"local,id=repo,path={share},security_model=none,readonly=on",
-            "-device", f"virtio-9p-pci,fsdev=repo,mount_tag={SHARE_TAG}",
-            "-display", "none", "-vga", "none",
-            "-serial", f"file:{self.console}",
-            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+            "-fsdev",
+            f"local,id=repo,path={share},security_model=none,readonly=on",
+            "-device",
+            f"virtio-9p-pci,fsdev=repo,mount_tag={SHARE_TAG}",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-serial",
+            f"file:{self.console}",
+            "-qmp",
+            f"unix:{self.qmp_path},server=on,wait=off",
         ]
         if self.incoming is not None:
             argv += ["-incoming", f"exec:cat {self.incoming}"]
@@ -210,7 +238,9 @@ class Machine:
             # interrupted run leaves no guest behind.
             self.process = subprocess.Popen(
                 ["setpriv", "--pdeathsig", "KILL", *self.argv()],
-                stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
             )
             stderr.close()
             try:
@@ -243,8 +273,12 @@ class Machine:
     def connect(self, timeout: float) -> paramiko.SSHClient:
         try:
             return connect(
-                "127.0.0.1", self.ssh_port, username=USER, key_path=self.image.private_key,
-                timeout=timeout, check=self.check_alive,
+                "127.0.0.1",
+                self.ssh_port,
+                username=USER,
+                key_path=self.image.private_key,
+                timeout=timeout,
+                check=self.check_alive,
             )
         except SshError as exc:
             raise QemuError(f"{exc}\nconsole:\n{self.console_tail()}") from exc
@@ -361,9 +395,21 @@ def _trial_kvm(image: vmimage.GuestImage) -> tuple[str, str]:
 
 def _overlay(backing: Path, path: Path, *, backing_format: str) -> None:
     subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(backing),
-         str(path)],
-        check=True, timeout=30, capture_output=True,
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            backing_format,
+            "-b",
+            str(backing),
+            str(path),
+        ],
+        check=True,
+        timeout=30,
+        capture_output=True,
     )
 
 
@@ -400,18 +446,33 @@ def ensure_guest_packages(requirements: list[str]) -> Path:
         staging = house / "staging"
         for argv in (
             [python, "-m", "pip", "wheel", "-q", "--wheel-dir", str(house), *requirements],
-            [python, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(house),
-             "--target", str(staging), *requirements],
+            [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--find-links",
+                str(house),
+                "--target",
+                str(staging),
+                *requirements,
+            ],
         ):
-            done = subprocess.run(argv, capture_output=True, text=True,
-                                  timeout=PROVISION_TIMEOUT, check=False)
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=PROVISION_TIMEOUT, check=False
+            )
             if done.returncode != 0:
                 raise QemuError(f"{' '.join(argv[:5])} failed:\n{done.stderr[-3000:]}")
         # Console scripts carry the host's interpreter path: the guest runs `python -m`.
         shutil.rmtree(staging / "bin", ignore_errors=True)
         partial = tarball.with_suffix(".partial")
-        subprocess.run(["tar", "-cf", str(partial), "-C", str(staging), "."], check=True,
-                       timeout=PROVISION_TIMEOUT)
+        subprocess.run(
+            ["tar", "-cf", str(partial), "-C", str(staging), "."],
+            check=True,
+            timeout=PROVISION_TIMEOUT,
+        )
         shutil.rmtree(staging)
         partial.rename(tarball)
         return tarball
@@ -459,9 +520,13 @@ def ensure_state(image: vmimage.GuestImage, accel: str, *, rebuild: bool = False
 def _load_state(directory: Path) -> SavedState:
     data = json.loads((directory / "meta.json").read_text())
     return SavedState(
-        directory=directory, accel=data["accel"], disk=directory / "disk.qcow2",
-        vmstate=directory / "vmstate", boot_seconds=data["boot_seconds"],
-        provision_seconds=data["provision_seconds"], save_seconds=data["save_seconds"],
+        directory=directory,
+        accel=data["accel"],
+        disk=directory / "disk.qcow2",
+        vmstate=directory / "vmstate",
+        boot_seconds=data["boot_seconds"],
+        provision_seconds=data["provision_seconds"],
+        save_seconds=data["save_seconds"],
         vmstate_bytes=data["vmstate_bytes"],
     )
 
@@ -502,25 +567,40 @@ def _boot_and_save(
         "qemu": qemu_version(),
     }
     (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    log.info("guest state saved: boot %.1f s, provision %.1f s, save %.1f s",
-             boot_seconds, provision_seconds, save_seconds)
+    log.info(
+        "guest state saved: boot %.1f s, provision %.1f s, save %.1f s",
+        boot_seconds,
+        provision_seconds,
+        save_seconds,
+    )
     return _load_state(directory)
 
 
 def _provision(guest: SshHost, packages: Path) -> None:
     """A venv at /opt/ztun whose site-packages come from the host-built tarball."""
-    guest.run(["python3", "-m", "venv", "--without-pip", GUEST_VENV],
-              timeout=PROVISION_TIMEOUT, check=True)
+    guest.run(
+        ["python3", "-m", "venv", "--without-pip", GUEST_VENV],
+        timeout=PROVISION_TIMEOUT,
+        check=True,
+    )
     remote = f"/tmp/{packages.name}"
     guest.put(packages, remote)
-    site = guest.run([f"{GUEST_VENV}/bin/python3", "-c",
-                      "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     check=True).stdout.strip()
+    site = guest.run(
+        [
+            f"{GUEST_VENV}/bin/python3",
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ],
+        check=True,
+    ).stdout.strip()
     guest.run(["tar", "-xf", remote, "-C", site], timeout=PROVISION_TIMEOUT, check=True)
     guest.run(["rm", "-f", remote], check=True)
     # Prove the venv works before it is frozen into the saved state.
-    guest.run([f"{GUEST_VENV}/bin/python3", "-c", "import pytest, scapy, pyroute2"],
-              timeout=PROVISION_TIMEOUT, check=True)
+    guest.run(
+        [f"{GUEST_VENV}/bin/python3", "-c", "import pytest, scapy, pyroute2"],
+        timeout=PROVISION_TIMEOUT,
+        check=True,
+    )
 
 
 # --------------------------------------------------------------------------- the host
@@ -534,7 +614,11 @@ class QemuHost(SshHost):
     """
 
     def __init__(
-        self, name: str, client: paramiko.SSHClient, log_dir: Path, machine: Machine,
+        self,
+        name: str,
+        client: paramiko.SSHClient,
+        log_dir: Path,
+        machine: Machine,
         timings: dict[str, float],
     ) -> None:
         super().__init__(name, client, log_dir)
@@ -576,15 +660,20 @@ class QemuHost(SshHost):
             if cold:
                 disk = workdir / "disk.qcow2"
                 _overlay(image.rootfs, disk, backing_format="raw")
-                machine = Machine(image=image, accel=accel, disk=disk, workdir=workdir,
-                                  share=share)
+                machine = Machine(image=image, accel=accel, disk=disk, workdir=workdir, share=share)
                 budget = COLD_BOOT_TIMEOUT
             else:
                 state = ensure_state(image, accel)
                 disk = workdir / "disk.qcow2"
                 _overlay(state.disk, disk, backing_format="qcow2")
-                machine = Machine(image=image, accel=accel, disk=disk, workdir=workdir,
-                                  share=share, incoming=state.vmstate)
+                machine = Machine(
+                    image=image,
+                    accel=accel,
+                    disk=disk,
+                    workdir=workdir,
+                    share=share,
+                    incoming=state.vmstate,
+                )
                 budget = RESTORE_TIMEOUT
             started = time.monotonic()
             machine.start()
@@ -604,8 +693,12 @@ class QemuHost(SshHost):
         except BaseException:
             host.close()
             raise
-        log.info("%s up (%s): %s", name, accel,
-                 ", ".join(f"{k} {v:.2f} s" for k, v in host.timings.items()))
+        log.info(
+            "%s up (%s): %s",
+            name,
+            accel,
+            ", ".join(f"{k} {v:.2f} s" for k, v in host.timings.items()),
+        )
         return host
 
     def _after_resume(self, share: Path | None) -> None:
@@ -616,9 +709,15 @@ class QemuHost(SshHost):
         if share is not None:
             started = time.monotonic()
             self.run(
-                ["mount", "-t", "9p", "-o",
-                 "trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose",
-                 SHARE_TAG, GUEST_SHARE],
+                [
+                    "mount",
+                    "-t",
+                    "9p",
+                    "-o",
+                    "trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose",
+                    SHARE_TAG,
+                    GUEST_SHARE,
+                ],
                 check=True,
             )
             self.timings["mount"] = time.monotonic() - started

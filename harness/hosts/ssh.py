@@ -255,8 +255,12 @@ class SshHost:
         )
         started = self.run(["sh", "-c", script], timeout=DEFAULT_RUN_TIMEOUT, check=True)
         process = GuestProcess(
-            self, name=name, pid=int(started.stdout.strip()), guest_log=guest_log,
-            guest_rc=guest_rc, log_path=self._log_dir / f"{name}.log",
+            self,
+            name=name,
+            pid=int(started.stdout.strip()),
+            guest_log=guest_log,
+            guest_rc=guest_rc,
+            log_path=self._log_dir / f"{name}.log",
         )
         self._processes.append(process)
         if ready is not None:
@@ -279,7 +283,9 @@ class SshHost:
         """The host's SFTP session, opened on first use over the same connection."""
         if self._sftp is None:
             self._sftp = self._client.open_sftp()
-            self._sftp.get_channel().settimeout(DEFAULT_RUN_TIMEOUT)  # type: ignore[union-attr]
+            channel = self._sftp.get_channel()
+            if channel is not None:
+                channel.settimeout(DEFAULT_RUN_TIMEOUT)
         return self._sftp
 
     def read_file(self, path: str | Path) -> bytes:
@@ -387,7 +393,13 @@ class GuestProcess:
     """
 
     def __init__(
-        self, host: SshHost, *, name: str, pid: int, guest_log: str, guest_rc: str,
+        self,
+        host: SshHost,
+        *,
+        name: str,
+        pid: int,
+        guest_log: str,
+        guest_rc: str,
         log_path: Path,
     ) -> None:
         self._host = host
@@ -478,8 +490,16 @@ class GuestProcess:
         """Stream the log with ``tail --pid`` and match lines as they arrive (an event)."""
         regex = ready.regex()
         command = shlex.join(
-            ["timeout", f"{timeout:g}", "tail", f"--pid={self._pid}", "-n", "+1", "-F",
-             self._guest_log]
+            [
+                "timeout",
+                f"{timeout:g}",
+                "tail",
+                f"--pid={self._pid}",
+                "-n",
+                "+1",
+                "-F",
+                self._guest_log,
+            ]
         )
         for line in self._stream_lines(command, deadline=time.monotonic() + timeout + 1.0):
             if regex.search(line):
@@ -512,6 +532,9 @@ class GuestProcess:
     def _not_ready(self, reason: str) -> None:
         text = self.log_text()
         raise ProcessNotReady(
-            self._name, reason, log_path=self._log_path, log_tail=log_tail(text),
+            self._name,
+            reason,
+            log_path=self._log_path,
+            log_tail=log_tail(text),
             returncode=self._returncode,
         )

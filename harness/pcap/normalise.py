@@ -580,8 +580,8 @@ class _Normaliser:
                 rendered.append("eol")
             elif name == "SAck":
                 base = self.names.tcp_bases.get(theirs, 0)
-                blocks = [(value[i] - base) % SEQ_SPACE for i in range(len(value))]
-                pairs = ",".join(f"{blocks[i]}:{blocks[i + 1]}" for i in range(0, len(blocks) - 1, 2))
+                edges = [(v - base) % SEQ_SPACE for v in value]
+                pairs = ",".join(f"{a}:{b}" for a, b in zip(edges[::2], edges[1::2], strict=False))
                 rendered.append(f"sack {pairs}")
                 names.append("sack")
             else:

@@ -232,7 +232,8 @@ def parse_profile(data: Mapping[str, Any], source: str = "(inline)") -> Profile:
         expect = entry.get("expect")
         wanted = bool if kind == "all" else int
         if expect is not None and type(expect) is not wanted:
-            raise _fail(source, f"{where}: expect must be {'true/false' if kind == 'all' else 'an integer'}")
+            kind_text = "true or false" if kind == "all" else "an integer"
+            raise _fail(source, f"{where}: expect must be {kind_text}")
         predicates.append(Predicate(kind, entry[kind], _why(entry, where, source), expect))
 
     # Parse every predicate now: a bad expression must fail at load, not mid-comparison.

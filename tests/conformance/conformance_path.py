@@ -166,7 +166,12 @@ def udp_echo(path: Path, payload: bytes, *, v6: bool = False) -> tuple[bytes, tu
     """One datagram to the UDP echo; the answer and the address it came from."""
     with path.udp(v6=v6) as sock:
         sock.sendto(payload, (path.server_ip(v6), UDP_ECHO_PORT))
-        data, source = sock.recvfrom(65535)
+        try:
+            data, source = sock.recvfrom(65535)
+        except TimeoutError:
+            raise AssertionError(f"no UDP echo of a {len(payload)} B datagram within "
+                                 f"{sock.gettimeout():g}s (lost on the way: see the "
+                                 "proxy's log)") from None
     return data, (source[0], source[1])
 
 

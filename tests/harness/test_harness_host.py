@@ -62,6 +62,16 @@ def test_run_is_inside_the_namespace(host: NetnsHost) -> None:
     assert int(probe.stdout) == inode
 
 
+def test_run_returns_when_the_command_exits_even_if_a_daemon_holds_its_pipes(
+    host: NetnsHost,
+) -> None:
+    start = time.monotonic()
+    result = host.run(["sh", "-c", "echo hi; setsid -f sleep 300"], timeout=10)
+    assert time.monotonic() - start < 5
+    assert result.ok and result.stdout == "hi\n"
+    assert netns_pids(host.name), "the daemon is left running (close() kills it)"
+
+
 def test_run_timeout_kills_and_keeps_partial_output(host: NetnsHost) -> None:
     start = time.monotonic()
     with pytest.raises(CommandTimeout) as info:

@@ -243,8 +243,11 @@ def _hold(ctx: Ctx, system: System, held: list[socket.socket], target: int, dead
         return count >= target or time.monotonic() - still_since > HELD_STALL
 
     with contextlib.suppress(BenchError):
-        await_condition(settled, max(1.0, min(HELD_SETTLE_TIMEOUT, deadline - time.monotonic())),
-                        "idle connections to settle")
+        await_condition(
+            settled,
+            max(1.0, min(HELD_SETTLE_TIMEOUT, deadline - time.monotonic())),
+            "idle connections to settle",
+        )
     return ctx.servers.held()
 
 
@@ -272,7 +275,7 @@ def rss(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
             count = _hold(ctx, system, held, target, deadline)
             system.check_alive()
             rss_now = procstat.rss_bytes(pid)
-            if count >= target:
+            if count >= step:  # a step the fd limit capped is reported as held_max only
                 out[f"held_{step}_mib"] = rss_now / procstat.MIB
             if count > 0:
                 out["held_max_conns"] = float(count)

@@ -217,7 +217,12 @@ def write_json(doc: dict[str, Any], path: str) -> None:
 
 
 def write_png(doc: dict[str, Any], path: str) -> str | None:
-    """A grouped bar chart of ztun/system per metric (log scale, 1.0 marked); returns why not."""
+    """A grouped bar chart per metric of ztun's advantage over each system; returns why not.
+
+    Unlike the table (ztun/system, the targets' form), each bar is oriented so that above
+    1 means ztun is better: ztun/system where higher is better, system/ztun where lower is
+    better. Bars start at 1 on a log2 scale, so 2x better and 2x worse look alike.
+    """
     try:
         import matplotlib
 
@@ -230,26 +235,23 @@ def write_png(doc: dict[str, Any], path: str) -> str | None:
     metrics = [m for m in METRICS if any(m.id in rat[s] for s in systems)]
     if not metrics:
         return "no ratios to plot (ztun produced no figure, or ran alone)"
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.6 * len(metrics) * max(1, len(systems)) / 2 + 3), 6))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.35 * len(metrics) * len(systems) + 3), 6.5))
     width = 0.8 / len(systems)
     for i, system in enumerate(systems):
         xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(metrics))]
-        ys = [rat[system].get(m.id, float("nan")) for m in metrics]
-        ax.bar(xs, ys, width, label=f"ztun / {system}")
+        ys = []
+        for m in metrics:
+            r = rat[system].get(m.id)
+            ys.append(float("nan") if not r else r if m.higher_is_better else 1 / r)
+        ax.bar(xs, [y - 1 for y in ys], width, bottom=1.0, label=system)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log", base=2)
     ax.set_xticks(range(len(metrics)))
-    ax.set_xticklabels(
-        [f"{m.label} ({'higher' if m.higher_is_better else 'lower'} better)" for m in metrics],
-        rotation=60,
-        ha="right",
-        fontsize=8,
-    )
-    ax.set_ylabel("ztun median / system median (log2)")
-    ax.set_title(
-        f"ztun bench: ratios to ztun ({doc['started_at']}, {doc['options']['reps']} rep(s))"
-    )
-    ax.legend(fontsize=8)
+    ax.set_xticklabels([f"{m.label} [{m.unit}]" for m in metrics], rotation=55, ha="right", fontsize=8)
+    ax.set_ylabel("ztun advantage (log2): above 1 = ztun better")
+    ax.set_title(f"ztun vs each system, medians of {doc['options']['reps']} rep(s), {doc['started_at']}")
+    ax.legend(fontsize=8, title="ztun vs", title_fontsize=8)
+    ax.grid(axis="y", which="major", linewidth=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

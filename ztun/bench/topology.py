@@ -74,8 +74,16 @@ class Topology:
         )
         # The default route and the way back, for `direct`: without forwarding in the proxy
         # they carry nothing, so every other system reaches the server only through SOCKS5.
-        run(self.client, ["ip", "route", "add", "default", "via", PROXY_C_V4], timeout=SYSCTL_TIMEOUT)
-        run(self.server, ["ip", "route", "add", CLIENT_NET, "via", PROXY_S_V4], timeout=SYSCTL_TIMEOUT)
+        run(
+            self.client,
+            ["ip", "route", "add", "default", "via", PROXY_C_V4],
+            timeout=SYSCTL_TIMEOUT,
+        )
+        run(
+            self.server,
+            ["ip", "route", "add", CLIENT_NET, "via", PROXY_S_V4],
+            timeout=SYSCTL_TIMEOUT,
+        )
 
     def set_forwarding(self, on: bool) -> None:
         sysctl(self.proxy, {"net.ipv4.ip_forward": "1" if on else "0"})
@@ -90,7 +98,11 @@ class Topology:
         route while a tun2socks runs. The proxy is on-link (a /24), so it stays outside."""
         for half in DEF1:
             if dev:
-                run(self.client, ["ip", "route", "replace", half, "dev", dev], timeout=SYSCTL_TIMEOUT)
+                run(
+                    self.client,
+                    ["ip", "route", "replace", half, "dev", dev],
+                    timeout=SYSCTL_TIMEOUT,
+                )
             else:
                 run(self.client, ["ip", "route", "del", half], timeout=SYSCTL_TIMEOUT, check=False)
 

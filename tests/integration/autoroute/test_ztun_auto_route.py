@@ -5,6 +5,7 @@ route of its own, everything goes through the proxy; a SIGKILL leaves routes beh
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -196,3 +197,30 @@ def test_strict_route_blocks_ipv6_when_only_ipv4_is_proxied(path) -> None:  # ty
             udp.sendto(b"must not leak", (server6, UDP_ECHO))
         assert echo(topology, server_addr, b"v4 still flows") == b"v4 still flows"
     assert cap.packet_count() == 0, "IPv6 leaked around the TUN under --strict-route"
+
+
+def nft_tables(host) -> str:  # type: ignore[no-untyped-def]
+    return host.run(["nft", "list", "tables"], timeout=10, check=True).stdout
+
+
+def test_redirect_fast_path_carries_tcp_without_the_tun(path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    if shutil.which("nft") is None:
+        pytest.skip("--redirect needs nftables' nft (apt-get install nftables)")
+    topology, proxy_addr, server_addr = path
+    client = topology.client
+    start_danted(topology.proxy, proxy_addr, SOCKS)
+    ztun = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}", "--redirect")
+    assert "ztun_zt0" in nft_tables(client)
+    payload = os.urandom(256 * 1024)
+    assert echo(topology, server_addr, payload) == payload
+    ztun.stop()
+    assert '"tcp_flows_redirected": 1' in ztun.log_text()
+    assert "ztun_zt0" not in nft_tables(client), "the redirect table must go with ztun"
+    crashed = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}", "--redirect")
+    client.run(["kill", "-9", str(crashed.pid)], timeout=5, check=True)
+    crashed.wait(10)
+    assert "ztun_zt0" in nft_tables(client)
+    assert client.run([ZTUN, "cleanup"], timeout=30).returncode == 0
+    assert "ztun_zt0" not in nft_tables(client)

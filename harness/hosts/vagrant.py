@@ -1,0 +1,492 @@
+"""VagrantHost: a Vagrant box behind the Host protocol, driven through python-vagrant.
+
+Linux box.  Packaged locally from the step-1 image (``vms/image``) for the libvirt
+provider.  vagrant-libvirt wants a libvirt NAT network (bridge, dnsmasq, iptables): that
+must never touch the root namespace, so a private libvirtd runs inside a network
+namespace *and* a mount namespace of our own (:class:`LibvirtSandbox`): its bridge,
+dnsmasq, iptables rules, sockets, state and domain definitions live and die there.
+``vagrant`` itself runs inside the same namespaces (``nsenter``), and the harness reaches
+the box's sshd through a socket created in that network namespace.
+
+Windows and macOS boxes are standard public boxes (``vms/vagrant/{windows,macos}``); when
+their provider or box is missing here, :func:`box_unavailable_reason` says which and how
+to get it, and tests skip with that reason.
+
+python-vagrant puts no timeout on anything: every call here goes through a ``vagrant``
+shim that runs the real binary under coreutils ``timeout`` inside the sandbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import vagrant
+
+from harness import vmimage
+from harness.hosts.ssh import SshError, SshHost, _load_key
+
+log = logging.getLogger("harness.vm")
+
+VAGRANT_DIR = vmimage.REPO_ROOT / "vms" / "vagrant"
+LINUX_BOX = "ztun/debian12"
+PROVIDER = "libvirt"
+#: `vagrant up` of a TCG guest: box upload + boot; generous but bounded.
+UP_TIMEOUT = 900.0
+COMMAND_TIMEOUT = 300.0
+LIBVIRTD_READY_TIMEOUT = 30.0
+SSH_TIMEOUT = 120.0
+SANDBOX_PREFIX = "ztvg"
+#: Where libvirt keeps state: each becomes a private mount in the sandbox.
+_LIBVIRT_PRIVATE_DIRS = (
+    "/run/libvirt",
+    "/var/lib/libvirt",
+    "/var/log/libvirt",
+    "/var/cache/libvirt",
+    "/etc/libvirt/qemu",
+)
+#: qemu.conf of the sandboxed libvirtd: root-owned cache files stay readable (the
+#: image, kernel and key live in root's cache), no AppArmor/SELinux labelling, and
+#: no virtlogd (QEMU logs go to a plain file).
+_QEMU_CONF = """user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+stdio_handler = "file"
+"""
+
+
+class VagrantError(RuntimeError):
+    """A Vagrant step failed; the message names the step and quotes its output."""
+
+
+def _vagrant_home() -> Path:
+    return vmimage.cache_root() / "vagrant.d"
+
+
+# --------------------------------------------------------------------------- boxes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VagrantBox:
+    """One Vagrantfile of ``vms/vagrant/`` and what it needs to come up."""
+
+    os_name: str
+    directory: Path
+    box: str
+    provider: str
+    env: dict[str, str]
+    #: The box file to ``vagrant box add`` (local boxes only).
+    box_file: Path | None = None
+
+    @classmethod
+    def linux(cls, image: vmimage.GuestImage) -> VagrantBox:
+        """The Linux box: the step-1 image, packaged for vagrant-libvirt, booted directly."""
+        accel = os.environ.get("ZTUN_VAGRANT_DRIVER") or _libvirt_driver(image)
+        return cls(
+            os_name="linux",
+            directory=VAGRANT_DIR / "linux",
+            box=LINUX_BOX,
+            provider=PROVIDER,
+            env={
+                "ZTUN_VM_KERNEL": str(image.kernel),
+                "ZTUN_VM_INITRD": str(image.initrd),
+                "ZTUN_VM_CMDLINE": image.cmdline,
+                "ZTUN_VM_KEY": str(image.private_key),
+                "ZTUN_VM_DRIVER": accel,
+                "ZTUN_REPO": str(vmimage.REPO_ROOT),
+            },
+            box_file=image.directory / "ztun-debian12-libvirt.box",
+        )
+
+    @classmethod
+    def public(cls, os_name: str) -> VagrantBox:
+        """The Windows or macOS box (a public box named in its Vagrantfile)."""
+        directory = VAGRANT_DIR / os_name
+        box = _box_from_vagrantfile(directory / "Vagrantfile")
+        provider = "virtualbox" if os_name == "windows" else "parallels"
+        return cls(
+            os_name=os_name,
+            directory=directory,
+            box=box,
+            provider=provider,
+            env={"ZTUN_REPO": str(vmimage.REPO_ROOT)},
+        )
+
+
+def _box_from_vagrantfile(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("config.vm.box ="):
+            return stripped.split("=", 1)[1].strip().strip("\"'")
+    raise VagrantError(f"no config.vm.box in {path}")
+
+
+def _libvirt_driver(image: vmimage.GuestImage) -> str:
+    # Reuse the QEMU backend's verdict on KVM (a bounded trial boot, cached).
+    from harness.hosts.qemu import accelerator
+
+    return "kvm" if accelerator(image) == "kvm" else "qemu"
+
+
+def package_linux_box(image: vmimage.GuestImage, *, rebuild: bool = False) -> Path:
+    """A libvirt ``.box`` (qcow2 + metadata.json + Vagrantfile) of the step-1 image."""
+    target = image.directory / "ztun-debian12-libvirt.box"
+    with vmimage.locked(target.with_suffix(".lock")):
+        if target.is_file() and not rebuild:
+            return target
+        with tempfile.TemporaryDirectory(prefix="box-", dir=image.directory) as tmp:
+            work = Path(tmp)
+            subprocess.run(
+                ["qemu-img", "convert", "-O", "qcow2", str(image.rootfs), str(work / "box.img")],
+                check=True,
+                timeout=600,
+                capture_output=True,
+            )
+            size_gib = -(-image.rootfs.stat().st_size // (1 << 30))
+            (work / "metadata.json").write_text(
+                json.dumps({"provider": PROVIDER, "format": "qcow2", "virtual_size": size_gib})
+            )
+            # The box carries no bootloader: the project Vagrantfile boots the kernel.
+            (work / "Vagrantfile").write_text(
+                'Vagrant.configure("2") do |config|\n'
+                "  config.vm.provider :libvirt do |libvirt|\n"
+                '    libvirt.disk_bus = "virtio"\n'
+                "  end\n"
+                "end\n"
+            )
+            partial = target.with_suffix(".partial")
+            with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+                for name in ("metadata.json", "Vagrantfile", "box.img"):
+                    tar.add(work / name, arcname=name)
+            partial.rename(target)
+        return target
+
+
+def box_unavailable_reason(box: VagrantBox) -> str | None:
+    """Why ``box`` cannot come up here (None if it can): names what is missing and how."""
+    if shutil.which("vagrant") is None:
+        return "tool missing: vagrant (apt-get install vagrant vagrant-libvirt)"
+    if box.provider == PROVIDER:
+        if shutil.which("libvirtd") is None:
+            return "tool missing: libvirtd (apt-get install libvirt-daemon-system)"
+        plugins = subprocess.run(
+            ["vagrant", "plugin", "list"],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        ).stdout
+        if "vagrant-libvirt" not in plugins:
+            return "vagrant plugin missing: vagrant-libvirt (apt-get install vagrant-libvirt)"
+        if os.geteuid() != 0:
+            return "Vagrant/libvirt sandbox needs root (network + mount namespaces)"
+        return None
+    if box.provider == "virtualbox" and shutil.which("VBoxManage") is None:
+        return (
+            f"{box.os_name} box {box.box!r} needs the VirtualBox provider (VBoxManage "
+            "not found): run on a Windows CI runner or install VirtualBox"
+        )
+    if box.provider == "parallels" and shutil.which("prlctl") is None:
+        return (
+            f"{box.os_name} box {box.box!r} needs Apple hardware with Parallels "
+            "(prlctl not found): run on a macOS CI runner"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------- sandbox
+
+
+class LibvirtSandbox:
+    """A libvirtd of our own inside fresh network + mount namespaces.
+
+    Everything libvirt creates for vagrant-libvirt (the NAT bridge, dnsmasq, iptables
+    rules, domain and network XML, sockets) lives in namespaces that :meth:`close`
+    removes; the root namespace never sees any of it.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        from harness.hosts.netns import NetnsHost
+
+        self.workdir = workdir
+        self.name = f"{SANDBOX_PREFIX}{os.getpid() % 100000:05d}{int(time.time()) % 1000:03d}"
+        self.netns = NetnsHost(self.name, log_dir=workdir / "logs", forwarding=True)
+        self.process: subprocess.Popen[bytes] | None = None
+        try:
+            self._start_libvirtd()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_libvirtd(self) -> None:
+        conf = self.workdir / "qemu.conf"
+        conf.write_text(_QEMU_CONF)
+        (self.workdir / "varlib").mkdir(exist_ok=True)
+        mounts = [
+            f"mount -t tmpfs tmpfs {d}" for d in _LIBVIRT_PRIVATE_DIRS if d != "/var/lib/libvirt"
+        ]
+        mounts.append(f"mount --bind {self.workdir / 'varlib'} /var/lib/libvirt")
+        mounts.append(f"mount --bind {conf} /etc/libvirt/qemu.conf")
+        script = " && ".join(
+            [*(f"mkdir -p {d}" for d in _LIBVIRT_PRIVATE_DIRS), *mounts, "exec libvirtd"]
+        )
+        log_file = (self.workdir / "libvirtd.log").open("wb")
+        # ip netns exec and unshare both exec, and sh execs libvirtd: Popen.pid is
+        # libvirtd, whose namespaces nsenter joins for every vagrant command.
+        self.process = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.name,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+        )
+        log_file.close()
+        deadline = time.monotonic() + LIBVIRTD_READY_TIMEOUT
+        while not self._answers():
+            if self.process.poll() is not None:
+                raise VagrantError(
+                    "libvirtd exited in the sandbox: "
+                    + (self.workdir / "libvirtd.log").read_text(errors="replace")[-2000:]
+                )
+            if time.monotonic() > deadline:
+                raise VagrantError(f"libvirtd did not answer within {LIBVIRTD_READY_TIMEOUT} s")
+            time.sleep(0.2)
+
+    def _answers(self) -> bool:
+        done = subprocess.run(
+            self.enter(["virsh", "-c", "qemu:///system", "version"]),
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+        return done.returncode == 0
+
+    def enter(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside the sandbox's network and mount namespaces."""
+        assert self.process is not None
+        return ["nsenter", "--target", str(self.process.pid), "--mount", "--net", *argv]
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            # Domains first (their QEMUs are children of libvirtd's world), then libvirtd.
+            with contextlib.suppress(Exception):
+                listing = subprocess.run(
+                    self.enter(["virsh", "-c", "qemu:///system", "list", "--name"]),
+                    capture_output=True,
+                    text=True,
+                    timeout=COMMAND_TIMEOUT,
+                    check=False,
+                ).stdout.split()
+                for domain in listing:
+                    subprocess.run(
+                        self.enter(["virsh", "destroy", domain]),
+                        capture_output=True,
+                        timeout=COMMAND_TIMEOUT,
+                        check=False,
+                    )
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        # NetnsHost.close kills whatever still runs in the namespace and removes it.
+        self.netns.close()
+
+
+# --------------------------------------------------------------------------- vagrant
+
+
+class VagrantRunner:
+    """python-vagrant bound to one Vagrantfile, with timeouts and the sandbox applied."""
+
+    def __init__(self, box: VagrantBox, workdir: Path, sandbox: LibvirtSandbox | None) -> None:
+        self.box = box
+        self.workdir = workdir
+        self.sandbox = sandbox
+        self.log_path = workdir / "vagrant.log"
+        shim = workdir / "vagrant-shim"
+        real = shutil.which("vagrant") or "/usr/bin/vagrant"
+        inner = sandbox.enter([real]) if sandbox is not None else [real]
+        shim.write_text(
+            "#!/bin/sh\n# python-vagrant has no timeouts: this shim adds one (and the sandbox).\n"
+            f'exec timeout -k 10 "${{ZTUN_VAGRANT_TIMEOUT:-{COMMAND_TIMEOUT:g}}}" '
+            + " ".join(inner)
+            + ' "$@"\n'
+        )
+        shim.chmod(0o755)
+        env = dict(
+            os.environ,
+            VAGRANT_HOME=str(_vagrant_home()),
+            VAGRANT_DOTFILE_PATH=str(workdir / "dot-vagrant"),
+            VAGRANT_CHECKPOINT_DISABLE="1",
+            **box.env,
+        )
+        log_cm = vagrant.make_file_cm(str(self.log_path))  # type: ignore[no-untyped-call]
+        self.vagrant = vagrant.Vagrant(  # type: ignore[no-untyped-call]
+            root=str(box.directory), env=env, out_cm=log_cm, err_cm=log_cm
+        )
+        self.vagrant._vagrant_exe = str(shim)
+
+    @contextlib.contextmanager
+    def _timeout(self, seconds: float) -> Iterator[None]:
+        env: dict[str, str] = self.vagrant.env
+        env["ZTUN_VAGRANT_TIMEOUT"] = f"{seconds:g}"
+        try:
+            yield
+        finally:
+            env["ZTUN_VAGRANT_TIMEOUT"] = f"{COMMAND_TIMEOUT:g}"
+
+    def call(
+        self, step: str, method: str, *args: Any, timeout: float = COMMAND_TIMEOUT, **kwargs: Any
+    ) -> Any:
+        """Run one python-vagrant method; failures name the step and quote vagrant's log."""
+        started = time.monotonic()
+        try:
+            with self._timeout(timeout):
+                return getattr(self.vagrant, method)(*args, **kwargs)
+        except subprocess.CalledProcessError as exc:
+            why = "timed out" if exc.returncode in (124, 137) else f"exit {exc.returncode}"
+            raise VagrantError(
+                f"vagrant {step}: {why} after {time.monotonic() - started:.0f} s\n{self.log_tail()}"
+            ) from exc
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no vagrant output)"
+
+
+def add_box(runner: VagrantRunner) -> None:
+    """``vagrant box add`` the local box (skipped when the same file is already added)."""
+    box = runner.box
+    assert box.box_file is not None
+    stamp = _vagrant_home() / f"{box.box.replace('/', '-')}.added"
+    marker = f"{box.box_file}:{box.box_file.stat().st_mtime_ns}"
+    if stamp.is_file() and stamp.read_text() == marker:
+        return
+    runner.call(
+        "box add",
+        "box_add",
+        box.box,
+        str(box.box_file),
+        provider=box.provider,
+        force=True,
+        timeout=UP_TIMEOUT,
+    )
+    stamp.write_text(marker)
+
+
+class VagrantHost(SshHost):
+    """A running Vagrant box (Host protocol over paramiko); :meth:`close` destroys it."""
+
+    def __init__(
+        self,
+        name: str,
+        client: paramiko.SSHClient,
+        log_dir: Path,
+        runner: VagrantRunner,
+        ssh: dict[str, str],
+    ) -> None:
+        super().__init__(name, client, log_dir)
+        self.runner = runner
+        self.ssh_host = ssh["HostName"]
+        self.ssh_port = int(ssh.get("Port", "22"))
+        self.ssh_user = ssh.get("User", "root")
+        self.ssh_key = Path(ssh.get("IdentityFile", "").strip('"'))
+
+    @classmethod
+    def up(cls, box: VagrantBox, log_dir: Path) -> VagrantHost:
+        """Sandbox, box add, ``vagrant up``, then one SSH connection through the sandbox."""
+        workdir = Path(tempfile.mkdtemp(prefix=f"vagrant-{box.os_name}-"))
+        sandbox = LibvirtSandbox(workdir) if box.provider == PROVIDER else None
+        runner = VagrantRunner(box, workdir, sandbox)
+        try:
+            if box.box_file is not None:
+                add_box(runner)
+            runner.call("up", "up", provider=box.provider, timeout=UP_TIMEOUT)
+            ssh = runner.call("ssh-config", "conf")
+            client = _connect_via(sandbox, ssh)
+        except BaseException:
+            _teardown(runner, workdir, log_dir)
+            raise
+        return cls(f"vagrant-{box.os_name}", client, log_dir, runner, ssh)
+
+    def _shutdown(self) -> None:
+        _teardown(self.runner, self.runner.workdir, self.log_dir)
+
+
+def _connect_via(sandbox: LibvirtSandbox | None, ssh: dict[str, str]) -> paramiko.SSHClient:
+    """SSH to the box; with a sandbox, over a TCP socket created inside its namespace."""
+    host, port = ssh["HostName"], int(ssh.get("Port", "22"))
+    key = _load_key(Path(ssh["IdentityFile"].strip('"')))
+    deadline = time.monotonic() + SSH_TIMEOUT
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        try:
+            sock = sandbox.netns.socket() if sandbox is not None else None
+            if sock is not None:
+                sock.settimeout(10)
+                sock.connect((host, port))
+            client.connect(
+                host,
+                port=port,
+                username=ssh.get("User", "root"),
+                pkey=key,
+                sock=sock,
+                timeout=10,
+                banner_timeout=10,
+                auth_timeout=10,
+                allow_agent=False,
+                look_for_keys=False,
+            )
+            return client
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            client.close()
+            last = exc
+            time.sleep(1.0)
+    raise SshError(f"no SSH answer from the box at {host}:{port}: {last!r}")
+
+
+def _teardown(runner: VagrantRunner, workdir: Path, log_dir: Path) -> None:
+    """Destroy the box, stop the sandbox, keep vagrant's log with the test's logs."""
+    try:
+        with contextlib.suppress(Exception):
+            runner.call("destroy", "destroy", timeout=COMMAND_TIMEOUT)
+    finally:
+        if runner.sandbox is not None:
+            runner.sandbox.close()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("vagrant.log", "libvirtd.log"):
+            with contextlib.suppress(OSError):
+                shutil.copyfile(workdir / name, log_dir / name)
+        shutil.rmtree(workdir, ignore_errors=True)

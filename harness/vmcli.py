@@ -1,0 +1,162 @@
+"""``python -m harness vm ...``: build, inspect and try the VM hosts from the command line.
+
+    python -m harness vm build [--rebuild] [--no-state]   image (+ saved guest state)
+    python -m harness vm boot [--cold]                      one guest up and down, timed
+    python -m harness vm box                                the Linux Vagrant box, added
+    python -m harness vm info                               what is cached
+    python -m harness vm clean                              remove the whole VM cache
+
+Every number printed is measured on this machine: build time and image size, the
+accelerator and why, cold boot / provision / save / restore-to-SSH seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import vmimage
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.0f} MiB"
+
+
+def _build(args: argparse.Namespace) -> int:
+    from harness.hosts.qemu import accelerator, ensure_state
+
+    started = time.monotonic()
+    image = vmimage.ensure_image(rebuild=args.rebuild)
+    fresh = time.monotonic() - started > 1.0
+    print(f"image     {image.directory}")
+    print(
+        f"          {'built' if fresh else 'cached'}; build time {image.build_seconds:.0f} s, "
+        f"root file system {_mib(image.rootfs_bytes)} on disk, "
+        f"kernel+initrd {_mib(image.kernel.stat().st_size + image.initrd.stat().st_size)}"
+    )
+    if args.no_state:
+        return EXIT_OK
+    accel = accelerator(image)
+    print(f"accel     {accel}")
+    state = ensure_state(image, accel, rebuild=args.rebuild)
+    print(f"state     {state.directory}")
+    print(
+        f"          cold boot to SSH {state.boot_seconds:.1f} s, provision "
+        f"{state.provision_seconds:.1f} s, save {state.save_seconds:.1f} s, "
+        f"state file {_mib(state.vmstate_bytes)}"
+    )
+    return EXIT_OK
+
+
+def _boot(args: argparse.Namespace) -> int:
+    from harness.hosts.qemu import QemuHost
+
+    with tempfile.TemporaryDirectory(prefix="vm-boot-") as tmp:
+        started = time.monotonic()
+        host = QemuHost.start("cli", Path(tmp), cold=args.cold)
+        try:
+            total = time.monotonic() - started
+            print(f"accel     {host.accel}")
+            for key, value in host.timings.items():
+                print(f"{key:<15} {value:.2f} s")
+            print(f"{'start total':<15} {total:.2f} s")
+            print(host.run(["uname", "-sr"], check=True).stdout.strip())
+        finally:
+            started = time.monotonic()
+            host.close()
+            print(f"{'teardown':<15} {time.monotonic() - started:.2f} s")
+    return EXIT_OK
+
+
+def _box(args: argparse.Namespace) -> int:
+    from harness.hosts.vagrant import VagrantBox, VagrantRunner, add_box, package_linux_box
+
+    image = vmimage.ensure_image()
+    started = time.monotonic()
+    path = package_linux_box(image, rebuild=args.rebuild)
+    print(f"box       {path} ({_mib(path.stat().st_size)}, {time.monotonic() - started:.0f} s)")
+    with tempfile.TemporaryDirectory(prefix="vagrant-cli-") as tmp:
+        runner = VagrantRunner(VagrantBox.linux(image), Path(tmp), sandbox=None)
+        add_box(runner)
+        print(runner.call("box list", "box_list"))
+        print("status   ", runner.call("status", "status"))
+    return EXIT_OK
+
+
+def _info(args: argparse.Namespace) -> int:
+    root = vmimage.cache_root()
+    print(f"cache     {root}  (recipe {vmimage.recipe_hash()[:16]})")
+    for manifest in sorted(root.glob("*/manifest.json")):
+        data = json.loads(manifest.read_text())
+        print(
+            f"image     {manifest.parent.name[:16]} built {data['built_at']} in "
+            f"{data['build_seconds']} s, {_mib(data['rootfs_bytes'])}"
+        )
+        for meta in sorted(manifest.parent.glob("state-*/meta.json")):
+            state = json.loads(meta.read_text())
+            print(
+                f"  state   {meta.parent.name}: boot {state['boot_seconds']} s, provision "
+                f"{state['provision_seconds']} s, save {state['save_seconds']} s"
+            )
+    for verdict in sorted(root.glob("accel-*.json")):
+        print(f"accel     {json.loads(verdict.read_text())}")
+    return EXIT_OK
+
+
+def _clean(args: argparse.Namespace) -> int:
+    root = vmimage.cache_root()
+    if root.exists():
+        # The base image is read-only on purpose; rmtree needs write on dirs only.
+        shutil.rmtree(root)
+    print(f"removed {root}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness vm",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build the image and the saved guest state")
+    build.add_argument("--rebuild", action="store_true", help="ignore the cache")
+    build.add_argument("--no-state", action="store_true", help="image only, no boot")
+    build.set_defaults(func=_build)
+    boot = sub.add_parser("boot", help="restore (or --cold boot) one guest and time it")
+    boot.add_argument("--cold", action="store_true", help="boot from scratch, no saved state")
+    boot.set_defaults(func=_boot)
+    box = sub.add_parser("box", help="package the Linux Vagrant box and vagrant box add it")
+    box.add_argument("--rebuild", action="store_true")
+    box.set_defaults(func=_box)
+    sub.add_parser("info", help="show what is cached").set_defaults(func=_info)
+    sub.add_parser("clean", help="remove the VM cache").set_defaults(func=_clean)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    try:
+        status: int = args.func(args)
+    except (RuntimeError, OSError) as exc:
+        print(f"vm {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
