@@ -54,8 +54,12 @@ LISTEN_TIMEOUT = 10.0
 SUMMARY_LINES = 10
 """Packets shown in a failure report's capture summary."""
 
-DRAIN_ROUNDS = 50
-"""Upper bound on SIGUSR1 statistics requests while draining (each costs ~0.1 ms)."""
+DRAIN_ROUNDS = 100
+"""Upper bound on SIGUSR1 statistics requests while draining."""
+
+SETTLE_TIME = 0.25
+"""Seconds of unchanged tcpdump counters after which a capture is taken as drained
+(see :func:`_drain`); far above the 1 ms ring-block timeout of immediate mode."""
 
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": "<",  # microsecond, little-endian
@@ -146,7 +150,9 @@ class Capture:
 
 
 _FINAL_STATS = re.compile(r"^(\d+) packets? (captured|dropped by kernel)$", re.MULTILINE)
-_INFO_STATS = re.compile(r"(\d+) packets? captured, (\d+) packets? received by filter")
+_INFO_STATS = re.compile(
+    r"(\d+) packets? captured, (\d+) packets? received by filter, (\d+) packets? dropped"
+)
 
 
 def _parse_stats(log: str, capture: Capture) -> bool:
@@ -184,23 +190,36 @@ def _drain(proc: Process, timeout: float) -> None:
     """Let tcpdump write every packet the kernel already queued for it.
 
     SIGINT makes tcpdump leave its loop at once, dropping what sits unread in its ring
-    buffer -- e.g. the echo reply that arrived while the test was already stopping.
-    SIGUSR1 prints "N captured, M received by filter": once N == M (or the pair is
-    unchanged across two reports: on ``lo`` libpcap discards the outgoing copy of each
-    packet, so M stays above N), every queued packet is in the file.
+    -- e.g. the echo reply that arrived while the test was already stopping (with
+    TPACKET_V3 a packet waits in the current ring block until the block is retired,
+    1 ms in immediate mode).  SIGUSR1 makes tcpdump print "N captured, M received by
+    filter, D dropped"; every queued packet is in the file once N + D >= M.  On ``lo``
+    libpcap discards the outgoing copy of each packet after counting it, so N + D stays
+    below M: there, and as a bound everywhere, counts unchanged for SETTLE_TIME also end
+    the wait.  Reports are requested with a bounded back-off (the kernel has no event for
+    "ring drained").
     """
     deadline = time.monotonic() + timeout
-    last: tuple[int, int] | None = None
+    last: tuple[int, int, int] | None = None
+    changed_at = time.monotonic()
+    interval = PROBE_INTERVAL_MIN
     for _ in range(DRAIN_ROUNDS):
         seen = len(_INFO_STATS.findall(proc.log_text()))
         proc.send_signal(signal.SIGUSR1)
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not _await_output(proc, _more_reports_than(seen), remaining):
             return
-        captured, received = map(int, _INFO_STATS.findall(proc.log_text())[-1])
-        if captured >= received or (captured, received) == last:
+        captured, received, dropped = (int(n) for n in _INFO_STATS.findall(proc.log_text())[-1])
+        counts = (captured, received, dropped)
+        if captured + dropped >= received:
             return
-        last = (captured, received)
+        now = time.monotonic()
+        if counts != last:
+            last, changed_at = counts, now
+        elif now - changed_at >= SETTLE_TIME:
+            return
+        threading.Event().wait(min(interval, max(0.0, deadline - now)))
+        interval = min(interval * 2, PROBE_INTERVAL_MAX)
 
 
 @contextlib.contextmanager

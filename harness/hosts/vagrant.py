@@ -333,7 +333,8 @@ class VagrantRunner:
         self.log_path = workdir / "vagrant.log"
         shim = workdir / "vagrant-shim"
         real = shutil.which("vagrant") or "/usr/bin/vagrant"
-        inner = sandbox.enter([real]) if sandbox is not None else [real]
+        # nsenter --mount resets the working directory: carry vagrant's own cwd over.
+        inner = sandbox.enter(['--wd="$PWD"', real]) if sandbox is not None else [real]
         shim.write_text(
             "#!/bin/sh\n# python-vagrant has no timeouts: this shim adds one (and the sandbox).\n"
             f'exec timeout -k 10 "${{ZTUN_VAGRANT_TIMEOUT:-{COMMAND_TIMEOUT:g}}}" '
@@ -376,6 +377,15 @@ class VagrantRunner:
             raise VagrantError(
                 f"vagrant {step}: {why} after {time.monotonic() - started:.0f} s\n{self.log_tail()}"
             ) from exc
+
+    def validate(self) -> None:
+        """``vagrant validate`` with our env, shim and timeout.
+
+        python-vagrant's own ``validate()`` runs a bare ``vagrant`` with neither the
+        instance's environment nor its executable (so no timeout, no sandbox, and our
+        Vagrantfiles' ``ENV.fetch`` fail): use its generic command runner instead.
+        """
+        self.call("validate", "_call_vagrant_command", ["validate"])
 
     def log_tail(self, chars: int = 3000) -> str:
         try:

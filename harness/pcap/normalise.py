@@ -35,8 +35,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,23 @@ class Mapper:
         return "0" if value == 0 else self.token("T", value)
 
 
+@dataclass(frozen=True, slots=True)
+class _Ends:
+    """Raw endpoints of a packet, before any mapping."""
+
+    proto: str
+    src: str
+    dst: str
+    sport: int | None = None
+    dport: int | None = None
+    ident: int | None = None
+
+    def key(self) -> tuple[Any, ...]:
+        if self.sport is not None:
+            return (self.proto, frozenset({(self.src, self.sport), (self.dst, self.dport)}))
+        return (self.proto, frozenset({self.src, self.dst}), self.ident)
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -191,6 +209,9 @@ class Flow:
     proto: str
     header: str
     initiator: tuple[str, int | None]
+    ends: _Ends | None = None
+    jobs: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    """Renderers of this flow's packets, run flow by flow (see canonicalise)."""
     packets: list[CanonPacket] = field(default_factory=list)
     streams: dict[str, Stream] = field(default_factory=dict)
     next_seq: dict[str, int] = field(default_factory=dict)
@@ -250,23 +271,6 @@ def _u16(data: bytes, at: int) -> int:
     return int(struct.unpack("!H", data[at : at + 2])[0])
 
 
-@dataclass(frozen=True, slots=True)
-class _Ends:
-    """Raw endpoints of a packet, before any mapping."""
-
-    proto: str
-    src: str
-    dst: str
-    sport: int | None = None
-    dport: int | None = None
-    ident: int | None = None
-
-    def key(self) -> tuple[Any, ...]:
-        if self.sport is not None:
-            return (self.proto, frozenset({(self.src, self.sport), (self.dst, self.dport)}))
-        return (self.proto, frozenset({self.src, self.dst}), self.ident)
-
-
 def _proto_name(version: int, proto: int) -> str:
     return {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMPV6: "icmp6"}.get(
         proto, f"ip-proto-{proto}"
@@ -304,15 +308,7 @@ class _Normaliser:
     def _flow(self, key: tuple[Any, ...], ends: _Ends) -> Flow:
         flow = self.flows.get(key)
         if flow is None:
-            if ends.sport is not None:
-                src = self.names.endpoint(ends.src, ends.sport)
-                dst = self.names.endpoint(ends.dst, ends.dport or 0)
-            else:
-                src, dst = self.names.addr(ends.src), self.names.addr(ends.dst)
-            header = f"{ends.proto} {src} > {dst}"
-            if ends.ident is not None:
-                header += f" id {self.names.token('E', ends.ident)}"
-            flow = Flow(len(self.flows) + 1, ends.proto, header, (ends.src, ends.sport))
+            flow = Flow(len(self.flows) + 1, ends.proto, "", (ends.src, ends.sport), ends)
             self.flows[key] = flow
         return flow
 
@@ -324,27 +320,59 @@ class _Normaliser:
             self.flows[key] = flow
         return flow
 
+    def _header(self, ends: _Ends) -> str:
+        if ends.sport is not None:
+            src = self.names.endpoint(ends.src, ends.sport)
+            dst = self.names.endpoint(ends.dst, ends.dport or 0)
+        else:
+            src, dst = self.names.addr(ends.src), self.names.addr(ends.dst)
+        header = f"{ends.proto} {src} > {dst}"
+        if ends.ident is not None:
+            header += f" id {self.names.token('E', ends.ident)}"
+        return header
+
     # -- frames -----------------------------------------------------------------------
 
     def add(self, frame: Frame) -> None:
-        prefix = ""
+        """Put a frame in its flow; it is rendered later, flow by flow (see finish)."""
         data = frame.data
+        macs: tuple[bytes, bytes] | None = None
         if frame.linktype == LINKTYPE_ETHERNET and len(data) >= ETH_HEADER:
-            if not self.profile.masked("eth"):
-                prefix = f"{self.names.mac(data[6:12])} > {self.names.mac(data[0:6])}, "
+            macs = (data[6:12], data[0:6])
             if _u16(data, 12) == ETHERTYPE_ARP:
-                self._arp(frame, prefix, data[ETH_HEADER:])
+                flow = self._misc_flow("arp")
+                flow.jobs.append(partial(self._arp, frame, macs, data[ETH_HEADER:], flow))
                 return
         packet = ip_bytes(frame)
-        if packet is None:
-            self._undecodable(frame, prefix, data, "not IP")
-            return
-        try:
-            ip = decode_ip(packet)
-        except DecodeError as exc:
-            self._undecodable(frame, prefix, packet, str(exc))
-            return
-        self._ip(frame, prefix, ip)
+        why = "not IP"
+        if packet is not None:
+            try:
+                ip = decode_ip(packet)
+            except DecodeError as exc:
+                why, data = str(exc), packet
+            else:
+                flow = self._ip_flow(ip)
+                flow.jobs.append(partial(self._ip, frame, macs, ip, flow))
+                return
+        flow = self._misc_flow("undecodable")
+        flow.jobs.append(partial(self._undecodable, frame, macs, data, why, flow))
+
+    def finish(self) -> None:
+        """Render flow by flow: canonical names are handed out in flow order, then
+        capture order within a flow -- so they depend only on what is compared, never on
+        how flows interleaved, while a value two flows share keeps one name."""
+        for flow in self.flows.values():
+            if flow.ends is not None:
+                flow.header = self._header(flow.ends)
+            for job in flow.jobs:
+                job()
+            flow.jobs.clear()
+        self.packets.sort(key=lambda p: p.frame)
+
+    def _prefix(self, macs: tuple[bytes, bytes] | None) -> str:
+        if macs is None or self.profile.masked("eth"):
+            return ""
+        return f"{self.names.mac(macs[0])} > {self.names.mac(macs[1])}, "
 
     def _emit(self, frame: Frame, flow: Flow, line: str, checksum: str, fields: dict[str, Any],
               tcp: TcpSegment | None = None, hidden: bool = False) -> None:
@@ -354,15 +382,17 @@ class _Normaliser:
         flow.packets.append(packet)
         self.packets.append(packet)
 
-    def _undecodable(self, frame: Frame, prefix: str, data: bytes, why: str) -> None:
-        flow = self._misc_flow("undecodable")
-        line = f"{prefix}undecodable ({_HEX_VALUE.sub('*', why)}) | {describe_bytes(data)}"
+    def _undecodable(self, frame: Frame, macs: tuple[bytes, bytes] | None, data: bytes,
+                     why: str, flow: Flow) -> None:
+        reason = _HEX_VALUE.sub("*", why)
+        line = f"{self._prefix(macs)}undecodable ({reason}) | {describe_bytes(data)}"
         self._emit(frame, flow, line, "none", {"proto": "undecodable", "len": len(data)})
 
-    def _arp(self, frame: Frame, prefix: str, data: bytes) -> None:
+    def _arp(self, frame: Frame, macs: tuple[bytes, bytes] | None, data: bytes,
+             flow: Flow) -> None:
         from scapy.layers.l2 import ARP
 
-        flow = self._misc_flow("arp")
+        prefix = self._prefix(macs)
         arp = ARP(data)
         if arp.op == ARP_REQUEST:
             text = f"ARP, Request who-has {arp.pdst} tell {arp.psrc}"
@@ -440,7 +470,20 @@ class _Normaliser:
             nh, pos = data[pos], pos + size
         return names
 
-    def _ip(self, frame: Frame, prefix: str, ip: IpPacket) -> None:
+    def _ip_flow(self, ip: IpPacket) -> Flow:
+        """The flow of a packet; an ICMP error belongs to the flow of what it quotes."""
+        ends = _ends_of(ip)
+        l4 = ip.l4
+        if (not ip.fragmented and ip.protocol in (PROTO_ICMP, PROTO_ICMPV6)
+                and len(l4) > ICMP_HEADER and (ip.version, l4[0]) in ICMP_ERRORS):
+            quoted = self._quoted_ends(l4[ICMP_HEADER:])
+            if quoted is not None:
+                return self._flow(quoted.key(), quoted)
+        return self._flow(ends.key(), ends)
+
+    def _ip(self, frame: Frame, macs: tuple[bytes, bytes] | None, ip: IpPacket,
+            flow: Flow) -> None:
+        prefix = self._prefix(macs)
         checksum, notes = self._checksum(ip)
         meta, _ = self._ip_meta(ip)
         ends = _ends_of(ip)
@@ -453,35 +496,20 @@ class _Normaliser:
             notes.append(f"[{_HEX_VALUE.sub('*', ip.error)}]")
         tcp: TcpSegment | None = None
         hidden = False
-        key = ends.key()
+        head = f"{self.names.addr(ip.src)} > {self.names.addr(ip.dst)}"
         if ip.fragmented:
             body = f"{ends.proto} | {describe_bytes(l4, masked=self.profile.masked('payload'))}"
-            flow = self._flow(key, ends)
-            head = f"{self.names.addr(ip.src)} > {self.names.addr(ip.dst)}"
         elif ip.protocol == PROTO_TCP and len(l4) >= TCP_MIN_HEADER:
-            flow = self._flow(key, ends)
+            head = self._ports(ip, ends)
             body, tcp, hidden = self._tcp(ip, l4, flow, fields)
-            head = f"{self.names.endpoint(ip.src, ends.sport or 0)} > " \
-                   f"{self.names.endpoint(ip.dst, ends.dport or 0)}"
         elif ip.protocol == PROTO_UDP and len(l4) >= UDP_HEADER:
-            flow = self._flow(key, ends)
+            head = self._ports(ip, ends)
             body = self._udp(ip, l4, fields)
-            head = f"{self.names.endpoint(ip.src, ends.sport or 0)} > " \
-                   f"{self.names.endpoint(ip.dst, ends.dport or 0)}"
         elif ip.protocol in (PROTO_ICMP, PROTO_ICMPV6) and len(l4) >= ICMP_MIN_LEN:
-            icmp_type = l4[0]
-            if (ip.version, icmp_type) in ICMP_ERRORS and len(l4) > ICMP_HEADER:
-                quoted = self._quoted_ends(l4[ICMP_HEADER:])
-                flow = self._flow(quoted.key(), quoted) if quoted else self._flow(key, ends)
-            else:
-                flow = self._flow(key, ends)
             body = self._icmp(ip, l4, fields)
-            head = f"{self.names.addr(ip.src)} > {self.names.addr(ip.dst)}"
         else:
-            flow = self._flow(key, ends)
             name = ends.proto if ip.protocol >= 0 else "unknown"
             body = f"{name} | {describe_bytes(l4, masked=self.profile.masked('payload'))}"
-            head = f"{self.names.addr(ip.src)} > {self.names.addr(ip.dst)}"
         # Headers first, then checksum notes, then what the payload is: "... | payload".
         l4_text, _, payload_text = body.partition(" | ")
         line = f"{prefix}{family} {head}: {l4_text} {meta}"
@@ -491,6 +519,10 @@ class _Normaliser:
             line += f" | {payload_text}"
         fields.setdefault("len", len(l4))
         self._emit(frame, flow, line, checksum, fields, tcp, hidden)
+
+    def _ports(self, ip: IpPacket, ends: _Ends) -> str:
+        return (f"{self.names.endpoint(ip.src, ends.sport or 0)} > "
+                f"{self.names.endpoint(ip.dst, ends.dport or 0)}")
 
     # -- TCP --------------------------------------------------------------------------
 
@@ -721,4 +753,5 @@ def canonicalise(path: str | Path, profile: Profile | None = None) -> Trace:
         normaliser.add(frame)
     if normaliser is None:
         return Trace(chosen, linktype, [], [])
+    normaliser.finish()
     return Trace(chosen, linktype, normaliser.packets, list(normaliser.flows.values()))

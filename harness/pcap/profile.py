@@ -78,6 +78,8 @@ MASKABLE: dict[str, str] = {
     "tcp.options": "TCP options left out",
     "tcp.retransmissions": "TCP segments already seen (same seq, length, flags) dropped",
     "tcp.pure-acks": "TCP segments without data, SYN, FIN or RST dropped",
+    "tcp.close-race": "semantic tier: a direction's FIN is left out of its control sequence "
+    "when the other direction resets the connection (both ends closing at once race)",
     "payload": "payloads shown by length only (no hash, no first bytes)",
 }
 """What a ``[[mask]]`` may name, and what it does."""

@@ -125,10 +125,13 @@ def expectation_failures(trace: Trace) -> list[str]:
 # --------------------------------------------------------------------------- TCP summary
 
 
-def _control(segments: list[TcpSegment]) -> str:
+def _control(segments: list[TcpSegment], *, peer_reset: bool = False) -> str:
+    """``S@0 FA@1025``; with ``peer_reset`` (mask tcp.close-race) FINs are left out."""
     events: list[str] = []
     for seg in segments:
         if not seg.flags & (SYN | FIN | RST):
+            continue
+        if peer_reset and seg.flags & FIN and not seg.flags & (SYN | RST):
             continue
         letters = "".join(c for bit, c in ((SYN, "S"), (FIN, "F"), (RST, "R"), (ACK, "A"))
                           if seg.flags & bit)
@@ -180,14 +183,17 @@ def _tcp_summary(flow: Flow, trace: Trace) -> list[str]:
     # The client side first: the server's reply decoding reads what the request asked.
     order = sorted(DIRECTIONS, key=lambda d: not isinstance(flow.streams.get(d),
                                                              SocksClientStream))
+    race = trace.profile.masked("tcp.close-race")
     rendered: dict[str, list[str]] = {}
     for direction in order:
         segments = by_dir[direction]
+        other = by_dir["<" if direction == ">" else ">"]
+        peer_reset = race and any(s.flags & RST for s in other)
         data, notes = _reassemble(segments)
         stream = _fresh_stream(flow.streams.get(direction), session, masked)
         items = notes + stream.feed(data)
         rendered[direction] = [
-            f"  {direction} control {_control(segments)}",
+            f"  {direction} control {_control(segments, peer_reset=peer_reset)}",
             f"  {direction} options {_options(segments)}",
             f"  {direction} data {'; '.join(items) if items else 'none'}",
         ]

@@ -1,4 +1,4 @@
-"""The path every conformance test drives: app in the client -> TUN -> tun2socks -> SOCKS5 -> server.
+"""The path every conformance test drives: app -> TUN -> tun2socks -> SOCKS5 -> server.
 
 The implementation under test (``--tun2socks``) runs in the client host of the default
 topology; the proxy host does not forward, so a byte that reaches the server was carried

@@ -52,8 +52,8 @@ def behaviour_of(nodeid: str) -> str:
 
 
 def _first_line(text: str, limit: int) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    line = lines[0] if lines else ""
+    """The message on one line (its lines joined by " | "), cut to ``limit``."""
+    line = " | ".join(part.strip() for part in text.strip().splitlines() if part.strip())
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -66,7 +66,9 @@ def _reason(report: pytest.TestReport) -> str:
     if crash is not None:
         message = str(getattr(crash, "message", ""))
         # "AssertionError: <what>" -> "<what>"; keep the type for anything unexpected.
-        message = message.removeprefix("AssertionError: ").removeprefix("assert ")
+        message = message.removeprefix("AssertionError: ")
+        # pytest appends the introspected "assert <expr>" after a custom message.
+        message = message.split("\nassert ", 1)[0].removeprefix("assert ")
         return _first_line(message, REASON_JSON_CHARS)
     return _first_line(str(longrepr or ""), REASON_JSON_CHARS)
 

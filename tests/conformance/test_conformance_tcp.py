@@ -1,4 +1,4 @@
-"""TCP behaviours every tun2socks must have: open, bulk, half-close, reset, refusal, fan-out, IPv6."""
+"""TCP behaviours: open, bulk, half-close, reset, refusal, many at once, IPv6."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import struct
 import pytest
 from conformance_path import (
     CLOSED_PORT,
+    DEVICE,
     ECHO_PORT,
     MIB,
     SCRIPTED_PORT,
@@ -23,6 +24,7 @@ from conformance_path import (
     upload,
 )
 
+from harness.capture import capture
 from harness.peers.targets import seeded_bytes, seeded_sha256
 
 pytestmark = [pytest.mark.conformance, pytest.mark.netns, pytest.mark.linux]
@@ -94,11 +96,14 @@ def test_tcp_rst_from_server(start_path: StartPath) -> None:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()  # linger 0: RST, not FIN
 
-    with scripted_server(path.server, path.server_v4, SCRIPTED_PORT, serve) as server:
-        with path.connect(SCRIPTED_PORT) as sock:
-            sock.sendall(b"please reset me")
-            server.join()
-            expect_reset_or_refusal(lambda: sock.recv(100), what="server sent RST")
+    with (
+        capture(path.client, DEVICE, f"tcp port {SCRIPTED_PORT}"),  # evidence if it fails
+        scripted_server(path.server, path.server_v4, SCRIPTED_PORT, serve) as server,
+        path.connect(SCRIPTED_PORT) as sock,
+    ):
+        sock.sendall(b"please reset me")
+        server.join()
+        expect_reset_or_refusal(lambda: sock.recv(100), what="server sent RST")
 
 
 @pytest.mark.timeout(60)
@@ -115,7 +120,8 @@ def test_tcp_refused(start_path: StartPath) -> None:
             sock.sendall(b"anyone there?")
             return sock.recv(100)
 
-    expect_reset_or_refusal(attempt, what=f"connect to closed port {CLOSED_PORT}")
+    with capture(path.client, DEVICE, f"tcp port {CLOSED_PORT}"):
+        expect_reset_or_refusal(attempt, what=f"connect to closed port {CLOSED_PORT}")
     assert path.impl.alive()
 
 

@@ -45,10 +45,11 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     bench: argparse.ArgumentParser = sub.add_parser(
         "bench",
         help="measure ztun beside direct routing, a SOCKS5 app and sing-box",
-        description="Build throwaway client/proxy/server namespaces, start danted, sing-box's socks "
-        "inbound, iperf3 and nginx, and measure each system (interleaved per repetition): TCP bulk, new "
-        "connections/s, request/response, UDP, the tun2socks's CPU per GB and memory. Prints a table "
-        "(median, min-max, ratios ztun/system) and writes JSON and a PNG. Needs root.",
+        description="Build throwaway client/proxy/server namespaces, start danted, sing-box's "
+        "socks inbound, iperf3 and nginx, and measure each system (interleaved per repetition): "
+        "TCP bulk, new connections/s, request/response, UDP, the tun2socks's CPU per GB and "
+        "memory. Prints a table (median, min-max, ratios ztun/system) and writes JSON and a "
+        "PNG. Needs root.",
     )
     bench.add_argument(
         "--quick",

@@ -46,7 +46,7 @@ class Durations:
 
     iperf_seconds: float = 6.0
     iperf_omit: int = 1
-    conn_requests: int = 10000  # ab -n: a count, not a time, so every system does the same work
+    conn_requests: int = 5000  # ab -n: a count, not a time, so every system does the same work
     conn_concurrency: int = 16
     rr_seconds: float = 5.0
     held_counts: tuple[int, ...] = (1000, 10000)
@@ -102,7 +102,7 @@ class BenchOptions:
 
 
 def parse_names(text: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
-    """A comma-separated subset of `known`, kept in `known`'s order; ValueError names the bad one."""
+    """A comma-separated subset of `known`, in `known`'s order; ValueError names the bad one."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:

@@ -54,6 +54,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("conn", "conn_per_s", "new connections", "conn/s", True),
     Metric("conn", "p50_ms", "new connection p50", "ms", False),
     Metric("conn", "p99_ms", "new connection p99", "ms", False),
+    Metric("conn", "failed", "new connections failed", "count", False),
     Metric("rr", "rr_per_s", "request/response", "RR/s", True),
     Metric("rr", "p50_us", "request/response p50", "us", False),
     Metric("rr", "p99_us", "request/response p99", "us", False),
@@ -247,9 +248,13 @@ def write_png(doc: dict[str, Any], path: str) -> str | None:
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log", base=2)
     ax.set_xticks(range(len(metrics)))
-    ax.set_xticklabels([f"{m.label} [{m.unit}]" for m in metrics], rotation=55, ha="right", fontsize=8)
+    ax.set_xticklabels(
+        [f"{m.label} [{m.unit}]" for m in metrics], rotation=55, ha="right", fontsize=8
+    )
     ax.set_ylabel("ztun advantage (log2): above 1 = ztun better")
-    ax.set_title(f"ztun vs each system, medians of {doc['options']['reps']} rep(s), {doc['started_at']}")
+    ax.set_title(
+        f"ztun vs each system, medians of {doc['options']['reps']} rep(s), {doc['started_at']}"
+    )
     ax.legend(fontsize=8, title="ztun vs", title_fontsize=8)
     ax.grid(axis="y", which="major", linewidth=0.3)
     fig.tight_layout()

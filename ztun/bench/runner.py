@@ -87,7 +87,7 @@ def _preflight(opts: BenchOptions, err: TextIO) -> bool:
 
 
 def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = max(NOFILE, hard if hard != resource.RLIM_INFINITY else NOFILE)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))  # root may raise the hard limit
@@ -160,10 +160,12 @@ def _environment() -> dict[str, Any]:
         "loadavg_at_start": list(os.getloadavg()),
         "versions": _versions(),
         "tcp_socks_server": "danted (dante-server), log: error",
-        "udp_socks_server": "sing-box socks inbound (danted drops sing-box's UDP: it declares [::1]:0 "
-        "in UDP ASSOCIATE and danted accepts datagrams only from the declared address)",
-        "held_connections_proxy": "sing-box socks inbound (danted needs a process per few clients)",
-        "socks_only_client": "proxychains4 (LD_PRELOAD; SOCKS5 handshake inside connect(), data path native)",
+        "udp_socks_server": "sing-box socks inbound (danted drops sing-box's UDP: it declares "
+        "[::1]:0 in UDP ASSOCIATE and danted accepts datagrams only from the declared address)",
+        "held_connections_proxy": "holdsocks (answers CONNECT and holds: one fd per connection)",
+        "socks_only_client": "proxychains4 (LD_PRELOAD; SOCKS5 handshake inside connect(), "
+        "then the app's own data path)",
+        "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         "tun_mtu": {"ztun": 1500, "sing-box": "default (9000)"},
         "load_tools": {
             "tcp/udp": "iperf3 -J",
@@ -204,7 +206,8 @@ class Progress:
                 or (record.skipped and f"skipped ({record.skipped})")
                 or f"FAILED: {(record.error or '')[:ERROR_CHARS]}"
             )
-        line = f"[{self.done:>3}/{self.total}] rep {record.rep} {record.system:<16} {record.test:<10} {what}"
+        head = f"[{self.done:>3}/{self.total}] rep {record.rep} {record.system:<16}"
+        line = f"{head} {record.test:<10} {what}"
         if record.seconds:
             line += f"  ({record.seconds:.1f}s)"
         self.stream.write(("\r\033[K" if self.tty else "") + line + "\n")

@@ -111,8 +111,8 @@ class Direct(System):
 
 
 class SocksOnly(System):
-    """The app speaks SOCKS5: proxychains4 (strict chain to danted); no default route, so
-    nothing can bypass the proxy. It has no UDP (proxychains only hooks TCP connect)."""
+    """The app speaks SOCKS5: proxychains4 (strict chain to danted). The proxy namespace does
+    not forward, so nothing can bypass it. No UDP: proxychains only hooks TCP connect()."""
 
     def start(self, *, tcp_port: int = DANTED_PORT) -> None:
         conf = os.path.join(self.env.workdir, "proxychains.conf")

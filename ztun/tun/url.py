@@ -1,4 +1,16 @@
-"""Device URLs: `tun://NAME` creates a Linux TUN, `fd://N` adopts an open descriptor."""
+"""Device URLs: `tun://NAME` creates the platform's TUN, `fd://N` adopts an open descriptor.
+
+`tun://NAME` means, by ``sys.platform``:
+
+- ``linux``: a TUN named NAME (1..15 bytes), in ``netns`` if given, with offloads if asked;
+- ``darwin``: a utun -- macOS picks utun names, so NAME is ``utunN``, or ``utun``/empty
+  for the next free one (:mod:`ztun.tun.darwin`);
+- ``win32``: a Wintun adapter named NAME (:mod:`ztun.tun.windows`).
+
+Namespaces and virtio-net offloads are Linux features: ``netns`` elsewhere is an error;
+``offload`` is a request that other platforms simply cannot grant (the device reports
+``frame_header_len`` 0), so it is ignored there rather than failing a default config.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +21,28 @@ from urllib.parse import urlsplit
 
 from .base import Device
 
+IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
 
 def open_device(
     url: str,
     *,
     mtu: int,
-    addresses: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+    addresses: Sequence[IpInterface],
     netns: str | None = None,
     offload: bool = True,
 ) -> Device:
     """Open the device `url` names; ValueError says what is wrong with the URL."""
     parts = urlsplit(url)
     if parts.scheme == "tun":
-        name = parts.netloc or parts.path
-        if sys.platform != "linux":
-            raise ValueError(f"device {url!r}: tun:// is supported on Linux only")
-        from .linux import LinuxTun
-
-        return LinuxTun(name, mtu=mtu, addresses=addresses, netns=netns, offload=offload)
+        return _open_tun(
+            url,
+            parts.netloc or parts.path,
+            mtu=mtu,
+            addresses=addresses,
+            netns=netns,
+            offload=offload,
+        )
     if parts.scheme == "fd":
         text = parts.netloc or parts.path
         if not text.isdigit():
@@ -35,3 +51,32 @@ def open_device(
 
         return FdDevice(int(text), mtu=mtu)
     raise ValueError(f"device {url!r}: unknown scheme (use tun://NAME or fd://N)")
+
+
+def _open_tun(
+    url: str,
+    name: str,
+    *,
+    mtu: int,
+    addresses: Sequence[IpInterface],
+    netns: str | None,
+    offload: bool,
+) -> Device:
+    platform = sys.platform
+    if platform == "linux":
+        from .linux import LinuxTun
+
+        return LinuxTun(name, mtu=mtu, addresses=addresses, netns=netns, offload=offload)
+    if netns is not None:
+        raise ValueError(f"device {url!r}: network namespaces exist only on Linux")
+    if platform == "darwin":
+        from .darwin import open_utun
+
+        return open_utun(name, mtu=mtu, addresses=addresses)
+    if platform == "win32":
+        from .windows import open_wintun
+
+        return open_wintun(name, mtu=mtu, addresses=addresses)
+    raise ValueError(
+        f"device {url!r}: tun:// is supported on Linux, macOS and Windows, not {platform}"
+    )
