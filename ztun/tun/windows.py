@@ -495,7 +495,8 @@ class WintunDevice:
     def wait_readable(self, timeout: float | None = None) -> bool:
         """Block until a packet may be read, wake() is called, or ``timeout`` passes
         (False).  Returns at once if the last read did not find the ring empty."""
-        pass
+        if self._may_have_data:
+            return True
         result = self._k32.fn["WaitForMultipleObjects"](
             2, self._handles, False, _timeout_ms(timeout)
         )
