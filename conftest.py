@@ -3,10 +3,11 @@
 The harness itself is a plugin (``pytest11`` entry point ``harness.plugin``), loaded for
 any project that installs ztun; this file only adds what *this* repository's own tests
 need: ``pytester``, used by the harness's self-tests to run pytest sessions in a
-subprocess.
+subprocess, and ``harness.conformance``, the conformance table (listed here, in an
+initial conftest, so an xdist controller loads it however pytest is invoked).
 """
 
-pytest_plugins = ("pytester",)
+pytest_plugins = ("pytester", "harness.conformance")
 
 try:
     from hypothesis import HealthCheck, settings

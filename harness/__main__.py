@@ -21,6 +21,11 @@ EXIT_USAGE = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["pcap"]:  # its own parser; imports scapy, so only when asked for
+        from harness.pcap.cli import main as pcap_main
+
+        return pcap_main(words[1:])
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     clean = sub.add_parser("cleanup", help="remove leftover namespaces/links and their processes")
@@ -33,13 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         "--force", action="store_true", help="also remove what belongs to runs still alive"
     )
     clean.add_argument("--dry-run", action="store_true", help="only print what would go")
-    pcap = sub.add_parser("pcap", add_help=False, help="canonical pcap diff/render (pcap -h)")
-    pcap.add_argument("pcap_args", nargs=argparse.REMAINDER)
+    sub.add_parser("pcap", help="canonical pcap diff/render (python -m harness pcap -h)")
     args = parser.parse_args(argv)
-    if args.command == "pcap":
-        from harness.pcap.cli import main as pcap_main  # scapy: only when asked for
-
-        return pcap_main(args.pcap_args)
 
     if not args.prefix.startswith(NAME_PREFIX):
         parser.error(f"--prefix must start with {NAME_PREFIX!r}: only our names are removed")

@@ -47,9 +47,11 @@ from harness.hosts.base import (
 __all__ = [
     "LocalProcess",
     "ReadinessProbe",
+    "group_members",
     "live_processes",
     "merged_env",
     "run_local",
+    "wait_pids_gone",
 ]
 
 READ_CHUNK = 65536
@@ -88,6 +90,47 @@ def merged_env(extra: Mapping[str, str] | None) -> dict[str, str]:
 def _killpg(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def wait_pids_gone(pids: Sequence[int], timeout: float) -> list[int]:
+    """Await the exit of ``pids`` via pidfds; returns those still alive at the deadline."""
+    fds: dict[int, int] = {}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            fds[os.pidfd_open(pid)] = pid
+    try:
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        pending = set(fds)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for fd, _ in poller.poll(remaining * 1000):
+                pending.discard(fd)
+                poller.unregister(fd)
+        return sorted(fds[fd] for fd in pending)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids whose process group is ``pgid`` (field 5 of /proc/PID/stat)."""
+    members: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
 
 
 def run_local(
@@ -308,8 +351,11 @@ class LocalProcess:
             except TimeoutError:
                 _killpg(self.pid, signal.SIGKILL)
                 self.wait(timeout)
-        # Helpers the leader forked may outlive it; the group dies with the leader.
+        # Helpers the leader forked may outlive it; the group dies with the leader, and
+        # stop() returns only once they are really gone (SIGKILL is not instantaneous).
+        members = group_members(self.pid)
         _killpg(self.pid, signal.SIGKILL)
+        wait_pids_gone(members, timeout)
         self._pump.join(timeout)
         return self.wait(0)
 

@@ -1,52 +1,116 @@
-"""Network namespaces for `ztun run --netns` and `ztun demo` (pyroute2; nothing in the root ns).
+"""Network namespaces for `ztun run --netns`, `ztun demo` and `ztun bench`.
 
 Namespace is an argument, never ambient state: `in_netns` switches only the calling
 thread and always switches back, so sockets and TUNs opened inside keep living in the
 namespace while the caller carries on in its own.
+
+Netlink goes through `netlink(name, fn)`: a fresh thread enters the namespace (setns on
+the existing /run/netns entry, never creating one), checks that it really is there, and
+creates *and uses* its pyroute2 socket in that thread. pyroute2 0.9 binds an IPRoute to
+the thread that uses it, so an object made inside a namespace and used from another
+thread talks to that other thread's namespace -- the root one, for a test runner. And
+namespaces are made by `ip netns add`, which returns only once the namespace is mounted,
+where pyroute2's forked helper can time out half-way on a loaded machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import os
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 NETNS_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 
 
 def enter_netns(name: str) -> None:
     """Move this process (its main thread, before any other starts) into `name`."""
-    from pyroute2 import netns
+    fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns_fd(fd, name)
+    finally:
+        os.close(fd)
 
-    netns.setns(name)
+
+def _netns_inode(name: str) -> int:
+    return os.stat(os.path.join(NETNS_DIR, name)).st_ino
+
+
+def netlink(name: str, fn: Callable[[Any], T]) -> T:
+    """Call `fn(ipr)` with a pyroute2 IPRoute living in namespace `name`, from a thread
+    that entered it (and ends afterwards)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _setns_fd(fd, name)
+            finally:
+                os.close(fd)
+            if os.stat("/proc/thread-self/ns/net").st_ino != _netns_inode(name):
+                raise OSError(f"namespace {name!r}: setns did not take effect")
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ipr:
+                box["result"] = fn(ipr)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netlink-{name}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
+
+
+def _setns_fd(fd: int, what: str) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns into {what}: {os.strerror(err)}")
 
 
 @contextlib.contextmanager
 def in_netns(name: str | None) -> Iterator[None]:
-    """Run the body with this thread inside `name` (no-op for None), then come back."""
+    """Run the body with this thread inside `name` (no-op for None), then come back.
+
+    The namespace must exist (it is never created here, unlike pyroute2's pushns).
+    """
     if not name:
         yield
         return
-    from pyroute2 import netns
-
-    netns.pushns(name)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        yield
+        target = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns_fd(target, name)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns_fd(home, "the original namespace")  # never go on in the wrong one
     finally:
-        netns.popns()
+        os.close(home)
 
 
 def create(name: str) -> None:
-    from pyroute2 import NetNS, netns
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=30)
 
-    netns.create(name)
-    with NetNS(name) as ns:
-        (lo,) = ns.link_lookup(ifname="lo")
-        ns.link("set", index=lo, state="up")
+    def lo_up(ipr: Any) -> None:
+        (lo,) = ipr.link_lookup(ifname="lo")
+        ipr.link("set", index=lo, state="up")
+
+    netlink(name, lo_up)
 
 
 def exists(name: str) -> bool:
@@ -70,10 +134,8 @@ def remove(name: str) -> None:
     for pid in pids(name):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    from pyroute2 import netns
-
-    with contextlib.suppress(FileNotFoundError):
-        netns.remove(name)
+    if exists(name):
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
 
 
 def exec_argv(name: str, argv: Sequence[str]) -> list[str]:
@@ -89,18 +151,20 @@ def veth(
     addrs_b: Sequence[str] = (),
 ) -> None:
     """A veth pair created straight inside ns_a with its peer in ns_b, addressed and up."""
-    from pyroute2 import NetNS
-
-    with NetNS(ns_a) as a:
-        a.link(
-            "add",
-            ifname=if_a,
-            kind="veth",
-            peer={"ifname": if_b, "net_ns_fd": f"{NETNS_DIR}/{ns_b}"},
+    peer_fd = os.open(os.path.join(NETNS_DIR, ns_b), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        netlink(
+            ns_a,
+            lambda ipr: ipr.link(
+                "add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": peer_fd}
+            ),
         )
+    finally:
+        os.close(peer_fd)
     for ns_name, ifname, addrs in ((ns_a, if_a, addrs_a), (ns_b, if_b, addrs_b)):
-        with NetNS(ns_name) as ns:
-            (index,) = ns.link_lookup(ifname=ifname)
+
+        def configure(ipr: Any, ifname: str = ifname, addrs: Sequence[str] = addrs) -> None:
+            (index,) = ipr.link_lookup(ifname=ifname)
             for cidr in addrs:
                 iface = ipaddress.ip_interface(cidr)
                 kwargs: dict[str, Any] = {
@@ -110,19 +174,21 @@ def veth(
                 }
                 if iface.version == 6:
                     kwargs["flags"] = 0x02  # IFA_F_NODAD: usable at once, no 1-2 s DAD wait
-                ns.addr("add", **kwargs)
-            ns.link("set", index=index, state="up")
+                ipr.addr("add", **kwargs)
+            ipr.link("set", index=index, state="up")
+
+        netlink(ns_name, configure)
 
 
 def default_route(name: str, ifname: str, versions: Sequence[int] = (4, 6)) -> None:
-    from pyroute2 import NetNS
-
-    with NetNS(name) as ns:
-        (index,) = ns.link_lookup(ifname=ifname)
+    def add(ipr: Any) -> None:
+        (index,) = ipr.link_lookup(ifname=ifname)
         for version in versions:
-            ns.route(
+            ipr.route(
                 "add",
                 dst="0.0.0.0/0" if version == 4 else "::/0",
                 oif=index,
                 family=2 if version == 4 else 10,
             )
+
+    netlink(name, add)

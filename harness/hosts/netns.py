@@ -28,7 +28,6 @@ import contextlib
 import ctypes
 import ipaddress
 import os
-import select
 import signal
 import socket as socketlib
 import threading
@@ -51,7 +50,13 @@ from harness.hosts.base import (
     UdpListening,
 )
 from harness.owners import claim_owner, owner_prefix
-from harness.proc import PROBE_INTERVAL_MAX, PROBE_INTERVAL_MIN, LocalProcess, run_local
+from harness.proc import (
+    PROBE_INTERVAL_MAX,
+    PROBE_INTERVAL_MIN,
+    LocalProcess,
+    run_local,
+    wait_pids_gone,
+)
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -200,38 +205,13 @@ def netns_pids(name: str) -> list[int]:
     return [int(tok) for tok in result.stdout.split() if tok.isdigit()]
 
 
-def _wait_pids_gone(pids: Sequence[int], timeout: float) -> list[int]:
-    """Await the exit of ``pids`` via pidfds; returns those still alive at the deadline."""
-    fds: dict[int, int] = {}
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            fds[os.pidfd_open(pid)] = pid
-    try:
-        deadline = time.monotonic() + timeout
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        pending = set(fds)
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            for fd, _ in poller.poll(remaining * 1000):
-                pending.discard(fd)
-                poller.unregister(fd)
-        return sorted(fds[fd] for fd in pending)
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
 def kill_netns_pids(name: str, timeout: float = KILL_WAIT) -> list[int]:
     """SIGKILL every process inside ``name`` and await their exit; returns the pids."""
     pids = netns_pids(name)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    survivors = _wait_pids_gone(pids, timeout)
+    survivors = wait_pids_gone(pids, timeout)
     if survivors:
         raise NetnsError(f"processes {survivors} in namespace {name!r} survived SIGKILL")
     return pids

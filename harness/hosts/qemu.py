@@ -426,16 +426,38 @@ def _req_name(requirement: str) -> str:
     return requirement.strip().lower()
 
 
+#: The guest's interpreter (Debian 12 ships CPython 3.11) and C library (glibc 2.36):
+#: wheels are chosen for *it*, whatever Python the host runs.
+GUEST_PYTHON = "3.11"
+_GUEST_WHEEL_TAGS = (
+    "--only-binary=:all:",
+    "--implementation",
+    "cp",
+    "--python-version",
+    GUEST_PYTHON,
+    "--abi",
+    "cp311",
+    "--platform",
+    "manylinux_2_36_x86_64",
+    "--platform",
+    "manylinux_2_28_x86_64",
+    "--platform",
+    "manylinux2014_x86_64",
+)
+#: Bump when the way the guest venv is made changes: it is part of the saved-state key.
+PROVISION_VERSION = "2"
+
+
 def ensure_guest_packages(requirements: list[str]) -> Path:
     """A tarball of site-packages for the guest venv, built on the host.
 
-    The guest has no network, and pip under TCG spends minutes resolving and compiling.
-    Host and guest run the same Debian Python (3.11, same ABI and paths), so the host
-    downloads the wheels (``pip wheel``), installs them into a staging folder with
-    ``pip install --target`` (bytecode compiled here), and the guest only unpacks a tar.
+    The guest has no network, and pip under TCG spends minutes resolving.  So the host
+    downloads wheels for the guest's Python and platform (whatever its own Python is) and
+    installs them into a staging folder with ``pip install --target``; the guest only
+    unpacks a tar and byte-compiles it once, before its state is saved.
     """
-    digest = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:16]
-    house = vmimage.cache_root() / f"wheels-{digest}"
+    key = "\n".join([*requirements, *_GUEST_WHEEL_TAGS])
+    house = vmimage.cache_root() / f"wheels-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     tarball = house / "site-packages.tar"
     with vmimage.locked(house.with_suffix(".lock")):
         if tarball.is_file():
@@ -444,17 +466,17 @@ def ensure_guest_packages(requirements: list[str]) -> Path:
         house.mkdir(parents=True)
         python = os.environ.get("ZTUN_VM_PYTHON", _host_python())
         staging = house / "staging"
+        pip = [python, "-m", "pip", "-q", "--disable-pip-version-check"]
         for argv in (
-            [python, "-m", "pip", "wheel", "-q", "--wheel-dir", str(house), *requirements],
+            [*pip, "download", *_GUEST_WHEEL_TAGS, "--dest", str(house), *requirements],
             [
-                python,
-                "-m",
-                "pip",
+                *pip,
                 "install",
-                "-q",
+                *_GUEST_WHEEL_TAGS,
                 "--no-index",
                 "--find-links",
                 str(house),
+                "--no-compile",
                 "--target",
                 str(staging),
                 *requirements,
@@ -464,7 +486,7 @@ def ensure_guest_packages(requirements: list[str]) -> Path:
                 argv, capture_output=True, text=True, timeout=PROVISION_TIMEOUT, check=False
             )
             if done.returncode != 0:
-                raise QemuError(f"{' '.join(argv[:5])} failed:\n{done.stderr[-3000:]}")
+                raise QemuError(f"{' '.join(argv[4:6])} failed:\n{done.stderr[-3000:]}")
         # Console scripts carry the host's interpreter path: the guest runs `python -m`.
         shutil.rmtree(staging / "bin", ignore_errors=True)
         partial = tarball.with_suffix(".partial")
@@ -499,7 +521,15 @@ class SavedState:
 
 
 def _state_key(image: vmimage.GuestImage, accel: str, requirements: list[str]) -> str:
-    parts = [image.recipe_hash, qemu_version(), accel, str(MEMORY_MIB), str(SMP), *requirements]
+    parts = [
+        image.recipe_hash,
+        qemu_version(),
+        accel,
+        str(MEMORY_MIB),
+        str(SMP),
+        PROVISION_VERSION,
+        *requirements,
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -595,12 +625,55 @@ def _provision(guest: SshHost, packages: Path) -> None:
     ).stdout.strip()
     guest.run(["tar", "-xf", remote, "-C", site], timeout=PROVISION_TIMEOUT, check=True)
     guest.run(["rm", "-f", remote], check=True)
+    # Compile once here, so every restored guest imports from bytecode.
+    guest.run(
+        [f"{GUEST_VENV}/bin/python3", "-m", "compileall", "-q", "-j", "0", site],
+        timeout=PROVISION_TIMEOUT,
+        check=True,
+    )
+    _link_repository(guest, site)
     # Prove the venv works before it is frozen into the saved state.
     guest.run(
         [f"{GUEST_VENV}/bin/python3", "-c", "import pytest, scapy, pyroute2"],
         timeout=PROVISION_TIMEOUT,
         check=True,
     )
+
+
+_DIST_INFO = "ztun-0.0.0+share.dist-info"
+_ENTRY_POINTS = """[console_scripts]
+ztun = ztun.cli:main
+
+[pytest11]
+ztun_harness = harness.plugin
+"""
+_ZTUN_SCRIPT = f"""#!{GUEST_VENV}/bin/python3
+import sys
+
+from ztun.cli import main
+
+sys.exit(main())
+"""
+
+
+def _link_repository(guest: SshHost, site: str) -> None:
+    """Make the venv see this checkout at /mnt/repo as the installed ``ztun`` distribution.
+
+    The share is read-only and changes with every commit, so nothing of it is copied:
+    a ``.pth`` line puts it on ``sys.path`` and a small dist-info declares the entry
+    points, so ``ztun`` runs and pytest loads the harness plugin as in a normal install.
+    """
+    dist = f"{site}/{_DIST_INFO}"
+    guest.run(["mkdir", "-p", dist], check=True)
+    guest.write_file(f"{site}/ztun-share.pth", f"{GUEST_SHARE}\n")
+    guest.write_file(
+        f"{dist}/METADATA", "Metadata-Version: 2.1\nName: ztun\nVersion: 0.0.0+share\n"
+    )
+    guest.write_file(f"{dist}/entry_points.txt", _ENTRY_POINTS)
+    guest.write_file(f"{dist}/INSTALLER", "ztun-harness\n")
+    guest.write_file(f"{dist}/RECORD", "")
+    guest.write_file(f"{GUEST_VENV}/bin/ztun", _ZTUN_SCRIPT)
+    guest.run(["chmod", "755", f"{GUEST_VENV}/bin/ztun"], check=True)
 
 
 # --------------------------------------------------------------------------- the host

@@ -50,14 +50,9 @@ COMMAND_TIMEOUT = 300.0
 LIBVIRTD_READY_TIMEOUT = 30.0
 SSH_TIMEOUT = 120.0
 SANDBOX_PREFIX = "ztvg"
-#: Where libvirt keeps state: each becomes a private mount in the sandbox.
-_LIBVIRT_PRIVATE_DIRS = (
-    "/run/libvirt",
-    "/var/lib/libvirt",
-    "/var/log/libvirt",
-    "/var/cache/libvirt",
-    "/etc/libvirt/qemu",
-)
+#: Where libvirt keeps run-time state: each becomes a private tmpfs in the sandbox.
+#: (/etc/libvirt and /var/lib/libvirt are bind mounts of the sandbox's own copies.)
+_LIBVIRT_PRIVATE_DIRS = ("/run/libvirt", "/var/log/libvirt", "/var/cache/libvirt")
 #: qemu.conf of the sandboxed libvirtd: root-owned cache files stay readable (the
 #: image, kernel and key live in root's cache), no AppArmor/SELinux labelling, and
 #: no virtlogd (QEMU logs go to a plain file).
@@ -234,16 +229,18 @@ class LibvirtSandbox:
             raise
 
     def _start_libvirtd(self) -> None:
-        conf = self.workdir / "qemu.conf"
-        conf.write_text(_QEMU_CONF)
-        (self.workdir / "varlib").mkdir(exist_ok=True)
-        mounts = [
-            f"mount -t tmpfs tmpfs {d}" for d in _LIBVIRT_PRIVATE_DIRS if d != "/var/lib/libvirt"
-        ]
-        mounts.append(f"mount --bind {self.workdir / 'varlib'} /var/lib/libvirt")
-        mounts.append(f"mount --bind {conf} /etc/libvirt/qemu.conf")
+        # libvirt writes pool, network and domain definitions under /etc/libvirt: give it
+        # a copy of its configuration, so nothing it defines outlives the sandbox.
+        etc = self.workdir / "etc-libvirt"
+        shutil.copytree("/etc/libvirt", etc, symlinks=True)
+        (etc / "qemu.conf").write_text(_QEMU_CONF)
+        varlib = self.workdir / "var-lib-libvirt"
+        varlib.mkdir(exist_ok=True)
+        mounts = [f"mount -t tmpfs tmpfs {d}" for d in _LIBVIRT_PRIVATE_DIRS]
+        mounts += [f"mount --bind {etc} /etc/libvirt", f"mount --bind {varlib} /var/lib/libvirt"]
         script = " && ".join(
-            [*(f"mkdir -p {d}" for d in _LIBVIRT_PRIVATE_DIRS), *mounts, "exec libvirtd"]
+            [*(f"mkdir -p {d}" for d in (*_LIBVIRT_PRIVATE_DIRS, "/var/lib/libvirt")), *mounts,
+             "exec libvirtd"]
         )
         log_file = (self.workdir / "libvirtd.log").open("wb")
         # ip netns exec and unshare both exec, and sh execs libvirtd: Popen.pid is

@@ -17,7 +17,7 @@ from pathlib import Path
 from harness.pcap.diff import compare, document
 from harness.pcap.golden import Golden
 from harness.pcap.normalise import canonicalise
-from harness.pcap.profile import Profile, ProfileError, load_profile
+from harness.pcap.profile import Profile, ProfileError, Tier, load_profile
 
 EXIT_SAME, EXIT_DIFFERENT, EXIT_USAGE = 0, 1, 2
 
@@ -29,23 +29,30 @@ def _profile(explicit: str | None, beside: Path, tier: str | None) -> Profile:
         profile = load_profile(beside.with_suffix(".toml"))
     else:
         profile = Profile()
-    if tier is not None and tier != profile.tier:
-        profile = dataclasses.replace(profile, tier=tier, why=f"{profile.why} (tier {tier} from "
-                                      "the command line)")
+    if tier in ("strict", "semantic") and tier != profile.tier:
+        chosen: Tier = "strict" if tier == "strict" else "semantic"
+        why = f"{profile.why} (tier {tier} from the command line)"
+        profile = dataclasses.replace(profile, tier=chosen, why=why)
     return profile
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness pcap", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m harness pcap",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     diff = sub.add_parser("diff", help="compare two captures canonically (exit 1 if they differ)")
     diff.add_argument("a", type=Path, help="expected capture (e.g. pcaps/NAME.pcap)")
     diff.add_argument("b", type=Path, help="actual capture")
     render = sub.add_parser("render", help="print a capture's canonical text")
     render.add_argument("a", type=Path, help="capture")
-    render.add_argument("--write", action="store_true",
-                        help="write the golden NAME.txt beside the pcap instead of printing")
+    render.add_argument(
+        "--write",
+        action="store_true",
+        help="write the golden NAME.txt beside the pcap instead of printing",
+    )
     for p in (diff, render):
         p.add_argument("--profile", help="profile TOML (default: the one beside the first pcap)")
         p.add_argument("--tier", choices=("strict", "semantic"), help="override the tier")

@@ -113,10 +113,12 @@ def compare(
     new = canonicalise(actual_pcap, chosen)
     exp_path, act_path = Path(expected_pcap), Path(actual_pcap)
     return Comparison(
-        CanonicalText(expected_label or f"expected {exp_path.name}", tier_text(old),
-                      chosen.tier, exp_path),
-        CanonicalText(actual_label or f"actual {act_path.name}", tier_text(new), chosen.tier,
-                      act_path),
+        CanonicalText(
+            expected_label or f"expected {exp_path.name}", tier_text(old), chosen.tier, exp_path
+        ),
+        CanonicalText(
+            actual_label or f"actual {act_path.name}", tier_text(new), chosen.tier, act_path
+        ),
         expectation_failures(new),
     )
 
@@ -136,13 +138,20 @@ def document(trace: Trace, name: str) -> str:
         trace.text().rstrip("\n"),
     ]
     if trace.profile.tier == "semantic":
-        lines += ["", "== semantic (what the semantic tier compares)",
-                  semantic_text(trace).rstrip("\n")]
+        lines += [
+            "",
+            "== semantic (what the semantic tier compares)",
+            semantic_text(trace).rstrip("\n"),
+        ]
     return "\n".join(lines) + "\n"
 
 
 def assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
-    """For ``pytest_assertrepr_compare``: a unified diff when two canonical texts differ."""
+    """For ``pytest_assertrepr_compare``: a unified diff when two canonical texts differ.
+
+    The left operand is the reference: write ``assert golden == actual`` to read
+    ``--- golden`` / ``+++ actual``.
+    """
     if op != "==" or not (isinstance(left, CanonicalText) and isinstance(right, CanonicalText)):
         return None
     head = f"canonical {left.tier} trace: {left.label} != {right.label}"

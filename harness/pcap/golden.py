@@ -101,8 +101,13 @@ class Golden:
                 f"no golden {self.pcap}: record it with pytest --update-golden and commit "
                 f"{self.name}.pcap/.txt (and write {self.name}.toml)"
             )
-        return compare(self.pcap, actual, self.profile(),
-                       expected_label=f"golden {self.name}", actual_label=f"actual {self.name}")
+        return compare(
+            self.pcap,
+            actual,
+            self.profile(),
+            expected_label=f"golden {self.name}",
+            actual_label=f"actual {self.name}",
+        )
 
     def record(self, actual: Path) -> None:
         """Make ``actual`` the golden (pcap + txt). Refuses a capture that violates the

@@ -81,25 +81,48 @@ IPV6_HEADER = 40
 
 TCP_LETTERS = "FSRPAUEC"
 """Flag letters by bit (FIN = bit 0), as scapy prints them: ``SA`` is a SYN-ACK."""
-TCPDUMP_FLAGS = ((0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"), (0x10, "."),
-                 (0x20, "U"), (0x40, "E"), (0x80, "W"))
+TCPDUMP_FLAGS = (
+    (0x01, "F"),
+    (0x02, "S"),
+    (0x04, "R"),
+    (0x08, "P"),
+    (0x10, "."),
+    (0x20, "U"),
+    (0x40, "E"),
+    (0x80, "W"),
+)
 """tcpdump's ``Flags [S.]`` notation, in tcpdump's order."""
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
 
 ICMP_NAMES = {
-    (0, None): "echo reply", (8, None): "echo request", (3, 0): "net unreachable",
-    (3, 1): "host unreachable", (3, 2): "protocol unreachable", (3, 3): "port unreachable",
-    (3, 4): "fragmentation needed", (3, 13): "administratively prohibited",
-    (11, 0): "time exceeded in transit", (11, 1): "fragment reassembly time exceeded",
-    (13, None): "timestamp request", (14, None): "timestamp reply",
+    (0, None): "echo reply",
+    (8, None): "echo request",
+    (3, 0): "net unreachable",
+    (3, 1): "host unreachable",
+    (3, 2): "protocol unreachable",
+    (3, 3): "port unreachable",
+    (3, 4): "fragmentation needed",
+    (3, 13): "administratively prohibited",
+    (11, 0): "time exceeded in transit",
+    (11, 1): "fragment reassembly time exceeded",
+    (13, None): "timestamp request",
+    (14, None): "timestamp reply",
 }
 ICMP6_NAMES = {
-    (128, None): "echo request", (129, None): "echo reply", (1, 0): "no route",
-    (1, 1): "administratively prohibited", (1, 3): "address unreachable",
-    (1, 4): "port unreachable", (2, None): "packet too big", (3, 0): "hop limit exceeded",
-    (133, None): "router solicitation", (134, None): "router advertisement",
-    (135, None): "neighbor solicitation", (136, None): "neighbor advertisement",
-    (137, None): "redirect", (143, None): "multicast listener report v2",
+    (128, None): "echo request",
+    (129, None): "echo reply",
+    (1, 0): "no route",
+    (1, 1): "administratively prohibited",
+    (1, 3): "address unreachable",
+    (1, 4): "port unreachable",
+    (2, None): "packet too big",
+    (3, 0): "hop limit exceeded",
+    (133, None): "router solicitation",
+    (134, None): "router advertisement",
+    (135, None): "neighbor solicitation",
+    (136, None): "neighbor advertisement",
+    (137, None): "redirect",
+    (143, None): "multicast listener report v2",
 }
 ICMP_ECHO = {(4, 8), (4, 0), (6, 128), (6, 129)}
 ICMP_ERRORS = {(4, 3), (4, 11), (4, 12), (6, 1), (6, 2), (6, 3), (6, 4)}
@@ -254,8 +277,10 @@ def _tcpdump_flags(flags: int) -> str:
 
 def _icmp_name(version: int, icmp_type: int, code: int) -> str:
     names = ICMP_NAMES if version == 4 else ICMP6_NAMES
-    return names.get((icmp_type, code)) or names.get((icmp_type, None)) or (
-        f"type {icmp_type} code {code}"
+    return (
+        names.get((icmp_type, code))
+        or names.get((icmp_type, None))
+        or (f"type {icmp_type} code {code}")
     )
 
 
@@ -285,8 +310,10 @@ def _ends_of(ip: IpPacket) -> _Ends:
         return _Ends(f"{proto}-fragment", ip.src, ip.dst)
     if ip.protocol in (PROTO_TCP, PROTO_UDP) and len(l4) >= 4:
         return _Ends(proto, ip.src, ip.dst, _u16(l4, 0), _u16(l4, 2))
-    if (ip.version, l4[0] if l4 else -1) in ICMP_ECHO and len(l4) >= ICMP_HEADER and (
-        ip.protocol in (PROTO_ICMP, PROTO_ICMPV6)
+    if (
+        (ip.version, l4[0] if l4 else -1) in ICMP_ECHO
+        and len(l4) >= ICMP_HEADER
+        and (ip.protocol in (PROTO_ICMP, PROTO_ICMPV6))
     ):
         return _Ends(proto, ip.src, ip.dst, ident=_u16(l4, 4))
     return _Ends(proto, ip.src, ip.dst)
@@ -374,22 +401,30 @@ class _Normaliser:
             return ""
         return f"{self.names.mac(macs[0])} > {self.names.mac(macs[1])}, "
 
-    def _emit(self, frame: Frame, flow: Flow, line: str, checksum: str, fields: dict[str, Any],
-              tcp: TcpSegment | None = None, hidden: bool = False) -> None:
+    def _emit(
+        self,
+        frame: Frame,
+        flow: Flow,
+        line: str,
+        checksum: str,
+        fields: dict[str, Any],
+        tcp: TcpSegment | None = None,
+        hidden: bool = False,
+    ) -> None:
         fields.setdefault("flow", flow.number)
         fields.setdefault("checksum", checksum)
         packet = CanonPacket(frame.index, flow.number, line, checksum, fields, tcp, hidden)
         flow.packets.append(packet)
         self.packets.append(packet)
 
-    def _undecodable(self, frame: Frame, macs: tuple[bytes, bytes] | None, data: bytes,
-                     why: str, flow: Flow) -> None:
+    def _undecodable(
+        self, frame: Frame, macs: tuple[bytes, bytes] | None, data: bytes, why: str, flow: Flow
+    ) -> None:
         reason = _HEX_VALUE.sub("*", why)
         line = f"{self._prefix(macs)}undecodable ({reason}) | {describe_bytes(data)}"
         self._emit(frame, flow, line, "none", {"proto": "undecodable", "len": len(data)})
 
-    def _arp(self, frame: Frame, macs: tuple[bytes, bytes] | None, data: bytes,
-             flow: Flow) -> None:
+    def _arp(self, frame: Frame, macs: tuple[bytes, bytes] | None, data: bytes, flow: Flow) -> None:
         from scapy.layers.l2 import ARP
 
         prefix = self._prefix(macs)
@@ -420,8 +455,8 @@ class _Normaliser:
             return "unverified", notes
         return "ok", notes
 
-    def _ip_meta(self, ip: IpPacket) -> tuple[str, list[str]]:
-        """(``(id I1, ttl 64, DF)``, IPv6 extension header names)."""
+    def _ip_meta(self, ip: IpPacket) -> str:
+        """``(id I1, ttl 64, DF)`` / ``(flow L1, hlim 64, ext [frag ...])``."""
         data = ip.data
         masked_ttl = self.profile.masked("ip.ttl")
         if ip.version == 4:
@@ -438,18 +473,21 @@ class _Normaliser:
                 parts.append(f"frag off {(flags_frag & IPV4_OFFSET) * FRAGMENT_UNIT}")
             if ip.header_len > IPV4_MIN_HEADER:
                 parts.append(f"options {data[IPV4_MIN_HEADER : ip.header_len].hex()}")
-            return "(" + ", ".join(parts) + ")", []
+            return "(" + ", ".join(parts) + ")"
         label = (int.from_bytes(data[1:4], "big")) & 0xFFFFF
         tclass = ((data[0] & 0x0F) << 4) | (data[1] >> 4)
-        flow = "*" if self.profile.masked("ip6.flow") else (
-            "0" if label == 0 else self.names.token("L", label))
+        flow = (
+            "*"
+            if self.profile.masked("ip6.flow")
+            else ("0" if label == 0 else self.names.token("L", label))
+        )
         parts = [f"flow {flow}", f"hlim {'*' if masked_ttl else data[7]}"]
         if tclass:
             parts.append(f"tc 0x{tclass:02x}")
         exts = self._ipv6_extensions(data)
         if exts:
             parts.append("ext [" + ",".join(exts) + "]")
-        return "(" + ", ".join(parts) + ")", exts
+        return "(" + ", ".join(parts) + ")"
 
     def _ipv6_extensions(self, data: bytes) -> list[str]:
         names: list[str] = []
@@ -474,18 +512,21 @@ class _Normaliser:
         """The flow of a packet; an ICMP error belongs to the flow of what it quotes."""
         ends = _ends_of(ip)
         l4 = ip.l4
-        if (not ip.fragmented and ip.protocol in (PROTO_ICMP, PROTO_ICMPV6)
-                and len(l4) > ICMP_HEADER and (ip.version, l4[0]) in ICMP_ERRORS):
+        if (
+            not ip.fragmented
+            and ip.protocol in (PROTO_ICMP, PROTO_ICMPV6)
+            and len(l4) > ICMP_HEADER
+            and (ip.version, l4[0]) in ICMP_ERRORS
+        ):
             quoted = self._quoted_ends(l4[ICMP_HEADER:])
             if quoted is not None:
                 return self._flow(quoted.key(), quoted)
         return self._flow(ends.key(), ends)
 
-    def _ip(self, frame: Frame, macs: tuple[bytes, bytes] | None, ip: IpPacket,
-            flow: Flow) -> None:
+    def _ip(self, frame: Frame, macs: tuple[bytes, bytes] | None, ip: IpPacket, flow: Flow) -> None:
         prefix = self._prefix(macs)
         checksum, notes = self._checksum(ip)
-        meta, _ = self._ip_meta(ip)
+        meta = self._ip_meta(ip)
         ends = _ends_of(ip)
         fields: dict[str, Any] = {"ip.version": ip.version, "proto": ends.proto}
         family = "IP" if ip.version == 4 else "IP6"
@@ -521,13 +562,16 @@ class _Normaliser:
         self._emit(frame, flow, line, checksum, fields, tcp, hidden)
 
     def _ports(self, ip: IpPacket, ends: _Ends) -> str:
-        return (f"{self.names.endpoint(ip.src, ends.sport or 0)} > "
-                f"{self.names.endpoint(ip.dst, ends.dport or 0)}")
+        return (
+            f"{self.names.endpoint(ip.src, ends.sport or 0)} > "
+            f"{self.names.endpoint(ip.dst, ends.dport or 0)}"
+        )
 
     # -- TCP --------------------------------------------------------------------------
 
-    def _tcp(self, ip: IpPacket, l4: bytes, flow: Flow,
-             fields: dict[str, Any]) -> tuple[str, TcpSegment | None, bool]:
+    def _tcp(
+        self, ip: IpPacket, l4: bytes, flow: Flow, fields: dict[str, Any]
+    ) -> tuple[str, TcpSegment | None, bool]:
         from scapy.layers.inet import TCP
 
         sport, dport = _u16(l4, 0), _u16(l4, 2)
@@ -565,7 +609,11 @@ class _Normaliser:
         parts.append(f"win {'*' if self.profile.masked('tcp.window') else window}")
         option_names: list[str] = []
         if offset > TCP_MIN_HEADER:
-            rendered, option_names = self._tcp_options(TCP(l4[:offset]).options, theirs)
+            try:
+                options = TCP(l4[:offset]).options
+            except Exception:  # scapy raises many kinds on garbage; say so, go on
+                options = [("malformed", None)]
+            rendered, option_names = self._tcp_options(options, theirs)
             if not self.profile.masked("tcp.options"):
                 parts.append(f"options [{rendered}]")
         parts.append(f"length {len(payload)}")
@@ -575,20 +623,23 @@ class _Normaliser:
         retransmission = seq_len > 0 and ident in sent
         sent.add(ident)
         fields["retransmission"] = "yes" if retransmission else "no"
-        items = self._tcp_payload(flow, direction, rel_seq, payload, retransmission, ip, sport,
-                                  dport, flags)
+        items = self._tcp_payload(
+            flow, direction, rel_seq, payload, retransmission, ip, sport, dport, flags
+        )
         text = ", ".join(parts)
         if items:
             text += " | " + "; ".join(items)
         hidden = (retransmission and self.profile.masked("tcp.retransmissions")) or (
             seq_len == 0 and not flags & RST and self.profile.masked("tcp.pure-acks")
         )
-        segment = TcpSegment(direction, flags, rel_seq, payload, tuple(option_names),
-                             retransmission)
+        segment = TcpSegment(
+            direction, flags, rel_seq, payload, tuple(option_names), retransmission
+        )
         return text, segment, hidden
 
-    def _tcp_options(self, options: Sequence[tuple[str, Any]],
-                     theirs: tuple[str, int, str, int]) -> tuple[str, list[str]]:
+    def _tcp_options(
+        self, options: Sequence[tuple[str, Any]], theirs: tuple[str, int, str, int]
+    ) -> tuple[str, list[str]]:
         """(tcpdump-like option text, semantic option names)."""
         rendered: list[str] = []
         names: list[str] = []
@@ -622,9 +673,18 @@ class _Normaliser:
                 names.append(label)
         return ",".join(rendered), names
 
-    def _tcp_payload(self, flow: Flow, direction: str, rel_seq: int, payload: bytes,
-                     retransmission: bool, ip: IpPacket, sport: int, dport: int,
-                     flags: int) -> list[str]:
+    def _tcp_payload(
+        self,
+        flow: Flow,
+        direction: str,
+        rel_seq: int,
+        payload: bytes,
+        retransmission: bool,
+        ip: IpPacket,
+        sport: int,
+        dport: int,
+        flags: int,
+    ) -> list[str]:
         masked = self.profile.masked("payload")
         if flags & SYN:
             flow.next_seq[direction] = 1
@@ -648,8 +708,9 @@ class _Normaliser:
         flow.next_seq[direction] = max(expected, rel_seq + len(payload))
         return items
 
-    def _new_stream(self, flow: Flow, direction: str, ip: IpPacket, sport: int,
-                    dport: int) -> Stream:
+    def _new_stream(
+        self, flow: Flow, direction: str, ip: IpPacket, sport: int, dport: int
+    ) -> Stream:
         """A SOCKS5 decoder if the flow is to/from a SOCKS port, raw otherwise."""
         masked = self.profile.masked("payload")
         socks = self.profile.socks5_ports
@@ -693,8 +754,10 @@ class _Normaliser:
             return f"undecodable quote ({exc})"
         ends = _ends_of(inner)
         if ends.sport is not None:
-            text = (f"{self.names.endpoint(inner.src, ends.sport)} > "
-                    f"{self.names.endpoint(inner.dst, ends.dport or 0)}")
+            text = (
+                f"{self.names.endpoint(inner.src, ends.sport)} > "
+                f"{self.names.endpoint(inner.dst, ends.dport or 0)}"
+            )
         else:
             text = f"{self.names.addr(inner.src)} > {self.names.addr(inner.dst)}"
         return f"{ends.proto} {text}, {len(quote)} bytes quoted"
@@ -709,8 +772,9 @@ class _Normaliser:
             data = l4[ICMP_HEADER:]
             fields["len"] = len(data)
             ident = self.names.token("E", _u16(l4, 4))
-            return f"{text}, id {ident}, seq {_u16(l4, 6)}, length {len(data)} | " + \
-                describe_bytes(data, masked=masked)
+            return f"{text}, id {ident}, seq {_u16(l4, 6)}, length {len(data)} | " + describe_bytes(
+                data, masked=masked
+            )
         if (ip.version, icmp_type) in ICMP_ERRORS and len(l4) > ICMP_HEADER:
             frag_needed = (ip.version, icmp_type, code) == (4, ICMP4_UNREACH, ICMP4_FRAG_NEEDED)
             too_big = (ip.version, icmp_type) == (6, ICMP6_TOO_BIG)
@@ -721,9 +785,10 @@ class _Normaliser:
         return f"{text} | {describe_bytes(l4[4:], masked=masked)}"
 
     def _nd_details(self, l4: bytes) -> str:
-        from scapy.layers.inet6 import icmp6typescls
+        from scapy.layers import inet6
 
-        cls = icmp6typescls.get(l4[0])
+        found = inet6.icmp6typescls.get(l4[0])  # class names (str) in scapy's table
+        cls = getattr(inet6, found, None) if isinstance(found, str) else found
         if cls is None:
             return ""
         parsed = cls(l4)

@@ -284,8 +284,7 @@ def describe_dns(data: bytes) -> str:
     try:
         msg = DNS(data)
         questions = [
-            f"{q.sprintf('%qtype%')} {q.qname.decode('ascii', 'replace')}"
-            for q in (msg.qd or [])
+            f"{q.sprintf('%qtype%')} {q.qname.decode('ascii', 'replace')}" for q in (msg.qd or [])
         ]
         text = f"dns {'response' if msg.qr else 'query'} 0x{msg.id:04x} {', '.join(questions)}"
         if msg.qr:
@@ -300,8 +299,9 @@ def describe_dns(data: bytes) -> str:
         return f"not dns ({type(exc).__name__})"
 
 
-def describe_socks_udp(data: bytes, names: Names, dns_ports: frozenset[int],
-                       masked: bool = False) -> str:
+def describe_socks_udp(
+    data: bytes, names: Names, dns_ports: frozenset[int], masked: bool = False
+) -> str:
     """An RFC 1928 section 7 datagram: ``socks5-udp frag 0 to/from ADDR.PORT: <payload>``."""
     if len(data) < 4:
         return f"socks5-udp (truncated) {describe_bytes(data, masked=masked)}"

@@ -52,6 +52,7 @@ __all__ = [
     "Predicate",
     "Profile",
     "ProfileError",
+    "Tier",
     "load_profile",
     "parse_profile",
 ]
@@ -229,7 +230,7 @@ def parse_profile(data: Mapping[str, Any], source: str = "(inline)") -> Profile:
         _check_keys(entry, {"count", "all", "expect", "why"}, where, source)
         kinds = [k for k in ("count", "all") if k in entry]
         if len(kinds) != 1 or not isinstance(entry[kinds[0]], str):
-            raise _fail(source, f"{where}: give exactly one of count = \"...\" or all = \"...\"")
+            raise _fail(source, f'{where}: give exactly one of count = "..." or all = "..."')
         kind: Literal["count", "all"] = "count" if kinds[0] == "count" else "all"
         expect = entry.get("expect")
         wanted = bool if kind == "all" else int

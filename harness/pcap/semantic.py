@@ -45,6 +45,8 @@ __all__ = [
 
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
 SEQ_SPACE = 1 << 32
+MAX_HOLE = 1 << 24
+"""Larger gaps are not zero-filled: such a segment lies outside any plausible stream."""
 DIRECTIONS = (">", "<")
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
@@ -133,8 +135,9 @@ def _control(segments: list[TcpSegment], *, peer_reset: bool = False) -> str:
             continue
         if peer_reset and seg.flags & FIN and not seg.flags & (SYN | RST):
             continue
-        letters = "".join(c for bit, c in ((SYN, "S"), (FIN, "F"), (RST, "R"), (ACK, "A"))
-                          if seg.flags & bit)
+        letters = "".join(
+            c for bit, c in ((SYN, "S"), (FIN, "F"), (RST, "R"), (ACK, "A")) if seg.flags & bit
+        )
         event = f"{letters}@{seg.seq}"
         if event not in events:  # a retransmitted SYN or FIN is the same event
             events.append(event)
@@ -156,6 +159,9 @@ def _reassemble(segments: list[TcpSegment]) -> tuple[bytes, list[str]]:
     notes: list[str] = []
     for seq, payload in pieces:
         offset = (seq - start) % SEQ_SPACE
+        if offset - len(stream) > MAX_HOLE:  # before the start (wrapped), or far beyond
+            notes.append(f"{len(payload)} bytes at {seq}, outside the stream")
+            continue
         if offset > len(stream):
             notes.append(f"hole of {offset - len(stream)} bytes at {start + len(stream)}")
             stream += bytes(offset - len(stream))
@@ -173,16 +179,17 @@ def _fresh_stream(kind: Stream | None, session: SocksSession | None, masked: boo
 
 def _tcp_summary(flow: Flow, trace: Trace) -> list[str]:
     by_dir: dict[str, list[TcpSegment]] = {d: [] for d in DIRECTIONS}
+    bad: dict[str, int] = dict.fromkeys(DIRECTIONS, 0)
     for packet in flow.packets:
         if packet.tcp is not None:
             by_dir[packet.tcp.direction].append(packet.tcp)
+            bad[packet.tcp.direction] += packet.checksum == "bad"
     masked = trace.profile.masked("payload")
     session = None
     if flow.socks is not None:
         session = SocksSession(flow.socks.names, flow.socks.server_addr, masked)
     # The client side first: the server's reply decoding reads what the request asked.
-    order = sorted(DIRECTIONS, key=lambda d: not isinstance(flow.streams.get(d),
-                                                             SocksClientStream))
+    order = sorted(DIRECTIONS, key=lambda d: not isinstance(flow.streams.get(d), SocksClientStream))
     race = trace.profile.masked("tcp.close-race")
     rendered: dict[str, list[str]] = {}
     for direction in order:
@@ -197,6 +204,8 @@ def _tcp_summary(flow: Flow, trace: Trace) -> list[str]:
             f"  {direction} options {_options(segments)}",
             f"  {direction} data {'; '.join(items) if items else 'none'}",
         ]
+        if bad[direction]:  # say where: "4 bad" alone does not tell who wrote them
+            rendered[direction].append(f"  {direction} bad checksums {bad[direction]}")
     return [line for d in DIRECTIONS for line in rendered[d]]
 
 

@@ -53,6 +53,7 @@ PROMPT = 5.0
 SERVER_JOIN = 30.0
 
 ProxyKind = Literal["danted", "recording", "microsocks"]
+TargetKind = Literal["echo", "data", "udp"]
 
 
 @dataclass

@@ -1,22 +1,17 @@
-"""Fixtures and the summary table of the tun2socks conformance suite.
+"""Fixtures of the tun2socks conformance suite.
 
 Run it for one implementation per session (``--tun2socks ztun`` is the default)::
 
     pytest tests/conformance [--tun2socks sing-box] [-n 2] [--conformance-json F]
 
 Every test marked ``conformance`` is one behaviour; the table (behaviour x
-implementation) is printed at the end and written as JSON (see conformance_summary.py).
-
-Name this folder on the command line: pytest registers a conftest's command-line options
-and loads it on an xdist controller only when it is an *initial* conftest (one under a
-path given as an argument). Otherwise the suite still runs, and a run without xdist still
-prints the table; only ``--conformance-json`` and the table under ``-n`` need it.
+implementation) is printed at the end and written as JSON by :mod:`harness.conformance`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 from conformance_path import (
@@ -28,9 +23,10 @@ from conformance_path import (
     Path,
     ProxyKind,
     StartPath,
+    TargetKind,
 )
-from conformance_summary import PLUGIN_NAME, VERSION_PROPERTY, ConformanceSummary
 
+from harness import conformance
 from harness.hosts import LogLine
 from harness.impls import DEFAULT_MTU, RunningImpl, Tun2Socks, get_implementation
 from harness.peers.starters import (
@@ -45,21 +41,11 @@ from harness.peers.starters import (
 from harness.topo import Topology
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.getgroup("ztun").addoption(
-        "--conformance-json",
-        default=None,
-        metavar="PATH",
-        help="also write the conformance table to PATH, merged with the other "
-        "implementations' columns already there (always written to "
-        "<artifacts>/<run>/conformance.json)",
-    )
-
-
-@pytest.hookimpl(trylast=True)  # after the harness plugin has set up its state
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    if not config.pluginmanager.has_plugin(PLUGIN_NAME):
-        config.pluginmanager.register(ConformanceSummary(config), PLUGIN_NAME)
+    # The root conftest loads harness.conformance; this covers a session without it
+    # (the table then lacks --conformance-json, and needs this folder named under -n).
+    conformance.register(config)
 
 
 @pytest.fixture
@@ -68,16 +54,17 @@ def implementation(tun2socks_name: str) -> Tun2Socks:
     return get_implementation(tun2socks_name)()
 
 
-@pytest.fixture
-def targets(topology: Topology, require_root: None) -> Topology:
-    """TCP data, TCP echo and UDP echo on the server's IPv4 and IPv6 addresses."""
-    server = topology.server
-    for family in (4, 6):
-        addr = str(topology.address("server", "proxy", family))
-        start_tcp_data(server, addr, DATA_PORT)
-        start_tcp_echo(server, addr, ECHO_PORT)
-        start_udp_echo(server, addr, UDP_ECHO_PORT)
-    return topology
+TARGET_STARTERS = {"echo": (start_tcp_echo, ECHO_PORT), "data": (start_tcp_data, DATA_PORT),
+                   "udp": (start_udp_echo, UDP_ECHO_PORT)}
+"""Target kinds a test can ask for; each runs on the server's IPv4 and IPv6 address."""
+
+
+def _start_targets(topo: Topology, kinds: Iterable[TargetKind]) -> None:
+    wanted = ["echo", *(k for k in kinds if k != "echo")]  # echo: also the settle probe's
+    for kind in wanted:
+        starter, port = TARGET_STARTERS[kind]
+        for family in (4, 6):
+            starter(topo.server, str(topo.address("server", "proxy", family)), port)
 
 
 SINGBOX_ROUTES_SEEN = LogLine(r"updated default interface")
@@ -122,23 +109,29 @@ def _start_proxy(topo: Topology, kind: ProxyKind) -> Socks5Server:
 
 @pytest.fixture
 def start_path(
-    targets: Topology,
+    topology: Topology,
+    require_root: None,
     implementation: Tun2Socks,
     record_property: Callable[[str, object], None],
 ) -> Iterator[StartPath]:
-    """``start_path(proxy="danted"|"recording"|"microsocks", mtu=1500) -> Path``.
+    """``start_path(proxy="danted", *, targets=("echo",), mtu=1500) -> Path``.
 
-    Starts the SOCKS5 server in the proxy host and the implementation under test in the
-    client with its TUN ``DEVICE`` and the default routes into it; stops it at the end.
+    Starts the targets (``"echo"``, ``"data"``, ``"udp"``; the TCP echo always), the
+    SOCKS5 server ``proxy`` (``"danted"``, ``"recording"``, ``"microsocks"``) in the proxy
+    host and the implementation under test in the client, with its TUN ``DEVICE`` and the
+    default routes into it; stops the implementation at the end (the topology's teardown
+    stops the rest).
     """
     running: list[RunningImpl] = []
 
-    def start(proxy: ProxyKind = "danted", *, mtu: int = DEFAULT_MTU) -> Path:
-        topo = targets
+    def start(proxy: ProxyKind = "danted", *, targets: Iterable[TargetKind] = ("echo",),
+              mtu: int = DEFAULT_MTU) -> Path:
+        topo = topology
+        _start_targets(topo, targets)
         server = _start_proxy(topo, proxy)
         impl = implementation.start(topo.client, device=DEVICE, proxy_url=server.url, mtu=mtu)
         running.append(impl)
-        record_property(VERSION_PROPERTY, impl.version)
+        record_property(conformance.VERSION_PROPERTY, impl.version)
         path = Path(
             topo,
             server,

@@ -47,7 +47,7 @@ def _syn_mss(l4: bytes) -> int:
 @pytest.mark.timeout(120)
 def test_mss_mtu_1280(start_path: StartPath, rng: random.Random) -> None:
     """TUN MTU 1280: SYN and SYN-ACK MSS fit the MTU, and 8 MiB each way per family pass."""
-    path = start_path("danted", mtu=MTU)
+    path = start_path("danted", targets=["data"], mtu=MTU)
     link = path.client.run(["ip", "-o", "link", "show", DEVICE], timeout=10.0, check=True)
     assert _device_mtu(link.stdout) == MTU, f"the implementation did not apply --mtu: {link.stdout}"
     seed = rng.randrange(1 << 31)

@@ -95,7 +95,7 @@ def _bad_packets(path: Path, rng: random.Random) -> list[Packet | bytes]:
 def test_bad_packets_harmless(start_path: StartPath, rng: random.Random) -> None:
     """Garbage, truncated, bad checksums, fragments, TTL 1: afterwards the implementation
     is alive and new TCP (v4, v6) and UDP flows work."""
-    path = start_path("recording")
+    path = start_path("recording", targets=["udp"])
     sent = _inject(path, _bad_packets(path, rng))
     assert sent, "the kernel refused every crafted packet: nothing was tested"
     assert path.impl.alive(), f"{path.impl.impl} died after {sent} crafted packets"
@@ -133,7 +133,7 @@ def test_bad_checksum_not_relayed(start_path: StartPath, rng: random.Random, kin
     flows sent afterwards are the barrier: once the proxy has logged them, the bad
     packets, read from the TUN before them, have been dealt with.
     """
-    path = start_path("recording")
+    path = start_path("recording", targets=["udp"])
     assert isinstance(path.proxy, RecordingSocks5)
     assert _inject(path, _bad_checksum_packets(path, rng, kind)), \
         "the kernel refused every crafted packet: nothing was tested"

@@ -49,7 +49,7 @@ def test_tcp_open(start_path: StartPath, rng: random.Random) -> None:
 @pytest.mark.timeout(300)
 def test_tcp_transfer_100mib_each_way(start_path: StartPath, rng: random.Random) -> None:
     """100 MiB up, then 100 MiB down, byte-exact by sha256 at the far end."""
-    path = start_path("danted")
+    path = start_path("danted", targets=["data"])
     seed = rng.randrange(1 << 31)
     assert upload(path, BULK, seed) == (BULK, seeded_sha256(seed, BULK)), "upload corrupted"
     assert download(path, BULK, seed + 1) == (BULK, seeded_sha256(seed + 1, BULK)), \
@@ -153,7 +153,7 @@ def test_tcp_200_concurrent(start_path: StartPath, rng: random.Random) -> None:
 @pytest.mark.timeout(90)
 def test_ipv6_tcp(start_path: StartPath, rng: random.Random) -> None:
     """TCP to an IPv6 server: 4 MiB each way, byte-exact."""
-    path = start_path("danted")
+    path = start_path("danted", targets=["data"])
     seed = rng.randrange(1 << 31)
     assert upload(path, IPV6_BULK, seed, v6=True) == (IPV6_BULK, seeded_sha256(seed, IPV6_BULK))
     assert download(path, IPV6_BULK, seed, v6=True) == (IPV6_BULK,

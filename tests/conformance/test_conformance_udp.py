@@ -30,7 +30,7 @@ DNS_ANSWER_V6 = "fd00:9:8::7"
 
 def _echo_some(start_path: StartPath, rng: random.Random, *, v6: bool,
                proxy: str = "recording") -> None:
-    path = start_path(proxy)
+    path = start_path(proxy, targets=["udp"])
     server = path.server_ip(v6)
     for index in range(DATAGRAMS):
         payload = rng.randbytes(rng.randrange(1, MAX_DATAGRAM))
@@ -87,7 +87,7 @@ def test_udp_associate_client_address(start_path: StartPath, rng: random.Random)
     "MUST use a port number and address of all zeros". A server may (danted does) accept
     datagrams only from the declared address.
     """
-    path = start_path("recording")
+    path = start_path("recording", targets=["udp"])
     udp_echo(path, rng.randbytes(100))
     assert isinstance(path.proxy, RecordingSocks5)
     request = path.proxy.wait_for_request(lambda r: r.command == "UDP ASSOCIATE")

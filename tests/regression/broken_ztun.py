@@ -71,8 +71,9 @@ def _make_receive(mode: str):  # type: ignore[no-untyped-def]
 def install(mode: str) -> None:
     """Break ztun's stack in this process (before the CLI builds it)."""
     if mode not in MODES:
-        raise SystemExit(f"broken_ztun: ZTUN_BROKEN must be one of {', '.join(MODES)}, "
-                         f"not {mode!r}")
+        raise SystemExit(
+            f"broken_ztun: ZTUN_BROKEN must be one of {', '.join(MODES)}, not {mode!r}"
+        )
     system.SystemStack.receive = _make_receive(mode)  # type: ignore[method-assign]
 
 

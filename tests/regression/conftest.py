@@ -29,6 +29,9 @@ from harness.topo import Topology
 
 GOLDEN_DIR_NAME = "pcaps"
 
+# Its asserts compare canonical traces: rewrite them so pytest_assertrepr_compare runs.
+pytest.register_assert_rewrite("golden_check")
+
 
 def pytest_assertrepr_compare(
     config: pytest.Config, op: str, left: object, right: object

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.capture import Capture, capture
+from harness.hosts.netns import NetnsHost
 from harness.impls import RunningImpl
 from harness.packets import icmp_echo, send_raw
 from harness.topo import Topology
@@ -66,8 +67,15 @@ SETTLE_TIMEOUT = 5.0
 SETTLE_POLL_MIN, SETTLE_POLL_MAX = 0.01, 0.2
 
 # /proc/net/tcp states (include/net/tcp_states.h) that mean "a segment is still due".
-_UNSETTLED = {"02": "SYN-SENT", "03": "SYN-RECV", "04": "FIN-WAIT-1", "05": "FIN-WAIT-2",
-              "08": "CLOSE-WAIT", "09": "LAST-ACK", "0B": "CLOSING"}
+_UNSETTLED = {
+    "02": "SYN-SENT",
+    "03": "SYN-RECV",
+    "04": "FIN-WAIT-1",
+    "05": "FIN-WAIT-2",
+    "08": "CLOSE-WAIT",
+    "09": "LAST-ACK",
+    "0B": "CLOSING",
+}
 _STATE_FIELD = 3
 
 Where = Literal["tun", "link"]
@@ -91,7 +99,7 @@ class Bench:
     """What happened that a golden cannot show (an app read that timed out...)."""
 
     @property
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> NetnsHost:
         return self.topo.client
 
     # -- captures ---------------------------------------------------------------------
@@ -137,8 +145,11 @@ class Bench:
     def unsettled(self) -> list[str]:
         """Client TCP sockets that still owe a segment (by state name)."""
         text = self.client.run(["cat", "/proc/net/tcp", "/proc/net/tcp6"], timeout=10.0).stdout
-        states = [line.split()[_STATE_FIELD] for line in text.splitlines()[1:]
-                  if len(line.split()) > _STATE_FIELD and ":" in line.split()[0]]
+        states = [
+            line.split()[_STATE_FIELD]
+            for line in text.splitlines()[1:]
+            if len(line.split()) > _STATE_FIELD and ":" in line.split()[0]
+        ]
         return [_UNSETTLED[s] for s in states if s in _UNSETTLED]
 
     def settle(self, timeout: float = SETTLE_TIMEOUT) -> bool:
@@ -168,8 +179,14 @@ class Barrier:
 
     def __call__(self) -> None:
         self.seq += 1
-        probe = icmp_echo(random.Random(self.seq), TUN_V4, self.bench.server_v4,
-                          ident=BARRIER_IDENT, seq=self.seq, payload=b"barrier")
+        probe = icmp_echo(
+            random.Random(self.seq),
+            TUN_V4,
+            self.bench.server_v4,
+            ident=BARRIER_IDENT,
+            seq=self.seq,
+            payload=b"barrier",
+        )
         self.bench.inject(probe)
         deadline = time.monotonic() + APP_TIMEOUT
         try:

@@ -41,8 +41,9 @@ def broken_binary(artifacts: TestArtifacts, mode: str) -> str:
     return str(broken_launcher(artifacts.dir, mode, sys.executable, WRAPPER))
 
 
-def attach_mismatch(artifacts: TestArtifacts, golden: Golden, result: Comparison,
-                    bench: Bench | None = None) -> None:
+def attach_mismatch(
+    artifacts: TestArtifacts, golden: Golden, result: Comparison, bench: Bench | None = None
+) -> None:
     """Both pcaps, both canonical texts and the diff, in the test's artifact folder."""
     kept = artifacts.path(f"golden-{golden.name}.pcap")
     shutil.copyfile(golden.pcap, kept)
@@ -66,6 +67,7 @@ def check_against_goldens(
     bench: Bench | None = None,
 ) -> list[Comparison]:
     """Record (``--update-golden``) or compare every capture, then assert each matches."""
+    __tracebackhide__ = True  # the failure is the diff, not this helper's source
     goldens = [Golden(golden_dir, name) for name in captured]
     if update:
         for golden in goldens:
@@ -76,6 +78,8 @@ def check_against_goldens(
         if not result.equal:
             attach_mismatch(artifacts, golden, result, bench)
     for result in results:
-        assert not result.failures, "\n".join(result.failures)
-        assert result.actual == result.expected
+        unmet = "\n".join(f"unmet expectation: {f}" for f in result.failures)
+        golden, actual = result.expected, result.actual
+        assert golden == actual, unmet or "golden mismatch"  # diff: --- golden, +++ actual
+        assert not result.failures, unmet
     return results

@@ -160,30 +160,44 @@ def bad_packets(bench: Bench) -> list[tuple[str, object]]:
     return [
         # ztun answers with a reset (RFC 793: a segment for no connection)
         ("ACK for no connection", packets.tcp(rng, TUN_V4, s4, ECHO_PORT, flags="A", ack=seq())),
-        ("data for no connection",
-         packets.tcp(rng, TUN_V4, s4, ECHO_PORT, flags="PA", ack=seq(), payload=b"no such flow")),
+        (
+            "data for no connection",
+            packets.tcp(rng, TUN_V4, s4, ECHO_PORT, flags="PA", ack=seq(), payload=b"no such flow"),
+        ),
         ("FIN for no connection", packets.tcp(rng, TUN_V4, s4, ECHO_PORT, flags="FA", ack=seq())),
-        ("IPv6 ACK for no connection",
-         packets.tcp(rng, TUN_V6, s6, ECHO_PORT, flags="A", ack=seq())),
+        (
+            "IPv6 ACK for no connection",
+            packets.tcp(rng, TUN_V6, s6, ECHO_PORT, flags="A", ack=seq()),
+        ),
         # ztun says nothing
         ("RST for no connection", packets.tcp(rng, TUN_V4, s4, ECHO_PORT, flags="R")),
         ("SYN with a bad TCP checksum", packets.with_bad_l4_checksum(rng, syn)),
-        ("SYN with a bad IPv4 header checksum",
-         packets.with_bad_ip_checksum(rng, packets.tcp_syn(rng, TUN_V4, s4, ECHO_PORT))),
+        (
+            "SYN with a bad IPv4 header checksum",
+            packets.with_bad_ip_checksum(rng, packets.tcp_syn(rng, TUN_V4, s4, ECHO_PORT)),
+        ),
         ("IPv4 header cut at 12 bytes", packets.truncated(rng, syn, keep=12)),
         ("IPv4 header length 60 in 20 bytes", b"\x4f" + bytes(19)),
         ("first IPv4 fragment", packets.fragments(rng, udp4, FRAGMENT_SIZE)[0]),
         ("first IPv6 fragment", packets.fragments(rng, udp6, FRAGMENT_SIZE)[0]),
-        ("ICMP echo with a bad checksum",
-         packets.with_bad_l4_checksum(rng, packets.icmp_echo(rng, TUN_V4, s4, payload=b"x" * 8))),
-        ("ICMPv6 echo with a bad checksum",
-         packets.with_bad_l4_checksum(rng, packets.icmp_echo(rng, TUN_V6, s6, payload=b"x" * 8))),
-        ("ICMP timestamp request",
-         # scapy fills the originate timestamp with the clock unless it is given
-         IP(src=TUN_V4, dst=s4, id=rng.randrange(1 << 16))
-         / ICMP(type=ICMP_TIMESTAMP_REQUEST, ts_ori=0, ts_rx=0, ts_tx=0)),
-        ("GRE (a protocol ztun does not carry)",
-         IP(src=TUN_V4, dst=s4, proto=GRE, id=rng.randrange(1 << 16)) / Raw(rng.randbytes(16))),
+        (
+            "ICMP echo with a bad checksum",
+            packets.with_bad_l4_checksum(rng, packets.icmp_echo(rng, TUN_V4, s4, payload=b"x" * 8)),
+        ),
+        (
+            "ICMPv6 echo with a bad checksum",
+            packets.with_bad_l4_checksum(rng, packets.icmp_echo(rng, TUN_V6, s6, payload=b"x" * 8)),
+        ),
+        (
+            "ICMP timestamp request",
+            # scapy fills the originate timestamp with the clock unless it is given
+            IP(src=TUN_V4, dst=s4, id=rng.randrange(1 << 16))
+            / ICMP(type=ICMP_TIMESTAMP_REQUEST, ts_ori=0, ts_rx=0, ts_tx=0),
+        ),
+        (
+            "GRE (a protocol ztun does not carry)",
+            IP(src=TUN_V4, dst=s4, proto=GRE, id=rng.randrange(1 << 16)) / Raw(rng.randbytes(16)),
+        ),
         ("not IP at all (version 9)", packets.garbage(rng, 24, version=9)),
     ]
 
@@ -213,18 +227,40 @@ def drive_udp_rejected(bench: Bench) -> None:
 
 
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("tcp4", ("tun", "link"), drive_tcp4,
-             doc="TCP handshake + 1 KiB each way + FIN through ztun (IPv4)"),
+    Scenario(
+        "tcp4",
+        ("tun", "link"),
+        drive_tcp4,
+        doc="TCP handshake + 1 KiB each way + FIN through ztun (IPv4)",
+    ),
     Scenario("tcp6", ("tun", "link"), drive_tcp6, doc="the same over IPv6"),
-    Scenario("dns", ("tun", "link"), drive_dns, dns=True,
-             doc="UDP DNS query/answer through SOCKS5 UDP ASSOCIATE"),
+    Scenario(
+        "dns",
+        ("tun", "link"),
+        drive_dns,
+        dns=True,
+        doc="UDP DNS query/answer through SOCKS5 UDP ASSOCIATE",
+    ),
     Scenario("icmp-echo", ("tun",), drive_icmp_echo, doc="ICMP/ICMPv6 echo answered by ztun"),
-    Scenario("refused", ("tun", "link"), drive_refused,
-             doc="connection refused at the target: SOCKS5 reply 5, RST to the app"),
-    Scenario("bad-packets", ("tun",), drive_bad_packets,
-             doc="crafted bad packets and what ztun answers (nothing or RST)"),
-    Scenario("udp-rejected", ("tun",), drive_udp_rejected, ztun_args=("--udp-proxy", "reject://"),
-             doc="UDP to a rejecting outbound: ICMP port unreachable"),
+    Scenario(
+        "refused",
+        ("tun", "link"),
+        drive_refused,
+        doc="connection refused at the target: SOCKS5 reply 5, RST to the app",
+    ),
+    Scenario(
+        "bad-packets",
+        ("tun",),
+        drive_bad_packets,
+        doc="crafted bad packets and what ztun answers (nothing or RST)",
+    ),
+    Scenario(
+        "udp-rejected",
+        ("tun",),
+        drive_udp_rejected,
+        ztun_args=("--udp-proxy", "reject://"),
+        doc="UDP to a rejecting outbound: ICMP port unreachable",
+    ),
 )
 
 BY_NAME = {s.name: s for s in SCENARIOS}

@@ -92,7 +92,8 @@ def test_golden_text_is_the_rendering_of_its_pcap(name: str, golden_dir: Path) -
     from harness.pcap import CanonicalText
 
     assert CanonicalText(f"committed {name}.txt", committed, "document") == CanonicalText(
-        f"rendered {name}.pcap", rendered, "document")
+        f"rendered {name}.pcap", rendered, "document"
+    )
 
 
 def test_goldens_fit_the_budget(golden_dir: Path) -> None:

@@ -46,9 +46,20 @@ SEMANTIC = {"tier": "semantic", "why": "test", "ports": {"keep": [SERVICE], "why
 STRICT = {"tier": "strict", "why": "test", "ports": {"keep": [SERVICE], "why": "test"}}
 
 
-def seg(src: str, dst: str, sport: int, dport: int, flags: str, seq: int, ack: int = 0,
-        payload: bytes = b"", *, ident: int = 1, ts: tuple[int, int] | None = None,
-        window: int = 64240) -> bytes:
+def seg(
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    flags: str,
+    seq: int,
+    ack: int = 0,
+    payload: bytes = b"",
+    *,
+    ident: int = 1,
+    ts: tuple[int, int] | None = None,
+    window: int = 64240,
+) -> bytes:
     options = [("MSS", 1460), ("Timestamp", ts)] if ts else []
     if "S" in flags and not ts:
         options = [("MSS", 1460)]
@@ -58,8 +69,16 @@ def seg(src: str, dst: str, sport: int, dport: int, flags: str, seq: int, ack: i
     return bytes(packet / Raw(payload)) if payload else bytes(packet)
 
 
-def connection(port: int, isn_a: int, isn_b: int, ids: int, ts: int, *,
-               data: bytes = b"hello", fin: bool = True) -> list[bytes]:
+def connection(
+    port: int,
+    isn_a: int,
+    isn_b: int,
+    ids: int,
+    ts: int,
+    *,
+    data: bytes = b"hello",
+    fin: bool = True,
+) -> list[bytes]:
     """A whole exchange as one run of the kernel would send it: handshake, data, close."""
     c, s = isn_a, isn_b
     packets = [
@@ -67,22 +86,30 @@ def connection(port: int, isn_a: int, isn_b: int, ids: int, ts: int, *,
         seg(B, A, SERVICE, port, "SA", s, c + 1, ident=0, ts=(ts + 7, ts)),
         seg(A, B, port, SERVICE, "A", c + 1, s + 1, ident=ids + 1, ts=(ts + 1, ts + 7)),
         seg(A, B, port, SERVICE, "PA", c + 1, s + 1, data, ident=ids + 2, ts=(ts + 1, ts + 7)),
-        seg(B, A, SERVICE, port, "PA", s + 1, c + 1 + len(data), data, ident=ids + 3,
-            ts=(ts + 8, ts + 1)),
+        seg(
+            B,
+            A,
+            SERVICE,
+            port,
+            "PA",
+            s + 1,
+            c + 1 + len(data),
+            data,
+            ident=ids + 3,
+            ts=(ts + 8, ts + 1),
+        ),
     ]
     if fin:
         end_c, end_s = c + 1 + len(data), s + 1 + len(data)
         packets += [
             seg(A, B, port, SERVICE, "FA", end_c, end_s, ident=ids + 4, ts=(ts + 2, ts + 8)),
             seg(B, A, SERVICE, port, "FA", end_s, end_c + 1, ident=ids + 5, ts=(ts + 9, ts + 2)),
-            seg(A, B, port, SERVICE, "A", end_c + 1, end_s + 1, ident=ids + 6,
-                ts=(ts + 3, ts + 9)),
+            seg(A, B, port, SERVICE, "A", end_c + 1, end_s + 1, ident=ids + 6, ts=(ts + 3, ts + 9)),
         ]
     return packets
 
 
-def pcap(tmp_path: Path, name: str, packets: Sequence[bytes],
-         linktype: int = LINKTYPE_RAW) -> Path:
+def pcap(tmp_path: Path, name: str, packets: Sequence[bytes], linktype: int = LINKTYPE_RAW) -> Path:
     return write_pcap(tmp_path / f"{name}.pcap", packets, linktype)
 
 
@@ -163,7 +190,8 @@ def _partial(packet: bytes) -> bytes:
     """What tcpdump sees of a CHECKSUM_PARTIAL segment: the bare pseudo-header sum."""
     out = bytearray(packet)
     l4 = out[20:]
-    out[36:38] = struct.pack("!H", ones_sum(pseudo_header(out[12:16], out[16:20], 6, len(l4))))
+    pseudo = pseudo_header(bytes(out[12:16]), bytes(out[16:20]), 6, len(l4))
+    out[36:38] = struct.pack("!H", ones_sum(pseudo))
     return bytes(out)
 
 
@@ -196,8 +224,9 @@ def test_semantic_tier_ignores_acks_windows_and_retransmissions(tmp_path: Path) 
 def test_semantic_tier_catches_a_missing_fin(tmp_path: Path) -> None:
     whole = connection(40001, 1, 2, 3, 4)
     no_server_fin = [p for i, p in enumerate(whole) if i != 6]
-    result = compare(pcap(tmp_path, "a", whole), pcap(tmp_path, "b", no_server_fin),
-                     parse_profile(SEMANTIC))
+    result = compare(
+        pcap(tmp_path, "a", whole), pcap(tmp_path, "b", no_server_fin), parse_profile(SEMANTIC)
+    )
     assert not result.equal
     assert "-  < control SA@0 FA@6" in result.report()
     assert "+  < control SA@0" in result.report()
@@ -252,7 +281,35 @@ def test_udp_and_icmp_errors_share_a_flow(tmp_path: Path) -> None:
     trace = canonicalise(pcap(tmp_path, "u", [datagram, error]))
     assert len(trace.flows) == 1
     assert "ICMP port unreachable (id 0, ttl 64) | quoting udp 10.0.0.1.P1 > 10.0.0.2.53" in (
-        trace.text())
+        trace.text()
+    )
+
+
+def test_neighbour_discovery_and_arp_map_their_link_addresses(tmp_path: Path) -> None:
+    from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
+    from scapy.layers.l2 import ARP, Ether
+
+    def frames(mac: str) -> list[bytes]:
+        return [
+            bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=mac, psrc=A, pdst=B)),
+            bytes(
+                Ether(src="02:00:00:00:00:99", dst=mac)
+                / ARP(op=2, hwsrc="02:00:00:00:00:99", psrc=B, pdst=A, hwdst=mac)
+            ),
+            bytes(
+                Ether(src=mac, dst="33:33:ff:00:00:02")
+                / IPv6(src="fd00::1", dst="ff02::1:ff00:2", hlim=255)
+                / ICMPv6ND_NS(tgt="fd00::2")
+                / ICMPv6NDOptSrcLLAddr(lladdr=mac)
+            ),
+        ]
+
+    one = strict(pcap(tmp_path, "a", frames("02:00:00:00:00:01"), LINKTYPE_ETHERNET))
+    two = strict(pcap(tmp_path, "b", frames("02:00:00:00:00:07"), LINKTYPE_ETHERNET))
+    assert one == two
+    assert "ARP, Request who-has 10.0.0.2 tell 10.0.0.1" in one
+    assert "ARP, Reply 10.0.0.2 is-at M2" in one
+    assert "ICMP6 neighbor solicitation, tgt fd00::2, lladdr M1" in one
 
 
 def test_undecodable_bytes_are_shown_not_dropped(tmp_path: Path) -> None:
@@ -272,11 +329,15 @@ def test_undecodable_bytes_are_shown_not_dropped(tmp_path: Path) -> None:
         ({"tier": "strict", "why": "x", "colour": 1}, "unknown key"),
         ({"tier": "strict", "why": "x", "mask": [{"field": "tcp.window"}]}, "why"),
         ({"tier": "strict", "why": "x", "mask": [{"field": "tcp.colour", "why": "y"}]}, "field"),
-        ({"tier": "strict", "why": "x", "predicate": [{"count": "tcp.flags = SA", "why": "y"}]},
-         "cannot read"),
+        (
+            {"tier": "strict", "why": "x", "predicate": [{"count": "tcp.flags = SA", "why": "y"}]},
+            "cannot read",
+        ),
         ({"tier": "strict", "why": "x", "checksums": {"offloaded": ["tcp"]}}, "why"),
-        ({"tier": "strict", "why": "x", "addresses": {"why": "y", "map": {"nope": "n"}}},
-         "not an IP"),
+        (
+            {"tier": "strict", "why": "x", "addresses": {"why": "y", "map": {"nope": "n"}}},
+            "not an IP",
+        ),
     ],
 )
 def test_a_profile_must_say_why_and_mean_it(data: dict[str, object], complaint: str) -> None:
@@ -286,11 +347,16 @@ def test_a_profile_must_say_why_and_mean_it(data: dict[str, object], complaint: 
 
 def test_expectations_are_checked_against_the_capture(tmp_path: Path) -> None:
     path = pcap(tmp_path, "a", connection(40001, 1, 2, 3, 4))
-    profile = parse_profile({**SEMANTIC, "predicate": [
-        {"count": "tcp.flags == SA", "expect": 1, "why": "one handshake"},
-        {"count": "tcp.flags == FA and len == 0", "expect": 3, "why": "deliberately wrong"},
-        {"all": "checksum == ok", "expect": True, "why": "clean"},
-    ]})
+    profile = parse_profile(
+        {
+            **SEMANTIC,
+            "predicate": [
+                {"count": "tcp.flags == SA", "expect": 1, "why": "one handshake"},
+                {"count": "tcp.flags == FA and len == 0", "expect": 3, "why": "deliberately wrong"},
+                {"all": "checksum == ok", "expect": True, "why": "clean"},
+            ],
+        }
+    )
     trace = canonicalise(path, profile)
     assert "count(tcp.flags == SA) = 1" in semantic_text(trace)
     assert expectation_failures(trace) == [
@@ -304,8 +370,9 @@ def test_expectations_are_checked_against_the_capture(tmp_path: Path) -> None:
 def test_golden_record_and_compare(tmp_path: Path) -> None:
     folder = tmp_path / "pcaps"
     folder.mkdir()
-    (folder / "x.toml").write_text('tier = "semantic"\nwhy = "test"\n[ports]\nkeep = [5002]\n'
-                                   'why = "test"\n')
+    (folder / "x.toml").write_text(
+        'tier = "semantic"\nwhy = "test"\n[ports]\nkeep = [5002]\nwhy = "test"\n'
+    )
     golden = Golden(folder, "x")
     golden.record(pcap(tmp_path, "first", connection(40001, 1, 2, 3, 4)))
     assert not golden.stale_text()
@@ -352,16 +419,23 @@ def test_cli_diff_exit_status_and_output(tmp_path: Path) -> None:
     other = pcap(tmp_path, "other", connection(40002, 5, 6, 7, 8, fin=False))
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "harness", "pcap", *args],
-                              capture_output=True, text=True, timeout=60, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "harness", "pcap", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     assert run("diff", str(a), str(same)).returncode == 0
     different = run("diff", str(a), str(other), "--tier", "semantic")
     assert different.returncode == 1
     assert "--- expected a.pcap" in different.stdout and "-  > control S@0 FA@6" in (
-        different.stdout)
+        different.stdout
+    )
     assert run("diff", str(a), str(tmp_path / "missing.pcap")).returncode == 2
     profile = tmp_path / "bad.toml"
     profile.write_text('tier = "strict"\n')
     assert run("diff", str(a), str(same), "--profile", str(profile)).returncode == 2
-    assert load_profile  # re-exported for users writing their own tooling
+    with pytest.raises(ProfileError, match="why"):
+        load_profile(profile)

@@ -47,7 +47,7 @@ CONF
 for unit in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
             e2scrub_reap.service fstrim.timer dpkg-db-backup.timer logrotate.timer \
             systemd-networkd-wait-online.service danted.service getty@tty1.service \
-            systemd-timesyncd.service; do
+            systemd-timesyncd.service nginx.service iperf3.service; do
     chroot "$root" systemctl mask "$unit" >/dev/null 2>&1 || true
 done
 
@@ -60,7 +60,8 @@ chroot "$root" update-initramfs -u -k all >/dev/null
 mkdir -p "$root/etc/systemd/journald.conf.d"
 printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n' > "$root/etc/systemd/journald.conf.d/ztun.conf"
 
-# Guest-side helper that runs this checkout's ztun from the read-only share.
+# Guest-side helper that runs this checkout's ztun from the read-only share (the venv
+# made at provisioning also has /opt/ztun/bin/ztun).
 cat > "$root/usr/local/bin/ztun" <<'PY'
 #!/opt/ztun/bin/python3
 """Run ztun from the repository shared read-only at /mnt/repo (no install, no bytecode)."""

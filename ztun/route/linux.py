@@ -68,11 +68,17 @@ def _rtnl(netns: str | None) -> Iterator[IPRoute]:
             "ztun.route.linux must not run on an asyncio loop thread (pyroute2 runs its own"
             " loop): use await asyncio.to_thread(...)"
         )
-    ipr = IPRoute(netns=netns) if netns is not None else IPRoute()
-    try:
-        yield ipr
-    finally:
-        ipr.close()
+    # This thread enters the namespace itself and keeps the IPRoute to itself: pyroute2
+    # 0.9 binds an IPRoute to the thread using it, and its forked netns helpers can time
+    # out half-way on a loaded machine.
+    from ztun.netns import in_netns
+
+    with in_netns(netns):
+        ipr = IPRoute()
+        try:
+            yield ipr
+        finally:
+            ipr.close()
 
 
 # -- translation between the plan and netlink ------------------------------------------

@@ -36,10 +36,16 @@ VNET_HDR_LEN = 10
 _ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 
 
-def _ipr(netns: str | None) -> Any:
-    from pyroute2 import IPRoute, NetNS
+def _netlink(netns: str | None, fn: Any) -> None:
+    if netns:
+        from ..netns import netlink
 
-    return NetNS(netns) if netns else IPRoute()
+        netlink(netns, fn)
+        return
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        fn(ipr)
 
 
 class LinuxTun:
@@ -89,18 +95,22 @@ class LinuxTun:
     def _configure(
         self, addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]
     ) -> None:
-        with _ipr(self._netns) as ipr:
-            ipr.link("set", index=self._index, mtu=self._mtu)
-            for iface in addresses:
-                kwargs: dict[str, Any] = {
-                    "index": self._index,
-                    "address": str(iface.ip),
-                    "prefixlen": iface.network.prefixlen,
-                }
-                if iface.version == 6:
-                    kwargs["flags"] = IFA_F_NODAD
-                ipr.addr("add", **kwargs)
-            ipr.link("set", index=self._index, state="up")
+        _netlink(self._netns, lambda ipr: self._configure_with(ipr, addresses))
+
+    def _configure_with(
+        self, ipr: Any, addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]
+    ) -> None:
+        ipr.link("set", index=self._index, mtu=self._mtu)
+        for iface in addresses:
+            kwargs: dict[str, Any] = {
+                "index": self._index,
+                "address": str(iface.ip),
+                "prefixlen": iface.network.prefixlen,
+            }
+            if iface.version == 6:
+                kwargs["flags"] = IFA_F_NODAD
+            ipr.addr("add", **kwargs)
+        ipr.link("set", index=self._index, state="up")
 
     @property
     def name(self) -> str:

@@ -78,9 +78,12 @@ def route_ns() -> Iterator[RouteNs]:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    from pyroute2 import IPRoute, netns
+    from ztun import netns
 
     name = f"ztr{os.getpid() % 100000}x{next(_counter)}"
+    # `ip netns add` + netlink from a thread inside the namespace: pyroute2's forked
+    # helpers (netns.create, IPRoute(netns=...)) once left uplink0 in the root namespace
+    # on a loaded machine.
     netns.create(name)
     try:
         # No DAD: link-local addresses become final as soon as a link has carrier, so the
@@ -99,7 +102,8 @@ def route_ns() -> Iterator[RouteNs]:
                 check=True,
                 timeout=NETNS_TIMEOUT,
             )
-        with IPRoute(netns=name) as ipr:
+
+        def build(ipr: Any) -> None:
             lo = ipr.link_lookup(ifname="lo")[0]
             ipr.link("set", index=lo, state="up")
             # a veth pair with both ends inside: the uplink needs a carrier for its routes
@@ -117,6 +121,8 @@ def route_ns() -> Iterator[RouteNs]:
             ipr.addr("add", index=tun, address="172.19.0.1", prefixlen=30)
             for ifname in ("uplink0", "uplinkpeer0"):
                 _wait_ipv6_settled(ipr, ipr.link_lookup(ifname=ifname)[0])
+
+        netns.netlink(name, build)
         yield RouteNs(name)
     finally:
         netns.remove(name)

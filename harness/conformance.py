@@ -1,13 +1,19 @@
 """The conformance table: behaviour x implementation, pass / fail / skip with the reason.
 
-A plugin object (registered by this folder's conftest) folds the reports of every test
-marked ``conformance`` into one outcome per behaviour, prints the table at the end of the
-session and writes it as JSON:
+A pytest plugin (this module; the repository's root conftest lists it in
+``pytest_plugins``, others can add ``-p harness.conformance``) that folds the reports of
+every test marked ``conformance`` into one outcome per behaviour, prints the table at the
+end of the session and writes it as JSON:
 
 * always to ``<artifacts>/<run>/conformance.json`` (this run's column only);
 * with ``--conformance-json PATH`` also to PATH, *merged* with the columns of other
   implementations already in that file -- run the suite once per ``--tun2socks`` into the
   same file and the table printed by the last run shows them side by side.
+
+Why a plugin module and not hooks in ``tests/conformance/conftest.py``: under xdist the
+controller does not collect, so it loads only *initial* conftests (those of the paths on
+the command line) -- ``pytest -n 2`` from the root would never see the hooks, and a
+conftest's command-line options exist only when it is initial.
 
 xdist: workers' reports reach the controller's ``pytest_runtest_logreport``, so the
 controller alone collects, prints and writes; workers do nothing.  The behaviour name is
@@ -22,7 +28,7 @@ import contextlib
 import datetime
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ from harness.plugin import state
 PLUGIN_NAME = "ztun_conformance_summary"
 MARKER = "conformance"
 VERSION_PROPERTY = "impl_version"
+MARKED_PROPERTY = "conformance_behaviour"
 JSON_NAME = "conformance.json"
 SCHEMA = 1
 REASON_CHARS = 160
@@ -43,6 +50,28 @@ REASON_JSON_CHARS = 2000
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 _CELL = {PASSED: "pass", FAILED: "FAIL", ERROR: "ERROR", SKIPPED: "skip"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("ztun").addoption(
+        "--conformance-json",
+        default=None,
+        metavar="PATH",
+        help="also write the conformance table to PATH, merged with the other "
+        "implementations' columns already there (always written to "
+        "<artifacts>/<run>/conformance.json)",
+    )
+
+
+@pytest.hookimpl(trylast=True)  # after harness.plugin has set up its state
+def pytest_configure(config: pytest.Config) -> None:
+    register(config)
+
+
+def register(config: pytest.Config) -> None:
+    """Start collecting for this session (idempotent)."""
+    if not config.pluginmanager.has_plugin(PLUGIN_NAME):
+        config.pluginmanager.register(ConformanceSummary(config), PLUGIN_NAME)
 
 
 def behaviour_of(nodeid: str) -> str:
@@ -117,13 +146,15 @@ class ConformanceSummary:
     # ---------------------------------------------------------------- collection order
 
     def _remember_order(self, nodeids: Sequence[str]) -> None:
+        """Rows follow collection order (ids of other tests never get a result, and rows
+        without one are left out)."""
         for nodeid in nodeids:
             name = behaviour_of(nodeid)
-            if "conformance/" in nodeid and name not in self.order:
+            if name not in self.order:
                 self.order.append(name)
 
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        self._remember_order([i.nodeid for i in items if i.get_closest_marker(MARKER)])
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self._remember_order([i.nodeid for i in session.items if i.get_closest_marker(MARKER)])
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: Sequence[str]) -> None:
@@ -131,8 +162,22 @@ class ConformanceSummary:
 
     # ---------------------------------------------------------------- reports
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """Tag the reports of marked tests (on workers too: the tag travels with them).
+
+        ``report.keywords`` cannot tell: it also holds the names of the test's parents,
+        so a folder named "conformance" would mark every test in it.
+        """
+        report = yield
+        if item.get_closest_marker(MARKER) is not None:
+            report.user_properties.append((MARKED_PROPERTY, True))
+        return report
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if not self.active or MARKER not in report.keywords:
+        if not self.active or (MARKED_PROPERTY, True) not in report.user_properties:
             return
         for key, value in report.user_properties:
             if key == VERSION_PROPERTY and value:
@@ -174,7 +219,7 @@ class ConformanceSummary:
         self.json_paths.append(this_run)
         extra = getattr(self.config.option, "conformance_json", None)
         if extra:
-            path = Path(extra)
+            path = Path(extra).resolve()
             self.merged = self._load_others(path)
             self._write(path, self.merged)
             self.json_paths.append(path)
@@ -189,10 +234,10 @@ class ConformanceSummary:
         return {}
 
     def _document(self, others: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        order = list(self.order)
-        for column in others.values():
-            order += [b for b in column.get("results", {}) if b not in order]
         columns = {**others, self.column.impl: self.column.as_dict()}
+        order = [b for b in self.order if b in self.column.results]
+        for column in columns.values():
+            order += [b for b in column.get("results", {}) if b not in order]
         return {"schema": SCHEMA, "behaviours": order, "implementations": columns}
 
     def _write(self, path: Path, others: dict[str, dict[str, Any]]) -> None:
