@@ -52,7 +52,7 @@ PROMPT = 5.0
 (a timeout-driven answer takes the proxy's connect timeout, 10 s or more)."""
 SERVER_JOIN = 30.0
 
-ProxyKind = Literal["danted", "recording", "microsocks"]
+ProxyKind = Literal["danted", "recording"]
 TargetKind = Literal["echo", "data", "udp"]
 
 
@@ -124,19 +124,6 @@ def echo(path: Path, payload: bytes, *, v6: bool = False) -> bytes:
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
         return recv_all(sock)
-
-
-def echo_no_half_close(path: Path, payload: bytes, *, v6: bool = False) -> bytes:
-    """Send, then read as many bytes back; for proxies that end a flow on half-close."""
-    received = bytearray()
-    with path.connect(ECHO_PORT, v6=v6) as sock:
-        sock.sendall(payload)
-        while len(received) < len(payload):
-            data = sock.recv(RECV_CHUNK)
-            if not data:
-                break
-            received += data
-    return bytes(received)
 
 
 def upload(path: Path, size: int, seed: int, *, v6: bool = False) -> tuple[int, str]:

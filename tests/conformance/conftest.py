@@ -32,7 +32,6 @@ from harness.impls import DEFAULT_MTU, RunningImpl, Tun2Socks, get_implementatio
 from harness.peers.starters import (
     Socks5Server,
     start_danted,
-    start_microsocks,
     start_recording,
     start_tcp_data,
     start_tcp_echo,
@@ -76,8 +75,8 @@ def _singbox_settle(path: Path) -> None:
 
     Measured (sing-box 1.14.4, auto_route off): its network monitor sees the new default
     route into its TUN about 1 s after start, logs "updated default interface" and then
-    closes every connection it tracks (a 100 MiB upload started at once is cut after
-    ~95 MiB; one started right after the log line is still cut, a few ms later). A user's
+    closes every connection it tracks (a 100 MiB upload started at once was cut after
+    60 and 95 MiB; one started right after the log line was still cut, 3 ms later). A user's
     auto_route gives the routes before any traffic, so the fair start is after that reset.
     There is no log line for the reset itself, so a probe connection opened before it
     serves as the event: once sing-box closes the probe, the reset is done.
@@ -102,8 +101,6 @@ def _start_proxy(topo: Topology, kind: ProxyKind) -> Socks5Server:
         return start_danted(topo.proxy, addr, SOCKS_PORT)
     if kind == "recording":
         return start_recording(topo.proxy, addr, SOCKS_PORT)
-    if kind == "microsocks":
-        return start_microsocks(topo.proxy, addr, SOCKS_PORT)
     raise ValueError(f"unknown proxy kind {kind!r}")
 
 
@@ -117,7 +114,7 @@ def start_path(
     """``start_path(proxy="danted", *, targets=("echo",), mtu=1500) -> Path``.
 
     Starts the targets (``"echo"``, ``"data"``, ``"udp"``; the TCP echo always), the
-    SOCKS5 server ``proxy`` (``"danted"``, ``"recording"``, ``"microsocks"``) in the proxy
+    SOCKS5 server ``proxy`` (``"danted"``, ``"recording"``) in the proxy
     host and the implementation under test in the client, with its TUN ``DEVICE`` and the
     default routes into it; stops the implementation at the end (the topology's teardown
     stops the rest).
