@@ -79,7 +79,8 @@ def check_against_goldens(
             attach_mismatch(artifacts, golden, result, bench)
     for result in results:
         unmet = "\n".join(f"unmet expectation: {f}" for f in result.failures)
-        golden, actual = result.expected, result.actual
-        assert golden == actual, unmet or "golden mismatch"  # diff: --- golden, +++ actual
+        golden_text, actual_text = result.expected, result.actual
+        # The golden on the left: the diff reads --- golden, +++ actual.
+        assert golden_text == actual_text, unmet or "golden mismatch"
         assert not result.failures, unmet
     return results

@@ -139,6 +139,10 @@ class SystemStack:
     def _receive_v4(self, ip: Ipv4Packet, now: float, csum_partial: bool) -> Output:
         if ip.is_fragment:
             return self._drop("ipv4_fragment")
+        if not ip.verify_checksum():
+            # RFC 1122 3.2.1.2: silently discard. (TCP would be dropped by the kernel
+            # anyway, as the rewrite keeps the bad sum; UDP would be relayed.)
+            return self._drop("ipv4_bad_checksum")
         dst = ip.dst
         if dst[0] >= 224:
             return self._drop("multicast")
@@ -148,7 +152,7 @@ class SystemStack:
                 return self._drop("tcp_family_disabled")
             return self._tcp(ip, ip.payload, self.nat4, now, csum_partial)
         if proto == PROTO_UDP:
-            return self._udp(4, ip.src, dst, ip.payload, now)
+            return self._udp(4, ip.src, dst, ip.payload, now, csum_partial)
         if proto == PROTO_ICMP:
             return self._icmp4(ip)
         return self._drop("unsupported_protocol")
@@ -166,7 +170,7 @@ class SystemStack:
                 return self._drop("tcp_family_disabled")
             return self._tcp(ip, payload, self.nat6, now, csum_partial)
         if proto == PROTO_UDP:
-            return self._udp(6, ip.src, dst, payload, now)
+            return self._udp(6, ip.src, dst, payload, now, csum_partial)
         if proto == PROTO_ICMPV6:
             return self._icmp6(ip, payload)
         return self._drop("unsupported_protocol")
@@ -214,6 +218,10 @@ class SystemStack:
                     return self._drop("tcp_no_session")
                 self.counters["tcp_reset_unknown_flow"] += 1
                 return self._reset_for(ip, tcp, len(segment))
+            if not csum_partial and not tcp.verify_checksum(src, ip.dst):
+                # Checked once per new flow, so a corrupt SYN allocates no NAT entry; later
+                # segments are left to the kernel, which verifies them on the hairpin.
+                return self._drop("tcp_bad_checksum")
             try:
                 session = nat.open(key, now)
             except NatExhausted:
@@ -262,8 +270,21 @@ class SystemStack:
 
     # -- UDP: sessions and datagram events -----------------------------------------------
 
-    def _udp(self, version: int, src: bytes, dst: bytes, segment: memoryview, now: float) -> Output:
+    def _udp(
+        self,
+        version: int,
+        src: bytes,
+        dst: bytes,
+        segment: memoryview,
+        now: float,
+        csum_partial: bool,
+    ) -> Output:
         udp = UdpPacket.checked(segment)
+        # RFC 1122 4.1.3.4: a datagram with a bad checksum is discarded, not relayed. An
+        # offloaded frame's field is a partial sum (the kernel vouches for it), and zero
+        # means "no checksum" over IPv4 -- verify_checksum knows both.
+        if not csum_partial and not udp.verify_checksum(src, dst):
+            return self._drop("udp_bad_checksum")
         session = self.udp.get_or_open(version, src, udp.src_port, now)
         return UdpDatagram(session, dst, udp.dst_port, bytes(udp.payload))
 

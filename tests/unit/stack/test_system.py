@@ -202,6 +202,7 @@ def test_truncated_tcp_header_is_counted(stack) -> None:  # type: ignore[no-unty
     syn = bytearray(build_tcp(APP4, DST4, 1, 2, flags=SYN))
     cut = syn[:30]
     cut[2:4] = (30).to_bytes(2, "big")  # IP total length says 30: a 10-byte TCP header
+    Ipv4Packet.checked(cut).fill_checksum()
     assert feed(stack, cut) is None
     assert sum(v for k, v in stack.counters.items() if k.startswith("malformed_")) == 1
 
@@ -216,3 +217,31 @@ def test_multicast_and_unknown_protocols_are_dropped(stack) -> None:  # type: ig
     ip.fill_checksum()
     assert feed(stack, gre) is None
     assert stack.counters["multicast"] == 1 and stack.counters["unsupported_protocol"] == 1
+
+
+def test_bad_checksums_are_dropped_not_relayed(stack) -> None:  # type: ignore[no-untyped-def]
+    bad_udp = bytearray(build_udp(APP4, DST4, 40000, 53, b"query"))
+    bad_udp[-1] ^= 0xFF  # payload changed, checksum not
+    assert feed(stack, bad_udp) is None
+    bad_ip = bytearray(build_udp(APP4, DST4, 40000, 53, b"query"))
+    bad_ip[10] ^= 0xFF  # IPv4 header checksum
+    assert feed(stack, bad_ip) is None
+    bad_v6 = bytearray(build_udp(APP6, DST6, 40000, 53, b"query"))
+    bad_v6[-1] ^= 0xFF
+    assert feed(stack, bad_v6) is None
+    assert stack.counters["udp_bad_checksum"] == 2 and stack.counters["ipv4_bad_checksum"] == 1
+    # An offloaded frame carries a partial sum: it is not a bad checksum.
+    partial = memoryview(bytearray(build_udp(APP4, DST4, 40000, 53, b"query")))
+    partial[26:28] = b"\x12\x34"
+    assert isinstance(stack.receive(partial, 0.0, csum_partial=True), UdpDatagram)
+    zero = bytearray(build_udp(APP4, DST4, 40000, 53, b"query"))
+    zero[26:28] = b"\x00\x00"  # IPv4 "no checksum"
+    assert isinstance(feed(stack, zero), UdpDatagram)
+
+
+def test_corrupt_syn_opens_no_nat_entry(stack) -> None:  # type: ignore[no-untyped-def]
+    syn = bytearray(build_tcp(APP4, DST4, 41000, 80, seq=1, flags=SYN))
+    syn[-1] ^= 0x01  # inside the TCP header (window/urgent/options): checksum now wrong
+    assert feed(stack, syn) is None
+    assert stack.counters["tcp_bad_checksum"] == 1
+    assert len(stack.nat4) == 0
