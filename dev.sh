@@ -9,7 +9,7 @@ cd "$(dirname "$(readlink -f "$0")")"
 
 APT_PACKAGES=(
   iproute2 iputils-ping ethtool tcpdump curl
-  microsocks dante-server dnsmasq-base nginx-light iperf3
+  microsocks dante-server dnsmasq-base nginx-light iperf3 apache2-utils wrk proxychains4
   openssh-client openssh-server nftables
 )
 VENV=.venv

@@ -58,7 +58,8 @@ def cleanup() -> int:
         remove_table(table)
         print(f"ztun cleanup: removed nftables table inet {table}")
     removed = 0
-    for name in netns.list_names(PREFIX):
+    # ztun demo's and ztun bench's namespaces (their names say whose they are).
+    for name in [*netns.list_names(PREFIX), *netns.list_names("ztbench-")]:
         netns.remove(name)
         log.info("removed namespace %s", name)
         removed += 1
