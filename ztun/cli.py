@@ -247,11 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dns-upstream", metavar="HOST:PORT", help="resolver for --dns remote (e.g. 1.1.1.1:53)"
     )
     routing.add_argument(
-        "--no-sniff",
-        dest="sniff",
-        action="store_false",
+        "--sniff",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="do not read TLS SNI / HTTP Host from a flow's first bytes",
+        help="read TLS SNI / HTTP Host from a new connection's first bytes (bounded wait) so "
+        "rules can match the domain and the CONNECT carries it (default off)",
     )
     _add_logging(run)
 

@@ -103,11 +103,16 @@ class DnsOptions:
     state_file: Path = DEFAULT_STATE_PATH
 
 
+# Off by default: a sniff peeks at every new connection (and waits up to `timeout` for
+# server-first protocols); turn it on for domain rules or remote resolution.
+SNIFF_BY_DEFAULT = False
+
+
 @dataclass(frozen=True, slots=True)
 class SniffOptions:
     """``[sniff]``: read TLS SNI / HTTP Host / QUIC SNI from a flow's first bytes."""
 
-    enabled: bool = True
+    enabled: bool = SNIFF_BY_DEFAULT
     timeout: float = DEFAULT_SNIFF_TIMEOUT
 
 
@@ -477,7 +482,7 @@ class _Builder:
 
     def sniff(self, t: dict[str, Any]) -> SniffOptions:
         p: KeyPath = ("sniff",)
-        enabled = self.take(t, p, "enabled", bool, True)
+        enabled = self.take(t, p, "enabled", bool, SNIFF_BY_DEFAULT)
         timeout = self.take(t, p, "timeout", float, DEFAULT_SNIFF_TIMEOUT)
         if not 0 < timeout <= MAX_SNIFF_TIMEOUT:
             raise self.error((*p, "timeout"), f"must be in (0, {MAX_SNIFF_TIMEOUT}] seconds")
