@@ -155,3 +155,7 @@ def testinfra_host(host: Host, *, timeout: float = DEFAULT_RUN_TIMEOUT) -> testi
     infra = testinfra.host.Host(backend)
     backend.set_host(infra)
     return infra
+
+
+# pytest collects module-level callables named test*: this one is a helper, not a test.
+testinfra_host.__test__ = False  # type: ignore[attr-defined]

@@ -13,16 +13,19 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from harness import vmimage
 from harness.artifacts import TestArtifacts
 from harness.hosts.base import Host
-from harness.hosts.qemu import QEMU, QemuHost, SavedState, accelerator, ensure_state
-from harness.hosts.vagrant import VagrantBox, VagrantHost, box_unavailable_reason
-from harness.testinfra_backends import testinfra_host
+
+if TYPE_CHECKING:
+    # Imported lazily below: the plugin loads this module on every OS (Windows and macOS
+    # CI rows too), where paramiko/python-vagrant/fcntl need not be importable.
+    from harness import vmimage
+    from harness.hosts.qemu import QemuHost, SavedState
+    from harness.hosts.vagrant import VagrantHost
 
 __all__ = [
     "qemu_host",
@@ -38,6 +41,8 @@ _APT_HINT = "apt-get install qemu-system-x86 qemu-utils mmdebstrap"
 
 
 def _require_vm_tools() -> None:
+    from harness.hosts.qemu import QEMU
+
     if os.geteuid() != 0:
         pytest.skip("VM image build needs root (mmdebstrap --mode=root)")
     missing = [t for t in (QEMU, "qemu-img", "mmdebstrap", "mke2fs") if shutil.which(t) is None]
@@ -49,12 +54,16 @@ def _require_vm_tools() -> None:
 def vm_image() -> vmimage.GuestImage:
     """The Debian 12 guest image for this recipe (built on first use, then cached)."""
     _require_vm_tools()
+    from harness import vmimage
+
     return vmimage.ensure_image()
 
 
 @pytest.fixture(scope="session")
 def vm_state(vm_image: vmimage.GuestImage) -> SavedState:
     """The booted-and-saved guest every QemuHost restores from (KVM if it works, else TCG)."""
+    from harness.hosts.qemu import accelerator, ensure_state
+
     return ensure_state(vm_image, accelerator(vm_image))
 
 
@@ -79,6 +88,8 @@ def qemu_host(
     The repository is mounted read-only at ``/mnt/repo``; ``/opt/ztun`` holds a venv with
     the harness's dependencies; ``ztun`` on the guest's PATH runs this checkout.
     """
+    from harness.hosts.qemu import QemuHost
+
     artifacts = _artifacts(request)
     log_dir = artifacts.path("vm") if artifacts is not None else tmp_path / "vm"
     if artifacts is not None:
@@ -96,12 +107,16 @@ def qemu_host(
 @pytest.fixture
 def vm_testinfra(qemu_host: QemuHost) -> Any:
     """testinfra's ``host`` for the guest (paramiko over the guest's own connection)."""
+    from harness.testinfra_backends import testinfra_host
+
     return testinfra_host(qemu_host)
 
 
 @pytest.fixture
 def testinfra_for() -> Callable[[Host], Any]:
     """``testinfra_for(host)``: a testinfra Host for any harness Host (netns or VM)."""
+    from harness.testinfra_backends import testinfra_host
+
     return testinfra_host
 
 
@@ -110,6 +125,8 @@ def vagrant_linux(
     request: pytest.FixtureRequest, vm_image: vmimage.GuestImage, tmp_path: Path
 ) -> Iterator[VagrantHost]:
     """The Linux Vagrant box (libvirt, inside a private network namespace), if it comes up."""
+    from harness.hosts.vagrant import VagrantBox, VagrantHost, box_unavailable_reason
+
     box = VagrantBox.linux(vm_image)
     reason = box_unavailable_reason(box)
     if reason:

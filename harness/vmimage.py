@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -105,6 +104,8 @@ def packages(recipe_dir: Path = RECIPE_DIR) -> list[str]:
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """An exclusive flock on ``path`` so parallel workers build or save only once."""
+    import fcntl  # POSIX only: imported here so the module loads on any OS
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -30,7 +30,7 @@ from .outbound import (
 )
 from .pump import TunPump
 from .relay import HAVE_SPLICE, SHARED_BUFFER_SIZE, PipePool, Relay, close_with_reset
-from .router import LoopDetected, Router
+from .router import Decision, LoopDetected, Router
 from .rules import Action
 from .stack import (
     SystemStack,
@@ -47,6 +47,7 @@ log = logging.getLogger("ztun")
 ACCEPT_BATCH = 64
 UDP_QUEUE_LIMIT = 64  # datagrams held while an association is being set up
 DNS_PORT = 53
+UDP_ROUTE_CACHE = 4096
 FlowKey = tuple[int, Action]
 
 
@@ -93,6 +94,7 @@ class _UdpFlow:
         # Replies to a datagram sent to a fake-IP domain must seem to come from the fake
         # address the app used: source port -> fake address.
         self.fake_sources: dict[int, bytes] = {}
+        self.reply_addresses: dict[str, bytes] = {}
         self.closed = False
         self.task = asyncio.get_running_loop().create_task(self._open())
 
@@ -141,24 +143,35 @@ class _UdpFlow:
         self.engine.stats["udp_bytes_up"] += len(datagram.payload)
         self.association.send(target, datagram.payload)
 
-    def _on_reply(self, source: Target, payload: bytes) -> None:
-        engine = self.engine
+    def _reply_address(self, host: str) -> bytes | None:
+        """The packed source address, in the session's family, for a reply from `host`."""
         try:
-            addr = ipaddress.ip_address(source.host)
+            addr = ipaddress.ip_address(host)
         except ValueError:
-            engine.stats["udp_reply_from_domain"] += 1
-            return
+            self.engine.stats["udp_reply_from_domain"] += 1
+            return None
         if self.session.version == 4 and addr.version == 6:
             mapped = addr.ipv4_mapped
             if mapped is None:
-                engine.stats["udp_reply_family_mismatch"] += 1
-                return
+                self.engine.stats["udp_reply_family_mismatch"] += 1
+                return None
             addr = mapped
         elif self.session.version == 6 and addr.version == 4:
             addr = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + addr.packed)
-        source_addr = self.fake_sources.get(source.port, addr.packed)
+        return addr.packed
+
+    def _on_reply(self, source: Target, payload: bytes) -> None:
+        engine = self.engine
+        packed = self.reply_addresses.get(source.host)
+        if packed is None:
+            packed = self._reply_address(source.host)
+            if packed is None:
+                return
+            if len(self.reply_addresses) < UDP_ROUTE_CACHE:
+                self.reply_addresses[source.host] = packed
+        source_addr = self.fake_sources.get(source.port, packed)
         if len(source_addr) != len(self.session.client_addr):
-            source_addr = addr.packed
+            source_addr = packed
         engine.stats["udp_datagrams_down"] += 1
         engine.stats["udp_bytes_down"] += len(payload)
         with engine.lock:
@@ -197,6 +210,9 @@ class Engine:
         self.stats: Counter[str] = Counter()
         self.relays: set[Relay] = set()
         self.udp_flows: dict[FlowKey, _UdpFlow] = {}
+        # Routing a datagram is per destination, and rules do not change while running:
+        # decide once per (address, port), not per datagram.
+        self._udp_routes: dict[tuple[bytes, int], Decision] = {}
         self.pending: set[asyncio.Task[None]] = set()
         self.listeners: list[socket.socket] = []
         # The stack is shared with the TUN pump thread; every call into it holds this.
@@ -432,14 +448,20 @@ class Engine:
             self.dns.on_query(datagram, self.loop.time())
             return
         session = datagram.session
-        try:
-            decision = self.router.decide(
-                "udp", ipaddress.ip_address(datagram.dst_addr), datagram.dst_port
-            )
-        except LoopDetected as exc:
-            self.stats["udp_loop_refused"] += 1
-            log.error("refused a routing loop: %s", exc)
-            return
+        route_key = (datagram.dst_addr, datagram.dst_port)
+        decision = self._udp_routes.get(route_key)
+        if decision is None:
+            try:
+                decision = self.router.decide(
+                    "udp", ipaddress.ip_address(datagram.dst_addr), datagram.dst_port
+                )
+            except LoopDetected as exc:
+                self.stats["udp_loop_refused"] += 1
+                log.error("refused a routing loop: %s", exc)
+                return
+            if len(self._udp_routes) >= UDP_ROUTE_CACHE:
+                self._udp_routes.clear()
+            self._udp_routes[route_key] = decision
         if decision.action is Action.REJECT:
             self.stats["udp_rejected"] += 1
             self.write_packet(self.stack.udp_unreachable(datagram))

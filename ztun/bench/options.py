@@ -15,6 +15,7 @@ SYSTEMS: tuple[str, ...] = (
     "direct",
     "socks-only",
     "ztun",
+    "ztun-redirect",
     "sing-box-system",
     "sing-box-gvisor",
     "sing-box-mixed",
@@ -33,7 +34,13 @@ TESTS: tuple[str, ...] = (
     "rss",
 )
 #: `--quick`: one repetition of a subset, short durations; the whole run stays under 2 min.
-QUICK_SYSTEMS: tuple[str, ...] = ("direct", "socks-only", "ztun", "sing-box-system")
+QUICK_SYSTEMS: tuple[str, ...] = (
+    "direct",
+    "socks-only",
+    "ztun",
+    "ztun-redirect",
+    "sing-box-system",
+)
 QUICK_TESTS: tuple[str, ...] = ("tcp-1-up", "tcp-1-down", "conn", "rr", "udp-1g", "rss")
 
 DEFAULT_REPS = 3

@@ -126,6 +126,10 @@ class SocksOnly(System):
 
 
 class Ztun(System):
+    """`ztun run`; `extra` adds flags (ztun-redirect: the nftables fast path for TCP)."""
+
+    extra: tuple[str, ...] = ()
+
     def start(self, *, tcp_port: int = DANTED_PORT) -> None:
         env = self.env
         # `ip netns exec` execs: the pid we hold is ztun's own, not a wrapper's.
@@ -144,6 +148,7 @@ class Ztun(System):
                 f"socks5://{PROXY_C_V4}:{SOCKS_UDP_PORT}",
                 "--loglevel",
                 "info",
+                *self.extra,
             ],
             name=f"ztun-{tcp_port}",
             workdir=env.workdir,
@@ -223,6 +228,10 @@ def make_system(name: str, env: Env) -> System:
         return SocksOnly(name, env, carries_udp=False)
     if name == "ztun":
         return Ztun(name, env)
+    if name == "ztun-redirect":
+        system = Ztun(name, env)
+        system.extra = ("--redirect",)
+        return system
     if name.startswith("sing-box-"):
         return SingBox(name, env, name.removeprefix("sing-box-"))
     raise ValueError(f"unknown system {name}")

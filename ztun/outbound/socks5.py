@@ -39,6 +39,7 @@ from .socks5_proto import (
     RequestFailed,
     RequestSucceeded,
     Socks5Client,
+    UdpHeader,
     decode_udp_header,
     encode_auth,
     encode_udp_header,
@@ -57,6 +58,9 @@ _UDP_READ = 65535
 #: Datagrams read per wake-up, so a flood on one association cannot starve the loop.
 _UDP_BATCH = 64
 _CONTROL_READ = 512
+#: RSV RSV FRAG ATYP + address + port, for the fixed-size address types (IPv4, IPv6).
+_FIXED_HEADER_LEN = {1: 4 + 4 + 2, 4: 4 + 16 + 2}
+_HEADER_CACHE = 1024
 _UNSPECIFIED = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 
 
@@ -245,6 +249,7 @@ class Socks5UdpAssociation:
         self._proxy = proxy
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._dropped = 0
+        self._headers: dict[bytes, UdpHeader] = {}
         peer = udp.getpeername()
         self.relay = Target(peer[0], peer[1])
         self._loop.add_reader(control.fileno(), self._on_control_readable)
@@ -300,12 +305,18 @@ class Socks5UdpAssociation:
             except OSError as exc:  # ICMP error queued on the connected socket
                 log.debug("%r: relay error: %s", self, describe(exc))
                 continue
-            try:
-                header = decode_udp_header(datagram)
-            except RemoteProtocolError as exc:
-                self._dropped += 1
-                log.debug("%r: bad datagram from the relay: %s", self, exc)
-                continue
+            # Replies come from a few sources: decode each distinct IP header once.
+            fixed = _FIXED_HEADER_LEN.get(datagram[3]) if len(datagram) > 3 else None
+            header = self._headers.get(datagram[:fixed]) if fixed else None
+            if header is None:
+                try:
+                    header = decode_udp_header(datagram)
+                except RemoteProtocolError as exc:
+                    self._dropped += 1
+                    log.debug("%r: bad datagram from the relay: %s", self, exc)
+                    continue
+                if fixed and len(self._headers) < _HEADER_CACHE:
+                    self._headers[datagram[:fixed]] = header
             if header.frag:
                 self._dropped += 1
                 continue
