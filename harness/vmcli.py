@@ -3,6 +3,7 @@
     python -m harness vm build [--rebuild] [--no-state]   image (+ saved guest state)
     python -m harness vm boot [--cold]                      one guest up and down, timed
     python -m harness vm box                                the Linux Vagrant box, added
+    python -m harness vm accel                              kvm or tcg (exit 0 only for kvm)
     python -m harness vm info                               what is cached
     python -m harness vm clean                              remove the whole VM cache
 
@@ -25,6 +26,7 @@ from harness import vmimage
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_NO_KVM = 3
 
 
 def _mib(size: int) -> str:
@@ -92,6 +94,16 @@ def _box(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _accel(args: argparse.Namespace) -> int:
+    """Exit 0 only where KVM really works: ``.ci/run`` gates the VM row on it."""
+    from harness.hosts.qemu import accelerator
+
+    logging.getLogger("harness.vm").setLevel(logging.INFO)
+    accel = accelerator()
+    print(accel)
+    return EXIT_OK if accel == "kvm" else EXIT_NO_KVM
+
+
 def _info(args: argparse.Namespace) -> int:
     root = vmimage.cache_root()
     print(f"cache     {root}  (recipe {vmimage.recipe_hash()[:16]})")
@@ -139,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     box = sub.add_parser("box", help="package the Linux Vagrant box and vagrant box add it")
     box.add_argument("--rebuild", action="store_true")
     box.set_defaults(func=_box)
+    sub.add_parser("accel", help="print kvm or tcg (exit 0 only for kvm)").set_defaults(func=_accel)
     sub.add_parser("info", help="show what is cached").set_defaults(func=_info)
     sub.add_parser("clean", help="remove the VM cache").set_defaults(func=_clean)
     return parser

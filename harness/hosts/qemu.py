@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -350,8 +351,14 @@ def _accel_cache(image: vmimage.GuestImage) -> Path:
     return vmimage.cache_root() / f"accel-{key}.json"
 
 
-def accelerator(image: vmimage.GuestImage) -> str:
-    """``kvm`` if a trial boot under KVM reaches SSH in time, else ``tcg`` (cached)."""
+def accelerator(image: vmimage.GuestImage | None = None) -> str:
+    """``kvm`` if KVM really runs a guest here, else ``tcg``; the verdict is cached.
+
+    Two stages: a one-second probe that runs a 9-byte firmware under KVM (no image
+    needed, so a machine whose KVM cannot even start a vCPU learns it without building
+    anything), then a bounded trial boot of the real guest to SSH (a KVM that starts but
+    hangs a stock kernel, like a PVM nested hypervisor, fails here).
+    """
     forced = os.environ.get("ZTUN_VM_ACCEL")
     if forced in {"kvm", "tcg"}:
         log.info("accelerator %s (forced by ZTUN_VM_ACCEL)", forced)
@@ -359,6 +366,11 @@ def accelerator(image: vmimage.GuestImage) -> str:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         log.info("accelerator tcg: /dev/kvm not usable")
         return "tcg"
+    ok, reason = probe_kvm()
+    if not ok:
+        log.info("accelerator tcg (%s)", reason)
+        return "tcg"
+    image = image or vmimage.ensure_image()
     cache = _accel_cache(image)
     with vmimage.locked(cache.with_suffix(".lock")):
         if cache.is_file():
@@ -369,6 +381,53 @@ def accelerator(image: vmimage.GuestImage) -> str:
         cache.write_text(json.dumps({"accel": accel, "reason": reason}) + "\n")
         log.info("accelerator %s (%s)", accel, reason)
         return accel
+
+
+#: Real-mode code at the reset vector (F000:FFF0): ``mov dx,0x3f8; mov al,'K';
+#: out dx,al; hlt; jmp $-1`` -- one byte on the serial port proves a vCPU ran.
+_PROBE_CODE = bytes.fromhex("baf803b04beef4ebfd")
+_PROBE_ROM_SIZE = 0x10000
+_RESET_VECTOR_OFFSET = 0xFFF0
+PROBE_TIMEOUT = 10.0
+
+
+def probe_kvm(accel: str = "kvm") -> tuple[bool, str]:
+    """Run a 9-byte firmware under ``accel``; True once it wrote to the serial port."""
+    rom = bytearray(_PROBE_ROM_SIZE)
+    rom[_RESET_VECTOR_OFFSET : _RESET_VECTOR_OFFSET + len(_PROBE_CODE)] = _PROBE_CODE
+    with tempfile.TemporaryDirectory(prefix="kvm-probe-") as tmp:
+        bios = Path(tmp) / "probe.rom"
+        bios.write_bytes(rom)
+        cpu = ["-cpu", "host"] if accel == "kvm" else []
+        argv = [
+            QEMU,
+            "-nodefaults",
+            "-no-user-config",
+            "-machine",
+            f"q35,accel={accel}",
+            *cpu,
+            "-m",
+            "16",
+            "-display",
+            "none",
+            "-bios",
+            str(bios),
+            "-serial",
+            "stdio",
+        ]
+        with subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as qemu:
+            assert qemu.stdout is not None and qemu.stderr is not None
+            os.set_blocking(qemu.stdout.fileno(), True)
+            ready, _, _ = select.select([qemu.stdout], [], [], PROBE_TIMEOUT)
+            byte = qemu.stdout.read(1) if ready else b""
+            qemu.kill()
+            err = qemu.stderr.read().decode(errors="replace")
+    if byte == b"K":
+        return True, f"{accel} ran the probe firmware"
+    why = " ".join(err.split())[:300] or f"no output within {PROBE_TIMEOUT:.0f} s"
+    return False, f"{accel} probe failed: {why}"
 
 
 def _trial_kvm(image: vmimage.GuestImage) -> tuple[str, str]:

@@ -82,6 +82,35 @@ def hairpin_peer(iface: IpInterface) -> ipaddress.IPv4Address | ipaddress.IPv6Ad
     return ipaddress.ip_address(candidate)
 
 
+def _rewrite(
+    ip: Ipv4Packet | Ipv6Packet,
+    tcp: TcpPacket,
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    l4_delta: int,
+    ip_delta: int,
+    csum_partial: bool,
+) -> memoryview:
+    """Rewrite a segment's addresses and ports in place; fix checksums by the deltas.
+
+    An offloaded frame's transport field is the uncomplemented pseudo-header sum, so it
+    takes only the address delta (the ports are in the part the kernel sums later).
+    """
+    ip.src = src
+    ip.dst = dst
+    tcp.src_port = sport
+    tcp.dst_port = dport
+    if csum_partial:
+        tcp.checksum = apply_partial_delta(tcp.checksum, ip_delta)
+    else:
+        tcp.checksum = apply_delta(tcp.checksum, l4_delta)
+    if isinstance(ip, Ipv4Packet):
+        ip.checksum = apply_delta(ip.checksum, ip_delta)
+    return ip.buf
+
+
 class SystemStack:
     def __init__(
         self,
@@ -192,23 +221,22 @@ class SystemStack:
         tcp = TcpPacket.checked(segment)
         src = ip.src
         sport = tcp.src_port
-        is_v4 = isinstance(ip, Ipv4Packet)
         if sport == nat.listen_port and src == nat.server_addr:
             # The kernel listener answering the hairpin: back to the app's view.
             session = nat.by_port(tcp.dst_port)
             if session is None or ip.dst != nat.peer_addr:
                 return self._drop("tcp_unknown_nat_port")
-            ip.src = session.dst_addr
-            ip.dst = session.client_addr
-            tcp.src_port = session.dst_port
-            tcp.dst_port = session.client_port
-            if csum_partial:
-                tcp.checksum = apply_partial_delta(tcp.checksum, session.ip_delta_in)
-            else:
-                tcp.checksum = apply_delta(tcp.checksum, session.l4_delta_in)
-            if is_v4:
-                ip.checksum = apply_delta(ip.checksum, session.ip_delta_in)  # type: ignore[union-attr]
-            return ip.buf
+            return _rewrite(
+                ip,
+                tcp,
+                session.dst_addr,
+                session.client_addr,
+                session.dst_port,
+                session.client_port,
+                session.l4_delta_in,
+                session.ip_delta_in,
+                csum_partial,
+            )
         flags = tcp.flags
         key = (src, sport, ip.dst, tcp.dst_port)
         session = nat.by_flow(key)
@@ -227,17 +255,17 @@ class SystemStack:
             except NatExhausted:
                 self.counters["tcp_nat_exhausted"] += 1
                 return self._reset_for(ip, tcp, len(segment))
-        ip.src = nat.peer_addr
-        ip.dst = nat.server_addr
-        tcp.src_port = session.nat_port
-        tcp.dst_port = nat.listen_port
-        if csum_partial:
-            tcp.checksum = apply_partial_delta(tcp.checksum, session.ip_delta_out)
-        else:
-            tcp.checksum = apply_delta(tcp.checksum, session.l4_delta_out)
-        if is_v4:
-            ip.checksum = apply_delta(ip.checksum, session.ip_delta_out)  # type: ignore[union-attr]
-        return ip.buf
+        return _rewrite(
+            ip,
+            tcp,
+            nat.peer_addr,
+            nat.server_addr,
+            session.nat_port,
+            nat.listen_port,
+            session.l4_delta_out,
+            session.ip_delta_out,
+            csum_partial,
+        )
 
     def _reset_for(self, ip: Ipv4Packet | Ipv6Packet, tcp: TcpPacket, seg_len: int) -> bytearray:
         """RFC 793 reset generation for a segment that belongs to no connection."""
