@@ -5,7 +5,7 @@
     python -m harness vm box                                the Linux Vagrant box, added
     python -m harness vm accel                              kvm or tcg (exit 0 only for kvm)
     python -m harness vm info                               what is cached
-    python -m harness vm clean                              remove the whole VM cache
+    python -m harness vm clean [--stale-only]               leftovers (and the VM cache)
 
 Every number printed is measured on this machine: build time and image size, the
 accelerator and why, cold boot / provision / save / restore-to-SSH seconds.
@@ -124,7 +124,25 @@ def _info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stale_workdirs() -> list[Path]:
+    """Per-guest temp folders whose QEMU is gone (left by a run killed with SIGKILL)."""
+    tmp = Path(tempfile.gettempdir())
+    candidates = [*tmp.glob("ztun-qemu-*"), *tmp.glob("ztun-qmp-*"), *tmp.glob("ztun-vagrant-*")]
+    cmdlines = []
+    for proc in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            cmdlines.append(proc.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return [d for d in candidates if d.is_dir() and not any(str(d) in c for c in cmdlines)]
+
+
 def _clean(args: argparse.Namespace) -> int:
+    for stale in _stale_workdirs():
+        shutil.rmtree(stale, ignore_errors=True)
+        print(f"removed {stale}")
+    if args.stale_only:
+        return EXIT_OK
     root = vmimage.cache_root()
     if root.exists():
         # The base image is read-only on purpose; rmtree needs write on dirs only.
@@ -153,7 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     box.set_defaults(func=_box)
     sub.add_parser("accel", help="print kvm or tcg (exit 0 only for kvm)").set_defaults(func=_accel)
     sub.add_parser("info", help="show what is cached").set_defaults(func=_info)
-    sub.add_parser("clean", help="remove the VM cache").set_defaults(func=_clean)
+    clean = sub.add_parser("clean", help="remove stale guest folders and the VM cache")
+    clean.add_argument(
+        "--stale-only", action="store_true", help="keep the cache, remove only leftovers"
+    )
+    clean.set_defaults(func=_clean)
     return parser
 
 

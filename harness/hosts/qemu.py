@@ -786,7 +786,7 @@ class QemuHost(SshHost):
         """Restore a guest from the saved state (``cold=True``: boot it from scratch)."""
         image = image or vmimage.ensure_image()
         accel = accel or accelerator(image)
-        workdir = Path(tempfile.mkdtemp(prefix=f"qemu-{name}-"))
+        workdir = Path(tempfile.mkdtemp(prefix=f"ztun-qemu-{name}-"))
         machine: Machine | None = None
         try:
             if cold:

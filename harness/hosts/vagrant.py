@@ -239,8 +239,11 @@ class LibvirtSandbox:
         mounts = [f"mount -t tmpfs tmpfs {d}" for d in _LIBVIRT_PRIVATE_DIRS]
         mounts += [f"mount --bind {etc} /etc/libvirt", f"mount --bind {varlib} /var/lib/libvirt"]
         script = " && ".join(
-            [*(f"mkdir -p {d}" for d in (*_LIBVIRT_PRIVATE_DIRS, "/var/lib/libvirt")), *mounts,
-             "exec libvirtd"]
+            [
+                *(f"mkdir -p {d}" for d in (*_LIBVIRT_PRIVATE_DIRS, "/var/lib/libvirt")),
+                *mounts,
+                "exec libvirtd",
+            ]
         )
         log_file = (self.workdir / "libvirtd.log").open("wb")
         # ip netns exec and unshare both exec, and sh execs libvirtd: Popen.pid is
@@ -432,7 +435,7 @@ class VagrantHost(SshHost):
     @classmethod
     def up(cls, box: VagrantBox, log_dir: Path) -> VagrantHost:
         """Sandbox, box add, ``vagrant up``, then one SSH connection through the sandbox."""
-        workdir = Path(tempfile.mkdtemp(prefix=f"vagrant-{box.os_name}-"))
+        workdir = Path(tempfile.mkdtemp(prefix=f"ztun-vagrant-{box.os_name}-"))
         sandbox = LibvirtSandbox(workdir) if box.provider == PROVIDER else None
         runner = VagrantRunner(box, workdir, sandbox)
         try:
