@@ -236,27 +236,28 @@ def write_png(doc: dict[str, Any], path: str) -> str | None:
     metrics = [m for m in METRICS if any(m.id in rat[s] for s in systems)]
     if not metrics:
         return "no ratios to plot (ztun produced no figure, or ran alone)"
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.35 * len(metrics) * len(systems) + 3), 6.5))
-    width = 0.8 / len(systems)
+    # Horizontal bars, one row per metric: it stays readable however many metrics run.
+    fig, ax = plt.subplots(figsize=(10.0, max(4.0, 0.12 * len(metrics) * len(systems) + 1.5)))
+    height = 0.8 / len(systems)
     for i, system in enumerate(systems):
-        xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(metrics))]
-        ys = []
+        ys = [j + (i - (len(systems) - 1) / 2) * height for j in range(len(metrics))]
+        xs = []
         for m in metrics:
             r = rat[system].get(m.id)
-            ys.append(float("nan") if not r else r if m.higher_is_better else 1 / r)
-        ax.bar(xs, [y - 1 for y in ys], width, bottom=1.0, label=system)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log", base=2)
-    ax.set_xticks(range(len(metrics)))
-    ax.set_xticklabels(
-        [f"{m.label} [{m.unit}]" for m in metrics], rotation=55, ha="right", fontsize=8
-    )
-    ax.set_ylabel("ztun advantage (log2): above 1 = ztun better")
+            xs.append(float("nan") if not r else r if m.higher_is_better else 1 / r)
+        ax.barh(ys, [x - 1 for x in xs], height, left=1.0, label=system)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_yticks(range(len(metrics)))
+    ax.set_yticklabels([f"{m.label} [{m.unit}]" for m in metrics], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ztun advantage (log2): right of 1 = ztun better")
     ax.set_title(
-        f"ztun vs each system, medians of {doc['options']['reps']} rep(s), {doc['started_at']}"
+        f"ztun vs each system, medians of {doc['options']['reps']} rep(s), {doc['started_at']}",
+        fontsize=9,
     )
     ax.legend(fontsize=8, title="ztun vs", title_fontsize=8)
-    ax.grid(axis="y", which="major", linewidth=0.3)
+    ax.grid(axis="x", which="major", linewidth=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
