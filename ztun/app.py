@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from .options import RunOptions
 from .tun import Device
@@ -62,13 +63,30 @@ def _proxy_addresses(
     )
 
 
+def live_owner(journal: object) -> int | None:
+    """The pid of a still-running ztun that wrote `journal` (None: none, or us)."""
+    try:
+        state = journal.read()  # type: ignore[attr-defined]
+    except Exception:  # an unreadable journal is recover()'s to report
+        return None
+    pid = getattr(state, "pid", None)
+    if not pid or pid == os.getpid():
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return None
+    return pid if b"ztun" in cmdline else None  # a reused pid is not an owner
+
+
 def open_device(opts: RunOptions) -> Device | None:
     # pyroute2's synchronous API runs its own event loop: configure before ours starts.
     from .tun import open_device as open_url
 
     try:
         return open_url(opts.device, mtu=opts.mtu, addresses=opts.addresses, offload=opts.offload)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError, ValueError, pyroute2's NetlinkError (e.g. EEXIST)
         log.error("cannot open %s: %s", opts.device, exc)
         return None
 
@@ -87,6 +105,16 @@ def run(opts: RunOptions) -> int:
         from .route.linux import recover
 
         journal = Journal(journal_path(opts.config.device_name))
+        owner = live_owner(journal)
+        if owner is not None:
+            # Recovering now would strip a running ztun's routes: its traffic would
+            # silently go around the tunnel.
+            log.error(
+                "another ztun (pid %d) is routing through %s in this namespace; stop it first",
+                owner,
+                opts.config.device_name,
+            )
+            return 1
         report = recover(journal)
         if report is not None:
             log.warning("restored routes left by a previous run: %s", report)
@@ -129,7 +157,6 @@ def _build_dns(opts: RunOptions):  # type: ignore[no-untyped-def]
 async def _serve(
     opts: RunOptions, device: Device, proxy_endpoints: frozenset[tuple[str, int]]
 ) -> int:
-    from .dns import SAVE_INTERVAL, save_pool
     from .engine import Engine
     from .outbound import DirectOutbound, make_outbound
     from .router import Router
@@ -170,26 +197,46 @@ async def _serve(
         redirect=opts.redirect,
     )
     engine.start()
+    try:
+        return await _run_engine(opts, device, engine, pool)
+    finally:
+        engine.stop()
+        if opts.redirect:
+            from .redirect import remove
+
+            remove(device.name)
+        log.info("ztun stopped stats=%s", engine.snapshot_json())
+
+
+async def _run_engine(opts: RunOptions, device: Device, engine: Any, pool: Any) -> int:
+    from .dns import SAVE_INTERVAL, save_pool
+
+    cfg = opts.config
+    loop = asyncio.get_running_loop()
     if opts.redirect and engine.redirect_port is not None:
         from .redirect import RedirectError, install
 
         try:
             install(device.name, engine.redirect_port)
-        except (RedirectError, OSError) as exc:
+        except (RedirectError, OSError, ValueError) as exc:
             log.error("%s", exc)
-            engine.stop()
             return 1
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, engine.stop)
+
+    def save(reason: str) -> None:
+        try:
+            save_pool(pool, cfg.dns.state_file)
+        except OSError as exc:
+            log.warning("fake-IP pool not saved (%s): %s", reason, exc)
+
     saver = None
     if pool is not None:
-        state_file = cfg.dns.state_file
 
         def save_if_dirty() -> None:
             nonlocal saver
             if pool.dirty:
-                save_pool(pool, state_file)
+                save("periodic")
             saver = loop.call_later(SAVE_INTERVAL, save_if_dirty)
 
         saver = loop.call_later(SAVE_INTERVAL, save_if_dirty)
@@ -212,10 +259,5 @@ async def _serve(
     if saver is not None:
         saver.cancel()
     if pool is not None:
-        save_pool(pool, cfg.dns.state_file)
-    if opts.redirect:
-        from .redirect import remove
-
-        remove(device.name)
-    log.info("ztun stopped stats=%s", engine.snapshot_json())
-    return 0
+        save("exit")
+    return 1 if engine.failed else 0

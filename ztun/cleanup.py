@@ -14,7 +14,7 @@ import logging
 import os
 
 from . import netns
-from .app import RUN_DIR, netns_id
+from .app import RUN_DIR, live_owner, netns_id
 from .demo import PREFIX
 
 log = logging.getLogger("ztun")
@@ -28,6 +28,45 @@ def _live_netns_inodes() -> set[int]:
             with contextlib.suppress(OSError):
                 inodes.add(os.stat(entry).st_ino)
     return inodes
+
+
+def _creator_alive(name: str) -> bool:
+    """`ztdemo-<pid>-role` / `ztbench-<pid>...-x`: is that pid a live ztun?"""
+    digits = ""
+    for ch in name.split("-", 1)[1] if "-" in name else "":
+        if not ch.isdigit():
+            break
+        digits += ch
+    if not digits:
+        return False
+    try:
+        with open(f"/proc/{digits}/cmdline", "rb") as f:
+            return b"ztun" in f.read()
+    except OSError:
+        return False
+
+
+def _running_ztun_on(device: str) -> bool:
+    """A live `ztun run` in this namespace whose command line names `device`."""
+    here = netns_id()
+    for cmdline_path in glob.glob("/proc/[0-9]*/cmdline"):
+        pid = cmdline_path.split("/")[2]
+        if int(pid) == os.getpid():
+            continue
+        try:
+            with open(cmdline_path, "rb") as f:
+                argv = f.read().split(b"\0")
+            if os.stat(f"/proc/{pid}/ns/net").st_ino != here:
+                continue
+        except OSError:
+            continue
+        if (
+            any(b"ztun" in a for a in argv)
+            and b"run" in argv
+            and any(a.endswith(f"tun://{device}".encode()) for a in argv)
+        ):
+            return True
+    return False
 
 
 def cleanup() -> int:
@@ -49,17 +88,31 @@ def cleanup() -> int:
                 "run `ztun cleanup` inside it"
             )
             continue
-        report = restore(Journal(path))
+        journal = Journal(path)
+        running = live_owner(journal)
+        if running is not None:
+            print(f"ztun cleanup: {path} belongs to ztun pid {running}, still running; left alone")
+            continue
+        report = restore(journal)
         print(f"ztun cleanup: restored routes from {path}: {report}")
         restored += 1
-    from .redirect import leftover_tables, remove_table
+    from .redirect import TABLE_PREFIX, leftover_tables, remove_table
 
     for table in leftover_tables():
+        if _running_ztun_on(table.removeprefix(TABLE_PREFIX)):
+            print(
+                f"ztun cleanup: nftables table inet {table} belongs to a running ztun; left alone"
+            )
+            continue
         remove_table(table)
         print(f"ztun cleanup: removed nftables table inet {table}")
     removed = 0
-    # ztun demo's and ztun bench's namespaces (their names say whose they are).
+    # ztun demo's and ztun bench's namespaces; a name carries its creator's pid, so a
+    # demo or bench still running keeps its namespaces.
     for name in [*netns.list_names(PREFIX), *netns.list_names("ztbench-")]:
+        if _creator_alive(name):
+            print(f"ztun cleanup: {name} belongs to a running demo/bench; left alone")
+            continue
         netns.remove(name)
         log.info("removed namespace %s", name)
         removed += 1

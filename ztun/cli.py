@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -37,6 +38,11 @@ def _cidr(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
         iface = ipaddress.ip_interface(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an address or CIDR ({exc})") from None
+    if iface.ip.is_link_local or iface.ip.is_multicast or iface.ip.is_loopback:
+        raise argparse.ArgumentTypeError(
+            f"{text}: a TUN address must be a unicast address usable without a scope "
+            "(not link-local, loopback or multicast)"
+        )
     limit = 30 if iface.version == 4 else 126
     if iface.network.prefixlen > limit:
         raise argparse.ArgumentTypeError(
@@ -85,9 +91,10 @@ def _proxy_url(text: str) -> str:
 def _device_url(text: str) -> str:
     if text.startswith("tun://"):
         name = text[len("tun://") :]
-        if not name or len(name.encode()) > 15 or "/" in name or " " in name:
+        # Linux allows more, but the name also goes into nftables rules and logs.
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,15}", name):
             raise argparse.ArgumentTypeError(
-                f"device {text!r}: tun://NAME needs a name of 1..15 bytes"
+                f"device {text!r}: tun://NAME needs a name of 1..15 letters, digits or _.:-"
             )
         return text
     if text.startswith("fd://"):
@@ -326,12 +333,17 @@ def _overrides(ns: argparse.Namespace) -> dict[str, object]:
 
 
 def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOptions:
+    from .outbound import parse_outbound_url
     from .rules import ConfigError, load_config
 
     try:
         config = load_config(ns.config, _overrides(ns))
+        if config.proxy is not None:
+            parse_outbound_url(config.proxy)  # the file's proxy, checked as --proxy is
     except ConfigError as exc:
         parser.error(str(exc))
+    except ValueError as exc:
+        parser.error(f"{ns.config}: {exc}")
     addresses = tuple(config.addresses)
     v4 = [a for a in addresses if a.version == 4]
     v6 = [a for a in addresses if a.version == 6]

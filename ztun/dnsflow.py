@@ -14,7 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 
-from .dns import Answer, DnsHandler, Drop, Forward, TcpDnsDeframer
+from .dns import UPSTREAM_TIMEOUT, Answer, DnsHandler, Drop, Forward, TcpDnsDeframer
 from .outbound import Outbound, OutboundError, Target
 from .stack import UdpDatagram
 
@@ -60,18 +60,21 @@ class DnsService:
             self._fail(fwd.upstream_id)
             return
         sock = stream.sock
+        messages: list[bytes] = []
         try:
-            await loop.sock_sendall(sock, fwd.wire)  # already length-framed (RFC 7766)
-            deframer = TcpDnsDeframer()
-            messages = deframer.feed(stream.early)
-            while not messages:
-                data = await loop.sock_recv(sock, UPSTREAM_READ)
-                if not data:
-                    break
-                messages = deframer.feed(data)
-        except OSError as exc:
-            log.warning("DNS upstream %s:%d failed: %s", host, port, exc)
-            messages = []
+            # Bounded: an upstream that accepts and never answers must not hold a proxy
+            # connection (the app has had its SERVFAIL from the handler's timer by then).
+            async with asyncio.timeout(UPSTREAM_TIMEOUT):
+                await loop.sock_sendall(sock, fwd.wire)  # already length-framed (RFC 7766)
+                deframer = TcpDnsDeframer()
+                messages = deframer.feed(stream.early)
+                while not messages:
+                    data = await loop.sock_recv(sock, UPSTREAM_READ)
+                    if not data:
+                        break
+                    messages = deframer.feed(data)
+        except (OSError, TimeoutError) as exc:
+            log.warning("DNS upstream %s:%d failed: %s", host, port, exc or "timed out")
         finally:
             sock.close()
         for message in messages:

@@ -218,6 +218,7 @@ class Engine:
         # The stack is shared with the TUN pump thread; every call into it holds this.
         self.lock = threading.Lock()
         self.pump: TunPump | None = None
+        self.failed = False  # the data path died (device gone): exit non-zero
         self._relay_buffer = memoryview(bytearray(SHARED_BUFFER_SIZE))
         self.pipes = PipePool() if splice and HAVE_SPLICE else None
         self._timer: asyncio.TimerHandle | None = None
@@ -248,20 +249,47 @@ class Engine:
             self.loop.add_reader(sock.fileno(), self._on_accept, sock, version)
             self.listeners.append(sock)
         if self.redirect_port is not None:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # one port, both families
-            sock.bind(("::", self.redirect_port))
-            sock.listen(4096)
-            sock.setblocking(False)
-            self.redirect_port = sock.getsockname()[1]
-            self.loop.add_reader(sock.fileno(), self._on_redirect_accept, sock)
-            self.listeners.append(sock)
+            self._bind_redirect_listeners()
         self.pump = TunPump(
-            self.device, self.stack, self.lock, self.loop, self._on_udp_batch, self.stats
+            self.device,
+            self.stack,
+            self.lock,
+            self.loop,
+            self._on_udp_batch,
+            self.stats,
+            self._on_pump_failed,
         )
         self.pump.start()
         self._arm_timer()
+
+    def _bind_redirect_listeners(self) -> None:
+        """127.0.0.1:P and [::1]:P: nftables' REDIRECT in the OUTPUT hook rewrites to
+        loopback, so nothing off this host (nor a connection that was never redirected)
+        can reach these listeners and make ztun connect to itself."""
+        port = 0
+        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                sock.close()
+                if family == socket.AF_INET6:
+                    log.warning("redirect: no IPv6 loopback listener (%s); IPv4 only", exc)
+                    break
+                raise
+            sock.listen(4096)
+            sock.setblocking(False)
+            port = sock.getsockname()[1]
+            self.loop.add_reader(sock.fileno(), self._on_redirect_accept, sock)
+            self.listeners.append(sock)
+        self.redirect_port = port
+
+    def _on_pump_failed(self) -> None:
+        self.failed = True
+        self.stop()
 
     def listen_ports(self) -> dict[int, int]:
         ports = {}
@@ -332,7 +360,9 @@ class Engine:
                 log.warning("accept failed: %s", exc)
                 return
             with self.lock:
-                session = self.stack.tcp_accepted(version, peer[1])
+                session = self.stack.tcp_accepted(
+                    version, ipaddress.ip_address(peer[0].split("%")[0]).packed, peer[1]
+                )
             if session is None:
                 close_with_reset(conn)
                 continue
@@ -360,6 +390,12 @@ class Engine:
                 dst, port = original_destination(conn)
             except OSError as exc:
                 log.warning("redirected connection without an original destination: %s", exc)
+                close_with_reset(conn)
+                continue
+            if port == self.redirect_port and (dst.is_loopback or str(dst) == peer[0]):
+                # Not redirected at all (its "original" destination is this listener):
+                # relaying it would make ztun connect to itself, again and again.
+                self.stats["tcp_loop_refused"] += 1
                 close_with_reset(conn)
                 continue
             conn.setblocking(False)
@@ -413,6 +449,13 @@ class Engine:
         except asyncio.CancelledError:
             self._tcp_failed(conn, session)
             raise
+        except Exception:
+            # A bug or an input nothing above expected must cost this flow, never leak
+            # its socket and NAT entry.
+            self.stats["tcp_internal_error"] += 1
+            log.exception("TCP %s -> %s:%d failed unexpectedly", source, dst, port)
+            self._tcp_failed(conn, session)
+            return
         remote, early = stream.sock, stream.early
         remote.setblocking(False)
 
@@ -448,6 +491,11 @@ class Engine:
             self.dns.on_query(datagram, self.loop.time())
             return
         session = datagram.session
+        if not self.stack.udp.holds(session):
+            # Queued by the pump before its flow closed: the session is gone, and a flow
+            # opened for it now would never see an expiry.
+            self.stats["udp_stale_session"] += 1
+            return
         route_key = (datagram.dst_addr, datagram.dst_port)
         decision = self._udp_routes.get(route_key)
         if decision is None:
@@ -459,9 +507,17 @@ class Engine:
                 self.stats["udp_loop_refused"] += 1
                 log.error("refused a routing loop: %s", exc)
                 return
-            if len(self._udp_routes) >= UDP_ROUTE_CACHE:
-                self._udp_routes.clear()
-            self._udp_routes[route_key] = decision
+            except ValueError as exc:  # e.g. a fake-IP name no Target can carry
+                self.stats["udp_rejected"] += 1
+                log.warning(
+                    "UDP to %s:%d refused: %s", _ip_text(datagram.dst_addr), datagram.dst_port, exc
+                )
+                self.write_packet(self.stack.udp_unreachable(datagram))
+                return
+            if decision.domain is None:  # fake-IP names are re-read (the pool recycles)
+                if len(self._udp_routes) >= UDP_ROUTE_CACHE:
+                    self._udp_routes.clear()
+                self._udp_routes[route_key] = decision
         if decision.action is Action.REJECT:
             self.stats["udp_rejected"] += 1
             self.write_packet(self.stack.udp_unreachable(datagram))
@@ -495,6 +551,12 @@ class Engine:
         self._timer = self.loop.call_later(1.0, self._on_timer)
 
     def _on_timer(self) -> None:
+        try:
+            self._expire()
+        finally:
+            self._arm_timer()  # an error in one expiry must not stop all the later ones
+
+    def _expire(self) -> None:
         with self.lock:
             events = self.stack.on_timer(self.loop.time())
         for event in events:
@@ -505,7 +567,6 @@ class Engine:
                 self.stats["tcp_nat_expired"] += 1
         if self.dns is not None:
             self.dns.on_timer(self.loop.time())
-        self._arm_timer()
 
 
 OnReady = Callable[[Engine], None]

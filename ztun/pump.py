@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -24,6 +25,7 @@ from .tun import Device
 
 log = logging.getLogger("ztun")
 
+FATAL_ERRNOS = frozenset({errno.EBADFD, errno.EBADF, errno.EIO, errno.ENXIO, errno.ENODEV})
 READ_BATCH = 64  # frames per lock hold: bounds how long an accept waits for the stack
 MAX_FRAME = 65536 + 64
 
@@ -37,6 +39,7 @@ class TunPump(threading.Thread):
         loop: asyncio.AbstractEventLoop,
         on_datagrams: Callable[[list[UdpDatagram]], None],
         stats: Counter[str],
+        on_fatal: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(name="ztun-tun-pump", daemon=True)
         self.device = device
@@ -45,6 +48,8 @@ class TunPump(threading.Thread):
         self.loop = loop
         self.on_datagrams = on_datagrams
         self.stats = stats
+        # Called on the loop when the data path cannot go on (default: stop the loop).
+        self.on_fatal = on_fatal or loop.stop
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
 
@@ -54,6 +59,8 @@ class TunPump(threading.Thread):
             os.write(self._wake_w, b"x")
         if self.is_alive():
             self.join(timeout)
+        if self.is_alive():
+            return  # still polling them: closing now could hand it a reused fd number
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -62,7 +69,7 @@ class TunPump(threading.Thread):
             self._run()
         except Exception:  # a bug must not silently stop the data path
             log.exception("TUN pump crashed")
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.loop.call_soon_threadsafe(self.on_fatal)
 
     def _run(self) -> None:
         device = self.device
@@ -93,6 +100,12 @@ class TunPump(threading.Thread):
                     if self._stopping:
                         return
                     stats["tun_read_error"] += 1
+                    if exc.errno in FATAL_ERRNOS:
+                        # The device is gone (deleted, driver error): nothing will ever
+                        # be readable again, so stop ztun instead of spinning.
+                        log.error("TUN device failed: %s; stopping", exc)
+                        self.loop.call_soon_threadsafe(self.on_fatal)
+                        return
                     log.error("TUN read failed: %s", exc)
                     break
                 frames += 1

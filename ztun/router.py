@@ -81,7 +81,11 @@ class Router:
                 # honest answer is a refusal, not a connection to 198.18.x.x.
                 return Decision(Action.REJECT, self.reject, Target(str(dst), port))
         action = self.rules.match(Flow(network, dst, port, domain))  # type: ignore[arg-type]
-        target = Target(domain, port) if domain else Target(str(dst), port)
+        try:
+            target = Target(domain, port) if domain else Target(str(dst), port)
+        except ValueError:
+            # A name DNS let through that SOCKS5 cannot carry: refuse the flow.
+            return Decision(Action.REJECT, self.reject, Target(str(dst), port))
         return Decision(action, self._outbound(action, network), target, domain)
 
     async def sniff(self, conn: socket.socket) -> str | None:

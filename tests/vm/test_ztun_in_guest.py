@@ -52,8 +52,6 @@ def test_conformance_suite_in_guest(qemu_host: QemuHost, artifacts: TestArtifact
             "--keep-pcaps",
             "--conformance-json",
             f"{GUEST_ARTIFACTS}/conformance.json",
-            "--junitxml",
-            f"{GUEST_ARTIFACTS}/junit.xml",
         ],
         env={"PYTHONDONTWRITEBYTECODE": "1", "HOME": "/root"},
         timeout=CONFORMANCE_TIMEOUT,

@@ -397,16 +397,19 @@ class _Builder:
         )
 
     def check_proxy(self, proxy: str) -> None:
+        from ztun.outbound.url import redact
+
         path: KeyPath = ("proxy",)
-        parts = urlsplit(proxy)
-        if parts.scheme not in PROXY_SCHEMES:
-            raise self.error(path, f"{proxy!r}: scheme must be {' or '.join(PROXY_SCHEMES)}://")
+        shown = repr(redact(proxy))  # an error message must not print the password
         try:
+            parts = urlsplit(proxy)
             port = parts.port
         except ValueError:
-            raise self.error(path, f"{proxy!r}: bad port") from None
+            raise self.error(path, f"{shown}: not a valid URL or port") from None
+        if parts.scheme not in PROXY_SCHEMES:
+            raise self.error(path, f"{shown}: scheme must be {' or '.join(PROXY_SCHEMES)}://")
         if not parts.hostname or port is None:
-            raise self.error(path, f"{proxy!r}: needs HOST:PORT, e.g. socks5://127.0.0.1:1080")
+            raise self.error(path, f"{shown}: needs HOST:PORT, e.g. socks5://127.0.0.1:1080")
 
     def route(self, t: dict[str, Any]) -> RouteOptions:
         p: KeyPath = ("route",)

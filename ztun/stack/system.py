@@ -47,7 +47,7 @@ from .events import (
     UdpSession,
     UdpSessionExpired,
 )
-from .nat import ACTIVE, CLOSING, NatExhausted, TcpNatTable
+from .nat import CLOSING, PENDING, NatExhausted, TcpNatTable
 from .udp import UdpSessionTable
 
 PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6 = 1, 6, 17, 58
@@ -66,13 +66,19 @@ IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 def hairpin_peer(iface: IpInterface) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The fake remote end of the hairpin: the next usable address of the TUN's prefix."""
     net = iface.network
-    usable = net.num_addresses - (2 if iface.version == 4 and net.prefixlen < 31 else 0)
+    # IPv4 skips the network and broadcast addresses; IPv6 skips host part 0, the
+    # subnet-router anycast address, which a forwarding kernel treats as local.
+    if iface.version == 4:
+        reserved_low, reserved_high = (1, 1) if net.prefixlen < 31 else (0, 0)
+    else:
+        reserved_low, reserved_high = 1, 0
+    usable = net.num_addresses - reserved_low - reserved_high
     if usable < 2:
         raise ValueError(
             f"TUN address {iface}: the prefix needs room for a second address "
             f"(use at most /{30 if iface.version == 4 else 126})"
         )
-    first = int(net.network_address) + (1 if iface.version == 4 and net.prefixlen < 31 else 0)
+    first = int(net.network_address) + reserved_low
     last = first + usable - 1
     candidate = int(iface.ip) + 1
     if candidate > last:
@@ -280,15 +286,19 @@ class SystemStack:
             ip.dst, ip.src, tcp.dst_port, tcp.src_port, seq=seq, ack=ack, flags=flags, window=0
         )
 
-    def tcp_accepted(self, version: int, nat_port: int) -> TcpSession | None:
-        """The listener accepted peer:nat_port: which app flow is it? (None: unknown port)."""
+    def tcp_accepted(self, version: int, peer_addr: bytes, nat_port: int) -> TcpSession | None:
+        """The listener accepted peer_addr:nat_port: which app flow is it?
+
+        None unless it is the hairpin peer connecting for a flow that is still waiting
+        (PENDING): anyone else reaching the listener -- another host, a local user who
+        bound the same source port -- must never be handed a live flow's destination.
+        """
         nat = self.nat4 if version == 4 else self.nat6
         session = nat.by_port(nat_port) if nat is not None else None
-        if session is None or session.state == CLOSING:
+        if nat is None or session is None or peer_addr != nat.peer_addr or session.state != PENDING:
             self.counters["tcp_accept_unknown"] += 1
             return None
-        if session.state != ACTIVE:
-            nat.activate(session)  # type: ignore[union-attr]
+        nat.activate(session)
         return session
 
     def tcp_closed(self, session: TcpSession, now: float) -> None:

@@ -35,6 +35,10 @@ class UdpSessionTable:
             session.last_seen = now
         return session
 
+    def holds(self, session: UdpSession) -> bool:
+        """Whether `session` is still in the table (not expired or removed)."""
+        return self._sessions.get((session.client_addr, session.client_port)) is session
+
     def touch(self, session: UdpSession, now: float) -> None:
         session.last_seen = now
 

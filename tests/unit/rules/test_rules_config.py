@@ -116,7 +116,7 @@ def test_auto_route_config_bridges_to_the_planner(tmp_path: Path) -> None:
             ("[sniff]\ntimeout = 1", "[sniff]\ntimeout = 1\nfoo = 2"),
             "ztun.toml:20: sniff.foo: unknown key (known: enabled, timeout)",
         ),
-        (("socks5h://", "http://"), "ztun.toml:2: proxy: 'http://user:pw@proxy.example:1080'"),
+        (("socks5h://", "http://"), "ztun.toml:2: proxy: 'http://user:***@proxy.example:1080'"),
         (
             ('addresses = ["172.19.0.1/30", ', 'mtu = 1000\naddresses = ["172.19.0.1/30", '),
             "ztun.toml:4: mtu: 1000 is outside 1280-65535 (IPv6 needs at least 1280)",

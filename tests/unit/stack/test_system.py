@@ -86,7 +86,7 @@ def test_tcp_flow_is_rewritten_onto_the_hairpin_and_back(
     assert (ipaddress.ip_address(ip.src), ipaddress.ip_address(ip.dst)) == (peer, server)
     assert seg.dst_port == listen and seg.seq == 1000 and seg.flags == SYN
     nat_port = seg.src_port
-    session = stack.tcp_accepted(app.version, nat_port)
+    session = stack.tcp_accepted(app.version, peer.packed, nat_port)
     assert session is not None
     assert (ipaddress.ip_address(session.dst_addr), session.dst_port) == (dst, 443)
     # The kernel listener answers the hairpin; the app must see the original destination.
@@ -119,9 +119,9 @@ def test_pending_flow_expires_but_active_one_lingers_after_close(stack) -> None:
     nat_port = tcp_of(out)[1].src_port
     events = stack.on_timer(31.0)
     assert [type(e) for e in events] == [TcpSessionExpired]
-    assert stack.tcp_accepted(4, nat_port) is None
+    assert stack.tcp_accepted(4, PEER4.packed, nat_port) is None
     out = feed(stack, build_tcp(APP4, DST4, 52001, 80, flags=SYN), now=40.0)
-    session = stack.tcp_accepted(4, tcp_of(out)[1].src_port)
+    session = stack.tcp_accepted(4, PEER4.packed, tcp_of(out)[1].src_port)
     assert session is not None
     assert stack.on_timer(1000.0) == []  # owned by a relay: never expires by itself
     stack.tcp_closed(session, 1000.0)
@@ -132,7 +132,7 @@ def test_pending_flow_expires_but_active_one_lingers_after_close(stack) -> None:
 
 def test_port_reuse_after_close_opens_a_new_mapping(stack) -> None:  # type: ignore[no-untyped-def]
     first = tcp_of(feed(stack, build_tcp(APP4, DST4, 53000, 80, flags=SYN)))[1].src_port
-    session = stack.tcp_accepted(4, first)
+    session = stack.tcp_accepted(4, PEER4.packed, first)
     stack.tcp_closed(session, 0.0)
     second = tcp_of(feed(stack, build_tcp(APP4, DST4, 53000, 80, flags=SYN)))[1].src_port
     assert second != first
@@ -245,3 +245,12 @@ def test_corrupt_syn_opens_no_nat_entry(stack) -> None:  # type: ignore[no-untyp
     assert feed(stack, syn) is None
     assert stack.counters["tcp_bad_checksum"] == 1
     assert len(stack.nat4) == 0
+
+
+def test_only_the_hairpin_peer_can_claim_a_pending_flow(stack) -> None:  # type: ignore[no-untyped-def]
+    """Another host (or a local user who bound the NAT port) must not get the flow."""
+    nat_port = tcp_of(feed(stack, build_tcp(APP4, DST4, 54000, 443, flags=SYN)))[1].src_port
+    intruder = ipaddress.IPv4Address("10.66.0.9").packed
+    assert stack.tcp_accepted(4, intruder, nat_port) is None
+    assert stack.tcp_accepted(4, PEER4.packed, nat_port) is not None
+    assert stack.tcp_accepted(4, PEER4.packed, nat_port) is None  # already claimed
