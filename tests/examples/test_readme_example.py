@@ -17,12 +17,12 @@ def test_echo_through_the_tun2socks(topology, tun2socks_name):  # type: ignore[n
     start_tcp_echo(topology.server, server, 7)
     proxy = start_recording(topology.proxy, str(topology.address("proxy", "client")), 1080)
     get_implementation(tun2socks_name)().start(topology.client, device="zt0", proxy_url=proxy.url)
-    with capture(topology.client, topology.iface("client", "proxy"), "tcp port 1080") as cap:
-        with topology.client.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.connect((server, 7))
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-            echoed = sock.makefile("rb").read()
+    link = topology.iface("client", "proxy")
+    with capture(topology.client, link, "tcp port 1080") as cap, topology.client.socket() as sock:
+        sock.connect((server, 7))
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        echoed = sock.makefile("rb").read()
     assert echoed == data
     assert_checksums_ok(cap.path)  # every IPv4/TCP checksum on the proxy link, recomputed
     sha = hashlib.sha256(data).hexdigest()

@@ -22,7 +22,7 @@ v6 = st.builds(ipaddress.IPv6Address, st.integers(1, int(ipaddress.IPv6Address("
 
 def segment(packet):  # type: ignore[no-untyped-def]
     ip = parse_ip(packet)
-    proto, offset = (6, 20) if ip.version == 4 else ip.upper_layer()
+    _proto, offset = (6, 20) if ip.version == 4 else ip.upper_layer()
     tcp = TcpPacket.checked(ip.buf[ip.header_len if ip.version == 4 else offset :])
     assert tcp.verify_checksum(ip.src, ip.dst)
     if ip.version == 4:
