@@ -3,6 +3,7 @@
 #   ./dev.sh demo          the main job: ztun carrying TCP, UDP and ping in throwaway namespaces
 #   ./dev.sh test [ARGS]   install everything, then run the test suite (ARGS go to pytest)
 #   ./dev.sh bench [ARGS]  the benchmark (ztun bench)
+#   ./dev.sh vm [ARGS]     the VM suite (QEMU guests; slow under TCG)
 #   ./dev.sh setup         only install (idempotent; a second run takes about a second)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
@@ -12,6 +13,7 @@ APT_PACKAGES=(
   microsocks dante-server dnsmasq-base nginx-light iperf3 apache2-utils wrk proxychains4
   openssh-client openssh-server nftables
 )
+VM_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap)
 VENV=.venv
 
 need_root() {
@@ -23,7 +25,7 @@ need_root() {
 
 setup_apt() {
   local missing=()
-  for pkg in "${APT_PACKAGES[@]}"; do
+  for pkg in "${APT_PACKAGES[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
   done
   if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing+=(python3-venv); fi
@@ -67,5 +69,11 @@ case "$cmd" in
     # -n 2: the suite is namespace-isolated per xdist worker; two workers match two cores.
     exec "$VENV/bin/pytest" -n "${ZTUN_TEST_WORKERS:-2}" "$@" ;;
   bench) setup; exec "$VENV/bin/ztun" bench "$@" ;;
-  *) sed -n '2,6p' "$0"; exit 2 ;;
+  vm)
+    # The VM row: Debian guests under QEMU (KVM where a trial boot proves it works, else
+    # TCG), built from Debian packages and cached; runs serially (a guest uses both cores).
+    need_root; setup_apt "${VM_PACKAGES[@]}"; setup_venv
+    "$VENV/bin/python" -m harness vm build
+    exec "$VENV/bin/pytest" tests/vm -m vm -n 0 "$@" ;;
+  *) sed -n '2,7p' "$0"; exit 2 ;;
 esac

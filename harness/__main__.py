@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         from harness.pcap.cli import main as pcap_main
 
         return pcap_main(words[1:])
+    if words[:1] == ["vm"]:  # VM guests; imports paramiko and friends only when asked for
+        from harness.vmcli import main as vm_main
+
+        return vm_main(words[1:])
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     clean = sub.add_parser("cleanup", help="remove leftover namespaces/links and their processes")
@@ -39,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     clean.add_argument("--dry-run", action="store_true", help="only print what would go")
     sub.add_parser("pcap", help="canonical pcap diff/render (python -m harness pcap -h)")
+    sub.add_parser(
+        "vm", help="VM guests: build/boot/accel/box/info/clean (python -m harness vm -h)"
+    )
     args = parser.parse_args(argv)
 
     if not args.prefix.startswith(NAME_PREFIX):

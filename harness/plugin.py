@@ -56,6 +56,14 @@ from harness.proc import run_local
 from harness.skips import have_tool, is_root
 from harness.skips import require_root as _require_root
 from harness.topo import NAME_PREFIX, Namer, Topology, TopologySpec, client_proxy_server
+from harness.vmfixtures import (  # noqa: F401  VM fixtures for any test; heavy imports inside
+    qemu_host,
+    testinfra_for,
+    vagrant_linux,
+    vm_image,
+    vm_state,
+    vm_testinfra,
+)
 
 __all__ = ["HarnessState", "derive_seed", "state"]
 
@@ -169,6 +177,12 @@ def _sigterm_to_interrupt(signum: int, frame: object) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name, doc in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {doc}")
+    try:  # testinfra has no backend entry points: register ours (netns) in its map
+        from harness.testinfra_backends import register
+
+        register()
+    except (ImportError, RuntimeError):
+        pass
 
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     impl = str(config.getoption("tun2socks"))
