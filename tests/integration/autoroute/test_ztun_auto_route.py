@@ -224,3 +224,26 @@ def test_redirect_fast_path_carries_tcp_without_the_tun(path) -> None:  # type: 
     assert "ztun_zt0" in nft_tables(client)
     assert client.run([ZTUN, "cleanup"], timeout=30).returncode == 0
     assert "ztun_zt0" not in nft_tables(client)
+
+
+def test_dns_hijack_answers_via_tcp_through_the_proxy_and_nothing_leaks(path) -> None:  # type: ignore[no-untyped-def]
+    from dnslib import DNSRecord
+
+    topology, proxy_addr, server_addr = path
+    client = topology.client
+    start_dnsmasq(topology.server, server_addr, {"hijack.ztun.test": "10.9.9.8"})
+    recorder = start_recording(topology.proxy, proxy_addr, SOCKS)
+    link = topology.iface("client", "proxy")
+    with capture(client, link, "udp port 53") as cap:
+        start_ztun(topology, recorder.url, "--dns", "hijack")
+        udp = client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with udp:
+            udp.settimeout(10)
+            udp.sendto(DNSRecord.question("hijack.ztun.test", "A").pack(), (server_addr, 53))
+            answer = DNSRecord.parse(udp.recvfrom(4096)[0])
+    assert [str(rr.rdata) for rr in answer.rr] == ["10.9.9.8"]
+    # Hijacked: the query went to the address the app asked, as DNS over TCP through the
+    # proxy (a CONNECT to server:53), and no DNS datagram crossed the client's link.
+    request = recorder.wait_for_request(lambda r: r.target_port == 53, timeout=10)
+    assert request.command == "CONNECT" and request.target_host == server_addr
+    assert cap.packet_count() == 0, "a DNS datagram left the client around the tunnel"
