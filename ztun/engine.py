@@ -94,6 +94,9 @@ class _UdpFlow:
         # Replies to a datagram sent to a fake-IP domain must seem to come from the fake
         # address the app used: source port -> fake address.
         self.fake_sources: dict[int, bytes] = {}
+        # Real addresses this flow sent to: a reply from one of them keeps its address
+        # even when a fake-IP destination shares its port.
+        self.real_destinations: set[str] = set()
         self.reply_addresses: dict[str, bytes] = {}
         self.closed = False
         self.task = asyncio.get_running_loop().create_task(self._open())
@@ -129,6 +132,8 @@ class _UdpFlow:
     def send(self, datagram: UdpDatagram, target: Target) -> None:
         if target.is_domain:
             self.fake_sources[target.port] = datagram.dst_addr
+        elif len(self.real_destinations) < UDP_ROUTE_CACHE:
+            self.real_destinations.add(target.host)
         if self.association is None:
             if len(self.queue) < UDP_QUEUE_LIMIT:
                 self.queue.append((datagram, target))
@@ -169,7 +174,9 @@ class _UdpFlow:
                 return
             if len(self.reply_addresses) < UDP_ROUTE_CACHE:
                 self.reply_addresses[source.host] = packed
-        source_addr = self.fake_sources.get(source.port, packed)
+        source_addr = packed
+        if source.host not in self.real_destinations:
+            source_addr = self.fake_sources.get(source.port, packed)
         if len(source_addr) != len(self.session.client_addr):
             source_addr = packed
         engine.stats["udp_datagrams_down"] += 1

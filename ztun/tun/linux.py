@@ -8,6 +8,8 @@ IFF_MULTI_QUEUE (one fd per worker) add a flag and a setup step, not a new API.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import ipaddress
 import os
@@ -22,6 +24,8 @@ from .base import DeviceError
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
+TUNGETIFF = 0x800454D2
+IFF_PERSIST = 0x0800
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
@@ -82,10 +86,15 @@ class LinuxTun:
                     fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
                     fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
                 self._index = socket.if_nametoindex(name)
+                got = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
+                self.persistent = bool(struct.unpack_from("16xH", got)[0] & IFF_PERSIST)
             except OSError as exc:
                 os.close(fd)
                 raise DeviceError(exc.errno, f"TUNSETIFF {name}: {exc.strerror}") from exc
         self._fd = fd
+        # On a persistent TUN (made beforehand with `ip tuntap add`) the link outlives
+        # us: remember what we added so close() can take exactly that away again.
+        self._added: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
         try:
             self._configure(list(addresses))
         except Exception:
@@ -109,7 +118,13 @@ class LinuxTun:
             }
             if iface.version == 6:
                 kwargs["flags"] = IFA_F_NODAD
-            ipr.addr("add", **kwargs)
+            try:
+                ipr.addr("add", **kwargs)
+            except Exception as exc:  # pyroute2's NetlinkError; EEXIST: it was there before
+                if getattr(exc, "code", None) != errno.EEXIST:
+                    raise
+                continue
+            self._added.append(iface)
         ipr.link("set", index=self._index, state="up")
 
     @property
@@ -148,7 +163,23 @@ class LinuxTun:
 
     def close(self) -> None:
         # Closing the last descriptor of a non-persistent TUN removes the link, its
-        # addresses and every route through it: nothing else to undo.
+        # addresses and every route through it; a persistent one keeps the link, so the
+        # addresses ztun added are removed by hand.
         if self._fd >= 0:
+            if self.persistent and self._added:
+                added, self._added = self._added, []
+
+                def remove(ipr: Any) -> None:
+                    for iface in added:
+                        with contextlib.suppress(Exception):
+                            ipr.addr(
+                                "del",
+                                index=self._index,
+                                address=str(iface.ip),
+                                prefixlen=iface.network.prefixlen,
+                            )
+
+                with contextlib.suppress(Exception):
+                    _netlink(self._netns, remove)
             os.close(self._fd)
             self._fd = -1
