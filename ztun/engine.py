@@ -17,10 +17,8 @@ import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .dns import DnsHandler
-from .dnsflow import DnsService
 from .outbound import (
     Outbound,
     OutboundError,
@@ -41,6 +39,10 @@ from .stack import (
     UdpSessionExpired,
 )
 from .tun import Device
+
+if TYPE_CHECKING:
+    from .dns import DnsHandler
+    from .dnsflow import DnsService
 
 log = logging.getLogger("ztun")
 
@@ -231,11 +233,11 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
         self.loop = asyncio.get_running_loop()
-        self.dns = (
-            DnsService(dns, router.proxy_tcp, self._dns_reply, self.stats)
-            if dns is not None
-            else None
-        )
+        self.dns: DnsService | None = None
+        if dns is not None:
+            from .dnsflow import DnsService
+
+            self.dns = DnsService(dns, router.proxy_tcp, self._dns_reply, self.stats)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -12,11 +12,13 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .dns import FakeIpPool
 from .outbound import Outbound, RejectOutbound, Target
 from .rules import Action, Flow, RuleSet
-from .sniff import Sniffed, Verdict, sniff_stream
+
+if TYPE_CHECKING:
+    from .dns import FakeIpPool
 
 log = logging.getLogger("ztun")
 
@@ -93,6 +95,10 @@ class Router:
         within the sniff timeout; the bytes stay in the socket (MSG_PEEK)."""
         if not self.sniff_timeout:
             return None
+        # Imported on first use: the QUIC sniffer pulls in `cryptography`, megabytes a
+        # ztun that never sniffs should not carry.
+        from .sniff import Sniffed, Verdict, sniff_stream
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.sniff_timeout
         try:

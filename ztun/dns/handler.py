@@ -26,34 +26,21 @@ import ipaddress
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 
 from dnslib import AAAA, EDNS0, PTR, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
 
 from ztun.dns.cache import CacheKey, DnsCache, cache_key
 from ztun.dns.fakeip import FakeIpPool, normalize_domain
 from ztun.dns.framing import frame
+from ztun.dns.mode import DEFAULT_FAKE_TTL, UPSTREAM_TIMEOUT, DnsMode
 
-# Fake answers live 1 s: long enough for the connect that follows the lookup, short
-# enough that after ztun stops (and its addresses mean nothing) clients re-resolve
-# almost at once.  Re-queries are answered locally from the same stable mapping, so the
-# short TTL costs a sub-millisecond local round trip, not an upstream query.
-DEFAULT_FAKE_TTL = 1
-UPSTREAM_TIMEOUT = 5.0  # seconds before a forwarded query is answered SERVFAIL
+__all__ = ["DEFAULT_FAKE_TTL", "UPSTREAM_TIMEOUT", "DnsMode"]  # re-exported: old import paths
+
 MAX_PENDING = 1024  # forwarded queries in flight; more are answered SERVFAIL at once
 CLASSIC_UDP_LIMIT = 512  # RFC 1035 4.2.1, when the client sent no EDNS0 OPT
 HEADER_LEN = 12
 FAKE_IP_BYPASS = ("localhost", "local")  # names that must never get a fake address
 _NO_FAKE_TYPES = frozenset({QTYPE.HTTPS, QTYPE.SVCB})
-
-
-class DnsMode(StrEnum):
-    """How DNS on the TUN is handled (``off``: plain UDP, relayed like any other)."""
-
-    OFF = "off"
-    HIJACK = "hijack"
-    FAKE_IP = "fake-ip"
-    REMOTE = "remote"
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ztun.dns.fakeip import DEFAULT_V4_RANGE, DEFAULT_V6_RANGE
-from ztun.dns.handler import DEFAULT_FAKE_TTL, DnsMode
+from ztun.dns.mode import DEFAULT_FAKE_TTL, DnsMode
 from ztun.dns.state import DEFAULT_STATE_PATH
 from ztun.route.model import RESERVED_TABLES
 from ztun.route.plan import (
