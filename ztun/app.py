@@ -97,12 +97,22 @@ def open_device(opts: RunOptions) -> Device | None:
 SWITCH_INTERVAL = 0.0005
 
 
+def _route_job(what: str, journal: Any, plan: Any = None) -> Any:
+    """Runs in a netlink child (ztun.forked): only there is pyroute2 imported."""
+    from .route import linux
+
+    if what == "apply":
+        return linux.apply(plan, journal)
+    return linux.recover(journal) if what == "recover" else linux.restore(journal)
+
+
 def run(opts: RunOptions) -> int:
+    from .forked import call_in_child  # netlink jobs run in children: no pyroute2 here
+
     sys.setswitchinterval(SWITCH_INTERVAL)
     journal = None
     if opts.config.route.auto:
         from .route import Journal
-        from .route.linux import recover
 
         journal = Journal(journal_path(opts.config.device_name))
         owner = live_owner(journal)
@@ -115,7 +125,7 @@ def run(opts: RunOptions) -> int:
                 opts.config.device_name,
             )
             return 1
-        report = recover(journal)
+        report = call_in_child(lambda: _route_job("recover", journal))
         if report is not None:
             log.warning("restored routes left by a previous run: %s", report)
     device = open_device(opts)
@@ -127,17 +137,16 @@ def run(opts: RunOptions) -> int:
     try:
         if journal is not None:
             from .route import plan_auto_route
-            from .route.linux import apply
 
             plan = plan_auto_route(opts.config.auto_route_config(tuple(a for a, _ in proxies)))
-            apply(plan, journal)
+            call_in_child(lambda: _route_job("apply", journal, plan))
             log.info("auto-route: %d rules/routes applied (journal %s)", len(plan), journal.path)
         return asyncio.run(_serve(opts, device, frozenset((str(a), p) for a, p in proxies)))
     finally:
         if journal is not None:
-            from .route.linux import restore
-
-            log.info("auto-route restored: %s", restore(journal))
+            log.info(
+                "auto-route restored: %s", call_in_child(lambda: _route_job("restore", journal))
+            )
         device.close()
 
 

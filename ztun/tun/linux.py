@@ -104,7 +104,14 @@ class LinuxTun:
     def _configure(
         self, addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]
     ) -> None:
-        _netlink(self._netns, lambda ipr: self._configure_with(ipr, addresses))
+        from ..forked import call_in_child
+
+        def job() -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+            _netlink(self._netns, lambda ipr: self._configure_with(ipr, addresses))
+            return self._added
+
+        # In a child: the long-running process never loads pyroute2 (see ztun.forked).
+        self._added = call_in_child(job)
 
     def _configure_with(
         self, ipr: Any, addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]
@@ -179,7 +186,9 @@ class LinuxTun:
                                 prefixlen=iface.network.prefixlen,
                             )
 
+                from ..forked import call_in_child
+
                 with contextlib.suppress(Exception):
-                    _netlink(self._netns, remove)
+                    call_in_child(lambda: _netlink(self._netns, remove))
             os.close(self._fd)
             self._fd = -1

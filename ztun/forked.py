@@ -1,0 +1,54 @@
+"""Run a netlink job in a forked child, so the long-running ztun never imports pyroute2.
+
+pyroute2 (with the asyncio machinery it brings) adds ~20 MiB of resident memory to a
+process, and ztun needs netlink only at the edges: configuring the TUN, applying and
+restoring routes. A child forked for the job inherits the descriptors and the namespace,
+does it, hands back the result (or the exception) through a pipe, and exits -- taking
+the memory with it. Fork is called only while ztun is single-threaded (before the TUN
+pump starts, after it has stopped).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class ChildFailed(RuntimeError):
+    """The child died or sent an exception that could not cross the pipe."""
+
+
+def call_in_child(job: Callable[[], T]) -> T:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: do the job, report, leave without running parent cleanups
+        status = 0
+        try:
+            os.close(read_end)
+            try:
+                payload = pickle.dumps((True, job()))
+            except BaseException as exc:
+                try:
+                    payload = pickle.dumps((False, exc))
+                except Exception:
+                    payload = pickle.dumps((False, ChildFailed(f"{type(exc).__name__}: {exc}")))
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(payload)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise ChildFailed(f"netlink child exited with status {status} and no answer")
+    ok, value = pickle.loads(data)
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
