@@ -17,7 +17,5 @@ else:
     # CI runs on two shared cores next to namespaces full of servers: a per-example
     # deadline measures the machine's load, not the code, so it is off; the example
     # count stays the default so properties are searched as thoroughly everywhere.
-    settings.register_profile(
-        "ztun", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-    )
+    settings.register_profile("ztun", deadline=None, suppress_health_check=[HealthCheck.too_slow])
     settings.load_profile("ztun")

@@ -83,8 +83,10 @@ def assert_checksums_ok(
         if len(bad) > MAX_LISTED:
             lines.append(f"  ... and {len(bad) - MAX_LISTED} more")
         first = bad[0][1]
-        lines.append(f"first bad packet (#{bad[0][0]}) hex: {first[:HEX_PREFIX].hex()}"
-                     + (" ..." if len(first) > HEX_PREFIX else ""))
+        lines.append(
+            f"first bad packet (#{bad[0][0]}) hex: {first[:HEX_PREFIX].hex()}"
+            + (" ..." if len(first) > HEX_PREFIX else "")
+        )
         raise AssertionError("\n".join(lines))
     return checked
 
@@ -122,8 +124,9 @@ class Flow:
     sport: int | None = None
     both_directions: bool = True
 
-    def _one_way(self, p: IpPacket, src: str | None, sport: int | None, dst: str | None,
-                 dport: int | None) -> bool:
+    def _one_way(
+        self, p: IpPacket, src: str | None, sport: int | None, dst: str | None, dport: int | None
+    ) -> bool:
         return (
             (src is None or _same_addr(p.src, src))
             and (dst is None or _same_addr(p.dst, dst))
@@ -136,8 +139,7 @@ class Flow:
             return False
         if self._one_way(p, self.src, self.sport, self.dst, self.dport):
             return True
-        return self.both_directions and self._one_way(p, self.dst, self.dport, self.src,
-                                                      self.sport)
+        return self.both_directions and self._one_way(p, self.dst, self.dport, self.src, self.sport)
 
     def __str__(self) -> str:
         def end(addr: str | None, port: int | None) -> str:
@@ -221,23 +223,30 @@ def _is_target(request_host: str, request_port: int, host: str, port: int) -> bo
 
 
 def _describe(request: Socks5Request) -> str:
-    base = (f"#{request.id} {request.command} {request.target} from {request.client} "
-            f"-> {request.reply_name}")
+    base = (
+        f"#{request.id} {request.command} {request.target} from {request.client} "
+        f"-> {request.reply_name}"
+    )
     if request.command == "CONNECT":
         state = f"closed ({request.end})" if request.closed else "open"
-        base += (f", {state}, to_target {request.bytes_to_target} B "
-                 f"sha256 {request.sha256_to_target}, from_target {request.bytes_from_target}"
-                 f" B sha256 {request.sha256_from_target}")
+        base += (
+            f", {state}, to_target {request.bytes_to_target} B "
+            f"sha256 {request.sha256_to_target}, from_target {request.bytes_from_target}"
+            f" B sha256 {request.sha256_from_target}"
+        )
     for stats in request.udp.values():
-        base += (f"\n      udp {stats.target}: to_target {stats.datagrams_to_target} dgrams "
-                 f"{stats.bytes_to_target} B sha256 {stats.sha256_to_target}, from_target "
-                 f"{stats.datagrams_from_target} dgrams {stats.bytes_from_target} B sha256 "
-                 f"{stats.sha256_from_target}")
+        base += (
+            f"\n      udp {stats.target}: to_target {stats.datagrams_to_target} dgrams "
+            f"{stats.bytes_to_target} B sha256 {stats.sha256_to_target}, from_target "
+            f"{stats.datagrams_from_target} dgrams {stats.bytes_from_target} B sha256 "
+            f"{stats.sha256_from_target}"
+        )
     return base
 
 
-def _connect_matches(r: Socks5Request, host: str, port: int, sent: str | None,
-                     received: str | None) -> bool:
+def _connect_matches(
+    r: Socks5Request, host: str, port: int, sent: str | None, received: str | None
+) -> bool:
     return (
         r.command == "CONNECT"
         and r.succeeded
@@ -248,8 +257,9 @@ def _connect_matches(r: Socks5Request, host: str, port: int, sent: str | None,
     )
 
 
-def _udp_matches(r: Socks5Request, host: str, port: int, sent: str | None,
-                 received: str | None) -> bool:
+def _udp_matches(
+    r: Socks5Request, host: str, port: int, sent: str | None, received: str | None
+) -> bool:
     if r.command != "UDP ASSOCIATE" or not r.succeeded:
         return False
     for stats in r.udp.values():
@@ -286,11 +296,13 @@ def assert_socks5_roundtrip(
     while True:
         requests = recording_server.requests()
         for r in requests:
-            if command in (None, "CONNECT") and _connect_matches(r, host, port, sent_sha256,
-                                                                 received_sha256):
+            if command in (None, "CONNECT") and _connect_matches(
+                r, host, port, sent_sha256, received_sha256
+            ):
                 return r
-            if command in (None, "UDP ASSOCIATE") and _udp_matches(r, host, port, sent_sha256,
-                                                                   received_sha256):
+            if command in (None, "UDP ASSOCIATE") and _udp_matches(
+                r, host, port, sent_sha256, received_sha256
+            ):
                 return r
         if time.monotonic() >= deadline:
             break

@@ -200,8 +200,12 @@ class ConformanceSummary:
                 return
             outcome = ERROR
         before = current.duration if current else self._setup_seconds.pop(report.nodeid, 0.0)
-        result = Result(outcome=outcome, nodeid=report.nodeid, phase=report.when,
-                        duration=report.duration + before)
+        result = Result(
+            outcome=outcome,
+            nodeid=report.nodeid,
+            phase=report.when,
+            duration=report.duration + before,
+        )
         if outcome != PASSED:
             result.reason = _reason(report)
         if outcome in (FAILED, ERROR):
@@ -277,8 +281,10 @@ def render_table(document: dict[str, Any]) -> list[str]:
             cell = _CELL.get(result["outcome"], result["outcome"])
             if result["outcome"] != PASSED:
                 number += 1
-                notes.append(f"[{number}] {impl} / {behaviour}: "
-                             f"{_first_line(result.get('reason', ''), REASON_CHARS)}")
+                notes.append(
+                    f"[{number}] {impl} / {behaviour}: "
+                    f"{_first_line(result.get('reason', ''), REASON_CHARS)}"
+                )
                 if result.get("artifacts"):
                     notes.append(f"    artifacts: {result['artifacts']}")
                 cell += f" [{number}]"
@@ -295,11 +301,15 @@ def render_table(document: dict[str, Any]) -> list[str]:
     totals = []
     for impl in names:
         results = columns[impl].get("results", {}).values()
-        counts = {o: sum(1 for r in results if r["outcome"] == o)
-                  for o in (PASSED, FAILED, ERROR, SKIPPED)}
+        counts = {
+            o: sum(1 for r in results if r["outcome"] == o)
+            for o in (PASSED, FAILED, ERROR, SKIPPED)
+        }
         version = columns[impl].get("version") or "version unknown"
-        totals.append(f"{impl} ({version}; run {columns[impl].get('run', '?')}): "
-                      + ", ".join(f"{n} {o}" for o, n in counts.items() if n))
+        totals.append(
+            f"{impl} ({version}; run {columns[impl].get('run', '?')}): "
+            + ", ".join(f"{n} {o}" for o, n in counts.items() if n)
+        )
     lines += ["", *totals]
     if notes:
         lines += ["", *notes]

@@ -159,7 +159,7 @@ def _pcapng_tick(options: bytes, endian: str) -> float:
             break
         if code == 9 and length >= 1:  # if_tsresol
             value = options[pos + 4]
-            return float(2 ** -(value & 0x7F)) if value & 0x80 else float(10 ** -value)
+            return float(2 ** -(value & 0x7F)) if value & 0x80 else float(10**-value)
         pos += 4 + length + (-length % 4)
     return 1e-6
 
@@ -304,9 +304,16 @@ def _decode_v4(data: bytes) -> IpPacket:
     more, offset = bool(flags_frag & 0x2000), flags_frag & 0x1FFF
     src, dst = data[12:16], data[16:20]
     return IpPacket(
-        data=data, version=4, src=str(ipaddress.IPv4Address(src)),
-        dst=str(ipaddress.IPv4Address(dst)), src_raw=src, dst_raw=dst, header_len=ihl,
-        total_len=max(total, ihl), protocol=data[9], fragmented=more or offset != 0,
+        data=data,
+        version=4,
+        src=str(ipaddress.IPv4Address(src)),
+        dst=str(ipaddress.IPv4Address(dst)),
+        src_raw=src,
+        dst_raw=dst,
+        header_len=ihl,
+        total_len=max(total, ihl),
+        protocol=data[9],
+        fragmented=more or offset != 0,
         first_fragment=offset == 0,
         error=None if total >= ihl else f"IPv4 total length {total} < header {ihl}",
     )
@@ -335,10 +342,18 @@ def _decode_v6(data: bytes) -> IpPacket:
             size = (data[pos + 1] + 1) * 8
         nh, pos = data[pos], pos + size
     return IpPacket(
-        data=data, version=6, src=str(ipaddress.IPv6Address(src)),
-        dst=str(ipaddress.IPv6Address(dst)), src_raw=src, dst_raw=dst, header_len=pos,
-        total_len=IPV6_HEADER + payload_len, protocol=-1 if error else nh,
-        fragmented=fragmented, first_fragment=first, error=error,
+        data=data,
+        version=6,
+        src=str(ipaddress.IPv6Address(src)),
+        dst=str(ipaddress.IPv6Address(dst)),
+        src_raw=src,
+        dst_raw=dst,
+        header_len=pos,
+        total_len=IPV6_HEADER + payload_len,
+        protocol=-1 if error else nh,
+        fragmented=fragmented,
+        first_fragment=first,
+        error=error,
     )
 
 

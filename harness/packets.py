@@ -103,8 +103,15 @@ def ip_layer(
         if ip_options:
             raise ValueError("IPv6 has no header options; use with_hop_by_hop()")
         return IPv6(src=str(s), dst=str(d), hlim=ttl, tc=tos)
-    return IP(src=str(s), dst=str(d), ttl=ttl, tos=tos, id=rng.randrange(0x10000),
-              flags="DF" if df else 0, options=list(ip_options or []))
+    return IP(
+        src=str(s),
+        dst=str(d),
+        ttl=ttl,
+        tos=tos,
+        id=rng.randrange(0x10000),
+        flags="DF" if df else 0,
+        options=list(ip_options or []),
+    )
 
 
 # --------------------------------------------------------------------------- TCP / UDP / ICMP
@@ -190,8 +197,9 @@ def tcp_syn(
     **kwargs: Any,
 ) -> Packet:
     """A SYN with the named options (each ``None``/False to leave it out)."""
-    options = tcp_options(rng, mss=mss, wscale=wscale, sack_permitted=sack_permitted,
-                          timestamps=timestamps)
+    options = tcp_options(
+        rng, mss=mss, wscale=wscale, sack_permitted=sack_permitted, timestamps=timestamps
+    )
     return tcp(rng, src, dst, dport, flags="S", options=options, **kwargs)
 
 
@@ -272,8 +280,16 @@ def with_bad_ip_checksum(rng: random.Random, packet: Packet) -> Packet:
 def with_bad_l4_checksum(rng: random.Random, packet: Packet) -> Packet:
     """The TCP, UDP, ICMP or ICMPv6 checksum made wrong (never 0 for UDP: that means none)."""
     parsed = _reparsed(packet)
-    for layer_type in (TCP, UDP, ICMP, ICMPv6EchoRequest, ICMPv6EchoReply, ICMPv6DestUnreach,
-                       ICMPv6PacketTooBig, ICMPv6TimeExceeded):
+    for layer_type in (
+        TCP,
+        UDP,
+        ICMP,
+        ICMPv6EchoRequest,
+        ICMPv6EchoReply,
+        ICMPv6DestUnreach,
+        ICMPv6PacketTooBig,
+        ICMPv6TimeExceeded,
+    ):
         if parsed.haslayer(layer_type):
             layer = parsed.getlayer(layer_type)
             field = "chksum" if layer_type in (TCP, UDP, ICMP) else "cksum"
@@ -348,8 +364,12 @@ def fragments(rng: random.Random, packet: Packet, fragment_size: int) -> list[Pa
         head6.remove_payload()
         head6.plen = None
         head6.nh = 44
-        frag = IPv6ExtHdrFragment(nh=parsed.nh, offset=offset // FRAGMENT_UNIT,
-                                  m=int(offset + unit < len(upper)), id=ident)
+        frag = IPv6ExtHdrFragment(
+            nh=parsed.nh,
+            offset=offset // FRAGMENT_UNIT,
+            m=int(offset + unit < len(upper)),
+            id=ident,
+        )
         pieces6.append(IPv6(bytes(head6 / frag / Raw(upper[offset : offset + unit]))))
     return pieces6
 
@@ -480,8 +500,20 @@ def send_raw(
             sock = host.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
             target = (dst, 0)
     except NotImplementedError:
-        host.run([python or host_python(host), "-c", _SEND_SCRIPT, iface or "", dst,
-                  str(ethertype), dst_mac.hex(), data.hex()], check=True, timeout=10.0)
+        host.run(
+            [
+                python or host_python(host),
+                "-c",
+                _SEND_SCRIPT,
+                iface or "",
+                dst,
+                str(ethertype),
+                dst_mac.hex(),
+                data.hex(),
+            ],
+            check=True,
+            timeout=10.0,
+        )
         return
     with sock:
         sock.sendto(data, target)

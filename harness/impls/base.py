@@ -116,8 +116,11 @@ def route_default_into(host: Host, device: str, addresses: Sequence[str]) -> Non
     """
     families = {ipaddress.ip_interface(a).version for a in addresses}
     for version in sorted(families):
-        argv = ["ip"] + (["-6"] if version == 6 else []) + [
-            "route", "replace", "default", "dev", device]
+        argv = (
+            ["ip"]
+            + (["-6"] if version == 6 else [])
+            + ["route", "replace", "default", "dev", device]
+        )
         host.run(argv, check=True, timeout=ROUTE_TIMEOUT)
 
 
@@ -166,13 +169,22 @@ class Tun2Socks(ABC):
         chosen = normalise_addresses(addresses)
         proxy = ProxyEndpoint.parse(proxy_url)
         version = self.version(host)
-        process, config = self.launch(host, device=device, addresses=chosen, proxy=proxy,
-                                      proxy_url=proxy_url, mtu=mtu)
+        process, config = self.launch(
+            host, device=device, addresses=chosen, proxy=proxy, proxy_url=proxy_url, mtu=mtu
+        )
         try:
             route_default_into(host, device, chosen)
         except BaseException:
             process.stop()
             raise
-        return RunningImpl(impl=self.name, host=host, device=device, addresses=chosen,
-                           proxy_url=proxy_url, mtu=mtu, process=process, version=version,
-                           config_path=config)
+        return RunningImpl(
+            impl=self.name,
+            host=host,
+            device=device,
+            addresses=chosen,
+            proxy_url=proxy_url,
+            mtu=mtu,
+            process=process,
+            version=version,
+            config_path=config,
+        )

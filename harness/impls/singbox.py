@@ -134,14 +134,21 @@ class SingBox(Tun2Socks):
     ) -> tuple[Process, Path | None]:
         binary = self._binary(host)
         assert binary is not None  # start() skipped otherwise
-        config = singbox_config(device=device, addresses=addresses, proxy=proxy, mtu=mtu,
-                                stack=self.stack, log_level=self.log_level,
-                                inbound_extra=self.inbound_extra)
+        config = singbox_config(
+            device=device,
+            addresses=addresses,
+            proxy=proxy,
+            mtu=mtu,
+            stack=self.stack,
+            log_level=self.log_level,
+            inbound_extra=self.inbound_extra,
+        )
         workdir = Path(host.log_dir) / f"sing-box-{device}"
         host.run(["mkdir", "-p", str(workdir)], check=True, timeout=VERSION_TIMEOUT)
         path = workdir / "config.json"
         host.write_file(path, json.dumps(config, indent=2) + "\n")
         argv = [binary, "run", "-c", str(path), "-D", str(workdir), "--disable-color"]
-        process = host.spawn(argv, name=f"sing-box-{device}", ready=LogLine(READY_PATTERN),
-                             timeout=START_TIMEOUT)
+        process = host.spawn(
+            argv, name=f"sing-box-{device}", ready=LogLine(READY_PATTERN), timeout=START_TIMEOUT
+        )
         return process, path

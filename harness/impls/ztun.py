@@ -54,8 +54,9 @@ class Ztun(Tun2Socks):
         except importlib.metadata.PackageNotFoundError:
             return "ztun (unknown version)"
 
-    def argv(self, host: Host, *, device: str, addresses: Sequence[str], proxy_url: str,
-             mtu: int) -> list[str]:
+    def argv(
+        self, host: Host, *, device: str, addresses: Sequence[str], proxy_url: str, mtu: int
+    ) -> list[str]:
         argv = [self._binary(host), "run", "--device", f"tun://{device}", "--proxy", proxy_url]
         for cidr in addresses:
             argv += ["--address", cidr]
@@ -72,6 +73,7 @@ class Ztun(Tun2Socks):
         mtu: int,
     ) -> tuple[Process, Path | None]:
         argv = self.argv(host, device=device, addresses=addresses, proxy_url=proxy_url, mtu=mtu)
-        process = host.spawn(argv, name=f"ztun-{device}", ready=LogLine(READY_PATTERN),
-                             timeout=START_TIMEOUT)
+        process = host.spawn(
+            argv, name=f"ztun-{device}", ready=LogLine(READY_PATTERN), timeout=START_TIMEOUT
+        )
         return process, None

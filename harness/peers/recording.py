@@ -267,9 +267,7 @@ def load_requests(events: Iterable[dict[str, Any]]) -> list[Socks5Request]:
                 sha256_from_target=ev.get("sha256_from_target"),
             )
         elif kind == "udp" and conn in requests:
-            up, down = udp.setdefault(conn, {}).setdefault(
-                ev["target"], (Direction(), Direction())
-            )
+            up, down = udp.setdefault(conn, {}).setdefault(ev["target"], (Direction(), Direction()))
             payload_hex = ev.get("payload_hex")
             direction = up if ev["dir"] == "to_target" else down
             if payload_hex is not None:
@@ -590,8 +588,12 @@ class RecordingServer:
         except (ConnectionError, OSError) as exc:
             self.log.write("error", conn_id, client=client, reason=f"socket error: {exc}")
         except Exception as exc:  # a harness bug must show in the log, not vanish
-            self.log.write("error", conn_id, client=client,
-                           reason=f"internal error: {type(exc).__name__}: {exc}")
+            self.log.write(
+                "error",
+                conn_id,
+                client=client,
+                reason=f"internal error: {type(exc).__name__}: {exc}",
+            )
             raise
         finally:
             writer.close()
@@ -620,9 +622,12 @@ class RecordingServer:
                 return
         if self.faults.delay_ms:
             await asyncio.sleep(self.faults.delay_ms / 1000)  # the injected fault itself
-        record = {"client": client, "command": command_name(command), "user": user,
-                  "target": {"host": target.host, "port": target.port,
-                             "atyp": target.atyp.name.lower()}}
+        record = {
+            "client": client,
+            "command": command_name(command),
+            "user": user,
+            "target": {"host": target.host, "port": target.port, "atyp": target.atyp.name.lower()},
+        }
         if self.faults.refuse is not None:
             await self._answer(conn_id, writer, int(self.faults.refuse), None, record)
             return
@@ -643,8 +648,12 @@ class RecordingServer:
     ) -> None:
         # Log first: a client that reads the reply and then the log must find the record.
         self.log.write(
-            "request", conn_id, reply=reply, reply_name=reply_name(reply),
-            bound=str(bound) if bound else None, **record,
+            "request",
+            conn_id,
+            reply=reply,
+            reply_name=reply_name(reply),
+            bound=str(bound) if bound else None,
+            **record,
         )
         writer.write(encode_reply(reply, bound))
         await writer.drain()
@@ -664,8 +673,9 @@ class RecordingServer:
         methods = list(await reader.readexactly(count))
         wanted = Method.USERNAME_PASSWORD if self.username is not None else Method.NO_AUTH
         if wanted not in methods:
-            self.log.write("greeting", conn_id, client=client, methods=methods,
-                           chosen=Method.NO_ACCEPTABLE)
+            self.log.write(
+                "greeting", conn_id, client=client, methods=methods, chosen=Method.NO_ACCEPTABLE
+            )
             writer.write(bytes([SOCKS_VERSION, Method.NO_ACCEPTABLE]))
             await writer.drain()
             return False
@@ -695,8 +705,9 @@ class RecordingServer:
             length = await reader.readexactly(1)
             rest = length + await reader.readexactly(length[0] + 2)
         else:
-            raise Socks5Error(f"unknown address type 0x{atyp:02x}",
-                              Reply.ADDRESS_TYPE_NOT_SUPPORTED)
+            raise Socks5Error(
+                f"unknown address type 0x{atyp:02x}", Reply.ADDRESS_TYPE_NOT_SUPPORTED
+            )
         target, _ = decode_address(bytes([atyp]) + rest)
         return command, target
 
@@ -717,8 +728,9 @@ class RecordingServer:
             await self._answer(conn_id, writer, _reply_for(exc), None, record)
             return
         local = up_writer.get_extra_info("sockname")
-        await self._answer(conn_id, writer, Reply.SUCCEEDED,
-                           Address.from_host(local[0], local[1]), record)
+        await self._answer(
+            conn_id, writer, Reply.SUCCEEDED, Address.from_host(local[0], local[1]), record
+        )
         to_target, from_target = Direction(), Direction()
         budget = _Budget(self.faults.drop_after) if self.faults.drop_after is not None else None
         end = "eof"
@@ -746,7 +758,8 @@ class RecordingServer:
             with contextlib.suppress(Exception):
                 await up_writer.wait_closed()
             self.log.write(
-                "close", conn_id,
+                "close",
+                conn_id,
                 end=end,
                 bytes_to_target=to_target.count,
                 bytes_from_target=from_target.count,
@@ -815,7 +828,8 @@ class RecordingServer:
             fault.cancel()
             assoc.close()
             self.log.write(
-                "close", conn_id,
+                "close",
+                conn_id,
                 end=end,
                 bytes_to_target=assoc.to_target.count,
                 bytes_from_target=assoc.from_target.count,
@@ -853,8 +867,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fault", action="append", default=[], metavar="SPEC")
     parser.add_argument("--log", type=Path, metavar="FILE.jsonl")
     parser.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT)
-    parser.add_argument("--no-payloads", action="store_true",
-                        help="do not log UDP payload hex (per-target UDP hashes then unavailable)")
+    parser.add_argument(
+        "--no-payloads",
+        action="store_true",
+        help="do not log UDP payload hex (per-target UDP hashes then unavailable)",
+    )
     return parser
 
 
@@ -862,8 +879,13 @@ async def _run(args: argparse.Namespace) -> int:
     host, port = args.listen
     log = EventLog(args.log)
     server = RecordingServer(
-        host, port, log=log, username=args.user, password=args.password,
-        faults=ProxyFaults.parse(args.fault), connect_timeout=args.connect_timeout,
+        host,
+        port,
+        log=log,
+        username=args.user,
+        password=args.password,
+        faults=ProxyFaults.parse(args.fault),
+        connect_timeout=args.connect_timeout,
         log_payloads=not args.no_payloads,
     )
     stop = asyncio.Event()

@@ -96,8 +96,9 @@ def connect(
     """Open a TCP connection to ``target`` through ``proxy`` (CONNECT)."""
     sock = socket.create_connection(proxy, timeout=timeout)
     try:
-        handshake(sock, Command.CONNECT, Address.from_host(*target),
-                  username=username, password=password)
+        handshake(
+            sock, Command.CONNECT, Address.from_host(*target), username=username, password=password
+        )
     except BaseException:
         sock.close()
         raise
@@ -140,8 +141,13 @@ def udp_associate(
     try:
         udp.bind((control.getsockname()[0], 0))
         local = udp.getsockname()
-        bound = handshake(control, Command.UDP_ASSOCIATE, Address.from_host(local[0], local[1]),
-                          username=username, password=password)
+        bound = handshake(
+            control,
+            Command.UDP_ASSOCIATE,
+            Address.from_host(local[0], local[1]),
+            username=username,
+            password=password,
+        )
     except BaseException:
         udp.close()
         control.close()

@@ -115,8 +115,10 @@ class Address:
         return bytes([AddrType.DOMAIN, len(name)]) + name + port
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if self.atyp is AddrType.IPV6 else (
-            f"{self.host}:{self.port}"
+        return (
+            f"[{self.host}]:{self.port}"
+            if self.atyp is AddrType.IPV6
+            else (f"{self.host}:{self.port}")
         )
 
 

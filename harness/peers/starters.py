@@ -205,16 +205,31 @@ def start_recording(
     """
     name = name or _unique("recording-socks5")
     log_path = _workfile(host, f"{name}.jsonl")
-    argv = [host_python(host), "-m", "harness.peers.recording",
-            "--listen", f"{_bracket(addr)}:{port}", "--log", str(log_path)]
+    argv = [
+        host_python(host),
+        "-m",
+        "harness.peers.recording",
+        "--listen",
+        f"{_bracket(addr)}:{port}",
+        "--log",
+        str(log_path),
+    ]
     if user is not None:
         argv += ["--user", user, "--password", password or ""]
     for spec in faults:
         argv += ["--fault", spec]
     process = host.spawn(argv, name=name, ready=LogLine(READY_REGEX))
-    return RecordingSocks5(kind="recording", host=host, address=addr, port=port,
-                           process=process, username=user, password=password,
-                           supports_udp=True, log_path=log_path)
+    return RecordingSocks5(
+        kind="recording",
+        host=host,
+        address=addr,
+        port=port,
+        process=process,
+        username=user,
+        password=password,
+        supports_udp=True,
+        log_path=log_path,
+    )
 
 
 def start_microsocks(
@@ -232,9 +247,16 @@ def start_microsocks(
     if user is not None:
         argv += ["-u", user, "-P", password or ""]
     process = host.spawn(argv, name=name or _unique("microsocks"), ready=TcpListening(port))
-    return Socks5Server(kind="microsocks", host=host, address=addr, port=port,
-                        process=process, username=user, password=password,
-                        supports_udp=False)
+    return Socks5Server(
+        kind="microsocks",
+        host=host,
+        address=addr,
+        port=port,
+        process=process,
+        username=user,
+        password=password,
+        supports_udp=False,
+    )
 
 
 def danted_config(
@@ -309,25 +331,35 @@ def start_danted(
     internal = [(a, port) for a in (addr, *extra_addrs)]
     host.write_file(conf, danted_config(internal, external, username_auth=user is not None))
     process = host.spawn([binary, "-f", str(conf)], name=name, ready=TcpListening(port))
-    return Socks5Server(kind="danted", host=host, address=addr, port=port, process=process,
-                        username=user, password=password, supports_udp=True)
+    return Socks5Server(
+        kind="danted",
+        host=host,
+        address=addr,
+        port=port,
+        process=process,
+        username=user,
+        password=password,
+        supports_udp=True,
+    )
 
 
 def sshd_config(key_dir: Path, listen: str, port: int) -> str:
     """An sshd_config for a throwaway daemon: key login only, forwarding allowed."""
-    return "\n".join([
-        f"ListenAddress {_bracket(listen)}:{port}",
-        f"HostKey {key_dir / 'host_key'}",
-        f"AuthorizedKeysFile {key_dir / 'authorized_keys'}",
-        "PidFile none",
-        "UsePAM no",
-        "StrictModes no",
-        "PermitRootLogin prohibit-password",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "AllowTcpForwarding yes",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"ListenAddress {_bracket(listen)}:{port}",
+            f"HostKey {key_dir / 'host_key'}",
+            f"AuthorizedKeysFile {key_dir / 'authorized_keys'}",
+            "PidFile none",
+            "UsePAM no",
+            "StrictModes no",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "AllowTcpForwarding yes",
+            "",
+        ]
+    )
 
 
 def start_ssh_dynamic(
@@ -350,33 +382,63 @@ def start_ssh_dynamic(
     key_dir = _workfile(host, f"{name}-keys")
     host.run(["mkdir", "-p", str(key_dir), "/run/sshd"], check=True, timeout=10.0)
     for key in ("host_key", "client_key"):
-        host.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key_dir / key)],
-                 check=True, timeout=30.0)
-    host.run(["cp", str(key_dir / "client_key.pub"), str(key_dir / "authorized_keys")],
-             check=True, timeout=10.0)
+        host.run(
+            [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key_dir / key)],
+            check=True,
+            timeout=30.0,
+        )
+    host.run(
+        ["cp", str(key_dir / "client_key.pub"), str(key_dir / "authorized_keys")],
+        check=True,
+        timeout=10.0,
+    )
     conf = key_dir / "sshd_config"
     host.write_file(conf, sshd_config(key_dir, "127.0.0.1", sshd_port))
-    daemon = host.spawn([sshd, "-D", "-e", "-f", str(conf)], name=f"{name}-sshd",
-                        ready=TcpListening(sshd_port))
+    daemon = host.spawn(
+        [sshd, "-D", "-e", "-f", str(conf)], name=f"{name}-sshd", ready=TcpListening(sshd_port)
+    )
     user = host.run(["id", "-un"], check=True, timeout=10.0).stdout.strip()
-    argv = [ssh, "-N", "-D", f"{_bracket(addr)}:{port}", "-i", str(key_dir / "client_key"),
-            "-p", str(sshd_port), "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-            "-o", "ExitOnForwardFailure=yes", f"{user}@127.0.0.1"]
+    argv = [
+        ssh,
+        "-N",
+        "-D",
+        f"{_bracket(addr)}:{port}",
+        "-i",
+        str(key_dir / "client_key"),
+        "-p",
+        str(sshd_port),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        f"{user}@127.0.0.1",
+    ]
     try:
         client = host.spawn(argv, name=name, ready=TcpListening(port))
     except BaseException:
         daemon.stop()
         raise
-    return Socks5Server(kind="ssh-dynamic", host=host, address=addr, port=port, process=client,
-                        supports_udp=False, extra_processes=[daemon])
+    return Socks5Server(
+        kind="ssh-dynamic",
+        host=host,
+        address=addr,
+        port=port,
+        process=client,
+        supports_udp=False,
+        extra_processes=[daemon],
+    )
 
 
 # --------------------------------------------------------------------------- targets
 
 
-def _start_target(host: Host, kind: str, listens: Sequence[tuple[str, int]],
-                  name: str | None) -> PeerServer:
+def _start_target(
+    host: Host, kind: str, listens: Sequence[tuple[str, int]], name: str | None
+) -> PeerServer:
     name = name or _unique(kind)
     log_path = _workfile(host, f"{name}.jsonl")
     argv = [host_python(host), "-m", "harness.peers.targets", kind, "--log", str(log_path)]
@@ -403,26 +465,28 @@ def start_tcp_data(host: Host, addr: str, port: int, *, name: str | None = None)
 
 def nginx_config(root: str, addr: str, port: int, workdir: Path) -> str:
     """A foreground, single-process nginx serving ``root`` statically; all paths private."""
-    return "\n".join([
-        "daemon off;",
-        "master_process off;",
-        "worker_processes 1;",
-        f"pid {workdir / 'nginx.pid'};",
-        f"error_log {workdir / 'nginx-error.log'} info;",
-        "events { worker_connections 256; }",
-        "http {",
-        f"  access_log {workdir / 'nginx-access.log'};",
-        f"  client_body_temp_path {workdir / 'body'};",
-        f"  proxy_temp_path {workdir / 'proxy'};",
-        f"  fastcgi_temp_path {workdir / 'fastcgi'};",
-        f"  uwsgi_temp_path {workdir / 'uwsgi'};",
-        f"  scgi_temp_path {workdir / 'scgi'};",
-        "  default_type application/octet-stream;",
-        "  sendfile on;",
-        f"  server {{ listen {_bracket(addr)}:{port}; root {root}; }}",
-        "}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "daemon off;",
+            "master_process off;",
+            "worker_processes 1;",
+            f"pid {workdir / 'nginx.pid'};",
+            f"error_log {workdir / 'nginx-error.log'} info;",
+            "events { worker_connections 256; }",
+            "http {",
+            f"  access_log {workdir / 'nginx-access.log'};",
+            f"  client_body_temp_path {workdir / 'body'};",
+            f"  proxy_temp_path {workdir / 'proxy'};",
+            f"  fastcgi_temp_path {workdir / 'fastcgi'};",
+            f"  uwsgi_temp_path {workdir / 'uwsgi'};",
+            f"  scgi_temp_path {workdir / 'scgi'};",
+            "  default_type application/octet-stream;",
+            "  sendfile on;",
+            f"  server {{ listen {_bracket(addr)}:{port}; root {root}; }}",
+            "}",
+            "",
+        ]
+    )
 
 
 def start_http_server(
@@ -440,8 +504,16 @@ def start_http_server(
     """
     name = name or _unique(f"http-{engine}")
     if engine == "python":
-        argv = [host_python(host), "-m", "http.server", "--bind", addr,
-                "--directory", str(root), str(port)]
+        argv = [
+            host_python(host),
+            "-m",
+            "http.server",
+            "--bind",
+            addr,
+            "--directory",
+            str(root),
+            str(port),
+        ]
     elif engine == "nginx":
         binary = require_tool(host, "nginx", "nginx")
         workdir = _workfile(host, f"{name}.d")
@@ -455,16 +527,28 @@ def start_http_server(
     return PeerServer(kind=f"http-{engine}", host=host, address=addr, port=port, process=process)
 
 
-def dnsmasq_argv(binary: str, addr: str, records: Mapping[str, str | Sequence[str]],
-                 port: int = DNS_PORT) -> list[str]:
+def dnsmasq_argv(
+    binary: str, addr: str, records: Mapping[str, str | Sequence[str]], port: int = DNS_PORT
+) -> list[str]:
     """dnsmasq answering only ``records`` (name -> address(es)), bound to ``addr``.
 
     No upstream, no resolv.conf, no /etc/hosts, no system config file: the answers are
     exactly what the test declared, whatever the machine has.
     """
-    argv = [binary, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-            "--no-hosts", "--bind-interfaces", f"--listen-address={addr}", f"--port={port}",
-            "--log-queries", "--log-facility=-", "--pid-file=", "--user=root"]
+    argv = [
+        binary,
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        f"--listen-address={addr}",
+        f"--port={port}",
+        "--log-queries",
+        "--log-facility=-",
+        "--pid-file=",
+        "--user=root",
+    ]
     for domain, answers in records.items():
         for answer in [answers] if isinstance(answers, str) else answers:
             ipaddress.ip_address(answer)  # a typo here would silently become NXDOMAIN
@@ -482,8 +566,11 @@ def start_dnsmasq(
 ) -> PeerServer:
     """dnsmasq with fixed records, e.g. ``{"example.test": ["10.201.0.2", "fd00:201::2"]}``."""
     binary = require_tool(host, "dnsmasq", "dnsmasq")
-    process = host.spawn(dnsmasq_argv(binary, addr, records, port),
-                         name=name or _unique("dnsmasq"), ready=UdpListening(port))
+    process = host.spawn(
+        dnsmasq_argv(binary, addr, records, port),
+        name=name or _unique("dnsmasq"),
+        ready=UdpListening(port),
+    )
     return PeerServer(kind="dnsmasq", host=host, address=addr, port=port, process=process)
 
 

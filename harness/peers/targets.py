@@ -147,8 +147,14 @@ async def _tcp_data(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
             record["error"] = f"bad command {line[:MAX_COMMAND_LINE]!r}"
             writer.write(b"ERR expected SINK, SOURCE <n> <seed> or DUPLEX <n> <seed>\n")
         await writer.drain()
-    except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-            TimeoutError, ValueError) as exc:
+    except (
+        ConnectionError,
+        OSError,
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+        TimeoutError,
+        ValueError,
+    ) as exc:
         record["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         log.write(**record)
@@ -166,8 +172,12 @@ class _UdpEcho(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         assert self.transport is not None
         self.transport.sendto(data, addr)
-        self.log.write(kind="udp-echo", client=format_sockaddr(addr), len=len(data),
-                       sha256=hashlib.sha256(data).hexdigest())
+        self.log.write(
+            kind="udp-echo",
+            client=format_sockaddr(addr),
+            len=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
 
 
 async def serve_tcp_echo(host: str, port: int, *, log: Path | None = None) -> asyncio.Server:
@@ -226,11 +236,13 @@ async def _serve(kind: str, listens: list[tuple[str, int]], log: Path | None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.peers.targets",
-                                     description="Traffic targets of the ztun harness.")
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.peers.targets", description="Traffic targets of the ztun harness."
+    )
     parser.add_argument("kind", choices=["tcp-echo", "udp-echo", "tcp-data"])
-    parser.add_argument("--listen", type=parse_listen, action="append", required=True,
-                        metavar="ADDR:PORT")
+    parser.add_argument(
+        "--listen", type=parse_listen, action="append", required=True, metavar="ADDR:PORT"
+    )
     parser.add_argument("--log", type=Path, metavar="FILE.jsonl")
     args = parser.parse_args(argv)
     return asyncio.run(_serve(args.kind, args.listen, args.log))

@@ -157,9 +157,11 @@ def udp_echo(path: Path, payload: bytes, *, v6: bool = False) -> tuple[bytes, tu
         try:
             data, source = sock.recvfrom(65535)
         except TimeoutError:
-            raise AssertionError(f"no UDP echo of a {len(payload)} B datagram within "
-                                 f"{sock.gettimeout():g}s (lost on the way: see the "
-                                 "proxy's log)") from None
+            raise AssertionError(
+                f"no UDP echo of a {len(payload)} B datagram within "
+                f"{sock.gettimeout():g}s (lost on the way: see the "
+                "proxy's log)"
+            ) from None
     return data, (source[0], source[1])
 
 
@@ -200,15 +202,18 @@ class ScriptedServer:
         assert self._thread is not None
         self._thread.join(SERVER_JOIN)
         if self._thread.is_alive():
-            raise AssertionError(f"scripted server on port {self.port} still busy after "
-                                 f"{SERVER_JOIN:g}s (no connection reached it?)")
+            raise AssertionError(
+                f"scripted server on port {self.port} still busy after "
+                f"{SERVER_JOIN:g}s (no connection reached it?)"
+            )
         if self.error is not None:
             raise self.error
 
 
 @contextlib.contextmanager
-def scripted_server(host: Host, address: str, port: int,
-                    handler: Callable[[socket.socket], None]) -> Iterator[ScriptedServer]:
+def scripted_server(
+    host: Host, address: str, port: int, handler: Callable[[socket.socket], None]
+) -> Iterator[ScriptedServer]:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     listener = host.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -216,8 +221,9 @@ def scripted_server(host: Host, address: str, port: int,
     listener.listen(1)
     listener.settimeout(SERVER_JOIN)
     server = ScriptedServer(host, address, port, handler)
-    server._thread = threading.Thread(target=server._serve, args=(listener,),
-                                      name=f"scripted-{port}", daemon=True)
+    server._thread = threading.Thread(
+        target=server._serve, args=(listener,), name=f"scripted-{port}", daemon=True
+    )
     server._thread.start()
     try:
         yield server
@@ -244,8 +250,12 @@ def expect_reset_or_refusal(action: Callable[[], object], *, what: str) -> float
         assert elapsed < PROMPT, f"{what}: the app learnt it only after {elapsed:.1f}s"
         return elapsed
     except TimeoutError:
-        raise AssertionError(f"{what}: the app saw neither a reset nor a refusal, only its own "
-                             f"{time.monotonic() - started:.1f}s timeout") from None
+        raise AssertionError(
+            f"{what}: the app saw neither a reset nor a refusal, only its own "
+            f"{time.monotonic() - started:.1f}s timeout"
+        ) from None
     elapsed = time.monotonic() - started
-    raise AssertionError(f"{what}: the app saw {result!r} after {elapsed:.2f}s (a clean EOF or "
-                         "data), not a reset or refusal")
+    raise AssertionError(
+        f"{what}: the app saw {result!r} after {elapsed:.2f}s (a clean EOF or "
+        "data), not a reset or refusal"
+    )

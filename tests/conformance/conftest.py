@@ -53,8 +53,11 @@ def implementation(tun2socks_name: str) -> Tun2Socks:
     return get_implementation(tun2socks_name)()
 
 
-TARGET_STARTERS = {"echo": (start_tcp_echo, ECHO_PORT), "data": (start_tcp_data, DATA_PORT),
-                   "udp": (start_udp_echo, UDP_ECHO_PORT)}
+TARGET_STARTERS = {
+    "echo": (start_tcp_echo, ECHO_PORT),
+    "data": (start_tcp_data, DATA_PORT),
+    "udp": (start_udp_echo, UDP_ECHO_PORT),
+}
 """Target kinds a test can ask for; each runs on the server's IPv4 and IPv6 address."""
 
 
@@ -121,8 +124,12 @@ def start_path(
     """
     running: list[RunningImpl] = []
 
-    def start(proxy: ProxyKind = "danted", *, targets: Iterable[TargetKind] = ("echo",),
-              mtu: int = DEFAULT_MTU) -> Path:
+    def start(
+        proxy: ProxyKind = "danted",
+        *,
+        targets: Iterable[TargetKind] = ("echo",),
+        mtu: int = DEFAULT_MTU,
+    ) -> Path:
         topo = topology
         _start_targets(topo, targets)
         server = _start_proxy(topo, proxy)

@@ -54,10 +54,14 @@ def test_mss_mtu_1280(start_path: StartPath, rng: random.Random) -> None:
     with capture(path.client, DEVICE, SYN_FILTER) as cap:
         for v6 in (False, True):
             family = "IPv6" if v6 else "IPv4"
-            assert upload(path, TRANSFER, seed, v6=v6) == (TRANSFER,
-                                                           seeded_sha256(seed, TRANSFER)), family
-            assert download(path, TRANSFER, seed, v6=v6) == (TRANSFER,
-                                                             seeded_sha256(seed, TRANSFER)), family
+            assert upload(path, TRANSFER, seed, v6=v6) == (
+                TRANSFER,
+                seeded_sha256(seed, TRANSFER),
+            ), family
+            assert download(path, TRANSFER, seed, v6=v6) == (
+                TRANSFER,
+                seeded_sha256(seed, TRANSFER),
+            ), family
     seen: dict[tuple[int, str], list[int]] = {}
     too_big: list[str] = []
     for frame, data in packets_of(cap.path):
@@ -72,7 +76,8 @@ def test_mss_mtu_1280(start_path: StartPath, rng: random.Random) -> None:
         seen.setdefault((packet.version, kind), []).append(mss)
         if mss > MTU - HEADERS[packet.version]:
             too_big.append(f"#{frame.index} {packet.summary()} MSS {mss}")
-    assert not too_big, (f"SYNs on {DEVICE} announce an MSS above MTU {MTU} - headers:\n  "
-                         + "\n  ".join(too_big))
+    assert not too_big, (
+        f"SYNs on {DEVICE} announce an MSS above MTU {MTU} - headers:\n  " + "\n  ".join(too_big)
+    )
     missing = [f"IPv{v} {k}" for v in (4, 6) for k in ("SYN", "SYN-ACK") if (v, k) not in seen]
     assert not missing, f"no {', '.join(missing)} captured on {DEVICE}: {cap.path}"

@@ -80,9 +80,11 @@ def _bad_packets(path: Path, rng: random.Random) -> list[Packet | bytes]:
         pieces = fragments(rng, big, FRAGMENT_SIZE)
         out += pieces[:1]  # an incomplete datagram: reassembly must time out, not leak
         out += list(reversed(pieces))  # complete but out of order
-        out += [tcp_syn(rng, src, dst, CLOSED_PORT, ttl=1),
-                udp(rng, src, dst, CLOSED_PORT, b"ttl one", ttl=1),
-                icmp_echo(rng, src, dst, ttl=1)]
+        out += [
+            tcp_syn(rng, src, dst, CLOSED_PORT, ttl=1),
+            udp(rng, src, dst, CLOSED_PORT, b"ttl one", ttl=1),
+            icmp_echo(rng, src, dst, ttl=1),
+        ]
         if version == 4:
             out.append(with_bad_ip_checksum(rng, datagram))
             out.append(bytes([0x44]) + rng.randbytes(39))  # IHL 4: shorter than a header
@@ -135,8 +137,9 @@ def test_bad_checksum_not_relayed(start_path: StartPath, rng: random.Random, kin
     """
     path = start_path("recording", targets=["udp"])
     assert isinstance(path.proxy, RecordingSocks5)
-    assert _inject(path, _bad_checksum_packets(path, rng, kind)), \
+    assert _inject(path, _bad_checksum_packets(path, rng, kind)), (
         "the kernel refused every crafted packet: nothing was tested"
+    )
 
     for v6 in (False, True):  # the barrier: good flows after the bad packets
         payload, datagram = rng.randbytes(1000), rng.randbytes(100)
@@ -144,10 +147,10 @@ def test_bad_checksum_not_relayed(start_path: StartPath, rng: random.Random, kin
         assert udp_echo(path, datagram, v6=v6)[0] == datagram
         digest, ddigest = hashlib.sha256(payload).hexdigest(), hashlib.sha256(datagram).hexdigest()
         server = path.server_ip(v6)
-        assert_socks5_roundtrip(path.proxy, (server, ECHO_PORT), digest, digest,
-                                command="CONNECT")
-        assert_socks5_roundtrip(path.proxy, (server, UDP_ECHO_PORT), ddigest, ddigest,
-                                command="UDP ASSOCIATE")
+        assert_socks5_roundtrip(path.proxy, (server, ECHO_PORT), digest, digest, command="CONNECT")
+        assert_socks5_roundtrip(
+            path.proxy, (server, UDP_ECHO_PORT), ddigest, ddigest, command="UDP ASSOCIATE"
+        )
 
     relayed = []
     for request in path.proxy.requests():
@@ -155,7 +158,10 @@ def test_bad_checksum_not_relayed(start_path: StartPath, rng: random.Random, kin
             relayed.append(f"CONNECT {request.target} for a SYN with a bad {kind} checksum")
         for stats in request.udp.values():
             if int(stats.target.rpartition(":")[2]) == BAD_PORT:
-                relayed.append(f"{stats.datagrams_to_target} datagram(s) with a bad {kind} "
-                               f"checksum to {stats.target}")
-    assert not relayed, "the proxy relayed packets that had to be discarded:\n  " + \
-        "\n  ".join(relayed)
+                relayed.append(
+                    f"{stats.datagrams_to_target} datagram(s) with a bad {kind} "
+                    f"checksum to {stats.target}"
+                )
+    assert not relayed, "the proxy relayed packets that had to be discarded:\n  " + "\n  ".join(
+        relayed
+    )

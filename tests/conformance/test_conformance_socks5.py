@@ -27,13 +27,18 @@ def test_socks5_roundtrip(start_path: StartPath, rng: random.Random) -> None:
     received = echo(path, payload)
     assert received == payload
     digest = hashlib.sha256(payload).hexdigest()
-    request = assert_socks5_roundtrip(path.proxy, (path.server_v4, ECHO_PORT),
-                                      digest, hashlib.sha256(received).hexdigest(),
-                                      command="CONNECT")
+    request = assert_socks5_roundtrip(
+        path.proxy,
+        (path.server_v4, ECHO_PORT),
+        digest,
+        hashlib.sha256(received).hexdigest(),
+        command="CONNECT",
+    )
     assert request.target_atyp == "ipv4", f"CONNECT used address type {request.target_atyp}"
     assert request.bytes_to_target == request.bytes_from_target == PAYLOAD
-    connects = [r for r in path.proxy.requests()
-                if r.command == "CONNECT" and r.target_port == ECHO_PORT]
+    connects = [
+        r for r in path.proxy.requests() if r.command == "CONNECT" and r.target_port == ECHO_PORT
+    ]
     # sing-box's settle probe (conftest) is one more CONNECT to the echo port: count
     # only those that carried this payload.
     ours = [r for r in connects if r.sha256_to_target == digest]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-FAKE_SUITE = '''
+FAKE_SUITE = """
 import pytest
 
 pytestmark = pytest.mark.conformance
@@ -38,11 +38,11 @@ def test_setup_breaks(broken_setup):
 @pytest.mark.parametrize("kind", ["tcp", "udp"])
 def test_checksum(kind):
     assert kind == "tcp", f"relayed a bad {kind} checksum"
-'''
-UNMARKED = '''
+"""
+UNMARKED = """
 def test_not_a_behaviour():
     pass
-'''
+"""
 TIMEOUT = 120
 
 
@@ -52,8 +52,15 @@ def _run(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict[
     # explicitly outside this repository.
     out = pytester.path / "table.json"
     result = pytester.runpytest_subprocess(
-        "-p", "harness.conformance", "-p", "no:cacheprovider", "--artifacts",
-        str(pytester.path / "artifacts"), "--conformance-json", str(out), *args,
+        "-p",
+        "harness.conformance",
+        "-p",
+        "no:cacheprovider",
+        "--artifacts",
+        str(pytester.path / "artifacts"),
+        "--conformance-json",
+        str(out),
+        *args,
         timeout=TIMEOUT,
     )
     return result, json.loads(out.read_text())
@@ -88,8 +95,14 @@ def test_table_and_json(pytester: pytest.Pytester, workers: list[str]) -> None:
     assert "no TUN for you" in column["results"]["setup_breaks"]["reason"]
     text = result.stdout.str()
     assert "tun2socks conformance" in text
-    result.stdout.re_match_lines([r"tcp_open\s+pass$", r"rst\s+FAIL \[1\]$",
-                                  r"icmp\s+skip \[2\]$", r"setup_breaks\s+ERROR \[3\]$"])
+    result.stdout.re_match_lines(
+        [
+            r"tcp_open\s+pass$",
+            r"rst\s+FAIL \[1\]$",
+            r"icmp\s+skip \[2\]$",
+            r"setup_breaks\s+ERROR \[3\]$",
+        ]
+    )
     assert (pytester.path / "artifacts" / column["run"] / "conformance.json").exists()
 
 

@@ -52,8 +52,9 @@ def test_tcp_transfer_100mib_each_way(start_path: StartPath, rng: random.Random)
     path = start_path("danted", targets=["data"])
     seed = rng.randrange(1 << 31)
     assert upload(path, BULK, seed) == (BULK, seeded_sha256(seed, BULK)), "upload corrupted"
-    assert download(path, BULK, seed + 1) == (BULK, seeded_sha256(seed + 1, BULK)), \
+    assert download(path, BULK, seed + 1) == (BULK, seeded_sha256(seed + 1, BULK)), (
         "download corrupted"
+    )
 
 
 @pytest.mark.timeout(60)
@@ -156,5 +157,4 @@ def test_ipv6_tcp(start_path: StartPath, rng: random.Random) -> None:
     path = start_path("danted", targets=["data"])
     seed = rng.randrange(1 << 31)
     assert upload(path, IPV6_BULK, seed, v6=True) == (IPV6_BULK, seeded_sha256(seed, IPV6_BULK))
-    assert download(path, IPV6_BULK, seed, v6=True) == (IPV6_BULK,
-                                                         seeded_sha256(seed, IPV6_BULK))
+    assert download(path, IPV6_BULK, seed, v6=True) == (IPV6_BULK, seeded_sha256(seed, IPV6_BULK))

@@ -28,16 +28,18 @@ DNS_ANSWER_V4 = "10.9.8.7"
 DNS_ANSWER_V6 = "fd00:9:8::7"
 
 
-def _echo_some(start_path: StartPath, rng: random.Random, *, v6: bool,
-               proxy: str = "recording") -> None:
+def _echo_some(
+    start_path: StartPath, rng: random.Random, *, v6: bool, proxy: str = "recording"
+) -> None:
     path = start_path(proxy, targets=["udp"])
     server = path.server_ip(v6)
     for index in range(DATAGRAMS):
         payload = rng.randbytes(rng.randrange(1, MAX_DATAGRAM))
         data, source = udp_echo(path, payload, v6=v6)
         assert data == payload, f"datagram {index}: {len(data)} B back for {len(payload)} B sent"
-        assert ipaddress.ip_address(source[0]) == ipaddress.ip_address(server), \
+        assert ipaddress.ip_address(source[0]) == ipaddress.ip_address(server), (
             f"reply from {source}, expected the server {server}"
+        )
         assert source[1] == UDP_ECHO_PORT
 
 
@@ -74,8 +76,13 @@ def test_dns_over_udp(start_path: StartPath) -> None:
             records = [(QTYPE.get(rr.rtype), str(rr.rdata)) for rr in answer.rr]
             assert records == [(qtype, expected)], f"{qtype} {DNS_NAME}: {records}"
     assert isinstance(path.proxy, RecordingSocks5)
-    assert_socks5_roundtrip(path.proxy, (path.server_v4, DNS_PORT), sent.hexdigest(),
-                            received.hexdigest(), command="UDP ASSOCIATE")
+    assert_socks5_roundtrip(
+        path.proxy,
+        (path.server_v4, DNS_PORT),
+        sent.hexdigest(),
+        received.hexdigest(),
+        command="UDP ASSOCIATE",
+    )
 
 
 @pytest.mark.timeout(60)
@@ -95,7 +102,8 @@ def test_udp_associate_client_address(start_path: StartPath, rng: random.Random)
     source = ipaddress.ip_address(request.client.rpartition(":")[0].strip("[]"))
     assert declared.is_unspecified or declared == source, (
         f"UDP ASSOCIATE declared client address {request.target}, but the datagrams come "
-        f"from {source} (RFC 1928: all zeros if unknown)")
+        f"from {source} (RFC 1928: all zeros if unknown)"
+    )
 
 
 @pytest.mark.timeout(60)

@@ -60,8 +60,11 @@ class Targets:
 @pytest.fixture
 def targets(loop_thread: LoopThread) -> Iterator[Targets]:
     async def start() -> tuple[Any, Any, Any]:
-        return (await serve_tcp_echo(LOOPBACK, 0), await serve_tcp_data(LOOPBACK, 0),
-                await serve_udp_echo(LOOPBACK, 0))
+        return (
+            await serve_tcp_echo(LOOPBACK, 0),
+            await serve_tcp_data(LOOPBACK, 0),
+            await serve_udp_echo(LOOPBACK, 0),
+        )
 
     echo, data, udp = loop_thread.run(start())
     yield Targets(
@@ -83,8 +86,9 @@ def make_proxy(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Any]:
     """Factory: ``make_proxy(faults=[...], username=..., password=...)`` -> started server."""
     servers: list[RecordingServer] = []
 
-    def make(*, faults: list[str] | None = None, host: str = LOOPBACK,
-             **kwargs: Any) -> RecordingServer:
+    def make(
+        *, faults: list[str] | None = None, host: str = LOOPBACK, **kwargs: Any
+    ) -> RecordingServer:
         log = EventLog(tmp_path / f"socks-{len(servers)}.jsonl")
         server = RecordingServer(host, 0, log=log, faults=ProxyFaults.parse(faults or []), **kwargs)
         loop_thread.run(server.start())

@@ -79,8 +79,9 @@ def _good_packets(rng: random.Random) -> list[bytes]:
         packets.udp(rng, *V4, 53, b"opts", ip_options=packets.ROUTER_ALERT),
         packets.with_hop_by_hop(packets.udp(rng, *V6, 53, b"hbh")),
         packets.icmp_error(packets.tcp_syn(rng, *V4, 22), reporter="10.201.1.1"),
-        packets.icmp_error(packets.tcp_syn(rng, *V6, 22), reporter="fd00:201:1::1",
-                           kind="frag-needed", mtu=1280),
+        packets.icmp_error(
+            packets.tcp_syn(rng, *V6, 22), reporter="fd00:201:1::1", kind="frag-needed", mtu=1280
+        ),
         *packets.fragments(rng, packets.udp(rng, *V4, 9, rng.randbytes(2000)), 800),
     ]
     return [bytes(p) for p in built]
@@ -110,8 +111,11 @@ def test_bad_checksums_are_caught_with_index_summary_and_expected_value(
     message = str(info.value)
     assert message.startswith(f"5 of 6 packets in {pcap} have bad checksums:")
     assert "#1 " not in message  # the good one is not listed
-    assert re.search(r"#2 IPv4 10\.200\.1\.1:40000 > 10\.201\.1\.2:80 TCP \[S\] len=\d+: "
-                     r"IPv4 header checksum 0x[0-9a-f]{4}, expected 0x[0-9a-f]{4}", message)
+    assert re.search(
+        r"#2 IPv4 10\.200\.1\.1:40000 > 10\.201\.1\.2:80 TCP \[S\] len=\d+: "
+        r"IPv4 header checksum 0x[0-9a-f]{4}, expected 0x[0-9a-f]{4}",
+        message,
+    )
     assert re.search(r"#3 .* TCP checksum 0x[0-9a-f]{4}, expected 0x[0-9a-f]{4}", message)
     assert re.search(r"#4 IPv6 \[fd00:200:1::1\]:5000 > .* UDP checksum", message)
     assert re.search(r"#5 IPv4 .* ICMP type=8 .*ICMP checksum", message)
@@ -128,18 +132,19 @@ def test_expected_value_in_message_is_the_true_checksum(rng: random.Random) -> N
     assert problem.endswith(f"expected 0x{true_checksum:04x}")
 
 
-def test_where_filter_skips_deliberately_broken_packets(
-    rng: random.Random, tmp_path: Path
-) -> None:
+def test_where_filter_skips_deliberately_broken_packets(rng: random.Random, tmp_path: Path) -> None:
     injected = packets.with_bad_l4_checksum(rng, packets.udp(rng, *V4, 9999, b"junk"))
-    pcap = write_pcap(tmp_path / "mixed.pcap",
-                      [bytes(packets.udp(rng, *V4, 53, b"ok")), bytes(injected)])
+    pcap = write_pcap(
+        tmp_path / "mixed.pcap", [bytes(packets.udp(rng, *V4, 53, b"ok")), bytes(injected)]
+    )
     assert assert_checksums_ok(pcap, where=lambda p: p.dport != 9999) == 1
 
 
 def test_truncated_and_garbage_frames(rng: random.Random, tmp_path: Path) -> None:
-    frames = [packets.truncated(rng, packets.tcp_syn(rng, *V4, 80), keep=10),
-              packets.garbage(rng, 30, version=9)]
+    frames = [
+        packets.truncated(rng, packets.tcp_syn(rng, *V4, 80), keep=10),
+        packets.garbage(rng, 30, version=9),
+    ]
     pcap = write_pcap(tmp_path / "junk.pcap", frames)
     with pytest.raises(AssertionError) as info:
         assert_checksums_ok(pcap)
@@ -215,14 +220,17 @@ def test_routed_via_reports_a_leak(rng: random.Random, tmp_path: Path) -> None:
         assert_routed_via(pcaps, Flow("tcp", dst=V4[1], dport=7), via="tun0")
     assert str(info.value).startswith(
         "flow tcp * <> 10.201.1.2:7 leaked on veth0: 2 of 2 packets\n"
-        "    #1 IPv4 10.200.1.1:41000 > 10.201.1.2:7 TCP [S]")
+        "    #1 IPv4 10.200.1.1:41000 > 10.201.1.2:7 TCP [S]"
+    )
 
 
 def test_routed_via_reports_absence(rng: random.Random, tmp_path: Path) -> None:
-    pcaps = {"tun0": write_pcap(tmp_path / "tun0.pcap",
-                                [bytes(packets.udp(rng, *V6, 53, b"x"))])}
-    with pytest.raises(AssertionError, match=r"flow udp \* <> \[fd00:201:1::2\]:9 not seen on "
-                                             r"tun0: 0 of 1 captured packets matched"):
+    pcaps = {"tun0": write_pcap(tmp_path / "tun0.pcap", [bytes(packets.udp(rng, *V6, 53, b"x"))])}
+    with pytest.raises(
+        AssertionError,
+        match=r"flow udp \* <> \[fd00:201:1::2\]:9 not seen on "
+        r"tun0: 0 of 1 captured packets matched",
+    ):
         assert_routed_via(pcaps, Flow("udp", dst=V6[1], dport=9), via="tun0")
     with pytest.raises(AssertionError, match="no capture for interface 'eth9'"):
         assert_routed_via(pcaps, Flow("udp"), via="eth9")
@@ -251,48 +259,89 @@ class _FakeRecorder:
 
 def _connect_request(sent: bytes, received: bytes) -> Socks5Request:
     return Socks5Request(
-        id=1, time=0.0, client="10.200.1.1:5000", command="CONNECT",
-        target_host="10.201.1.2", target_port=7, target_atyp="ipv4", user=None, reply=0,
-        reply_name="succeeded", bound="10.201.1.1:6000", closed=True, end="eof",
-        bytes_to_target=len(sent), bytes_from_target=len(received),
+        id=1,
+        time=0.0,
+        client="10.200.1.1:5000",
+        command="CONNECT",
+        target_host="10.201.1.2",
+        target_port=7,
+        target_atyp="ipv4",
+        user=None,
+        reply=0,
+        reply_name="succeeded",
+        bound="10.201.1.1:6000",
+        closed=True,
+        end="eof",
+        bytes_to_target=len(sent),
+        bytes_from_target=len(received),
         sha256_to_target=hashlib.sha256(sent).hexdigest(),
-        sha256_from_target=hashlib.sha256(received).hexdigest(), udp={},
+        sha256_from_target=hashlib.sha256(received).hexdigest(),
+        udp={},
     )
 
 
 def test_roundtrip_matches_connect() -> None:
     recorder = _FakeRecorder([_connect_request(b"up", b"down")])
-    found = assert_socks5_roundtrip(recorder, ("10.201.1.2", 7),
-                                    hashlib.sha256(b"up").hexdigest(),
-                                    hashlib.sha256(b"down").hexdigest())
+    found = assert_socks5_roundtrip(
+        recorder,
+        ("10.201.1.2", 7),
+        hashlib.sha256(b"up").hexdigest(),
+        hashlib.sha256(b"down").hexdigest(),
+    )
     assert found.id == 1
 
 
 def test_roundtrip_mismatch_lists_what_the_proxy_saw() -> None:
     recorder = _FakeRecorder([_connect_request(b"up", b"tampered")])
     with pytest.raises(AssertionError) as info:
-        assert_socks5_roundtrip(recorder, "10.201.1.2:7", hashlib.sha256(b"up").hexdigest(),
-                                hashlib.sha256(b"down").hexdigest(), timeout=0.05)
+        assert_socks5_roundtrip(
+            recorder,
+            "10.201.1.2:7",
+            hashlib.sha256(b"up").hexdigest(),
+            hashlib.sha256(b"down").hexdigest(),
+            timeout=0.05,
+        )
     message = str(info.value)
     assert "the proxy relayed no CONNECT or UDP ASSOCIATE round trip to 10.201.1.2:7" in message
     assert "the proxy saw 1 request(s):" in message
-    assert (f"#1 CONNECT 10.201.1.2:7 from 10.200.1.1:5000 -> succeeded, closed (eof), "
-            f"to_target 2 B sha256 {hashlib.sha256(b'up').hexdigest()}") in message
+    assert (
+        f"#1 CONNECT 10.201.1.2:7 from 10.200.1.1:5000 -> succeeded, closed (eof), "
+        f"to_target 2 B sha256 {hashlib.sha256(b'up').hexdigest()}"
+    ) in message
 
 
 def test_roundtrip_matches_udp_per_target() -> None:
     digest = hashlib.sha256(b"q").hexdigest()
     request = Socks5Request(
-        id=2, time=0.0, client="10.200.1.1:5000", command="UDP ASSOCIATE",
-        target_host="::1", target_port=0, target_atyp="ipv6", user=None, reply=0,
-        reply_name="succeeded", bound="10.200.1.2:7000", closed=False, end=None,
-        bytes_to_target=0, bytes_from_target=0, sha256_to_target=None, sha256_from_target=None,
-        udp={"[fd00:201:1::2]:53": UdpTargetStats("[fd00:201:1::2]:53", 1, 1, digest, 1, 1,
-                                                    digest)},
+        id=2,
+        time=0.0,
+        client="10.200.1.1:5000",
+        command="UDP ASSOCIATE",
+        target_host="::1",
+        target_port=0,
+        target_atyp="ipv6",
+        user=None,
+        reply=0,
+        reply_name="succeeded",
+        bound="10.200.1.2:7000",
+        closed=False,
+        end=None,
+        bytes_to_target=0,
+        bytes_from_target=0,
+        sha256_to_target=None,
+        sha256_from_target=None,
+        udp={
+            "[fd00:201:1::2]:53": UdpTargetStats("[fd00:201:1::2]:53", 1, 1, digest, 1, 1, digest)
+        },
     )
     recorder = _FakeRecorder([request])
-    assert assert_socks5_roundtrip(recorder, "[fd00:201:1::2]:53", digest, digest,
-                                   command="UDP ASSOCIATE").id == 2
+    assert (
+        assert_socks5_roundtrip(
+            recorder, "[fd00:201:1::2]:53", digest, digest, command="UDP ASSOCIATE"
+        ).id
+        == 2
+    )
     with pytest.raises(AssertionError, match="no CONNECT round trip"):
-        assert_socks5_roundtrip(recorder, "[fd00:201:1::2]:53", digest, digest,
-                                command="CONNECT", timeout=0.05)
+        assert_socks5_roundtrip(
+            recorder, "[fd00:201:1::2]:53", digest, digest, command="CONNECT", timeout=0.05
+        )

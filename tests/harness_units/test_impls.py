@@ -32,15 +32,23 @@ ECHO_PORT, PROXY_PORT = 7, 1080
 def test_registry_names_both_implementations() -> None:
     assert dict(IMPLEMENTATIONS) == {"ztun": Ztun, "sing-box": SingBox}
     assert get_implementation("sing-box") is SingBox
-    with pytest.raises(ValueError, match=r"unknown tun2socks implementation 'tun2x' \(known: "
-                                         r"sing-box, ztun\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown tun2socks implementation 'tun2x' \(known: "
+        r"sing-box, ztun\)",
+    ):
         get_implementation("tun2x")
 
 
 def test_proxy_url_parsing() -> None:
     p = ProxyEndpoint.parse("socks5://us%40r:p%3Ass@[fd00:200:1::2]:1080")
     assert (p.scheme, p.host, p.port, p.username, p.password) == (
-        "socks5", "fd00:200:1::2", 1080, "us@r", "p:ss")
+        "socks5",
+        "fd00:200:1::2",
+        1080,
+        "us@r",
+        "p:ss",
+    )
     assert ProxyEndpoint.parse("socks5h://10.0.0.1:9").username is None
     with pytest.raises(ValueError, match="scheme must be socks5"):
         ProxyEndpoint.parse("http://10.0.0.1:8080")
@@ -59,24 +67,57 @@ def test_ztun_argv_is_the_documented_cli(tmp_path: Any) -> None:
         name = "fake"
 
     argv = Ztun(binary="/venv/bin/ztun", extra_args=["--log-level", "debug"]).argv(
-        FakeHost(), device="zt0", addresses=list(DEFAULT_ADDRESSES),  # type: ignore[arg-type]
-        proxy_url="socks5://10.200.1.2:1080", mtu=1400)
-    assert argv == ["/venv/bin/ztun", "run", "--device", "tun://zt0", "--proxy",
-                    "socks5://10.200.1.2:1080", "--address", "172.19.0.1/30", "--address",
-                    "fdfe:dcba:9876::1/126", "--mtu", "1400", "--log-level", "debug"]
+        FakeHost(),
+        device="zt0",
+        addresses=list(DEFAULT_ADDRESSES),  # type: ignore[arg-type]
+        proxy_url="socks5://10.200.1.2:1080",
+        mtu=1400,
+    )
+    assert argv == [
+        "/venv/bin/ztun",
+        "run",
+        "--device",
+        "tun://zt0",
+        "--proxy",
+        "socks5://10.200.1.2:1080",
+        "--address",
+        "172.19.0.1/30",
+        "--address",
+        "fdfe:dcba:9876::1/126",
+        "--mtu",
+        "1400",
+        "--log-level",
+        "debug",
+    ]
 
 
 def test_singbox_config_shape() -> None:
     proxy = ProxyEndpoint.parse("socks5://u:p@10.200.1.2:1080")
-    config = singbox_config(device="sb0", addresses=DEFAULT_ADDRESSES, proxy=proxy, mtu=1400,
-                            stack="gvisor")
+    config = singbox_config(
+        device="sb0", addresses=DEFAULT_ADDRESSES, proxy=proxy, mtu=1400, stack="gvisor"
+    )
     (inbound,) = config["inbounds"]
-    assert inbound == {"type": "tun", "tag": "tun-in", "interface_name": "sb0",
-                       "address": list(DEFAULT_ADDRESSES), "mtu": 1400, "auto_route": False,
-                       "strict_route": False, "stack": "gvisor"}
-    assert config["outbounds"] == [{"type": "socks", "tag": "proxy", "server": "10.200.1.2",
-                                    "server_port": 1080, "version": "5", "username": "u",
-                                    "password": "p"}]
+    assert inbound == {
+        "type": "tun",
+        "tag": "tun-in",
+        "interface_name": "sb0",
+        "address": list(DEFAULT_ADDRESSES),
+        "mtu": 1400,
+        "auto_route": False,
+        "strict_route": False,
+        "stack": "gvisor",
+    }
+    assert config["outbounds"] == [
+        {
+            "type": "socks",
+            "tag": "proxy",
+            "server": "10.200.1.2",
+            "server_port": 1080,
+            "version": "5",
+            "username": "u",
+            "password": "p",
+        }
+    ]
     assert config["route"]["final"] == "proxy"
 
 
@@ -115,13 +156,10 @@ ADAPTERS: dict[str, Callable[[], Tun2Socks]] = {
 
 @pytest.mark.netns
 @pytest.mark.parametrize("which", sorted(ADAPTERS))
-def test_adapter_carries_tcp_and_udp_through_the_recording_proxy(
-    topology: Any, which: str
-) -> None:
+def test_adapter_carries_tcp_and_udp_through_the_recording_proxy(topology: Any, which: str) -> None:
     """Start each adapter for real: TUN inside the client namespace, default routes into it,
     TCP and UDP echo over IPv4 and IPv6 checked at both ends and at the proxy."""
-    proxy = start_recording(topology.proxy, str(topology.address("proxy", "client", 4)),
-                            PROXY_PORT)
+    proxy = start_recording(topology.proxy, str(topology.address("proxy", "client", 4)), PROXY_PORT)
     targets = [str(topology.address("server", "proxy", f)) for f in (4, 6)]
     for ip in targets:
         start_tcp_echo(topology.server, ip, ECHO_PORT)
@@ -131,8 +169,7 @@ def test_adapter_carries_tcp_and_udp_through_the_recording_proxy(
     with running:
         assert running.version
         routes = topology.client.run(["ip", "route", "show", "default"], check=True).stdout
-        routes6 = topology.client.run(["ip", "-6", "route", "show", "default"],
-                                      check=True).stdout
+        routes6 = topology.client.run(["ip", "-6", "route", "show", "default"], check=True).stdout
         assert "dev zttun0" in routes and "dev zttun0" in routes6
         for index, ip in enumerate(targets):
             payload = seeded_bytes(index, 200_000)

@@ -44,8 +44,9 @@ def test_tcp_syn_carries_the_requested_options(rng: random.Random, src: str, dst
 
 
 def test_tcp_syn_options_can_be_left_out(rng: random.Random) -> None:
-    seg = _parse(packets.tcp_syn(rng, *V4, 80, mss=None, wscale=None, sack_permitted=False,
-                                 timestamps=False))[TCP]
+    seg = _parse(
+        packets.tcp_syn(rng, *V4, 80, mss=None, wscale=None, sack_permitted=False, timestamps=False)
+    )[TCP]
     assert seg.options == []
     assert seg.dataofs == 5
 
@@ -59,9 +60,15 @@ def test_sack_blocks(rng: random.Random) -> None:
 def test_builders_are_deterministic_per_seed() -> None:
     def build(seed: int) -> bytes:
         rng = random.Random(seed)
-        return b"".join(bytes(p) for p in (
-            packets.tcp_syn(rng, *V4, 80), packets.udp(rng, *V6, 53, b"q"),
-            packets.icmp_echo(rng, *V4), packets.garbage(rng, 40)))
+        return b"".join(
+            bytes(p)
+            for p in (
+                packets.tcp_syn(rng, *V4, 80),
+                packets.udp(rng, *V6, 53, b"q"),
+                packets.icmp_echo(rng, *V4),
+                packets.garbage(rng, 40),
+            )
+        )
 
     assert build(1) == build(1)
     assert build(1) != build(2)
@@ -182,8 +189,7 @@ def test_icmp_frag_needed_and_packet_too_big(rng: random.Random) -> None:
     assert (err4[ICMP].type, err4[ICMP].code, err4[ICMP].nexthopmtu) == (3, 4, 1400)
     assert len(bytes(err4)) <= 576
     big6 = packets.df_oversize(rng, *V6, 9, mtu=1400)
-    err6 = _parse(packets.icmp_error(big6, reporter="fd00:200:1::2", kind="frag-needed",
-                                     mtu=1280))
+    err6 = _parse(packets.icmp_error(big6, reporter="fd00:200:1::2", kind="frag-needed", mtu=1280))
     assert err6[ICMPv6PacketTooBig].mtu == 1280
     assert len(bytes(err6)) <= 1280
     with pytest.raises(ValueError, match="mtu"):

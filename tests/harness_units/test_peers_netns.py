@@ -44,8 +44,9 @@ def _fam(family: int) -> socket.AddressFamily:
     return socket.AF_INET6 if family == 6 else socket.AF_INET
 
 
-def _client_connect(topology: Any, proxy: tuple[str, int], target: tuple[str, int], family: int,
-                    **auth: Any) -> socket.socket:
+def _client_connect(
+    topology: Any, proxy: tuple[str, int], target: tuple[str, int], family: int, **auth: Any
+) -> socket.socket:
     sock: socket.socket = topology.client.socket(_fam(family), socket.SOCK_STREAM)
     sock.settimeout(TIMEOUT)
     sock.connect(proxy)
@@ -70,8 +71,9 @@ def _client_udp(topology: Any, proxy: tuple[str, int], family: int, **auth: Any)
     udp.settimeout(TIMEOUT)
     udp.bind((control.getsockname()[0], 0))
     try:
-        bound = handshake(control, Command.UDP_ASSOCIATE,
-                          Address.from_host(*udp.getsockname()[:2]), **auth)
+        bound = handshake(
+            control, Command.UDP_ASSOCIATE, Address.from_host(*udp.getsockname()[:2]), **auth
+        )
     except BaseException:
         udp.close()
         control.close()
@@ -86,11 +88,13 @@ def test_recording_server_in_namespaces(topology: Any, family: int) -> None:
     start_tcp_echo(topology.server, server_ip, ECHO_PORT)
     start_udp_echo(topology.server, server_ip, ECHO_PORT)
     proxy = start_recording(topology.proxy, proxy_ip, PROXY_PORT, user="u", password="p")
-    assert proxy.url == (f"socks5://u:p@[{proxy_ip}]:1080" if family == 6
-                         else f"socks5://u:p@{proxy_ip}:1080")
+    assert proxy.url == (
+        f"socks5://u:p@[{proxy_ip}]:1080" if family == 6 else f"socks5://u:p@{proxy_ip}:1080"
+    )
     payload = seeded_bytes(family, 100_000)
-    with _client_connect(topology, proxy.endpoint, (server_ip, ECHO_PORT), family,
-                         username="u", password="p") as sock:
+    with _client_connect(
+        topology, proxy.endpoint, (server_ip, ECHO_PORT), family, username="u", password="p"
+    ) as sock:
         assert _echo(sock, payload) == payload
     digest = hashlib.sha256(payload).hexdigest()
     request = assert_socks5_roundtrip(proxy, (server_ip, ECHO_PORT), digest, digest)
@@ -118,8 +122,7 @@ def test_recording_udp_associate_in_namespaces(topology: Any, family: int) -> No
     finally:
         session.close()
     digest = hashlib.sha256(b"onetwo").hexdigest()
-    assert_socks5_roundtrip(proxy, (server_ip, ECHO_PORT), digest, digest,
-                            command="UDP ASSOCIATE")
+    assert_socks5_roundtrip(proxy, (server_ip, ECHO_PORT), digest, digest, command="UDP ASSOCIATE")
 
 
 def test_tcp_data_source_through_microsocks(topology: Any) -> None:
@@ -142,10 +145,12 @@ def test_tcp_data_source_through_microsocks(topology: Any) -> None:
 def test_microsocks_with_auth_over_ipv6(topology: Any) -> None:
     server_ip = _ip(topology, "server", "proxy", 6)
     start_tcp_echo(topology.server, server_ip, ECHO_PORT)
-    proxy = start_microsocks(topology.proxy, _ip(topology, "proxy", "client", 6), PROXY_PORT,
-                             user="u", password="p")
-    with _client_connect(topology, proxy.endpoint, (server_ip, ECHO_PORT), 6,
-                         username="u", password="p") as sock:
+    proxy = start_microsocks(
+        topology.proxy, _ip(topology, "proxy", "client", 6), PROXY_PORT, user="u", password="p"
+    )
+    with _client_connect(
+        topology, proxy.endpoint, (server_ip, ECHO_PORT), 6, username="u", password="p"
+    ) as sock:
         # No half-close here: microsocks tears both directions down on the first EOF.
         sock.sendall(b"v6 via microsocks")
         received = b""
@@ -190,8 +195,7 @@ def test_dnsmasq_answers_fixed_records_only(topology: Any) -> None:
         sock = topology.proxy.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.settimeout(TIMEOUT)
         with sock:
-            sock.sendto(bytes(DNS(id=1, rd=1, qd=DNSQR(qname=name, qtype=qtype))),
-                        (server_ip, 53))
+            sock.sendto(bytes(DNS(id=1, rd=1, qd=DNSQR(qname=name, qtype=qtype))), (server_ip, 53))
             return DNS(sock.recv(4096))
 
     a = query("example.test", "A")
@@ -210,8 +214,10 @@ def test_http_server(topology: Any, engine: str, tmp_path: Any) -> None:
     (root / "blob.bin").write_bytes(body)
     server_ip = _ip(topology, "server", "proxy", 4)
     start_http_server(topology.server, server_ip, 8080, root, engine=engine)
-    result = topology.proxy.run(["curl", "-sS", "--max-time", "10", "-o", "-",
-                             f"http://{server_ip}:8080/blob.bin"], timeout=20)
+    result = topology.proxy.run(
+        ["curl", "-sS", "--max-time", "10", "-o", "-", f"http://{server_ip}:8080/blob.bin"],
+        timeout=20,
+    )
     assert result.ok, result.stderr
     fetched = topology.proxy.run(
         ["sh", "-c", f"curl -sS --max-time 10 http://{server_ip}:8080/blob.bin | sha256sum"],
@@ -284,7 +290,6 @@ def test_send_raw_fallback_script_when_host_has_no_sockets(topology: Any, rng: A
         assert _receive_marked(sniffer, b"MARK-SCRIPT") == pkt
 
 
-
 @pytest.mark.parametrize("dual_stack", [False, True], ids=["v4-internal", "dual-internal"])
 def test_danted_refuses_udp_when_the_declared_client_is_loopback(
     topology: Any, dual_stack: bool
@@ -297,8 +302,9 @@ def test_danted_refuses_udp_when_the_declared_client_is_loopback(
     server_ip = _ip(topology, "server", "proxy", 4)
     start_udp_echo(topology.server, server_ip, ECHO_PORT)
     extra = [_ip(topology, "proxy", "client", 6)] if dual_stack else []
-    proxy = start_danted(topology.proxy, _ip(topology, "proxy", "client", 4), PROXY_PORT,
-                         extra_addrs=extra)
+    proxy = start_danted(
+        topology.proxy, _ip(topology, "proxy", "client", 4), PROXY_PORT, extra_addrs=extra
+    )
     control = topology.client.socket(socket.AF_INET, socket.SOCK_STREAM)
     udp = topology.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with control, udp:
@@ -316,6 +322,7 @@ def test_danted_refuses_udp_when_the_declared_client_is_loopback(
             udp = topology.client.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         session = UdpSession(control=control, udp=udp, relay=(relay_ip, bound.port))
         session.send((server_ip, ECHO_PORT), b"dropped")
-        proxy.process.wait_for(LogLine(r"expected udp packet from clientaddress ::1\.0"),
-                               timeout=TIMEOUT)
+        proxy.process.wait_for(
+            LogLine(r"expected udp packet from clientaddress ::1\.0"), timeout=TIMEOUT
+        )
         udp.close()

@@ -64,8 +64,9 @@ def test_connect_by_domain_keeps_the_domain_in_the_log(make_proxy: Any, targets:
         socket.getaddrinfo("localhost", targets.tcp_echo[1], socket.AF_INET)
     except OSError:
         pytest.skip("localhost does not resolve here")
-    with connect(_proxy(server), ("localhost", targets.tcp_echo[1]),
-                 timeout=CLIENT_TIMEOUT) as sock:
+    with connect(
+        _proxy(server), ("localhost", targets.tcp_echo[1]), timeout=CLIENT_TIMEOUT
+    ) as sock:
         assert _echo_roundtrip(sock, b"by name") == b"by name"
     digest = hashlib.sha256(b"by name").hexdigest()
     request = assert_socks5_roundtrip(server, f"localhost:{targets.tcp_echo[1]}", digest, digest)
@@ -115,8 +116,13 @@ def test_connect_refused_by_target_is_reply_5(make_proxy: Any) -> None:
 
 def test_auth_success_logs_the_user(make_proxy: Any, targets: Targets) -> None:
     server = make_proxy(username="alice", password="s3cret")
-    with connect(_proxy(server), targets.tcp_echo, username="alice", password="s3cret",
-                 timeout=CLIENT_TIMEOUT) as sock:
+    with connect(
+        _proxy(server),
+        targets.tcp_echo,
+        username="alice",
+        password="s3cret",
+        timeout=CLIENT_TIMEOUT,
+    ) as sock:
         assert _echo_roundtrip(sock, b"hi") == b"hi"
     request = assert_socks5_roundtrip(server, targets.tcp_echo, None, None)
     assert request.user == "alice"
@@ -127,8 +133,13 @@ def test_auth_success_logs_the_user(make_proxy: Any, targets: Targets) -> None:
 def test_auth_wrong_password_is_rejected_and_logged(make_proxy: Any, targets: Targets) -> None:
     server = make_proxy(username="alice", password="s3cret")
     with pytest.raises(Socks5ClientError, match="authentication failed"):
-        connect(_proxy(server), targets.tcp_echo, username="alice", password="nope",
-                timeout=CLIENT_TIMEOUT)
+        connect(
+            _proxy(server),
+            targets.tcp_echo,
+            username="alice",
+            password="nope",
+            timeout=CLIENT_TIMEOUT,
+        )
     assert server.requests() == []
     _wait_event(server, "auth")
     (auth,) = [e for e in server.log.events if e["event"] == "auth"]
@@ -148,8 +159,10 @@ def test_client_without_credentials_gets_no_acceptable_method(
 
 def test_bind_is_not_supported(make_proxy: Any) -> None:
     server = make_proxy()
-    with socket.create_connection(_proxy(server), timeout=CLIENT_TIMEOUT) as sock, \
-            pytest.raises(Socks5ClientError) as info:
+    with (
+        socket.create_connection(_proxy(server), timeout=CLIENT_TIMEOUT) as sock,
+        pytest.raises(Socks5ClientError) as info,
+    ):
         handshake(sock, Command.BIND, Address("127.0.0.1", 9, AddrType.IPV4))
     assert info.value.reply == Reply.COMMAND_NOT_SUPPORTED
     (request,) = server.requests()
@@ -171,8 +184,9 @@ def test_udp_associate_roundtrip(make_proxy: Any, targets: Targets) -> None:
         session.close()
     assert replies == payloads
     digest = hashlib.sha256(b"".join(payloads)).hexdigest()
-    request = assert_socks5_roundtrip(server, targets.udp_echo, digest, digest,
-                                      command="UDP ASSOCIATE")
+    request = assert_socks5_roundtrip(
+        server, targets.udp_echo, digest, digest, command="UDP ASSOCIATE"
+    )
     stats = request.udp[f"127.0.0.1:{targets.udp_echo[1]}"]
     assert stats.datagrams_to_target == stats.datagrams_from_target == len(payloads)
     assert stats.bytes_to_target == sum(map(len, payloads))
@@ -187,8 +201,9 @@ def test_udp_from_a_foreign_address_is_dropped(make_proxy: Any, targets: Targets
         stranger.bind(("127.0.0.2", 0))
         from harness.peers.socks5_wire import encode_udp_datagram
 
-        stranger.sendto(encode_udp_datagram(Address.from_host(*targets.udp_echo), b"x"),
-                        session.relay)
+        stranger.sendto(
+            encode_udp_datagram(Address.from_host(*targets.udp_echo), b"x"), session.relay
+        )
         stranger.close()
         _wait_event(server, "udp_drop")
     finally:
@@ -300,17 +315,34 @@ def test_fault_specs_parse() -> None:
 def test_cli_prints_ready_line_and_writes_jsonl(tmp_path: Path, targets: Targets) -> None:
     log = tmp_path / "rec.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.peers.recording", "--listen", "127.0.0.1:0",
-         "--log", str(log), "--user", "u", "--password", "p"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "harness.peers.recording",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            str(log),
+            "--user",
+            "u",
+            "--password",
+            "p",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # blocks until the ready line: the event we await
         assert line.startswith("listening on 127.0.0.1:")
         port = int(line.rsplit(":", 1)[1])
-        with connect(("127.0.0.1", port), targets.tcp_echo, username="u", password="p",
-                     timeout=CLIENT_TIMEOUT) as sock:
+        with connect(
+            ("127.0.0.1", port),
+            targets.tcp_echo,
+            username="u",
+            password="p",
+            timeout=CLIENT_TIMEOUT,
+        ) as sock:
             assert _echo_roundtrip(sock, b"cli") == b"cli"
         _wait_file_event(log, "close")
     finally:
@@ -321,18 +353,24 @@ def test_cli_prints_ready_line_and_writes_jsonl(tmp_path: Path, targets: Targets
     assert kinds[:3] == ["listening", "auth", "request"] and "close" in kinds
     request = next(e for e in events if e["event"] == "request")
     assert request["user"] == "u" and request["command"] == "CONNECT"
-    assert request["target"] == {"host": "127.0.0.1", "port": targets.tcp_echo[1],
-                                 "atyp": "ipv4"}
+    assert request["target"] == {"host": "127.0.0.1", "port": targets.tcp_echo[1], "atyp": "ipv4"}
 
 
-@pytest.mark.parametrize("argv", [
-    ["--listen", "nope"],
-    ["--listen", "127.0.0.1:1", "--fault", "bogus"],
-    ["--listen", "127.0.0.1:1", "--user", "only-user"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--listen", "nope"],
+        ["--listen", "127.0.0.1:1", "--fault", "bogus"],
+        ["--listen", "127.0.0.1:1", "--user", "only-user"],
+    ],
+)
 def test_cli_bad_arguments_exit_2(argv: list[str]) -> None:
-    done = subprocess.run([sys.executable, "-m", "harness.peers.recording", *argv],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.peers.recording", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     assert "error" in done.stderr
 
@@ -359,8 +397,7 @@ def test_tcp_data_duplex(make_proxy: Any, targets: Targets) -> None:
     assert body == seeded_bytes(12, size)
     assert trailer == f"{size} {hashlib.sha256(upload).hexdigest()}\n".encode()
     sent = hashlib.sha256(b"DUPLEX %d 12\n" % size + upload).hexdigest()
-    assert_socks5_roundtrip(server, targets.tcp_data, sent,
-                            hashlib.sha256(received).hexdigest())
+    assert_socks5_roundtrip(server, targets.tcp_data, sent, hashlib.sha256(received).hexdigest())
 
 
 # --------------------------------------------------------------------------- helpers
