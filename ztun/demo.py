@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import netns
+from .proc import Proc, listening, log_has, spawn, stop_all
 
 PREFIX = "ztdemo-"
 CLIENT_V4, PROXY_C_V4 = "10.200.0.1", "10.200.0.2"
@@ -38,88 +39,23 @@ READY_TIMEOUT = 20.0
 
 
 @dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: str
-
-    def log_text(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-
-@dataclass
 class _Demo:
     workdir: str
     namespaces: list[str] = field(default_factory=list)
-    procs: list[_Proc] = field(default_factory=list)
+    procs: list[Proc] = field(default_factory=list)
 
     def ns(self, role: str) -> str:
         return f"{PREFIX}{os.getpid()}-{role}"
 
-    def spawn(self, name: str, ns: str, argv: list[str], ready: Callable[[_Proc], bool]) -> _Proc:
-        log_path = os.path.join(self.workdir, f"{name}.log")
-        with open(log_path, "wb") as log_file:
-            popen = subprocess.Popen(
-                netns.exec_argv(ns, argv),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        proc = _Proc(name, popen, log_path)
+    def spawn(self, name: str, ns: str, argv: list[str], ready: Callable[[Proc], bool]) -> Proc:
+        proc = spawn(ns, argv, name=name, workdir=self.workdir, ready=ready, timeout=READY_TIMEOUT)
         self.procs.append(proc)
-        _await(lambda: ready(proc) or _exited(proc), READY_TIMEOUT, f"{name} to get ready")
-        if popen.poll() is not None:
-            raise RuntimeError(f"{name} exited with {popen.returncode}:\n{proc.log_text()[-2000:]}")
         return proc
 
     def teardown(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.popen.poll() is None:
-                proc.popen.terminate()
-                try:
-                    proc.popen.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.popen.kill()
-                    proc.popen.wait(5)
+        stop_all(self.procs)
         for name in reversed(self.namespaces):
             netns.remove(name)
-
-
-def _exited(proc: _Proc) -> bool:
-    return proc.popen.poll() is not None
-
-
-def _await(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait for a condition that has no fd to wait on (a log line, a listening socket).
-
-    The poll interval grows from 5 ms; the deadline bounds it.
-    """
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
-def _log_has(pattern: str) -> Callable[[_Proc], bool]:
-    regex = re.compile(pattern)
-    return lambda proc: bool(regex.search(proc.log_text()))
-
-
-def _listening(ns: str, port: int, udp: bool = False) -> Callable[[_Proc], bool]:
-    def check(_proc: _Proc) -> bool:
-        out = subprocess.run(
-            netns.exec_argv(ns, ["ss", "-Hln" + ("u" if udp else "t"), f"sport = :{port}"]),
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return bool(out.stdout.strip())
-
-    return check
 
 
 def _build_topology(demo: _Demo) -> tuple[str, str, str]:
@@ -146,7 +82,7 @@ def _start_servers(demo: _Demo, server: str, blob_dir: str) -> str:
         "http",
         server,
         [py, "-m", "http.server", "--bind", SERVER_V4, "--directory", blob_dir, str(HTTP_PORT)],
-        _listening(server, HTTP_PORT),
+        listening(server, HTTP_PORT),
     )
     if shutil.which("dnsmasq"):
         demo.spawn(
@@ -165,7 +101,7 @@ def _start_servers(demo: _Demo, server: str, blob_dir: str) -> str:
                 "--log-facility=-",
                 "--pid-file=",
             ],
-            _listening(server, 53, udp=True),
+            listening(server, 53, udp=True),
         )
         return "dnsmasq"
     demo.spawn(
@@ -180,7 +116,7 @@ def _start_servers(demo: _Demo, server: str, blob_dir: str) -> str:
             "--answer",
             f"{DNS_NAME}={SERVER_V4}",
         ],
-        _listening(server, 53, udp=True),
+        listening(server, 53, udp=True),
     )
     return "built-in DNS"
 
@@ -206,7 +142,7 @@ socks pass {{
 """)
 
 
-def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list[_Proc]]:
+def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list[Proc]]:
     py = sys.executable
     procs = []
     tcp_kind = choice
@@ -218,7 +154,7 @@ def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list
                 "microsocks",
                 proxy,
                 ["microsocks", "-i", PROXY_C_V4, "-p", str(TCP_PORT)],
-                _listening(proxy, TCP_PORT),
+                listening(proxy, TCP_PORT),
             )
         )
     elif tcp_kind == "danted":
@@ -230,7 +166,7 @@ def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list
             f.write(text)
         procs.append(
             demo.spawn(
-                "danted-tcp", proxy, ["danted", "-f", conf, "-N", "1"], _listening(proxy, TCP_PORT)
+                "danted-tcp", proxy, ["danted", "-f", conf, "-N", "1"], listening(proxy, TCP_PORT)
             )
         )
     else:
@@ -239,7 +175,7 @@ def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list
                 "socks5",
                 proxy,
                 [py, "-m", "ztun.servers.socks5", "--listen", f"{PROXY_C_V4}:{TCP_PORT}"],
-                _listening(proxy, TCP_PORT),
+                listening(proxy, TCP_PORT),
             )
         )
     if shutil.which("danted") and choice in ("auto", "danted", "microsocks"):
@@ -247,7 +183,7 @@ def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list
         _danted_config(conf)
         procs.append(
             demo.spawn(
-                "danted", proxy, ["danted", "-f", conf, "-N", "1"], _listening(proxy, UDP_PORT)
+                "danted", proxy, ["danted", "-f", conf, "-N", "1"], listening(proxy, UDP_PORT)
             )
         )
         udp_kind = "danted"
@@ -257,7 +193,7 @@ def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list
                 "socks5-udp",
                 proxy,
                 [py, "-m", "ztun.servers.socks5", "--listen", f"{PROXY_C_V4}:{UDP_PORT}"],
-                _listening(proxy, UDP_PORT),
+                listening(proxy, UDP_PORT),
             )
         )
         udp_kind = "builtin"
@@ -355,7 +291,7 @@ def run_demo(size: int = 8 << 20, socks: str = "auto") -> int:
                 "--udp-proxy",
                 f"socks5://{PROXY_C_V4}:{UDP_PORT}",
             ],
-            _log_has(r"ztun ready"),
+            log_has(r"ztun ready"),
         )
         netns.default_route(client, "ztun0")
         print(
@@ -386,8 +322,7 @@ def run_demo(size: int = 8 << 20, socks: str = "auto") -> int:
         print(f"  UDP   DNS A {DNS_NAME} via UDP ASSOCIATE -> {answer}", file=out)
         print(f"  ICMP  ping {SERVER_V4} (echo answered by ztun): {_ping(client)}", file=out)
 
-        ztun.popen.terminate()
-        ztun.popen.wait(10)
+        ztun.stop()  # SIGTERM: ztun logs its counters and removes its TUN
         stats = _stats_from(ztun.log_text())
         print("", file=out)
         print(

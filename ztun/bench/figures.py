@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import netns
+from ..proc import ProcError, await_condition, run
 from . import parse, procstat
 from .options import Durations
-from .proc import BenchError, await_condition, run
 from .servers import HOLD_PORT, HTTP_PORT, IPERF_PORT, Servers
 from .systems import Env, System
 from .topology import SERVER_V4
@@ -141,7 +141,7 @@ def conn(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
     with open(csv_path) as f:
         result = parse.ab(out, f.read())
     if result.complete == 0:
-        raise BenchError("ab completed no request")
+        raise ProcError("ab completed no request")
     return {
         "conn_per_s": result.requests_per_second,
         "p50_ms": result.p50_ms,
@@ -169,7 +169,7 @@ def rr(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
     )
     result = parse.wrk(out)
     if result.errors:
-        raise BenchError(f"wrk saw {result.errors} errors")
+        raise ProcError(f"wrk saw {result.errors} errors")
     return {
         "rr_per_s": result.requests_per_second,
         "p50_us": result.p50_seconds * 1e6,
@@ -188,7 +188,7 @@ def _open_idle(client_ns: str, count: int, deadline: float) -> list[socket.socke
     try:
         while len(opened) < count:
             if time.monotonic() > deadline:
-                raise BenchError(f"opened only {len(opened)} of {count} idle connections in time")
+                raise ProcError(f"opened only {len(opened)} of {count} idle connections in time")
             while len(pending) < HELD_CONCURRENCY and len(opened) + len(pending) < count:
                 with netns.in_netns(client_ns):
                     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -204,7 +204,7 @@ def _open_idle(client_ns: str, count: int, deadline: float) -> list[socket.socke
                     sock.close()
                     failures += 1
                     if failures > count // 10 + 10:
-                        raise BenchError(f"{failures} idle connections failed to open")
+                        raise ProcError(f"{failures} idle connections failed to open")
                 else:
                     opened.append(sock)
     except BaseException:
@@ -231,7 +231,7 @@ def _hold(ctx: Ctx, system: System, held: list[socket.socket], target: int, dead
     """Open idle connections up to `target` and wait until holdsocks has answered them all,
     or until the count stops growing (the tun2socks or the fd limit gave out): how many."""
     open_deadline = min(deadline, time.monotonic() + ctx.durations.held_open_seconds)
-    with contextlib.suppress(BenchError):  # what opened is still measured
+    with contextlib.suppress(ProcError):  # what opened is still measured
         held += _open_idle(ctx.env.topo.client, target - len(held), open_deadline)
     last, still_since = -1, time.monotonic()
 
@@ -242,7 +242,7 @@ def _hold(ctx: Ctx, system: System, held: list[socket.socket], target: int, dead
             last, still_since = count, time.monotonic()
         return count >= target or time.monotonic() - still_since > HELD_STALL
 
-    with contextlib.suppress(BenchError):
+    with contextlib.suppress(ProcError):
         await_condition(
             settled,
             max(1.0, min(HELD_SETTLE_TIMEOUT, deadline - time.monotonic())),

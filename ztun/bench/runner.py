@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any, TextIO
 
+from ..proc import ProcError
 from . import report
 from .figures import FIGURES, Ctx, NotApplicable, nominal_seconds, timeout_for
 from .options import BenchOptions
-from .proc import BenchError
 from .report import RunRecord
 from .servers import Servers, sing_box_path
 from .systems import Env, System, make_system
@@ -80,7 +80,7 @@ def _preflight(opts: BenchOptions, err: TextIO) -> bool:
     ):
         try:
             sing_box_path()
-        except BenchError as exc:
+        except ProcError as exc:
             print(f"ztun bench: {exc}", file=err)
             return False
     return True
@@ -142,7 +142,7 @@ def _versions() -> dict[str, str]:
         name, _, version = line.partition(" ")
         if version:
             out[name] = version
-    with contextlib.suppress(BenchError, OSError, subprocess.SubprocessError):
+    with contextlib.suppress(ProcError, OSError, subprocess.SubprocessError):
         res = subprocess.run(
             [sing_box_path(), "version"], capture_output=True, text=True, timeout=10
         )
@@ -229,7 +229,7 @@ def _run_one(ctx: Ctx, system: System, rep: int, test: str, deadline: float) -> 
         record.metrics = FIGURES[test](ctx, system, timeout)
     except NotApplicable as exc:
         record.not_applicable = str(exc)
-    except (BenchError, ValueError, OSError) as exc:
+    except (ProcError, ValueError, OSError) as exc:
         if time.monotonic() >= deadline:
             record.skipped = "time limit (cut short)"
         else:
@@ -250,7 +250,7 @@ def _run_system(
     progress.status(f"rep {rep} {system.name}: starting")
     try:
         system.start()
-    except (BenchError, OSError) as exc:
+    except (ProcError, OSError) as exc:
         for test in tests:
             record = RunRecord(rep, system.name, test, error=f"start failed: {exc}")
             runs.append(record)
@@ -322,7 +322,7 @@ def run_bench(opts: BenchOptions, out: TextIO = sys.stdout, err: TextIO = sys.st
         print(
             "\nztun bench: interrupted; namespaces removed; reporting what was measured", file=err
         )
-    except (BenchError, OSError) as exc:
+    except (ProcError, OSError) as exc:
         failed_setup = True
         print(f"\nztun bench: {type(exc).__name__}: {exc}", file=err)
     elapsed = time.monotonic() - started

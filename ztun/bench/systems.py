@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 
 from .. import netns
-from .proc import BenchError, Proc, await_condition, link_exists, log_has, spawn
+from ..proc import Proc, ProcError, await_condition, link_exists, log_has, spawn
 from .servers import DANTED_PORT, FILE_SIZE, HOLD_PORT, HTTP_PORT, SOCKS_UDP_PORT, sing_box_path
 from .topology import PROXY_C_V4, SERVER_V4, Topology
 
@@ -59,7 +59,7 @@ class System:
 
     def check_alive(self) -> None:
         if self.proc and not self.proc.alive():
-            raise BenchError(f"{self.name} died: {self.proc.log_tail()}")
+            raise ProcError(f"{self.name} died: {self.proc.log_tail()}")
 
     def probe(self, tcp_port: int = DANTED_PORT) -> None:
         """One HTTP GET from the client, retried until it works: the path is up end to end
@@ -96,8 +96,8 @@ class System:
 
         try:
             await_condition(fetch, PROBE_TIMEOUT, f"{self.name} to carry an HTTP GET", abort=died)
-        except BenchError as exc:
-            raise BenchError(f"{exc} (last: {last[0] if last else '-'})") from None
+        except ProcError as exc:
+            raise ProcError(f"{exc} (last: {last[0] if last else '-'})") from None
 
 
 class Direct(System):

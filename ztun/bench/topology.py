@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from .. import netns
-from .proc import run
+from ..proc import run
 
 PREFIX = "ztbench-"
 CLIENT_V4, PROXY_C_V4 = "10.210.0.1", "10.210.0.2"

@@ -1,4 +1,4 @@
-"""Background processes and bounded commands inside the bench's namespaces.
+"""Background processes and bounded commands inside namespaces (`ztun demo`, `ztun bench`).
 
 Every command has a timeout and every start waits for an event (a listening socket, a log
 line, an interface) with a deadline, like kselftest's `bkg` helpers; a process that dies
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .. import netns
+from . import netns
 
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
@@ -24,8 +24,8 @@ LOG_TAIL = 1500
 POLL_FIRST, POLL_MAX = 0.005, 0.1  # seconds: readiness polls start fast and back off
 
 
-class BenchError(RuntimeError):
-    """A bench step failed; the message says which and carries the evidence (log tail)."""
+class ProcError(RuntimeError):
+    """A step failed; the message says which and carries the evidence (log tail)."""
 
 
 @dataclass
@@ -78,9 +78,9 @@ def await_condition(
     while not condition():
         reason = abort() if abort else None
         if reason:
-            raise BenchError(f"{what}: {reason}")
+            raise ProcError(f"{what}: {reason}")
         if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
+            raise ProcError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, POLL_MAX)
 
@@ -139,10 +139,10 @@ def run(
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"{argv[0]} did not finish within {timeout:g}s") from exc
+        raise ProcError(f"{argv[0]} did not finish within {timeout:g}s") from exc
     if check and result.returncode != 0:
         tail = (result.stderr or result.stdout)[-LOG_TAIL:]
-        raise BenchError(f"{' '.join(argv[:3])}... exited with {result.returncode}: {tail.strip()}")
+        raise ProcError(f"{' '.join(argv[:3])}... exited with {result.returncode}: {tail.strip()}")
     return result
 
 
