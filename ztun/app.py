@@ -72,12 +72,17 @@ def live_owner(journal: object) -> int | None:
     pid = getattr(state, "pid", None)
     if not pid or pid == os.getpid():
         return None
+    return pid if ztun_argv(pid) is not None else None  # a reused pid is not an owner
+
+
+def ztun_argv(pid: int) -> list[bytes] | None:
+    """The command line of `pid` if it is a live ztun process, else None."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
+            argv = f.read().split(b"\0")
     except OSError:
         return None
-    return pid if b"ztun" in cmdline else None  # a reused pid is not an owner
+    return argv if any(b"ztun" in arg for arg in argv) else None
 
 
 def open_device(opts: RunOptions) -> Device | None:

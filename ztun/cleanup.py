@@ -12,9 +12,10 @@ import contextlib
 import glob
 import logging
 import os
+import re
 
 from . import netns
-from .app import RUN_DIR, live_owner, netns_id
+from .app import RUN_DIR, live_owner, netns_id, ztun_argv
 from .demo import PREFIX
 
 log = logging.getLogger("ztun")
@@ -32,40 +33,22 @@ def _live_netns_inodes() -> set[int]:
 
 def _creator_alive(name: str) -> bool:
     """`ztdemo-<pid>-role` / `ztbench-<pid>...-x`: is that pid a live ztun?"""
-    digits = ""
-    for ch in name.split("-", 1)[1] if "-" in name else "":
-        if not ch.isdigit():
-            break
-        digits += ch
-    if not digits:
-        return False
-    try:
-        with open(f"/proc/{digits}/cmdline", "rb") as f:
-            return b"ztun" in f.read()
-    except OSError:
-        return False
+    match = re.match(r"[^-]+-(\d+)", name)
+    return match is not None and ztun_argv(int(match.group(1))) is not None
 
 
 def _running_ztun_on(device: str) -> bool:
     """A live `ztun run` in this namespace whose command line names `device`."""
     here = netns_id()
-    for cmdline_path in glob.glob("/proc/[0-9]*/cmdline"):
-        pid = cmdline_path.split("/")[2]
-        if int(pid) == os.getpid():
+    wanted = f"tun://{device}".encode()
+    for entry in glob.glob("/proc/[0-9]*"):
+        pid = int(entry.rsplit("/", 1)[1])
+        argv = ztun_argv(pid) if pid != os.getpid() else None
+        if argv is None or b"run" not in argv or not any(a.endswith(wanted) for a in argv):
             continue
-        try:
-            with open(cmdline_path, "rb") as f:
-                argv = f.read().split(b"\0")
-            if os.stat(f"/proc/{pid}/ns/net").st_ino != here:
-                continue
-        except OSError:
-            continue
-        if (
-            any(b"ztun" in a for a in argv)
-            and b"run" in argv
-            and any(a.endswith(f"tun://{device}".encode()) for a in argv)
-        ):
-            return True
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == here:
+                return True
     return False
 
 
