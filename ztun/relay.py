@@ -118,20 +118,30 @@ class _Direction:
             return
         if sent < n:
             self.pending = bytes(buf[sent:n])
-            self.loop.remove_reader(self.src.fileno())
-            self.loop.add_writer(self.dst.fileno(), self.on_writable)
+            self._wait_writable()
 
     def on_writable(self) -> None:
+        if self._flush():
+            self._resume()
+
+    def _flush(self) -> bool:
+        """Send what waits for dst; True once nothing does."""
         try:
             sent = self.dst.send(self.pending)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as exc:
             self.relay.abort(exc)
-            return
+            return False
         self.pending = self.pending[sent:]
-        if self.pending:
-            return
+        return not self.pending
+
+    def _wait_writable(self) -> None:
+        """dst is full: stop reading src until it drains (backpressure)."""
+        self.loop.remove_reader(self.src.fileno())
+        self.loop.add_writer(self.dst.fileno(), self.on_writable)
+
+    def _resume(self) -> None:
         self.loop.remove_writer(self.dst.fileno())
         if self.eof:
             self._finish_if_drained()
@@ -186,17 +196,16 @@ class _SpliceDirection(_Direction):
             return
         self.moved += n
         self.in_pipe += n
-        self._drain()
+        if not self._drain() and not self.relay.closed:
+            self._wait_writable()
 
     def _drain(self) -> bool:
-        """Move what is in the pipe to dst; False (and wait for writable) if dst is full."""
-        assert self.pipe is not None
+        """Move what is in the pipe to dst; False while dst is full (or on abort)."""
         while self.in_pipe:
+            assert self.pipe is not None
             try:
                 m = os.splice(self.pipe[0], self.dst.fileno(), self.in_pipe, flags=_SPLICE_FLAGS)
             except (BlockingIOError, InterruptedError):
-                self.loop.remove_reader(self.src.fileno())
-                self.loop.add_writer(self.dst.fileno(), self.on_writable)
                 return False
             except OSError as exc:
                 self.relay.abort(exc)
@@ -205,17 +214,11 @@ class _SpliceDirection(_Direction):
         self._release_if_empty()
         return True
 
-    def on_writable(self) -> None:
-        if self.pending:
-            super().on_writable()
-            return
-        if not self._drain():
-            return
-        self.loop.remove_writer(self.dst.fileno())
-        if self.eof:
-            self._finish_if_drained()
-        else:
-            self.loop.add_reader(self.src.fileno(), self.on_readable)
+    def _flush(self) -> bool:
+        # Early bytes (sent by plain send) go before anything spliced.
+        if self.pending and not super()._flush():
+            return False
+        return self._drain()
 
     def _release_if_empty(self) -> None:
         if self.pipe is not None and not self.in_pipe:
