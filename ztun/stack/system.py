@@ -185,7 +185,7 @@ class SystemStack:
         if proto == PROTO_TCP:
             if self.nat4 is None:
                 return self._drop("tcp_family_disabled")
-            return self._tcp(ip, ip.payload, self.nat4, now, csum_partial)
+            return self._tcp(ip, ip.payload, ip.src, dst, self.nat4, now, csum_partial)
         if proto == PROTO_UDP:
             return self._udp(4, ip.src, dst, ip.payload, now, csum_partial)
         if proto == PROTO_ICMP:
@@ -203,7 +203,7 @@ class SystemStack:
         if proto == PROTO_TCP:
             if self.nat6 is None:
                 return self._drop("tcp_family_disabled")
-            return self._tcp(ip, payload, self.nat6, now, csum_partial)
+            return self._tcp(ip, payload, ip.src, dst, self.nat6, now, csum_partial)
         if proto == PROTO_UDP:
             return self._udp(6, ip.src, dst, payload, now, csum_partial)
         if proto == PROTO_ICMPV6:
@@ -220,17 +220,19 @@ class SystemStack:
         self,
         ip: Ipv4Packet | Ipv6Packet,
         segment: memoryview,
+        src: bytes,
+        dst: bytes,
         nat: TcpNatTable,
         now: float,
         csum_partial: bool,
     ) -> Output:
+        """`src`/`dst` are the packet's addresses, already read by the caller (one copy each)."""
         tcp = TcpPacket.checked(segment)
-        src = ip.src
         sport = tcp.src_port
         if sport == nat.listen_port and src == nat.server_addr:
             # The kernel listener answering the hairpin: back to the app's view.
             session = nat.by_port(tcp.dst_port)
-            if session is None or ip.dst != nat.peer_addr:
+            if session is None or dst != nat.peer_addr:
                 return self._drop("tcp_unknown_nat_port")
             return _rewrite(
                 ip,
@@ -244,7 +246,7 @@ class SystemStack:
                 csum_partial,
             )
         flags = tcp.flags
-        key = (src, sport, ip.dst, tcp.dst_port)
+        key = (src, sport, dst, tcp.dst_port)
         session = nat.by_flow(key)
         if session is None or (session.state == CLOSING and flags & (SYN | ACK) == SYN):
             if flags & (SYN | ACK | RST) != SYN:
@@ -252,7 +254,7 @@ class SystemStack:
                     return self._drop("tcp_no_session")
                 self.counters["tcp_reset_unknown_flow"] += 1
                 return self._reset_for(ip, tcp, len(segment))
-            if not csum_partial and not tcp.verify_checksum(src, ip.dst):
+            if not csum_partial and not tcp.verify_checksum(src, dst):
                 # Checked once per new flow, so a corrupt SYN allocates no NAT entry; later
                 # segments are left to the kernel, which verifies them on the hairpin.
                 return self._drop("tcp_bad_checksum")
