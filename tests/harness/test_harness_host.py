@@ -27,14 +27,14 @@ pytestmark = pytest.mark.netns
 
 PY = "python3"
 SERVE_TCP = (
-    "import socket,sys,time;"
+    "import signal,socket,sys;"
     "s=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET);"
-    "s.bind((sys.argv[1],int(sys.argv[2])));s.listen();time.sleep(60)"
+    "s.bind((sys.argv[1],int(sys.argv[2])));s.listen();signal.pause()"
 )
 SERVE_UDP = (
-    "import socket,sys,time;"
+    "import signal,socket,sys;"
     "s=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET,"
-    "socket.SOCK_DGRAM);s.bind((sys.argv[1],int(sys.argv[2])));time.sleep(60)"
+    "socket.SOCK_DGRAM);s.bind((sys.argv[1],int(sys.argv[2])));signal.pause()"
 )
 
 

@@ -164,7 +164,7 @@ class Bench:
                 self.notes.append(f"not settled after {timeout:g}s: {', '.join(pending)}")
                 return False
             # A probe, not a fixed sleep: /proc/net/tcp has no change notification.
-            time.sleep(interval)
+            time.sleep(interval)  # noqa: sleep-ok - bounded probe, /proc/net/tcp has no event
             interval = min(interval * 2, SETTLE_POLL_MAX)
 
 

@@ -264,7 +264,7 @@ async def _until(predicate: Callable[[], bool], timeout: float) -> bool:
     while not predicate():
         if loop.time() >= deadline:
             return False
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # noqa: sleep-ok - kernel socket tables have no change event
     return True
 
 
