@@ -47,3 +47,28 @@ class Device(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class DeviceInfo:
+    """What every device reports about itself, from `_name`, `_index` and `_mtu` that the
+    backend's constructor sets. Frames are plain IP packets unless a backend says so."""
+
+    _name: str
+    _index: int
+    _mtu: int
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def mtu(self) -> int:
+        return self._mtu
+
+    @property
+    def frame_header_len(self) -> int:
+        return 0

@@ -70,7 +70,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..route.darwin import DARWIN_AF_INET, DARWIN_AF_INET6, sockaddr_in, sockaddr_in6
-from .base import DeviceError
+from .base import DeviceError, DeviceInfo
 
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -298,7 +298,7 @@ def apply_requests(
             sock.close()
 
 
-class DarwinUtun:
+class DarwinUtun(DeviceInfo):
     """A connected utun control socket, moving plain IP packets (the family word is
     handled here).  Closing it destroys the interface with its addresses and routes."""
 
@@ -313,24 +313,8 @@ class DarwinUtun:
         #: Frames dropped on read / packets refused on write, by reason.
         self.errors: Counter[str] = Counter()
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def index(self) -> int:
-        return self._index
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
-
     def fileno(self) -> int:
         return self._fd
-
-    @property
-    def frame_header_len(self) -> int:
-        return 0
 
     def read_into(self, buf: memoryview) -> int:
         """Read one packet into ``buf`` (family word stripped). Frames that are shorter

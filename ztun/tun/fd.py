@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 
+from .base import DeviceInfo
 
-class FdDevice:
+
+class FdDevice(DeviceInfo):
     def __init__(self, fd: int, *, mtu: int = 1500, name: str = "", index: int = 0) -> None:
         try:
             os.fstat(fd)
@@ -21,24 +23,8 @@ class FdDevice:
         self._name = name or f"fd{fd}"
         self._index = index
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def index(self) -> int:
-        return self._index
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
-
     def fileno(self) -> int:
         return self._fd
-
-    @property
-    def frame_header_len(self) -> int:
-        return 0
 
     def write_frame(self, frame: bytes | bytearray | memoryview) -> int:
         return os.write(self._fd, frame)

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..netns import in_netns
-from .base import DeviceError
+from .base import DeviceError, DeviceInfo
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
@@ -52,7 +52,7 @@ def _netlink(netns: str | None, fn: Any) -> None:
         fn(ipr)
 
 
-class LinuxTun:
+class LinuxTun(DeviceInfo):
     """A TUN device this process created (and removes on close: it is not persistent)."""
 
     def __init__(
@@ -133,18 +133,6 @@ class LinuxTun:
                 continue
             self._added.append(iface)
         ipr.link("set", index=self._index, state="up")
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def index(self) -> int:
-        return self._index
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
 
     @property
     def netns(self) -> str | None:

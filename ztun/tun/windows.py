@@ -65,7 +65,7 @@ from ..route.windows import (
     WIN_AF_INET,
     WIN_AF_INET6,
 )
-from .base import DeviceError
+from .base import DeviceError, DeviceInfo
 
 log = logging.getLogger("ztun")
 
@@ -417,7 +417,7 @@ def _timeout_ms(timeout: float | None) -> int:
     return max(0, min(int(timeout * 1000), INFINITE - 1))
 
 
-class WintunDevice:
+class WintunDevice(DeviceInfo):
     """An open Wintun session on an adapter this process created (closing it removes the
     adapter, its addresses and routes -- like a non-persistent Linux TUN)."""
 
@@ -460,18 +460,6 @@ class WintunDevice:
         self.errors: Counter[str] = Counter()
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def index(self) -> int:
-        return self._index
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
-
-    @property
     def luid(self) -> NET_LUID:
         """The adapter's NET_LUID, what route rows (ztun.route.windows) name it by."""
         return self._luid
@@ -487,10 +475,6 @@ class WintunDevice:
             "a Wintun session has no file descriptor: wait with wait_readable() "
             "(see ztun.tun.windows)",
         )
-
-    @property
-    def frame_header_len(self) -> int:
-        return 0
 
     def wait_readable(self, timeout: float | None = None) -> bool:
         """Block until a packet may be read, wake() is called, or ``timeout`` passes
