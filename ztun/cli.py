@@ -26,7 +26,6 @@ log = logging.getLogger("ztun")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_PROXY = "socks5://127.0.0.1:1080"
-SUBCOMMANDS = ("run", "demo", "cleanup", "bench")
 
 
 def _cidr(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -371,13 +370,10 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         device=device,
         proxy=ns.proxy or config.proxy or DEFAULT_PROXY,
         udp_proxy=ns.udp_proxy,
-        addresses=addresses,
-        mtu=mtu,
         udp_timeout=ns.udp_timeout,
         connect_timeout=ns.connect_timeout,
         netns=ns.netns,
         fwmark=fwmark,
-        bind_interface=config.interface,
         offload=ns.offload,
         splice=ns.relay == "splice",
         redirect=ns.redirect,

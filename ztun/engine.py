@@ -16,7 +16,6 @@ import socket
 import struct
 import threading
 from collections import Counter
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .outbound import (
@@ -576,6 +575,3 @@ class Engine:
                 self.stats["tcp_nat_expired"] += 1
         if self.dns is not None:
             self.dns.on_timer(self.loop.time())
-
-
-OnReady = Callable[[Engine], None]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(eq=False, slots=True)
@@ -37,7 +37,6 @@ class UdpSession:
     client_addr: bytes
     client_port: int
     last_seen: float
-    handle: object | None = field(default=None)
 
 
 @dataclass(frozen=True, slots=True)

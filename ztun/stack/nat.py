@@ -129,9 +129,6 @@ class TcpNatTable:
             expired.append(session)
         return expired
 
-    def next_deadline(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
-
     def _remove(self, session: TcpSession) -> None:
         del self._by_port[session.nat_port]
         key = (session.client_addr, session.client_port, session.dst_addr, session.dst_port)

@@ -380,24 +380,14 @@ class SystemStack:
     # -- time ----------------------------------------------------------------------------
 
     def on_timer(self, now: float) -> list[StackEvent]:
+        """Expire what is due at `now`. The adapter calls it on a coarse tick (1 s): every
+        timeout here is tens of seconds, so finer timers would only cost wake-ups."""
         events: list[StackEvent] = []
         for nat in (self.nat4, self.nat6):
             if nat is not None:
                 events.extend(TcpSessionExpired(s) for s in nat.expire(now))
         events.extend(UdpSessionExpired(s) for s in self.udp.expire(now))
         return events
-
-    def next_timer(self) -> float | None:
-        deadlines = [
-            d
-            for d in (
-                self.nat4.next_deadline() if self.nat4 else None,
-                self.nat6.next_deadline() if self.nat6 else None,
-                self.udp.next_deadline(),
-            )
-            if d is not None
-        ]
-        return min(deadlines) if deadlines else None
 
     def set_listen_port(self, version: int, port: int) -> None:
         """Set once the kernel listener is bound (port 0 means 'let the kernel pick')."""

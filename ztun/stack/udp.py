@@ -62,6 +62,3 @@ class UdpSessionTable:
             del self._sessions[key]
             expired.append(session)
         return expired
-
-    def next_deadline(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
