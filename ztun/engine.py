@@ -500,8 +500,8 @@ class Engine:
             return
         session = datagram.session
         if not self.stack.udp.holds(session):
-            # Queued by the pump before its flow closed: the session is gone, and a flow
-            # opened for it now would never see an expiry.
+            # Queued by the pump before the session expired: a flow opened for it now
+            # would never see an expiry.
             self.stats["udp_stale_session"] += 1
             return
         route_key = (datagram.dst_addr, datagram.dst_port)
@@ -547,11 +547,10 @@ class Engine:
         self.write_packet(packet)
 
     def udp_flow_closed(self, flow: _UdpFlow) -> None:
+        # The stack's session stays until its idle expiry: a later datagram simply opens
+        # a new association for it.
         if self.udp_flows.get(flow.key) is flow:
             del self.udp_flows[flow.key]
-        if not any(f.session is flow.session for f in self.udp_flows.values()):
-            with self.lock:
-                self.stack.udp.remove(flow.session)
 
     # -- time ------------------------------------------------------------------------------
 
@@ -569,8 +568,10 @@ class Engine:
             events = self.stack.on_timer(self.loop.time())
         for event in events:
             if isinstance(event, UdpSessionExpired):
-                for flow in [f for f in self.udp_flows.values() if f.session is event.session]:
-                    flow.close()
+                for action in Action:
+                    flow = self.udp_flows.get((id(event.session), action))
+                    if flow is not None:
+                        flow.close()
             elif isinstance(event, TcpSessionExpired):
                 self.stats["tcp_nat_expired"] += 1
         if self.dns is not None:

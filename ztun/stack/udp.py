@@ -42,11 +42,6 @@ class UdpSessionTable:
     def touch(self, session: UdpSession, now: float) -> None:
         session.last_seen = now
 
-    def remove(self, session: UdpSession) -> None:
-        key = (session.client_addr, session.client_port)
-        if self._sessions.get(key) is session:
-            del self._sessions[key]
-
     def expire(self, now: float) -> list[UdpSession]:
         expired: list[UdpSession] = []
         timers = self._timers
