@@ -6,6 +6,10 @@ by N for packets from the listener and for `accept()`. Ports are handed out roun
 so a port comes back into use as late as possible (the kernel may still hold the old
 connection in TIME_WAIT).
 
+With `--workers N` each worker owns a shard of the port space: worker k hands out only
+ports with `port % N == k`, so the TUN's steering program can send the listener's
+answers (destination `peer:nat_port`) to the worker that holds the entry.
+
 States: PENDING (SYN seen, not yet accepted: expires if the accept never comes),
 ACTIVE (owned by a relay: never expires here), CLOSING (the relay ended; the entry
 lingers so the last FIN/ACKs still translate).
@@ -41,7 +45,11 @@ class TcpNatTable:
         *,
         pending_timeout: float = 30.0,
         closing_linger: float = 30.0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"NAT shard {index} of {count}")
         self.version = version
         self.server_addr = server_addr
         self.peer_addr = peer_addr
@@ -50,7 +58,12 @@ class TcpNatTable:
         self.closing_linger = closing_linger
         self._by_flow: dict[FlowKey, TcpSession] = {}
         self._by_port: dict[int, TcpSession] = {}
-        self._cursor = FIRST_NAT_PORT
+        self._stride = count
+        # The shard's ports: FIRST_NAT_PORT rounded up to the shard's residue, then
+        # every `count`-th port up to LAST_NAT_PORT.
+        self._first_port = FIRST_NAT_PORT + (index - FIRST_NAT_PORT) % count
+        self._span = (LAST_NAT_PORT - self._first_port) // count + 1
+        self._cursor = self._first_port
         # (deadline, nat_port) with lazy invalidation: an entry whose session moved on is
         # skipped when popped.
         self._timers: list[tuple[float, int]] = []
@@ -136,11 +149,14 @@ class TcpNatTable:
             del self._by_flow[key]
 
     def _allocate(self) -> int:
-        span = LAST_NAT_PORT - FIRST_NAT_PORT + 1
-        if len(self._by_port) >= span:
-            raise NatExhausted(f"all {span} IPv{self.version} NAT ports in use")
+        if len(self._by_port) >= self._span:
+            raise NatExhausted(f"all {self._span} IPv{self.version} NAT ports in use")
         port = self._cursor
         while port in self._by_port:
-            port = port + 1 if port < LAST_NAT_PORT else FIRST_NAT_PORT
-        self._cursor = port + 1 if port < LAST_NAT_PORT else FIRST_NAT_PORT
+            port = self._next_port(port)
+        self._cursor = self._next_port(port)
         return port
+
+    def _next_port(self, port: int) -> int:
+        following = port + self._stride
+        return following if following <= LAST_NAT_PORT else self._first_port

@@ -128,7 +128,9 @@ class SystemStack:
         udp_timeout: float = 60.0,
         tcp_pending_timeout: float = 30.0,
         tcp_closing_linger: float = 30.0,
+        nat_shard: tuple[int, int] = (0, 1),
     ) -> None:
+        """`nat_shard` (k, n): this is worker k of n and hands out NAT ports k mod n."""
         if inet4 is None and inet6 is None:
             raise ValueError("the TUN needs at least one address (IPv4 or IPv6)")
         self.counters: Counter[str] = Counter()
@@ -142,6 +144,7 @@ class SystemStack:
                 listen_port4,
                 pending_timeout=tcp_pending_timeout,
                 closing_linger=tcp_closing_linger,
+                shard=nat_shard,
             )
         if inet6 is not None:
             self.nat6 = TcpNatTable(
@@ -151,6 +154,7 @@ class SystemStack:
                 listen_port6,
                 pending_timeout=tcp_pending_timeout,
                 closing_linger=tcp_closing_linger,
+                shard=nat_shard,
             )
         self.udp = UdpSessionTable(udp_timeout)
 
