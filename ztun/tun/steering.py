@@ -1,0 +1,537 @@
+"""Queue steering for a multi-queue TUN: an eBPF program that picks each packet's queue.
+
+With `--workers N` every worker reads one queue of an IFF_MULTI_QUEUE TUN, and both
+halves of a flow must come out of the same queue. The kernel's own choice (a flow hash,
+remembered per queue for a while) cannot promise that: the NAT hairpin turns one app
+flow into two 5-tuples. TUNSETSTEERINGEBPF replaces that choice with a
+BPF_PROG_TYPE_SOCKET_FILTER program; drivers/net/tun.c (`tun_ebpf_select_queue`) keeps
+its return value as a u16 and delivers the packet to queue ``R % numqueues``.
+
+The function, rule by rule (the first that applies wins), for a packet starting at its
+IP header:
+
+1. TCP to the hairpin peer (``peer4``/``peer6``) -- the kernel listener's answer to a
+   NAT'd flow -- gives its destination port: worker k owns NAT ports ``p % n == k``.
+2. A destination inside a ``pinned`` network (the fake-IP ranges) gives 0.
+3. With ``pin_dns``, TCP or UDP to port 53 gives 0 (fake-IP DNS state lives in worker 0).
+4. Other TCP or UDP gives ``source port ^ low 16 bits of the source address``: the same
+   for every packet of a TCP flow and of a UDP full-cone session (keyed by source).
+5. Everything else gives 0: ICMP, IPv4 fragments after the first (no ports in them),
+   IPv6 extension headers, other versions, and any packet too short for a field the
+   rule needs.
+
+`steering_key` is that function in Python (the reference the tests compare the program
+with); `steering_program` assembles it; `load_program`, `attach`, `detach` and
+`test_run` are the bpf(2) and ioctl calls around it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import ipaddress
+import os
+import platform
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "TUNSETSTEERINGEBPF",
+    "SteeringError",
+    "attach",
+    "detach",
+    "load_program",
+    "steering_key",
+    "steering_program",
+    "test_run",
+]
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+DNS_PORT = 53
+
+# --------------------------------------------------------------------------- packet layout
+
+# Offsets from the start of the IP header (RFC 791, RFC 8200).
+IP4_VER_IHL = 0
+IP4_FRAG = 6  # 3 flag bits, 13 bits of fragment offset (in 8-byte units)
+IP4_FRAG_OFFSET_MASK = 0x1FFF
+IP4_PROTO = 9
+IP4_SADDR_LOW16 = 14  # last two bytes of the source address (12..15)
+IP4_DADDR = 16
+IP4_MIN_HEADER = 20
+IP6_NEXT_HEADER = 6
+IP6_SADDR_LOW16 = 22  # last two bytes of the source address (8..23)
+IP6_DADDR = 24
+IP6_HEADER = 40
+# TCP and UDP both start with source port, destination port.
+L4_SPORT = 0
+L4_DPORT = 2
+L4_PORTS_LEN = 4
+
+
+def _pinned_by_version(
+    pinned: Sequence[IpNetwork],
+) -> tuple[list[ipaddress.IPv4Network], list[ipaddress.IPv6Network]]:
+    v4 = [net for net in pinned if isinstance(net, ipaddress.IPv4Network)]
+    v6 = [net for net in pinned if isinstance(net, ipaddress.IPv6Network)]
+    if len(v4) + len(v6) != len(pinned):
+        raise TypeError(f"pinned: expected IPv4Network/IPv6Network, got {pinned!r}")
+    return v4, v6
+
+
+def _check_peer(peer: bytes | None, size: int, what: str) -> None:
+    if peer is not None and len(peer) != size:
+        raise ValueError(f"{what}: {size} bytes expected, got {len(peer)}")
+
+
+def steering_key(
+    packet: bytes | bytearray | memoryview,
+    *,
+    peer4: bytes | None,
+    peer6: bytes | None,
+    pinned: Sequence[IpNetwork] = (),
+    pin_dns: bool = False,
+) -> int:
+    """The value the steering program returns for `packet` (an IP packet); the kernel
+    delivers the packet to queue ``steering_key(...) % numqueues``."""
+    _check_peer(peer4, 4, "peer4")
+    _check_peer(peer6, 16, "peer6")
+    pinned4, pinned6 = _pinned_by_version(pinned)
+    pkt = bytes(packet)
+    if not pkt:
+        return 0
+    version = pkt[IP4_VER_IHL] >> 4
+    daddr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    nets: Sequence[IpNetwork]
+    if version == 4:
+        if len(pkt) < IP4_MIN_HEADER:
+            return 0
+        if int.from_bytes(pkt[IP4_FRAG : IP4_FRAG + 2], "big") & IP4_FRAG_OFFSET_MASK:
+            return 0
+        ihl = pkt[IP4_VER_IHL] & 0x0F
+        if ihl < 5:
+            return 0
+        l4, proto, peer, nets = ihl * 4, pkt[IP4_PROTO], peer4, pinned4
+        daddr = ipaddress.IPv4Address(pkt[IP4_DADDR : IP4_DADDR + 4])
+        saddr_low16 = int.from_bytes(pkt[IP4_SADDR_LOW16 : IP4_SADDR_LOW16 + 2], "big")
+    elif version == 6:
+        if len(pkt) < IP6_HEADER:
+            return 0
+        l4, proto, peer, nets = IP6_HEADER, pkt[IP6_NEXT_HEADER], peer6, pinned6
+        daddr = ipaddress.IPv6Address(pkt[IP6_DADDR : IP6_DADDR + 16])
+        saddr_low16 = int.from_bytes(pkt[IP6_SADDR_LOW16 : IP6_SADDR_LOW16 + 2], "big")
+    else:
+        return 0
+    ports = pkt[l4 : l4 + L4_PORTS_LEN]
+    have_ports = len(ports) == L4_PORTS_LEN
+    sport = int.from_bytes(ports[L4_SPORT : L4_SPORT + 2], "big")
+    dport = int.from_bytes(ports[L4_DPORT : L4_DPORT + 2], "big")
+    if peer is not None and proto == IPPROTO_TCP and daddr.packed == peer:
+        return dport if have_ports else 0  # rule 1
+    if any(daddr in net for net in nets):
+        return 0  # rule 2
+    if proto not in (IPPROTO_TCP, IPPROTO_UDP) or not have_ports:
+        return 0  # rule 5
+    if pin_dns and dport == DNS_PORT:
+        return 0  # rule 3
+    return sport ^ saddr_low16  # rule 4
+
+
+# --------------------------------------------------------------------------- assembler
+
+# Instruction classes, sizes, modes and operations as named in include/uapi/linux/bpf.h
+# and bpf_common.h.
+BPF_LD, BPF_ALU, BPF_JMP, BPF_ALU64 = 0x00, 0x04, 0x05, 0x07
+BPF_W, BPF_H, BPF_B = 0x00, 0x08, 0x10
+BPF_ABS, BPF_IND = 0x20, 0x40
+BPF_AND, BPF_LSH, BPF_RSH, BPF_XOR, BPF_MOV = 0x50, 0x60, 0x70, 0xA0, 0xB0
+BPF_K, BPF_X = 0x00, 0x08
+BPF_JA, BPF_JEQ, BPF_JNE, BPF_JLT, BPF_EXIT = 0x00, 0x10, 0x50, 0xA0, 0x90
+BPF_REG_0, BPF_REG_1, BPF_REG_6, BPF_REG_7, BPF_REG_8, BPF_REG_9 = 0, 1, 6, 7, 8, 9
+INSN_SIZE = 8  # struct bpf_insn { u8 code; u8 dst_reg:4, src_reg:4; s16 off; s32 imm; }
+
+
+def _imm32(value: int) -> int:
+    """A 32-bit constant as the signed `imm` field holds it."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+@dataclass(frozen=True, slots=True)
+class _Insn:
+    code: int
+    dst: int = 0
+    src: int = 0
+    off: int = 0
+    imm: int = 0
+    target: str | None = None  # a label: `off` is filled in by `_Asm.assemble`
+
+    def encode(self, off: int) -> bytes:
+        return struct.pack("<BBhi", self.code, (self.src << 4) | self.dst, off, _imm32(self.imm))
+
+
+class _Asm:
+    """Instructions and labels; jumps name a label and are resolved in `assemble`."""
+
+    def __init__(self) -> None:
+        self._insns: list[_Insn] = []
+        self._labels: dict[str, int] = {}
+        self._fresh = 0
+
+    def fresh_label(self, stem: str) -> str:
+        self._fresh += 1
+        return f"{stem}.{self._fresh}"
+
+    def label(self, name: str) -> None:
+        if name in self._labels:
+            raise ValueError(f"label {name!r} defined twice")
+        self._labels[name] = len(self._insns)
+
+    def _emit(self, insn: _Insn) -> None:
+        self._insns.append(insn)
+
+    # -- loads from the packet (the context in R6; a failed load ends the program with 0)
+    def ld_abs(self, size: int, offset: int) -> None:
+        """R0 = the `size` big-endian field at `offset` (as a number)."""
+        self._emit(_Insn(BPF_LD | size | BPF_ABS, imm=offset))
+
+    def ld_ind(self, size: int, src: int, offset: int) -> None:
+        """R0 = the `size` big-endian field at `src + offset`."""
+        self._emit(_Insn(BPF_LD | size | BPF_IND, src=src, imm=offset))
+
+    # -- arithmetic (ALU32 forms zero the upper half, so 64-bit compares see u32 values)
+    def alu64_imm(self, op: int, dst: int, imm: int) -> None:
+        self._emit(_Insn(BPF_ALU64 | op | BPF_K, dst=dst, imm=imm))
+
+    def alu32_imm(self, op: int, dst: int, imm: int) -> None:
+        self._emit(_Insn(BPF_ALU | op | BPF_K, dst=dst, imm=imm))
+
+    def alu64_reg(self, op: int, dst: int, src: int) -> None:
+        self._emit(_Insn(BPF_ALU64 | op | BPF_X, dst=dst, src=src))
+
+    def mov64_reg(self, dst: int, src: int) -> None:
+        self.alu64_reg(BPF_MOV, dst, src)
+
+    def mov32_reg(self, dst: int, src: int) -> None:
+        self._emit(_Insn(BPF_ALU | BPF_MOV | BPF_X, dst=dst, src=src))
+
+    # -- control flow
+    def jmp_imm(self, op: int, dst: int, imm: int, target: str) -> None:
+        """if (dst `op` imm) goto target -- a 64-bit compare with a small constant."""
+        if not 0 <= imm < 1 << 31:
+            raise ValueError(f"jump constant {imm:#x}: compare 32-bit values with xor32")
+        self._emit(_Insn(BPF_JMP | op | BPF_K, dst=dst, imm=imm, target=target))
+
+    def ja(self, target: str) -> None:
+        self._emit(_Insn(BPF_JMP | BPF_JA, target=target))
+
+    def exit(self) -> None:
+        self._emit(_Insn(BPF_JMP | BPF_EXIT))
+
+    def assemble(self) -> bytes:
+        out = bytearray()
+        for pc, insn in enumerate(self._insns):
+            off = insn.off
+            if insn.target is not None:
+                if insn.target not in self._labels:
+                    raise ValueError(f"jump to undefined label {insn.target!r}")
+                off = self._labels[insn.target] - (pc + 1)
+                if not -(1 << 15) <= off < 1 << 15:
+                    raise ValueError(f"jump to {insn.target!r} out of range ({off})")
+            out += insn.encode(off)
+        return bytes(out)
+
+
+def _network_words(net: IpNetwork) -> list[tuple[int, int]]:
+    """(mask, value) of each 32-bit word of `net` that its prefix constrains."""
+    nwords = net.max_prefixlen // 32
+    addr = int(net.network_address)
+    mask = int(net.netmask)
+    words = []
+    for i in range(nwords):
+        shift = 32 * (nwords - 1 - i)
+        word_mask = (mask >> shift) & 0xFFFFFFFF
+        if word_mask:
+            words.append((word_mask, (addr >> shift) & 0xFFFFFFFF))
+    return words
+
+
+def _daddr_in(asm: _Asm, daddr_offset: int, net: IpNetwork, otherwise: str) -> None:
+    """Fall through if the destination address is in `net`, else go to `otherwise`."""
+    for i, (mask, value) in enumerate(_network_words(net)):
+        asm.ld_abs(BPF_W, daddr_offset + 4 * i)
+        asm.mov32_reg(BPF_REG_1, BPF_REG_0)
+        if mask != 0xFFFFFFFF:
+            asm.alu32_imm(BPF_AND, BPF_REG_1, mask)
+        asm.alu32_imm(BPF_XOR, BPF_REG_1, value)
+        asm.jmp_imm(BPF_JNE, BPF_REG_1, 0, otherwise)
+
+
+def _destination_rules(
+    asm: _Asm, daddr_offset: int, peer: IpNetwork | None, pinned: Sequence[IpNetwork]
+) -> None:
+    """Rules 1 and 2; R7 = transport offset, R8 = protocol."""
+    if peer is not None:
+        not_peer = asm.fresh_label("not_peer")
+        asm.jmp_imm(BPF_JNE, BPF_REG_8, IPPROTO_TCP, not_peer)
+        _daddr_in(asm, daddr_offset, peer, not_peer)
+        asm.ld_ind(BPF_H, BPF_REG_7, L4_DPORT)
+        asm.exit()
+        asm.label(not_peer)
+    for net in pinned:
+        outside = asm.fresh_label("outside")
+        _daddr_in(asm, daddr_offset, net, outside)
+        asm.ja("ret0")
+        asm.label(outside)
+
+
+def steering_program(
+    *,
+    peer4: bytes | None,
+    peer6: bytes | None,
+    pinned: Sequence[IpNetwork] = (),
+    pin_dns: bool = False,
+) -> bytes:
+    """The instructions of the socket-filter program that computes `steering_key`.
+
+    Loads are LD_ABS/LD_IND relative to skb->data, which is the IP header here: the
+    program runs from the TUN's ndo_select_queue on transmit, and an IFF_TUN device has
+    no link-layer header (header_ops NULL, hard_header_len 0), so nothing is pushed in
+    front of the IP header; BPF_PROG_TEST_RUN pulls the Ethernet header it is given
+    before running a socket filter, so there too offset 0 is the IP header. (skb->data
+    offsets go through skb_copy_bits, so headers in paged data still load; SKF_NET_OFF
+    loads would read the linear part only.) A load past the end ends the program with
+    0 -- rule 5's "truncated" for free.
+
+    Registers: R6 the skb (LD_ABS needs it there), R7 the transport header's offset,
+    R8 the protocol, R9 the source address's low 16 bits; R0/R1 scratch.
+    """
+    _check_peer(peer4, 4, "peer4")
+    _check_peer(peer6, 16, "peer6")
+    pinned4, pinned6 = _pinned_by_version(pinned)
+    asm = _Asm()
+    asm.mov64_reg(BPF_REG_6, BPF_REG_1)
+    asm.ld_abs(BPF_B, IP4_VER_IHL)
+    asm.alu64_imm(BPF_RSH, BPF_REG_0, 4)
+    asm.jmp_imm(BPF_JEQ, BPF_REG_0, 6, "ipv6")
+    asm.jmp_imm(BPF_JNE, BPF_REG_0, 4, "ret0")
+
+    # IPv4: the minimum header must be there (the last 32-bit load may not be emitted).
+    asm.ld_abs(BPF_W, IP4_MIN_HEADER - 4)
+    asm.ld_abs(BPF_H, IP4_FRAG)
+    asm.alu64_imm(BPF_AND, BPF_REG_0, IP4_FRAG_OFFSET_MASK)
+    asm.jmp_imm(BPF_JNE, BPF_REG_0, 0, "ret0")
+    asm.ld_abs(BPF_B, IP4_VER_IHL)
+    asm.alu64_imm(BPF_AND, BPF_REG_0, 0x0F)
+    asm.jmp_imm(BPF_JLT, BPF_REG_0, 5, "ret0")
+    asm.alu64_imm(BPF_LSH, BPF_REG_0, 2)
+    asm.mov64_reg(BPF_REG_7, BPF_REG_0)
+    asm.ld_abs(BPF_B, IP4_PROTO)
+    asm.mov64_reg(BPF_REG_8, BPF_REG_0)
+    asm.ld_abs(BPF_H, IP4_SADDR_LOW16)
+    asm.mov64_reg(BPF_REG_9, BPF_REG_0)
+    peer4_net = ipaddress.IPv4Network((peer4, 32)) if peer4 is not None else None
+    _destination_rules(asm, IP4_DADDR, peer4_net, pinned4)
+    asm.ja("transport")
+
+    asm.label("ipv6")
+    asm.ld_abs(BPF_W, IP6_HEADER - 4)  # the fixed header must be whole
+    asm.alu64_imm(BPF_MOV, BPF_REG_7, IP6_HEADER)
+    asm.ld_abs(BPF_B, IP6_NEXT_HEADER)
+    asm.mov64_reg(BPF_REG_8, BPF_REG_0)
+    asm.ld_abs(BPF_H, IP6_SADDR_LOW16)
+    asm.mov64_reg(BPF_REG_9, BPF_REG_0)
+    peer6_net = ipaddress.IPv6Network((peer6, 128)) if peer6 is not None else None
+    _destination_rules(asm, IP6_DADDR, peer6_net, pinned6)
+
+    asm.label("transport")  # rules 3 and 4
+    asm.jmp_imm(BPF_JEQ, BPF_REG_8, IPPROTO_TCP, "ports")
+    asm.jmp_imm(BPF_JNE, BPF_REG_8, IPPROTO_UDP, "ret0")
+    asm.label("ports")
+    asm.ld_ind(BPF_H, BPF_REG_7, L4_DPORT)  # also: both ports are there
+    if pin_dns:
+        asm.jmp_imm(BPF_JEQ, BPF_REG_0, DNS_PORT, "ret0")
+    asm.ld_ind(BPF_H, BPF_REG_7, L4_SPORT)
+    asm.alu64_reg(BPF_XOR, BPF_REG_0, BPF_REG_9)
+    asm.exit()
+
+    asm.label("ret0")
+    asm.alu64_imm(BPF_MOV, BPF_REG_0, 0)
+    asm.exit()
+    return asm.assemble()
+
+
+# --------------------------------------------------------------------------- bpf(2)
+
+
+class SteeringError(OSError):
+    """The steering program could not be loaded, run or attached; `log` holds the
+    verifier's log when the kernel rejected the program."""
+
+    def __init__(self, errno_: int, message: str, log: str = "") -> None:
+        super().__init__(errno_, message)
+        self.log = log
+
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}
+BPF_PROG_LOAD = 5
+BPF_PROG_TEST_RUN = 10
+BPF_PROG_TYPE_SOCKET_FILTER = 1
+BPF_OBJ_NAME_LEN = 16
+LOG_SIZE = 1 << 20
+ETH_P_IP, ETH_P_IPV6, ETH_P_802_EX1 = 0x0800, 0x86DD, 0x88B5
+LICENSE = b"GPL\0"
+PROG_NAME = b"ztun_steer"
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    """union bpf_attr, the anonymous struct of BPF_PROG_LOAD (up to prog_name)."""
+
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),  # __aligned_u64 pointer to struct bpf_insn[]
+        ("license", ctypes.c_uint64),  # pointer to a NUL-terminated string
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+    ]
+
+
+class _TestRunAttr(ctypes.Structure):
+    """union bpf_attr, the `test` struct of BPF_PROG_TEST_RUN (up to duration)."""
+
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),  # out: the program's return value
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),  # NULL: the packet after the run is not wanted
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+    ]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    machine = platform.machine()
+    if machine not in _SYS_BPF:
+        raise SteeringError(0, f"bpf(2): syscall number for {machine} unknown")
+    ret: int = _libc.syscall(
+        ctypes.c_long(_SYS_BPF[machine]),
+        ctypes.c_long(cmd),
+        ctypes.c_void_p(ctypes.addressof(attr)),
+        ctypes.c_long(ctypes.sizeof(attr)),
+    )
+    if ret < 0:
+        return -ctypes.get_errno()
+    return ret
+
+
+def _address(buf: ctypes.Array[ctypes.c_char]) -> int:
+    return ctypes.addressof(buf)
+
+
+def load_program(insns: bytes) -> int:
+    """Load a socket-filter program; return its fd (close-on-exec, the kernel's default
+    for bpf fds). A rejection is retried with a verifier log, raised in SteeringError."""
+    if not insns or len(insns) % INSN_SIZE:
+        raise ValueError(f"program: a positive multiple of {INSN_SIZE} bytes expected")
+    code = ctypes.create_string_buffer(insns, len(insns))
+    license_ = ctypes.create_string_buffer(LICENSE, len(LICENSE))
+    attr = _ProgLoadAttr(
+        prog_type=BPF_PROG_TYPE_SOCKET_FILTER,
+        insn_cnt=len(insns) // INSN_SIZE,
+        insns=_address(code),
+        license=_address(license_),
+        prog_name=PROG_NAME,
+    )
+    fd = _bpf(BPF_PROG_LOAD, attr)
+    if fd >= 0:
+        return fd
+    log = ctypes.create_string_buffer(LOG_SIZE)
+    attr.log_level, attr.log_size, attr.log_buf = 1, LOG_SIZE, _address(log)
+    fd = _bpf(BPF_PROG_LOAD, attr)
+    if fd >= 0:  # accepted the second time: keep it rather than fail
+        return fd
+    text = log.value.decode(errors="replace")
+    hint = " (needs root or CAP_BPF)" if -fd == 1 else ""
+    tail = text.strip().splitlines()[-3:]
+    raise SteeringError(
+        -fd, f"BPF_PROG_LOAD: {os.strerror(-fd)}{hint}; verifier: {' | '.join(tail)}", text
+    )
+
+
+def test_run(prog_fd: int, packet: bytes) -> int:
+    """Run the program once on `packet` (an IP packet) with BPF_PROG_TEST_RUN; return R.
+
+    A socket filter's test run takes an Ethernet frame and pulls the header before the
+    program runs (net/bpf/test_run.c), so a header is put in front here. The kernel
+    refuses an IPv4/IPv6 ethertype with less than a fixed IP header behind it; the
+    program reads only the bytes (never skb->protocol), so shorter packets go under
+    ETH_P_802_EX1, which the kernel takes as it is."""
+    version = packet[0] >> 4 if packet else 0
+    if version == 6 and len(packet) >= IP6_HEADER:
+        ethertype = ETH_P_IPV6
+    elif version != 6 and len(packet) >= IP4_MIN_HEADER:
+        ethertype = ETH_P_IP
+    else:
+        ethertype = ETH_P_802_EX1
+    frame = bytes(12) + struct.pack("!H", ethertype) + bytes(packet)
+    data = ctypes.create_string_buffer(frame, len(frame))
+    attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(frame), data_in=_address(data), repeat=1)
+    err = _bpf(BPF_PROG_TEST_RUN, attr)
+    if err < 0:
+        raise SteeringError(-err, f"BPF_PROG_TEST_RUN: {os.strerror(-err)}")
+    return int(attr.retval)
+
+
+# --------------------------------------------------------------------------- the TUN side
+
+
+def _ior(kind: str, nr: int, size: int) -> int:
+    """_IOR(type, nr, size) of include/uapi/asm-generic/ioctl.h."""
+    ioc_read, nrbits, typebits, sizebits = 2, 8, 8, 14
+    return (
+        (ioc_read << (nrbits + typebits + sizebits))
+        | (size << (nrbits + typebits))
+        | (ord(kind) << nrbits)
+        | nr
+    )
+
+
+#: include/uapi/linux/if_tun.h: _IOR('T', 224, int) (0x800454e0).
+TUNSETSTEERINGEBPF = _ior("T", 224, struct.calcsize("i"))
+
+
+def _set_steering(tun_fd: int, prog_fd: int) -> None:
+    try:
+        fcntl.ioctl(tun_fd, TUNSETSTEERINGEBPF, struct.pack("i", prog_fd))
+    except OSError as exc:
+        raise SteeringError(exc.errno or 0, f"TUNSETSTEERINGEBPF: {exc.strerror}") from exc
+
+
+def attach(tun_fd: int, prog_fd: int) -> None:
+    """Steer the TUN behind `tun_fd` (any of its queues) with the program `prog_fd`.
+
+    The device takes its own reference: `prog_fd` may be closed afterwards. The program
+    is the device's, not the descriptor's; it goes with the device."""
+    _set_steering(tun_fd, prog_fd)
+
+
+def detach(tun_fd: int) -> None:
+    """Back to the kernel's own queue choice."""
+    _set_steering(tun_fd, -1)
+
+
+test_run.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported
