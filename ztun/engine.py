@@ -25,7 +25,8 @@ from .outbound import (
     Target,
     UdpAssociation,
 )
-from .pump import TunPump
+from .outbound.uplink import Uplink
+from .pump import RouteKey, TunPump
 from .relay import HAVE_SPLICE, SHARED_BUFFER_SIZE, PipePool, Relay, close_with_reset
 from .router import Decision, LoopDetected, Router
 from .rules import Action
@@ -49,6 +50,7 @@ ACCEPT_BATCH = 64
 UDP_QUEUE_LIMIT = 64  # datagrams held while an association is being set up
 DNS_PORT = 53
 UDP_ROUTE_CACHE = 4096
+UDP_PUMP_ROUTES = 65536  # destinations the pump sends to itself, over all flows
 FlowKey = tuple[int, Action]
 
 
@@ -91,7 +93,10 @@ class _UdpFlow:
         self.outbound = outbound
         self.key = key
         self.association: UdpAssociation | None = None
-        self.queue: list[tuple[UdpDatagram, Target]] = []
+        # Once open, datagrams to a destination routed for good go from the pump thread.
+        self.uplink: Uplink | None = None
+        self.route_keys: list[RouteKey] = []
+        self.queue: list[tuple[UdpDatagram, Target, bool]] = []
         # Replies to a datagram sent to a fake-IP domain must seem to come from the fake
         # address the app used: source port -> fake address.
         self.fake_sources: dict[int, bytes] = {}
@@ -107,7 +112,7 @@ class _UdpFlow:
         try:
             association = await self.outbound.open_udp(self._on_reply)
         except Rejected:
-            for datagram, _ in self.queue:
+            for datagram, _, _ in self.queue:
                 engine.write_packet(engine.stack.udp_unreachable(datagram))
             self.queue.clear()
             self.close()
@@ -123,31 +128,66 @@ class _UdpFlow:
             return
         self.association = association
         association.closed.add_done_callback(lambda _f: self.close())
-        for datagram, target in self.queue:
-            self._send(datagram, target)
+        make_uplink = getattr(association, "uplink", None)  # optional: SOCKS5 has one
+        if make_uplink is not None and engine.pump is not None:
+            self.uplink = make_uplink()
+        for datagram, target, routed in self.queue:
+            self._send(datagram, target, routed)
         self.queue.clear()
 
     def _source(self) -> str:
         return f"{_ip_text(self.session.client_addr)}:{self.session.client_port}"
 
-    def send(self, datagram: UdpDatagram, target: Target) -> None:
+    def send(self, datagram: UdpDatagram, target: Target, routed: bool = False) -> None:
+        """`routed`: the engine's route for this destination is final (not a fake-IP name),
+        so the pump may carry the destination's later datagrams itself."""
         if target.is_domain:
             self.fake_sources[target.port] = datagram.dst_addr
         elif len(self.real_destinations) < UDP_ROUTE_CACHE:
             self.real_destinations.add(target.host)
         if self.association is None:
             if len(self.queue) < UDP_QUEUE_LIMIT:
-                self.queue.append((datagram, target))
+                self.queue.append((datagram, target, routed))
             else:
                 self.engine.stats["udp_queue_overflow"] += 1
             return
-        self._send(datagram, target)
+        self._send(datagram, target, routed)
 
-    def _send(self, datagram: UdpDatagram, target: Target) -> None:
+    def _send(self, datagram: UdpDatagram, target: Target, routed: bool) -> None:
         assert self.association is not None
         self.engine.stats["udp_datagrams_up"] += 1
         self.engine.stats["udp_bytes_up"] += len(datagram.payload)
         self.association.send(target, datagram.payload)
+        if routed and self.uplink is not None:
+            self._add_route(datagram, target)
+
+    def _add_route(self, datagram: UdpDatagram, target: Target) -> None:
+        """Hand this destination to the pump: its next datagrams skip the loop."""
+        pump = self.engine.pump
+        uplink = self.uplink
+        if pump is None or uplink is None or self.closed:
+            return
+        routes = pump.udp_routes
+        if len(self.route_keys) >= UDP_ROUTE_CACHE or len(routes) >= UDP_PUMP_ROUTES:
+            return
+        key = (self.session, datagram.dst_addr, datagram.dst_port)
+        if key not in routes:
+            routes[key] = (uplink, uplink.header_for(target))
+            self.route_keys.append(key)
+
+    def _drop_routes(self) -> None:
+        """Take this flow's destinations back from the pump, then let it close the uplink."""
+        uplink, pump = self.uplink, self.engine.pump
+        if uplink is None or pump is None:
+            return
+        routes = pump.udp_routes
+        for key in self.route_keys:
+            route = routes.get(key)
+            if route is not None and route[0] is uplink:
+                del routes[key]
+        self.route_keys.clear()
+        self.uplink = None
+        pump.retire(uplink)
 
     def _reply_address(self, host: str) -> bytes | None:
         """The packed source address, in the session's family, for a reply from `host`."""
@@ -192,6 +232,7 @@ class _UdpFlow:
         if self.closed:
             return
         self.closed = True
+        self._drop_routes()
         if self.association is not None:
             self.association.close()
         self.engine.udp_flow_closed(self)
@@ -334,10 +375,13 @@ class Engine:
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for logs and `ztun demo`: what flowed, and what was dropped and why."""
+        stats = self.stats.copy()
+        if self.pump is not None:
+            stats.update(self.pump.uplink_stats.copy())  # what the pump sent itself
         return {
             "tcp_active": len(self.relays),
             "udp_sessions": len(self.udp_flows),
-            **dict(sorted(self.stats.items())),
+            **dict(sorted(stats.items())),
             "stack": dict(sorted(self.stack.counters.items())),
         }
 
@@ -437,9 +481,10 @@ class Engine:
             decision = self.router.decide("tcp", dst, port, domain)
             if decision.action is Action.REJECT:
                 raise Rejected(f"rule rejects {decision.target}")
-            stream = await asyncio.wait_for(
-                decision.outbound.open_tcp(decision.target), self.connect_timeout
-            )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the coroutine in a
+            # Task of its own, one more loop round trip per new connection.
+            async with asyncio.timeout(self.connect_timeout):
+                stream = await decision.outbound.open_tcp(decision.target)
         except LoopDetected as exc:
             self.stats["tcp_loop_refused"] += 1
             log.error("refused a routing loop: %s", exc)
@@ -536,7 +581,7 @@ class Engine:
             flow = _UdpFlow(self, session, decision.outbound, key)
             self.udp_flows[key] = flow
             self.stats["udp_sessions_total"] += 1
-        flow.send(datagram, decision.target)
+        flow.send(datagram, decision.target, decision.domain is None)
 
     def _dns_reply(self, query: UdpDatagram, payload: bytes) -> None:
         """Answer a DNS query as if the server the app asked had sent it."""

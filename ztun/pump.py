@@ -4,7 +4,10 @@ Most of a frame's cost is the two syscalls around it (the kernel delivers a writ
 frame synchronously, through its TCP stack), and CPython releases the GIL in both; so
 pumping the TUN in its own thread lets that work overlap with the relay's socket
 syscalls on the event loop -- a second core for the price of one lock around the
-stack. Events the stack produces (UDP datagrams) go to the loop in one batch per wakeup.
+stack. Events the stack produces (UDP datagrams) go to the loop in one batch per wakeup --
+except those of a flow the loop has already routed and opened: the engine registers such a
+(session, destination) in `udp_routes`, and the pump sends its datagrams itself (see
+`ztun.outbound.uplink`), so a UDP stream costs the loop nothing after its first datagram.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import os
 import select
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
-from .stack import SystemStack, UdpDatagram
+from .outbound.uplink import Uplink
+from .stack import SystemStack, UdpDatagram, UdpSession
 from .tun import Device
 
 log = logging.getLogger("ztun")
@@ -28,6 +32,10 @@ log = logging.getLogger("ztun")
 FATAL_ERRNOS = frozenset({errno.EBADFD, errno.EBADF, errno.EIO, errno.ENXIO, errno.ENODEV})
 READ_BATCH = 64  # frames per lock hold: bounds how long an accept waits for the stack
 MAX_FRAME = 65536 + 64
+#: (app session, destination address, destination port): one routed UDP destination.
+RouteKey = tuple[UdpSession, bytes, int]
+#: Where its datagrams go: the flow's uplink and the header for that destination.
+Route = tuple[Uplink, bytes]
 
 
 class TunPump(threading.Thread):
@@ -50,8 +58,37 @@ class TunPump(threading.Thread):
         self.stats = stats
         # Called on the loop when the data path cannot go on (default: stop the loop).
         self.on_fatal = on_fatal or loop.stop
+        # Written by the loop (dict set/pop are atomic under the GIL), read by the pump.
+        self.udp_routes: dict[RouteKey, Route] = {}
+        # Counters of what the pump sent itself; only the pump writes them.
+        self.uplink_stats: Counter[str] = Counter()
+        self._retired: deque[Uplink] = deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
+        self._stopped = False
+
+    def retire(self, uplink: Uplink) -> None:
+        """Close `uplink` once the pump cannot be sending on it (its routes must be gone).
+
+        The pump closes it between two batches; a stopped pump, at once.
+        """
+        if self._stopped or not self.is_alive():
+            uplink.close()
+            return
+        self._retired.append(uplink)
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"r")
+        if self._stopped:  # raced with the pump's exit, which may have drained already
+            self._close_retired()
+
+    def _close_retired(self) -> None:
+        retired = self._retired
+        while True:
+            try:
+                uplink = retired.popleft()
+            except IndexError:
+                return
+            uplink.close()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
@@ -61,6 +98,7 @@ class TunPump(threading.Thread):
             self.join(timeout)
         if self.is_alive():
             return  # still polling them: closing now could hand it a reused fd number
+        self._close_retired()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -70,13 +108,17 @@ class TunPump(threading.Thread):
         except Exception:  # a bug must not silently stop the data path
             log.exception("TUN pump crashed")
             self.loop.call_soon_threadsafe(self.on_fatal)
+        finally:
+            self._stopped = True
+            self._close_retired()
 
     def _run(self) -> None:
         device = self.device
         fd = device.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        wake_r = self._wake_r
+        poller.register(wake_r, select.POLLIN)
         rx = memoryview(bytearray(MAX_FRAME))
         hdr = device.frame_header_len
         read_into = device.read_into
@@ -86,9 +128,17 @@ class TunPump(threading.Thread):
         lock = self.lock
         stats = self.stats
         monotonic = time.monotonic
+        routes = self.udp_routes
+        retired = self._retired
         while not self._stopping:
-            poller.poll()
+            for ready, _ in poller.poll():
+                if ready == wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(wake_r, 4096)
+            if retired:  # no send of a previous batch is in flight: safe to close
+                self._close_retired()
             datagrams: list[UdpDatagram] = []
+            fast: list[tuple[Route, bytes]] = []
             frames = 0
             now = monotonic()
             for _ in range(READ_BATCH):
@@ -123,7 +173,11 @@ class TunPump(threading.Thread):
                         # kernel still segments/checksums a GSO super-packet.
                         write_frame(rx[:n])
                     elif type(out) is UdpDatagram:
-                        datagrams.append(out)
+                        route = routes.get((out.session, out.dst_addr, out.dst_port))
+                        if route is None:
+                            datagrams.append(out)
+                        else:
+                            fast.append((route, out.payload))
                     else:
                         write(out)  # type: ignore[arg-type]
                 except BlockingIOError:
@@ -132,5 +186,28 @@ class TunPump(threading.Thread):
                     stats["tun_write_error"] += 1
                     log.debug("TUN write failed: %s", exc)
             stats["tun_frames_in"] += frames
+            if fast:
+                self._send_routed(fast)
             if datagrams:
                 self.loop.call_soon_threadsafe(self.on_datagrams, datagrams)
+
+    def _send_routed(self, fast: list[tuple[Route, bytes]]) -> None:
+        """Send a batch's routed datagrams: each run to one (uplink, header) in one call."""
+        stats = self.uplink_stats
+        sent = octets = 0
+        count = len(fast)
+        i = 0
+        while i < count:
+            route = fast[i][0]
+            j = i + 1
+            while j < count and fast[j][0] is route:
+                j += 1
+            uplink, header = route
+            n, b = uplink.send(header, [payload for _, payload in fast[i:j]])
+            sent += n
+            octets += b
+            i = j
+        stats["udp_datagrams_up"] += sent
+        stats["udp_bytes_up"] += octets
+        if sent < count:
+            stats["udp_up_dropped"] += count - sent

@@ -45,6 +45,7 @@ from .socks5_proto import (
     encode_udp_header,
 )
 from .target import Target
+from .uplink import Uplink
 from .url import ProxyURL, parse_proxy_url
 
 __all__ = ["Socks5Outbound", "Socks5UdpAssociation", "UdpAssociation"]
@@ -277,6 +278,12 @@ class Socks5UdpAssociation:
         except OSError as exc:  # buffer full, EMSGSIZE, an ICMP error from the relay
             self._dropped += 1
             log.debug("%r: datagram to %s dropped: %s", self, target, exc)
+
+    def uplink(self) -> Uplink | None:
+        """A sender for the TUN pump thread, on its own descriptor (None once closed)."""
+        if self._closed.done():
+            return None
+        return Uplink(self._udp.dup(), encode_udp_header)
 
     def close(self) -> None:
         self._teardown("closed locally")

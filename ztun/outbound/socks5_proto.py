@@ -372,7 +372,6 @@ def encode_request(command: Command, target: Target) -> bytes:
 
 
 @functools.lru_cache(maxsize=4096)
-@functools.lru_cache(maxsize=4096)
 def encode_udp_header(target: Target) -> bytes:
     """RSV(2) FRAG(0) ATYP DST.ADDR DST.PORT, to prepend to a UDP payload (section 7).
 
