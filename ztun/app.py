@@ -20,6 +20,7 @@ from typing import Any
 
 from .options import RunOptions
 from .tun import Device
+from .workers import WorkerRole
 
 log = logging.getLogger("ztun")
 
@@ -90,7 +91,13 @@ def open_device(opts: RunOptions) -> Device | None:
     from .tun import open_device as open_url
 
     try:
-        return open_url(opts.device, mtu=opts.mtu, addresses=opts.addresses, offload=opts.offload)
+        return open_url(
+            opts.device,
+            mtu=opts.mtu,
+            addresses=opts.addresses,
+            offload=opts.offload,
+            multi_queue=opts.workers > 1,
+        )
     except Exception as exc:  # OSError, ValueError, pyroute2's NetlinkError (e.g. EEXIST)
         log.error("cannot open %s: %s", opts.device, exc)
         return None
@@ -146,7 +153,16 @@ def run(opts: RunOptions) -> int:
             plan = plan_auto_route(opts.config.auto_route_config(tuple(a for a, _ in proxies)))
             call_in_child(lambda: _route_job("apply", journal, plan))
             log.info("auto-route: %d rules/routes applied (journal %s)", len(plan), journal.path)
-        return asyncio.run(_serve(opts, device, frozenset((str(a), p) for a, p in proxies)))
+        endpoints = frozenset((str(a), p) for a, p in proxies)
+        if opts.workers > 1:
+            from .workers import run_workers
+
+            return run_workers(
+                opts,
+                device,
+                lambda queue, role: asyncio.run(_serve(opts, queue, endpoints, role)),
+            )
+        return asyncio.run(_serve(opts, device, endpoints))
     finally:
         if journal is not None:
             log.info(
@@ -155,11 +171,12 @@ def run(opts: RunOptions) -> int:
         device.close()
 
 
-def _build_dns(opts: RunOptions):  # type: ignore[no-untyped-def]
+def _build_dns(opts: RunOptions, role: WorkerRole):  # type: ignore[no-untyped-def]
     from .dns import DnsHandler, DnsMode, load_pool
 
     cfg = opts.config.dns
-    if cfg.mode is DnsMode.OFF:
+    if cfg.mode is DnsMode.OFF or (cfg.mode is DnsMode.FAKE_IP and not role.primary):
+        # Fake-IP queries and flows are steered to worker 0, which alone holds the pool.
         return None, None
     pool = None
     if cfg.mode is DnsMode.FAKE_IP:
@@ -169,8 +186,12 @@ def _build_dns(opts: RunOptions):  # type: ignore[no-untyped-def]
 
 
 async def _serve(
-    opts: RunOptions, device: Device, proxy_endpoints: frozenset[tuple[str, int]]
+    opts: RunOptions,
+    device: Device,
+    proxy_endpoints: frozenset[tuple[str, int]],
+    role: WorkerRole | None = None,
 ) -> int:
+    role = role or WorkerRole()
     from .engine import Engine
     from .outbound import DirectOutbound, make_outbound
     from .router import Router
@@ -189,7 +210,7 @@ async def _serve(
     direct = DirectOutbound(
         connect_timeout=opts.connect_timeout, fwmark=opts.fwmark, bind_interface=opts.bind_interface
     )
-    dns, pool = _build_dns(opts)
+    dns, pool = _build_dns(opts, role)
     cfg = opts.config
     router = Router(
         proxy_tcp=proxy_tcp,
@@ -200,7 +221,12 @@ async def _serve(
         sniff_timeout=cfg.sniff.timeout if cfg.sniff.enabled else None,
         proxy_endpoints=proxy_endpoints,
     )
-    stack = SystemStack(inet4=opts.inet4, inet6=opts.inet6, udp_timeout=opts.udp_timeout)
+    stack = SystemStack(
+        inet4=opts.inet4,
+        inet6=opts.inet6,
+        udp_timeout=opts.udp_timeout,
+        nat_shard=role.nat_shard,
+    )
     engine = Engine(
         device,
         stack,
@@ -209,25 +235,28 @@ async def _serve(
         splice=opts.splice,
         dns=dns,
         redirect=opts.redirect,
+        redirect_listeners=role.redirect_listeners,
     )
     engine.start()
     try:
-        return await _run_engine(opts, device, engine, pool)
+        return await _run_engine(opts, device, engine, pool, role)
     finally:
         engine.stop()
-        if opts.redirect:
+        if opts.redirect and role.alone:  # else the parent owns the nftables table
             from .redirect import remove
 
             remove(device.name)
         log.info("ztun stopped stats=%s", engine.snapshot_json())
 
 
-async def _run_engine(opts: RunOptions, device: Device, engine: Any, pool: Any) -> int:
+async def _run_engine(
+    opts: RunOptions, device: Device, engine: Any, pool: Any, role: WorkerRole
+) -> int:
     from .dns import SAVE_INTERVAL, save_pool
 
     cfg = opts.config
     loop = asyncio.get_running_loop()
-    if opts.redirect and engine.redirect_port is not None:
+    if opts.redirect and engine.redirect_port is not None and role.alone:
         from .redirect import RedirectError, install
 
         try:
@@ -255,8 +284,9 @@ async def _run_engine(opts: RunOptions, device: Device, engine: Any, pool: Any) 
 
         saver = loop.call_later(SAVE_INTERVAL, save_if_dirty)
     log.info(
-        "ztun ready device=%s index=%d mtu=%d offload=%s addresses=%s listen=%s proxy=%s "
+        "%s device=%s index=%d mtu=%d offload=%s addresses=%s listen=%s proxy=%s "
         "dns=%s sniff=%s auto_route=%s redirect=%s",
+        "ztun ready" if role.alone else f"worker {role.index} ready",
         device.name,
         device.index,
         device.mtu,
@@ -269,6 +299,8 @@ async def _run_engine(opts: RunOptions, device: Device, engine: Any, pool: Any) 
         "on" if cfg.route.auto else "off",
         f"on:{engine.redirect_port}" if opts.redirect else "off",
     )
+    if role.on_ready is not None:
+        role.on_ready()
     await engine.wait_stopped()
     if saver is not None:
         saver.cancel()

@@ -202,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="open the TUN without IFF_VNET_HDR/TSO (one MTU-sized packet per read)",
     )
     run.add_argument(
+        "--workers",
+        type=_bounded(int, 1, 64, "workers"),
+        default=1,
+        metavar="N",
+        help="worker processes, one per queue of a multi-queue TUN (Linux; default 1)",
+    )
+    run.add_argument(
         "--relay",
         choices=("splice", "copy"),
         default="splice",
@@ -363,6 +370,8 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         parser.error(
             "--auto-route needs a tun:// device (ztun must know the interface it routes to)"
         )
+    if ns.workers > 1 and not (device.startswith("tun://") and sys.platform == "linux"):
+        parser.error("--workers above 1 needs a Linux tun:// device (a multi-queue TUN)")
     fwmark = ns.fwmark
     if fwmark is None and config.route.auto:
         fwmark = config.route.fwmark  # ztun's own sockets must bypass its routes
@@ -377,6 +386,7 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         offload=ns.offload,
         splice=ns.relay == "splice",
         redirect=ns.redirect,
+        workers=ns.workers,
         config=config,
     )
 

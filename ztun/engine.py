@@ -238,6 +238,34 @@ class _UdpFlow:
         self.engine.udp_flow_closed(self)
 
 
+def bind_redirect_listeners() -> list[socket.socket]:
+    """127.0.0.1:P and [::1]:P, non-blocking: nftables' REDIRECT in the OUTPUT hook
+    rewrites to loopback, so nothing off this host (nor a connection that was never
+    redirected) can reach these listeners and make ztun connect to itself."""
+    port = 0
+    listeners: list[socket.socket] = []
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            if family == socket.AF_INET6:
+                log.warning("redirect: no IPv6 loopback listener (%s); IPv4 only", exc)
+                break
+            for bound in listeners:
+                bound.close()
+            raise
+        sock.listen(4096)
+        sock.setblocking(False)
+        port = sock.getsockname()[1]
+        listeners.append(sock)
+    return listeners
+
+
 class Engine:
     def __init__(
         self,
@@ -249,13 +277,17 @@ class Engine:
         splice: bool = True,
         dns: DnsHandler | None = None,
         redirect: bool = False,
+        redirect_listeners: list[socket.socket] | None = None,
     ) -> None:
+        """`redirect_listeners`: bound by the caller (workers share one set); else bound
+        in `start` when `redirect` is on."""
         self.device = device
         self.stack = stack
         self.router = router
         self.connect_timeout = connect_timeout
         # With --redirect, nftables sends TCP bound for the TUN here instead (port 0: any).
         self.redirect_port: int | None = 0 if redirect else None
+        self._redirect_listeners = redirect_listeners
         self.stats: Counter[str] = Counter()
         self.relays: set[Relay] = set()
         self.udp_flows: dict[FlowKey, _UdpFlow] = {}
@@ -298,7 +330,7 @@ class Engine:
             self.loop.add_reader(sock.fileno(), self._on_accept, sock, version)
             self.listeners.append(sock)
         if self.redirect_port is not None:
-            self._bind_redirect_listeners()
+            self._add_redirect_listeners(self._redirect_listeners or bind_redirect_listeners())
         self.pump = TunPump(
             self.device,
             self.stack,
@@ -311,30 +343,11 @@ class Engine:
         self.pump.start()
         self._arm_timer()
 
-    def _bind_redirect_listeners(self) -> None:
-        """127.0.0.1:P and [::1]:P: nftables' REDIRECT in the OUTPUT hook rewrites to
-        loopback, so nothing off this host (nor a connection that was never redirected)
-        can reach these listeners and make ztun connect to itself."""
-        port = 0
-        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind((host, port))
-            except OSError as exc:
-                sock.close()
-                if family == socket.AF_INET6:
-                    log.warning("redirect: no IPv6 loopback listener (%s); IPv4 only", exc)
-                    break
-                raise
-            sock.listen(4096)
-            sock.setblocking(False)
-            port = sock.getsockname()[1]
+    def _add_redirect_listeners(self, listeners: list[socket.socket]) -> None:
+        for sock in listeners:
             self.loop.add_reader(sock.fileno(), self._on_redirect_accept, sock)
             self.listeners.append(sock)
-        self.redirect_port = port
+        self.redirect_port = listeners[0].getsockname()[1]
 
     def _on_pump_failed(self) -> None:
         self.failed = True

@@ -27,6 +27,7 @@ class RunOptions:
     offload: bool = True  # IFF_VNET_HDR + TSO/CSUM: 64 KiB super-packets per read
     splice: bool = True  # relay TCP with splice(2) instead of recv/send copies
     redirect: bool = False  # nftables sends TCP for the TUN straight to the listener
+    workers: int = 1  # >1: one process per queue of a multi-queue TUN (ztun.workers)
     config: Config = field(default_factory=Config)  # routing, DNS, sniffing, rules
 
     @property

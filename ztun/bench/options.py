@@ -16,6 +16,7 @@ SYSTEMS: tuple[str, ...] = (
     "socks-only",
     "ztun",
     "ztun-redirect",
+    "ztun-w2",
     "sing-box-system",
     "sing-box-gvisor",
     "sing-box-mixed",

@@ -126,7 +126,8 @@ class SocksOnly(System):
 
 
 class Ztun(System):
-    """`ztun run`; `extra` adds flags (ztun-redirect: the nftables fast path for TCP)."""
+    """`ztun run`; `extra` adds flags (ztun-redirect: the nftables fast path for TCP;
+    ztun-w2: two worker processes on a two-queue TUN)."""
 
     extra: tuple[str, ...] = ()
 
@@ -231,6 +232,10 @@ def make_system(name: str, env: Env) -> System:
     if name == "ztun-redirect":
         system = Ztun(name, env)
         system.extra = ("--redirect",)
+        return system
+    if name == "ztun-w2":
+        system = Ztun(name, env)
+        system.extra = ("--workers", "2")
         return system
     if name.startswith("sing-box-"):
         return SingBox(name, env, name.removeprefix("sing-box-"))

@@ -14,8 +14,11 @@ IP header:
    NAT'd flow -- gives its destination port: worker k owns NAT ports ``p % n == k``.
 2. A destination inside a ``pinned`` network (the fake-IP ranges) gives 0.
 3. With ``pin_dns``, TCP or UDP to port 53 gives 0 (fake-IP DNS state lives in worker 0).
-4. Other TCP or UDP gives ``source port ^ low 16 bits of the source address``: the same
-   for every packet of a TCP flow and of a UDP full-cone session (keyed by source).
+4. Other TCP or UDP gives `source_hash` of the source port and the low 16 bits of the
+   source address: the same for every packet of a TCP flow and of a UDP full-cone
+   session (keyed by source). A multiplicative hash, not the bare XOR: Linux hands
+   connect() even ephemeral ports (bind() gets the odd ones), so the low bit alone --
+   all that `% 2` looks at -- would send every local flow to one worker.
 5. Everything else gives 0: ICMP, IPv4 fragments after the first (no ports in them),
    IPv6 extension headers, other versions, and any packet too short for a field the
    rule needs.
@@ -42,6 +45,7 @@ __all__ = [
     "attach",
     "detach",
     "load_program",
+    "source_hash",
     "steering_key",
     "steering_program",
     "test_run",
@@ -138,7 +142,17 @@ def steering_key(
         return 0  # rule 5
     if pin_dns and dport == DNS_PORT:
         return 0  # rule 3
-    return sport ^ saddr_low16  # rule 4
+    return source_hash(sport, saddr_low16)  # rule 4
+
+
+#: Knuth's multiplicative constant (2^32 / golden ratio): the product's upper half mixes
+#: every input bit, so `% n` for small n sees all of them.
+GOLDEN32 = 0x9E3779B1
+
+
+def source_hash(sport: int, saddr_low16: int) -> int:
+    """Rule 4's value: ((sport ^ saddr_low16) * GOLDEN32 mod 2^32) >> 16, in 0..65535."""
+    return (((sport ^ saddr_low16) * GOLDEN32) & 0xFFFFFFFF) >> 16
 
 
 # --------------------------------------------------------------------------- assembler
@@ -148,7 +162,7 @@ def steering_key(
 BPF_LD, BPF_ALU, BPF_JMP, BPF_ALU64 = 0x00, 0x04, 0x05, 0x07
 BPF_W, BPF_H, BPF_B = 0x00, 0x08, 0x10
 BPF_ABS, BPF_IND = 0x20, 0x40
-BPF_AND, BPF_LSH, BPF_RSH, BPF_XOR, BPF_MOV = 0x50, 0x60, 0x70, 0xA0, 0xB0
+BPF_MUL, BPF_AND, BPF_LSH, BPF_RSH, BPF_XOR, BPF_MOV = 0x20, 0x50, 0x60, 0x70, 0xA0, 0xB0
 BPF_K, BPF_X = 0x00, 0x08
 BPF_JA, BPF_JEQ, BPF_JNE, BPF_JLT, BPF_EXIT = 0x00, 0x10, 0x50, 0xA0, 0x90
 BPF_REG_0, BPF_REG_1, BPF_REG_6, BPF_REG_7, BPF_REG_8, BPF_REG_9 = 0, 1, 6, 7, 8, 9
@@ -357,6 +371,8 @@ def steering_program(
         asm.jmp_imm(BPF_JEQ, BPF_REG_0, DNS_PORT, "ret0")
     asm.ld_ind(BPF_H, BPF_REG_7, L4_SPORT)
     asm.alu64_reg(BPF_XOR, BPF_REG_0, BPF_REG_9)
+    asm.alu32_imm(BPF_MUL, BPF_REG_0, _imm32(GOLDEN32))  # 32-bit: wraps mod 2^32
+    asm.alu32_imm(BPF_RSH, BPF_REG_0, 16)
     asm.exit()
 
     asm.label("ret0")

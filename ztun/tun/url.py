@@ -31,8 +31,11 @@ def open_device(
     addresses: Sequence[IpInterface],
     netns: str | None = None,
     offload: bool = True,
+    multi_queue: bool = False,
 ) -> Device:
-    """Open the device `url` names; ValueError says what is wrong with the URL."""
+    """Open the device `url` names; ValueError says what is wrong with the URL.
+
+    `multi_queue`: a Linux TUN that takes more queues (`LinuxTun.open_queue`)."""
     parts = urlsplit(url)
     if parts.scheme == "tun":
         return _open_tun(
@@ -42,6 +45,7 @@ def open_device(
             addresses=addresses,
             netns=netns,
             offload=offload,
+            multi_queue=multi_queue,
         )
     if parts.scheme == "fd":
         text = parts.netloc or parts.path
@@ -61,12 +65,22 @@ def _open_tun(
     addresses: Sequence[IpInterface],
     netns: str | None,
     offload: bool,
+    multi_queue: bool,
 ) -> Device:
     platform = sys.platform
     if platform == "linux":
         from .linux import LinuxTun
 
-        return LinuxTun(name, mtu=mtu, addresses=addresses, netns=netns, offload=offload)
+        return LinuxTun(
+            name,
+            mtu=mtu,
+            addresses=addresses,
+            netns=netns,
+            offload=offload,
+            multi_queue=multi_queue,
+        )
+    if multi_queue:
+        raise ValueError(f"device {url!r}: multi-queue TUNs exist only on Linux")
     if netns is not None:
         raise ValueError(f"device {url!r}: network namespaces exist only on Linux")
     if platform == "darwin":

@@ -36,7 +36,7 @@ from harness.hosts.netns import NetnsHost
 from harness.topo import TopologySpec
 from ztun.tun.base import Device
 from ztun.tun.linux import LinuxTun, LinuxTunQueue
-from ztun.tun.steering import load_program, steering_key, steering_program
+from ztun.tun.steering import load_program, source_hash, steering_key, steering_program
 
 pytestmark = [pytest.mark.netns, pytest.mark.linux]
 
@@ -254,9 +254,10 @@ queue.close()
 
 def expected_queue(flow: Flow, nqueues: int) -> int:
     """The steering rule restated for these flows: TCP to the peer by destination port,
-    UDP by source port ^ low 16 bits of the TUN address (198.18.0.1, fd00::1: both 1)."""
+    UDP by source_hash(source port, low 16 bits of the source address): the TUN's
+    198.18.0.1 and fd00::1 both end in 1."""
     _, proto, sport, dport = flow
-    return (dport if proto == socket.IPPROTO_TCP else sport ^ 1) % nqueues
+    return (dport if proto == socket.IPPROTO_TCP else source_hash(sport, 1)) % nqueues
 
 
 def test_a_queue_passed_to_a_child_process_is_adopted(make_tun: Any, rng: random.Random) -> None:

@@ -34,6 +34,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["run", "--address", "10.0.0.1", "--address", "10.1.0.1"], "at most one IPv4"),
         (["run", "--mtu", "1000"], "1280"),
         (["run", "--loglevel", "loud"], "invalid choice"),
+        (["run", "--workers", "0"], "out of range"),
+        (["run", "--workers", "65"], "out of range"),
+        (["run", "--workers", "2", "--device", "fd://3"], "multi-queue"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -77,6 +80,7 @@ def test_help_documents_every_run_flag() -> None:
         "--netns",
         "--fwmark",
         "--interface",
+        "--workers",
         "--loglevel",
         "--debug",
         "-d",

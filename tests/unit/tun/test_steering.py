@@ -24,7 +24,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 
 from ztun.tun import steering
-from ztun.tun.steering import steering_key, steering_program
+from ztun.tun.steering import source_hash, steering_key, steering_program
 
 PEER4 = ipaddress.IPv4Address("198.18.0.2")
 PEER6 = ipaddress.IPv6Address("fd00::2")
@@ -104,7 +104,7 @@ def l4(sport: int, dport: int, rest: bytes = bytes(16)) -> bytes:
 
 
 def mixed(sport: int, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
-    return sport ^ (int(addr) & 0xFFFF)
+    return source_hash(sport, int(addr) & 0xFFFF)
 
 
 # --------------------------------------------------------------------------- the function
@@ -176,16 +176,16 @@ def test_rule4_same_function_for_tcp_and_udp() -> None:
     src = ipaddress.IPv4Address("10.1.2.3")
     dst = ipaddress.IPv4Address("93.184.216.34")
     for sport in (0, 1, 1024, 0x0203, 40000, 65535):
-        want = sport ^ 0x0203
+        want = source_hash(sport, 0x0203)
         assert PLAIN.key(ipv4(src, dst, TCP_, l4(sport, 443))) == want
         assert PLAIN.key(ipv4(src, dst, UDP_, l4(sport, 443))) == want
         # the destination does not matter: a full-cone UDP session is keyed by source
         assert PLAIN.key(ipv4(src, SRC4, UDP_, l4(sport, 9))) == want
     scapy_udp = bytes(IP(src="10.1.2.3", dst="1.1.1.1") / UDP(sport=4660, dport=53))
-    assert PLAIN.key(scapy_udp) == 4660 ^ 0x0203
+    assert PLAIN.key(scapy_udp) == source_hash(4660, 0x0203)
     src6 = ipaddress.IPv6Address("2001:db8::abcd")
     assert PLAIN.key(ipv6(src6, PEER6, UDP_, l4(0xABCD, 1))) == 0
-    assert PLAIN.key(ipv6(src6, PEER6, UDP_, l4(0x1111, 1))) == 0x1111 ^ 0xABCD
+    assert PLAIN.key(ipv6(src6, PEER6, UDP_, l4(0x1111, 1))) == source_hash(0x1111, 0xABCD)
 
 
 def test_rule4_honours_ipv4_options() -> None:
@@ -420,3 +420,15 @@ def test_load_failure_carries_the_verifier_log(loaded: Loaded) -> None:
         steering.load_program(exit_only)
     assert isinstance(info.value, OSError)
     assert "R0 !read_ok" in info.value.log
+
+
+@pytest.mark.parametrize("queues", [2, 3, 4])
+def test_rule4_spreads_even_source_ports(queues: int) -> None:
+    """Linux gives connect() even ephemeral ports; a function whose low bit is the port's
+    (the bare XOR) would send every local flow to one of two workers."""
+    counts = [0] * queues
+    ports = range(32768, 61000, 2)
+    for sport in ports:
+        counts[source_hash(sport, 0x0001) % queues] += 1
+    share = len(ports) / queues
+    assert all(0.9 * share < c < 1.1 * share for c in counts), counts

@@ -48,10 +48,20 @@ def _on(monkeypatch: pytest.MonkeyPatch, platform: str) -> None:
 def test_linux_tun(monkeypatch: pytest.MonkeyPatch, openers: dict[str, Recorder]) -> None:
     _on(monkeypatch, "linux")
     assert open_device("tun://ztun0", mtu=1400, addresses=ADDRS, netns="ns1", offload=False)
+    assert open_device("tun://ztun1", mtu=1400, addresses=ADDRS, multi_queue=True)
+    common = {"mtu": 1400, "addresses": ADDRS}
     assert openers["linux"].calls == [
-        (("ztun0",), {"mtu": 1400, "addresses": ADDRS, "netns": "ns1", "offload": False})
+        (("ztun0",), {**common, "netns": "ns1", "offload": False, "multi_queue": False}),
+        (("ztun1",), {**common, "netns": None, "offload": True, "multi_queue": True}),
     ]
     assert not openers["darwin"].calls and not openers["win32"].calls
+
+
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_multi_queue_is_linux_only(monkeypatch: pytest.MonkeyPatch, platform: str) -> None:
+    _on(monkeypatch, platform)
+    with pytest.raises(ValueError, match="multi-queue TUNs exist only on Linux"):
+        open_device("tun://utun7", mtu=1500, addresses=ADDRS, multi_queue=True)
 
 
 @pytest.mark.parametrize(
