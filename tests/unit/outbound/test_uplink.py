@@ -15,7 +15,7 @@ import pytest
 from ztun.engine import Engine
 from ztun.outbound import DirectOutbound, Socks5Outbound, Target
 from ztun.outbound.socks5_proto import encode_udp_header
-from ztun.outbound.uplink import Uplink
+from ztun.outbound.uplink import GSO_MAX_SEGMENTS, Uplink, gso_runs
 from ztun.router import Router
 from ztun.stack import SystemStack
 from ztun.tun import FdDevice
@@ -62,6 +62,51 @@ def test_uplink_drops_what_the_socket_refuses_and_goes_on(pair) -> None:  # type
     assert uplink.send(b"h", [b"a", too_big, b"b"]) == (2, 2)
     assert [rx.recv(2048), rx.recv(2048)] == [b"ha", b"hb"]
     assert uplink.dropped == 1
+
+
+@pytest.mark.parametrize(
+    ("header_len", "sizes", "max_segment", "runs"),
+    [
+        (10, [100, 100, 100], 65000, [(0, 3)]),
+        (10, [100, 100, 40], 65000, [(0, 3)]),  # a shorter datagram closes a run
+        (10, [100, 40, 100, 100], 65000, [(0, 2), (2, 4)]),
+        (10, [40, 100, 100], 65000, [(0, 1), (1, 3)]),  # a longer one starts a new run
+        (10, [100, 100, 100], 0, [(0, 1), (1, 2), (2, 3)]),  # GSO off
+        (10, [100, 100, 5, 5], 109, [(0, 1), (1, 2), (2, 4)]),  # 110 B segments too big
+        (0, [0, 0, 7], 65000, [(0, 1), (1, 2), (2, 3)]),  # empty segments cannot be cut
+        (10, [1400] * 100, 65000, [(0, 46), (46, 92), (92, 100)]),  # 64 KiB per send
+        (10, [10] * 100, 65000, [(0, GSO_MAX_SEGMENTS), (GSO_MAX_SEGMENTS, 100)]),
+    ],
+)
+def test_gso_runs(
+    header_len: int, sizes: list[int], max_segment: int, runs: list[tuple[int, int]]
+) -> None:
+    assert gso_runs(header_len, sizes, max_segment) == runs
+
+
+def test_uplink_batches_equal_sizes_in_one_gso_send(pair) -> None:  # type: ignore[no-untyped-def]
+    rx, tx = pair
+    uplink = Uplink(tx, encode_udp_header)
+    header = uplink.header_for(SERVER_TARGET)
+    payloads = [bytes([i]) * 1400 for i in range(20)] + [b"tail", b"x" * 300, b"y" * 300]
+    assert uplink.send(header, payloads) == (len(payloads), sum(map(len, payloads)))
+    # The receiver sees every datagram on its own, in order, each with its header.
+    assert [rx.recv(4096) for _ in payloads] == [header + p for p in payloads]
+    assert uplink.gso_sends == 2  # 20 x 1400 + "tail", then 2 x 300
+
+
+def test_a_refused_gso_send_goes_out_one_by_one(pair) -> None:  # type: ignore[no-untyped-def]
+    rx, tx = pair
+    # SO_NO_CHECK (no UDP checksum) makes the kernel refuse GSO with EINVAL.
+    tx.setsockopt(socket.SOL_SOCKET, 11, 1)
+    uplink = Uplink(tx, encode_udp_header)
+    payloads = [bytes([i]) * 500 for i in range(5)]
+    assert uplink.send(b"h", payloads) == (5, 2500)
+    assert [rx.recv(4096) for _ in payloads] == [b"h" + p for p in payloads]
+    assert uplink.gso_sends == 0
+    assert uplink.max_segment == 500  # 501-byte segments are not batched again
+    assert uplink.send(b"h", payloads[:2]) == (2, 1000)
+    assert [rx.recv(4096) for _ in range(2)] == [b"h" + p for p in payloads[:2]]
 
 
 class UdpProxy:
