@@ -125,7 +125,10 @@ def test_next_start_recovers_and_sigterm_restores(path) -> None:  # type: ignore
     assert routing_state(client) == before
 
 
-def test_fake_ip_dns_sends_the_domain_to_the_proxy(path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("workers", [1, 3])
+def test_fake_ip_dns_sends_the_domain_to_the_proxy(path, tmp_path, workers: int) -> None:  # type: ignore[no-untyped-def]
+    """With workers, queries and fake-IP flows are steered to worker 0 (the pool's owner):
+    every name, asked from its own source port, must come back as itself at the proxy."""
     from dnslib import DNSRecord
 
     topology, proxy_addr, _server_addr = path
@@ -133,26 +136,30 @@ def test_fake_ip_dns_sends_the_domain_to_the_proxy(path, tmp_path) -> None:  # t
     recorder = start_recording(topology.proxy, proxy_addr, SOCKS)
     config = tmp_path / "ztun.toml"
     config.write_text(f'[dns]\nmode = "fake-ip"\nstate_file = "{tmp_path}/fakeip.json"\n')
-    start_ztun(topology, recorder.url, "--config", str(config))
-    udp = client.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with udp:
-        udp.settimeout(5)
-        # Any resolver address: port 53 is answered by ztun from the fake pool.
-        udp.sendto(DNSRecord.question("service.example.test", "A").pack(), ("192.0.2.53", 53))
-        answer = DNSRecord.parse(udp.recvfrom(4096)[0])
-    fake = str(answer.rr[0].rdata)
-    assert fake.startswith(("198.18.", "198.19.")), fake
-    sock = client.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with sock:
-        sock.settimeout(10)
-        try:
-            sock.connect((fake, 443))
-            sock.sendall(b"x")
-            sock.recv(10)
-        except OSError:
-            pass  # the proxy cannot resolve the name here; the request is what we check
-    request = recorder.wait_for_request(lambda r: r.command == "CONNECT", timeout=10)
-    assert (request.target_host, request.target_port) == ("service.example.test", 443)
+    start_ztun(topology, recorder.url, "--config", str(config), "--workers", str(workers))
+    names = [f"service{i}.example.test" for i in range(6)]
+    for name in names:
+        udp = client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with udp:
+            udp.settimeout(5)
+            # Any resolver address: port 53 is answered by ztun from the fake pool.
+            udp.sendto(DNSRecord.question(name, "A").pack(), ("192.0.2.53", 53))
+            answer = DNSRecord.parse(udp.recvfrom(4096)[0])
+        fake = str(answer.rr[0].rdata)
+        assert fake.startswith(("198.18.", "198.19.")), fake
+        sock = client.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with sock:
+            sock.settimeout(10)
+            try:
+                sock.connect((fake, 443))
+                sock.sendall(b"x")
+                sock.recv(10)
+            except OSError:
+                pass  # the proxy cannot resolve the name here; the request is what we check
+        request = recorder.wait_for_request(
+            lambda r, name=name: r.command == "CONNECT" and r.target_host == name, timeout=10
+        )
+        assert (request.target_host, request.target_port) == (name, 443)
 
 
 def test_remote_dns_goes_to_the_upstream_through_the_proxy(path) -> None:  # type: ignore[no-untyped-def]
