@@ -19,6 +19,7 @@ every drop is counted in `counters` under a reason.
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections import Counter
 
 from ..wire import (
@@ -37,7 +38,7 @@ from ..wire import (
     build_udp,
     parse_ip,
 )
-from ..wire.checksum import apply_delta, checksum_delta
+from ..wire.checksum import apply_delta, checksum_delta, ones_sum, pseudo_header_sum
 from ..wire.vnet import apply_partial_delta
 from .events import (
     StackEvent,
@@ -59,6 +60,17 @@ _ECHO_DELTA_V4 = checksum_delta(bytes((ICMP_ECHO_REQUEST, 0)), bytes((ICMP_ECHO_
 _ECHO_DELTA_V6 = checksum_delta(bytes((ICMPV6_ECHO_REQUEST, 0)), bytes((ICMPV6_ECHO_REPLY, 0)))
 
 Output = memoryview | bytearray | UdpDatagram | None
+
+# An IPv4 header without options followed by a UDP header: total length, flags/fragment
+# offset, source, destination; source port, destination port, UDP length, checksum.
+_V4_UDP = struct.Struct("!2xH2xH4x4s4sHHHH")
+_V4_UDP_LEN = 28
+_V4_NO_OPTIONS = 0x45
+_V4_PROTOCOL = 9
+_V4_HEADER_LEN = 20
+_UDP_HEADER_LEN = 8
+_FRAGMENT_BITS = 0x3FFF  # MF and the fragment offset
+_ONES_MOD = 0xFFFF
 
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -166,6 +178,18 @@ class SystemStack:
         `csum_partial`: the frame came with virtio NEEDS_CSUM, so its transport checksum
         field holds the uncomplemented pseudo-header sum (see `ztun.wire.vnet`).
         """
+        if (
+            len(packet) >= _V4_UDP_LEN
+            and packet[0] == _V4_NO_OPTIONS
+            and packet[_V4_PROTOCOL] == PROTO_UDP
+        ):
+            datagram = self._udp4_fast(packet, now, csum_partial)
+            if datagram is not None:
+                return datagram
+        return self._receive_ip(packet, now, csum_partial)
+
+    def _receive_ip(self, packet: memoryview, now: float, csum_partial: bool) -> Output:
+        """Every packet the UDP fast lane does not take (the reference path for it, too)."""
         try:
             ip = parse_ip(packet)
             if isinstance(ip, Ipv4Packet):
@@ -331,6 +355,31 @@ class SystemStack:
             return self._drop("udp_bad_checksum")
         session = self.udp.get_or_open(version, src, udp.src_port, now)
         return UdpDatagram(session, dst, udp.dst_port, bytes(udp.payload))
+
+    def _udp4_fast(self, packet: memoryview, now: float, csum_partial: bool) -> UdpDatagram | None:
+        """The common UDP packet -- IPv4 without options, whole, unicast, every length and
+        checksum right -- read with one unpack instead of header views. None: anything
+        else, for the general path to handle (and count) exactly as it always does."""
+        total, frag, src, dst, sport, dport, length, checksum = _V4_UDP.unpack_from(packet)
+        if (
+            total > len(packet)
+            or frag & _FRAGMENT_BITS
+            or dst[0] >= 224
+            or not _UDP_HEADER_LEN <= length <= total - _V4_HEADER_LEN
+            # The header's ones' sum is 0xffff (-0): the integer is 0 mod 0xffff.
+            or int.from_bytes(packet[:_V4_HEADER_LEN], "big") % _ONES_MOD
+        ):
+            return None
+        end = _V4_HEADER_LEN + length
+        if (
+            not csum_partial
+            and checksum
+            and ones_sum(packet[_V4_HEADER_LEN:end], pseudo_header_sum(src, dst, PROTO_UDP, length))
+            != _ONES_MOD
+        ):
+            return None
+        session = self.udp.get_or_open(4, src, sport, now)
+        return UdpDatagram(session, dst, dport, bytes(packet[_V4_UDP_LEN:end]))
 
     def udp_reply(
         self, session: UdpSession, src_addr: bytes, src_port: int, payload: bytes, now: float
