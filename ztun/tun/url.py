@@ -51,10 +51,25 @@ def open_device(
         text = parts.netloc or parts.path
         if not text.isdigit():
             raise ValueError(f"device {url!r}: fd:// needs a descriptor number, e.g. fd://3")
-        from .fd import FdDevice
-
-        return FdDevice(int(text), mtu=mtu)
+        return _open_fd(int(text), mtu=mtu, netns=netns)
     raise ValueError(f"device {url!r}: unknown scheme (use tun://NAME or fd://N)")
+
+
+def _open_fd(fd: int, *, mtu: int, netns: str | None) -> Device:
+    """A Linux TUN descriptor is adopted with what the kernel says of it (its name, and
+    whether frames carry a virtio-net header: a parent may have opened it with
+    IFF_VNET_HDR); anything else (a socketpair, another OS's descriptor) is plain packets."""
+    from .fd import FdDevice
+
+    if sys.platform == "linux":
+        from .base import DeviceError
+        from .linux import LinuxTunQueue
+
+        try:
+            return LinuxTunQueue.adopt(fd, mtu=mtu, netns=netns)
+        except DeviceError:
+            pass  # not a TUN descriptor
+    return FdDevice(fd, mtu=mtu)
 
 
 def _open_tun(

@@ -346,3 +346,35 @@ def test_open_queue_needs_multi_queue(topology_factory: Any) -> None:
             tun.open_queue()
     finally:
         tun.close()
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_fd_url_adopts_a_tun_with_its_frame_header(topology_factory: Any, offload: bool) -> None:
+    """`fd://N` of a TUN a parent opened with IFF_VNET_HDR must strip the 10-byte virtio
+    header, not hand it to the stack as the start of an IP packet."""
+    from ztun.tun import open_device
+
+    host: NetnsHost = topology_factory(TopologySpec.of(["apps"])).host("apps")
+    tun = LinuxTun(DEVICE, netns=host.name, offload=offload)
+    try:
+        device = open_device(
+            f"fd://{os.dup(tun.fileno())}", mtu=1400, addresses=(), netns=host.name
+        )
+        try:
+            assert isinstance(device, LinuxTunQueue)
+            assert (device.name, device.index) == (DEVICE, tun.index)
+            assert device.frame_header_len == (10 if offload else 0)
+            assert device.mtu == 1400
+        finally:
+            device.close()
+    finally:
+        tun.close()
+
+
+def test_fd_url_of_something_else_is_plain_packets() -> None:
+    from ztun.tun import FdDevice, open_device
+
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with left, right:
+        device = open_device(f"fd://{left.fileno()}", mtu=1500, addresses=())
+        assert isinstance(device, FdDevice) and device.frame_header_len == 0
