@@ -234,7 +234,8 @@ async def _serve(
         connect_timeout=opts.connect_timeout,
         splice=opts.splice,
         dns=dns,
-        redirect=opts.redirect,
+        # A worker handed no redirect listeners takes no redirected connections.
+        redirect=opts.redirect and (role.alone or bool(role.redirect_listeners)),
         redirect_listeners=role.redirect_listeners,
     )
     engine.start()

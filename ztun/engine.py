@@ -130,7 +130,11 @@ class _UdpFlow:
         association.closed.add_done_callback(lambda _f: self.close())
         make_uplink = getattr(association, "uplink", None)  # optional: SOCKS5 has one
         if make_uplink is not None and engine.pump is not None:
-            self.uplink = make_uplink()
+            try:
+                self.uplink = make_uplink()
+            except OSError as exc:  # e.g. EMFILE on the dup: the loop path still works
+                engine.stats["udp_uplink_unavailable"] += 1
+                log.debug("UDP uplink for %s unavailable: %s", self._source(), exc)
         for datagram, target, routed in self.queue:
             self._send(datagram, target, routed)
         self.queue.clear()

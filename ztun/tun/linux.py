@@ -166,8 +166,11 @@ class LinuxTunQueue(_TunFd):
             size = fcntl.ioctl(fd, TUNGETVNETHDRSZ, struct.pack("i", 0))
             hdr_len = struct.unpack("i", size)[0]
         if index is None:
-            with in_netns(netns):
-                index = socket.if_nametoindex(name)
+            try:
+                with in_netns(netns):
+                    index = socket.if_nametoindex(name)
+            except OSError:  # the device lives in another namespace: no index here
+                index = 0
         os.set_blocking(fd, False)
         return cls(fd, name=name, index=index, mtu=mtu, hdr_len=hdr_len, netns=netns)
 

@@ -125,18 +125,28 @@ def test_next_start_recovers_and_sigterm_restores(path) -> None:  # type: ignore
     assert routing_state(client) == before
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_fake_ip_dns_sends_the_domain_to_the_proxy(path, tmp_path, workers: int) -> None:  # type: ignore[no-untyped-def]
-    """With workers, queries and fake-IP flows are steered to worker 0 (the pool's owner):
-    every name, asked from its own source port, must come back as itself at the proxy."""
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--workers", "3"), ("--workers", "3", "--redirect")],
+    ids=["1", "3", "3-redirect"],
+)
+def test_fake_ip_dns_sends_the_domain_to_the_proxy(path, tmp_path, extra) -> None:  # type: ignore[no-untyped-def]
+    """With workers, queries and fake-IP flows are steered to worker 0 (the pool's owner),
+    and with --redirect only worker 0 accepts redirected connections: every name, asked
+    from its own source port, must come back as itself at the proxy."""
+    import shutil
+
     from dnslib import DNSRecord
+
+    if "--redirect" in extra and shutil.which("nft") is None:
+        pytest.skip("--redirect needs nftables' nft (apt-get install nftables)")
 
     topology, proxy_addr, _server_addr = path
     client = topology.client
     recorder = start_recording(topology.proxy, proxy_addr, SOCKS)
     config = tmp_path / "ztun.toml"
     config.write_text(f'[dns]\nmode = "fake-ip"\nstate_file = "{tmp_path}/fakeip.json"\n')
-    start_ztun(topology, recorder.url, "--config", str(config), "--workers", str(workers))
+    start_ztun(topology, recorder.url, "--config", str(config), *extra)
     names = [f"service{i}.example.test" for i in range(6)]
     for name in names:
         udp = client.socket(socket.AF_INET, socket.SOCK_DGRAM)
