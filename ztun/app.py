@@ -103,9 +103,10 @@ def open_device(opts: RunOptions) -> Device | None:
         return None
 
 
-# The TUN pump thread and the event loop share the GIL; at CPython's default 5 ms switch
-# interval a packet can wait that long for the other thread to yield, which shows up as
-# connection-setup and request/response latency. 0.5 ms keeps the hand-off short.
+# With --tun-thread the TUN pump thread and the event loop share the GIL; at CPython's
+# default 5 ms switch interval a packet can wait that long for the other thread to yield,
+# which shows up as connection-setup and request/response latency. 0.5 ms keeps the
+# hand-off short.
 SWITCH_INTERVAL = 0.0005
 
 
@@ -153,7 +154,7 @@ def run(opts: RunOptions) -> int:
             plan = plan_auto_route(opts.config.auto_route_config(tuple(a for a, _ in proxies)))
             call_in_child(lambda: _route_job("apply", journal, plan))
             log.info("auto-route: %d rules/routes applied (journal %s)", len(plan), journal.path)
-        endpoints = frozenset((str(a), p) for a, p in proxies)
+        endpoints = frozenset(proxies)
         if opts.workers > 1:
             from .workers import run_workers
 
@@ -188,7 +189,7 @@ def _build_dns(opts: RunOptions, role: WorkerRole):  # type: ignore[no-untyped-d
 async def _serve(
     opts: RunOptions,
     device: Device,
-    proxy_endpoints: frozenset[tuple[str, int]],
+    proxy_endpoints: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]],
     role: WorkerRole | None = None,
 ) -> int:
     role = role or WorkerRole()
@@ -237,6 +238,7 @@ async def _serve(
         # A worker handed no redirect listeners takes no redirected connections.
         redirect=opts.redirect and (role.alone or bool(role.redirect_listeners)),
         redirect_listeners=role.redirect_listeners,
+        tun_thread=opts.tun_thread,
     )
     engine.start()
     try:

@@ -282,10 +282,13 @@ class Engine:
         dns: DnsHandler | None = None,
         redirect: bool = False,
         redirect_listeners: list[socket.socket] | None = None,
+        tun_thread: bool = False,
     ) -> None:
         """`redirect_listeners`: bound by the caller (workers share one set); else bound
-        in `start` when `redirect` is on."""
+        in `start` when `redirect` is on. `tun_thread`: pump the TUN in a thread of its
+        own instead of on the loop (see ztun.pump)."""
         self.device = device
+        self.tun_thread = tun_thread
         self.stack = stack
         self.router = router
         self.connect_timeout = connect_timeout
@@ -344,7 +347,10 @@ class Engine:
             self.stats,
             self._on_pump_failed,
         )
-        self.pump.start()
+        if self.tun_thread:
+            self.pump.start()
+        else:
+            self.pump.start_inline()
         self._arm_timer()
 
     def _add_redirect_listeners(self, listeners: list[socket.socket]) -> None:
@@ -430,7 +436,7 @@ class Engine:
                 return
             with self.lock:
                 session = self.stack.tcp_accepted(
-                    version, ipaddress.ip_address(peer[0].split("%")[0]).packed, peer[1]
+                    version, socket.inet_pton(listener.family, peer[0].split("%")[0]), peer[1]
                 )
             if session is None:
                 close_with_reset(conn)
@@ -526,8 +532,7 @@ class Engine:
             log.exception("TCP %s -> %s:%d failed unexpectedly", source, dst, port)
             self._tcp_failed(conn, session)
             return
-        remote, early = stream.sock, stream.early
-        remote.setblocking(False)
+        remote, early = stream.sock, stream.early  # non-blocking: make_socket's
 
         def on_close(relay: Relay, exc: BaseException | None) -> None:
             self.relays.discard(relay)

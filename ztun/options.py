@@ -28,6 +28,7 @@ class RunOptions:
     splice: bool = True  # relay TCP with splice(2) instead of recv/send copies
     redirect: bool = False  # nftables sends TCP for the TUN straight to the listener
     workers: int = 1  # >1: one process per queue of a multi-queue TUN (ztun.workers)
+    tun_thread: bool = False  # pump the TUN in its own thread, not on the event loop
     config: Config = field(default_factory=Config)  # routing, DNS, sniffing, rules
 
     @property

@@ -1,10 +1,15 @@
-"""The TUN pump: a thread that reads frames, runs them through the stack, writes them back.
+"""The TUN pump: reads frames, runs them through the stack, writes them back.
 
-Most of a frame's cost is the two syscalls around it (the kernel delivers a written
-frame synchronously, through its TCP stack), and CPython releases the GIL in both; so
-pumping the TUN in its own thread lets that work overlap with the relay's socket
-syscalls on the event loop -- a second core for the price of one lock around the
-stack. Events the stack produces (UDP datagrams) go to the loop in one batch per wakeup --
+By default it runs on the event loop (`start_inline`: add_reader on the TUN, one batch
+of up to READ_BATCH frames per wakeup). `--tun-thread` runs the same batches in a thread
+of its own (`start`), so the TUN's syscalls -- in which CPython releases the GIL -- can
+overlap the relay's; measured on 2 cores that lost everywhere (`ztun bench --systems ztun`
+with and without: TCP one stream 4.77 -> 5.85 Gbit/s up, request/response 1934 -> 3322/s,
+UDP at 1 Gbit/s 352 -> 512 Mbit/s, new connections +16%), because every hand-off of the
+GIL between two busy threads is a futex wake and a context switch (strace: ~24 futex calls
+per new connection). The thread stays as an option for machines where it pays.
+
+Events the stack produces (UDP datagrams) go to the loop in one batch per wakeup --
 except those of a flow the loop has already routed and opened: the engine registers such a
 (session, destination) in `udp_routes`, and the pump sends its datagrams itself (see
 `ztun.outbound.uplink`), so a UDP stream costs the loop nothing after its first datagram.
@@ -66,6 +71,8 @@ class TunPump(threading.Thread):
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
         self._stopped = False
+        self._inline = False
+        self._rx = memoryview(bytearray(MAX_FRAME))
 
     def retire(self, uplink: Uplink) -> None:
         """Close `uplink` once the pump cannot be sending on it (its routes must be gone).
@@ -92,6 +99,10 @@ class TunPump(threading.Thread):
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
+        if self._inline:
+            self._inline = False
+            with contextlib.suppress(ValueError, OSError):  # fd already closed
+                self.loop.remove_reader(self.device.fileno())
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
         if self.is_alive():
@@ -113,13 +124,48 @@ class TunPump(threading.Thread):
             self._close_retired()
 
     def _run(self) -> None:
-        device = self.device
-        fd = device.fileno()
         poller = select.poll()
-        poller.register(fd, select.POLLIN)
+        poller.register(self.device.fileno(), select.POLLIN)
         wake_r = self._wake_r
         poller.register(wake_r, select.POLLIN)
-        rx = memoryview(bytearray(MAX_FRAME))
+        deliver = self._deliver_threadsafe
+        while not self._stopping:
+            for ready, _ in poller.poll():
+                if ready == wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(wake_r, 4096)
+            if self._retired:  # no send of a previous batch is in flight: safe to close
+                self._close_retired()
+            if not self._batch(deliver):
+                return
+
+    def _deliver_threadsafe(self, datagrams: list[UdpDatagram]) -> None:
+        self.loop.call_soon_threadsafe(self.on_datagrams, datagrams)
+
+    # -- inline: the same work on the event loop's thread ---------------------------------
+
+    def start_inline(self) -> None:
+        """Pump from the event loop (add_reader) instead of a thread: no GIL hand-offs
+        between two threads, which is what dominates a connection-heavy load."""
+        self._inline = True
+        self.loop.add_reader(self.device.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            going = self._batch(self.on_datagrams)
+        except Exception:  # a bug must not silently stop the data path
+            log.exception("TUN pump crashed")
+            self.loop.call_soon(self.on_fatal)
+            going = False
+        if not going:
+            self._inline = False
+            self.loop.remove_reader(self.device.fileno())
+
+    def _batch(self, deliver: Callable[[list[UdpDatagram]], None]) -> bool:
+        """Read up to READ_BATCH frames, run each through the stack, write back what it
+        returns; False once the device failed for good (on_fatal has been scheduled)."""
+        device = self.device
+        rx = self._rx
         hdr = device.frame_header_len
         read_into = device.read_into
         write_frame = device.write_frame
@@ -127,69 +173,61 @@ class TunPump(threading.Thread):
         receive = self.stack.receive
         lock = self.lock
         stats = self.stats
-        monotonic = time.monotonic
         routes = self.udp_routes
-        retired = self._retired
-        while not self._stopping:
-            for ready, _ in poller.poll():
-                if ready == wake_r:
-                    with contextlib.suppress(OSError):
-                        os.read(wake_r, 4096)
-            if retired:  # no send of a previous batch is in flight: safe to close
-                self._close_retired()
-            datagrams: list[UdpDatagram] = []
-            fast: list[tuple[Route, bytes]] = []
-            frames = 0
-            now = monotonic()
-            for _ in range(READ_BATCH):
-                try:
-                    n = read_into(rx)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if self._stopping:
-                        return
-                    stats["tun_read_error"] += 1
-                    if exc.errno in FATAL_ERRNOS:
-                        # The device is gone (deleted, driver error): nothing will ever
-                        # be readable again, so stop ztun instead of spinning.
-                        log.error("TUN device failed: %s; stopping", exc)
-                        self.loop.call_soon_threadsafe(self.on_fatal)
-                        return
-                    log.error("TUN read failed: %s", exc)
-                    break
-                frames += 1
-                if n <= hdr:
-                    stats["tun_short_frame"] += 1
-                    continue
-                # virtio NEEDS_CSUM (flags bit 0): the transport checksum is a partial sum.
-                with lock:
-                    out = receive(rx[hdr:n], now, hdr != 0 and rx[0] & 1 == 1)
-                if out is None:
-                    continue
-                try:
-                    if type(out) is memoryview:
-                        # Rewritten in place: back as read, header included, so the
-                        # kernel still segments/checksums a GSO super-packet.
-                        write_frame(rx[:n])
-                    elif type(out) is UdpDatagram:
-                        route = routes.get((out.session, out.dst_addr, out.dst_port))
-                        if route is None:
-                            datagrams.append(out)
-                        else:
-                            fast.append((route, out.payload))
+        datagrams: list[UdpDatagram] = []
+        fast: list[tuple[Route, bytes]] = []
+        frames = 0
+        now = time.monotonic()
+        for _ in range(READ_BATCH):
+            try:
+                n = read_into(rx)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if self._stopping:
+                    return False
+                stats["tun_read_error"] += 1
+                if exc.errno in FATAL_ERRNOS:
+                    # The device is gone (deleted, driver error): nothing will ever
+                    # be readable again, so stop ztun instead of spinning.
+                    log.error("TUN device failed: %s; stopping", exc)
+                    self.loop.call_soon_threadsafe(self.on_fatal)
+                    return False
+                log.error("TUN read failed: %s", exc)
+                break
+            frames += 1
+            if n <= hdr:
+                stats["tun_short_frame"] += 1
+                continue
+            # virtio NEEDS_CSUM (flags bit 0): the transport checksum is a partial sum.
+            with lock:
+                out = receive(rx[hdr:n], now, hdr != 0 and rx[0] & 1 == 1)
+            if out is None:
+                continue
+            try:
+                if type(out) is memoryview:
+                    # Rewritten in place: back as read, header included, so the
+                    # kernel still segments/checksums a GSO super-packet.
+                    write_frame(rx[:n])
+                elif type(out) is UdpDatagram:
+                    route = routes.get((out.session, out.dst_addr, out.dst_port))
+                    if route is None:
+                        datagrams.append(out)
                     else:
-                        write(out)  # type: ignore[arg-type]
-                except BlockingIOError:
-                    stats["tun_write_dropped"] += 1
-                except OSError as exc:
-                    stats["tun_write_error"] += 1
-                    log.debug("TUN write failed: %s", exc)
-            stats["tun_frames_in"] += frames
-            if fast:
-                self._send_routed(fast)
-            if datagrams:
-                self.loop.call_soon_threadsafe(self.on_datagrams, datagrams)
+                        fast.append((route, out.payload))
+                else:
+                    write(out)  # type: ignore[arg-type]
+            except BlockingIOError:
+                stats["tun_write_dropped"] += 1
+            except OSError as exc:
+                stats["tun_write_error"] += 1
+                log.debug("TUN write failed: %s", exc)
+        stats["tun_frames_in"] += frames
+        if fast:
+            self._send_routed(fast)
+        if datagrams:
+            deliver(datagrams)
+        return True
 
     def _send_routed(self, fast: list[tuple[Route, bytes]]) -> None:
         """Send a batch's routed datagrams: each run to one (uplink, header) in one call."""

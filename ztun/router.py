@@ -48,7 +48,7 @@ class Router:
         rules: RuleSet | None = None,
         pool: FakeIpPool | None = None,
         sniff_timeout: float | None = 0.3,
-        proxy_endpoints: frozenset[tuple[str, int]] = frozenset(),
+        proxy_endpoints: frozenset[tuple[IPAddress, int]] = frozenset(),
     ) -> None:
         self.proxy_tcp = proxy_tcp
         self.proxy_udp = proxy_udp
@@ -69,7 +69,7 @@ class Router:
     def decide(
         self, network: str, dst: IPAddress, port: int, domain: str | None = None
     ) -> Decision:
-        if (str(dst), port) in self.proxy_endpoints:
+        if (dst, port) in self.proxy_endpoints:
             # ztun's own connection to the proxy must never be routed into the TUN: if
             # it is, carrying it through the proxy would recurse without end.
             raise LoopDetected(
@@ -81,13 +81,13 @@ class Router:
             if domain is None and self.pool.is_fake(dst):
                 # A fake address whose name is no longer known (pool recycled): the
                 # honest answer is a refusal, not a connection to 198.18.x.x.
-                return Decision(Action.REJECT, self.reject, Target(str(dst), port))
+                return Decision(Action.REJECT, self.reject, Target.from_ip(dst, port))
         action = self.rules.match(Flow(network, dst, port, domain))  # type: ignore[arg-type]
         try:
-            target = Target(domain, port) if domain else Target(str(dst), port)
+            target = Target(domain, port) if domain else Target.from_ip(dst, port)
         except ValueError:
             # A name DNS let through that SOCKS5 cannot carry: refuse the flow.
-            return Decision(Action.REJECT, self.reject, Target(str(dst), port))
+            return Decision(Action.REJECT, self.reject, Target.from_ip(dst, port))
         return Decision(action, self._outbound(action, network), target, domain)
 
     async def sniff(self, conn: socket.socket) -> str | None:

@@ -144,7 +144,8 @@ class Socks5Outbound:
         except BaseException:
             sock.close()
             raise
-        log.debug("proxy %s: %s %s established", self.url.address, command.name, target)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("proxy %s: %s %s established", self.url.address, command.name, target)
         return sock, bound, early
 
     async def _connect(self) -> socket.socket:

@@ -29,6 +29,9 @@ def encode_domain(name: str) -> bytes:
             raise ValueError(f"domain {name!r} cannot be encoded with IDNA: {exc}") from None
 
 
+IPV4_OR_V6 = (ipaddress.IPv4Address, ipaddress.IPv6Address)
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """A destination host (IP literal or domain) and port; hashable, IPs in canonical form.
@@ -60,7 +63,15 @@ class Target:
     @classmethod
     def from_ip(cls, address: bytes | str | IPAddress, port: int) -> Target:
         """Build from raw 4/16 address bytes (as the stack has them) or an address object."""
-        return cls(str(ipaddress.ip_address(address)), port)
+        ip = address if isinstance(address, IPV4_OR_V6) else ipaddress.ip_address(address)
+        if not isinstance(port, int) or not 0 <= port <= MAX_PORT:
+            raise ValueError(f"target port {port!r} out of range 0-{MAX_PORT}")
+        # Per new connection: skip __post_init__'s parse of the text we would make here.
+        target = object.__new__(cls)
+        object.__setattr__(target, "host", str(ip))
+        object.__setattr__(target, "port", port)
+        object.__setattr__(target, "ip", ip)
+        return target
 
     @property
     def is_domain(self) -> bool:

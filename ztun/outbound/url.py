@@ -13,6 +13,7 @@ curl resolves names locally for `socks5://`, but inside a host whose traffic ztu
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
@@ -30,6 +31,13 @@ MAX_CREDENTIAL_LEN = 255
 _EXAMPLE = "socks5://127.0.0.1:1080"
 
 
+@functools.lru_cache(maxsize=64)
+def _address(host: str, port: int) -> str:
+    # Cached: every connection's log and error paths name the proxy, and a Target
+    # parses its host each time.
+    return str(Target(host, port))
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyURL:
     """A parsed proxy URL; `str()` gives it back with the password masked."""
@@ -43,7 +51,7 @@ class ProxyURL:
     @property
     def address(self) -> str:
         """`host:port` (IPv6 in brackets), the name error messages use for the proxy."""
-        return str(Target(self.host, self.port))
+        return _address(self.host, self.port)
 
     def __str__(self) -> str:
         auth = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import os
 import socket
 import time
 
@@ -218,3 +219,20 @@ def test_sigterm_removes_the_device(start_path: StartPath) -> None:
     path.ztun.stop()
     assert "ztun stopped" in path.ztun.log_text()
     assert path.topo.client.run(["ip", "link", "show", DEVICE], timeout=5).returncode != 0
+
+
+def test_tun_thread_mode_carries_tcp_udp_and_icmp(start_path: StartPath, rng) -> None:  # type: ignore[no-untyped-def]
+    """--tun-thread: the same pump batches in a thread of their own (not the default)."""
+    path = start_path("danted", extra=("--tun-thread",))
+    seed = rng.randrange(1 << 31)
+    assert download(path, 4 * MIB, seed) == (4 * MIB, seeded_sha256(seed, 4 * MIB))
+    with path.udp() as sock:
+        payload = rng.randbytes(700)
+        sock.sendto(payload, (path.server_v4, UDP_ECHO_PORT))
+        assert sock.recvfrom(65535)[0] == payload
+    result = path.topo.client.run(
+        ["ping", "-c", "2", "-i", "0.2", "-W", "2", path.server_v4], timeout=20
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The pump thread is there (the default pumps on the loop's own thread).
+    assert len(os.listdir(f"/proc/{path.ztun.process.pid}/task")) >= 2

@@ -81,6 +81,7 @@ def test_help_documents_every_run_flag() -> None:
         "--fwmark",
         "--interface",
         "--workers",
+        "--tun-thread",
         "--loglevel",
         "--debug",
         "-d",
