@@ -173,12 +173,14 @@ def run(opts: RunOptions) -> int:
 
 
 def _build_dns(opts: RunOptions, role: WorkerRole):  # type: ignore[no-untyped-def]
-    from .dns import DnsHandler, DnsMode, load_pool
+    from .dns import DnsMode
 
     cfg = opts.config.dns
     if cfg.mode is DnsMode.OFF or (cfg.mode is DnsMode.FAKE_IP and not role.primary):
         # Fake-IP queries and flows are steered to worker 0, which alone holds the pool.
         return None, None
+    from .dns import DnsHandler, load_pool  # dnslib and secrets: only when DNS is on
+
     pool = None
     if cfg.mode is DnsMode.FAKE_IP:
         pool = load_pool(cfg.state_file, cfg.fake_ip_range, cfg.fake_ip6_range)

@@ -422,8 +422,15 @@ def cmd_run(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = _normalise_argv(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["run"]:
+        # ztun speaks no TLS, but asyncio imports ssl to offer it: that maps libssl and
+        # libcrypto into a long-running process, 4 MiB of its idle footprint. A None
+        # entry is the import system's documented "not available"; asyncio copes.
+        # (Before parsing: checking --proxy imports the outbounds, and asyncio with them.)
+        sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     parser = build_parser()
-    ns = parser.parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
+    ns = parser.parse_args(args)
     if ns.command is None:
         parser.print_help()
         return 2

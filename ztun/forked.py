@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -29,11 +30,15 @@ def call_in_child(job: Callable[[], T]) -> T:
         status = 0
         try:
             os.close(read_end)
+            if "ssl" in sys.modules and sys.modules["ssl"] is None:
+                # `ztun run` keeps ssl out of itself (see ztun.cli); a short-lived child
+                # may load it for the libraries its job imports (pyroute2 does).
+                del sys.modules["ssl"]
             try:
                 payload = pickle.dumps((True, job()))
             except BaseException as exc:
                 try:
-                    payload = pickle.dumps((False, exc))
+                    payload = pickle.dumps((False, _portable(exc)))
                 except Exception:
                     payload = pickle.dumps((False, ChildFailed(f"{type(exc).__name__}: {exc}")))
             with os.fdopen(write_end, "wb") as pipe:
@@ -52,3 +57,16 @@ def call_in_child(job: Callable[[], T]) -> T:
     if ok:
         return value  # type: ignore[no-any-return]
     raise value
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """An exception the parent can unpickle without importing the library that raised it
+    (pyroute2's NetlinkError would drag pyroute2 -- and ssl -- into ztun's process):
+    library exceptions become OSError with their errno, or RuntimeError."""
+    module = type(exc).__module__.split(".")[0]
+    if module in ("builtins", "ztun"):
+        return exc
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and code > 0:
+        return OSError(code, f"{os.strerror(code)} ({type(exc).__name__}: {exc})")
+    return RuntimeError(f"{type(exc).__name__}: {exc}")

@@ -1,7 +1,11 @@
 """`ztun bench`: ztun beside direct routing, a SOCKS5-speaking app and sing-box, in one run.
 
-Heavy imports (matplotlib) happen only when a PNG is written.
+Heavy imports (matplotlib) happen only when a PNG is written; the runner and topology
+(asyncio, subprocess machinery) on first use -- `ztun run` builds the bench's flags into
+its parser and must not carry the bench itself.
 """
+
+from typing import Any
 
 from .options import (
     QUICK_SYSTEMS,
@@ -12,8 +16,6 @@ from .options import (
     Durations,
     parse_names,
 )
-from .runner import run_bench
-from .topology import PREFIX
 
 __all__ = [
     "PREFIX",
@@ -26,3 +28,15 @@ __all__ = [
     "parse_names",
     "run_bench",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run_bench":
+        from .runner import run_bench
+
+        return run_bench
+    if name == "PREFIX":
+        from .topology import PREFIX
+
+        return PREFIX
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

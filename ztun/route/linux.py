@@ -18,14 +18,19 @@ import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ztun.route.journal import Journal
-from ztun.route.model import PolicyRule, RouteChange, TableRoute
+from ztun.route.model import (  # the last two cross back from a netlink child: no pyroute2
+    PolicyRule,
+    RestoreReport,
+    RouteChange,
+    RouteError,
+    TableRoute,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +46,6 @@ _ROUTE_TYPES = {"unicast": RTN_UNICAST, "unreachable": RTN_UNREACHABLE}
 _GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL})
 
 ProgressHook = Callable[[int, RouteChange], None]
-
-
-class RouteError(RuntimeError):
-    """A route change failed; the message names the change as an ``ip`` command."""
-
-
-@dataclass(slots=True)
-class RestoreReport:
-    """What a restore did: how many entries it removed, found absent, kept, or failed."""
-
-    removed: int = 0
-    absent: int = 0
-    kept: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 @contextmanager

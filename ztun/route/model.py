@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -177,3 +177,20 @@ def change_from_json(data: dict[str, Any]) -> RouteChange:
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a route change record: {data!r}") from exc
     raise ValueError(f"unknown change kind {data.get('kind')!r}")
+
+
+class RouteError(RuntimeError):
+    """A route change failed; the message names the change as an ``ip`` command."""
+
+
+@dataclass(slots=True)
+class RestoreReport:
+    """What a restore did: how many entries it removed, found absent, kept, or failed.
+
+    Here, not beside the netlink code: it is returned from a forked netlink child and
+    unpickling it must not import pyroute2 into ztun's own process."""
+
+    removed: int = 0
+    absent: int = 0
+    kept: int = 0
+    errors: list[str] = field(default_factory=list)
