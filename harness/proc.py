@@ -71,6 +71,29 @@ ReadinessProbe = Callable[[Readiness], bool]
 """A backend's check for a non-log readiness condition (``True`` once satisfied)."""
 
 _registry: weakref.WeakSet[LocalProcess] = weakref.WeakSet()
+
+#: Signals a test run turns into KeyboardInterrupt (SIGTERM: harness.plugin) or stops on.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def start_thread_without_signals(thread: threading.Thread) -> None:
+    """Start `thread` with STOP_SIGNALS blocked in it (a new thread inherits the mask).
+
+    Python runs signal handlers in the main thread only. A process-directed SIGTERM that
+    the kernel hands to a helper thread leaves the main thread asleep in select() until
+    that returns by itself -- a `sleep 300` under test then ignores SIGTERM for minutes.
+    Blocked here, the signal can only be delivered to the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        thread.start()
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 _registry_lock = threading.Lock()
 
 
@@ -297,7 +320,7 @@ class LocalProcess:
         self._pump = threading.Thread(
             target=self._pump_output, name=f"pump-{name}-{self._popen.pid}", daemon=True
         )
-        self._pump.start()
+        start_thread_without_signals(self._pump)
         with _registry_lock:
             _registry.add(self)
 

@@ -55,6 +55,7 @@ from harness.proc import (
     PROBE_INTERVAL_MIN,
     LocalProcess,
     run_local,
+    start_thread_without_signals,
     wait_pids_gone,
 )
 
@@ -148,7 +149,7 @@ def _in_thread(fn: Callable[[], T]) -> T:
             box["error"] = exc
 
     thread = threading.Thread(target=target, name="netns-helper", daemon=True)
-    thread.start()
+    start_thread_without_signals(thread)
     thread.join()
     if "error" in box:
         raise box["error"]
