@@ -185,6 +185,10 @@ def test_blocks(topology):
 """
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_blocking_run(pytester: pytest.Pytester) -> tuple[subprocess.Popen[bytes], list[str]]:
     pytester.makepyfile(test_block=BLOCKS)
     mark = pytester.path / "mark"
@@ -205,6 +209,9 @@ def _start_blocking_run(pytester: pytest.Pytester) -> tuple[subprocess.Popen[byt
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        # A run started in the background by a non-interactive shell (nohup ... &) or by
+        # an xdist worker inherits SIGINT ignored; a user's Ctrl-C is what is tested.
+        preexec_fn=_default_sigint,
     )
     # The nested run announces its topology by writing the mark file; a bounded wait.
     deadline = time.monotonic() + KILL_WAIT
