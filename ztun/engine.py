@@ -93,7 +93,7 @@ class _UdpFlow:
         self.outbound = outbound
         self.key = key
         self.association: UdpAssociation | None = None
-        # Once open, datagrams to a destination routed for good go from the pump thread.
+        # Once open, datagrams to a destination routed for good are sent by the pump.
         self.uplink: Uplink | None = None
         self.route_keys: list[RouteKey] = []
         self.queue: list[tuple[UdpDatagram, Target, bool]] = []
@@ -303,7 +303,8 @@ class Engine:
         self._udp_routes: dict[tuple[bytes, int], Decision] = {}
         self.pending: set[asyncio.Task[None]] = set()
         self.listeners: list[socket.socket] = []
-        # The stack is shared with the TUN pump thread; every call into it holds this.
+        # The stack is shared with the TUN pump (a thread with --tun-thread); every call
+        # into it holds this (uncontended, and cheap, when the pump runs on the loop).
         self.lock = threading.Lock()
         self.pump: TunPump | None = None
         self.failed = False  # the data path died (device gone): exit non-zero

@@ -281,7 +281,7 @@ class Socks5UdpAssociation:
             log.debug("%r: datagram to %s dropped: %s", self, target, exc)
 
     def uplink(self) -> Uplink | None:
-        """A sender for the TUN pump thread, on its own descriptor (None once closed)."""
+        """A sender for the TUN pump, on its own descriptor (None once closed)."""
         if self._closed.done():
             return None
         return Uplink(self._udp.dup(), encode_udp_header)

@@ -1,11 +1,12 @@
-"""The UDP uplink fast path: an association's datagrams sent from the TUN pump thread.
+"""The UDP uplink fast path: an association's datagrams sent by the TUN pump itself.
 
 Once a flow's association is open and its route decided, every further datagram to the
-same destination needs nothing the event loop has: the pump thread sends it straight to
-the association's socket, skipping the cross-thread hop, a `UdpDatagram` hand-over and
-the loop's per-datagram routing. An `Uplink` holds its *own* descriptor (a dup of the
-association's socket): the loop may close the association at any time, and a descriptor
-number the pump still holds must never be reused under it. Whoever retires an uplink
+same destination needs nothing else the event loop has: the pump sends it straight to
+the association's socket, skipping a `UdpDatagram` hand-over (a cross-thread hop with
+--tun-thread) and the per-datagram routing. An `Uplink` holds its *own* descriptor (a dup
+of the association's socket): with the pump in its own thread, the loop may close the
+association at any time, and a descriptor number the pump still holds must never be
+reused under it. Whoever retires an uplink
 closes it only once the pump can no longer be sending on it (see `TunPump.retire`).
 """
 
