@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -121,3 +122,104 @@ def test_udp_fast_lane_takes_an_intact_datagram() -> None:
     assert stack._udp4_fast(memoryview(bad), 1.0, False) is None
     assert stack.receive(memoryview(bad), 1.0, False) is None
     assert stack.counters["ipv4_bad_checksum"] == 1
+
+
+# -- the IPv4 TCP fast lane ------------------------------------------------------------------
+
+LISTEN4 = 7001
+
+
+def _tcp_stacks(app: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, sport: int, dport: int):  # type: ignore[no-untyped-def]
+    """Two stacks that both hold the flow app:sport -> dst:dport (opened by the same SYN)."""
+    stacks = []
+    for _ in range(2):
+        stack = SystemStack(inet4=INET4, inet6=None, listen_port4=LISTEN4)
+        syn = build_tcp(app, dst, sport, dport, seq=1, flags=SYN)
+        assert stack._receive_ip(memoryview(bytearray(syn)), 0.0, False) is not None
+        stacks.append(stack)
+    return stacks
+
+
+def _nat_state(stack: SystemStack):  # type: ignore[no-untyped-def]
+    nat = stack.nat4
+    assert nat is not None
+    return sorted((s.nat_port, s.state, s.client_port, s.dst_port) for s in nat)
+
+
+@given(
+    app=v4,
+    dst=v4,
+    sport=ports,
+    dport=ports,
+    from_listener=st.booleans(),
+    flags=st.integers(0, 255),
+    data=payloads,
+    edits=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 255)), max_size=3),
+    cut=st.integers(0, 8),
+    partial=st.booleans(),
+)
+def test_tcp_fast_lane_agrees_with_the_general_path(  # type: ignore[no-untyped-def]
+    app, dst, sport, dport, from_listener, flags, data, edits, cut, partial
+) -> None:
+    """A segment of a held flow, from the app or from the listener, intact or with a few
+    bytes changed or cut (lengths, data offset, flags, addresses, checksums): receive()
+    rewrites the same bytes, returns the same kind of answer and counts the same drops as
+    the general path, and leaves the NAT in the same state."""
+    assume(not (app == INET4.ip and sport == LISTEN4))
+    fast, general = _tcp_stacks(app, dst, sport, dport)
+    nat = fast.nat4
+    assert nat is not None
+    if from_listener:
+        session = nat.by_flow((app.packed, sport, dst.packed, dport))
+        assert session is not None
+        server, peer = ipaddress.IPv4Address(nat.server_addr), ipaddress.IPv4Address(nat.peer_addr)
+        packet = build_tcp(
+            server, peer, LISTEN4, session.nat_port, seq=5, flags=flags, payload=data
+        )
+    else:
+        packet = build_tcp(app, dst, sport, dport, seq=2, flags=flags, payload=data)
+    for offset, value in edits:
+        if offset < len(packet):
+            packet[offset] = value
+    if cut:
+        packet = packet[:-cut]
+    got_buf, want_buf = bytearray(packet), bytearray(packet)
+    got = fast.receive(memoryview(got_buf), 1.0, partial)
+    want = general._receive_ip(memoryview(want_buf), 1.0, partial)
+    assert type(got) is type(want)
+    if isinstance(want, memoryview):
+        assert got_buf == want_buf  # rewritten in place, identically
+    elif want is not None:
+        assert bytes(got) == bytes(want)  # type: ignore[arg-type]
+    assert fast.counters == general.counters
+    assert _nat_state(fast) == _nat_state(general)
+
+
+def test_tcp_fast_lane_takes_held_flows_only() -> None:
+    app, dst = ipaddress.IPv4Address("172.19.0.1"), ipaddress.IPv4Address("192.0.2.9")
+    stack = SystemStack(inet4=INET4, inet6=None, listen_port4=LISTEN4)
+    syn = build_tcp(app, dst, 40000, 443, seq=1, flags=SYN)
+    assert stack._tcp4_fast(memoryview(bytearray(syn)), False) is None  # new flow: general
+    stack.receive(memoryview(bytearray(syn)), 0.0)
+    ack = bytearray(build_tcp(app, dst, 40000, 443, seq=2, ack=9, flags=ACK, payload=b"hi"))
+    out = stack._tcp4_fast(memoryview(ack), False)
+    assert out is not None
+    _ip, tcp = segment(ack)  # checksums verified inside
+    assert tcp.dst_port == LISTEN4 and bytes(tcp.payload) == b"hi"
+
+
+@pytest.mark.parametrize(
+    ("offset", "value"),
+    [(32, 0x40), (32, 0xF0), (10, 0x00), (6, 0x20), (2, 0xFF), (16, 239)],
+    ids=["data-offset-4", "data-offset-past-end", "ip-checksum", "fragment", "total-len", "mcast"],
+)
+def test_tcp_fast_lane_leaves_odd_segments_to_the_general_path(offset: int, value: int) -> None:
+    app, dst = ipaddress.IPv4Address("172.19.0.1"), ipaddress.IPv4Address("192.0.2.9")
+    fast, general = _tcp_stacks(app, dst, 40000, 443)
+    packet = bytearray(build_tcp(app, dst, 40000, 443, seq=2, flags=ACK, payload=b"x" * 8))
+    packet[offset] = value
+    assert fast._tcp4_fast(memoryview(bytearray(packet)), False) is None
+    got = fast.receive(memoryview(bytearray(packet)), 1.0)
+    want = general._receive_ip(memoryview(bytearray(packet)), 1.0, False)
+    assert (got is None) == (want is None)
+    assert fast.counters == general.counters and sum(fast.counters.values()) >= (want is None)
