@@ -84,9 +84,6 @@ def start_thread_without_signals(thread: threading.Thread) -> None:
     that returns by itself -- a `sleep 300` under test then ignores SIGTERM for minutes.
     Blocked here, the signal can only be delivered to the main thread.
     """
-    if threading.current_thread() is not threading.main_thread():
-        thread.start()
-        return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         thread.start()

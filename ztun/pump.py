@@ -35,7 +35,7 @@ from .tun import Device
 log = logging.getLogger("ztun")
 
 FATAL_ERRNOS = frozenset({errno.EBADFD, errno.EBADF, errno.EIO, errno.ENXIO, errno.ENODEV})
-READ_BATCH = 64  # frames per lock hold: bounds how long an accept waits for the stack
+READ_BATCH = 64  # frames per wakeup: bounds how long the loop (accepts, relays) waits
 MAX_FRAME = 65536 + 64
 #: (app session, destination address, destination port): one routed UDP destination.
 RouteKey = tuple[UdpSession, bytes, int]
@@ -226,7 +226,11 @@ class TunPump(threading.Thread):
         if fast:
             self._send_routed(fast)
         if datagrams:
-            deliver(datagrams)
+            try:
+                deliver(datagrams)
+            except Exception:  # one flow's bug must not stop the data path for all
+                stats["udp_delivery_error"] += 1
+                log.exception("UDP datagrams dropped: the engine failed on them")
         return True
 
     def _send_routed(self, fast: list[tuple[Route, bytes]]) -> None:

@@ -363,7 +363,7 @@ def _drain(fd: int, readable: list[int]) -> None:
 def _die_with_parent(parent: int) -> None:
     """SIGTERM this worker when the parent dies (SIGKILL, OOM): it must not keep the
     device's queues -- and its steering -- alive with nobody to supervise it."""
-    import ctypes  # here, not at the top: a single-process ztun never pays for it
+    import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:

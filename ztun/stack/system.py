@@ -357,7 +357,7 @@ class SystemStack:
         _U16.pack_into(packet, _V4_TCP_CHECKSUM, checksum)
         (checksum,) = _U16.unpack_from(packet, _V4_CHECKSUM)
         _U16.pack_into(packet, _V4_CHECKSUM, apply_delta(checksum, ip_delta))
-        return packet
+        return packet if total == len(packet) else packet[:total]  # as the general path
 
     def _reset_for(self, ip: Ipv4Packet | Ipv6Packet, tcp: TcpPacket, seg_len: int) -> bytearray:
         """RFC 793 reset generation for a segment that belongs to no connection."""

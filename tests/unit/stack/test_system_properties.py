@@ -129,13 +129,28 @@ def test_udp_fast_lane_takes_an_intact_datagram() -> None:
 LISTEN4 = 7001
 
 
-def _tcp_stacks(app: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, sport: int, dport: int):  # type: ignore[no-untyped-def]
-    """Two stacks that both hold the flow app:sport -> dst:dport (opened by the same SYN)."""
+def _tcp_stacks(  # type: ignore[no-untyped-def]
+    app: ipaddress.IPv4Address,
+    dst: ipaddress.IPv4Address,
+    sport: int,
+    dport: int,
+    state: str = "pending",
+):
+    """Two stacks that both hold the flow app:sport -> dst:dport (opened by the same SYN),
+    left PENDING, made ACTIVE (accepted) or CLOSING (its relay ended)."""
     stacks = []
     for _ in range(2):
         stack = SystemStack(inet4=INET4, inet6=None, listen_port4=LISTEN4)
         syn = build_tcp(app, dst, sport, dport, seq=1, flags=SYN)
         assert stack._receive_ip(memoryview(bytearray(syn)), 0.0, False) is not None
+        nat = stack.nat4
+        assert nat is not None
+        session = nat.by_flow((app.packed, sport, dst.packed, dport))
+        assert session is not None
+        if state != "pending":
+            assert stack.tcp_accepted(4, nat.peer_addr, session.nat_port) is session
+        if state == "closing":
+            stack.tcp_closed(session, 0.5)
         stacks.append(stack)
     return stacks
 
@@ -156,17 +171,19 @@ def _nat_state(stack: SystemStack):  # type: ignore[no-untyped-def]
     data=payloads,
     edits=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 255)), max_size=3),
     cut=st.integers(0, 8),
+    padding=st.binary(max_size=6),
     partial=st.booleans(),
+    state=st.sampled_from(["pending", "active", "closing"]),
 )
 def test_tcp_fast_lane_agrees_with_the_general_path(  # type: ignore[no-untyped-def]
-    app, dst, sport, dport, from_listener, flags, data, edits, cut, partial
+    app, dst, sport, dport, from_listener, flags, data, edits, cut, padding, partial, state
 ) -> None:
     """A segment of a held flow, from the app or from the listener, intact or with a few
     bytes changed or cut (lengths, data offset, flags, addresses, checksums): receive()
     rewrites the same bytes, returns the same kind of answer and counts the same drops as
     the general path, and leaves the NAT in the same state."""
     assume(not (app == INET4.ip and sport == LISTEN4))
-    fast, general = _tcp_stacks(app, dst, sport, dport)
+    fast, general = _tcp_stacks(app, dst, sport, dport, state)
     nat = fast.nat4
     assert nat is not None
     if from_listener:
@@ -183,12 +200,14 @@ def test_tcp_fast_lane_agrees_with_the_general_path(  # type: ignore[no-untyped-
             packet[offset] = value
     if cut:
         packet = packet[:-cut]
+    packet += padding  # bytes past the IPv4 total length (link padding)
     got_buf, want_buf = bytearray(packet), bytearray(packet)
     got = fast.receive(memoryview(got_buf), 1.0, partial)
     want = general._receive_ip(memoryview(want_buf), 1.0, partial)
     assert type(got) is type(want)
     if isinstance(want, memoryview):
         assert got_buf == want_buf  # rewritten in place, identically
+        assert bytes(got) == bytes(want)  # type: ignore[arg-type]  # the same view
     elif want is not None:
         assert bytes(got) == bytes(want)  # type: ignore[arg-type]
     assert fast.counters == general.counters
@@ -223,3 +242,19 @@ def test_tcp_fast_lane_leaves_odd_segments_to_the_general_path(offset: int, valu
     want = general._receive_ip(memoryview(bytearray(packet)), 1.0, False)
     assert (got is None) == (want is None)
     assert fast.counters == general.counters and sum(fast.counters.values()) >= (want is None)
+
+
+def test_a_new_syn_on_a_closing_flow_opens_a_new_one_in_both_paths() -> None:
+    """The app reused its port while the old flow lingers (CLOSING): the SYN is a new flow
+    with a new NAT port -- the fast lane must not push it onto the old one."""
+    app, dst = ipaddress.IPv4Address("172.19.0.1"), ipaddress.IPv4Address("192.0.2.9")
+    fast, general = _tcp_stacks(app, dst, 40000, 443, "closing")
+    syn = build_tcp(app, dst, 40000, 443, seq=77, flags=SYN)
+    got_buf, want_buf = bytearray(syn), bytearray(syn)
+    assert fast._tcp4_fast(memoryview(bytearray(syn)), False) is None
+    fast.receive(memoryview(got_buf), 1.0)
+    general._receive_ip(memoryview(want_buf), 1.0, False)
+    assert got_buf == want_buf
+    _ip, tcp = segment(got_buf)
+    old = _nat_state(fast)
+    assert len(old) == 2 and tcp.src_port == max(port for port, *_ in old)
