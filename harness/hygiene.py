@@ -33,7 +33,7 @@ from harness.owners import (
     owner_prefix,
     release_owner,
 )
-from harness.proc import live_processes, run_local
+from harness.proc import live_processes, proc_stats, run_local
 
 __all__ = [
     "OWNER_DIR",
@@ -155,19 +155,11 @@ def _root_links(prefix: str) -> list[str]:
 def _child_processes() -> list[str]:
     """Live, non-zombie children of this process (not via the spawn registry)."""
     me = os.getpid()
-    found: list[str] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        comm_end = stat.rfind(")")
-        fields = stat[comm_end + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == me and fields[0] != "Z":
-            found.append(f"pid {entry} {stat[stat.find('(') : comm_end + 1]}")
-    return found
+    return [
+        f"pid {pid} {comm}"
+        for pid, comm, fields in proc_stats()
+        if len(fields) > 1 and int(fields[1]) == me and fields[0] != "Z"
+    ]
 
 
 def find_leaks(

@@ -28,7 +28,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -50,6 +50,7 @@ __all__ = [
     "group_members",
     "live_processes",
     "merged_env",
+    "proc_stats",
     "run_local",
     "wait_pids_gone",
 ]
@@ -137,9 +138,9 @@ def wait_pids_gone(pids: Sequence[int], timeout: float) -> list[int]:
             os.close(fd)
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids whose process group is ``pgid`` (field 5 of /proc/PID/stat)."""
-    members: list[int] = []
+def proc_stats() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, comm in parentheses, the /proc/PID/stat fields after it) of every process
+    still there when read: fields[0] is the state, [1] the parent, [2] the group."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -147,10 +148,13 @@ def group_members(pgid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+        comm_end = stat.rfind(")")
+        yield int(entry), stat[stat.find("(") : comm_end + 1], stat[comm_end + 2 :].split()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids whose process group is ``pgid`` (zombies left out)."""
+    return [pid for pid, _, f in proc_stats() if int(f[2]) == pgid and f[0] != "Z"]
 
 
 def run_local(
