@@ -14,10 +14,9 @@ import os
 import re
 import select
 import signal
-import socket
 
 import pytest
-from test_ztun_core import download, echo_once, upload
+from test_ztun_core import download, echo_half_closed, echo_once, upload
 from ztun_path import DEVICE, ECHO_PORT, UDP_ECHO_PORT, Path, StartPath
 
 from harness.peers.targets import seeded_sha256
@@ -48,13 +47,7 @@ def test_flows_spread_over_workers_and_stay_whole(start_path: StartPath, rng) ->
     payloads = [rng.randbytes(rng.randrange(1, 20000)) for _ in range(120)]
 
     def exchange(payload: bytes) -> bytes:
-        with path.connect(ECHO_PORT, timeout=30) as sock:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            while data := sock.recv(65536):
-                chunks.append(data)
-        return b"".join(chunks)
+        return echo_half_closed(path.connect(ECHO_PORT, timeout=30), payload)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=30) as pool:
         assert list(pool.map(exchange, payloads)) == payloads

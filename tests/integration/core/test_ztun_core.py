@@ -48,6 +48,17 @@ def download(path, size: int, seed: int, *, v6: bool = False) -> tuple[int, str]
     return count, digest.hexdigest()
 
 
+def echo_half_closed(sock: socket.socket, payload: bytes) -> bytes:
+    """Send on an open echo connection, half-close, read everything back, close."""
+    with sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    return b"".join(chunks)
+
+
 def echo_once(path, payload: bytes, *, v6: bool = False) -> bytes:  # type: ignore[no-untyped-def]
     """Send, then read as many bytes back (no half-close: microsocks ends a flow on it)."""
     received = b""
@@ -80,19 +91,8 @@ def test_200_concurrent_connections(start_path: StartPath, rng) -> None:  # type
     path = start_path("danted")
     payloads = [rng.randbytes(rng.randrange(1, 20000)) for _ in range(200)]
     socks = [path.connect(ECHO_PORT, timeout=30) for _ in payloads]  # all open at once
-
-    def exchange(pair: tuple[socket.socket, bytes]) -> bytes:
-        sock, payload = pair
-        with sock:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            while data := sock.recv(65536):
-                chunks.append(data)
-        return b"".join(chunks)
-
     with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
-        answers = list(pool.map(exchange, zip(socks, payloads, strict=True)))
+        answers = list(pool.map(echo_half_closed, socks, payloads))
     assert answers == payloads
 
 
