@@ -32,7 +32,8 @@ T = TypeVar("T")
 
 
 def enter_netns(name: str) -> None:
-    """Move this process (its main thread, before any other starts) into `name`."""
+    """Move the calling thread into the existing namespace `name` (called first thing in
+    `ztun run --netns`, it moves the process: no other thread exists yet)."""
     fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns_fd(fd, name)
@@ -51,11 +52,7 @@ def netlink(name: str, fn: Callable[[Any], T]) -> T:
 
     def target() -> None:
         try:
-            fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _setns_fd(fd, name)
-            finally:
-                os.close(fd)
+            enter_netns(name)
             if os.stat("/proc/thread-self/ns/net").st_ino != _netns_inode(name):
                 raise OSError(f"namespace {name!r}: setns did not take effect")
             from pyroute2 import IPRoute
@@ -90,11 +87,7 @@ def in_netns(name: str | None) -> Iterator[None]:
         return
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        target = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns_fd(target, name)
-        finally:
-            os.close(target)
+        enter_netns(name)
         try:
             yield
         finally:
