@@ -54,6 +54,7 @@ import socket
 import struct
 import sys
 import termios
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -141,13 +142,22 @@ class EventLog:
     def __init__(self, path: Path | None = None) -> None:
         self.events: list[dict[str, Any]] = []
         self._file: TextIO | None = path.open("a", encoding="utf-8") if path else None
+        # In-process readers (tests running the server on a thread) await writes here.
+        self._written = threading.Condition()
 
     def write(self, event: str, conn_id: int, **fields: Any) -> None:
         record = {"event": event, "id": conn_id, "time": time.time(), **fields}
-        self.events.append(record)
-        if self._file is not None:
-            self._file.write(json.dumps(record, sort_keys=True) + "\n")
-            self._file.flush()
+        with self._written:
+            self.events.append(record)
+            if self._file is not None:
+                self._file.write(json.dumps(record, sort_keys=True) + "\n")
+                self._file.flush()
+            self._written.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Block until `predicate()` holds (re-checked after every write) or `timeout`."""
+        with self._written:
+            return self._written.wait_for(predicate, timeout)
 
     def close(self) -> None:
         if self._file is not None:
@@ -365,7 +375,7 @@ async def _wait_send_queue_empty(writer: asyncio.StreamWriter) -> None:
             return
         if struct.unpack("i", buf)[0] == 0:
             return
-        await asyncio.sleep(SEND_QUEUE_POLL)
+        await asyncio.sleep(SEND_QUEUE_POLL)  # noqa: sleep-ok - a send queue has no drain event
 
 
 class _DropAfter(Exception):
