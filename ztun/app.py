@@ -1,4 +1,8 @@
-"""`ztun run` assembled: options -> device -> routes -> engine, and everything undone after.
+"""`ztun run` assembled: options -> accelerations -> device -> routes -> engine, and
+everything undone after.
+
+Everything OS-specific is asked of `ztun.platform.current()` (docs/contracts.md §5);
+this module only puts the pieces together, and nothing below it imports it.
 
 Ordering matters for crash safety: the routes journal is recovered (a previous run that
 was SIGKILLed) before anything new is made; routes go in only after the device is up,
@@ -11,38 +15,28 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
-import signal
 import socket
 import sys
-from pathlib import Path
+from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 from .options import RunOptions
+from .outbound.url import redact
+from .platform import (
+    Accelerations,
+    DnsApplier,
+    Platform,
+    RouteApplier,
+    UnsupportedPlatform,
+    current,
+)
+from .role import WorkerRole
+from .stack import hairpin_peer
 from .tun import Device
-from .workers import WorkerRole
+from .tun.base import has_descriptor
 
 log = logging.getLogger("ztun")
-
-RUN_DIR = Path("/run/ztun")
-
-
-def netns_id() -> int:
-    """The inode of this process's network namespace: names a journal per namespace."""
-    return os.stat("/proc/self/ns/net").st_ino
-
-
-def journal_path(device_name: str) -> Path:
-    from .route import default_journal_path
-
-    return default_journal_path(f"{device_name}_{netns_id()}", RUN_DIR)
-
-
-def redacted(url: str) -> str:
-    """The proxy URL for logs: the password never reaches a log file."""
-    from .outbound import parse_outbound_url
-
-    return str(parse_outbound_url(url))
 
 
 def _proxy_addresses(
@@ -64,43 +58,33 @@ def _proxy_addresses(
     )
 
 
-def live_owner(journal: object) -> int | None:
-    """The pid of a still-running ztun that wrote `journal` (None: none, or us)."""
-    try:
-        state = journal.read()  # type: ignore[attr-defined]
-    except Exception:  # an unreadable journal is recover()'s to report
-        return None
-    pid = getattr(state, "pid", None)
-    if not pid or pid == os.getpid():
-        return None
-    return pid if ztun_argv(pid) is not None else None  # a reused pid is not an owner
-
-
-def ztun_argv(pid: int) -> list[bytes] | None:
-    """The command line of `pid` if it is a live ztun process, else None."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return None
-    return argv if any(b"ztun" in arg for arg in argv) else None
-
-
-def open_device(opts: RunOptions) -> Device | None:
+def _open_device(platform: Platform, opts: RunOptions, accel: Accelerations) -> Device | None:
     # pyroute2's synchronous API runs its own event loop: configure before ours starts.
-    from .tun import open_device as open_url
-
     try:
-        return open_url(
-            opts.device,
-            mtu=opts.mtu,
-            addresses=opts.addresses,
-            offload=opts.offload,
-            multi_queue=opts.workers > 1,
-        )
+        return platform.open_device(opts, accel)
     except Exception as exc:  # OSError, ValueError, pyroute2's NetlinkError (e.g. EEXIST)
         log.error("cannot open %s: %s", opts.device, exc)
         return None
+
+
+def _granted(accel: Accelerations, device: Device) -> Accelerations:
+    """What the open device allows: offloads only if its frames carry the header, and
+    the reader thread for a device with no descriptor the loop could watch."""
+    reader = accel.tun_reader if has_descriptor(device) else "thread"
+    return replace(accel, vnet_hdr=device.frame_header_len > 0, tun_reader=reader)
+
+
+def _dns_servers(opts: RunOptions) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """Where a platform that sets the system resolver points it: an address routed into
+    the TUN, whose port-53 queries ztun's DNS service answers (ztun.dnsflow)."""
+    return tuple(hairpin_peer(a) for a in (opts.inet4, opts.inet6) if a is not None)
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    # The engine watches sockets with add_reader, which only selector loops offer
+    # (Windows' default proactor loop does not); on Unix this is asyncio's default.
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+        return runner.run(coro)
 
 
 # With --tun-thread the TUN pump thread and the event loop share the GIL; at CPython's
@@ -110,65 +94,83 @@ def open_device(opts: RunOptions) -> Device | None:
 SWITCH_INTERVAL = 0.0005
 
 
-def _route_job(what: str, journal: Any, plan: Any = None) -> Any:
-    """Runs in a netlink child (ztun.forked): only there is pyroute2 imported."""
-    from .route import linux
+def _recover(
+    platform: Platform, opts: RunOptions
+) -> tuple[RouteApplier | None, DnsApplier | None] | None:
+    """The route and DNS appliers this run needs, after undoing what a killed run left
+    in their journal; None (logged) when this run must not start."""
+    from .dns import DnsMode
+    from .route import Journal
 
-    if what == "apply":
-        return linux.apply(plan, journal)
-    return linux.recover(journal) if what == "recover" else linux.restore(journal)
-
-
-def run(opts: RunOptions) -> int:
-    from .forked import call_in_child  # netlink jobs run in children: no pyroute2 here
-
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    journal = None
-    if opts.config.route.auto:
-        from .route import Journal
-
-        journal = Journal(journal_path(opts.config.device_name))
-        owner = live_owner(journal)
+    cfg = opts.config
+    journal = Journal(platform.journal_path(cfg.device_name))
+    try:
+        routes = platform.routes(journal) if cfg.route.auto else None
+        dns = platform.dns(journal) if cfg.dns.mode is not DnsMode.OFF else None
+        if routes is None and dns is None:
+            return None, None
+        owner = platform.live_owner(journal)
         if owner is not None:
             # Recovering now would strip a running ztun's routes: its traffic would
             # silently go around the tunnel.
             log.error(
                 "another ztun (pid %d) is routing through %s in this namespace; stop it first",
                 owner,
-                opts.config.device_name,
+                cfg.device_name,
             )
-            return 1
-        report = call_in_child(lambda: _route_job("recover", journal))
-        if report is not None:
-            log.warning("restored routes left by a previous run: %s", report)
-    device = open_device(opts)
+            return None
+        if dns is not None:
+            dns.restore()
+        report = routes.recover() if routes is not None else None
+    except UnsupportedPlatform as exc:
+        log.error("%s", exc)
+        return None
+    if report is not None:
+        log.warning("restored routes left by a previous run: %s", report)
+    return routes, dns
+
+
+def run(opts: RunOptions) -> int:
+    platform = current()
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    accel = platform.probe(opts)
+    cfg = opts.config
+    appliers = _recover(platform, opts)
+    if appliers is None:
+        return 1
+    routes, dns = appliers
+    device = _open_device(platform, opts, accel)
     if device is None:
         return 1
+    accel = _granted(accel, device)
+    log.info("accelerations: %s", accel.describe())
     proxies = _proxy_addresses(opts.proxy) + (
         _proxy_addresses(opts.udp_proxy) if opts.udp_proxy else ()
     )
     try:
-        if journal is not None:
-            from .route import plan_auto_route
-
-            plan = plan_auto_route(opts.config.auto_route_config(tuple(a for a, _ in proxies)))
-            call_in_child(lambda: _route_job("apply", journal, plan))
-            log.info("auto-route: %d rules/routes applied (journal %s)", len(plan), journal.path)
+        if routes is not None:
+            count = routes.apply(cfg.auto_route_config(tuple(a for a, _ in proxies)))
+            log.info("auto-route: %d rules/routes applied", count)
+        if dns is not None:
+            dns.apply(_dns_servers(opts))
         endpoints = frozenset(proxies)
-        if opts.workers > 1:
+        if accel.multi_queue:
             from .workers import run_workers
 
             return run_workers(
                 opts,
                 device,
-                lambda queue, role: asyncio.run(_serve(opts, queue, endpoints, role)),
+                lambda queue, role: _run_async(
+                    _serve(opts, platform, accel, queue, endpoints, role)
+                ),
             )
-        return asyncio.run(_serve(opts, device, endpoints))
+        return _run_async(_serve(opts, platform, accel, device, endpoints))
     finally:
-        if journal is not None:
-            log.info(
-                "auto-route restored: %s", call_in_child(lambda: _route_job("restore", journal))
-            )
+        if dns is not None:
+            dns.restore()
+            log.info("DNS restored")
+        if routes is not None:
+            log.info("auto-route restored: %s", routes.restore())
         device.close()
 
 
@@ -190,6 +192,8 @@ def _build_dns(opts: RunOptions, role: WorkerRole):  # type: ignore[no-untyped-d
 
 async def _serve(
     opts: RunOptions,
+    platform: Platform,
+    accel: Accelerations,
     device: Device,
     proxy_endpoints: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]],
     role: WorkerRole | None = None,
@@ -235,42 +239,46 @@ async def _serve(
         stack,
         router,
         connect_timeout=opts.connect_timeout,
-        splice=opts.splice,
+        splice=accel.splice,
+        udp_gso=accel.udp_gso,
         dns=dns,
         # A worker handed no redirect listeners takes no redirected connections.
-        redirect=opts.redirect and (role.alone or bool(role.redirect_listeners)),
+        redirect=accel.redirect and (role.alone or bool(role.redirect_listeners)),
         redirect_listeners=role.redirect_listeners,
-        tun_thread=opts.tun_thread,
+        tun_thread=accel.tun_reader == "thread",
     )
     engine.start()
     try:
-        return await _run_engine(opts, device, engine, pool, role)
+        return await _run_engine(opts, platform, accel, device, engine, pool, role)
     finally:
         engine.stop()
-        if opts.redirect and role.alone:  # else the parent owns the nftables table
-            from .redirect import remove
-
-            remove(device.name)
+        if accel.redirect and role.alone:  # else the parent owns the nftables table
+            platform.remove_redirect(device.name)
         log.info("ztun stopped stats=%s", engine.snapshot_json())
 
 
 async def _run_engine(
-    opts: RunOptions, device: Device, engine: Any, pool: Any, role: WorkerRole
+    opts: RunOptions,
+    platform: Platform,
+    accel: Accelerations,
+    device: Device,
+    engine: Any,
+    pool: Any,
+    role: WorkerRole,
 ) -> int:
     from .dns import SAVE_INTERVAL, save_pool
 
     cfg = opts.config
     loop = asyncio.get_running_loop()
-    if opts.redirect and engine.redirect_port is not None and role.alone:
-        from .redirect import RedirectError, install
+    if accel.redirect and engine.redirect_port is not None and role.alone:
+        from .redirect import RedirectError
 
         try:
-            install(device.name, engine.redirect_port)
-        except (RedirectError, OSError, ValueError) as exc:
+            platform.install_redirect(device.name, engine.redirect_port)
+        except (RedirectError, UnsupportedPlatform, OSError, ValueError) as exc:
             log.error("%s", exc)
             return 1
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, engine.stop)
+    platform.stop_on_signals(loop, engine.stop)
 
     def save(reason: str) -> None:
         try:
@@ -298,11 +306,11 @@ async def _run_engine(
         "on" if device.frame_header_len else "off",
         ",".join(str(a) for a in opts.addresses),
         ",".join(f"v{v}:{p}" for v, p in engine.listen_ports().items()),
-        redacted(opts.proxy),
+        redact(opts.proxy),
         cfg.dns.mode,
         "on" if cfg.sniff.enabled else "off",
         "on" if cfg.route.auto else "off",
-        f"on:{engine.redirect_port}" if opts.redirect else "off",
+        f"on:{engine.redirect_port}" if accel.redirect else "off",
     )
     if role.on_ready is not None:
         role.on_ready()

@@ -215,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
         "slower on 2 cores: the GIL hand-offs cost more than the overlap gains)",
     )
     run.add_argument(
+        "--portable",
+        action="store_true",
+        help="use no OS-specific acceleration (no splice, offloads, UDP GSO; the TUN read "
+        "by a thread): what ztun does on macOS and Windows, forced here to test it",
+    )
+    run.add_argument(
         "--relay",
         choices=("splice", "copy"),
         default="splice",
@@ -378,6 +384,11 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         )
     if ns.workers > 1 and not (device.startswith("tun://") and sys.platform == "linux"):
         parser.error("--workers above 1 needs a Linux tun:// device (a multi-queue TUN)")
+    if ns.portable and (ns.workers > 1 or ns.redirect):
+        parser.error(
+            "--portable turns off Linux's accelerations, which --workers (a multi-queue "
+            "TUN) and --redirect (nftables) are; drop one"
+        )
     fwmark = ns.fwmark
     if fwmark is None and config.route.auto:
         fwmark = config.route.fwmark  # ztun's own sockets must bypass its routes
@@ -394,6 +405,7 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         redirect=ns.redirect,
         workers=ns.workers,
         tun_thread=ns.tun_thread,
+        portable=ns.portable,
         config=config,
     )
 

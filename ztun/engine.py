@@ -39,6 +39,7 @@ from .stack import (
     UdpSessionExpired,
 )
 from .tun import Device
+from .tun.base import has_descriptor
 
 if TYPE_CHECKING:
     from .dns import DnsHandler
@@ -131,7 +132,7 @@ class _UdpFlow:
         make_uplink = getattr(association, "uplink", None)  # optional: SOCKS5 has one
         if make_uplink is not None and engine.pump is not None:
             try:
-                self.uplink = make_uplink()
+                self.uplink = make_uplink(gso=engine.udp_gso)
             except OSError as exc:  # e.g. EMFILE on the dup: the loop path still works
                 engine.stats["udp_uplink_unavailable"] += 1
                 log.debug("UDP uplink for %s unavailable: %s", self._source(), exc)
@@ -279,6 +280,7 @@ class Engine:
         *,
         connect_timeout: float = 10.0,
         splice: bool = True,
+        udp_gso: bool = True,
         dns: DnsHandler | None = None,
         redirect: bool = False,
         redirect_listeners: list[socket.socket] | None = None,
@@ -286,9 +288,12 @@ class Engine:
     ) -> None:
         """`redirect_listeners`: bound by the caller (workers share one set); else bound
         in `start` when `redirect` is on. `tun_thread`: pump the TUN in a thread of its
-        own instead of on the loop (see ztun.pump)."""
+        own instead of on the loop (see ztun.pump) -- always so for a device without a
+        descriptor. `splice`, `udp_gso`: use these Linux fast paths where they exist
+        (`ztun.platform.Accelerations`)."""
         self.device = device
-        self.tun_thread = tun_thread
+        self.tun_thread = tun_thread or not has_descriptor(device)
+        self.udp_gso = udp_gso
         self.stack = stack
         self.router = router
         self.connect_timeout = connect_timeout

@@ -29,6 +29,7 @@ class RunOptions:
     redirect: bool = False  # nftables sends TCP for the TUN straight to the listener
     workers: int = 1  # >1: one process per queue of a multi-queue TUN (ztun.workers)
     tun_thread: bool = False  # pump the TUN in its own thread, not on the event loop
+    portable: bool = False  # no OS-specific acceleration at all (ztun.platform.PORTABLE)
     config: Config = field(default_factory=Config)  # routing, DNS, sniffing, rules
 
     @property

@@ -1,13 +1,16 @@
 """The TUN pump: reads frames, runs them through the stack, writes them back.
 
 By default it runs on the event loop (`start_inline`: add_reader on the TUN, one batch
-of up to READ_BATCH frames per wakeup). `--tun-thread` runs the same batches in a thread
-of its own (`start`), so the TUN's syscalls -- in which CPython releases the GIL -- can
-overlap the relay's; measured on 2 cores that lost everywhere (`ztun bench --systems ztun`
-with and without: TCP one stream 4.77 -> 5.85 Gbit/s up, request/response 1934 -> 3322/s,
-UDP at 1 Gbit/s 352 -> 512 Mbit/s, new connections +16%), because every hand-off of the
-GIL between two busy threads is a futex wake and a context switch (strace: ~24 futex calls
-per new connection). The thread stays as an option for machines where it pays.
+of up to READ_BATCH frames per wakeup). `--tun-thread` (and `--portable`, and any device
+without a descriptor, such as a Wintun adapter) runs the same batches in a thread of its
+own (`start`) that waits on `Device.wait_readable`, so the TUN's syscalls -- in which
+CPython releases the GIL -- can overlap the relay's; measured on 2 cores that lost
+everywhere (`ztun bench --systems ztun` with and without: TCP one stream 4.77 -> 5.85
+Gbit/s up, request/response 1934 -> 3322/s, UDP at 1 Gbit/s 352 -> 512 Mbit/s, new
+connections +16%), because every hand-off of the GIL between two busy threads is a futex
+wake and a context switch (strace: ~24 futex calls per new connection). The thread stays
+as an option for machines where it pays, and as the only way for a device that cannot be
+watched by the loop.
 
 Events the stack produces (UDP datagrams) go to the loop in one batch per wakeup --
 except those of a flow the loop has already routed and opened: the engine registers such a
@@ -21,8 +24,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
-import select
 import threading
 import time
 from collections import Counter, deque
@@ -37,6 +38,9 @@ log = logging.getLogger("ztun")
 FATAL_ERRNOS = frozenset({errno.EBADFD, errno.EBADF, errno.EIO, errno.ENXIO, errno.ENODEV})
 READ_BATCH = 64  # frames per wakeup: bounds how long the loop (accepts, relays) waits
 MAX_FRAME = 65536 + 64
+#: Longest the reader thread blocks in `wait_readable`: how soon it sees a stop, or an
+#: uplink to retire, when no frame arrives (a busy device wakes it far sooner).
+WAIT_SLICE = 0.1
 #: (app session, destination address, destination port): one routed UDP destination.
 RouteKey = tuple[UdpSession, bytes, int]
 #: Where its datagrams go: the flow's uplink and the header for that destination.
@@ -68,7 +72,6 @@ class TunPump(threading.Thread):
         # Counters of what the pump sent itself; only the pump writes them.
         self.uplink_stats: Counter[str] = Counter()
         self._retired: deque[Uplink] = deque()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
         self._stopped = False
         self._inline = False
@@ -77,14 +80,14 @@ class TunPump(threading.Thread):
     def retire(self, uplink: Uplink) -> None:
         """Close `uplink` once the pump cannot be sending on it (its routes must be gone).
 
-        The pump closes it between two batches; a stopped pump, at once.
+        The reader thread closes it between two batches (within WAIT_SLICE when idle);
+        the inline pump -- on this very thread, so never mid-send -- and a stopped one,
+        at once.
         """
         if self._stopped or not self.is_alive():
             uplink.close()
             return
         self._retired.append(uplink)
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"r")
         if self._stopped:  # raced with the pump's exit, which may have drained already
             self._close_retired()
 
@@ -103,15 +106,11 @@ class TunPump(threading.Thread):
             self._inline = False
             with contextlib.suppress(ValueError, OSError):  # fd already closed
                 self.loop.remove_reader(self.device.fileno())
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
         if self.is_alive():
             self.join(timeout)
         if self.is_alive():
-            return  # still polling them: closing now could hand it a reused fd number
+            return  # still sending on them: closing now could hand it a reused fd number
         self._close_retired()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
 
     def run(self) -> None:
         try:
@@ -124,19 +123,13 @@ class TunPump(threading.Thread):
             self._close_retired()
 
     def _run(self) -> None:
-        poller = select.poll()
-        poller.register(self.device.fileno(), select.POLLIN)
-        wake_r = self._wake_r
-        poller.register(wake_r, select.POLLIN)
+        wait_readable = self.device.wait_readable
         deliver = self._deliver_threadsafe
         while not self._stopping:
-            for ready, _ in poller.poll():
-                if ready == wake_r:
-                    with contextlib.suppress(OSError):
-                        os.read(wake_r, 4096)
+            readable = wait_readable(WAIT_SLICE)
             if self._retired:  # no send of a previous batch is in flight: safe to close
                 self._close_retired()
-            if not self._batch(deliver):
+            if readable and not self._stopping and not self._batch(deliver):
                 return
 
     def _deliver_threadsafe(self, datagrams: list[UdpDatagram]) -> None:

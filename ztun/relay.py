@@ -2,8 +2,9 @@
 
 On Linux the bytes go socket -> pipe -> socket with splice(2) and never enter Python;
 the pipe is borrowed from a pool only while bytes sit in it, so an idle connection
-holds no pipe (and no buffer). Elsewhere, or when splice is refused, a shared buffer
-with recv_into/send does the same job.
+holds no pipe (and no buffer). Elsewhere (macOS, Windows, `--portable`, `--relay copy`)
+a shared buffer with recv_into/send does the same job; the platform's probe decides
+(`Accelerations.splice`).
 
 One shared receive buffer serves every connection (the loop runs one callback at a
 time), so an idle connection costs no buffer at all; only bytes the far side could not
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import socket
 import struct
@@ -42,6 +42,8 @@ class PipePool:
     def take(self) -> tuple[int, int]:
         if self._free:
             return self._free.pop()
+        import fcntl  # here, not at the top: the copy relay runs where fcntl does not exist
+
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Where the size is refused the default 64 KiB pipe works, in smaller steps.
         with contextlib.suppress(OSError):

@@ -35,10 +35,11 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .options import RunOptions
+from .outbound.url import redact
+from .role import WorkerRole
 
 log = logging.getLogger("ztun")
 
@@ -48,30 +49,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_GRACE = 10.0  # seconds a worker gets to close its flows before SIGKILL
 PR_SET_PDEATHSIG = 1
 READY_TIMEOUT = 30.0
-
-
-@dataclass
-class WorkerRole:
-    """What one engine is within `ztun run`: worker `index` of `count` (1: the only one)."""
-
-    index: int = 0
-    count: int = 1
-    redirect_listeners: list[socket.socket] | None = None
-    on_ready: Callable[[], None] | None = None
-
-    @property
-    def alone(self) -> bool:
-        """A single engine does what the parent does for workers (nftables redirect)."""
-        return self.count == 1
-
-    @property
-    def primary(self) -> bool:
-        """Worker 0 holds process-wide state: the fake-IP pool and its state file."""
-        return self.index == 0
-
-    @property
-    def nat_shard(self) -> tuple[int, int]:
-        return self.index, self.count
 
 
 def detach_queue(fd: int) -> None:
@@ -273,8 +250,6 @@ class _Workers:
                 os.close(fd)
 
     def _log_ready(self, nft_port: int | None) -> None:
-        from .app import redacted
-
         opts = self.opts
         log.info(
             "ztun ready device=%s index=%d mtu=%d addresses=%s proxy=%s dns=%s workers=%d "
@@ -283,7 +258,7 @@ class _Workers:
             self.device.index,
             self.device.mtu,
             ",".join(str(a) for a in opts.addresses),
-            redacted(opts.proxy),
+            redact(opts.proxy),
             opts.config.dns.mode,
             len(self.pids),
             f"on:{nft_port}" if nft_port else "off",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +14,10 @@ from harness.impls.base import ProxyEndpoint, Tun2Socks
 
 READY_PATTERN = r"ztun ready"
 """ztun logs ``ztun ready device=NAME ...`` once the TUN is up and its listeners bound."""
+
+EXTRA_ARGS_ENV = "ZTUN_EXTRA_ARGS"
+"""Flags added to every ztun the harness starts, split like a shell would: a whole suite
+runs against another profile, e.g. ``ZTUN_EXTRA_ARGS=--portable pytest tests/conformance``."""
 
 START_TIMEOUT = 20.0
 VERSION_TIMEOUT = 15.0
@@ -26,14 +32,14 @@ class Ztun(Tun2Socks):
     """``<venv>/bin/ztun run --device tun://DEV --proxy URL --address CIDR ... --mtu N``.
 
     ``extra_args`` are appended verbatim (e.g. ``["--log-level", "debug"]``) so tests of
-    one ztun option need no adapter change.
+    one ztun option need no adapter change; then those of ``$ZTUN_EXTRA_ARGS``.
     """
 
     name = "ztun"
 
     def __init__(self, *, binary: str | None = None, extra_args: Sequence[str] = ()) -> None:
         self.binary = binary
-        self.extra_args = tuple(extra_args)
+        self.extra_args = (*extra_args, *shlex.split(os.environ.get(EXTRA_ARGS_ENV, "")))
 
     def _binary(self, host: Host) -> str:
         return self.binary or str(getattr(host, "ztun_binary", None) or default_binary())

@@ -62,10 +62,12 @@ def test_addresses_default_and_validation() -> None:
         normalise_addresses(["172.19.0.300/30"])
 
 
-def test_ztun_argv_is_the_documented_cli(tmp_path: Any) -> None:
-    class FakeHost:
-        name = "fake"
+class FakeHost:
+    name = "fake"
 
+
+def test_ztun_argv_is_the_documented_cli(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ZTUN_EXTRA_ARGS", raising=False)
     argv = Ztun(binary="/venv/bin/ztun", extra_args=["--log-level", "debug"]).argv(
         FakeHost(),
         device="zt0",
@@ -89,6 +91,15 @@ def test_ztun_argv_is_the_documented_cli(tmp_path: Any) -> None:
         "--log-level",
         "debug",
     ]
+
+
+def test_ztun_extra_args_from_the_environment_come_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ZTUN_EXTRA_ARGS` runs a whole suite in another profile (CI: `--portable`)."""
+    monkeypatch.setenv("ZTUN_EXTRA_ARGS", "--portable --loglevel 'debug'")
+    argv = Ztun(binary="/venv/bin/ztun", extra_args=["--tun-thread"]).argv(
+        FakeHost(), device="zt0", addresses=["172.19.0.1/30"], proxy_url="direct://", mtu=1500
+    )
+    assert argv[-4:] == ["--tun-thread", "--portable", "--loglevel", "debug"]
 
 
 def test_singbox_config_shape() -> None:

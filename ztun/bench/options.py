@@ -17,6 +17,7 @@ SYSTEMS: tuple[str, ...] = (
     "ztun",
     "ztun-redirect",
     "ztun-w2",
+    "ztun-portable",
     "sing-box-system",
     "sing-box-gvisor",
     "sing-box-mixed",

@@ -127,7 +127,8 @@ class SocksOnly(System):
 
 class Ztun(System):
     """`ztun run`; `extra` adds flags (ztun-redirect: the nftables fast path for TCP;
-    ztun-w2: two worker processes on a two-queue TUN)."""
+    ztun-w2: two worker processes on a two-queue TUN; ztun-portable: no Linux
+    acceleration, as on macOS and Windows)."""
 
     extra: tuple[str, ...] = ()
 
@@ -236,6 +237,10 @@ def make_system(name: str, env: Env) -> System:
     if name == "ztun-w2":
         system = Ztun(name, env)
         system.extra = ("--workers", "2")
+        return system
+    if name == "ztun-portable":
+        system = Ztun(name, env)
+        system.extra = ("--portable",)
         return system
     if name.startswith("sing-box-"):
         return SingBox(name, env, name.removeprefix("sing-box-"))

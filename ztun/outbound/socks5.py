@@ -280,11 +280,12 @@ class Socks5UdpAssociation:
             self._dropped += 1
             log.debug("%r: datagram to %s dropped: %s", self, target, exc)
 
-    def uplink(self) -> Uplink | None:
-        """A sender for the TUN pump, on its own descriptor (None once closed)."""
+    def uplink(self, *, gso: bool = True) -> Uplink | None:
+        """A sender for the TUN pump, on its own descriptor (None once closed); `gso`:
+        batch equal datagrams with UDP_SEGMENT (Linux)."""
         if self._closed.done():
             return None
-        return Uplink(self._udp.dup(), encode_udp_header)
+        return Uplink(self._udp.dup(), encode_udp_header, gso=gso)
 
     def close(self) -> None:
         self._teardown("closed locally")

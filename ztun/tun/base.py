@@ -5,10 +5,17 @@ engine reads into one reusable buffer (`read_into`) so the hot path never alloca
 `write` takes any buffer (the stack rewrites packets in place and hands back a view).
 Offloads (virtio-net header) and multi-queue are properties of a device, not of its
 callers: a device opened with them still reads and writes one packet per call.
+
+The engine reads a device from the event loop when `fileno()` gives a descriptor the
+loop can watch, and otherwise from a reader thread that blocks in `wait_readable` (a
+Wintun adapter has only a read event: its `fileno()` raises and it implements
+`wait_readable` with WaitForSingleObject on that event).
 """
 
 from __future__ import annotations
 
+import io
+import select
 from typing import Protocol, runtime_checkable
 
 
@@ -46,7 +53,32 @@ class Device(Protocol):
         """Write a frame as read (header included), e.g. after an in-place rewrite."""
         ...
 
+    def wait_readable(self, timeout: float) -> bool:
+        """Block until a frame can be read or `timeout` seconds passed; True if readable.
+
+        Called by the reader thread only, between batches of `read_into`."""
+        ...
+
     def close(self) -> None: ...
+
+
+def has_descriptor(device: Device) -> bool:
+    """Whether `device.fileno()` gives a descriptor an event loop can watch."""
+    try:
+        device.fileno()
+    except (OSError, io.UnsupportedOperation, NotImplementedError):
+        return False
+    return True
+
+
+def wait_fd_readable(fd: int, timeout: float) -> bool:
+    """poll(2) where the OS has it (no FD_SETSIZE limit on the number), else select."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+    readable, _, _ = select.select([fd], [], [], timeout)
+    return bool(readable)
 
 
 class DeviceInfo:
@@ -72,3 +104,10 @@ class DeviceInfo:
     @property
     def frame_header_len(self) -> int:
         return 0
+
+    def fileno(self) -> int:
+        raise NotImplementedError
+
+    def wait_readable(self, timeout: float) -> bool:
+        """The default for a device with a descriptor: poll it."""
+        return wait_fd_readable(self.fileno(), timeout)

@@ -239,3 +239,48 @@ def test_tun_thread_mode_carries_tcp_udp_and_icmp(start_path: StartPath, rng) ->
     assert result.returncode == 0, result.stdout + result.stderr
     # The pump thread is there (the default pumps on the loop's own thread).
     assert len(os.listdir(f"/proc/{path.ztun.process.pid}/task")) >= 2
+
+
+DEFAULT_ACCELERATIONS = (
+    "accelerations: splice=on vnet_hdr=on multi_queue=off udp_gso=on redirect=off "
+    "kernel_nat=off tun_reader=loop"
+)
+PORTABLE_ACCELERATIONS = (
+    "accelerations: splice=off vnet_hdr=off multi_queue=off udp_gso=off redirect=off "
+    "kernel_nat=off tun_reader=thread"
+)
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("ZTUN_EXTRA_ARGS")), reason="ZTUN_EXTRA_ARGS replaces the default profile"
+)
+def test_the_default_profile_logs_every_linux_acceleration_on(start_path: StartPath) -> None:
+    path = start_path("danted")
+    assert DEFAULT_ACCELERATIONS in path.ztun.log_text()
+
+
+def test_portable_profile_carries_tcp_udp_and_icmp_with_every_acceleration_off(
+    start_path: StartPath,
+    rng,  # type: ignore[no-untyped-def]
+) -> None:
+    """--portable: what macOS and Windows get (copy relay, plain packet reads, no GSO,
+    the reader thread), both ways and both families."""
+    path = start_path("danted", extra=("--portable",))
+    assert PORTABLE_ACCELERATIONS in path.ztun.log_text()
+    seed = rng.randrange(1 << 31)
+    assert download(path, 4 * MIB, seed) == (4 * MIB, seeded_sha256(seed, 4 * MIB))
+    assert upload(path, 4 * MIB, seed, v6=True) == (4 * MIB, seeded_sha256(seed, 4 * MIB))
+    for v6 in (False, True):
+        with path.udp(v6=v6) as sock:
+            payload = rng.randbytes(1200)
+            sock.sendto(payload, (path.server_v6 if v6 else path.server_v4, UDP_ECHO_PORT))
+            assert sock.recvfrom(65535)[0] == payload
+    for server in (path.server_v4, path.server_v6):
+        result = path.topo.client.run(
+            ["ping", "-c", "2", "-i", "0.2", "-W", "2", server], timeout=20
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    # No pipe beyond stdio (the default keeps splice's pool of them after a transfer).
+    fd_dir = f"/proc/{path.ztun.process.pid}/fd"
+    links = {int(fd): os.readlink(f"{fd_dir}/{fd}") for fd in os.listdir(fd_dir)}
+    assert not [fd for fd, link in links.items() if fd > 2 and link.startswith("pipe:")], links

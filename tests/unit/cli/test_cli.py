@@ -37,6 +37,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["run", "--workers", "0"], "out of range"),
         (["run", "--workers", "65"], "out of range"),
         (["run", "--workers", "2", "--device", "fd://3"], "multi-queue"),
+        (["run", "--portable", "--workers", "2"], "--portable turns off"),
+        (["run", "--portable", "--redirect"], "--portable turns off"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -82,6 +84,7 @@ def test_help_documents_every_run_flag() -> None:
         "--interface",
         "--workers",
         "--tun-thread",
+        "--portable",
         "--loglevel",
         "--debug",
         "-d",
