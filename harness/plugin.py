@@ -24,7 +24,6 @@ import contextlib
 import datetime
 import functools
 import hashlib
-import importlib
 import importlib.metadata
 import os
 import platform
@@ -51,6 +50,14 @@ from harness.hygiene import (
     find_leaks,
     kill_live_processes,
     release_owner,
+)
+from harness.impls import (
+    DEFAULT_IMPLEMENTATION,
+    ENTRY_POINT_GROUP,
+    PLACEHOLDERS,
+    AdapterChoice,
+    Tun2Socks,
+    choose_adapter,
 )
 from harness.proc import run_local
 from harness.skips import have_tool, is_root
@@ -103,6 +110,7 @@ class HarnessState:
     xdist_controller: bool
     keep: bool
     impl: str
+    adapter: AdapterChoice
     baseline: RootSnapshot | None = None
     leaks: Leaks = field(default_factory=Leaks)
     leaks_text: str = ""
@@ -130,11 +138,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="run seed (default: random, printed in the header); tests derive theirs from it",
     )
-    group.addoption(
-        "--tun2socks",
-        default=DEFAULT_IMPL,
-        help="implementation under test (harness.impls registry; default: ztun)",
-    )
+    add_adapter_options(group.addoption)
     group.addoption(
         "--update-golden", action="store_true", help="re-record golden pcaps instead of diffing"
     )
@@ -151,22 +155,70 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _impl_names() -> tuple[str, ...] | None:
-    """Names from harness.impls (written separately); None if it offers no registry."""
+def add_adapter_options(addoption: Callable[..., Any]) -> None:
+    """The ``--tun2socks*`` options (pytest's ``addoption`` or argparse's ``add_argument``:
+    ``ztun-harness certify`` offers the same ones)."""
+    addoption(
+        "--tun2socks",
+        default=None,
+        metavar="NAME",
+        help=f"implementation under test: an adapter of the entry-point group "
+        f"{ENTRY_POINT_GROUP!r} (built in: ztun, sing-box; default: {DEFAULT_IMPLEMENTATION})",
+    )
+    addoption(
+        "--tun2socks-command",
+        default=None,
+        metavar="ARGV",
+        help="or: the implementation's command line, with placeholders "
+        + " ".join("{" + p + "}" for p in PLACEHOLDERS),
+    )
+    addoption(
+        "--tun2socks-config-template",
+        default=None,
+        metavar="FILE",
+        help="a config file template rendered with the same placeholders into {config}",
+    )
+    addoption(
+        "--tun2socks-ready",
+        default=None,
+        metavar="SPEC",
+        help="when the command is ready: link (default: its device exists), log:REGEX, tcp:PORT",
+    )
+    addoption(
+        "--tun2socks-name",
+        default=None,
+        metavar="NAME",
+        help="the implementation's column in the report (default: the adapter's name)",
+    )
+    addoption(
+        "--tun2socks-version-command",
+        default=None,
+        metavar="ARGV",
+        help="prints the implementation's version (first line) for the report",
+    )
+    addoption(
+        "--tun2socks-harness-configures-device",
+        action="store_true",
+        default=False,
+        help="the command only creates the device; the harness sets MTU, addresses, up",
+    )
+
+
+def adapter_choice_from(config: pytest.Config) -> AdapterChoice:
+    """The implementation under test as the options chose it (a bad mix: usage error)."""
+    opt = config.getoption
     try:
-        impls = importlib.import_module("harness.impls")
-    except Exception:
-        return None
-    for attr in ("names", "available"):
-        fn = getattr(impls, attr, None)
-        if callable(fn):
-            with contextlib.suppress(Exception):
-                return tuple(str(n) for n in fn())
-    for attr in ("REGISTRY", "IMPLEMENTATIONS", "IMPLS"):
-        registry = getattr(impls, attr, None)
-        if registry is not None:
-            return tuple(str(n) for n in registry)
-    return None
+        return choose_adapter(
+            opt("tun2socks"),
+            command=opt("tun2socks_command"),
+            config_template=opt("tun2socks_config_template"),
+            ready=opt("tun2socks_ready"),
+            name=opt("tun2socks_name"),
+            version_command=opt("tun2socks_version_command"),
+            harness_configures_device=bool(opt("tun2socks_harness_configures_device")),
+        )
+    except (ValueError, TypeError) as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _sigterm_to_interrupt(signum: int, frame: object) -> None:
@@ -185,10 +237,7 @@ def pytest_configure(config: pytest.Config) -> None:
         pass
 
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
-    impl = str(config.getoption("tun2socks"))
-    names = _impl_names()
-    if names is not None and impl not in names:
-        raise pytest.UsageError(f"--tun2socks {impl!r}: choose one of {', '.join(names)}")
+    choice = adapter_choice_from(config)
     if workerinput is not None and "ztun_seed" in workerinput:
         seed = int(workerinput["ztun_seed"])
         session_tag = str(workerinput["ztun_session"])
@@ -214,7 +263,8 @@ def pytest_configure(config: pytest.Config) -> None:
         worker_id=worker_id,
         xdist_controller=bool(workerinput is None and getattr(config.option, "numprocesses", None)),
         keep=bool(config.getoption("keep_pcaps")),
-        impl=impl,
+        impl=choice.name,
+        adapter=choice,
     )
     config.stash[_STATE_KEY] = st
     if config.pluginmanager.hasplugin("xdist"):
@@ -389,7 +439,7 @@ def _write_seed_file(item: pytest.Item, test: TestArtifacts) -> None:
     st = state(item.config)
     test.path("seed.txt").write_text(
         f"run seed {st.seed}\ntest seed {test.seed}\n"
-        f"reproduce: pytest --seed {st.seed} --tun2socks {st.impl} '{item.nodeid}'\n"
+        f"reproduce: pytest --seed {st.seed} {st.adapter.describe_options()} '{item.nodeid}'\n"
     )
 
 
@@ -437,8 +487,14 @@ def artifacts(request: pytest.FixtureRequest) -> TestArtifacts:
 
 @pytest.fixture(scope="session")
 def tun2socks_name(request: pytest.FixtureRequest) -> str:
-    """``--tun2socks``: the implementation under test."""
+    """The implementation under test's name (its column in the report)."""
     return state(request.config).impl
+
+
+@pytest.fixture
+def implementation(request: pytest.FixtureRequest) -> Tun2Socks:
+    """The adapter the ``--tun2socks*`` options chose, fresh for this test."""
+    return state(request.config).adapter.build()
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ __all__ = [
     "CommandTimeout",
     "Host",
     "IfAddress",
+    "LinkExists",
     "LogLine",
     "PathExists",
     "Process",
@@ -168,7 +169,9 @@ class UdpListening:
 
 @dataclass(frozen=True, slots=True)
 class PathExists:
-    """Ready once ``path`` exists (a pid file, a UNIX socket, a device node)."""
+    """Ready once ``path`` exists *as the host sees it* (a pid file, a UNIX socket, a
+    device node, ``/sys/class/net/NAME``): checked inside the host, so a namespace's own
+    ``/sys`` and a guest's file system count, not the harness's mount namespace."""
 
     path: str | Path
 
@@ -176,7 +179,18 @@ class PathExists:
         return f"path {str(self.path)!r} exists"
 
 
-Readiness = LogLine | TcpListening | UdpListening | PathExists
+@dataclass(frozen=True, slots=True)
+class LinkExists:
+    """Ready once a network interface ``name`` exists in the host (a TUN the process
+    under test creates itself, whatever it prints)."""
+
+    name: str
+
+    def describe(self) -> str:
+        return f"link {self.name!r} exists"
+
+
+Readiness = LogLine | TcpListening | UdpListening | PathExists | LinkExists
 """A condition :meth:`Host.spawn` awaits before returning."""
 
 

@@ -42,6 +42,7 @@ from harness.hosts.base import (
     CmdResult,
     CommandFailed,
     IfAddress,
+    LinkExists,
     LogLine,
     PathExists,
     Process,
@@ -58,6 +59,7 @@ from harness.proc import (
     start_thread_without_signals,
     wait_pids_gone,
 )
+from ztun.tools import tool
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -388,7 +390,11 @@ class NetnsHost:
         if isinstance(ready, UdpListening):
             return ready.port in self.listening_ports("udp", ready.family)
         if isinstance(ready, PathExists):
-            return Path(ready.path).exists()
+            # Inside the namespace: `ip netns exec` mounts the namespace's own /sys (and
+            # /etc/netns/NAME), which the harness's mount namespace does not see.
+            return self.run([tool("test"), "-e", str(ready.path)]).ok
+        if isinstance(ready, LinkExists):
+            return self.netlink(lambda ipr: bool(ipr.link_lookup(ifname=ready.name)))
         raise TypeError(f"{type(ready).__name__} is not a host condition")
 
     def wait_ready(self, ready: Readiness, *, timeout: float = DEFAULT_SPAWN_TIMEOUT) -> None:

@@ -35,6 +35,7 @@ from harness.hosts.base import (
     CmdResult,
     CommandTimeout,
     IfAddress,
+    LinkExists,
     LogLine,
     PathExists,
     ProcessNotReady,
@@ -379,6 +380,8 @@ def _wait_script(ready: Readiness, *, pid: int | None) -> str:
         check = f"ss -Hn{proto}l{fam} 'sport = :{ready.port}' | grep -q ."
     elif isinstance(ready, PathExists):
         check = f"test -e {shlex.quote(str(ready.path))}"
+    elif isinstance(ready, LinkExists):
+        check = f"test -e {shlex.quote(f'/sys/class/net/{ready.name}')}"
     else:
         raise TypeError(f"cannot wait for {ready!r} in the guest")
     alive = f"kill -0 {pid} 2>/dev/null || exit 3; " if pid is not None else ""

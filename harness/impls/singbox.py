@@ -18,13 +18,18 @@ Measured with sing-box 1.14.4 in namespaces (see tests/harness_units/test_impls.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
 from harness.hosts import Host, LogLine, Process
 from harness.impls.base import ProxyEndpoint, Tun2Socks
+from harness.impls.command import CommandSpec
 
 READY_PATTERN = r"sing-box started"
+CONFIG_TEMPLATE = Path(__file__).with_name("templates") / "sing-box.json"
+"""sing-box's config as a ``--tun2socks-config-template``: what :func:`singbox_config`
+builds (stack system), for certifying sing-box through the command-template adapter."""
 START_TIMEOUT = 20.0
 VERSION_TIMEOUT = 15.0
 Stack = Literal["system", "gvisor", "mixed"]
@@ -83,6 +88,17 @@ def singbox_config(
         "outbounds": [outbound],
         "route": {"final": "proxy", "auto_detect_interface": False},
     }
+
+
+def command_spec(binary: str, *, name: str = "sing-box-command") -> CommandSpec:
+    """sing-box as an implementation given only as templates (no Python adapter)."""
+    return CommandSpec.parse(
+        f"{shlex.quote(binary)} run -c {{config}} -D {{workdir}} --disable-color",
+        config_template=CONFIG_TEMPLATE,
+        ready=f"log:{READY_PATTERN}",
+        name=name,
+        version_command=f"{shlex.quote(binary)} version",
+    )
 
 
 class SingBox(Tun2Socks):

@@ -10,7 +10,6 @@ implementation) is printed at the end and written as JSON by :mod:`harness.confo
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 import pytest
@@ -27,8 +26,7 @@ from conformance_path import (
 )
 
 from harness import conformance
-from harness.hosts import LogLine
-from harness.impls import DEFAULT_MTU, RunningImpl, Tun2Socks, get_implementation
+from harness.impls import DEFAULT_MTU, RunningImpl, Tun2Socks
 from harness.peers.starters import (
     Socks5Server,
     start_danted,
@@ -47,12 +45,6 @@ def pytest_configure(config: pytest.Config) -> None:
     conformance.register(config)
 
 
-@pytest.fixture
-def implementation(tun2socks_name: str) -> Tun2Socks:
-    """The adapter chosen by ``--tun2socks``, with its default options."""
-    return get_implementation(tun2socks_name)()
-
-
 TARGET_STARTERS = {
     "echo": (start_tcp_echo, ECHO_PORT),
     "data": (start_tcp_data, DATA_PORT),
@@ -62,40 +54,11 @@ TARGET_STARTERS = {
 
 
 def _start_targets(topo: Topology, kinds: Iterable[TargetKind]) -> None:
-    wanted = ["echo", *(k for k in kinds if k != "echo")]  # echo: also the settle probe's
+    wanted = ["echo", *(k for k in kinds if k != "echo")]
     for kind in wanted:
         starter, port = TARGET_STARTERS[kind]
         for family in (4, 6):
             starter(topo.server, str(topo.address("server", "proxy", family)), port)
-
-
-SINGBOX_ROUTES_SEEN = LogLine(r"updated default interface")
-SETTLE_TIMEOUT = 10.0
-
-
-def _singbox_settle(path: Path) -> None:
-    """Wait until sing-box has reacted to the routes the harness added after its start.
-
-    Measured (sing-box 1.14.4, auto_route off): its network monitor sees the new default
-    route into its TUN about 1 s after start, logs "updated default interface" and then
-    closes every connection it tracks (a 100 MiB upload started at once was cut after
-    60 and 95 MiB; one started right after the log line was still cut, 3 ms later). A user's
-    auto_route gives the routes before any traffic, so the fair start is after that reset.
-    There is no log line for the reset itself, so a probe connection opened before it
-    serves as the event: once sing-box closes the probe, the reset is done.
-    (Belongs in the SingBox adapter's start(); kept here so harness/impls stays untouched.)
-    """
-    with path.connect(ECHO_PORT, timeout=SETTLE_TIMEOUT) as probe:
-        probe.sendall(b"?")
-        probe.recv(1)
-        path.impl.process.wait_for(SINGBOX_ROUTES_SEEN, timeout=SETTLE_TIMEOUT)
-        with contextlib.suppress(OSError):  # reset, or our own timeout: go on either way
-            while probe.recv(1):
-                pass
-
-
-SETTLE: dict[str, Callable[[Path], None]] = {"sing-box": _singbox_settle}
-"""Per implementation: what to await after start before a test's traffic begins."""
 
 
 def _start_proxy(topo: Topology, kind: ProxyKind) -> Socks5Server:
@@ -143,9 +106,6 @@ def start_path(
             str(topo.address("server", "proxy", 4)),
             str(topo.address("server", "proxy", 6)),
         )
-        settle = SETTLE.get(impl.impl)
-        if settle is not None:
-            settle(path)
         return path
 
     yield start

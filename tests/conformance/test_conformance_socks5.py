@@ -39,7 +39,5 @@ def test_socks5_roundtrip(start_path: StartPath, rng: random.Random) -> None:
     connects = [
         r for r in path.proxy.requests() if r.command == "CONNECT" and r.target_port == ECHO_PORT
     ]
-    # sing-box's settle probe (conftest) is one more CONNECT to the echo port: count
-    # only those that carried this payload.
     ours = [r for r in connects if r.sha256_to_target == digest]
     assert len(ours) == 1, f"{len(ours)} CONNECTs carried the payload: {ours}"

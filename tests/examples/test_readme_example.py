@@ -7,16 +7,15 @@ import pytest
 
 from harness.assertions import assert_checksums_ok, assert_socks5_roundtrip
 from harness.capture import capture
-from harness.impls import get_implementation
 from harness.peers.starters import start_recording, start_tcp_echo
 
 
 @pytest.mark.netns
-def test_echo_through_the_tun2socks(topology, tun2socks_name):  # type: ignore[no-untyped-def]
+def test_echo_through_the_tun2socks(topology, implementation):  # type: ignore[no-untyped-def]
     server, data = str(topology.address("server", "proxy")), b"hello" * 1000
     start_tcp_echo(topology.server, server, 7)
     proxy = start_recording(topology.proxy, str(topology.address("proxy", "client")), 1080)
-    get_implementation(tun2socks_name)().start(topology.client, device="zt0", proxy_url=proxy.url)
+    implementation.start(topology.client, device="zt0", proxy_url=proxy.url)
     link = topology.iface("client", "proxy")
     with capture(topology.client, link, "tcp port 1080") as cap, topology.client.socket() as sock:
         sock.connect((server, 7))

