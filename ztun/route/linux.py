@@ -25,6 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ztun.route.journal import Journal
 from ztun.route.model import (  # the last two cross back from a netlink child: no pyroute2
+    JournalChange,
     PolicyRule,
     RestoreReport,
     RouteChange,
@@ -222,8 +223,10 @@ def _add(ipr: IPRoute, change: RouteChange) -> bool:
     return True
 
 
-def _remove(ipr: IPRoute, change: RouteChange) -> bool:
+def _remove(ipr: IPRoute, change: JournalChange) -> bool:
     """Remove one change if the kernel holds exactly it; False when already gone."""
+    if not isinstance(change, PolicyRule | TableRoute):
+        raise RouteError(f"{change.describe()}: not a Linux change (another OS's journal)")
     try:
         if isinstance(change, PolicyRule):
             if not _rule_present(ipr, change):

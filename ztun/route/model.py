@@ -142,15 +142,111 @@ class TableRoute:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class SystemRoute:
+    """A route in the one routing table of macOS or Windows: ``dst`` out of ``device``
+    (interface index ``ifindex``), through ``gateway`` or, without one, on-link (the
+    utun or Wintun side of auto-route).
+
+    ``ifindex`` is what the OS calls name the interface by; ``device`` is for people and
+    for telling, at restore, whether the index still names the same interface."""
+
+    family: int
+    dst: str
+    device: str
+    ifindex: int
+    gateway: str | None = None
+    metric: int | None = None
+
+    kind: Literal["sysroute"] = "sysroute"
+
+    def describe(self) -> str:
+        """The route in ``route(8)`` words, for logs and errors."""
+        parts = ["route", "add", "-inet6" if self.family == socket.AF_INET6 else "-inet"]
+        parts.append(self.dst)
+        parts += [self.gateway] if self.gateway is not None else ["-interface", self.device]
+        if self.gateway is not None:
+            parts += ["(" + self.device + ")"]
+        if self.metric is not None:
+            parts += ["metric", str(self.metric)]
+        return " ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict; ``from_json`` inverts it (the journal's record format)."""
+        return {
+            "kind": "sysroute",
+            "family": FAMILY_NAMES[self.family],
+            "dst": self.dst,
+            "device": self.device,
+            "ifindex": self.ifindex,
+            "gateway": self.gateway,
+            "metric": self.metric,
+        }
+
+
+ResolverValue = str | tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverChange:
+    """The system resolver set at ``key`` (a SystemConfiguration dynamic-store key on
+    macOS) to ``servers``; ``previous`` is what the key held before, as (name, value)
+    pairs, or None when it did not exist -- written to the journal *before* the change,
+    so restore can always put it back."""
+
+    key: str
+    servers: tuple[str, ...]
+    previous: tuple[tuple[str, ResolverValue], ...] | None = None
+
+    kind: Literal["resolver"] = "resolver"
+
+    def describe(self) -> str:
+        return f"resolver {self.key} = {' '.join(self.servers)}"
+
+    def to_json(self) -> dict[str, Any]:
+        previous = None
+        if self.previous is not None:
+            previous = [[k, list(v) if isinstance(v, tuple) else v] for k, v in self.previous]
+        return {
+            "kind": "resolver",
+            "key": self.key,
+            "servers": list(self.servers),
+            "previous": previous,
+        }
+
+
 RouteChange = PolicyRule | TableRoute
+#: Everything a journal can hold: Linux policy routing, macOS/Windows routes, resolvers.
+JournalChange = PolicyRule | TableRoute | SystemRoute | ResolverChange
 
 _FAMILY_BY_NAME = {name: fam for fam, name in FAMILY_NAMES.items()}
 
 
-def change_from_json(data: dict[str, Any]) -> RouteChange:
+def change_from_json(data: dict[str, Any]) -> JournalChange:
     """Rebuild a change from its journal record; raises ValueError on a foreign record."""
     try:
+        if data["kind"] == "resolver":
+            previous = data["previous"]
+            return ResolverChange(
+                key=str(data["key"]),
+                servers=tuple(str(s) for s in data["servers"]),
+                previous=None
+                if previous is None
+                else tuple(
+                    (str(k), tuple(str(x) for x in v) if isinstance(v, list) else str(v))
+                    for k, v in previous
+                ),
+            )
         family = _FAMILY_BY_NAME[data["family"]]
+        if data["kind"] == "sysroute":
+            return SystemRoute(
+                family=family,
+                dst=str(data["dst"]),
+                device=str(data["device"]),
+                ifindex=int(data["ifindex"]),
+                gateway=data["gateway"],
+                metric=data["metric"],
+            )
         if data["kind"] == "rule":
             return PolicyRule(
                 family=family,
@@ -174,7 +270,7 @@ def change_from_json(data: dict[str, Any]) -> RouteChange:
                 device=data["device"],
                 metric=data["metric"],
             )
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a route change record: {data!r}") from exc
     raise ValueError(f"unknown change kind {data.get('kind')!r}")
 

@@ -116,7 +116,8 @@ class AutoRouteConfig:
         return frozenset(family_of(a.network) for a in self.tun_addresses)
 
 
-def _validate(cfg: AutoRouteConfig) -> None:
+def validate_auto_route(cfg: AutoRouteConfig) -> None:
+    """Raise RoutePlanError when ``cfg`` cannot be planned (every OS's planner checks)."""
     if not cfg.device:
         raise RoutePlanError("auto-route needs the TUN device name")
     if not cfg.tun_addresses:
@@ -161,7 +162,7 @@ def plan_auto_route(cfg: AutoRouteConfig) -> list[RouteChange]:
     Apply in list order, undo in reverse order: the order is chosen so that every prefix
     of the list is a safe state (see module docstring).
     """
-    _validate(cfg)
+    validate_auto_route(cfg)
     proxied = cfg.proxied_families
     include_mode = bool(cfg.include)
     # Families that get a ladder: those we carry, plus under strict (default mode) those

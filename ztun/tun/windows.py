@@ -47,13 +47,18 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
+import importlib.metadata
 import ipaddress
 import logging
-import sys
+import os
+import platform
+import struct
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from ctypes import POINTER, c_int, c_int64, c_uint8, c_uint16, c_uint32, c_uint64, c_void_p
+from pathlib import Path
 from typing import Any
 
 from ..route.windows import (
@@ -64,6 +69,19 @@ from ..route.windows import (
     SOCKADDR_INET,
     WIN_AF_INET,
     WIN_AF_INET6,
+)
+from ..win32 import (
+    BOOL,
+    BOOLEAN,
+    DWORD,
+    HANDLE,
+    LPCWSTR,
+    NET_IFINDEX,
+    NETIO_STATUS,
+    Prototype,
+    bind,
+    last_error,
+    windll,
 )
 from .base import DeviceError, DeviceInfo
 
@@ -94,18 +112,9 @@ ERROR_BUFFER_OVERFLOW = 111
 ERROR_NO_MORE_ITEMS = 259
 ERROR_NOT_FOUND = 1168
 
-# C types as the headers name them. DWORD is 32-bit on Windows (ctypes.wintypes.DWORD is
-# c_ulong, 64-bit on Linux, so it is spelled out); handles are pointers.
-DWORD = c_uint32
-BOOL = c_int
-BOOLEAN = c_uint8
-HANDLE = c_void_p
 WINTUN_ADAPTER_HANDLE = c_void_p
 WINTUN_SESSION_HANDLE = c_void_p
-LPCWSTR = ctypes.c_wchar_p
 PBYTE = c_void_p  # BYTE *: kept as an address, copied with memoryview slices
-NETIO_STATUS = DWORD
-NET_IFINDEX = c_uint32
 
 
 class GUID(ctypes.Structure):
@@ -129,8 +138,6 @@ _FUNCTYPE: Any = getattr(ctypes, "WINFUNCTYPE", ctypes.CFUNCTYPE)
 WINTUN_LOGGER_CALLBACK = _FUNCTYPE(None, c_int, c_uint64, LPCWSTR)
 WINTUN_LOG_INFO, WINTUN_LOG_WARN, WINTUN_LOG_ERR = 0, 1, 2
 
-Prototype = tuple[Any, list[Any]]  # (restype, argtypes)
-
 WINTUN_PROTOTYPES: dict[str, Prototype] = {
     "WintunCreateAdapter": (WINTUN_ADAPTER_HANDLE, [LPCWSTR, LPCWSTR, POINTER(GUID)]),
     "WintunOpenAdapter": (WINTUN_ADAPTER_HANDLE, [LPCWSTR]),
@@ -148,38 +155,6 @@ WINTUN_PROTOTYPES: dict[str, Prototype] = {
 }
 
 
-def bind(library: Any, prototypes: dict[str, Prototype]) -> dict[str, Any]:
-    """Set restype/argtypes on each named function of ``library`` (a ctypes DLL, or any
-    object with those attributes) and return them by name. A missing export fails here,
-    at load time, with its name -- not at the first packet."""
-    table: dict[str, Any] = {}
-    for name, (restype, argtypes) in prototypes.items():
-        try:
-            fn = getattr(library, name)
-        except AttributeError as exc:
-            raise DeviceError(errno.ENOSYS, f"{name} is missing from the DLL") from exc
-        fn.restype = restype
-        fn.argtypes = argtypes
-        table[name] = fn
-    return table
-
-
-def _windll(name: str) -> Any:
-    if sys.platform != "win32":
-        raise DeviceError(errno.ENOTSUP, f"{name} exists only on Windows")
-    try:
-        return ctypes.WinDLL(name, use_last_error=True)  # type: ignore[attr-defined,unused-ignore]
-    except OSError as exc:
-        raise DeviceError(
-            errno.ENOENT, f"cannot load {name}: {exc} (wintun.dll comes from wintun.net)"
-        ) from exc
-
-
-def _last_error() -> int:
-    get: Callable[[], int] = ctypes.get_last_error  # type: ignore[attr-defined,unused-ignore]
-    return get()
-
-
 def _log_from_wintun(level: int, _timestamp: int, message: str | None) -> None:
     py_level = {WINTUN_LOG_WARN: logging.WARNING, WINTUN_LOG_ERR: logging.ERROR}.get(
         level, logging.DEBUG
@@ -190,7 +165,7 @@ def _log_from_wintun(level: int, _timestamp: int, message: str | None) -> None:
 class WintunApi:
     """wintun.dll's functions with their prototypes, plus the thread's last error."""
 
-    def __init__(self, library: Any, *, last_error: Callable[[], int] = _last_error) -> None:
+    def __init__(self, library: Any, *, last_error: Callable[[], int] = last_error) -> None:
         self.fn = bind(library, WINTUN_PROTOTYPES)
         self.last_error = last_error
         # ctypes frees a callback whose Python object dies: the DLL would call freed code.
@@ -198,8 +173,153 @@ class WintunApi:
         self.fn["WintunSetLogger"](self._logger)
 
     @classmethod
-    def load(cls, path: str = "wintun.dll") -> WintunApi:  # pragma: no cover - Windows only
-        return cls(_windll(path))
+    def load(cls, environ: Mapping[str, str] = os.environ) -> WintunApi:
+        """The pinned wintun.dll (:func:`locate_wintun`), verified before it is loaded."""
+        path = locate_wintun(environ)
+        verify_wintun(path.read_bytes(), wintun_arch(), str(path))
+        return cls(windll(str(path)))
+
+    def check_driver(self) -> None:
+        """Refuse a running Wintun driver other than the pinned one (asked after an
+        adapter exists: before that no driver need be loaded)."""
+        version = int(self.fn["WintunGetRunningDriverVersion"]() or 0)
+        running = ((version >> 16) & 0xFFFF, version & 0xFFFF)  # example.c's decoding
+        if running != WINTUN_DRIVER_VERSION:
+            shown = "none" if version == 0 else ".".join(map(str, running))
+            raise DeviceError(
+                errno.ENOTSUP,
+                f"the running Wintun driver is {shown}, ztun is tested with "
+                f"{'.'.join(map(str, WINTUN_DRIVER_VERSION))} only (error {self.last_error()}): "
+                "remove other Wintun drivers (pnputil /enum-drivers) or reboot",
+            )
+
+
+# -- wintun.dll: only the pinned build ----------------------------------------------------
+#
+# wintun.dll runs in ztun's process as Administrator and installs a kernel driver, so
+# only bytes ztun was tested with are loaded: the DLLs of Wintun 0.14.1 as the PyPI wheel
+# pytun-pmd3 3.0.3 ships them (``pip install "ztun[windows]"`` pins it), or the same
+# files from wintun.net named by ZTUN_WINTUN_DLL.  Both are checked against the SHA-256
+# below and the DLL's VS_FIXEDFILEINFO file version before LoadLibrary; the running
+# driver's version (WintunGetRunningDriverVersion) once an adapter exists.
+
+WINTUN_DLL_ENV = "ZTUN_WINTUN_DLL"
+WINTUN_WHEEL = "pytun-pmd3"
+WINTUN_WHEEL_DIR = "pytun_pmd3/wintun/bin"
+WINTUN_FILE_VERSION = (0, 14, 1, 0)
+WINTUN_DRIVER_VERSION = (0, 14)
+WINTUN_SHA256 = {
+    "amd64": "e5da8447dc2c320edc0fc52fa01885c103de8c118481f683643cacc3220dafce",
+    "arm64": "f7ba89005544be9d85231a9e0d5f23b2d15b3311667e2dad0debd344918a3f80",
+    "x86": "d694fa46ab4cfebcb2632d094c7aa97278eef2f8052438621766d863ae98a931",
+    "arm": "daad267411ecdc70a0535e274d2c3e9da3d0084bdac7662cb8424dd4a031b4d9",
+}
+_COMPILER_ARCH = {("64 bit", "AMD64"): "amd64", ("64 bit", "ARM64"): "arm64"}
+_COMPILER_ARCH |= {("32 bit", "Intel"): "x86", ("32 bit", "ARM"): "arm"}
+
+
+def wintun_arch(compiler: str | None = None) -> str:
+    """Which wintun.dll this Python loads: its own architecture (a 32-bit Python on
+    64-bit Windows needs the x86 DLL), from ``platform.python_compiler()``, e.g.
+    ``MSC v.1938 64 bit (AMD64)``."""
+    text = platform.python_compiler() if compiler is None else compiler
+    for (bits, machine), arch in _COMPILER_ARCH.items():
+        if bits in text and f"({machine})" in text:
+            return arch
+    raise DeviceError(errno.ENOTSUP, f"no pinned wintun.dll for a Python built by {text!r}")
+
+
+def locate_wintun(environ: Mapping[str, str] = os.environ) -> Path:
+    """ZTUN_WINTUN_DLL if set, else the DLL inside the installed pytun-pmd3 wheel (found
+    through its metadata: the package itself, which loads DLLs on import, is never
+    imported)."""
+    given = environ.get(WINTUN_DLL_ENV)
+    if given:
+        return Path(given)
+    try:
+        dist = importlib.metadata.distribution(WINTUN_WHEEL)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise DeviceError(
+            errno.ENOENT,
+            f'wintun.dll not found: pip install "ztun[windows]" (it pins {WINTUN_WHEEL}, '
+            f"which ships it) or set {WINTUN_DLL_ENV} to wintun.dll from wintun.net (0.14.1)",
+        ) from exc
+    return Path(str(dist.locate_file(f"{WINTUN_WHEEL_DIR}/{wintun_arch()}/wintun.dll")))
+
+
+def pe_file_version(image: bytes) -> tuple[int, int, int, int]:
+    """The file version in a PE image's VS_FIXEDFILEINFO (winver.h), found through the
+    resource directory (winnt.h: RT_VERSION, its first name and language).  ValueError
+    when the image has none."""
+    try:
+        (pe,) = struct.unpack_from("<I", image, 0x3C)  # IMAGE_DOS_HEADER.e_lfanew
+        if image[pe : pe + 4] != b"PE\0\0":
+            raise ValueError("not a PE image")
+        coff = pe + 4  # IMAGE_FILE_HEADER
+        (sections,) = struct.unpack_from("<H", image, coff + 2)
+        (optional_size,) = struct.unpack_from("<H", image, coff + 16)
+        optional = coff + 20
+        (magic,) = struct.unpack_from("<H", image, optional)
+        directories = optional + (112 if magic == 0x20B else 96)  # PE32+ / PE32
+        rsrc_rva, _ = struct.unpack_from("<II", image, directories + 8 * 2)  # RESOURCE
+        table = [
+            struct.unpack_from("<8xIIII", image, optional + optional_size + 40 * i)
+            for i in range(sections)
+        ]  # IMAGE_SECTION_HEADER: VirtualSize, VirtualAddress, SizeOfRawData, PointerToRawData
+
+        def offset(rva: int) -> int:
+            for vsize, va, rawsize, rawptr in table:
+                if va <= rva < va + max(vsize, rawsize):
+                    return int(rva - va + rawptr)
+            raise ValueError(f"RVA {rva:#x} is in no section")
+
+        root = offset(rsrc_rva)
+
+        def entries(directory: int) -> list[tuple[int, int]]:  # IMAGE_RESOURCE_DIRECTORY
+            named, ids = struct.unpack_from("<HH", image, root + directory + 12)
+            return [
+                struct.unpack_from("<II", image, root + directory + 16 + 8 * i)
+                for i in range(named + ids)
+            ]
+
+        version = next(e for e in entries(0) if e[0] == RT_VERSION)
+        name = entries(version[1] & 0x7FFFFFFF)[0]
+        language = entries(name[1] & 0x7FFFFFFF)[0]
+        data_rva, _ = struct.unpack_from("<II", image, root + language[1])
+        info = offset(data_rva)  # VS_VERSIONINFO: 3 WORDs, L"VS_VERSION_INFO\0", pad
+        if image[info + 6 : info + 38] != "VS_VERSION_INFO\0".encode("utf-16-le"):
+            raise ValueError("no VS_VERSION_INFO")
+        signature, _, high, low = struct.unpack_from("<IIII", image, info + 40)
+    except (struct.error, StopIteration, IndexError) as exc:
+        raise ValueError(f"unreadable PE version resource: {exc!r}") from exc
+    if signature != VS_FFI_SIGNATURE:
+        raise ValueError(f"VS_FIXEDFILEINFO signature {signature:#x}")
+    return (high >> 16, high & 0xFFFF, low >> 16, low & 0xFFFF)
+
+
+RT_VERSION = 16  # winuser.h
+VS_FFI_SIGNATURE = 0xFEEF04BD  # winver.h
+
+
+def verify_wintun(image: bytes, arch: str, where: str) -> None:
+    """Refuse a wintun.dll that is not the pinned build for ``arch``, saying what it is."""
+    digest = hashlib.sha256(image).hexdigest()
+    want = WINTUN_SHA256.get(arch)
+    if digest != want:
+        raise DeviceError(
+            errno.EPERM,
+            f"{where}: SHA-256 {digest} is not the pinned Wintun "
+            f"{'.'.join(map(str, WINTUN_FILE_VERSION[:3]))} {arch} DLL ({want}); "
+            f'use the DLL of {WINTUN_WHEEL} (pip install "ztun[windows]") or wintun.net',
+        )
+    try:
+        version = pe_file_version(image)
+    except ValueError as exc:
+        raise DeviceError(errno.EPERM, f"{where}: {exc}") from exc
+    if version != WINTUN_FILE_VERSION:
+        raise DeviceError(
+            errno.EPERM, f"{where}: file version {version}, pinned {WINTUN_FILE_VERSION}"
+        )
 
 
 # -- netioapi.h (iphlpapi.dll) ------------------------------------------------------------
@@ -301,14 +421,26 @@ def fill_unicast_row(
     return row
 
 
-def set_row_mtu(row: MIB_IPINTERFACE_ROW, mtu: int) -> MIB_IPINTERFACE_ROW:
-    """Prepare a row read by GetIpInterfaceEntry for SetIpInterfaceEntry with ``mtu``.
-    SetIpInterfaceEntry rejects an IPv4 row whose SitePrefixLength is not 0 (the
+def _settable(row: MIB_IPINTERFACE_ROW) -> MIB_IPINTERFACE_ROW:
+    """SetIpInterfaceEntry rejects an IPv4 row whose SitePrefixLength is not 0 (the
     SetIpInterfaceEntry remarks; wireguard-windows clears it too), and Get fills it."""
-    row.NlMtu = mtu
     if row.Family == WIN_AF_INET:
         row.SitePrefixLength = 0
     return row
+
+
+def set_row_mtu(row: MIB_IPINTERFACE_ROW, mtu: int) -> MIB_IPINTERFACE_ROW:
+    """Prepare a row read by GetIpInterfaceEntry for SetIpInterfaceEntry with ``mtu``."""
+    row.NlMtu = mtu
+    return _settable(row)
+
+
+def set_row_metric(row: MIB_IPINTERFACE_ROW, metric: int) -> MIB_IPINTERFACE_ROW:
+    """Prepare a row read by GetIpInterfaceEntry for SetIpInterfaceEntry with a fixed
+    ``metric`` (UseAutomaticMetric off: Windows would otherwise recompute it)."""
+    row.UseAutomaticMetric = 0
+    row.Metric = metric
+    return _settable(row)
 
 
 class IpHelper:
@@ -319,7 +451,7 @@ class IpHelper:
 
     @classmethod
     def load(cls) -> IpHelper:  # pragma: no cover - Windows only
-        return cls(_windll("iphlpapi.dll"))
+        return cls(windll("iphlpapi.dll"))
 
     def _check(self, status: int, what: str) -> None:
         if status != NO_ERROR:
@@ -344,6 +476,24 @@ class IpHelper:
     def set_mtu(self, luid: NET_LUID, family: int, mtu: int) -> bool:
         """Set the family's NlMtu; False if the adapter has no such IP interface (e.g.
         IPv6 disabled on it)."""
+        return self._update_interface(luid, family, lambda row: set_row_mtu(row, mtu), f"mtu {mtu}")
+
+    def set_metric(self, luid: NET_LUID, family: int, metric: int) -> bool:
+        """Turn the family's automatic metric off and set ``metric`` (auto-route: the
+        tunnel's routes win ties); False if there is no such IP interface."""
+        return self._update_interface(
+            luid, family, lambda row: set_row_metric(row, metric), f"metric {metric}"
+        )
+
+    def _update_interface(
+        self,
+        luid: NET_LUID,
+        family: int,
+        change: Callable[[MIB_IPINTERFACE_ROW], MIB_IPINTERFACE_ROW],
+        what: str,
+    ) -> bool:
+        """GetIpInterfaceEntry, change the row, SetIpInterfaceEntry (the documented
+        read-modify-write: Set takes the whole row)."""
         row = MIB_IPINTERFACE_ROW()
         self.fn["InitializeIpInterfaceEntry"](ctypes.byref(row))
         row.Family = family
@@ -352,9 +502,9 @@ class IpHelper:
         if status == ERROR_NOT_FOUND:
             return False
         self._check(status, f"GetIpInterfaceEntry family {family}")
-        set_row_mtu(row, mtu)
+        change(row)
         self._check(
-            self.fn["SetIpInterfaceEntry"](ctypes.byref(row)), f"SetIpInterfaceEntry mtu {mtu}"
+            self.fn["SetIpInterfaceEntry"](ctypes.byref(row)), f"SetIpInterfaceEntry {what}"
         )
         return True
 
@@ -382,7 +532,7 @@ class Kernel32:
 
     @classmethod
     def load(cls) -> Kernel32:  # pragma: no cover - Windows only
-        return cls(_windll("kernel32.dll"))
+        return cls(windll("kernel32.dll"))
 
 
 # -- the device ---------------------------------------------------------------------------
@@ -584,6 +734,7 @@ def open_wintun(
         )
     session = None
     try:
+        api.check_driver()
         luid = NET_LUID()
         fn["WintunGetAdapterLUID"](adapter, ctypes.byref(luid))
         session = fn["WintunStartSession"](adapter, capacity)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-import socket
 
 import pytest
 
@@ -129,29 +128,6 @@ def test_zero_length_netmask_takes_four_bytes() -> None:
     assert len(msg) == 92 + 16 + 20 + 4 and msg[-4:] == bytes(4)
 
 
-def test_darwin_plan() -> None:
-    routes = darwin.plan_darwin_routes(
-        7,
-        (socket.AF_INET, socket.AF_INET6),
-        proxy_routes=[
-            (ipaddress.ip_address("198.51.100.7"), ipaddress.ip_address("192.168.1.1"), 4)
-        ],
-    )
-    assert [str(r.dst) for r in routes] == [
-        "198.51.100.7/32",
-        "0.0.0.0/1",
-        "128.0.0.0/1",
-        "::/1",
-        "8000::/1",
-    ]
-    assert routes[0].gateway is not None and routes[1].gateway is None
-
-
-def test_darwin_send_refuses_off_macos() -> None:
-    with pytest.raises(OSError, match="only be sent on macOS"):
-        darwin.send_route_messages([b""])
-
-
 # -- Windows --------------------------------------------------------------------------
 
 
@@ -246,10 +222,3 @@ def test_ipv6_row() -> None:
         and raw[52:68] == ipaddress.ip_address("fe80::1").packed
     )
     assert raw[84:88] == (5).to_bytes(4, "little")
-
-
-def test_windows_plan_and_helper_refuses_here() -> None:
-    rows = windows.plan_windows_routes(windows.NET_LUID(1), 3, (socket.AF_INET, socket.AF_INET6))
-    assert [r.DestinationPrefix.PrefixLength for r in rows] == [1, 1, 1, 1]
-    with pytest.raises(OSError, match="only available on Windows"):
-        windows.IpHelper()

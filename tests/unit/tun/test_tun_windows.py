@@ -83,6 +83,7 @@ class FakeWintun:
         self.create_fails = False
         self.session_fails = False
         self.logger: Any = None
+        self.driver_version = 0x0000000E  # 0.14: (major << 16) | minor, as example.c reads it
 
     def last_error(self) -> int:
         return self.error
@@ -104,7 +105,7 @@ class FakeWintun:
         luid_ref._obj.Value = LUID.Value
 
     def WintunGetRunningDriverVersion(self) -> int:
-        return 0x000E0000
+        return self.driver_version
 
     def WintunSetLogger(self, callback: Any) -> None:
         self.logger = callback

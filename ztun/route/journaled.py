@@ -1,0 +1,112 @@
+"""Apply and undo a list of system changes under a journal: the part every OS shares.
+
+An OS supplies a :class:`Changer` -- how to add one change and how to remove it -- and
+these functions keep the journal's promise (see :mod:`ztun.route.journal`): each change
+is on disk (fsynced) before it is made; a failure half-way undoes what was made; restore
+walks the journal newest first, leaves what was there before us, treats "already gone"
+as success, and deletes the journal only when every entry was handled.
+
+Routes and resolver settings share one journal per device (the platform seam hands the
+same journal to its route and DNS appliers), so one restore undoes both, in reverse
+order of making, and ``ztun cleanup`` needs to know nothing about DNS.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from ztun.route.journal import Journal
+from ztun.route.model import JournalChange, RestoreReport, RouteError
+
+log = logging.getLogger(__name__)
+
+ProgressHook = Callable[[int, JournalChange], None]
+
+
+class Changer(Protocol):
+    """One OS's way of making and unmaking a journaled change."""
+
+    def add(self, change: JournalChange) -> bool:
+        """Make ``change``; False when the system already had it (not ours to remove).
+        Raises RouteError naming the change on failure."""
+        ...
+
+    def remove(self, change: JournalChange) -> bool:
+        """Undo ``change`` if the system holds exactly it; False when already gone (or
+        replaced by something that is not ours). Raises RouteError on failure."""
+        ...
+
+
+def append_changes(
+    changes: Sequence[JournalChange],
+    journal: Journal,
+    device: str,
+    changer: Changer,
+    *,
+    progress: ProgressHook | None = None,
+) -> None:
+    """Journal and make ``changes`` in order, after whatever the journal already holds
+    (a journal with no changes yet is begun for ``device``).
+
+    On any failure everything the journal lists is undone (the earlier appliers' changes
+    too: a run that cannot set up fully starts from a clean system) and the error is
+    raised.  ``progress(seq, change)`` is called after each change is made."""
+    state = journal.read()
+    if not state.intents:
+        journal.begin(device, None)
+    first = max(state.intents, default=-1) + 1
+    try:
+        for seq, change in enumerate(changes, start=first):
+            journal.intent(seq, change)
+            if changer.add(change):
+                journal.done(seq)
+            else:
+                log.warning("already present, leaving it: %s", change.describe())
+                journal.preexisting(seq)
+            log.debug("made: %s", change.describe())
+            if progress is not None:
+                progress(seq, change)
+        journal.applied()
+    except BaseException:
+        try:
+            restore_changes(journal, changer)
+        except Exception:  # the original error matters more; the journal stays for cleanup
+            log.exception("rollback failed; run `ztun cleanup`")
+        raise
+
+
+def restore_changes(journal: Journal, changer: Changer) -> RestoreReport:
+    """Undo everything ``journal`` lists, newest first; idempotent (see module doc)."""
+    state = journal.read()
+    report = RestoreReport(kept=len(state.preexisting))
+    for _seq, change in state.to_undo():
+        try:
+            if changer.remove(change):
+                report.removed += 1
+                log.debug("undone: %s", change.describe())
+            else:
+                report.absent += 1
+        except RouteError as exc:
+            report.errors.append(str(exc))
+    if report.errors:
+        raise RouteError(
+            f"restore from {journal.path} left {len(report.errors)} entries: "
+            + "; ".join(report.errors)
+        )
+    journal.remove()
+    return report
+
+
+def recover_changes(journal: Journal, changer: Changer) -> RestoreReport | None:
+    """At start-up: undo what a killed run left (None when there is no journal)."""
+    if not journal.exists():
+        return None
+    report = restore_changes(journal, changer)
+    log.warning(
+        "restored system changes left by an earlier run (%d removed, %d already gone)",
+        report.removed,
+        report.absent,
+    )
+    return report
