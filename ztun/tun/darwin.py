@@ -58,7 +58,6 @@ prefix route instead.
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import os
 import re
@@ -274,7 +273,11 @@ def apply_requests(
 ) -> None:
     """Issue the requests, then set IFF_UP. ``ioctl(fd, request, payload)`` is
     ``fcntl.ioctl`` unless a test records the calls."""
-    call: Ioctl = ioctl if ioctl is not None else fcntl.ioctl
+    if ioctl is None:
+        import fcntl  # POSIX only: imported where used, so this module loads on Windows
+
+        ioctl = fcntl.ioctl
+    call: Ioctl = ioctl
     socks: dict[int, socket.socket] = {}
 
     def run(req: IfRequest) -> bytes:
@@ -356,6 +359,8 @@ def open_utun(
     addresses = list(addresses)
     if sys.platform != "darwin":
         raise DeviceError(errno.ENOTSUP, "utun devices exist only on macOS")
+    import fcntl
+
     sock = socket.socket(PF_SYSTEM, socket.SOCK_DGRAM, SYSPROTO_CONTROL)
     try:
         try:

@@ -31,7 +31,7 @@ with); `steering_program` assembles it; `load_program`, `attach`, `detach` and
 from __future__ import annotations
 
 import ctypes
-import fcntl
+import functools
 import ipaddress
 import os
 import platform
@@ -436,14 +436,18 @@ class _TestRunAttr(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library, opened on first use: Windows has no ``CDLL(None)``, and this
+    module's pure parts (the reference function, the assembler) load there too."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:
     machine = platform.machine()
     if machine not in _SYS_BPF:
         raise SteeringError(0, f"bpf(2): syscall number for {machine} unknown")
-    ret: int = _libc.syscall(
+    ret: int = _libc().syscall(
         ctypes.c_long(_SYS_BPF[machine]),
         ctypes.c_long(cmd),
         ctypes.c_void_p(ctypes.addressof(attr)),
@@ -531,6 +535,8 @@ TUNSETSTEERINGEBPF = _ior("T", 224, struct.calcsize("i"))
 
 
 def _set_steering(tun_fd: int, prog_fd: int) -> None:
+    import fcntl  # Linux only: imported where used, so the pure parts load on Windows
+
     try:
         fcntl.ioctl(tun_fd, TUNSETSTEERINGEBPF, struct.pack("i", prog_fd))
     except OSError as exc:
