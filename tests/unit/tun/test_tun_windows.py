@@ -17,6 +17,7 @@ import ctypes
 import errno
 import ipaddress
 import logging
+import sys
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from ztun.tun.windows import (
     MIB_UNICASTIPADDRESS_ROW,
     WintunDevice,
 )
+
+pytestmark = pytest.mark.windows
 
 X64 = pytest.mark.skipif(ctypes.sizeof(c_void_p) != 8, reason="x64 layouts")
 
@@ -327,11 +330,13 @@ def test_missing_export_fails_at_load_with_its_name() -> None:
         w.WintunApi(lib)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="this is Windows: the DLLs load")
 def test_dlls_are_loaded_only_on_windows() -> None:
+    for dll in ("wintun.dll", "iphlpapi.dll", "kernel32.dll"):
+        with pytest.raises(DeviceError, match="only on Windows"):
+            w.windll(dll)
     with pytest.raises(DeviceError, match="only on Windows"):
-        w.WintunApi.load()
-    with pytest.raises(DeviceError, match="only on Windows"):
-        w.open_wintun("ztun0")
+        w.IpHelper.load()
 
 
 # -- layouts ------------------------------------------------------------------------------
