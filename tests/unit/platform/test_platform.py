@@ -55,18 +55,6 @@ def test_windows_state_dir_is_under_programdata(monkeypatch: pytest.MonkeyPatch)
     assert for_os("win32").state_dir == Path("D:\\Data") / "ztun"
 
 
-@pytest.mark.parametrize("os_name", ["darwin", "win32"])
-def test_unwritten_os_layers_say_what_is_missing(os_name: str, tmp_path: Path) -> None:
-    platform = for_os(os_name)
-    with pytest.raises(UnsupportedPlatform, match=r"--auto-route.*issue 14"):
-        platform.routes(Journal(tmp_path / "x.journal"))
-    with pytest.raises(UnsupportedPlatform, match="--redirect is not available"):
-        platform.install_redirect("utun7", 1234)
-    assert platform.dns(Journal(tmp_path / "x.journal")) is None
-    assert platform.journal_scope(tmp_path / "x.journal") is JournalScope.HERE
-    assert platform.journal_path("utun7") == platform.state_dir / "utun7.journal"
-
-
 def test_macos_and_windows_probe_the_portable_profile() -> None:
     assert for_os("darwin").probe(RunOptions()) == Accelerations(tun_reader="loop")
     assert for_os("darwin").probe(RunOptions(tun_thread=True)) == PORTABLE
