@@ -390,8 +390,10 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
             "TUN) and --redirect (nftables) are; drop one"
         )
     fwmark = ns.fwmark
-    if fwmark is None and config.route.auto:
-        fwmark = config.route.fwmark  # ztun's own sockets must bypass its routes
+    if fwmark is None and config.route.auto and sys.platform == "linux":
+        # ztun's own sockets must bypass its policy routes. macOS and Windows have no
+        # SO_MARK: there auto-route keeps the proxy off the tunnel by a route of its own.
+        fwmark = config.route.fwmark
     return RunOptions(
         device=device,
         proxy=ns.proxy or config.proxy or DEFAULT_PROXY,

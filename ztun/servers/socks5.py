@@ -2,6 +2,11 @@
 
 It exists so `ztun demo` runs where neither microsocks nor danted is installed; it is not
 a production proxy. `python -m ztun.servers.socks5 --listen 10.0.0.2:1080`.
+
+``--map 198.51.100.0/24=127.0.0.1`` sends what is asked for inside a prefix to another
+host instead (the ports stay): the single-host checks route a documentation prefix into
+ztun's TUN and serve it from loopback.  UDP answers carry the address the client asked
+for, so a mapped association looks to the client exactly like an unmapped one.
 """
 
 from __future__ import annotations
@@ -63,12 +68,38 @@ async def _read_addr(reader: asyncio.StreamReader) -> tuple[str, int]:
     return host, port
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Mapping = tuple[tuple[IPNetwork, str], ...]
+
+
+def mapped(host: str, mapping: Mapping) -> str:
+    """Where ``host`` is really reached: the target of the first prefix holding it."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a domain: never mapped
+    for net, target in mapping:
+        if addr in net:
+            return target
+    return host
+
+
+def parse_mapping(text: str) -> tuple[IPNetwork, str]:
+    """``PREFIX=HOST`` (argparse type): ValueError says what is wrong."""
+    prefix, sep, target = text.partition("=")
+    if not sep or not target:
+        raise ValueError(f"--map {text!r}: expected PREFIX=HOST, e.g. 198.51.100.0/24=127.0.0.1")
+    return ipaddress.ip_network(prefix), str(ipaddress.ip_address(target))
+
+
 class _UdpRelay(asyncio.DatagramProtocol):
     """Client datagrams (with RFC 1928 sec. 7 headers) out; answers wrapped and returned."""
 
-    def __init__(self) -> None:
+    def __init__(self, mapping: Mapping = ()) -> None:
         self.transport: asyncio.DatagramTransport | None = None
         self.client: tuple[str, int] | None = None
+        self.mapping = mapping
+        self.asked: dict[tuple[str, int], tuple[str, int]] = {}  # mapped -> asked-for
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -83,15 +114,22 @@ class _UdpRelay(asyncio.DatagramProtocol):
                 host, port, end = decode_addr(data, 3)
             except (ValueError, IndexError):
                 return
-            self.transport.sendto(data[end:], (host, port))
+            target = (mapped(host, self.mapping), port)
+            if target[0] != host:
+                self.asked[target] = (host, port)
+            self.transport.sendto(data[end:], target)
         else:
-            self.transport.sendto(b"\0\0\0" + encode_addr(addr[0], addr[1]) + data, self.client)
+            host, port = self.asked.get((addr[0], addr[1]), (addr[0], addr[1]))
+            self.transport.sendto(b"\0\0\0" + encode_addr(host, port) + data, self.client)
 
 
 class Socks5Server:
-    def __init__(self, username: str | None = None, password: str | None = None) -> None:
+    def __init__(
+        self, username: str | None = None, password: str | None = None, mapping: Mapping = ()
+    ) -> None:
         self.username = username
         self.password = password
+        self.mapping = mapping
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -123,7 +161,9 @@ class Socks5Server:
         peer = writer.get_extra_info("peername")
         if cmd == CMD_CONNECT:
             try:
-                r2, w2 = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+                r2, w2 = await asyncio.wait_for(
+                    asyncio.open_connection(mapped(host, self.mapping), port), 10
+                )
             except (OSError, TimeoutError):
                 writer.write(b"\x05" + bytes((REP_REFUSED,)) + b"\x00" + encode_addr("0.0.0.0", 0))
                 return
@@ -136,7 +176,7 @@ class Socks5Server:
             family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
             loop = asyncio.get_running_loop()
             transport, _ = await loop.create_datagram_endpoint(
-                _UdpRelay, local_addr=(local[0], 0), family=family
+                lambda: _UdpRelay(self.mapping), local_addr=(local[0], 0), family=family
             )
             bound = transport.get_extra_info("sockname")
             writer.write(b"\x05\x00\x00" + encode_addr(bound[0], bound[1]))
@@ -163,9 +203,14 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def serve(
-    host: str, port: int, username: str | None = None, password: str | None = None
+    host: str,
+    port: int,
+    username: str | None = None,
+    password: str | None = None,
+    mapping: Mapping = (),
 ) -> None:
-    server = await asyncio.start_server(Socks5Server(username, password).handle, host, port)
+    handler = Socks5Server(username, password, mapping).handle
+    server = await asyncio.start_server(handler, host, port)
     log.info("listening on %s:%d", host, port)
     print(f"listening on {host}:{port}", flush=True)
     async with server:
@@ -177,11 +222,19 @@ def main() -> None:
     parser.add_argument("--listen", required=True, metavar="HOST:PORT")
     parser.add_argument("--user")
     parser.add_argument("--password")
+    parser.add_argument(
+        "--map",
+        action="append",
+        type=parse_mapping,
+        default=[],
+        metavar="PREFIX=HOST",
+        help="reach destinations inside PREFIX at HOST instead (repeatable)",
+    )
     ns = parser.parse_args()
     host, _, port = ns.listen.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(host.strip("[]"), int(port), ns.user, ns.password))
+        asyncio.run(serve(host.strip("[]"), int(port), ns.user, ns.password, tuple(ns.map)))
 
 
 if __name__ == "__main__":
