@@ -7,8 +7,10 @@ walks the journal newest first, leaves what was there before us, treats "already
 as success, and deletes the journal only when every entry was handled.
 
 Routes and resolver settings share one journal per device (the platform seam hands the
-same journal to its route and DNS appliers), so one restore undoes both, in reverse
-order of making, and ``ztun cleanup`` needs to know nothing about DNS.
+same journal to its route and DNS appliers): the DNS applier appends after the routes,
+its restore undoes the resolver entries (and removes the file only when it held nothing
+else), and the routes' restore then undoes everything left, resolver entries included
+(already undone: counted absent), so ``ztun cleanup`` after a crash restores both.
 """
 
 from __future__ import annotations
@@ -77,11 +79,18 @@ def append_changes(
         raise
 
 
-def restore_changes(journal: Journal, changer: Changer) -> RestoreReport:
-    """Undo everything ``journal`` lists, newest first; idempotent (see module doc)."""
+def restore_changes(
+    journal: Journal, changer: Changer, *, only: type[JournalChange] | None = None
+) -> RestoreReport:
+    """Undo everything ``journal`` lists, newest first; idempotent (see module doc).
+
+    ``only``: undo just the changes of that kind (the DNS applier's restore, which runs
+    before the routes'); the file stays unless it held nothing else."""
     state = journal.read()
     report = RestoreReport(kept=len(state.preexisting))
     for _seq, change in state.to_undo():
+        if only is not None and not isinstance(change, only):
+            continue
         try:
             if changer.remove(change):
                 report.removed += 1
@@ -95,7 +104,8 @@ def restore_changes(journal: Journal, changer: Changer) -> RestoreReport:
             f"restore from {journal.path} left {len(report.errors)} entries: "
             + "; ".join(report.errors)
         )
-    journal.remove()
+    if only is None or all(isinstance(c, only) for c in state.intents.values()):
+        journal.remove()
     return report
 
 

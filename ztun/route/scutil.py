@@ -215,8 +215,7 @@ class ScutilResolver:
 
 class DarwinDns:
     """The macOS `--dns` applier (`Platform.dns`): the primary service's resolver set to
-    ``servers``, journaled in the device's journal after its routes; restore undoes the
-    whole journal (routes too: one journal, one restore)."""
+    ``servers``, journaled in the device's journal after its routes."""
 
     def __init__(
         self, journal: Journal, device: str, *, resolver: ScutilResolver | None = None
@@ -237,10 +236,9 @@ class DarwinDns:
             self.changer.close()
 
     def restore(self) -> None:
+        """Undo the journal's resolver entries (idempotent); its routes are the route
+        applier's, whose restore runs next and removes the file."""
         from ztun.route.journaled import restore_changes
 
-        try:
-            if self.journal.exists():
-                restore_changes(self.journal, self.changer)
-        finally:
-            self.changer.close()
+        if self.journal.exists():
+            restore_changes(self.journal, self.changer, only=ResolverChange)

@@ -184,26 +184,45 @@ def test_numbers_are_written_back_as_numbers(journal: Journal) -> None:
     assert fake.store[STATE_KEY]["SearchOrder"] == 200
 
 
-def test_routes_and_resolver_share_one_journal_and_one_restore(
-    fake: FakeScutil, journal: Journal
-) -> None:
+def test_routes_and_resolver_share_one_journal(fake: FakeScutil, journal: Journal) -> None:
     """The platform seam hands both appliers the device's journal: routes first, DNS
-    after (seq continues), and one route restore (or `ztun cleanup`) undoes both, the
-    resolver first (newest first)."""
+    after (seq continues).  At exit (and in `ztun cleanup`) the DNS restore runs first and
+    undoes only the resolver, leaving the file to the routes' restore."""
     sock = FakeRouteSocket(home_table())
     changer = d.DarwinChanger(lambda: sock, pid=PID, resolver=s.ScutilResolver(fake))
     routes = d.DarwinRoutes(journal, changer=changer, ifindex=lambda _name: UTUN)
     cfg = AutoRouteConfig(device="utun7", tun_addresses=(ipaddress.ip_interface("172.19.0.1/30"),))
     routes.apply(cfg)
-    dns(journal, fake).apply([TUN_DNS])
+    applier = dns(journal, fake)
+    applier.apply([TUN_DNS])
     intents = journal.read().intents
     assert [type(intents[i]).__name__ for i in sorted(intents)] == [
         "SystemRoute", "SystemRoute", "ResolverChange", "ResolverChange"
     ]  # fmt: skip
+    applier.restore()
+    assert fake.store == home_store() and journal.exists()
+    assert ipaddress.ip_network("0.0.0.0/1") in sock.table
+    applier.restore()  # idempotent
     report = routes.restore()
-    assert (report.removed, report.absent) == (4, 0)
+    assert (report.removed, report.absent) == (2, 2)  # the resolver entries: already undone
+    assert ipaddress.ip_network("0.0.0.0/1") not in sock.table and not journal.exists()
+
+
+def test_a_crashed_runs_routes_and_resolver_are_both_restored(
+    fake: FakeScutil, journal: Journal
+) -> None:
+    """`ztun cleanup` / the next start after a SIGKILL: the routes' restore alone undoes
+    the resolver too."""
+    sock = FakeRouteSocket(home_table())
+    changer = d.DarwinChanger(lambda: sock, pid=PID, resolver=s.ScutilResolver(fake))
+    routes = d.DarwinRoutes(journal, changer=changer, ifindex=lambda _name: UTUN)
+    routes.apply(
+        AutoRouteConfig(device="utun7", tun_addresses=(ipaddress.ip_interface("172.19.0.1/30"),))
+    )
+    dns(journal, fake).apply([TUN_DNS])
+    report = routes.recover()
+    assert report is not None and (report.removed, report.absent) == (4, 0)
     assert fake.store == home_store() and not journal.exists()
-    assert ipaddress.ip_network("0.0.0.0/1") not in sock.table
 
 
 @pytest.mark.parametrize(
