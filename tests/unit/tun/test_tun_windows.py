@@ -18,6 +18,7 @@ import errno
 import ipaddress
 import logging
 import sys
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -650,3 +651,56 @@ def test_pump_shaped_loop_never_waits_with_packets_in_the_ring(
             got.append(bytes(buf[:n]))
     assert got == [bytes([0x45, i]) for i in range(5)]
     assert len(fakes.k32.waits) == 1  # only once the ring was empty
+
+
+class BlockingKernel32(FakeKernel32):
+    """WaitForMultipleObjects that really blocks until SetEvent (or the timeout), as the
+    reader thread meets it: a condition stands in for the kernel's wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cond = threading.Condition()
+
+    def SetEvent(self, handle: int) -> int:
+        with self.cond:
+            self.signaled.append(handle)
+            self.cond.notify_all()
+        return 1
+
+    def WaitForMultipleObjects(self, count: int, handles: Any, wait_all: bool, ms: int) -> int:
+        listed = [handles[i] for i in range(count)]
+        with self.cond:
+            ready = self.cond.wait_for(
+                lambda: any(h in self.signaled for h in listed), timeout=ms / 1000
+            )
+            if not ready:
+                return w.WAIT_TIMEOUT
+            index = next(i for i, h in enumerate(listed) if h in self.signaled)
+            self.signaled.remove(listed[index])  # auto-reset
+            return w.WAIT_OBJECT_0 + index
+
+
+def test_wake_releases_a_reader_thread_blocked_in_the_wait() -> None:
+    """The engine's reader thread blocks in wait_readable(slice); a stop wakes it at once
+    through the private event, not at the end of the slice."""
+    fakes = Fakes()
+    fakes.k32 = BlockingKernel32()
+    fakes.kernel32 = w.Kernel32(fake_library(fakes.k32, list(w.KERNEL32_PROTOTYPES)))
+    dev = fakes.open()
+    with pytest.raises(BlockingIOError):
+        dev.read_into(memoryview(bytearray(64)))  # the ring is known empty: waits block
+    result: list[bool] = []
+    entered = threading.Event()
+    real_wait = fakes.k32.WaitForMultipleObjects
+
+    def wait_and_note(*args: Any) -> int:
+        entered.set()
+        return real_wait(*args)
+
+    fakes.kernel32.fn["WaitForMultipleObjects"].impl = wait_and_note
+    reader = threading.Thread(target=lambda: result.append(dev.wait_readable(30.0)))
+    reader.start()
+    assert entered.wait(10)
+    dev.wake()
+    reader.join(10)
+    assert not reader.is_alive() and result == [True]
