@@ -35,10 +35,11 @@ end (excludes) to the one that moves traffic, each journaled first (the Linux jo
 format: :class:`ztun.route.model.SystemRoute` records), and restore deletes only a
 route that still matches its journal entry (RTM_GET on the exact prefix first).
 
-The gateway of a tunnel route is a ``sockaddr_dl`` naming the utun by index: XNU's
-``ifa_ifwithaddr`` resolves an AF_LINK gateway by ``sdl_index`` (as ``route add
--interface`` and sing-tun do), which makes the route an interface route with no
-RTF_GATEWAY.
+The gateway of a tunnel route is a ``sockaddr_dl`` naming the utun by index, with no
+RTF_GATEWAY: an interface route, as ``route add -interface utunN`` makes (route(8)
+sends the interface's link address).  XNU finds the interface of such a gateway in
+``ifa_ifwithnet``, which looks AF_LINK addresses up by ``sdl_index`` alone (BSD's
+"AF_LINK addresses can be looked up directly by their index number").
 
 IPv6 link-local gateways (``fe80::1%en0``) travel in the KAME form: the scope (the
 interface index) embedded in bytes 2-3 of the address and ``sin6_scope_id`` 0, as
