@@ -78,8 +78,10 @@ MARKERS = {
     "netns": "needs root and network namespaces (skipped with a reason otherwise)",
     "vm": "needs a QEMU/Vagrant virtual machine",
     "linux": "runs only against Linux hosts",
-    "windows": "runs only against Windows hosts",
-    "macos": "runs only against macOS hosts",
+    "windows": "the Windows layer (byte-level, syscall fakes): runs anywhere, and the "
+    "Windows CI row selects it",
+    "macos": "the macOS layer (byte-level, syscall fakes): runs anywhere, and the macOS CI "
+    "row selects it",
     "slow": "takes more than a few seconds",
     "pcap": "captures packets / compares traces",
     "conformance": "part of the tun2socks conformance suite",

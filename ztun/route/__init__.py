@@ -1,8 +1,10 @@
 """Auto-route: plan (pure), journal (crash safety), and per-OS appliers.
 
 Linux is applied over rtnetlink by :mod:`ztun.route.linux` (imported lazily by callers,
-since it needs pyroute2 and root); :mod:`ztun.route.darwin` and :mod:`ztun.route.windows`
-build the macOS route-socket messages and Windows ``MIB_IPFORWARD_ROW2`` rows.
+since it needs pyroute2 and root); macOS over a PF_ROUTE socket (:mod:`ztun.route.darwin`,
+its resolver through scutil: :mod:`ztun.route.scutil`) and Windows through IP Helper
+(:mod:`ztun.route.windows`), both planned by :mod:`ztun.route.system` and journaled by
+:mod:`ztun.route.journaled`.
 """
 
 from ztun.route.journal import (
