@@ -149,7 +149,8 @@ def run(opts: RunOptions) -> int:
     )
     try:
         if routes is not None:
-            count = routes.apply(cfg.auto_route_config(tuple(a for a, _ in proxies)))
+            plan_input = cfg.auto_route_config(tuple(a for a, _ in proxies), device.name)
+            count = routes.apply(plan_input)
             log.info("auto-route: %d rules/routes applied", count)
         if dns is not None:
             dns.apply(_dns_servers(opts))

@@ -142,10 +142,14 @@ class Config:
         """The compiled rules with the default action."""
         return RuleSet(self.rules, self.default_action)
 
-    def auto_route_config(self, proxy_addresses: tuple[IPAddress, ...]) -> AutoRouteConfig:
-        """The planner's input; ``proxy_addresses`` = the proxy host, resolved."""
+    def auto_route_config(
+        self, proxy_addresses: tuple[IPAddress, ...], device: str | None = None
+    ) -> AutoRouteConfig:
+        """The planner's input; ``proxy_addresses`` = the proxy host, resolved; ``device``
+        = the interface the OS gave (macOS turns ``tun://utun`` into utunN), default the
+        configured name."""
         return AutoRouteConfig(
-            device=self.device_name,
+            device=device or self.device_name,
             tun_addresses=self.addresses,
             proxy_addresses=proxy_addresses,
             include=self.route.include,
