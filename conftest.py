@@ -3,11 +3,10 @@
 The harness itself is a plugin (``pytest11`` entry point ``harness.plugin``), loaded for
 any project that installs ztun; this file only adds what *this* repository's own tests
 need: ``pytester``, used by the harness's self-tests to run pytest sessions in a
-subprocess, and ``harness.conformance``, the conformance table (listed here, in an
-initial conftest, so an xdist controller loads it however pytest is invoked).
+subprocess. (The conformance table comes with the plugin.)
 """
 
-pytest_plugins = ("pytester", "harness.conformance")
+pytest_plugins = ("pytester",)
 
 try:
     from hypothesis import HealthCheck, settings

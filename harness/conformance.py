@@ -1,71 +1,52 @@
-"""The conformance table: behaviour x implementation, pass / fail / skip with the reason.
+"""The conformance table of a run: one outcome per behaviour, written as a report.
 
-A pytest plugin (this module; the repository's root conftest lists it in
-``pytest_plugins``, others can add ``-p harness.conformance``) that folds the reports of
-every test marked ``conformance`` into one outcome per behaviour, prints the table at the
-end of the session and writes it as JSON:
+Registered by the harness plugin in every session (:func:`register`); it folds the reports
+of every test marked ``conformance`` into one outcome per behaviour (pass, fail, error,
+skip, with the reason), prints the table at the end of the session and writes the report
+(:mod:`harness.report`: report.json, report.md, report.html):
 
-* always to ``<artifacts>/<run>/conformance.json`` (this run's column only);
-* with ``--conformance-json PATH`` also to PATH, *merged* with the columns of other
-  implementations already in that file -- run the suite once per ``--tun2socks`` into the
-  same file and the table printed by the last run shows them side by side.
+* always to ``<artifacts>/<run>/`` (this run's column only);
+* with ``--report DIR`` also to DIR (``ztun-harness certify`` sets it).
 
-Why a plugin module and not hooks in ``tests/conformance/conftest.py``: under xdist the
-controller does not collect, so it loads only *initial* conftests (those of the paths on
-the command line) -- ``pytest -n 2`` from the root would never see the hooks, and a
-conftest's command-line options exist only when it is initial.
+Several runs (one per implementation) are put side by side afterwards with
+``ztun-harness report --merge DIR...``.
+
+A behaviour is a test function (its name without ``test_``, with its parameter id, if
+any); its *sentence* -- what it checks and why a failure is a defect -- is the first
+paragraph of its docstring. A behaviour marked ``optional`` may legitimately differ
+between implementations (answering every ICMP echo, say): the plugin runs it as a
+non-strict xfail, so its failure never fails the run, and the report shows it as
+"fail" in an optional row.
 
 xdist: workers' reports reach the controller's ``pytest_runtest_logreport``, so the
-controller alone collects, prints and writes; workers do nothing.  The behaviour name is
-the test function's name without ``test_`` (and with its parameter id, if any); the
-implementation's version arrives as a ``user_properties`` entry (``impl_version``), which
-xdist carries with the report.
+controller alone collects, prints and writes; workers only tag their reports. The
+implementation's version, the behaviour's sentence and its optional flag travel as
+``user_properties`` entries, which xdist carries with the report.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import json
-import os
+import inspect
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness import report as report_mod
 from harness.artifacts import safe_test_dirname
 from harness.plugin import state
 
 PLUGIN_NAME = "ztun_conformance_summary"
 MARKER = "conformance"
+OPTIONAL_MARKER = "optional"
 VERSION_PROPERTY = "impl_version"
 MARKED_PROPERTY = "conformance_behaviour"
-JSON_NAME = "conformance.json"
-SCHEMA = 1
-REASON_CHARS = 160
-"""A reason longer than this is cut in the terminal (the JSON keeps REASON_JSON_CHARS)."""
-REASON_JSON_CHARS = 2000
-
-PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
-_CELL = {PASSED: "pass", FAILED: "FAIL", ERROR: "ERROR", SKIPPED: "skip"}
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.getgroup("ztun").addoption(
-        "--conformance-json",
-        default=None,
-        metavar="PATH",
-        help="also write the conformance table to PATH, merged with the other "
-        "implementations' columns already there (always written to "
-        "<artifacts>/<run>/conformance.json)",
-    )
-
-
-@pytest.hookimpl(trylast=True)  # after harness.plugin has set up its state
-def pytest_configure(config: pytest.Config) -> None:
-    register(config)
+DESCRIPTION_PROPERTY = "conformance_description"
+OPTIONAL_PROPERTY = "conformance_optional"
+REASON_CHARS = 2000
+"""The report keeps this much of a reason (the terminal table cuts it shorter)."""
 
 
 def register(config: pytest.Config) -> None:
@@ -75,15 +56,17 @@ def register(config: pytest.Config) -> None:
 
 
 def behaviour_of(nodeid: str) -> str:
-    """``tests/conformance/test_x.py::test_tcp_open[v6]`` -> ``tcp_open[v6]``."""
+    """``harness/suite/test_x.py::test_tcp_open[v6]`` -> ``tcp_open[v6]``."""
     name = nodeid.rpartition("::")[2]
     return name.removeprefix("test_")
 
 
-def _first_line(text: str, limit: int) -> str:
-    """The message on one line (its lines joined by " | "), cut to ``limit``."""
-    line = " | ".join(part.strip() for part in text.strip().splitlines() if part.strip())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+def description_of(item: pytest.Item) -> str:
+    """The first paragraph of the test's docstring, on one line."""
+    function = getattr(item, "function", None)
+    text = (inspect.getdoc(function) if function is not None else None) or ""
+    paragraph = text.strip().split("\n\n", 1)[0]
+    return " ".join(paragraph.split())
 
 
 def _reason(report: pytest.TestReport) -> str:
@@ -98,35 +81,24 @@ def _reason(report: pytest.TestReport) -> str:
         message = message.removeprefix("AssertionError: ")
         # pytest appends the introspected "assert <expr>" after a custom message.
         message = message.split("\nassert ", 1)[0].removeprefix("assert ")
-        return _first_line(message, REASON_JSON_CHARS)
-    return _first_line(str(longrepr or ""), REASON_JSON_CHARS)
+        return report_mod.first_line(message, REASON_CHARS)
+    return report_mod.first_line(str(longrepr or ""), REASON_CHARS)
 
 
-@dataclass
-class Result:
-    """One behaviour's outcome for the implementation of this run."""
-
-    outcome: str
-    nodeid: str
-    reason: str = ""
-    duration: float = 0.0
-    phase: str = "call"
-    artifacts: str | None = None
-
-
-@dataclass
-class Column:
-    impl: str
-    version: str = ""
-    run: str = ""
-    seed: int | None = None
-    finished: str = ""
-    results: dict[str, Result] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["results"] = {k: asdict(v) for k, v in self.results.items()}
-        return data
+def _outcome(report: pytest.TestReport) -> str | None:
+    """The behaviour's outcome from one phase's report (None: the next phase decides)."""
+    optional_ran = hasattr(report, "wasxfail")  # an optional behaviour's call phase
+    if report.when == "setup":
+        if report.passed:
+            return None
+        return report_mod.SKIP if report.skipped else report_mod.ERROR
+    if report.when == "call":
+        if report.passed:
+            return report_mod.PASS
+        if report.skipped:
+            return report_mod.FAIL if optional_ran else report_mod.SKIP
+        return report_mod.FAIL
+    return report_mod.ERROR if report.failed else None  # teardown
 
 
 class ConformanceSummary:
@@ -137,10 +109,19 @@ class ConformanceSummary:
         self.active = getattr(config, "workerinput", None) is None
         st = state(config)
         self.run_dir = st.run_dir
-        self.column = Column(impl=st.impl, run=st.run_id, seed=st.seed)
+        self.impl = st.impl
+        self.column: dict[str, Any] = {
+            "version": "",
+            "run": st.run_id,
+            "seed": st.seed,
+            "topology": st.topology,
+            "finished": "",
+            "results": {},
+        }
         self.order: list[str] = []
-        self.json_paths: list[Path] = []
-        self.merged: dict[str, dict[str, Any]] = {}
+        self.behaviours: dict[str, dict[str, Any]] = {}
+        self.document: report_mod.Document | None = None
+        self.written: list[Path] = []
         self._setup_seconds: dict[str, float] = {}
 
     # ---------------------------------------------------------------- collection order
@@ -166,151 +147,95 @@ class ConformanceSummary:
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        """Tag the reports of marked tests (on workers too: the tag travels with them).
+        """Tag the reports of marked tests (on workers too: the tags travel with them).
 
         ``report.keywords`` cannot tell: it also holds the names of the test's parents,
         so a folder named "conformance" would mark every test in it.
         """
         report = yield
         if item.get_closest_marker(MARKER) is not None:
-            report.user_properties.append((MARKED_PROPERTY, True))
+            report.user_properties += [
+                (MARKED_PROPERTY, True),
+                (DESCRIPTION_PROPERTY, description_of(item)),
+                (OPTIONAL_PROPERTY, item.get_closest_marker(OPTIONAL_MARKER) is not None),
+            ]
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if not self.active or (MARKED_PROPERTY, True) not in report.user_properties:
             return
-        for key, value in report.user_properties:
-            if key == VERSION_PROPERTY and value:
-                self.column.version = str(value)
+        properties = dict(report.user_properties)
+        if properties.get(VERSION_PROPERTY):
+            self.column["version"] = str(properties[VERSION_PROPERTY])
         name = behaviour_of(report.nodeid)
         if name not in self.order:
             self.order.append(name)
-        current = self.column.results.get(name)
-        if report.when == "setup":
-            if report.passed:
-                self._setup_seconds[report.nodeid] = report.duration
-                return  # the call decides
-            outcome = SKIPPED if report.skipped else ERROR
-        elif report.when == "call":
-            outcome = PASSED if report.passed else SKIPPED if report.skipped else FAILED
-        else:  # teardown: only a failure changes a verdict
-            if not report.failed or current is None or current.outcome != PASSED:
-                if current is not None:
-                    current.duration += report.duration
-                return
-            outcome = ERROR
-        before = current.duration if current else self._setup_seconds.pop(report.nodeid, 0.0)
-        result = Result(
-            outcome=outcome,
-            nodeid=report.nodeid,
-            phase=report.when,
-            duration=report.duration + before,
-        )
-        if outcome != PASSED:
-            result.reason = _reason(report)
-        if outcome in (FAILED, ERROR):
-            result.artifacts = str(self.run_dir / safe_test_dirname(report.nodeid))
-        self.column.results[name] = result
+        self.behaviours[name] = {
+            "id": name,
+            "description": str(properties.get(DESCRIPTION_PROPERTY, "")),
+            "optional": bool(properties.get(OPTIONAL_PROPERTY, False)),
+        }
+        results: dict[str, dict[str, Any]] = self.column["results"]
+        current = results.get(name)
+        outcome = _outcome(report)
+        if report.when == "setup" and outcome is None:
+            self._setup_seconds[report.nodeid] = report.duration
+            return
+        if report.when == "teardown" and (
+            outcome is None or current is None or current["outcome"] != report_mod.PASS
+        ):
+            if current is not None:  # only a failure turns a pass into an error
+                current["duration"] += report.duration
+            return
+        assert outcome is not None
+        before = current["duration"] if current else self._setup_seconds.pop(report.nodeid, 0.0)
+        results[name] = {
+            "outcome": outcome,
+            "reason": "" if outcome == report_mod.PASS else _reason(report),
+            "nodeid": report.nodeid,
+            "phase": report.when,
+            "duration": round(report.duration + before, 3),
+            "artifacts": [],
+        }
 
     # ---------------------------------------------------------------- output
 
+    def _artifacts(self, nodeid: str) -> list[str]:
+        """The files a test left (a failing test's always; a passing one's with
+        --keep-pcaps): pcaps, logs, configs, the seed."""
+        folder = self.run_dir / safe_test_dirname(nodeid)
+        if not folder.is_dir():
+            return []
+        return [str(p) for p in sorted(folder.rglob("*")) if p.is_file()]
+
+    def build(self) -> report_mod.Document:
+        document = report_mod.empty()
+        document["behaviours"] = [
+            self.behaviours[b] for b in self.order if b in self.column["results"]
+        ]
+        for result in self.column["results"].values():
+            result["artifacts"] = self._artifacts(result["nodeid"])
+        document["implementations"][self.impl] = self.column
+        return document
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if not self.active or not self.column.results:
+        if not self.active or not self.column["results"]:
             return
-        self.column.finished = datetime.datetime.now().isoformat(timespec="seconds")
-        this_run = self.run_dir / JSON_NAME
-        self._write(this_run, {})
-        self.json_paths.append(this_run)
-        extra = getattr(self.config.option, "conformance_json", None)
-        if extra:
-            path = Path(extra).resolve()
-            self.merged = self._load_others(path)
-            self._write(path, self.merged)
-            self.json_paths.append(path)
-
-    def _load_others(self, path: Path) -> dict[str, dict[str, Any]]:
-        """Columns of other implementations from an earlier run's file (if readable)."""
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(path.read_text())
-            if data.get("schema") == SCHEMA:
-                columns = data.get("implementations", {})
-                return {k: v for k, v in columns.items() if k != self.column.impl}
-        return {}
-
-    def _document(self, others: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        columns = {**others, self.column.impl: self.column.as_dict()}
-        order = [b for b in self.order if b in self.column.results]
-        for column in columns.values():
-            order += [b for b in column.get("results", {}) if b not in order]
-        return {"schema": SCHEMA, "behaviours": order, "implementations": columns}
-
-    def _write(self, path: Path, others: dict[str, dict[str, Any]]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self._document(others), indent=2, sort_keys=False) + "\n")
-        tmp.replace(path)  # a reader never sees half a file
+        self.column["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+        self.document = self.build()
+        folders = [self.run_dir]
+        extra = state(self.config).report_dir
+        if extra is not None:
+            folders.append(extra)
+        for folder in folders:
+            self.written += report_mod.write(self.document, folder)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.active or not self.column.results:
+        if not self.active or self.document is None:
             return
-        document = self._document(self.merged)
         tr = terminalreporter
         tr.section("tun2socks conformance", sep="=", bold=True)
-        for line in render_table(document):
+        for line in report_mod.render_text(self.document):
             tr.line(line)
-        for path in self.json_paths:
-            tr.line(f"written: {path}")
-
-
-def render_table(document: dict[str, Any]) -> list[str]:
-    """The table as text lines: one row per behaviour, one column per implementation,
-    then the reasons of every cell that is not a pass (numbered notes)."""
-    columns: dict[str, dict[str, Any]] = document["implementations"]
-    names = list(columns)
-    behaviours: list[str] = document["behaviours"]
-    notes: list[str] = []
-    number = 0
-    rows: list[list[str]] = []
-    for behaviour in behaviours:
-        row = [behaviour]
-        for impl in names:
-            result = columns[impl].get("results", {}).get(behaviour)
-            if result is None:
-                row.append("-")
-                continue
-            cell = _CELL.get(result["outcome"], result["outcome"])
-            if result["outcome"] != PASSED:
-                number += 1
-                notes.append(
-                    f"[{number}] {impl} / {behaviour}: "
-                    f"{_first_line(result.get('reason', ''), REASON_CHARS)}"
-                )
-                if result.get("artifacts"):
-                    notes.append(f"    artifacts: {result['artifacts']}")
-                cell += f" [{number}]"
-            row.append(cell)
-        rows.append(row)
-    header = ["behaviour", *names]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    lines = [fmt(header), fmt(["-" * w for w in widths])]
-    lines += [fmt(r) for r in rows]
-    totals = []
-    for impl in names:
-        results = columns[impl].get("results", {}).values()
-        counts = {
-            o: sum(1 for r in results if r["outcome"] == o)
-            for o in (PASSED, FAILED, ERROR, SKIPPED)
-        }
-        version = columns[impl].get("version") or "version unknown"
-        totals.append(
-            f"{impl} ({version}; run {columns[impl].get('run', '?')}): "
-            + ", ".join(f"{n} {o}" for o, n in counts.items() if n)
-        )
-    lines += ["", *totals]
-    if notes:
-        lines += ["", *notes]
-    return lines
+        for folder in dict.fromkeys(path.parent for path in self.written):
+            tr.line(f"written: {folder}/report.{{json,md,html}}")

@@ -1,6 +1,7 @@
 """The Debian 12 guest image: built from Debian packages alone, cached by a hash of its recipe.
 
-The recipe is everything under ``vms/image/`` (the package list and the customize hook).
+The recipe is everything under ``harness/vms/image/`` (the package list and the customize
+hook), package data of the harness: an installed wheel builds the same image.
 Its sha256 names the cache folder ``~/.cache/ztun/vms/<hash>/``, so an image is built once
 per machine and per recipe, and a changed recipe can never be served a stale image.
 
@@ -28,7 +29,9 @@ from pathlib import Path
 log = logging.getLogger("harness.vm")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RECIPE_DIR = REPO_ROOT / "vms" / "image"
+"""The checkout (or, installed, the site-packages folder) that holds ztun and harness:
+what a guest mounts to run this very code."""
+RECIPE_DIR = Path(__file__).resolve().parent / "vms" / "image"
 SUITE = "bookworm"
 #: Size of the ext4 file system; sparse, so the file only takes what is written.
 ROOTFS_SIZE = "3G"

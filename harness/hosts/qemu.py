@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -33,7 +34,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -473,10 +473,17 @@ def _overlay(backing: Path, path: Path, *, backing_format: str) -> None:
     )
 
 
-def guest_requirements(pyproject: Path = vmimage.REPO_ROOT / "pyproject.toml") -> list[str]:
-    """What the guest venv needs to run ztun and the harness: deps + harness extra."""
-    project = tomllib.loads(pyproject.read_text())["project"]
-    wanted = [*project.get("dependencies", []), *project["optional-dependencies"]["harness"]]
+def guest_requirements() -> list[str]:
+    """What the guest venv needs to run ztun and the harness: deps + harness extra.
+
+    Read from the installed distribution's metadata, so an installed wheel (no
+    pyproject.toml anywhere) provisions the same guest as a checkout.
+    """
+    wanted = []
+    for line in importlib.metadata.requires("ztun") or []:
+        requirement, _, marker = line.partition(";")
+        if not marker.strip() or marker.replace("'", '"').split() == ["extra", "==", '"harness"']:
+            wanted.append(requirement.strip())
     return sorted(r for r in wanted if _req_name(r) not in _HOST_ONLY_REQUIREMENTS)
 
 

@@ -41,7 +41,7 @@ from harness.hosts.ssh import SshError, SshHost, _load_key
 
 log = logging.getLogger("harness.vm")
 
-VAGRANT_DIR = vmimage.REPO_ROOT / "vms" / "vagrant"
+VAGRANT_DIR = vmimage.RECIPE_DIR.parent / "vagrant"
 LINUX_BOX = "ztun/debian12"
 PROVIDER = "libvirt"
 #: `vagrant up` of a TCG guest: box upload + boot; generous but bounded.

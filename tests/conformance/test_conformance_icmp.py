@@ -1,37 +1,3 @@
-"""ICMP echo: ``ping`` from the client reaches an answer through the TUN (v4 and v6).
+"""The shipped suite's icmp behaviours (harness.suite.test_icmp)."""
 
-SOCKS5 has no ICMP, so an implementation may answer echo requests itself or forward them
-some other way; either is fine here -- the app must get its replies.
-"""
-
-from __future__ import annotations
-
-import pytest
-from conformance_path import StartPath
-
-pytestmark = [pytest.mark.conformance, pytest.mark.netns, pytest.mark.linux]
-
-PINGS = 3
-PING_ARGS = ["-c", str(PINGS), "-i", "0.2", "-W", "2"]
-PING_TIMEOUT = 20.0
-
-
-def _ping(start_path: StartPath, *, v6: bool) -> None:
-    path = start_path("danted")
-    target = path.server_ip(v6)
-    argv = ["ping", *(["-6"] if v6 else ["-4"]), *PING_ARGS, target]
-    result = path.client.run(argv, timeout=PING_TIMEOUT)
-    assert result.returncode == 0, f"{' '.join(argv)}:\n{result.stdout}{result.stderr}"
-    assert f"{PINGS} received" in result.stdout, result.stdout
-
-
-@pytest.mark.timeout(60)
-def test_icmp_echo(start_path: StartPath) -> None:
-    """ping (IPv4) through the TUN: every request answered."""
-    _ping(start_path, v6=False)
-
-
-@pytest.mark.timeout(60)
-def test_icmpv6_echo(start_path: StartPath) -> None:
-    """ping -6 through the TUN: every request answered."""
-    _ping(start_path, v6=True)
+from harness.suite.test_icmp import *  # noqa: F403

@@ -1,19 +1,34 @@
-"""The path every conformance test drives: app -> TUN -> tun2socks -> SOCKS5 -> server.
+"""The path every conformance test drives: app -> TUN -> tun2socks -> SOCKS5 -> target.
 
-The implementation under test (``--tun2socks``) runs in the client host of the default
-topology; the proxy host does not forward, so a byte that reaches the server was carried
-by the implementation and the SOCKS5 server, nothing else.  Helpers here are the "app":
-plain sockets opened inside the client host, which the kernel routes into the TUN.
+Helpers here are the "app": plain sockets opened inside the client host, which the
+kernel routes into the TUN of the implementation under test. Where the parts live is the
+:class:`Testbed`, one per topology (``--topology``):
+
+* ``netns`` (default on Linux): three namespaces, client -- proxy -- server. The proxy
+  host does not forward, so a byte that reaches the server was carried by the
+  implementation and the SOCKS5 server, nothing else; everything is routed into the TUN.
+* ``single``: one host holds the app, the implementation, the SOCKS5 server and the
+  targets. The app dials targets in the documentation ranges (RFC 5737 192.0.2.0/24 and
+  198.51.100.0/24, RFC 3849 2001:db8::/32), which exist nowhere; only those prefixes are
+  routed into the TUN, and the recording SOCKS5 server maps 192.0.2.0/24 and
+  2001:db8::/64 to the targets on loopback (the rest stays unreachable). A host without
+  namespaces (macOS, Windows, a VM, a container) runs the same behaviours this way; on
+  Linux the host is a namespace of its own, never the root namespace.
 
 Which SOCKS5 server a behaviour uses, and why, is said once here:
 
-* ``danted`` -- a real, fast server with half-close; used for TCP behaviours.
+* ``danted`` -- a real, fast server with half-close; used for TCP behaviours. In the
+  single topology it cannot reach the documentation addresses, so the recording server
+  stands in (same half-close and relaying; the danted interoperability row skips).
 * ``recording`` -- the harness's own server: it logs what it relayed (the evidence for a
   round trip, for "not relayed" checks), turns a target's RST into an RST towards the
   client (danted answers a reset with a FIN, so a tun2socks behind it cannot know), and
   accepts UDP from the control connection's address whatever client address the
   UDP ASSOCIATE declared -- so UDP rows measure the tun2socks, not one server's policy.
   The declared address is checked by its own row.
+
+Time bounds are scaled by ``--time-scale`` (a TCG guest runs every packet through an
+emulator: ``scaled(PROMPT)`` there is PROMPT times the factor).
 """
 
 from __future__ import annotations
@@ -32,7 +47,7 @@ from harness.hosts import Host
 from harness.impls import RunningImpl
 from harness.peers.starters import Socks5Server
 from harness.peers.targets import seeded_chunks
-from harness.topo import Topology
+from harness.timescale import scaled
 
 DEVICE = "ctun0"
 SOCKS_PORT = 1080
@@ -41,6 +56,8 @@ SCRIPTED_PORT = 5004
 """Where a test's own one-shot server listens (half-close, reset)."""
 CLOSED_PORT = 5009
 """Nothing ever listens here: connecting must be refused."""
+CLOSED_PROXY_PORT = 1089
+"""Nothing listens here on the proxy host: a proxy URL that cannot be reached."""
 
 MIB = 1 << 20
 RECV_CHUNK = 1 << 20
@@ -52,30 +69,83 @@ PROMPT = 5.0
 (a timeout-driven answer takes the proxy's connect timeout, 10 s or more)."""
 SERVER_JOIN = 30.0
 
+SINGLE_V4_TARGET, SINGLE_V6_TARGET = "192.0.2.10", "2001:db8::10"
+"""Where the app sends in the single topology (RFC 5737 TEST-NET-1, RFC 3849)."""
+SINGLE_ROUTES = ("192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32")
+"""All the single topology routes into the TUN: nothing else of the host changes path."""
+SINGLE_MAP = ("192.0.2.0/24=127.0.0.1", "2001:db8::/64=::1")
+"""The recording server's address map there: documentation targets -> loopback targets."""
+NOWHERE_V4, NOWHERE_V6 = "198.51.100.99", "2001:db8:ffff::99"
+"""Addresses that answer nothing in either topology (no host has them, no map names them)."""
+
 ProxyKind = Literal["danted", "recording"]
 TargetKind = Literal["echo", "data", "udp"]
+TopologyKind = Literal["netns", "single"]
+
+
+@dataclass(frozen=True)
+class Testbed:
+    """Where the parts of a behaviour run, and the addresses that connect them."""
+
+    kind: TopologyKind
+    client: Host
+    """Runs the app and the implementation under test."""
+    proxy_host: Host
+    server: Host
+    proxy_listen: str
+    """The SOCKS5 server's (IPv4) address: the implementation reaches it outside the TUN."""
+    server_v4: str
+    server_v6: str
+    """What the app dials."""
+    listen_v4: str
+    listen_v6: str
+    """Where targets bind (the same addresses in netns; loopback in single)."""
+    routes: tuple[str, ...]
+    """What is routed into the TUN."""
+    uplink: str | None
+    """The client's interface towards the proxy (None: only loopback carries it)."""
+    address_map: tuple[str, ...] = ()
+    """The recording server's ``--map`` specs."""
+
+    def require_netns(self, why: str) -> None:
+        """Skip a behaviour that needs separate hosts, saying why."""
+        if self.kind != "netns":
+            import pytest
+
+            pytest.skip(f"{self.kind} topology: {why}")
 
 
 @dataclass
 class Path:
-    """The topology with targets, a SOCKS5 server and the implementation running."""
+    """The testbed with targets, a SOCKS5 server and the implementation running."""
 
-    topo: Topology
+    bed: Testbed
     proxy: Socks5Server
     impl: RunningImpl
-    server_v4: str
-    server_v6: str
 
     @property
     def client(self) -> Host:
-        return self.topo.client
+        return self.bed.client
 
     @property
     def server(self) -> Host:
-        return self.topo.server
+        return self.bed.server
+
+    @property
+    def server_v4(self) -> str:
+        return self.bed.server_v4
+
+    @property
+    def server_v6(self) -> str:
+        return self.bed.server_v6
 
     def server_ip(self, v6: bool = False) -> str:
-        return self.server_v6 if v6 else self.server_v4
+        """The target address the app dials."""
+        return self.bed.server_v6 if v6 else self.bed.server_v4
+
+    def listen_ip(self, v6: bool = False) -> str:
+        """The address a target binds to, in the server host."""
+        return self.bed.listen_v6 if v6 else self.bed.listen_v4
 
     def tun_address(self, version: int) -> str:
         """The implementation's own TUN address of that family (the app's source)."""
@@ -85,13 +155,15 @@ class Path:
                 return str(iface.ip)
         raise LookupError(f"no IPv{version} address on {self.impl.device}: {self.impl.addresses}")
 
-    def connect(self, port: int, *, v6: bool = False, timeout: float = IO_TIMEOUT) -> socket.socket:
+    def connect(
+        self, port: int, *, v6: bool = False, timeout: float = IO_TIMEOUT, host: str | None = None
+    ) -> socket.socket:
         """A TCP connection opened by an app in the client (routed into the TUN)."""
         family = socket.AF_INET6 if v6 else socket.AF_INET
         sock = self.client.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
+        sock.settimeout(scaled(timeout))
         try:
-            sock.connect((self.server_ip(v6), port))
+            sock.connect((host or self.server_ip(v6), port))
         except BaseException:
             sock.close()
             raise
@@ -100,7 +172,7 @@ class Path:
     def udp(self, *, v6: bool = False, timeout: float = PROMPT) -> socket.socket:
         family = socket.AF_INET6 if v6 else socket.AF_INET
         sock = self.client.socket(family, socket.SOCK_DGRAM)
-        sock.settimeout(timeout)
+        sock.settimeout(scaled(timeout))
         return sock
 
 
@@ -190,7 +262,7 @@ class ScriptedServer:
             conn, peer = listener.accept()
             self.peer = str(peer[0])
             with conn:
-                conn.settimeout(IO_TIMEOUT)
+                conn.settimeout(scaled(IO_TIMEOUT))
                 self.handler(conn)
         except BaseException as exc:  # reported by join()
             self.error = exc
@@ -200,11 +272,11 @@ class ScriptedServer:
     def join(self) -> None:
         """Wait for the handler to finish; re-raise what went wrong in it."""
         assert self._thread is not None
-        self._thread.join(SERVER_JOIN)
+        self._thread.join(scaled(SERVER_JOIN))
         if self._thread.is_alive():
             raise AssertionError(
                 f"scripted server on port {self.port} still busy after "
-                f"{SERVER_JOIN:g}s (no connection reached it?)"
+                f"{scaled(SERVER_JOIN):g}s (no connection reached it?)"
             )
         if self.error is not None:
             raise self.error
@@ -219,7 +291,7 @@ def scripted_server(
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((address, port))
     listener.listen(1)
-    listener.settimeout(SERVER_JOIN)
+    listener.settimeout(scaled(SERVER_JOIN))
     server = ScriptedServer(host, address, port, handler)
     server._thread = threading.Thread(
         target=server._serve, args=(listener,), name=f"scripted-{port}", daemon=True
@@ -231,12 +303,14 @@ def scripted_server(
         # Unblocks accept() if the test failed before connecting.
         with contextlib.suppress(OSError):
             listener.shutdown(socket.SHUT_RDWR)
-        server._thread.join(SERVER_JOIN)
+        server._thread.join(scaled(SERVER_JOIN))
 
 
-def expect_reset_or_refusal(action: Callable[[], object], *, what: str) -> float:
+def expect_reset_or_refusal(
+    action: Callable[[], object], *, what: str, within: float = PROMPT
+) -> float:
     """Run ``action`` (connect / send / recv on the app socket); it must fail with a
-    refusal or reset within PROMPT seconds. Returns the seconds it took.
+    refusal or reset within ``within`` seconds (scaled). Returns the seconds it took.
 
     A clean EOF is a failure too: the app would take the remote's refusal or reset for a
     server that accepted and then closed normally.
@@ -247,7 +321,8 @@ def expect_reset_or_refusal(action: Callable[[], object], *, what: str) -> float
         result = action()
     except (ConnectionRefusedError, ConnectionResetError, BrokenPipeError):
         elapsed = time.monotonic() - started
-        assert elapsed < PROMPT, f"{what}: the app learnt it only after {elapsed:.1f}s"
+        bound = scaled(within)
+        assert elapsed < bound, f"{what}: the app learnt it after {elapsed:.1f}s (> {bound:g}s)"
         return elapsed
     except TimeoutError:
         raise AssertionError(
