@@ -107,6 +107,7 @@ class TunPump(threading.Thread):
             with contextlib.suppress(ValueError, OSError):  # fd already closed
                 self.loop.remove_reader(self.device.fileno())
         if self.is_alive():
+            self.device.wake()  # Wintun: out of its wait now, not at the slice's end
             self.join(timeout)
         if self.is_alive():
             return  # still sending on them: closing now could hand it a reused fd number

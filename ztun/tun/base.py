@@ -59,6 +59,10 @@ class Device(Protocol):
         Called by the reader thread only, between batches of `read_into`."""
         ...
 
+    def wake(self) -> None:
+        """Make a blocked `wait_readable` return now (the reader thread is stopping)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -111,3 +115,6 @@ class DeviceInfo:
     def wait_readable(self, timeout: float) -> bool:
         """The default for a device with a descriptor: poll it."""
         return wait_fd_readable(self.fileno(), timeout)
+
+    def wake(self) -> None:
+        """Nothing by default: a descriptor's poll returns within the reader's slice."""

@@ -42,6 +42,7 @@ class EventOnlyDevice(DeviceInfo):
         self._sock = sock
         self._name, self._index, self._mtu = "evt0", 0, 1500
         self.waits = 0
+        self.woken = False
 
     def fileno(self) -> int:
         raise DeviceError(errno.EOPNOTSUPP, "no descriptor: wait with wait_readable()")
@@ -49,6 +50,9 @@ class EventOnlyDevice(DeviceInfo):
     def wait_readable(self, timeout: float) -> bool:
         self.waits += 1
         return wait_fd_readable(self._sock.fileno(), timeout)
+
+    def wake(self) -> None:
+        self.woken = True
 
     def read_into(self, buf: memoryview) -> int:
         return self._sock.recv_into(buf)
@@ -74,7 +78,7 @@ def udp_of(packet: bytes) -> tuple[str, int, str, int, bytes]:
     return src, sport, dst, dport, packet[ihl + 8 : ihl + length]
 
 
-async def carry_one_datagram() -> tuple[bytes, tuple[str, int, str, int, bytes], bool, int]:
+async def carry_one_datagram() -> tuple[bytes, tuple[str, int, str, int, bytes], bool, int, bool]:
     loop = asyncio.get_running_loop()
     tun, app = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     app.setblocking(False)
@@ -101,12 +105,13 @@ async def carry_one_datagram() -> tuple[bytes, tuple[str, int, str, int, bytes],
         device.close()
         app.close()
         echo.close()
-    return got, udp_of(reply), threaded, device.waits
+    return got, udp_of(reply), threaded, device.waits, device.woken
 
 
 def test_a_device_without_a_descriptor_is_read_by_the_reader_thread() -> None:
-    got, reply, threaded, waits = asyncio.run(carry_one_datagram())
+    got, reply, threaded, waits, woken = asyncio.run(carry_one_datagram())
     assert got == b"ping"
     assert reply == ("127.0.0.1", reply[1], str(INET4.ip), APP_PORT, b"pong")
     assert reply[1] > 0
     assert threaded and waits >= 1  # the thread read it, waiting on the "event"
+    assert woken  # stopping released the thread's wait at once (Wintun: SetEvent)
