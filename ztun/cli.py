@@ -77,6 +77,15 @@ def _bounded(kind: type, low: float, high: float, what: str):  # type: ignore[no
     return parse
 
 
+def _host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9100 or [::1]:9100)"
+        )
+    return text
+
+
 def _proxy_url(text: str) -> str:
     from .outbound import parse_outbound_url
 
@@ -278,7 +287,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="read TLS SNI / HTTP Host from a new connection's first bytes (bounded wait) so "
         "rules can match the domain and the CONNECT carries it (default off)",
     )
-    _add_logging(run)
+    observe = run.add_argument_group("control, metrics, logs and service")
+    observe.add_argument(
+        "--control",
+        metavar="PATH",
+        help="control socket for ztun status/flows/close/reload (default "
+        "/run/ztun/DEVICE.sock; docs/control.md)",
+    )
+    observe.add_argument(
+        "--metrics",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (docs/metrics.md)",
+    )
+    observe.add_argument(
+        "--log-file", metavar="PATH", help="append log lines to PATH (reopened on SIGUSR1)"
+    )
+    observe.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log line format (default text)",
+    )
+    observe.add_argument(
+        "--log-flows",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log one line per closed flow: addresses, domain, outbound, bytes, duration, "
+        "why it ended (default off)",
+    )
+    observe.add_argument(
+        "--pid-file", metavar="PATH", help="write ztun's pid to PATH while it runs"
+    )
+    _add_logging(run, default=None)
 
     demo = sub.add_parser(
         "demo",
@@ -308,12 +349,22 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_bench_parser
 
     _add_logging(add_bench_parser(sub))
+    from .control.commands import add_control_parsers
+
+    add_control_parsers(sub, _add_logging)
     return parser
 
 
-def _add_logging(p: argparse.ArgumentParser) -> None:
+def _add_logging(p: argparse.ArgumentParser, default: str | None = "info") -> None:
     p.add_argument(
-        "--loglevel", choices=LOG_LEVELS, default="info", help="log level (default %(default)s)"
+        "--loglevel",
+        "--log-level",
+        dest="loglevel",
+        choices=LOG_LEVELS,
+        default=default,
+        help="log level (default: the config file's log_level, else info)"
+        if default is None
+        else "log level (default %(default)s)",
     )
     p.add_argument("-d", "--debug", action="store_true", help="same as --loglevel debug")
 
@@ -344,6 +395,13 @@ def _overrides(ns: argparse.Namespace) -> dict[str, object]:
         ("dns.mode", ns.dns),
         ("dns.upstream", ns.dns_upstream),
         ("sniff.enabled", ns.sniff),
+        ("control", ns.control),
+        ("metrics", ns.metrics),
+        ("log_file", ns.log_file),
+        ("log_format", ns.log_format),
+        ("log_flows", ns.log_flows),
+        ("pid_file", ns.pid_file),
+        ("log_level", "debug" if ns.debug else ns.loglevel),
     ):
         if value is not None:
             given[key] = value
@@ -412,6 +470,14 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
     )
 
 
+def setup_run_logging(opts: RunOptions) -> None:
+    """The config's log settings (a flag beats the file, the file beats the default)."""
+    from .logs import SETUP, LogSettings
+
+    cfg = opts.config
+    SETUP.apply(LogSettings(cfg.log_level, cfg.log_file, cfg.log_format, cfg.log_flows))
+
+
 def setup_logging(ns: argparse.Namespace) -> None:
     level = logging.DEBUG if getattr(ns, "debug", False) else getattr(logging, ns.loglevel.upper())
     logging.basicConfig(
@@ -421,7 +487,10 @@ def setup_logging(ns: argparse.Namespace) -> None:
 
 def cmd_run(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     opts = _options(ns, parser)
-    setup_logging(ns)
+    try:
+        setup_run_logging(opts)
+    except OSError as exc:
+        parser.error(f"log file {opts.config.log_file}: {exc.strerror or exc}")
     if opts.netns:
         from .netns import enter_netns
 
@@ -463,6 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .bench.cli import cmd_bench
 
         return cmd_bench(ns)
+    if ns.command in ("status", "flows", "close", "reload"):
+        from .control.commands import cmd_control
+
+        return cmd_control(ns)
     parser.error(f"unknown command {ns.command}")
     return 2
 

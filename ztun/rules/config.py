@@ -12,6 +12,13 @@ Example::
     addresses = ["172.19.0.1/30", "fdfe:dcba:9876::1/126"]
     interface = "eth0"              # outbound sockets bind here (SO_BINDTODEVICE)
     default_action = "proxy"
+    log_level = "info"              # debug | info | warning | error
+    log_file = "/var/log/ztun.log"  # reopened on SIGUSR1 (default: stderr)
+    log_format = "text"             # text | json
+    log_flows = false               # one line per closed flow
+    control = "/run/ztun/ztun0.sock"  # default: per device (docs/control.md)
+    metrics = "127.0.0.1:9100"      # Prometheus text at /metrics (default: off)
+    pid_file = "/run/ztun.pid"
 
     [route]
     auto = true
@@ -71,6 +78,7 @@ MAX_MTU = 65535
 IFNAMSIZ = 16  # linux/if.h, including the NUL
 PROXY_SCHEMES = ("socks5", "socks5h")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 DNS_PORT = 53
 MAX_SNIFF_TIMEOUT = 10.0
 DEFAULT_SNIFF_TIMEOUT = 0.3
@@ -126,6 +134,12 @@ class Config:
     mtu: int = DEFAULT_MTU
     interface: str | None = None
     log_level: str = "info"
+    log_file: Path | None = None  # None: stderr
+    log_format: str = "text"  # text | json
+    log_flows: bool = False  # one line per closed flow
+    control: str | None = None  # None: the per-device default (ztun.control.paths)
+    metrics: tuple[str, int] | None = None  # Prometheus endpoint HOST:PORT
+    pid_file: Path | None = None
     default_action: Action = Action.PROXY
     route: RouteOptions = field(default_factory=RouteOptions)
     dns: DnsOptions = field(default_factory=DnsOptions)
@@ -166,26 +180,26 @@ class Config:
 
 
 def load_config(
-    path: Path | str | None = None, overrides: Mapping[str, Any] | None = None
+    path: Path | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    text: str | None = None,
 ) -> Config:
     """Read ``path`` (TOML; None: defaults only), apply ``overrides``, validate.
 
     ``overrides`` maps dotted keys to values already typed as TOML would type them
     (``{"proxy": "socks5://h:1080", "route.exclude": ["10.0.0.0/8"]}``); a list replaces
-    the file's list.  Raises ConfigError.
+    the file's list.  ``text``: the file's content, already read (the parent of workers
+    reads it once for all of them); ``path`` then only names it.  Raises ConfigError.
     """
-    text = ""
     file = COMMAND_LINE
     data: dict[str, Any] = {}
     if path is not None:
         file = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(file, None, "", f"cannot read: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(file, None, "", "not UTF-8 text") from exc
+        if text is None:
+            text = read_config_text(file)
         data = parse_toml(text, file)
+    text = text or ""
     overridden: set[KeyPath] = set()
     for dotted, value in (overrides or {}).items():
         keys = tuple(dotted.split("."))
@@ -198,6 +212,15 @@ def load_config(
         node[keys[-1]] = value
         overridden.add(keys)
     return _Builder(file, text, overridden).build(data)
+
+
+def read_config_text(file: str) -> str:
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(file, None, "", f"cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, None, "", "not UTF-8 text") from exc
 
 
 def parse_toml(text: str, file: str) -> dict[str, Any]:
@@ -363,6 +386,25 @@ class _Builder:
             if "log_level" in data
             else "info"
         )
+        log_file = self.take_opt(data, (), "log_file", str)
+        log_format = (
+            self.choice(data.pop("log_format"), ("log_format",), LOG_FORMATS)
+            if "log_format" in data
+            else "text"
+        )
+        log_flows = self.take(data, (), "log_flows", bool, False)
+        control = self.take_opt(data, (), "control", str)
+        if control is not None and not control:
+            raise self.error(("control",), "must be a path (or leave it out for the default)")
+        metrics_raw = self.take_opt(data, (), "metrics", str)
+        metrics = None
+        if metrics_raw is not None:
+            metrics = self.host_port(metrics_raw, ("metrics",), 0)
+            if not metrics[1]:
+                raise self.error(
+                    ("metrics",), f"{metrics_raw!r} needs HOST:PORT, e.g. 127.0.0.1:9100"
+                )
+        pid_file = self.take_opt(data, (), "pid_file", str)
         default_action = Action(
             self.choice(data.pop("default_action"), ("default_action",), tuple(Action))
             if "default_action" in data
@@ -378,6 +420,12 @@ class _Builder:
                 "mtu",
                 "interface",
                 "log_level",
+                "log_file",
+                "log_format",
+                "log_flows",
+                "control",
+                "metrics",
+                "pid_file",
                 "default_action",
                 "route",
                 "dns",
@@ -392,6 +440,12 @@ class _Builder:
             mtu=mtu,
             interface=interface,
             log_level=log_level,
+            log_file=Path(log_file) if log_file else None,
+            log_format=log_format,
+            log_flows=log_flows,
+            control=control,
+            metrics=metrics,
+            pid_file=Path(pid_file) if pid_file else None,
             default_action=default_action,
             route=route,
             dns=dns,

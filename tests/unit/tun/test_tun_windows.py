@@ -21,12 +21,12 @@ import sys
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
 from ctypes import POINTER, c_int, c_uint32, c_uint64, c_void_p, c_wchar_p
 from typing import Any
 
 import pytest
 
+from tests.unit.tun.ctypes_fakes import fake_library
 from ztun.route.windows import ERROR_OBJECT_ALREADY_EXISTS, NET_LUID, WIN_AF_INET, WIN_AF_INET6
 from ztun.tun import Device, DeviceError
 from ztun.tun import windows as w
@@ -48,25 +48,6 @@ IFINDEX = 17
 
 
 # -- fakes: objects with the DLLs' export names -------------------------------------------
-
-
-class FakeFn:
-    """A stand-in for a ctypes function: carries restype/argtypes, calls a Python impl."""
-
-    def __init__(self, impl: Callable[..., Any]) -> None:
-        self.impl = impl
-        self.restype: Any = "unset"
-        self.argtypes: Any = "unset"
-
-    def __call__(self, *args: Any) -> Any:
-        return self.impl(*args)
-
-
-def fake_library(impl: object, names: list[str]) -> Any:
-    lib = type("FakeDll", (), {})()
-    for name in names:
-        setattr(lib, name, FakeFn(getattr(impl, name)))
-    return lib
 
 
 class FakeWintun:

@@ -1,0 +1,191 @@
+"""`ztun status|flows|close|reload` as a user runs them: finding the instance (none: 1,
+several: 2 with a list), the text and JSON they print, against real Unix sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ztun.cli import build_parser
+from ztun.control import ControlServer
+from ztun.control.backends import LocalBackend
+from ztun.control.commands import NoInstance, cmd_control, find_instance, format_flows
+from ztun.control.paths import Instance, control_path, discover, netns_tag
+from ztun.flows import FlowTable
+
+
+class Meter:
+    def __init__(self) -> None:
+        self.bytes_up, self.bytes_down, self.half_closed = 2048, 3 << 20, False
+
+
+def test_discovery_sees_this_namespaces_sockets_only(tmp_path: Path) -> None:
+    tag = netns_tag()
+    other = "@1" if tag != "@1" else "@2"
+    for name in (f"zt0{tag}.sock", f"zt1{tag}.sock", f"zt9{other}.sock", "notes.txt"):
+        (tmp_path / name).write_text("")
+    found = discover(directory=tmp_path)
+    assert [i.device for i in found] == ["zt0", "zt1"]
+    assert control_path("zt0", directory=tmp_path) == str(tmp_path / f"zt0{tag}.sock")
+    assert control_path("zt0", platform="windows") == "\\\\.\\pipe\\ztun-zt0"
+
+
+def listening(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.listen()
+    return sock
+
+
+def test_which_instance(tmp_path: Path) -> None:
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(tmp_path / "old.sock"))  # a killed ztun's: nobody answers
+    stale.close()
+    one, two = listening(tmp_path / "zt0.sock"), listening(tmp_path / "zt1.sock")
+    try:
+        everyone = [
+            Instance("old", str(tmp_path / "old.sock")),
+            Instance("zt0", str(tmp_path / "zt0.sock")),
+            Instance("zt1", str(tmp_path / "zt1.sock")),
+        ]
+        with pytest.raises(NoInstance) as several:
+            find_instance(None, None, everyone)
+        assert several.value.code == 2
+        assert "zt0" in str(several.value) and "zt1" in str(several.value)
+        assert "old" not in str(several.value)
+        assert find_instance(None, None, everyone[:2]) == str(tmp_path / "zt0.sock")
+        with pytest.raises(NoInstance) as none:
+            find_instance(None, None, everyone[:1])
+        assert none.value.code == 1
+        assert find_instance(None, "/x.sock", everyone) == "/x.sock"
+        assert find_instance("tun://zt7", None, everyone) == control_path("zt7")
+    finally:
+        one.close()
+        two.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
+    """A real control server on its own loop thread, with two flows in its table."""
+    table = FlowTable()
+    closed: list[int] = []
+    for n, (dst, domain) in enumerate(
+        (("192.0.2.1:443", "www.example.com"), ("[2001:db8::1]:53", None)), start=1
+    ):
+        record = table.add(
+            "tcp" if domain else "udp",
+            f"10.0.0.2:{n}",
+            dst,
+            0.0,
+            domain=domain,
+            closer=lambda n=n: closed.append(n),
+        )
+        table.routed(record, "proxy1")
+        table.connected(record, Meter())
+    backend = LocalBackend(
+        table,
+        clock=lambda: 75.0,
+        status_base=lambda: {
+            "instance": {
+                "device": "zt0",
+                "pid": 42,
+                "version": "0.1.0",
+                "platform": "linux",
+                "workers": 1,
+                "uptime_s": 3725.0,
+                "started": 0.0,
+                "control": "/run/ztun/zt0.sock",
+            },
+            "accelerations": {"splice": True, "vnet_hdr": False},
+            "proxies": [{"name": "proxy1", "up": True, "rtt_ms": 3.2, "active": 2}],
+            "groups": {},
+            "counters": {"stack": {"ipv4_fragment": 2}},
+        },
+        reload=lambda args: {"message": "reloaded: rules apply to new flows"},
+    )
+    path = str(tmp_path / "zt0.sock")
+    loop = asyncio.new_event_loop()
+    server = ControlServer(backend)
+    loop.run_until_complete(server.listen(path))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield path, closed
+    asyncio.run_coroutine_threadsafe(server.aclose(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def run(path: str, *argv: str) -> tuple[int, str]:
+    ns = build_parser().parse_args([*argv, "--control", path])
+    out = io.StringIO()
+    return cmd_control(ns, out), out.getvalue()
+
+
+def test_flows_json_and_filters(served: tuple[str, list[int]]) -> None:
+    path, _ = served
+    code, text = run(path, "flows", "--json")
+    flows = json.loads(text)
+    assert code == 0 and [f["id"] for f in flows] == [1, 2]
+    assert set(flows[0]) >= {
+        "id",
+        "proto",
+        "src",
+        "dst",
+        "domain",
+        "outbound",
+        "bytes_up",
+        "bytes_down",
+        "age_s",
+        "state",
+    }
+    assert json.loads(run(path, "flows", "--json", "--proto", "udp")[1])[0]["id"] == 2
+    assert json.loads(run(path, "flows", "--json", "--dst", "2001:db8::/32")[1])[0]["id"] == 2
+    assert json.loads(run(path, "flows", "--json", "--domain", "example.com")[1])[0]["id"] == 1
+    code, table = run(path, "flows")
+    assert table.splitlines()[0].split() == [
+        "ID",
+        "PROTO",
+        "SRC",
+        "DST",
+        "DOMAIN",
+        "OUTBOUND",
+        "UP",
+        "DOWN",
+        "AGE",
+        "STATE",
+    ]
+    assert "www.example.com" in table and "3.0 MiB" in table and "1m15s" in table
+
+
+def test_status_close_and_reload(served: tuple[str, list[int]]) -> None:
+    path, closed = served
+    code, text = run(path, "status")
+    assert code == 0
+    assert text.startswith("ztun 0.1.0 on zt0 (pid 42, linux, 1 worker), up 1h02m")
+    assert "accelerations: splice=on vnet_hdr=off" in text
+    assert "proxy proxy1: up, rtt 3 ms, 2 open" in text
+    assert "dropped: ipv4_fragment 2" in text and "busiest flows:" in text
+    status = json.loads(run(path, "status", "--json")[1])
+    assert status["flows"]["active"] == {"tcp": 1, "udp": 1, "icmp": 0}
+    code, watched = run(path, "status", "--watch", "--count", "2", "--interval", "0.1")
+    assert code == 0 and watched.count("\x1b[H\x1b[2J") == 2
+    assert run(path, "close", "2") == (0, "closed flow 2\n") and closed == [2]
+    assert run(path, "close", "9")[0] == 1
+    assert run(path, "reload") == (0, "reloaded: rules apply to new flows\n")
+
+
+def test_nobody_there_exits_1(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, _ = run(str(tmp_path / "none.sock"), "status")
+    assert code == 1 and "no ztun answers" in capsys.readouterr().err
+
+
+def test_format_flows_empty() -> None:
+    assert format_flows([]) == "no open flows\n"
