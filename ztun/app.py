@@ -249,9 +249,25 @@ async def _serve(
         tun_thread=accel.tun_reader == "thread",
     )
     engine.start()
+    from .instance import Instance, InstanceError
+
+    instance = Instance(
+        opts,
+        engine,
+        device_name=device.name,
+        accelerations=accel.as_dict(),
+        resolve=lambda url: frozenset(_proxy_addresses(url)),
+        control_channel=role.control_channel,
+    )
     try:
-        return await _run_engine(opts, platform, accel, device, engine, pool, role)
+        try:
+            await instance.start()
+        except InstanceError as exc:
+            log.error("%s", exc)
+            return 1
+        return await _run_engine(opts, platform, accel, device, engine, pool, role, instance)
     finally:
+        await instance.close()
         engine.stop()
         if accel.redirect and role.alone:  # else the parent owns the nftables table
             platform.remove_redirect(device.name)
@@ -266,6 +282,7 @@ async def _run_engine(
     engine: Any,
     pool: Any,
     role: WorkerRole,
+    instance: Any,
 ) -> int:
     from .dns import SAVE_INTERVAL, save_pool
 
@@ -279,7 +296,7 @@ async def _run_engine(
         except (RedirectError, UnsupportedPlatform, OSError, ValueError) as exc:
             log.error("%s", exc)
             return 1
-    platform.stop_on_signals(loop, engine.stop)
+    platform.stop_on_signals(loop, engine.stop)  # SIGHUP reloads (ztun.instance)
 
     def save(reason: str) -> None:
         try:
@@ -313,6 +330,7 @@ async def _run_engine(
         "on" if cfg.route.auto else "off",
         f"on:{engine.redirect_port}" if accel.redirect else "off",
     )
+    instance.ready()
     if role.on_ready is not None:
         role.on_ready()
     await engine.wait_stopped()

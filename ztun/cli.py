@@ -412,8 +412,9 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
     from .outbound import parse_outbound_url
     from .rules import ConfigError, load_config
 
+    overrides = _overrides(ns)
     try:
-        config = load_config(ns.config, _overrides(ns))
+        config = load_config(ns.config, overrides)
         if config.proxy is not None:
             parse_outbound_url(config.proxy)  # the file's proxy, checked as --proxy is
     except ConfigError as exc:
@@ -467,6 +468,8 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         tun_thread=ns.tun_thread,
         portable=ns.portable,
         config=config,
+        overrides=overrides,
+        proxy_flag=ns.proxy,
     )
 
 

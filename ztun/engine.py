@@ -18,6 +18,7 @@ import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from .flows import FlowRecord, FlowTable, endpoint
 from .outbound import (
     Outbound,
     OutboundError,
@@ -285,6 +286,7 @@ class Engine:
         redirect: bool = False,
         redirect_listeners: list[socket.socket] | None = None,
         tun_thread: bool = False,
+        flows: FlowTable | None = None,
     ) -> None:
         """`redirect_listeners`: bound by the caller (workers share one set); else bound
         in `start` when `redirect` is on. `tun_thread`: pump the TUN in a thread of its
@@ -301,6 +303,8 @@ class Engine:
         self.redirect_port: int | None = 0 if redirect else None
         self._redirect_listeners = redirect_listeners
         self.stats: Counter[str] = Counter()
+        # Open flows for `ztun flows`/`status`/metrics: one record per flow, never per packet.
+        self.flows = flows if flows is not None else FlowTable()
         self.relays: set[Relay] = set()
         self.udp_flows: dict[FlowKey, _UdpFlow] = {}
         # Routing a datagram is per destination, and rules do not change while running:
@@ -483,7 +487,7 @@ class Engine:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.stats["tcp_flows"] += 1
             self.stats["tcp_flows_redirected"] += 1
-            self._spawn(self._serve_tcp(conn, dst, port, str(peer[0]), None))
+            self._spawn(self._serve_tcp(conn, dst, port, (str(peer[0]), peer[1]), None))
 
     def _on_hairpin_accept(self, conn: socket.socket, session: TcpSession) -> None:
         self._spawn(
@@ -491,7 +495,7 @@ class Engine:
                 conn,
                 ipaddress.ip_address(session.dst_addr),
                 session.dst_port,
-                _ip_text(session.client_addr),
+                (_ip_text(session.client_addr), session.client_port),
                 session,
             )
         )
@@ -501,13 +505,25 @@ class Engine:
         conn: socket.socket,
         dst: ipaddress.IPv4Address | ipaddress.IPv6Address,
         port: int,
-        source: str,
+        client: tuple[str, int],
         session: TcpSession | None,
     ) -> None:
         """Route one app connection, open its outbound, relay until both sides are done."""
+        source = client[0]
+        # Accepted a hairpin's (or redirect's) handshake ago: microseconds after the SYN.
+        started = self.loop.time()
+        task = asyncio.current_task()
+        record = self.flows.add(
+            "tcp",
+            endpoint(*client),
+            endpoint(str(dst), port),
+            started,
+            closer=task.cancel if task is not None else None,
+        )
         try:
             domain = await self.router.sniff(conn)
             decision = self.router.decide("tcp", dst, port, domain)
+            self.flows.routed(record, self.outbound_name(decision, "tcp"), decision.domain)
             if decision.action is Action.REJECT:
                 raise Rejected(f"rule rejects {decision.target}")
             # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the coroutine in a
@@ -517,26 +533,26 @@ class Engine:
         except LoopDetected as exc:
             self.stats["tcp_loop_refused"] += 1
             log.error("refused a routing loop: %s", exc)
-            self._tcp_failed(conn, session)
+            self._tcp_failed(conn, session, record, "loop")
             return
         except Rejected:
             self.stats["tcp_rejected"] += 1
-            self._tcp_failed(conn, session)
+            self._tcp_failed(conn, session, record, "rejected")
             return
         except (OutboundError, OSError, TimeoutError) as exc:
             self.stats["tcp_outbound_failed"] += 1
             log.warning("TCP %s -> %s:%d: %s", source, dst, port, exc or type(exc).__name__)
-            self._tcp_failed(conn, session)
+            self._tcp_failed(conn, session, record, "outbound_failed")
             return
         except asyncio.CancelledError:
-            self._tcp_failed(conn, session)
+            self._tcp_failed(conn, session, record, "closed")
             raise
         except Exception:
             # A bug or an input nothing above expected must cost this flow, never leak
             # its socket and NAT entry.
             self.stats["tcp_internal_error"] += 1
             log.exception("TCP %s -> %s:%d failed unexpectedly", source, dst, port)
-            self._tcp_failed(conn, session)
+            self._tcp_failed(conn, session, record, "internal_error")
             return
         remote, early = stream.sock, stream.early  # non-blocking: make_socket's
 
@@ -546,14 +562,33 @@ class Engine:
             self.stats["tcp_bytes_down"] += relay.bytes_down
             if exc is not None:
                 self.stats["tcp_relay_reset"] += 1
+            self.flows.remove(record, self.loop.time(), "eof" if relay.ended_cleanly else "reset")
             self._session_done(session)
 
         relay = Relay(self.loop, conn, remote, self._relay_buffer, on_close, self.pipes)
         self.relays.add(relay)
+        self.flows.connected(record, relay, self.loop.time() - started)
+        record.closer = relay.abort  # `ztun close`: a reset both ways
         relay.start(early)
 
-    def _tcp_failed(self, conn: socket.socket, session: TcpSession | None) -> None:
+    def outbound_name(self, decision: Decision, network: str) -> str:
+        """What `ztun flows` and the metrics call the outbound a decision chose."""
+        name = getattr(decision.outbound, "name", None)
+        if isinstance(name, str) and name:
+            return name
+        if decision.action is Action.DIRECT:
+            return "direct"
+        if decision.action is Action.REJECT:
+            return "reject"
+        # contracts 2: --proxy URLs are proxy1, proxy2, ...; --udp-proxy is "udp".
+        udp_apart = network == "udp" and self.router.proxy_udp is not self.router.proxy_tcp
+        return "udp" if udp_apart else "proxy1"
+
+    def _tcp_failed(
+        self, conn: socket.socket, session: TcpSession | None, record: FlowRecord, reason: str
+    ) -> None:
         close_with_reset(conn)
+        self.flows.remove(record, self.loop.time(), reason)
         self._session_done(session)
 
     def _session_done(self, session: TcpSession | None) -> None:
@@ -610,6 +645,11 @@ class Engine:
             self.udp_flows[key] = flow
             self.stats["udp_sessions_total"] += 1
         flow.send(datagram, decision.target, decision.domain is None)
+
+    def routes_changed(self) -> None:
+        """The rules or outbounds were swapped (a reload): new destinations are decided
+        afresh. Open flows keep the outbound they hold, and the pump its routes to them."""
+        self._udp_routes.clear()
 
     def _dns_reply(self, query: UdpDatagram, payload: bytes) -> None:
         """Answer a DNS query as if the server the app asked had sent it."""

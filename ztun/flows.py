@@ -76,7 +76,7 @@ class FlowRecord:
     outbound: str | None = None  # None until routed
     meter: Meter | None = None
     # How `ztun close` ends this flow (a TCP reset, a UDP flow's close); None: cannot.
-    closer: Callable[[], None] | None = None
+    closer: Callable[[], object] | None = None
     phase: FlowState = FlowState.CONNECTING  # as the engine set it; see `state`
     # Set when the flow ends: its final byte counts, how long it lived and why it ended.
     final_up: int = 0
@@ -238,7 +238,7 @@ class FlowTable:
         now: float,
         *,
         domain: str | None = None,
-        closer: Callable[[], None] | None = None,
+        closer: Callable[[], object] | None = None,
     ) -> FlowRecord:
         record = FlowRecord(self._next_id, proto, src, dst, now, domain, closer=closer)
         self._next_id += 1
@@ -266,7 +266,8 @@ class FlowTable:
         if self._records.pop(record.id, None) is None:
             return
         record.final_up, record.final_down = record.bytes_up, record.bytes_down
-        record.ended, record.reason = now, reason
+        record.ended = now
+        record.reason = record.reason or reason  # `close` said why first
         record.phase = FlowState.CLOSING
         record.meter = None
         record.closer = None
@@ -282,6 +283,7 @@ class FlowTable:
         if record is None or record.closer is None:
             return False
         record.phase = FlowState.CLOSING
+        record.reason = "closed"
         record.closer()
         return True
 

@@ -7,7 +7,9 @@ it by `load_config`); the properties below read them from there.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .rules import Config
 from .rules.config import DEFAULT_ADDRESSES
@@ -31,6 +33,10 @@ class RunOptions:
     tun_thread: bool = False  # pump the TUN in its own thread, not on the event loop
     portable: bool = False  # no OS-specific acceleration at all (ztun.platform.PORTABLE)
     config: Config = field(default_factory=Config)  # routing, DNS, sniffing, rules
+    # What the command line set over the config file: a reload re-reads the file and
+    # applies these again (a flag keeps winning).
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    proxy_flag: str | None = None  # --proxy as given (it beats the file's `proxy`)
 
     @property
     def addresses(self) -> tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]:

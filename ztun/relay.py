@@ -265,6 +265,16 @@ class Relay:
     def bytes_down(self) -> int:
         return self.down.moved
 
+    @property
+    def half_closed(self) -> bool:
+        """One side has sent its FIN (the other may still be sending)."""
+        return self.up.eof or self.down.eof
+
+    @property
+    def ended_cleanly(self) -> bool:
+        """Both directions ran to their FIN (rather than an abort or a reset)."""
+        return self.up.done and self.down.done
+
     def start(self, early_down: bytes = b"") -> None:
         if early_down:
             # Bytes the proxy sent right behind its reply belong to the app.

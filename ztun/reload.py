@@ -74,7 +74,7 @@ class ReloadPlan:
     def summary(self) -> str:
         if self.unchanged:
             return "reloaded: nothing changed"
-        return f"reloaded: {', '.join(self.applies)} apply to new flows"
+        return f"reloaded, changed: {', '.join(self.applies)}"
 
 
 def _proxy_endpoints(config: Config, effective_proxy: str | None) -> frozenset[tuple[str, int]]:

@@ -15,6 +15,8 @@ class WorkerRole:
     count: int = 1
     redirect_listeners: list[socket.socket] | None = None
     on_ready: Callable[[], None] | None = None
+    # A worker's end of the socketpair its parent answers `ztun status` etc. through.
+    control_channel: socket.socket | None = None
 
     @property
     def alone(self) -> bool:

@@ -32,17 +32,38 @@ def state_dir(platform: str | None = None) -> Path:
     return Path(STATE_DIRS.get(platform, "/run/ztun"))
 
 
-def netns_tag() -> str:
-    """`@<inode>` when this process is in a network namespace other than PID 1's (Linux),
-    else "" (also when PID 1's namespace cannot be read: a container's view)."""
+def netns_tag(proc: Path = Path("/proc"), named: Path = Path("/run/netns")) -> str:
+    """`@<inode>` when this process's network namespace is one of several sharing this
+    `/run` (Linux), else "".
+
+    PID 1's namespace is the host's: any other gets the tag. Where PID 1's cannot be read
+    (a container's root without CAP_SYS_PTRACE), a namespace named under /run/netns
+    (`ip netns add`, which keeps /run shared) gets it; an unnamed one is taken as the
+    host's or a container's own (a container's /run is its own as well).
+    """
     if platform_name() != "linux":
         return ""
     try:
-        ours = os.stat("/proc/self/ns/net").st_ino
-        init = os.stat("/proc/1/ns/net").st_ino
+        ours = os.stat(proc / "self/ns/net").st_ino
     except OSError:
         return ""
-    return "" if ours == init else f"@{ours}"
+    try:
+        init = os.stat(proc / "1/ns/net").st_ino
+    except OSError:
+        pass
+    else:
+        return "" if ours == init else f"@{ours}"
+    try:
+        entries = list(named.iterdir())
+    except OSError:
+        return ""
+    for entry in entries:
+        try:
+            if os.stat(entry).st_ino == ours:
+                return f"@{ours}"
+        except OSError:
+            continue
+    return ""
 
 
 def control_path(device: str, platform: str | None = None, directory: Path | None = None) -> str:

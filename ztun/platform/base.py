@@ -152,11 +152,12 @@ class Platform(ABC):
         )
 
     def stop_on_signals(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
-        """Call `stop` on the loop at SIGINT, SIGTERM and SIGHUP (those the OS has).
+        """Call `stop` on the loop at SIGINT and SIGTERM (those the OS has); SIGHUP
+        reloads the config instead (`ztun.instance`).
 
         Where the loop cannot watch signals (Windows' loops), the handler is a plain
         `signal.signal` one that hands `stop` to the loop thread-safely."""
-        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        for name in ("SIGINT", "SIGTERM"):
             sig = getattr(signal, name, None)
             if sig is None:
                 continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -108,7 +109,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
             "groups": {},
             "counters": {"stack": {"ipv4_fragment": 2}},
         },
-        reload=lambda args: {"message": "reloaded: rules apply to new flows"},
+        reload=lambda args: {"message": "reloaded, changed: rules"},
     )
     path = str(tmp_path / "zt0.sock")
     loop = asyncio.new_event_loop()
@@ -179,7 +180,7 @@ def test_status_close_and_reload(served: tuple[str, list[int]]) -> None:
     assert code == 0 and watched.count("\x1b[H\x1b[2J") == 2
     assert run(path, "close", "2") == (0, "closed flow 2\n") and closed == [2]
     assert run(path, "close", "9")[0] == 1
-    assert run(path, "reload") == (0, "reloaded: rules apply to new flows\n")
+    assert run(path, "reload") == (0, "reloaded, changed: rules\n")
 
 
 def test_nobody_there_exits_1(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -189,3 +190,22 @@ def test_nobody_there_exits_1(tmp_path: Path, capsys) -> None:  # type: ignore[n
 
 def test_format_flows_empty() -> None:
     assert format_flows([]) == "no open flows\n"
+
+
+def test_netns_tag_from_pid_1_else_from_the_named_namespaces(tmp_path: Path) -> None:
+    """Inodes stand in for namespaces: files of a fake /proc and /run/netns."""
+    proc, named = tmp_path / "proc", tmp_path / "netns"
+    for d in (proc / "self" / "ns", proc / "1" / "ns", named):
+        d.mkdir(parents=True)
+    ours = proc / "self" / "ns" / "net"
+    ours.write_text("")
+    inode = os.stat(ours).st_ino
+    (proc / "1" / "ns" / "net").write_text("")  # another inode: PID 1 is elsewhere
+    assert netns_tag(proc, named) == f"@{inode}"
+    (proc / "1" / "ns" / "net").unlink()
+    os.link(ours, proc / "1" / "ns" / "net")  # PID 1's namespace is ours
+    assert netns_tag(proc, named) == ""
+    (proc / "1" / "ns" / "net").unlink()  # unreadable PID 1: the named ones decide
+    assert netns_tag(proc, named) == ""
+    os.link(ours, named / "client")
+    assert netns_tag(proc, named) == f"@{inode}"

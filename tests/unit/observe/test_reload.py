@@ -48,7 +48,7 @@ def test_rules_and_log_settings_apply(tmp_path) -> None:  # type: ignore[no-unty
     plan = plan_reload(old, new)
     assert not plan.refused
     assert set(plan.applies) == {"rules", "log_level", "log_flows", "sniff"}
-    assert plan.summary().startswith("reloaded: ")
+    assert plan.summary().startswith("reloaded, changed: ")
 
 
 def test_dns_upstream_applies_but_its_mode_does_not(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,270 @@
+"""A running engine's outside: its control endpoint, metrics endpoint, pid file, service
+notifications, and the signals that steer it (SIGHUP: reload, SIGUSR1: reopen the log).
+
+`app.py` makes one `Instance` per engine. Alone, the instance serves the control socket
+(docs/control.md) and `--metrics` itself; as worker k of `--workers N` it serves only its
+parent, over the socketpair the parent keeps (`role.control_channel`), and the parent
+(`ztun.workers_control`) does the rest for all of them.
+
+A reload (`ConfigReloader`) re-reads the file, lets `ztun.reload.plan_reload` decide, and
+then `apply_to_engine` swaps what shapes new flows: the router's rules, sniffing and
+proxy outbound, the DNS upstream, the per-flow log hook. Open flows keep the outbound
+objects they hold, so they run on untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__, service
+from .control import CommandFailed, ControlServer, control_path
+from .control.backends import LocalBackend
+from .logs import SETUP, LogSettings, log_flow
+from .options import RunOptions
+from .reload import ReloadPlan, plan_reload
+from .rules import Config, ConfigError, load_config
+
+log = logging.getLogger("ztun")
+
+DEFAULT_PROXY = "socks5://127.0.0.1:1080"
+Endpoints = frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]
+
+
+class InstanceError(Exception):
+    """The instance cannot start (its control path or metrics port is taken, ...)."""
+
+
+def log_settings(config: Config) -> LogSettings:
+    return LogSettings(config.log_level, config.log_file, config.log_format, config.log_flows)
+
+
+def effective_proxy(opts: RunOptions, config: Config) -> str:
+    """The proxy URL in force: a --proxy flag beats the file, the file the default."""
+    return opts.proxy_flag or config.proxy or DEFAULT_PROXY
+
+
+class ConfigReloader:
+    """Re-reads the config file and applies what a reload may change.
+
+    `apply(new, plan)` installs the new config's effect; `reload` raises CommandFailed
+    (the reply's error) when the file is bad or the change needs a restart -- and then
+    nothing was applied.
+    """
+
+    def __init__(self, opts: RunOptions, apply: Callable[[Config, ReloadPlan], None]) -> None:
+        self.opts = opts
+        self.current = opts.config
+        self.apply = apply
+
+    def read(self, text: str | None = None) -> tuple[Config, ReloadPlan]:
+        path = self.current.source
+        if path is None:
+            raise CommandFailed("ztun was started without --config: there is no file to re-read")
+        try:
+            new = load_config(path, self.opts.overrides, text=text)
+        except ConfigError as exc:
+            raise CommandFailed(f"reload failed, the running config stays: {exc}") from None
+        plan = plan_reload(
+            self.current,
+            new,
+            old_proxy=effective_proxy(self.opts, self.current),
+            new_proxy=effective_proxy(self.opts, new),
+        )
+        if plan.refused:
+            raise CommandFailed(plan.refusal())
+        return new, plan
+
+    def reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The control command (`args["text"]`: the file as the parent of workers read it)."""
+        text = args.get("text")
+        new, plan = self.read(text if isinstance(text, str) else None)
+        try:
+            SETUP.apply(log_settings(new))
+        except OSError as exc:
+            raise CommandFailed(
+                f"reload failed, the running config stays: log_file: {exc}"
+            ) from None
+        self.apply(new, plan)
+        self.current = new
+        log.info("%s", plan.summary())
+        return {"message": plan.summary(), "applied": list(plan.applies)}
+
+
+def apply_to_engine(
+    engine: Any,
+    opts: RunOptions,
+    new: Config,
+    plan: ReloadPlan,
+    resolve: Callable[[str], Endpoints],
+) -> None:
+    """Swap into a running engine what `plan` says applies (never touching open flows)."""
+    from .outbound import make_outbound
+
+    router = engine.router
+    applies = set(plan.applies)
+    engine.flows.on_closed = log_flow if new.log_flows else None
+    if "sniff" in applies:
+        router.sniff_timeout = new.sniff.timeout if new.sniff.enabled else None
+    if "proxy" in applies and opts.proxy_flag is None:
+        url = effective_proxy(opts, new)
+        outbound = make_outbound(
+            url,
+            connect_timeout=opts.connect_timeout,
+            fwmark=opts.fwmark,
+            bind_interface=opts.bind_interface,
+        )
+        router.proxy_tcp = outbound
+        if opts.udp_proxy is None:
+            router.proxy_udp = outbound
+        if engine.dns is not None:
+            engine.dns.outbound = outbound
+        # The loop guard must know the new proxy (its flows must never enter the TUN).
+        router.proxy_endpoints = resolve(url) | (
+            resolve(opts.udp_proxy) if opts.udp_proxy else frozenset()
+        )
+    if "dns.upstream" in applies and engine.dns is not None:
+        engine.dns.handler.upstream = new.dns.upstream
+    if applies & {"rules", "default_action", "proxy"}:
+        router.rules = new.rule_set()
+        engine.routes_changed()
+
+
+class Instance:
+    """The control side of one engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        opts: RunOptions,
+        engine: Any,
+        *,
+        device_name: str,
+        accelerations: dict[str, Any],
+        resolve: Callable[[str], Endpoints],
+        control_channel: Any = None,
+    ) -> None:
+        self.opts = opts
+        self.engine = engine
+        self.device_name = device_name
+        self.accelerations = accelerations
+        self.channel = control_channel  # set: a worker, answering its parent only
+        self.started = time.time()
+        self.path: str | None = None
+        self.reloader = ConfigReloader(
+            opts, lambda new, plan: apply_to_engine(engine, opts, new, plan, resolve)
+        )
+        self.server: ControlServer | None = None
+        self.metrics: Any = None
+        self.pid_file: service.PidFile | None = None
+        engine.flows.on_closed = log_flow if opts.config.log_flows else None
+
+    @property
+    def alone(self) -> bool:
+        return self.channel is None
+
+    def status_base(self) -> dict[str, Any]:
+        snapshot = self.engine.snapshot()
+        counters = {**snapshot, "udp_sessions_active": len(self.engine.stack.udp)}
+        return {
+            "instance": {
+                "device": self.device_name,
+                "pid": os.getpid(),
+                "started": self.started,
+                "uptime_s": round(time.time() - self.started, 3),
+                "version": __version__,
+                "platform": sys.platform,
+                "workers": 1,
+                "control": self.path,
+                "config": self.reloader.current.source,
+            },
+            "accelerations": self.accelerations,
+            "proxies": [],
+            "groups": {},
+            "counters": counters,
+        }
+
+    async def start(self) -> None:
+        """Serve the control endpoint (and metrics, pid file); InstanceError says why not."""
+        loop = asyncio.get_running_loop()
+        backend = LocalBackend(
+            self.engine.flows,
+            clock=loop.time,
+            status_base=self.status_base,
+            reload=self.reloader.reload,
+        )
+        self.server = ControlServer(backend)
+        self._signals(loop)
+        if not self.alone:
+            self.server.serve_channel(self.channel)
+            return
+        cfg = self.opts.config
+        path = cfg.control or control_path(self.device_name)
+        try:
+            await self.server.listen(path)
+        except OSError as exc:
+            raise InstanceError(f"control socket {path}: {exc.strerror or exc}") from exc
+        self.path = path
+        if cfg.pid_file is not None:
+            self.pid_file = service.PidFile(cfg.pid_file)
+            try:
+                self.pid_file.write()
+            except OSError as exc:
+                raise InstanceError(f"pid file {cfg.pid_file}: {exc.strerror or exc}") from exc
+        where = ""
+        if cfg.metrics is not None:
+            from .metrics_server import MetricsServer
+
+            self.metrics = MetricsServer(backend.metrics)
+            try:
+                host, port = await self.metrics.start(*cfg.metrics)
+            except OSError as exc:
+                raise InstanceError(f"metrics {cfg.metrics[0]}:{cfg.metrics[1]}: {exc}") from exc
+            where = f" metrics=http://{_url_host(host)}:{port}/metrics"
+        log.info("control %s%s", path, where)
+
+    def _signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        sighup, sigusr1 = getattr(signal, "SIGHUP", None), getattr(signal, "SIGUSR1", None)
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # a loop without signals
+            if sigusr1 is not None:
+                loop.add_signal_handler(sigusr1, SETUP.reopen)
+            if sighup is not None:
+                if self.alone:
+                    loop.add_signal_handler(sighup, self.reload_on_signal)
+                else:  # the parent reloads its workers over their channels
+                    loop.add_signal_handler(sighup, lambda: None)
+
+    def reload_on_signal(self) -> None:
+        service.reloading()
+        try:
+            self.reloader.reload({})
+        except CommandFailed as exc:
+            log.error("SIGHUP: %s", exc)
+        finally:
+            service.ready()
+
+    def ready(self) -> None:
+        if self.alone:
+            service.ready(f"carrying {self.device_name}")
+
+    async def close(self) -> None:
+        if self.alone:
+            service.stopping()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.server is not None:
+            await self.server.aclose()
+        if self.pid_file is not None:
+            self.pid_file.remove()
+        SETUP.report_suppressed()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
