@@ -45,7 +45,9 @@ log = logging.getLogger("ztun")
 
 TUNSETQUEUE = 0x400454D9
 IFF_DETACH_QUEUE = 0x0400
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP reloads the config, SIGUSR1 reopens the log file: the parent acts for all.
+STEER_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
 STOP_GRACE = 10.0  # seconds a worker gets to close its flows before SIGKILL
 PR_SET_PDEATHSIG = 1
 READY_TIMEOUT = 30.0
@@ -133,17 +135,35 @@ class _Workers:
         self.pids: dict[int, int] = {}  # live (unreaped) worker pid -> index
         self.stopping = False  # a signal came, or a worker died: every worker is told
         self.failed = False
+        # One socketpair per worker: the parent answers the control socket through them.
+        self.channels = [socket.socketpair() for _ in queues]
+        self.control: Any = None  # ztun.workers_control.ParentControl, once all are ready
 
     def on_signal(self, _signum: int, _frame: object) -> None:
+        if not self.stopping:
+            from .service import stopping
+
+            stopping()
         self.stopping = True
         for pid in self.pids:
             _kill(pid, signal.SIGTERM)
+
+    def on_steer_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGUSR1:
+            from .logs import SETUP
+
+            SETUP.reopen()
+            for pid in self.pids:  # each worker has its own handle on the file
+                _kill(pid, signal.SIGUSR1)
+        elif self.control is not None:
+            self.control.reload_soon()
 
     def run(self) -> int:
         # Handlers before the first fork (a signal in between must reach the workers,
         # not kill us with routes and device left behind); set_wakeup_fd so a signal
         # also wakes the select() loops below (PEP 475 would silently retry them).
         previous = {sig: signal.signal(sig, self.on_signal) for sig in STOP_SIGNALS}
+        previous.update({sig: signal.signal(sig, self.on_steer_signal) for sig in STEER_SIGNALS})
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         previous_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
         ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
@@ -156,6 +176,8 @@ class _Workers:
             ready_write = -1
             for queue in self.queues:
                 queue.close()  # the workers hold them now
+            for _, worker_end in self.channels:
+                worker_end.close()
             return self._supervise(ready_read, wake_read)
         finally:
             signal.set_wakeup_fd(previous_wakeup)
@@ -163,13 +185,16 @@ class _Workers:
                 if fd >= 0:
                     os.close(fd)
             _stop(self.pids)
+            for pair in self.channels:
+                for sock in pair:
+                    sock.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
     def _fork(self, index: int, queue: Any, parent_fds: tuple[int, ...], ready_write: int) -> None:
         # Signals blocked across fork(): neither our handler running in the child (it
         # would SIGTERM the siblings) nor a pid missing from self.pids in the parent.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS + STEER_SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:
@@ -189,10 +214,16 @@ class _Workers:
                 signal.set_wakeup_fd(-1)  # the parent's: its fd number is about to be closed
                 for sig in STOP_SIGNALS:
                     signal.signal(sig, signal.SIG_DFL)
+                for sig in STEER_SIGNALS:  # until the worker's loop takes them over
+                    signal.signal(sig, signal.SIG_IGN)
                 _die_with_parent(parent)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS + STEER_SIGNALS)
                 for fd in inherited:  # the other queues, the parent's descriptors
                     os.close(fd)
+                for k, (parent_end, worker_end) in enumerate(self.channels):
+                    os.close(parent_end.detach())  # detached: no object left owning the fd
+                    if k != index:
+                        os.close(worker_end.detach())
                 _tag_log_lines(index)
 
                 def ready() -> None:
@@ -213,7 +244,7 @@ class _Workers:
             # nftables redirects a fake address before steering could pin it to worker
             # 0, the pool's owner: redirected connections are worker 0's alone then.
             listeners = []
-        return WorkerRole(index, len(self.queues), listeners, ready)
+        return WorkerRole(index, len(self.queues), listeners, ready, self.channels[index][1])
 
     def _supervise(self, ready_read: int, wake_read: int) -> int:
         """Wait for every worker's ready byte, then for a signal or a worker's end."""
@@ -237,10 +268,17 @@ class _Workers:
                     self.on_signal(signal.SIGTERM, None)
             try:
                 if not self.stopping:
+                    self._start_control()
+                if not self.stopping:
                     self._log_ready(nft_port)
+                    from .service import ready
+
+                    ready(f"carrying {self.device.name} with {len(self.pids)} workers")
                 self._await_exits(pidfds, wake_read)
                 return 1 if self.failed else 0
             finally:
+                if self.control is not None:
+                    self.control.stop()
                 if nft_port:
                     from .redirect import remove
 
@@ -248,6 +286,26 @@ class _Workers:
         finally:
             for fd in pidfds:
                 os.close(fd)
+
+    def _start_control(self) -> None:
+        """The control socket and metrics for all workers (a thread: every fork is done)."""
+        from .instance import InstanceError
+        from .workers_control import ParentControl
+
+        control = ParentControl(
+            self.opts,
+            self.device.name,
+            [parent_end for parent_end, _ in self.channels],
+            {"multi_queue": True, "splice": self.opts.splice, "redirect": self.opts.redirect},
+        )
+        try:
+            control.start()
+        except InstanceError as exc:
+            log.error("%s", exc)
+            self.failed = True
+            self.on_signal(signal.SIGTERM, None)
+            return
+        self.control = control
 
     def _log_ready(self, nft_port: int | None) -> None:
         opts = self.opts

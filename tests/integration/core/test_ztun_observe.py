@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,11 +136,17 @@ class Download:
 
 @pytest.fixture
 def start_ztun(servers: Topology, require_root: None) -> Iterator[Any]:
-    """start_ztun(*flags, env=None, proxy=True): ztun in the client namespace, ready."""
+    """start_ztun(*flags, env=None, proxy=True, ready=None): ztun in the client namespace,
+    ready (its "ztun ready" line, or `ready()` returned: log lines may go to a file)."""
     started: list[Any] = []
     socks: list[Any] = []
 
-    def start(*flags: str, env: dict[str, str] | None = None, proxy: bool = True) -> Running:
+    def start(
+        *flags: str,
+        env: dict[str, str] | None = None,
+        proxy: bool = True,
+        ready: Callable[[], None] | None = None,
+    ) -> Running:
         topo = servers
         if not socks:
             socks.append(
@@ -154,11 +160,13 @@ def start_ztun(servers: Topology, require_root: None) -> Iterator[Any]:
         process = topo.client.spawn(
             [*argv, *flags],
             name="ztun",
-            ready=LogLine("ztun ready"),
+            ready=None if ready else LogLine("ztun ready"),
             timeout=START_TIMEOUT,
             env=env,
         )
         started.append(process)
+        if ready is not None:
+            ready()
         route_default_into(topo.client, DEVICE, DEFAULT_ADDRESSES)
         return Running(topo, process, socks[0].url)
 
@@ -318,6 +326,10 @@ def test_sd_notify_on_a_real_datagram_socket(start_ztun, servers, tmp_path) -> N
         assert ztun.process.wait(EVENT_TIMEOUT) == 0
 
 
+def assert_ready(datagram: bytes) -> None:
+    assert datagram.startswith(b"READY=1\n"), datagram
+
+
 def test_every_new_config_key_works(start_ztun, servers, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """control, metrics, pid_file, log_file, log_format, log_flows and log_level, from
     the file alone; then SIGUSR1 reopens the log file after a rotation."""
@@ -335,7 +347,17 @@ def test_every_new_config_key_works(start_ztun, servers, tmp_path) -> None:  # t
         "log_flows = true",
         'log_level = "debug"',
     )
-    ztun = start_ztun("--config", str(config), proxy=False)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(START_TIMEOUT)
+    with notify:  # the log goes to the file: readiness is sd_notify's READY=1
+        ztun = start_ztun(
+            "--config",
+            str(config),
+            proxy=False,
+            env={"NOTIFY_SOCKET": str(tmp_path / "notify")},
+            ready=lambda: assert_ready(notify.recv(4096)),
+        )
     assert stat.S_IMODE(os.stat(control).st_mode) == 0o600
     assert pid_file.read_text() == f"{ztun.process.pid}\n"
     assert ztun.echo(b"one flow") == b"one flow"
