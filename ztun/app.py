@@ -164,6 +164,7 @@ def run(opts: RunOptions) -> int:
                 lambda queue, role: _run_async(
                     _serve(opts, platform, accel, queue, endpoints, role)
                 ),
+                accelerations=accel.as_dict(),
             )
         return _run_async(_serve(opts, platform, accel, device, endpoints))
     finally:

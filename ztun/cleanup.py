@@ -4,8 +4,8 @@ Route journals sit in the platform's state directory. On Linux they are named
 `<device>_<netns inode>.journal`, so cleanup restores only the ones of the namespace it
 runs in (run it there: `ip netns exec NAME ztun cleanup`); a journal whose namespace no
 longer exists is stale (its routes died with it) and is removed; others are named, not
-touched. Then the platform removes what else it knows a killed run leaves (Linux:
-nftables tables, demo and bench namespaces).
+touched. Control sockets no ztun answers on are removed. Then the platform removes what
+else it knows a killed run leaves (Linux: nftables tables, demo and bench namespaces).
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ def cleanup() -> int:
         report = platform.routes(journal).restore()
         say(f"restored routes from {path}: {report}")
         restored += 1
+    if platform.name != "windows":  # a named pipe dies with its process
+        from .control.server import remove_if_stale
+
+        for sock in sorted(platform.state_dir.glob("*.sock")):
+            if remove_if_stale(str(sock)):
+                say(f"removed {sock} (no ztun answers on it)")
     removed = platform.cleanup_extras(say)
     say(f"restored {restored} route journal(s), removed {removed} namespace(s)")
     return 0

@@ -76,7 +76,13 @@ def steering_for(opts: RunOptions) -> bytes:
     return program
 
 
-def run_workers(opts: RunOptions, device: Any, serve: Callable[[Any, WorkerRole], int]) -> int:
+def run_workers(
+    opts: RunOptions,
+    device: Any,
+    serve: Callable[[Any, WorkerRole], int],
+    *,
+    accelerations: dict[str, Any] | None = None,
+) -> int:
     """Start `opts.workers` workers, each running `serve(queue, role)`; exit code: 0 when
     stopped by a signal with every worker clean, else 1."""
     from .tun.steering import load_program
@@ -110,7 +116,9 @@ def run_workers(opts: RunOptions, device: Any, serve: Callable[[Any, WorkerRole]
             queue.close()
         return 1
     try:
-        return _Workers(opts, device, queues, redirect_listeners, serve).run()
+        workers = _Workers(opts, device, queues, redirect_listeners, serve)
+        workers.accelerations = accelerations or {}  # what `ztun status` shows
+        return workers.run()
     finally:
         for sock in redirect_listeners or ():
             sock.close()
@@ -138,6 +146,7 @@ class _Workers:
         # One socketpair per worker: the parent answers the control socket through them.
         self.channels = [socket.socketpair() for _ in queues]
         self.control: Any = None  # ztun.workers_control.ParentControl, once all are ready
+        self.accelerations: dict[str, Any] = {}
 
     def on_signal(self, _signum: int, _frame: object) -> None:
         if not self.stopping:
@@ -296,7 +305,7 @@ class _Workers:
             self.opts,
             self.device.name,
             [parent_end for parent_end, _ in self.channels],
-            {"multi_queue": True, "splice": self.opts.splice, "redirect": self.opts.redirect},
+            self.accelerations,
         )
         try:
             control.start()

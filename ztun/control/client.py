@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from typing import Any
 
-from .paths import platform_name
 from .protocol import MAX_REPLY, ProtocolError, Request, parse_reply
 
 
@@ -29,7 +29,7 @@ class ControlClient:
         self._sock: socket.socket | None = None
         self._pipe: Any = None
         try:
-            if platform_name() == "windows":
+            if sys.platform == "win32":
                 self._pipe = open(path, "r+b", buffering=0)  # noqa: SIM115 - closed in close()
             else:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

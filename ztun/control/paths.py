@@ -12,24 +12,13 @@ runs in, the way `ip link` shows that namespace's devices.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-STATE_DIRS = {"linux": "/run/ztun", "darwin": "/var/run/ztun"}
+from ..platform import Platform, current
+
 PIPE_PREFIX = "\\\\.\\pipe\\ztun-"
 SUFFIX = ".sock"
-
-
-def platform_name() -> str:
-    return {"win32": "windows", "darwin": "darwin"}.get(sys.platform, "linux")
-
-
-def state_dir(platform: str | None = None) -> Path:
-    platform = platform or platform_name()
-    if platform == "windows":
-        return Path(os.environ.get("PROGRAMDATA", "C:\\ProgramData")) / "ztun"
-    return Path(STATE_DIRS.get(platform, "/run/ztun"))
 
 
 def netns_tag(proc: Path = Path("/proc"), named: Path = Path("/run/netns")) -> str:
@@ -41,8 +30,6 @@ def netns_tag(proc: Path = Path("/proc"), named: Path = Path("/run/netns")) -> s
     (`ip netns add`, which keeps /run shared) gets it; an unnamed one is taken as the
     host's or a container's own (a container's /run is its own as well).
     """
-    if platform_name() != "linux":
-        return ""
     try:
         ours = os.stat(proc / "self/ns/net").st_ino
     except OSError:
@@ -66,12 +53,15 @@ def netns_tag(proc: Path = Path("/proc"), named: Path = Path("/run/netns")) -> s
     return ""
 
 
-def control_path(device: str, platform: str | None = None, directory: Path | None = None) -> str:
+def control_path(
+    device: str, platform: Platform | None = None, directory: Path | None = None
+) -> str:
     """The default control path of the instance on `device` in this namespace."""
-    platform = platform or platform_name()
-    if platform == "windows":
+    platform = platform or current()
+    if platform.name == "windows":
         return f"{PIPE_PREFIX}{device}"
-    return str((directory or state_dir(platform)) / f"{device}{netns_tag()}{SUFFIX}")
+    tag = netns_tag() if platform.name == "linux" else ""
+    return str((directory or platform.state_dir) / f"{device}{tag}{SUFFIX}")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -80,11 +70,11 @@ class Instance:
     path: str
 
 
-def discover(platform: str | None = None, directory: Path | None = None) -> list[Instance]:
+def discover(platform: Platform | None = None, directory: Path | None = None) -> list[Instance]:
     """Control endpoints of this namespace's instances, by device name (some may be stale:
     a killed ztun leaves its socket file; connecting tells)."""
-    platform = platform or platform_name()
-    if platform == "windows":
+    platform = platform or current()
+    if platform.name == "windows":
         try:
             names = os.listdir("\\\\.\\pipe\\")
         except OSError:
@@ -95,8 +85,8 @@ def discover(platform: str | None = None, directory: Path | None = None) -> list
             for name in names
             if name.startswith(prefix)
         )
-    folder = directory or state_dir(platform)
-    tag = netns_tag()
+    folder = directory or platform.state_dir
+    tag = netns_tag() if platform.name == "linux" else ""
     found = []
     try:
         entries = list(folder.iterdir())

@@ -17,10 +17,10 @@ import logging
 import os
 import socket
 import stat
+import sys
 from pathlib import Path
 
 from .handler import Backend, answer
-from .paths import platform_name
 from .protocol import LineReader, ProtocolError, failure
 
 log = logging.getLogger("ztun")
@@ -82,19 +82,26 @@ def bind_unix(path: str) -> socket.socket:
 def _remove_stale(path: str) -> None:
     if not stat.S_ISSOCK(os.lstat(path).st_mode):
         raise ControlSocketBusy(errno.EEXIST, f"{path} exists and is not a socket")
+    if not remove_if_stale(path):
+        raise ControlSocketBusy(
+            errno.EADDRINUSE,
+            f"another ztun answers on {path}; stop it or give this one --control PATH",
+        )
+
+
+def remove_if_stale(path: str) -> bool:
+    """Remove the socket file at `path` if nobody answers on it (a killed ztun's, or one
+    already gone); False when a live instance does."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # left by a ztun that was killed: nobody answers on it
-        return
+            os.unlink(path)
+        return True
     finally:
         probe.close()
-    raise ControlSocketBusy(
-        errno.EADDRINUSE,
-        f"another ztun answers on {path}; stop it or give this one --control PATH",
-    )
+    return False
 
 
 class ControlServer:
@@ -110,7 +117,7 @@ class ControlServer:
 
     async def listen(self, path: str) -> None:
         """Start serving at `path` (raises ControlSocketBusy, OSError)."""
-        if platform_name() == "windows":
+        if sys.platform == "win32":
             from .winpipe import PipeServer
 
             pipe = PipeServer(path, self.backend, asyncio.get_running_loop())

@@ -20,6 +20,7 @@ from ztun.control.backends import LocalBackend
 from ztun.control.commands import NoInstance, cmd_control, find_instance, format_flows
 from ztun.control.paths import Instance, control_path, discover, netns_tag
 from ztun.flows import FlowTable
+from ztun.platform import for_os
 
 
 class Meter:
@@ -35,7 +36,8 @@ def test_discovery_sees_this_namespaces_sockets_only(tmp_path: Path) -> None:
     found = discover(directory=tmp_path)
     assert [i.device for i in found] == ["zt0", "zt1"]
     assert control_path("zt0", directory=tmp_path) == str(tmp_path / f"zt0{tag}.sock")
-    assert control_path("zt0", platform="windows") == "\\\\.\\pipe\\ztun-zt0"
+    assert control_path("zt0", for_os("win32")) == "\\\\.\\pipe\\ztun-zt0"
+    assert control_path("zt0", for_os("darwin")) == "/var/run/ztun/zt0.sock"
 
 
 def listening(path: Path) -> socket.socket:

@@ -17,7 +17,7 @@ from ztun.control import ControlClient, ControlError, ControlServer, ControlSock
 from ztun.control.backends import LocalBackend, WorkersBackend
 from ztun.control.client import Channel
 from ztun.control.protocol import MAX_REQUEST
-from ztun.control.server import bind_unix
+from ztun.control.server import bind_unix, remove_if_stale
 from ztun.flows import FlowTable
 
 
@@ -115,6 +115,12 @@ def test_a_stale_socket_file_is_replaced_a_live_one_is_not(tmp_path) -> None:  #
             bind_unix(path)
     finally:
         live.close()
+    listening = bind_unix(path)  # what `ztun cleanup` asks of every socket file
+    try:
+        assert not remove_if_stale(path) and os.path.exists(path)
+    finally:
+        listening.close()
+    assert remove_if_stale(path) and not os.path.exists(path)
     (tmp_path / "file.sock").write_text("not a socket")
     with pytest.raises(ControlSocketBusy, match="not a socket"):
         bind_unix(str(tmp_path / "file.sock"))

@@ -70,6 +70,17 @@ PORTABLE_PATH = [
     "ztun.tun.url",
     "ztun.route",
     "ztun.platform",
+    "ztun.instance",
+    "ztun.flows",
+    "ztun.logs",
+    "ztun.metrics",
+    "ztun.metrics_server",
+    "ztun.reload",
+    "ztun.service",
+    "ztun.control",
+    "ztun.control.commands",
+    "ztun.control.backends",
+    "ztun.control.winpipe",
 ]
 
 
