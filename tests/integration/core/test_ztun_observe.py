@@ -26,7 +26,7 @@ import pytest
 from ztun_path import DATA_PORT, DEVICE, ECHO_PORT, SOCKS_PORT
 
 from harness.hosts import LogLine
-from harness.impls.base import DEFAULT_ADDRESSES, route_default_into
+from harness.impls.base import DEFAULT_ADDRESSES, route_into
 from harness.impls.ztun import default_binary
 from harness.peers.starters import start_danted
 from harness.peers.targets import seeded_sha256
@@ -167,7 +167,7 @@ def start_ztun(servers: Topology, require_root: None) -> Iterator[Any]:
         started.append(process)
         if ready is not None:
             ready()
-        route_default_into(topo.client, DEVICE, DEFAULT_ADDRESSES)
+        route_into(topo.client, DEVICE, DEFAULT_ADDRESSES)
         return Running(topo, process, socks[0].url)
 
     yield start
