@@ -29,13 +29,12 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import sys
 import threading
 from collections.abc import Callable
 from ctypes import POINTER, byref, c_void_p
 from typing import Any
 
-from ..tun.windows import BOOL, DWORD, HANDLE, LPCWSTR, Prototype, bind
+from ..win32 import BOOL, DWORD, HANDLE, LPCWSTR, Prototype, bind, last_error, windll
 from .handler import Backend, answer
 from .protocol import LineReader, ProtocolError, failure
 
@@ -115,14 +114,9 @@ ADVAPI32: dict[str, Prototype] = {
 }
 
 
-def _system_last_error() -> int:
-    get: Callable[[], int] = ctypes.get_last_error  # type: ignore[attr-defined,unused-ignore]
-    return get()
-
-
 class PipeApi:
     def __init__(
-        self, kernel32: Any, advapi32: Any, last_error: Callable[[], int] = _system_last_error
+        self, kernel32: Any, advapi32: Any, last_error: Callable[[], int] = last_error
     ) -> None:
         self.k = bind(kernel32, KERNEL32)
         self.a = bind(advapi32, ADVAPI32)
@@ -130,13 +124,7 @@ class PipeApi:
 
     @classmethod
     def load(cls) -> PipeApi:  # pragma: no cover - Windows only
-        if sys.platform != "win32":
-            raise OSError("named pipes are Windows'")
-        windll: Any = getattr(ctypes, "WinDLL")  # noqa: B009 - absent off Windows
-        return cls(
-            windll("kernel32.dll", use_last_error=True),
-            windll("advapi32.dll", use_last_error=True),
-        )
+        return cls(windll("kernel32.dll"), windll("advapi32.dll"))
 
     def error(self, what: str) -> OSError:
         code = self.last_error()
