@@ -235,6 +235,7 @@ async def _serve(
         inet6=opts.inet6,
         udp_timeout=opts.udp_timeout,
         nat_shard=role.nat_shard,
+        mtu=device.mtu,
     )
     engine = Engine(
         device,

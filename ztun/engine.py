@@ -423,7 +423,17 @@ class Engine:
 
     # -- device ----------------------------------------------------------------------------
 
-    def write_packet(self, packet: bytes | bytearray | memoryview) -> None:
+    def write_packet(self, packet: bytearray | memoryview) -> None:
+        """Write a packet ztun built; one larger than the TUN's MTU goes in fragments."""
+        if len(packet) > self.stack.mtu:
+            with self.lock:
+                fragments = self.stack.fragment(packet)
+            for fragment in fragments:
+                self._write(fragment)
+            return
+        self._write(packet)
+
+    def _write(self, packet: bytearray | memoryview) -> None:
         try:
             self.device.write(packet)
             self.stats["tun_packets_out"] += 1

@@ -209,6 +209,9 @@ class TunPump(threading.Thread):
                         datagrams.append(out)
                     else:
                         fast.append((route, out.payload))
+                elif type(out) is list:  # a reassembled datagram's answer, in fragments
+                    for packet in out:
+                        write(packet)
                 else:
                     write(out)  # type: ignore[arg-type]
             except BlockingIOError:

@@ -9,7 +9,9 @@ The listener's answers come out of the TUN again and are rewritten back to
 checksum additions with deltas precomputed per flow.
 
 UDP datagrams become `UdpDatagram` events (full-cone sessions per app source); answers
-are built by `udp_reply`. ICMP/ICMPv6 echo requests are answered in place.
+are built by `udp_reply`. ICMP/ICMPv6 echo requests are answered in place. Fragments are
+reassembled first (`reassembly`), and what ztun writes back larger than the TUN's MTU is
+fragmented (`fragment`).
 
 Time is always an argument; `receive` returns what to write back to the TUN (a view of
 the rewritten input, or a new packet), an event, or None when the packet was dropped --
@@ -19,6 +21,7 @@ every drop is counted in `counters` under a reason.
 from __future__ import annotations
 
 import ipaddress
+import random
 import struct
 from collections import Counter
 
@@ -39,6 +42,7 @@ from ..wire import (
     parse_ip,
 )
 from ..wire.checksum import apply_delta, checksum_delta, ones_sum, pseudo_header_sum
+from ..wire.fragment import fragment_ip
 from ..wire.vnet import apply_partial_delta
 from .events import (
     StackEvent,
@@ -49,6 +53,7 @@ from .events import (
     UdpSessionExpired,
 )
 from .nat import CLOSING, PENDING, NatExhausted, TcpNatTable
+from .reassembly import Reassembler
 from .udp import UdpSessionTable
 
 PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6 = 1, 6, 17, 58
@@ -59,7 +64,10 @@ REPLY_HOP_LIMIT = 64
 _ECHO_DELTA_V4 = checksum_delta(bytes((ICMP_ECHO_REQUEST, 0)), bytes((ICMP_ECHO_REPLY, 0)))
 _ECHO_DELTA_V6 = checksum_delta(bytes((ICMPV6_ECHO_REQUEST, 0)), bytes((ICMPV6_ECHO_REPLY, 0)))
 
-Output = memoryview | bytearray | UdpDatagram | None
+#: What `receive` hands back: a view of the input rewritten in place (write the frame
+#: back as read), a new packet, a datagram event, packets to write in order (a reply to a
+#: reassembled datagram, fragmented to the MTU), or None (dropped, or held).
+Output = memoryview | bytearray | UdpDatagram | list[bytearray] | None
 
 # An IPv4 header without options followed by a UDP header: total length, flags/fragment
 # offset, source, destination; source port, destination port, UDP length, checksum.
@@ -149,11 +157,18 @@ class SystemStack:
         tcp_pending_timeout: float = 30.0,
         tcp_closing_linger: float = 30.0,
         nat_shard: tuple[int, int] = (0, 1),
+        mtu: int = 1500,
+        rng: random.Random | None = None,
     ) -> None:
-        """`nat_shard` (k, n): this is worker k of n and hands out NAT ports k mod n."""
+        """`nat_shard` (k, n): this is worker k of n and hands out NAT ports k mod n.
+        `mtu`: the TUN's; a packet ztun writes that is larger goes out in fragments.
+        `rng`: where fragment identifications come from (seeded in tests)."""
         if inet4 is None and inet6 is None:
             raise ValueError("the TUN needs at least one address (IPv4 or IPv6)")
         self.counters: Counter[str] = Counter()
+        self.mtu = mtu
+        self._rng = rng if rng is not None else random.Random()
+        self.reassembly = Reassembler(self.counters)
         self.nat4: TcpNatTable | None = None
         self.nat6: TcpNatTable | None = None
         if inet4 is not None:
@@ -210,8 +225,6 @@ class SystemStack:
             return None
 
     def _receive_v4(self, ip: Ipv4Packet, now: float, csum_partial: bool) -> Output:
-        if ip.is_fragment:
-            return self._drop("ipv4_fragment")
         if not ip.verify_checksum():
             # RFC 1122 3.2.1.2: silently discard. (TCP would be dropped by the kernel
             # anyway, as the rewrite keeps the bad sum; UDP would be relayed.)
@@ -219,6 +232,9 @@ class SystemStack:
         dst = ip.dst
         if dst[0] >= 224:
             return self._drop("multicast")
+        if ip.is_fragment:
+            whole = self.reassembly.ipv4(ip, now)
+            return None if whole is None else self._reassembled(whole, now)
         proto = ip.protocol
         if proto == PROTO_TCP:
             if self.nat4 is None:
@@ -234,8 +250,10 @@ class SystemStack:
         dst = ip.dst
         if dst[0] == 0xFF:
             return self._drop("multicast")
-        if ip.is_fragment:
-            return self._drop("ipv6_fragment")
+        fragment = ip.fragment()
+        if fragment is not None and not fragment.is_atomic:
+            whole = self.reassembly.ipv6(ip, fragment, now)
+            return None if whole is None else self._reassembled(whole, now)
         proto, offset = ip.upper_layer()
         payload = ip.buf[offset:]
         if proto == PROTO_TCP:
@@ -247,6 +265,24 @@ class SystemStack:
         if proto == PROTO_ICMPV6:
             return self._icmp6(ip, payload)
         return self._drop("unsupported_protocol")
+
+    def _reassembled(self, whole: bytearray, now: float) -> Output:
+        """Run a reassembled datagram through the stack like any packet read from the TUN.
+
+        What comes back rewritten in place lives in `whole`, not in the adapter's read
+        buffer, so it is returned as packets of its own, fragmented to the MTU again.
+        """
+        out = self._receive_ip(memoryview(whole), now, False)
+        if isinstance(out, memoryview | bytearray):
+            return self.fragment(out)
+        return out
+
+    def fragment(self, packet: memoryview | bytearray) -> list[bytearray]:
+        """`packet` as the packets to write to the TUN: itself, or fragments of the MTU."""
+        if len(packet) <= self.mtu:
+            return [packet if isinstance(packet, bytearray) else bytearray(packet)]
+        self.counters["fragmented_to_tun"] += 1
+        return fragment_ip(packet, self.mtu, self._rng.getrandbits(32))
 
     def _drop(self, reason: str) -> Output:
         self.counters[reason] += 1
@@ -496,6 +532,7 @@ class SystemStack:
             if nat is not None:
                 events.extend(TcpSessionExpired(s) for s in nat.expire(now))
         events.extend(UdpSessionExpired(s) for s in self.udp.expire(now))
+        self.reassembly.on_timer(now)
         return events
 
     def set_listen_port(self, version: int, port: int) -> None:

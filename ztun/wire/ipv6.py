@@ -18,7 +18,7 @@ from ztun.wire.proto import (
     IPPROTO_ROUTING,
 )
 
-__all__ = ["MAX_EXT_HEADERS", "Ipv6Packet", "Ipv6Repr"]
+__all__ = ["MAX_EXT_HEADERS", "Ipv6Fragment", "Ipv6Packet", "Ipv6Repr"]
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -33,6 +33,37 @@ MAX_EXT_HEADERS = 8
 #: Extension headers whose length field counts 8-octet units beyond the first 8.
 _EXT_8OCTET = frozenset({IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS})
 _EXT_ALL = _EXT_8OCTET | {IPPROTO_FRAGMENT, IPPROTO_AH}
+
+
+@dataclass(frozen=True, slots=True)
+class Ipv6Fragment:
+    """Where a packet's Fragment header (RFC 8200 sec. 4.5) is and what it says.
+
+    ``frag_offset`` is in bytes (the field counts 8-octet units, already a multiple of 8
+    in place); ``link_offset`` is the Next Header byte that names the Fragment header
+    (reassembly rewrites it); ``upper_protocol``/``upper_offset`` are the upper-layer
+    header after the rest of the chain (for a non-first fragment: the Fragment header's
+    Next Header and where its data begins, as nothing after it can be walked).
+    """
+
+    header_offset: int
+    link_offset: int
+    next_header: int
+    frag_offset: int
+    more_frags: bool
+    ident: int
+    upper_protocol: int
+    upper_offset: int
+
+    @property
+    def data_offset(self) -> int:
+        """Where this fragment's data (the fragmentable part's bytes) begins."""
+        return self.header_offset + _F.FRAG_LEN
+
+    @property
+    def is_atomic(self) -> bool:
+        """RFC 6946: offset 0 and M clear -- a whole datagram with a Fragment header."""
+        return self.frag_offset == 0 and not self.more_frags
 
 
 class _F:
@@ -63,6 +94,7 @@ class _F:
     #: Fragment offset (13 bits, 8-octet units) and the M flag; bits 1-2 are reserved.
     FRAG_OFFSET_MASK = 0xFFF8
     FRAG_M = 0x0001
+    FRAG_IDENT = 4
 
 
 class Ipv6Packet:
@@ -154,39 +186,47 @@ class Ipv6Packet:
 
     # -- extension headers --------------------------------------------------------
 
-    def _walk(self) -> tuple[int, int, bool]:
-        """Walk the extension chain: (upper protocol, its offset, fragment seen)."""
+    def _walk(self) -> tuple[int, int, int, int]:
+        """Walk the extension chain: (upper protocol, its offset, the Fragment header's
+        offset or -1, the offset of the Next Header byte that names it)."""
         buf = self.buf
         next_header = buf[_F.NEXT_HEADER]
         offset = _F.HEADER_LEN
         if next_header not in _EXT_ALL:  # the common case: TCP/UDP/ICMPv6 right away
-            return next_header, offset, False
+            return next_header, offset, -1, -1
         end = len(buf)
-        fragment = False
+        fragment_at = link = -1
+        link_here = _F.NEXT_HEADER
         for index in range(MAX_EXT_HEADERS):
             if next_header not in _EXT_ALL:
-                return next_header, offset, fragment
+                return next_header, offset, fragment_at, link
             if next_header == IPPROTO_HOPOPTS and index:
                 # RFC 8200 sec. 4.1: hop-by-hop options only right after the fixed header.
                 raise Malformed("bad_ext_header", "hop-by-hop header not first")
             if offset + _F.EXT_MIN_LEN > end:
                 raise Malformed("bad_ext_header", f"extension header at {offset} past payload")
             if next_header == IPPROTO_FRAGMENT:
-                word = _U16.unpack_from(buf, offset + _F.FRAG_OFFSET_FLAGS)[0]
-                if word & (_F.FRAG_OFFSET_MASK | _F.FRAG_M):
-                    fragment = True  # an atomic fragment (RFC 6946) is not one
+                if fragment_at >= 0:
+                    # RFC 8200 sec. 4.1: each header at most once; two Fragment headers
+                    # would make reassembly ambiguous.
+                    raise Malformed("bad_ext_header", "two fragment headers")
+                fragment_at, link = offset, link_here
                 length = _F.FRAG_LEN
+                if _U16.unpack_from(buf, offset + _F.FRAG_OFFSET_FLAGS)[0] & _F.FRAG_OFFSET_MASK:
+                    # A non-first fragment: what follows is data, not headers to walk.
+                    return buf[offset + _F.EXT_NEXT_HEADER], offset + length, offset, link
             elif next_header == IPPROTO_AH:
                 length = (buf[offset + _F.EXT_LEN] + _F.AH_LEN_BIAS) * _F.AH_UNIT
             else:
                 length = (buf[offset + _F.EXT_LEN] + 1) * _F.EXT_UNIT
             next_header = buf[offset + _F.EXT_NEXT_HEADER]
+            link_here = offset + _F.EXT_NEXT_HEADER
             offset += length
             if offset > end:
                 raise Malformed("bad_ext_header", f"extension header ends at {offset} > {end}")
         if next_header in _EXT_ALL:
             raise Malformed("bad_ext_header", f"more than {MAX_EXT_HEADERS} extension headers")
-        return next_header, offset, fragment
+        return next_header, offset, fragment_at, link
 
     def upper_layer(self) -> tuple[int, int]:
         """(protocol, offset from the start of the packet) of the upper-layer header.
@@ -196,13 +236,40 @@ class Ipv6Packet:
         are returned as the protocol, as is 59 (no next header).  For a non-first
         fragment the bytes at the offset are fragment data: check :attr:`is_fragment`.
         """
-        next_header, offset, _ = self._walk()
+        next_header, offset, _, _ = self._walk()
         return next_header, offset
 
     @property
     def is_fragment(self) -> bool:
-        """True if a fragment header has a non-zero offset or the M flag (may raise Malformed)."""
-        return self._walk()[2]
+        """True if a fragment header has a non-zero offset or the M flag (may raise Malformed).
+
+        An atomic fragment (offset 0, M clear: RFC 6946) is not one: it is processed as a
+        whole datagram, apart from any reassembly.
+        """
+        at = self._walk()[2]
+        if at < 0:
+            return False
+        word: int = _U16.unpack_from(self.buf, at + _F.FRAG_OFFSET_FLAGS)[0]
+        return bool(word & (_F.FRAG_OFFSET_MASK | _F.FRAG_M))
+
+    def fragment(self) -> Ipv6Fragment | None:
+        """The Fragment header, if the packet has one (may raise Malformed)."""
+        upper_protocol, upper, at, link = self._walk()
+        if at < 0:
+            return None
+        buf = self.buf
+        word: int = _U16.unpack_from(buf, at + _F.FRAG_OFFSET_FLAGS)[0]
+        ident: int = _U32.unpack_from(buf, at + _F.FRAG_IDENT)[0]
+        return Ipv6Fragment(
+            header_offset=at,
+            link_offset=link,
+            next_header=buf[at + _F.EXT_NEXT_HEADER],
+            frag_offset=word & _F.FRAG_OFFSET_MASK,
+            more_frags=bool(word & _F.FRAG_M),
+            ident=ident,
+            upper_protocol=upper_protocol,
+            upper_offset=upper,
+        )
 
     def __repr__(self) -> str:
         return (
