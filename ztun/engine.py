@@ -16,6 +16,7 @@ import socket
 import struct
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .flows import FlowRecord, FlowTable, endpoint
@@ -27,7 +28,7 @@ from .outbound import (
     UdpAssociation,
 )
 from .outbound.uplink import Uplink
-from .pump import RouteKey, TunPump
+from .pump import TunPump
 from .relay import HAVE_SPLICE, SHARED_BUFFER_SIZE, PipePool, Relay, close_with_reset
 from .router import Decision, LoopDetected, Router
 from .rules import Action
@@ -36,8 +37,19 @@ from .stack import (
     TcpSession,
     TcpSessionExpired,
     UdpDatagram,
-    UdpSession,
     UdpSessionExpired,
+)
+from .stack.udpflow import (
+    CloseAssociation,
+    FlowState,
+    OpenAssociation,
+    PumpRoute,
+    SendDatagram,
+    UdpFlow,
+    UdpFlowEvent,
+    UdpFlows,
+    UdpRoute,
+    Unreachable,
 )
 from .tun import Device
 from .tun.base import has_descriptor
@@ -49,11 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ztun")
 
 ACCEPT_BATCH = 64
-UDP_QUEUE_LIMIT = 64  # datagrams held while an association is being set up
 DNS_PORT = 53
-UDP_ROUTE_CACHE = 4096
-UDP_PUMP_ROUTES = 65536  # destinations the pump sends to itself, over all flows
-FlowKey = tuple[int, Action]
 
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same value
@@ -80,168 +88,18 @@ def _ip_text(raw: bytes) -> str:
     return str(ipaddress.ip_address(raw))
 
 
-class _UdpFlow:
-    """One app UDP session carried over one outbound association (opened lazily).
+def _source(flow: UdpFlow[Outbound, Target]) -> str:
+    return f"{_ip_text(flow.session.client_addr)}:{flow.session.client_port}"
 
-    A session whose datagrams the rules send two ways (proxy and direct) has one flow per
-    outbound; `key` is (session id, action).
-    """
 
-    def __init__(
-        self, engine: Engine, session: UdpSession, outbound: Outbound, key: FlowKey
-    ) -> None:
-        self.engine = engine
-        self.session = session
-        self.outbound = outbound
-        self.key = key
-        self.association: UdpAssociation | None = None
-        # Once open, datagrams to a destination routed for good are sent by the pump.
-        self.uplink: Uplink | None = None
-        self.route_keys: list[RouteKey] = []
-        self.queue: list[tuple[UdpDatagram, Target, bool]] = []
-        # Replies to a datagram sent to a fake-IP domain must seem to come from the fake
-        # address the app used: source port -> fake address.
-        self.fake_sources: dict[int, bytes] = {}
-        # Real addresses this flow sent to: a reply from one of them keeps its address
-        # even when a fake-IP destination shares its port.
-        self.real_destinations: set[str] = set()
-        self.reply_addresses: dict[str, bytes] = {}
-        self.closed = False
-        self.task = asyncio.get_running_loop().create_task(self._open())
+@dataclass(eq=False, slots=True)
+class _UdpFlowIo:
+    """What the engine holds for one UDP flow of the core: its set-up, its association,
+    and the uplink the pump sends on (the policy is `ztun.stack.udpflow`'s)."""
 
-    async def _open(self) -> None:
-        engine = self.engine
-        try:
-            association = await self.outbound.open_udp(self._on_reply)
-        except Rejected:
-            for datagram, _, _ in self.queue:
-                engine.write_packet(engine.stack.udp_unreachable(datagram))
-            self.queue.clear()
-            self.close()
-            return
-        except (OutboundError, OSError) as exc:
-            engine.stats["udp_open_failed"] += 1
-            log.warning("UDP association for %s failed: %s", self._source(), exc)
-            self.queue.clear()
-            self.close()
-            return
-        if self.closed:
-            association.close()
-            return
-        self.association = association
-        association.closed.add_done_callback(lambda _f: self.close())
-        make_uplink = getattr(association, "uplink", None)  # optional: SOCKS5 has one
-        if make_uplink is not None and engine.pump is not None:
-            try:
-                self.uplink = make_uplink(gso=engine.udp_gso)
-            except OSError as exc:  # e.g. EMFILE on the dup: the loop path still works
-                engine.stats["udp_uplink_unavailable"] += 1
-                log.debug("UDP uplink for %s unavailable: %s", self._source(), exc)
-        for datagram, target, routed in self.queue:
-            self._send(datagram, target, routed)
-        self.queue.clear()
-
-    def _source(self) -> str:
-        return f"{_ip_text(self.session.client_addr)}:{self.session.client_port}"
-
-    def send(self, datagram: UdpDatagram, target: Target, routed: bool = False) -> None:
-        """`routed`: the engine's route for this destination is final (not a fake-IP name),
-        so the pump may carry the destination's later datagrams itself."""
-        if target.is_domain:
-            self.fake_sources[target.port] = datagram.dst_addr
-        elif len(self.real_destinations) < UDP_ROUTE_CACHE:
-            self.real_destinations.add(target.host)
-        if self.association is None:
-            if len(self.queue) < UDP_QUEUE_LIMIT:
-                self.queue.append((datagram, target, routed))
-            else:
-                self.engine.stats["udp_queue_overflow"] += 1
-            return
-        self._send(datagram, target, routed)
-
-    def _send(self, datagram: UdpDatagram, target: Target, routed: bool) -> None:
-        assert self.association is not None
-        self.engine.stats["udp_datagrams_up"] += 1
-        self.engine.stats["udp_bytes_up"] += len(datagram.payload)
-        self.association.send(target, datagram.payload)
-        if routed and self.uplink is not None:
-            self._add_route(datagram, target)
-
-    def _add_route(self, datagram: UdpDatagram, target: Target) -> None:
-        """Hand this destination to the pump: its next datagrams skip the loop."""
-        pump = self.engine.pump
-        uplink = self.uplink
-        if pump is None or uplink is None or self.closed:
-            return
-        routes = pump.udp_routes
-        if len(self.route_keys) >= UDP_ROUTE_CACHE or len(routes) >= UDP_PUMP_ROUTES:
-            return
-        key = (self.session, datagram.dst_addr, datagram.dst_port)
-        if key not in routes:
-            routes[key] = (uplink, uplink.header_for(target))
-            self.route_keys.append(key)
-
-    def _drop_routes(self) -> None:
-        """Take this flow's destinations back from the pump, then let it close the uplink."""
-        uplink, pump = self.uplink, self.engine.pump
-        if uplink is None or pump is None:
-            return
-        routes = pump.udp_routes
-        for key in self.route_keys:
-            route = routes.get(key)
-            if route is not None and route[0] is uplink:
-                del routes[key]
-        self.route_keys.clear()
-        self.uplink = None
-        pump.retire(uplink)
-
-    def _reply_address(self, host: str) -> bytes | None:
-        """The packed source address, in the session's family, for a reply from `host`."""
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            self.engine.stats["udp_reply_from_domain"] += 1
-            return None
-        if self.session.version == 4 and addr.version == 6:
-            mapped = addr.ipv4_mapped
-            if mapped is None:
-                self.engine.stats["udp_reply_family_mismatch"] += 1
-                return None
-            addr = mapped
-        elif self.session.version == 6 and addr.version == 4:
-            addr = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + addr.packed)
-        return addr.packed
-
-    def _on_reply(self, source: Target, payload: bytes) -> None:
-        engine = self.engine
-        packed = self.reply_addresses.get(source.host)
-        if packed is None:
-            packed = self._reply_address(source.host)
-            if packed is None:
-                return
-            if len(self.reply_addresses) < UDP_ROUTE_CACHE:
-                self.reply_addresses[source.host] = packed
-        source_addr = packed
-        if source.host not in self.real_destinations:
-            source_addr = self.fake_sources.get(source.port, packed)
-        if len(source_addr) != len(self.session.client_addr):
-            source_addr = packed
-        engine.stats["udp_datagrams_down"] += 1
-        engine.stats["udp_bytes_down"] += len(payload)
-        with engine.lock:
-            packet = engine.stack.udp_reply(
-                self.session, source_addr, source.port, payload, engine.loop.time()
-            )
-        engine.write_packet(packet)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._drop_routes()
-        if self.association is not None:
-            self.association.close()
-        self.engine.udp_flow_closed(self)
+    task: asyncio.Task[None] | None = None
+    association: UdpAssociation | None = None
+    uplink: Uplink | None = None
 
 
 def bind_redirect_listeners() -> list[socket.socket]:
@@ -287,12 +145,14 @@ class Engine:
         redirect_listeners: list[socket.socket] | None = None,
         tun_thread: bool = False,
         flows: FlowTable | None = None,
+        max_udp_sessions: int = 0,
     ) -> None:
         """`redirect_listeners`: bound by the caller (workers share one set); else bound
         in `start` when `redirect` is on. `tun_thread`: pump the TUN in a thread of its
         own instead of on the loop (see ztun.pump) -- always so for a device without a
         descriptor. `splice`, `udp_gso`: use these Linux fast paths where they exist
-        (`ztun.platform.Accelerations`)."""
+        (`ztun.platform.Accelerations`). `max_udp_sessions`: at most this many UDP flows
+        hold an association (0: no limit); one more closes the least recently used."""
         self.device = device
         self.tun_thread = tun_thread or not has_descriptor(device)
         self.udp_gso = udp_gso
@@ -306,10 +166,10 @@ class Engine:
         # Open flows for `ztun flows`/`status`/metrics: one record per flow, never per packet.
         self.flows = flows if flows is not None else FlowTable()
         self.relays: set[Relay] = set()
-        self.udp_flows: dict[FlowKey, _UdpFlow] = {}
-        # Routing a datagram is per destination, and rules do not change while running:
-        # decide once per (address, port), not per datagram.
-        self._udp_routes: dict[tuple[bytes, int], Decision] = {}
+        # UDP flow policy (sans-IO): which association carries what, the open queue,
+        # reply addresses. The engine runs what it decides.
+        self.udp: UdpFlows[Outbound, Target] = UdpFlows(self.stats, max_flows=max_udp_sessions)
+        self._udp_io: dict[UdpFlow[Outbound, Target], _UdpFlowIo] = {}
         self.pending: set[asyncio.Task[None]] = set()
         self.listeners: list[socket.socket] = []
         # The stack is shared with the TUN pump (a thread with --tun-thread); every call
@@ -356,6 +216,7 @@ class Engine:
             self._on_udp_batch,
             self.stats,
             self._on_pump_failed,
+            on_backlog=self._on_tun_backlog,
         )
         if self.tun_thread:
             self.pump.start()
@@ -394,8 +255,7 @@ class Engine:
             sock.close()
         for relay in list(self.relays):
             relay.abort()
-        for flow in list(self.udp_flows.values()):
-            flow.close()
+        self._run_udp(self.udp.close_all())
         for task in list(self.pending):
             task.cancel()
         if self.dns is not None:
@@ -413,7 +273,7 @@ class Engine:
             stats.update(self.pump.uplink_stats.copy())  # what the pump sent itself
         return {
             "tcp_active": len(self.relays),
-            "udp_sessions": len(self.udp_flows),
+            "udp_sessions": len(self.udp),
             **dict(sorted(stats.items())),
             "stack": dict(sorted(self.stack.counters.items())),
         }
@@ -608,6 +468,11 @@ class Engine:
 
     # -- UDP -------------------------------------------------------------------------------
 
+    def _on_tun_backlog(self, backlogged: bool) -> None:
+        if backlogged:
+            self.stats["tun_backlogged"] += 1
+        self._run_udp(self.udp.tun_backlogged(backlogged))
+
     def _on_udp_batch(self, datagrams: list[UdpDatagram]) -> None:
         for datagram in datagrams:
             self._on_udp(datagram)
@@ -616,50 +481,149 @@ class Engine:
         if self.dns is not None and datagram.dst_port == DNS_PORT:
             self.dns.on_query(datagram, self.loop.time())
             return
-        session = datagram.session
-        if not self.stack.udp.holds(session):
+        if not self.stack.udp.holds(datagram.session):
             # Queued by the pump before the session expired: a flow opened for it now
             # would never see an expiry.
             self.stats["udp_stale_session"] += 1
             return
-        route_key = (datagram.dst_addr, datagram.dst_port)
-        decision = self._udp_routes.get(route_key)
-        if decision is None:
-            try:
-                decision = self.router.decide(
-                    "udp", ipaddress.ip_address(datagram.dst_addr), datagram.dst_port
-                )
-            except LoopDetected as exc:
-                self.stats["udp_loop_refused"] += 1
-                log.error("refused a routing loop: %s", exc)
+        route = self.udp.decided(datagram.dst_addr, datagram.dst_port)
+        if route is None:
+            route = self._udp_route(datagram)
+            if route is None:
                 return
-            except ValueError as exc:  # e.g. a fake-IP name no Target can carry
-                self.stats["udp_rejected"] += 1
-                log.warning(
-                    "UDP to %s:%d refused: %s", _ip_text(datagram.dst_addr), datagram.dst_port, exc
-                )
-                self.write_packet(self.stack.udp_unreachable(datagram))
-                return
-            if decision.domain is None:  # fake-IP names are re-read (the pool recycles)
-                if len(self._udp_routes) >= UDP_ROUTE_CACHE:
-                    self._udp_routes.clear()
-                self._udp_routes[route_key] = decision
-        if decision.action is Action.REJECT:
+        if route.outbound is self.router.reject:
             self.stats["udp_rejected"] += 1
             self.write_packet(self.stack.udp_unreachable(datagram))
             return
-        key = (id(session), decision.action)
-        flow = self.udp_flows.get(key)
-        if flow is None:
-            flow = _UdpFlow(self, session, decision.outbound, key)
-            self.udp_flows[key] = flow
-            self.stats["udp_sessions_total"] += 1
-        flow.send(datagram, decision.target, decision.domain is None)
+        self._run_udp(self.udp.datagram(datagram, route, self.loop.time()))
+
+    def _udp_route(self, datagram: UdpDatagram) -> UdpRoute[Outbound, Target] | None:
+        """Ask the rules where a destination goes (the core remembers the answer)."""
+        try:
+            decision = self.router.decide(
+                "udp", ipaddress.ip_address(datagram.dst_addr), datagram.dst_port
+            )
+        except LoopDetected as exc:
+            self.stats["udp_loop_refused"] += 1
+            log.error("refused a routing loop: %s", exc)
+            return None
+        except ValueError as exc:  # e.g. a fake-IP name no Target can carry
+            self.stats["udp_rejected"] += 1
+            log.warning(
+                "UDP to %s:%d refused: %s", _ip_text(datagram.dst_addr), datagram.dst_port, exc
+            )
+            self.write_packet(self.stack.udp_unreachable(datagram))
+            return None
+        outbound = self.router.reject if decision.action is Action.REJECT else decision.outbound
+        route = UdpRoute(outbound, decision.target, by_name=decision.domain is not None)
+        self.udp.remember(datagram.dst_addr, datagram.dst_port, route)
+        return route
+
+    def _run_udp(self, events: list[UdpFlowEvent[Outbound, Target]]) -> None:
+        """Carry out what the UDP core decided."""
+        for event in events:
+            if type(event) is SendDatagram:
+                io = self._udp_io[event.flow]
+                assert io.association is not None
+                self.stats["udp_datagrams_up"] += 1
+                self.stats["udp_bytes_up"] += len(event.payload)
+                io.association.send(event.target, event.payload)
+            elif type(event) is PumpRoute:
+                self._add_pump_route(event)
+            elif type(event) is OpenAssociation:
+                io = _UdpFlowIo()
+                self._udp_io[event.flow] = io
+                io.task = self.loop.create_task(self._open_udp(event.flow, io))
+            elif type(event) is CloseAssociation:
+                self._close_udp(event)
+            elif type(event) is Unreachable:
+                self.write_packet(self.stack.udp_unreachable(event.datagram))
+
+    async def _open_udp(self, flow: UdpFlow[Outbound, Target], io: _UdpFlowIo) -> None:
+        try:
+            association = await flow.outbound.open_udp(
+                lambda source, payload: self._on_udp_reply(flow, source, payload)
+            )
+        except Rejected:
+            self._run_udp(self.udp.open_failed(flow, rejected=True))
+            return
+        except (OutboundError, OSError) as exc:
+            log.warning("UDP association for %s failed: %s", _source(flow), exc)
+            self._run_udp(self.udp.open_failed(flow, rejected=False))
+            return
+        io.task = None
+        if flow.state is FlowState.CLOSED:  # closed while it was being set up
+            association.close()
+            return
+        io.association = association
+        association.closed.add_done_callback(lambda _f: self._run_udp(self.udp.closed(flow)))
+        make_uplink = getattr(association, "uplink", None)  # optional: SOCKS5 has one
+        if make_uplink is not None and self.pump is not None:
+            try:
+                io.uplink = make_uplink(gso=self.udp_gso)
+            except OSError as exc:  # e.g. EMFILE on the dup: the loop path still works
+                self.stats["udp_uplink_unavailable"] += 1
+                log.debug("UDP uplink for %s unavailable: %s", _source(flow), exc)
+        self._run_udp(self.udp.opened(flow, pumpable=io.uplink is not None))
+
+    def _add_pump_route(self, event: PumpRoute[Outbound, Target]) -> None:
+        """Hand a destination to the pump: its next datagrams skip the loop."""
+        io = self._udp_io.get(event.flow)
+        pump = self.pump
+        if pump is None or io is None or io.uplink is None:
+            return
+        uplink = io.uplink
+        key = (event.flow.session, event.dst_addr, event.dst_port)
+        pump.udp_routes.setdefault(key, (uplink, uplink.header_for(event.target)))
+
+    def _close_udp(self, event: CloseAssociation[Outbound, Target]) -> None:
+        """Take the flow's destinations back from the pump (then let it close the
+        uplink), and close the association or stop setting it up."""
+        io = self._udp_io.pop(event.flow, None)
+        if io is None:
+            return
+        uplink, pump = io.uplink, self.pump
+        if uplink is not None and pump is not None:
+            routes = pump.udp_routes
+            session = event.flow.session
+            for dst_addr, dst_port in event.pump_routes:
+                key = (session, dst_addr, dst_port)
+                route = routes.get(key)
+                if route is not None and route[0] is uplink:
+                    del routes[key]
+            pump.retire(uplink)
+        if io.task is not None:
+            io.task.cancel()
+        if io.association is not None:
+            io.association.close()
+
+    def _on_udp_reply(
+        self, flow: UdpFlow[Outbound, Target], source: Target, payload: bytes
+    ) -> None:
+        source_addr = self.udp.reply_source(flow, source.host, source.port)
+        if source_addr is None:
+            return
+        self.stats["udp_datagrams_down"] += 1
+        self.stats["udp_bytes_down"] += len(payload)
+        with self.lock:
+            packet = self.stack.udp_reply(
+                flow.session, source_addr, source.port, payload, self.loop.time()
+            )
+        self.write_packet(packet)
+
+    def udp_uplink(self, flow: UdpFlow[Outbound, Target]) -> Uplink | None:
+        """The uplink the pump sends this flow's datagrams on (None: none, or closed)."""
+        io = self._udp_io.get(flow)
+        return io.uplink if io is not None else None
+
+    def close_udp_flow(self, flow: UdpFlow[Outbound, Target]) -> None:
+        """Close one UDP flow now (its session opens a new one on its next datagram)."""
+        self._run_udp(self.udp.closed(flow))
 
     def routes_changed(self) -> None:
         """The rules or outbounds were swapped (a reload): new destinations are decided
         afresh. Open flows keep the outbound they hold, and the pump its routes to them."""
-        self._udp_routes.clear()
+        self.udp.forget_decisions()
 
     def _dns_reply(self, query: UdpDatagram, payload: bytes) -> None:
         """Answer a DNS query as if the server the app asked had sent it."""
@@ -668,12 +632,6 @@ class Engine:
                 query.session, query.dst_addr, query.dst_port, payload, self.loop.time()
             )
         self.write_packet(packet)
-
-    def udp_flow_closed(self, flow: _UdpFlow) -> None:
-        # The stack's session stays until its idle expiry: a later datagram simply opens
-        # a new association for it.
-        if self.udp_flows.get(flow.key) is flow:
-            del self.udp_flows[flow.key]
 
     # -- time ------------------------------------------------------------------------------
 
@@ -691,10 +649,7 @@ class Engine:
             events = self.stack.on_timer(self.loop.time())
         for event in events:
             if isinstance(event, UdpSessionExpired):
-                for action in Action:
-                    flow = self.udp_flows.get((id(event.session), action))
-                    if flow is not None:
-                        flow.close()
+                self._run_udp(self.udp.session_expired(event.session))
             elif isinstance(event, TcpSessionExpired):
                 self.stats["tcp_nat_expired"] += 1
         if self.dns is not None:

@@ -57,7 +57,11 @@ class TunPump(threading.Thread):
         on_datagrams: Callable[[list[UdpDatagram]], None],
         stats: Counter[str],
         on_fatal: Callable[[], None] | None = None,
+        on_backlog: Callable[[bool], None] | None = None,
     ) -> None:
+        """`on_backlog(backlogged)`: called on the loop (inline pumping only) when the
+        reader starts or stops falling behind -- a batch that read READ_BATCH frames
+        left more in the TUN's queue, which overflows if that goes on."""
         super().__init__(name="ztun-tun-pump", daemon=True)
         self.device = device
         self.stack = stack
@@ -67,6 +71,8 @@ class TunPump(threading.Thread):
         self.stats = stats
         # Called on the loop when the data path cannot go on (default: stop the loop).
         self.on_fatal = on_fatal or loop.stop
+        self.on_backlog = on_backlog
+        self.backlogged = False
         # Written by the loop (dict set/pop are atomic under the GIL), read by the pump.
         self.udp_routes: dict[RouteKey, Route] = {}
         # Counters of what the pump sent itself; only the pump writes them.
@@ -220,6 +226,11 @@ class TunPump(threading.Thread):
                 stats["tun_write_error"] += 1
                 log.debug("TUN write failed: %s", exc)
         stats["tun_frames_in"] += frames
+        # Only the inline pump competes with the loop's other work for reading time.
+        if self._inline and (frames == READ_BATCH) != self.backlogged:
+            self.backlogged = not self.backlogged
+            if self.on_backlog is not None:
+                self.on_backlog(self.backlogged)
         if fast:
             self._send_routed(fast)
         if datagrams:

@@ -153,8 +153,8 @@ async def _engine_scenario() -> None:
         # The first datagram waits for the association, through the loop.
         app_sends(b"first")
         assert await proxy.recv() == header + b"first"
-        (flow,) = engine.udp_flows.values()
-        uplink = flow.uplink
+        (flow,) = engine.udp
+        uplink = engine.udp_uplink(flow)
         assert uplink is not None
         session = flow.session
         assert pump.udp_routes == {(session, SERVER, 5000): (uplink, header)}
@@ -174,9 +174,9 @@ async def _engine_scenario() -> None:
         assert pump.udp_routes[(session, SERVER, 5001)] == (uplink, other_header)
 
         # Closing the flow takes its destinations back from the pump.
-        flow.close()
+        engine.close_udp_flow(flow)
         assert pump.udp_routes == {}
-        assert flow.uplink is None
+        assert engine.udp_uplink(flow) is None
     finally:
         engine.stop()
         app.close()
