@@ -204,7 +204,7 @@ async def _serve(
     from .engine import Engine
     from .outbound import DirectOutbound, make_outbound
     from .router import Router
-    from .stack import SystemStack
+    from .stack import IcmpMode, SystemStack
 
     def outbound(url: str):  # type: ignore[no-untyped-def]
         return make_outbound(
@@ -221,6 +221,14 @@ async def _serve(
     )
     dns, pool = _build_dns(opts, role)
     cfg = opts.config
+    if cfg.icmp == "direct":
+        from .icmp_direct import check
+
+        try:
+            check(tuple(v for v, a in ((4, opts.inet4), (6, opts.inet6)) if a is not None))
+        except OSError as exc:
+            log.error("%s", exc.strerror)
+            return 1
     router = Router(
         proxy_tcp=proxy_tcp,
         proxy_udp=proxy_udp,
@@ -236,6 +244,7 @@ async def _serve(
         udp_timeout=opts.udp_timeout,
         nat_shard=role.nat_shard,
         mtu=device.mtu,
+        icmp=IcmpMode(cfg.icmp),
     )
     engine = Engine(
         device,
@@ -249,6 +258,9 @@ async def _serve(
         redirect=accel.redirect and (role.alone or bool(role.redirect_listeners)),
         redirect_listeners=role.redirect_listeners,
         tun_thread=accel.tun_reader == "thread",
+        max_udp_sessions=cfg.max_udp_sessions,
+        fwmark=opts.fwmark,
+        bind_interface=opts.bind_interface,
     )
     engine.start()
     from .instance import Instance, InstanceError

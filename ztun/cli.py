@@ -190,6 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to reach the proxy and get its reply (default %(default)g)",
     )
     run.add_argument(
+        "--max-udp-sessions",
+        type=_bounded(int, 0, 1 << 20, "max UDP sessions"),
+        default=None,
+        metavar="N",
+        help="at most N UDP flows hold an association (descriptors); one more closes the "
+        "least recently used (default 0: no limit)",
+    )
+    run.add_argument(
+        "--icmp",
+        choices=("local", "direct", "reject"),
+        default=None,
+        help="what a ping gets: local (ztun answers; default), direct (sent from this host "
+        "through an ICMP socket, kept out of the TUN by --fwmark/--interface; needs "
+        "net.ipv4.ping_group_range), reject (ICMP unreachable, administratively prohibited)",
+    )
+    run.add_argument(
         "--netns", metavar="NAME", help="run inside the network namespace /run/netns/NAME"
     )
     run.add_argument(
@@ -387,6 +403,10 @@ def _overrides(ns: argparse.Namespace) -> dict[str, object]:
         given["mtu"] = ns.mtu
     if ns.bind_interface is not None:
         given["interface"] = ns.bind_interface
+    if ns.icmp is not None:
+        given["icmp"] = ns.icmp
+    if ns.max_udp_sessions is not None:
+        given["max_udp_sessions"] = ns.max_udp_sessions
     for key, value in (
         ("route.auto", ns.auto_route),
         ("route.strict", ns.strict_route),

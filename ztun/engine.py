@@ -33,6 +33,8 @@ from .relay import HAVE_SPLICE, SHARED_BUFFER_SIZE, PipePool, Relay, close_with_
 from .router import Decision, LoopDetected, Router
 from .rules import Action
 from .stack import (
+    IcmpEchoRequest,
+    IcmpMode,
     SystemStack,
     TcpSession,
     TcpSessionExpired,
@@ -57,6 +59,7 @@ from .tun.base import has_descriptor
 if TYPE_CHECKING:
     from .dns import DnsHandler
     from .dnsflow import DnsService
+    from .icmp_direct import IcmpForwarder
 
 log = logging.getLogger("ztun")
 
@@ -146,13 +149,17 @@ class Engine:
         tun_thread: bool = False,
         flows: FlowTable | None = None,
         max_udp_sessions: int = 0,
+        fwmark: int | None = None,
+        bind_interface: str | None = None,
     ) -> None:
         """`redirect_listeners`: bound by the caller (workers share one set); else bound
         in `start` when `redirect` is on. `tun_thread`: pump the TUN in a thread of its
         own instead of on the loop (see ztun.pump) -- always so for a device without a
         descriptor. `splice`, `udp_gso`: use these Linux fast paths where they exist
         (`ztun.platform.Accelerations`). `max_udp_sessions`: at most this many UDP flows
-        hold an association (0: no limit); one more closes the least recently used."""
+        hold an association (0: no limit); one more closes the least recently used.
+        `fwmark`, `bind_interface`: for the ICMP sockets of `--icmp direct` (the
+        outbounds carry their own)."""
         self.device = device
         self.tun_thread = tun_thread or not has_descriptor(device)
         self.udp_gso = udp_gso
@@ -182,6 +189,18 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
         self.loop = asyncio.get_running_loop()
+        self.icmp: IcmpForwarder | None = None
+        if stack.icmp is IcmpMode.DIRECT:
+            from .icmp_direct import IcmpForwarder
+
+            self.icmp = IcmpForwarder(
+                stack,
+                self.write_packet,
+                self.stats,
+                self.lock,
+                fwmark=fwmark,
+                bind_interface=bind_interface,
+            )
         self.dns: DnsService | None = None
         if dns is not None:
             from .dnsflow import DnsService
@@ -260,6 +279,8 @@ class Engine:
             task.cancel()
         if self.dns is not None:
             self.dns.close()
+        if self.icmp is not None:
+            self.icmp.close()
         if self._timer is not None:
             self._timer.cancel()
         if self.pipes is not None:
@@ -473,9 +494,12 @@ class Engine:
             self.stats["tun_backlogged"] += 1
         self._run_udp(self.udp.tun_backlogged(backlogged))
 
-    def _on_udp_batch(self, datagrams: list[UdpDatagram]) -> None:
-        for datagram in datagrams:
-            self._on_udp(datagram)
+    def _on_udp_batch(self, events: list[UdpDatagram | IcmpEchoRequest]) -> None:
+        for event in events:
+            if type(event) is UdpDatagram:
+                self._on_udp(event)
+            elif type(event) is IcmpEchoRequest and self.icmp is not None:
+                self.icmp.on_request(event, self.loop.time())
 
     def _on_udp(self, datagram: UdpDatagram) -> None:
         if self.dns is not None and datagram.dst_port == DNS_PORT:
@@ -654,3 +678,5 @@ class Engine:
                 self.stats["tcp_nat_expired"] += 1
         if self.dns is not None:
             self.dns.on_timer(self.loop.time())
+        if self.icmp is not None:
+            self.icmp.expire(self.loop.time())

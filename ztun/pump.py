@@ -30,7 +30,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from .outbound.uplink import Uplink
-from .stack import SystemStack, UdpDatagram, UdpSession
+from .stack import IcmpEchoRequest, SystemStack, UdpDatagram, UdpSession
 from .tun import Device
 
 log = logging.getLogger("ztun")
@@ -45,6 +45,8 @@ WAIT_SLICE = 0.1
 RouteKey = tuple[UdpSession, bytes, int]
 #: Where its datagrams go: the flow's uplink and the header for that destination.
 Route = tuple[Uplink, bytes]
+#: What the stack produced for the loop: datagrams to route, echo requests to forward.
+LoopEvent = UdpDatagram | IcmpEchoRequest
 
 
 class TunPump(threading.Thread):
@@ -54,7 +56,7 @@ class TunPump(threading.Thread):
         stack: SystemStack,
         lock: threading.Lock,
         loop: asyncio.AbstractEventLoop,
-        on_datagrams: Callable[[list[UdpDatagram]], None],
+        on_datagrams: Callable[[list[LoopEvent]], None],
         stats: Counter[str],
         on_fatal: Callable[[], None] | None = None,
         on_backlog: Callable[[bool], None] | None = None,
@@ -139,7 +141,7 @@ class TunPump(threading.Thread):
             if readable and not self._stopping and not self._batch(deliver):
                 return
 
-    def _deliver_threadsafe(self, datagrams: list[UdpDatagram]) -> None:
+    def _deliver_threadsafe(self, datagrams: list[LoopEvent]) -> None:
         self.loop.call_soon_threadsafe(self.on_datagrams, datagrams)
 
     # -- inline: the same work on the event loop's thread ---------------------------------
@@ -161,7 +163,7 @@ class TunPump(threading.Thread):
             self._inline = False
             self.loop.remove_reader(self.device.fileno())
 
-    def _batch(self, deliver: Callable[[list[UdpDatagram]], None]) -> bool:
+    def _batch(self, deliver: Callable[[list[LoopEvent]], None]) -> bool:
         """Read up to READ_BATCH frames, run each through the stack, write back what it
         returns; False once the device failed for good (on_fatal has been scheduled)."""
         device = self.device
@@ -174,7 +176,7 @@ class TunPump(threading.Thread):
         lock = self.lock
         stats = self.stats
         routes = self.udp_routes
-        datagrams: list[UdpDatagram] = []
+        datagrams: list[LoopEvent] = []
         fast: list[tuple[Route, bytes]] = []
         frames = 0
         now = time.monotonic()
@@ -218,6 +220,8 @@ class TunPump(threading.Thread):
                 elif type(out) is list:  # a reassembled datagram's answer, in fragments
                     for packet in out:
                         write(packet)
+                elif type(out) is IcmpEchoRequest:  # --icmp direct: the loop sends it
+                    datagrams.append(out)
                 else:
                     write(out)  # type: ignore[arg-type]
             except BlockingIOError:

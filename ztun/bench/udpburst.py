@@ -16,6 +16,7 @@ as sent) and seconds (first send to last echo).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -64,10 +65,9 @@ def echo(listen: tuple[str, int]) -> None:
     print(f"echo listening on {listen[0]}:{listen[1]}", flush=True)
     while True:
         data, peer = sock.recvfrom(65535)
-        try:
+        # A full buffer or an ICMP error: the network would lose it too.
+        with contextlib.suppress(OSError):
             sock.sendto(data, peer)
-        except OSError:
-            pass  # a full buffer or an ICMP error: the network would lose it too
 
 
 def burst(
@@ -97,10 +97,8 @@ def burst(
                 payload = _HEAD.pack(number, nonce).ljust(PAYLOAD, b"z")
                 socks[sock.fileno()] = (sock, payload)
                 poller.register(sock.fileno(), select.EPOLLIN)
-                try:
+                with contextlib.suppress(OSError):  # counted as not delivered
                     sock.sendto(payload, target)
-                except OSError:
-                    pass  # counted as not delivered
             next_batch += interval
             while (left := next_batch - time.monotonic()) > 0:  # read echoes until the next
                 got = _collect(poller, socks, left)
@@ -156,10 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--wait", type=float, default=WAIT)
     args = parser.parse_args(argv)
     if args.cmd == "echo":
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             echo(_split(args.listen))
-        except KeyboardInterrupt:
-            pass
         return 0
     result = burst(
         _split(args.target),

@@ -29,6 +29,7 @@ def make_socket(
     family: int,
     kind: int,
     *,
+    proto: int = 0,
     fwmark: int | None = None,
     bind_interface: str | None = None,
 ) -> socket.socket:
@@ -38,7 +39,7 @@ def make_socket(
     (missing capability, unknown interface), not a network one.
     """
     # SOCK_NONBLOCK at creation saves the FIONBIO ioctl per connection (Linux).
-    sock = socket.socket(family, kind | _SOCK_NONBLOCK)
+    sock = socket.socket(family, kind | _SOCK_NONBLOCK, proto)
     try:
         if not _SOCK_NONBLOCK:
             sock.setblocking(False)

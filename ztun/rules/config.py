@@ -19,6 +19,8 @@ Example::
     control = "/run/ztun/ztun0.sock"  # default: per device (docs/control.md)
     metrics = "127.0.0.1:9100"      # Prometheus text at /metrics (default: off)
     pid_file = "/run/ztun.pid"
+    icmp = "local"                  # local | direct | reject: what a ping gets
+    max_udp_sessions = 0            # UDP flows holding an association (0: no limit)
 
     [route]
     auto = true
@@ -79,6 +81,7 @@ IFNAMSIZ = 16  # linux/if.h, including the NUL
 PROXY_SCHEMES = ("socks5", "socks5h")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+ICMP_MODES = ("local", "direct", "reject")  # ztun.stack.IcmpMode
 DNS_PORT = 53
 MAX_SNIFF_TIMEOUT = 10.0
 DEFAULT_SNIFF_TIMEOUT = 0.3
@@ -141,6 +144,8 @@ class Config:
     metrics: tuple[str, int] | None = None  # Prometheus endpoint HOST:PORT
     pid_file: Path | None = None
     default_action: Action = Action.PROXY
+    icmp: str = "local"  # what an echo request gets: one of ICMP_MODES
+    max_udp_sessions: int = 0  # UDP flows holding an association (0: no limit; LRU)
     route: RouteOptions = field(default_factory=RouteOptions)
     dns: DnsOptions = field(default_factory=DnsOptions)
     sniff: SniffOptions = field(default_factory=SniffOptions)
@@ -410,6 +415,10 @@ class _Builder:
             if "default_action" in data
             else Action.PROXY
         )
+        icmp = self.choice(data.pop("icmp"), ("icmp",), ICMP_MODES) if "icmp" in data else "local"
+        max_udp_sessions = self.take(data, (), "max_udp_sessions", int, 0)
+        if max_udp_sessions < 0:
+            raise self.error(("max_udp_sessions",), "must be 0 (no limit) or more")
         self.no_leftovers(
             data,
             (),
@@ -427,6 +436,8 @@ class _Builder:
                 "metrics",
                 "pid_file",
                 "default_action",
+                "icmp",
+                "max_udp_sessions",
                 "route",
                 "dns",
                 "sniff",
@@ -447,6 +458,8 @@ class _Builder:
             metrics=metrics,
             pid_file=Path(pid_file) if pid_file else None,
             default_action=default_action,
+            icmp=icmp,
+            max_udp_sessions=max_udp_sessions,
             route=route,
             dns=dns,
             sniff=sniff,

@@ -1,4 +1,5 @@
-"""The system stack: sans-IO NAT hairpin for TCP, UDP sessions, local ICMP echo."""
+"""The system stack: sans-IO NAT hairpin for TCP, UDP sessions and their flow policy, ICMP
+echo (local, rejected or forwarded), IP reassembly."""
 
 from .events import (
     StackEvent,
@@ -8,11 +9,14 @@ from .events import (
     UdpSession,
     UdpSessionExpired,
 )
+from .icmpecho import IcmpEchoRequest, IcmpMode
 from .nat import NatExhausted, TcpNatTable
 from .system import SystemStack, hairpin_peer
 from .udp import UdpSessionTable
 
 __all__ = [
+    "IcmpEchoRequest",
+    "IcmpMode",
     "NatExhausted",
     "StackEvent",
     "SystemStack",

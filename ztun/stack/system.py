@@ -36,6 +36,7 @@ from ..wire import (
     TcpPacket,
     UdpPacket,
     WireError,
+    build_icmp_echo,
     build_icmp_unreachable,
     build_tcp,
     build_udp,
@@ -52,6 +53,7 @@ from .events import (
     UdpSession,
     UdpSessionExpired,
 )
+from .icmpecho import IcmpEchoRequest, IcmpMode, prohibited
 from .nat import CLOSING, PENDING, NatExhausted, TcpNatTable
 from .reassembly import Reassembler
 from .udp import UdpSessionTable
@@ -65,9 +67,10 @@ _ECHO_DELTA_V4 = checksum_delta(bytes((ICMP_ECHO_REQUEST, 0)), bytes((ICMP_ECHO_
 _ECHO_DELTA_V6 = checksum_delta(bytes((ICMPV6_ECHO_REQUEST, 0)), bytes((ICMPV6_ECHO_REPLY, 0)))
 
 #: What `receive` hands back: a view of the input rewritten in place (write the frame
-#: back as read), a new packet, a datagram event, packets to write in order (a reply to a
-#: reassembled datagram, fragmented to the MTU), or None (dropped, or held).
-Output = memoryview | bytearray | UdpDatagram | list[bytearray] | None
+#: back as read), a new packet, an event for the engine (a datagram, an echo request to
+#: forward), packets to write in order (a reply to a reassembled datagram, fragmented to
+#: the MTU), or None (dropped, or held).
+Output = memoryview | bytearray | UdpDatagram | IcmpEchoRequest | list[bytearray] | None
 
 # An IPv4 header without options followed by a UDP header: total length, flags/fragment
 # offset, source, destination; source port, destination port, UDP length, checksum.
@@ -159,14 +162,17 @@ class SystemStack:
         nat_shard: tuple[int, int] = (0, 1),
         mtu: int = 1500,
         rng: random.Random | None = None,
+        icmp: IcmpMode = IcmpMode.LOCAL,
     ) -> None:
         """`nat_shard` (k, n): this is worker k of n and hands out NAT ports k mod n.
         `mtu`: the TUN's; a packet ztun writes that is larger goes out in fragments.
-        `rng`: where fragment identifications come from (seeded in tests)."""
+        `rng`: where fragment identifications come from (seeded in tests). `icmp`: what
+        an echo request gets (`ztun.stack.icmpecho`)."""
         if inet4 is None and inet6 is None:
             raise ValueError("the TUN needs at least one address (IPv4 or IPv6)")
         self.counters: Counter[str] = Counter()
         self.mtu = mtu
+        self.icmp = icmp
         self._rng = rng if rng is not None else random.Random()
         self.reassembly = Reassembler(self.counters)
         self.nat4: TcpNatTable | None = None
@@ -498,6 +504,8 @@ class SystemStack:
             return self._drop("icmp_not_echo")
         if not icmp.verify_checksum():
             return self._drop("icmp_bad_checksum")
+        if self.icmp is not IcmpMode.LOCAL:
+            return self._echo_elsewhere(ip, icmp, 4)
         src, dst = ip.src, ip.dst
         ip.src, ip.dst = dst, src  # a swap leaves the header sum unchanged
         icmp.type = ICMP_ECHO_REPLY
@@ -515,12 +523,31 @@ class SystemStack:
         src, dst = ip.src, ip.dst
         if not icmp.verify_checksum(src, dst):
             return self._drop("icmp_bad_checksum")
+        if self.icmp is not IcmpMode.LOCAL:
+            return self._echo_elsewhere(ip, icmp, 6)
         ip.src, ip.dst = dst, src  # the pseudo-header sum does not change with the swap
         icmp.type = ICMPV6_ECHO_REPLY
         icmp.adjust_checksum(_ECHO_DELTA_V6)
         ip.hop_limit = REPLY_HOP_LIMIT
         self.counters["icmp_echo_answered"] += 1
         return ip.buf
+
+    def _echo_elsewhere(
+        self, ip: Ipv4Packet | Ipv6Packet, icmp: IcmpPacket | Icmpv6Packet, version: int
+    ) -> Output:
+        """`--icmp reject`: refuse it; `--icmp direct`: hand it to the engine to send."""
+        if self.icmp is IcmpMode.REJECT:
+            self.counters["icmp_echo_rejected"] += 1
+            return prohibited(ip.buf, ip.dst)
+        return IcmpEchoRequest(version, ip.src, ip.dst, icmp.ident, icmp.seq, bytes(icmp.data))
+
+    def echo_failed(self, request: IcmpEchoRequest, code: int) -> bytearray:
+        """Destination unreachable with `code` for a forwarded echo request the network
+        refused at once (no route: what the app's own host would have said)."""
+        original = build_icmp_echo(
+            request.src, request.dst, request.ident, request.seq, request.payload
+        )
+        return build_icmp_unreachable(original, request.dst, code=code)
 
     # -- time ----------------------------------------------------------------------------
 

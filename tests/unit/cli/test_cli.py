@@ -40,6 +40,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["run", "--portable", "--workers", "2"], "--portable turns off"),
         (["run", "--portable", "--redirect"], "--portable turns off"),
         (["frobnicate"], "invalid choice"),
+        (["run", "--icmp", "ping"], "invalid choice"),
+        (["run", "--max-udp-sessions", "-1"], "out of range"),
     ],
 )
 def test_bad_input_exits_2_and_says_what_is_wrong(args: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -85,6 +87,8 @@ def test_help_documents_every_run_flag() -> None:
         "--workers",
         "--tun-thread",
         "--portable",
+        "--icmp",
+        "--max-udp-sessions",
         "--loglevel",
         "--debug",
         "-d",

@@ -169,3 +169,26 @@ def test_locate_dotted_keys_and_array_tables() -> None:
     assert locate(text, ("r", 1, "x")) == 9
     assert locate(text, ("r", 1, "missing")) == 7  # falls back to the table header
     assert locate(text, ("nowhere",)) is None
+
+
+def test_icmp_and_max_udp_sessions(tmp_path: Path) -> None:
+    path = write(tmp_path, 'icmp = "direct"\nmax_udp_sessions = 500\n')
+    c = load_config(path)
+    assert (c.icmp, c.max_udp_sessions) == ("direct", 500)
+    flags = load_config(path, {"icmp": "reject", "max_udp_sessions": 0})
+    assert (flags.icmp, flags.max_udp_sessions) == ("reject", 0)
+    assert (Config().icmp, Config().max_udp_sessions) == ("local", 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('icmp = "ping"', "ztun.toml:1: icmp: 'ping' is not one of local, direct, reject"),
+        ("max_udp_sessions = -1", "ztun.toml:1: max_udp_sessions: must be 0 (no limit) or more"),
+        ('max_udp_sessions = "9"', "ztun.toml:1: max_udp_sessions: must be an integer"),
+    ],
+)
+def test_icmp_and_max_udp_sessions_errors(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text + "\n"))
+    assert str(info.value).removeprefix(str(tmp_path) + "/").startswith(expected), str(info.value)

@@ -1,0 +1,158 @@
+"""`--icmp direct`: the apps' pings sent for real, from ztun's host, through unprivileged
+ICMP sockets -- the I/O half of `ztun.stack.icmpecho` (which holds the policy).
+
+An unprivileged ICMP socket (SOCK_DGRAM with IPPROTO_ICMP / IPPROTO_ICMPV6, Linux 3.0+)
+sends echo requests and receives only the echo replies that carry its own identifier;
+the kernel fills in the identifier and the checksum. Creating one needs the process's
+group inside `net.ipv4.ping_group_range` of its network namespace (it covers ICMPv6 too);
+the kernel's default, "1 0", allows nobody -- not even root, which is why `check` runs at
+start-up and names the sysctl. The sockets carry ztun's fwmark and interface binding, so
+the echoes go out around the TUN (like every outbound socket of ztun).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+from .outbound.sockets import make_socket
+from .stack import IcmpEchoRequest, SystemStack
+from .stack.icmpecho import EchoSession, EchoSessions
+
+log = logging.getLogger("ztun")
+
+_ECHO_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
+_ECHO_REQUEST = {4: 8, 6: 128}
+_ECHO_REPLY = {4: 0, 6: 129}
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+_PROTO = {4: socket.IPPROTO_ICMP, 6: socket.IPPROTO_ICMPV6}
+_READ = 65535
+_READ_BATCH = 64
+#: What the app is told when ztun's host has no route at all (RFC 792 codes 0/1, RFC 4443
+#: codes 0/3): the answer the app's host would have given it without a tunnel.
+_UNREACHABLE = {
+    (4, errno.ENETUNREACH): 0,
+    (4, errno.EHOSTUNREACH): 1,
+    (6, errno.ENETUNREACH): 0,
+    (6, errno.EHOSTUNREACH): 3,
+}
+
+PING_GROUP_HINT = (
+    "unprivileged ICMP sockets need this process's group in net.ipv4.ping_group_range "
+    "(in ztun's network namespace): sysctl -w net.ipv4.ping_group_range='0 2147483647'"
+)
+
+
+def check(versions: tuple[int, ...]) -> None:
+    """Raise OSError, saying what to do, unless ICMP sockets can be opened here."""
+    for version in versions:
+        try:
+            socket.socket(_FAMILY[version], socket.SOCK_DGRAM, _PROTO[version]).close()
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"--icmp direct: cannot open an ICMPv{version} socket "
+                f"({exc.strerror}); {PING_GROUP_HINT}"
+            ) from None  # fmt: skip
+
+
+class IcmpForwarder:
+    """Sends echo requests from the TUN, writes the network's echo replies back to it."""
+
+    def __init__(
+        self,
+        stack: SystemStack,
+        write_packet: Callable[[bytearray], None],
+        stats: Counter[str],
+        lock: threading.Lock,
+        *,
+        fwmark: int | None = None,
+        bind_interface: str | None = None,
+    ) -> None:
+        self.stack = stack
+        self.write_packet = write_packet
+        self.stats = stats
+        self.lock = lock
+        self.fwmark = fwmark
+        self.bind_interface = bind_interface
+        self.sessions = EchoSessions(stats)
+        self._socks: dict[EchoSession, socket.socket] = {}
+        self._loop = asyncio.get_running_loop()
+
+    def on_request(self, request: IcmpEchoRequest, now: float) -> None:
+        session, evicted = self.sessions.request(request, now)
+        for old in evicted:
+            self._close(old)
+        sock = self._socks.get(session) or self._open(session)
+        if sock is None:
+            return
+        message = _ECHO_HEADER.pack(_ECHO_REQUEST[request.version], 0, 0, 0, request.seq)
+        destination = socket.inet_ntop(_FAMILY[request.version], request.dst)
+        try:
+            sock.sendmsg([message, request.payload], [], 0, (destination, 0))
+        except BlockingIOError:
+            self.stats["icmp_echo_send_dropped"] += 1
+        except OSError as exc:
+            code = _UNREACHABLE.get((request.version, exc.errno or 0))
+            if code is None:
+                self.stats["icmp_echo_send_failed"] += 1
+                log.debug("ICMP echo to %s failed: %s", destination, exc)
+                return
+            self.stats["icmp_echo_unreachable"] += 1
+            with self.lock:
+                packet = self.stack.echo_failed(request, code)
+            self.write_packet(packet)
+
+    def _open(self, session: EchoSession) -> socket.socket | None:
+        try:
+            sock = make_socket(
+                _FAMILY[session.version],
+                socket.SOCK_DGRAM,
+                proto=_PROTO[session.version],
+                fwmark=self.fwmark,
+                bind_interface=self.bind_interface,
+            )
+        except (OSError, ValueError) as exc:  # EMFILE, a vanished interface...
+            self.stats["icmp_echo_socket_failed"] += 1
+            log.warning("--icmp direct: cannot open an ICMP socket: %s", exc)
+            self.sessions.forget(session)
+            return None
+        self._socks[session] = sock
+        self._loop.add_reader(sock.fileno(), self._on_readable, session, sock)
+        return sock
+
+    def _on_readable(self, session: EchoSession, sock: socket.socket) -> None:
+        reply_type = _ECHO_REPLY[session.version]
+        for _ in range(_READ_BATCH):
+            try:
+                message, peer = sock.recvfrom(_READ)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error queued for the socket: not a reply
+                log.debug("ICMP socket error: %s", exc)
+                continue
+            if len(message) < _ECHO_HEADER.size or message[0] != reply_type:
+                continue  # only echo replies are answers (the kernel filters, mostly)
+            _type, _code, _sum, _ident, seq = _ECHO_HEADER.unpack_from(message)
+            source = socket.inet_pton(_FAMILY[session.version], peer[0].split("%")[0])
+            packet = self.sessions.reply(session, source, seq, message[_ECHO_HEADER.size :])
+            self.write_packet(packet)
+
+    def expire(self, now: float) -> None:
+        for session in self.sessions.expire(now):
+            self._close(session)
+
+    def _close(self, session: EchoSession) -> None:
+        sock = self._socks.pop(session, None)
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def close(self) -> None:
+        for session in list(self._socks):
+            self._close(session)
