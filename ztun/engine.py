@@ -584,7 +584,7 @@ class Engine:
         make_uplink = getattr(association, "uplink", None)  # optional: SOCKS5 has one
         if make_uplink is not None and self.pump is not None:
             try:
-                io.uplink = make_uplink(gso=self.udp_gso)
+                io.uplink = make_uplink(gso=self.udp_gso, shared=not self.tun_thread)
             except OSError as exc:  # e.g. EMFILE on the dup: the loop path still works
                 self.stats["udp_uplink_unavailable"] += 1
                 log.debug("UDP uplink for %s unavailable: %s", _source(flow), exc)

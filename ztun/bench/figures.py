@@ -8,10 +8,12 @@ raises `NotApplicable`, which the report shows as "n/a", not as a failure.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import selectors
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +22,10 @@ from .. import netns
 from ..proc import ProcError, await_condition, run
 from . import parse, procstat
 from .options import Durations
-from .servers import HOLD_PORT, HTTP_PORT, IPERF_PORT, Servers
-from .systems import Env, System
+from .servers import BURST_ECHO_PORT, DANTED_PORT, HOLD_PORT, HTTP_PORT, IPERF_PORT, Servers
+from .systems import Env, SingBox, System
 from .topology import SERVER_V4
+from .udpburst import WAIT as BURST_WAIT
 
 GB = 1e9
 UDP_PAYLOAD = 1400  # bytes: fits a 1500 MTU after IP/UDP and the 10-byte SOCKS5 UDP header
@@ -35,6 +38,7 @@ FD_MARGIN = 300  # descriptors a process needs besides its connections
 HELD_TARGET = 10000
 HELD_STALL = 5.0  # seconds without a new held connection: the tun2socks holds no more
 START_SLACK = 10.0  # seconds to restart a system (rss) before the load begins
+BURST_NOMINAL = 5.0  # a 3000-flow burst and its echoes, when all goes well
 
 
 class NotApplicable(Exception):
@@ -111,6 +115,55 @@ def udp(offered_bps: int) -> Figure:
             "loss_pct": result.loss_percent,
             **_per_gb(system, before, result.bytes_delivered),
         }
+
+    return figure
+
+
+def udp_burst(via_danted: bool) -> Figure:
+    """A burst of new UDP flows (`ztun.bench.udpburst`): how many came back, how soon, and
+    the descriptors the tun2socks held for them. UDP goes through sing-box's socks inbound
+    (like every UDP figure) or, restarted for this figure alone, through danted."""
+
+    def figure(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
+        if not system.carries_udp:
+            raise NotApplicable("proxychains carries TCP only")
+        if via_danted and isinstance(system, SingBox):
+            raise NotApplicable(
+                "danted drops sing-box's UDP (it declares [::1]:0 in UDP ASSOCIATE)"
+            )
+        restart = via_danted and system.pid is not None
+        if restart:
+            system.stop()
+            system.start(udp_port=DANTED_PORT)
+        try:
+            flows = ctx.durations.burst_flows
+            fds_before = procstat.open_fds(system.pid) if system.pid else None
+            out = _client(
+                ctx,
+                system,
+                [
+                    sys.executable,
+                    "-m",
+                    "ztun.bench.udpburst",
+                    "burst",
+                    "--target",
+                    f"{SERVER_V4}:{BURST_ECHO_PORT}",
+                    "--flows",
+                    str(flows),
+                ],
+                timeout,
+            )
+            # Sessions live on (idle timeout): what they hold is what the burst cost.
+            fds_after = procstat.open_fds(system.pid) if system.pid else None
+        finally:
+            if restart:
+                system.stop()
+                system.start()
+        result = json.loads(out)
+        metrics = {"delivered_pct": float(result["delivered_pct"]), "seconds": result["seconds"]}
+        if fds_before is not None and fds_after is not None:
+            metrics["fds_per_flow"] = (fds_after - fds_before) / flows
+        return metrics
 
     return figure
 
@@ -299,13 +352,15 @@ FIGURES: dict[str, Figure] = {
     "rr": rr,
     "udp-200m": udp(200_000_000),
     "udp-1g": udp(1_000_000_000),
+    "udp-burst": udp_burst(via_danted=False),
+    "udp-burst-danted": udp_burst(via_danted=True),
     "rss": rss,
 }
 
 
 def timeout_for(test: str, d: Durations) -> float:
     """Per-figure bound: the load's nominal length plus slack (more for the process-heavy ones)."""
-    if test.startswith(("tcp-", "udp-")):
+    if test.startswith(("tcp-", "udp-")) and not test.startswith("udp-burst"):
         return d.iperf_seconds + d.iperf_omit + TOOL_SLACK
     if test == "conn":
         return CONN_TIMEOUT
@@ -313,11 +368,15 @@ def timeout_for(test: str, d: Durations) -> float:
         return d.rr_seconds + TOOL_SLACK
     if test == "rss":
         return d.held_open_seconds * len(d.held_counts) + HELD_SETTLE_TIMEOUT + START_SLACK
+    if test.startswith("udp-burst"):
+        return BURST_WAIT + TOOL_SLACK + 2 * START_SLACK
     raise ValueError(test)
 
 
 def nominal_seconds(test: str, d: Durations) -> float:
     """What a figure takes when all goes well: a run skips a figure that cannot finish in time."""
+    if test.startswith("udp-burst"):
+        return BURST_NOMINAL
     if test.startswith(("tcp-", "udp-")):
         return d.iperf_seconds + d.iperf_omit + 1.0
     if test == "conn":

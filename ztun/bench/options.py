@@ -33,6 +33,8 @@ TESTS: tuple[str, ...] = (
     "rr",
     "udp-200m",
     "udp-1g",
+    "udp-burst",
+    "udp-burst-danted",
     "rss",
 )
 #: `--quick`: one repetition of a subset, short durations; the whole run stays under 2 min.
@@ -60,6 +62,7 @@ class Durations:
     rr_seconds: float = 5.0
     held_counts: tuple[int, ...] = (1000, 10000)
     held_open_seconds: float = 90.0  # bound on opening the largest batch of idle connections
+    burst_flows: int = 3000  # udp-burst: new UDP flows, 200 every 10 ms
 
 
 QUICK_DURATIONS = Durations(

@@ -64,3 +64,14 @@ def rss_bytes(root: int) -> int:
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
     return total
+
+
+def open_fds(root: int) -> int:
+    """Descriptors the tree holds open (/proc/PID/fd entries)."""
+    total = 0
+    for pid in tree(root):
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total

@@ -46,6 +46,14 @@ def _udp(test: str, label: str) -> list[Metric]:
     ]
 
 
+def _burst(test: str, server: str) -> list[Metric]:
+    return [
+        Metric(test, "delivered_pct", f"UDP burst via {server}: delivered", "%", True),
+        Metric(test, "seconds", f"UDP burst via {server}: until the last echo", "s", False),
+        Metric(test, "fds_per_flow", f"UDP burst via {server}: fds per flow", "fds", False),
+    ]
+
+
 METRICS: tuple[Metric, ...] = (
     *_tcp("tcp-1-up", "1 stream up"),
     *_tcp("tcp-1-down", "1 stream down"),
@@ -60,6 +68,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("rr", "p99_us", "request/response p99", "us", False),
     *_udp("udp-200m", "200M"),
     *_udp("udp-1g", "1G"),
+    *_burst("udp-burst", "sing-box socks"),
+    *_burst("udp-burst-danted", "danted"),
     Metric("rss", "idle_mib", "RSS idle", "MiB", False),
     Metric("rss", "held_1000_mib", "RSS 1,000 idle conns", "MiB", False),
     Metric("rss", "held_max_conns", "idle conns held (<=10,000)", "conns", True),

@@ -76,6 +76,7 @@ def _preflight(opts: BenchOptions, err: TextIO) -> bool:
         any(s.startswith("sing-box") for s in opts.systems)
         or "udp-200m" in opts.tests
         or "udp-1g" in opts.tests
+        or "udp-burst" in opts.tests
         or "rss" in opts.tests
     ):
         try:
@@ -161,7 +162,10 @@ def _environment() -> dict[str, Any]:
         "versions": _versions(),
         "tcp_socks_server": "danted (dante-server), log: error",
         "udp_socks_server": "sing-box socks inbound (danted drops sing-box's UDP: it declares "
-        "[::1]:0 in UDP ASSOCIATE and danted accepts datagrams only from the declared address)",
+        "[::1]:0 in UDP ASSOCIATE and danted accepts datagrams only from the declared address); "
+        "udp-burst-danted: danted, ztun restarted with --udp-proxy to it",
+        "udp_burst": "ztun.bench.udpburst: N new sockets, one 64-byte datagram each, 200 every "
+        "10 ms, echoes awaited 20 s after the last send",
         "held_connections_proxy": "holdsocks (answers CONNECT and holds: one fd per connection)",
         "socks_only_client": "proxychains4 (LD_PRELOAD; SOCKS5 handshake inside connect(), "
         "then the app's own data path)",

@@ -48,7 +48,9 @@ class System:
         """The tun2socks process whose CPU and memory are billed (None: nothing to bill)."""
         return self.proc.pid if self.proc else None
 
-    def start(self, *, tcp_port: int = DANTED_PORT) -> None:
+    def start(self, *, tcp_port: int = DANTED_PORT, udp_port: int = SOCKS_UDP_PORT) -> None:
+        """Start, carrying TCP through the SOCKS5 server on `tcp_port` and UDP through the
+        one on `udp_port` (of the proxy namespace)."""
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -101,7 +103,7 @@ class System:
 
 
 class Direct(System):
-    def start(self, *, tcp_port: int = DANTED_PORT) -> None:
+    def start(self, *, tcp_port: int = DANTED_PORT, udp_port: int = SOCKS_UDP_PORT) -> None:
         self.env.topo.set_forwarding(True)
         self.probe()
 
@@ -114,7 +116,7 @@ class SocksOnly(System):
     """The app speaks SOCKS5: proxychains4 (strict chain to danted). The proxy namespace does
     not forward, so nothing can bypass it. No UDP: proxychains only hooks TCP connect()."""
 
-    def start(self, *, tcp_port: int = DANTED_PORT) -> None:
+    def start(self, *, tcp_port: int = DANTED_PORT, udp_port: int = SOCKS_UDP_PORT) -> None:
         conf = os.path.join(self.env.workdir, "proxychains.conf")
         with open(conf, "w") as f:
             f.write(
@@ -132,7 +134,7 @@ class Ztun(System):
 
     extra: tuple[str, ...] = ()
 
-    def start(self, *, tcp_port: int = DANTED_PORT) -> None:
+    def start(self, *, tcp_port: int = DANTED_PORT, udp_port: int = SOCKS_UDP_PORT) -> None:
         env = self.env
         # `ip netns exec` execs: the pid we hold is ztun's own, not a wrapper's.
         self.proc = spawn(
@@ -147,7 +149,7 @@ class Ztun(System):
                 "--proxy",
                 f"socks5://{PROXY_C_V4}:{tcp_port}",
                 "--udp-proxy",
-                f"socks5://{PROXY_C_V4}:{SOCKS_UDP_PORT}",
+                f"socks5://{PROXY_C_V4}:{udp_port}",
                 "--loglevel",
                 "info",
                 *self.extra,
@@ -169,7 +171,7 @@ class SingBox(System):
         super().__init__(name, env)
         self.stack = stack
 
-    def config(self, tcp_port: int) -> dict[str, object]:
+    def config(self, tcp_port: int, udp_port: int = SOCKS_UDP_PORT) -> dict[str, object]:
         return {
             "log": {"level": "warn"},
             "inbounds": [
@@ -195,7 +197,7 @@ class SingBox(System):
                     "type": "socks",
                     "tag": "socks-udp",
                     "server": PROXY_C_V4,
-                    "server_port": SOCKS_UDP_PORT,
+                    "server_port": udp_port,
                     "version": "5",
                     "network": "udp",
                 },
@@ -206,11 +208,11 @@ class SingBox(System):
             },
         }
 
-    def start(self, *, tcp_port: int = DANTED_PORT) -> None:
+    def start(self, *, tcp_port: int = DANTED_PORT, udp_port: int = SOCKS_UDP_PORT) -> None:
         env = self.env
         conf = os.path.join(env.workdir, f"{self.name}.json")
         with open(conf, "w") as f:
-            json.dump(self.config(tcp_port), f, indent=1)
+            json.dump(self.config(tcp_port, udp_port), f, indent=1)
         self.proc = spawn(
             env.topo.client,
             [sing_box_path(), "run", "-c", conf, "-D", env.workdir],

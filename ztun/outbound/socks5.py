@@ -280,11 +280,15 @@ class Socks5UdpAssociation:
             self._dropped += 1
             log.debug("%r: datagram to %s dropped: %s", self, target, exc)
 
-    def uplink(self, *, gso: bool = True) -> Uplink | None:
-        """A sender for the TUN pump, on its own descriptor (None once closed); `gso`:
-        batch equal datagrams with UDP_SEGMENT (Linux)."""
+    def uplink(self, *, gso: bool = True, shared: bool = False) -> Uplink | None:
+        """A sender for the TUN pump (None once closed); `gso`: batch equal datagrams with
+        UDP_SEGMENT (Linux). On its own descriptor, unless `shared`: a pump that runs on
+        the loop's thread can never be sending while the association closes, so it may
+        use the association's socket and save a descriptor per flow."""
         if self._closed.done():
             return None
+        if shared:
+            return Uplink(self._udp, encode_udp_header, gso=gso, owns_socket=False)
         return Uplink(self._udp.dup(), encode_udp_header, gso=gso)
 
     def close(self) -> None:

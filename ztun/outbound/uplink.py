@@ -74,6 +74,7 @@ class Uplink:
     """
 
     __slots__ = (
+        "_owns_socket",
         "_sock",
         "datagrams",
         "dropped",
@@ -84,9 +85,17 @@ class Uplink:
     )
 
     def __init__(
-        self, sock: socket.socket, header_for: Callable[[Target], bytes], *, gso: bool = True
+        self,
+        sock: socket.socket,
+        header_for: Callable[[Target], bytes],
+        *,
+        gso: bool = True,
+        owns_socket: bool = True,
     ) -> None:
+        """`owns_socket`: close `sock` on `close` (a dup made for a pump thread); else the
+        association it belongs to closes it (a pump on the loop's own thread)."""
         self._sock = sock
+        self._owns_socket = owns_socket
         self.header_for = header_for
         self.datagrams = 0
         self.octets = 0  # payload bytes sent, headers not counted
@@ -160,4 +169,5 @@ class Uplink:
         return True
 
     def close(self) -> None:
-        self._sock.close()
+        if self._owns_socket:
+            self._sock.close()

@@ -236,3 +236,13 @@ def test_socks5_association_uplink_outlives_the_association_descriptor() -> None
             proxy.relay.close()
 
     asyncio.run(asyncio.wait_for(scenario(), TEST_TIMEOUT))
+
+
+def test_a_shared_uplink_leaves_the_socket_to_its_association() -> None:
+    """With the pump on the loop's thread, an uplink borrows the association's socket:
+    closing the uplink must not close it (the association does, once)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    uplink = Uplink(sock, encode_udp_header, owns_socket=False)
+    uplink.close()
+    assert sock.fileno() != -1
+    sock.close()
