@@ -93,6 +93,7 @@ def _attach(name: str, flags: int, netns: str | None) -> int:
 #: ztun falls behind (at most 2000 frames; with offloads a frame can be 64 KiB).
 TX_QUEUE_LEN = 2000
 
+
 class _TunFd(DeviceInfo):
     """Reading and writing one TUN descriptor (a whole device or one of its queues):
     frames are a virtio-net header of `_hdr_len` bytes (0 without offloads) + a packet."""

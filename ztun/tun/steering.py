@@ -19,9 +19,10 @@ IP header:
    session (keyed by source). A multiplicative hash, not the bare XOR: Linux hands
    connect() even ephemeral ports (bind() gets the odd ones), so the low bit alone --
    all that `% 2` looks at -- would send every local flow to one worker.
-5. Everything else gives 0: ICMP, IPv4 fragments after the first (no ports in them),
-   IPv6 extension headers, other versions, and any packet too short for a field the
-   rule needs.
+5. Everything else gives 0: ICMP, IPv4 fragments (all of them: only the first has
+   ports, and worker 0 must see every piece to reassemble the datagram), IPv6 extension
+   headers (a Fragment header among them), other versions, and any packet too short for
+   a field the rule needs.
 
 `steering_key` is that function in Python (the reference the tests compare the program
 with); `steering_program` assembles it; `load_program`, `attach`, `detach` and
@@ -62,7 +63,9 @@ DNS_PORT = 53
 # Offsets from the start of the IP header (RFC 791, RFC 8200).
 IP4_VER_IHL = 0
 IP4_FRAG = 6  # 3 flag bits, 13 bits of fragment offset (in 8-byte units)
-IP4_FRAG_OFFSET_MASK = 0x1FFF
+#: MF and the offset: any fragment, the first one too. All fragments of a datagram must
+#: reach one worker, the one that reassembles them; only the first carries ports.
+IP4_FRAGMENT_BITS = 0x3FFF
 IP4_PROTO = 9
 IP4_SADDR_LOW16 = 14  # last two bytes of the source address (12..15)
 IP4_DADDR = 16
@@ -114,7 +117,7 @@ def steering_key(
     if version == 4:
         if len(pkt) < IP4_MIN_HEADER:
             return 0
-        if int.from_bytes(pkt[IP4_FRAG : IP4_FRAG + 2], "big") & IP4_FRAG_OFFSET_MASK:
+        if int.from_bytes(pkt[IP4_FRAG : IP4_FRAG + 2], "big") & IP4_FRAGMENT_BITS:
             return 0
         ihl = pkt[IP4_VER_IHL] & 0x0F
         if ihl < 5:
@@ -337,7 +340,7 @@ def steering_program(
     # IPv4: the minimum header must be there (the last 32-bit load may not be emitted).
     asm.ld_abs(BPF_W, IP4_MIN_HEADER - 4)
     asm.ld_abs(BPF_H, IP4_FRAG)
-    asm.alu64_imm(BPF_AND, BPF_REG_0, IP4_FRAG_OFFSET_MASK)
+    asm.alu64_imm(BPF_AND, BPF_REG_0, IP4_FRAGMENT_BITS)
     asm.jmp_imm(BPF_JNE, BPF_REG_0, 0, "ret0")
     asm.ld_abs(BPF_B, IP4_VER_IHL)
     asm.alu64_imm(BPF_AND, BPF_REG_0, 0x0F)

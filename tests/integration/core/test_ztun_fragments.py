@@ -39,3 +39,14 @@ def test_a_3000_byte_ping_goes_through_whole(start_path: StartPath) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         assert " 0% packet loss" in result.stdout
         assert "3008 bytes from" in result.stdout  # 3000 of data + the 8-byte ICMP header
+
+
+def test_fragments_reach_the_same_worker(start_path: StartPath, rng) -> None:  # type: ignore[no-untyped-def]
+    """--workers 2: steering sends every fragment to worker 0 (only the first has ports),
+    so a datagram from any source port is reassembled, whichever worker its session has."""
+    path = start_path("danted", extra=("--workers", "2"))
+    for _ in range(6):  # six source ports: both workers' share of sessions
+        with path.udp() as sock:
+            payload = rng.randbytes(4000)
+            sock.sendto(payload, (path.server_v4, UDP_ECHO_PORT))
+            assert sock.recvfrom(65535)[0] == payload

@@ -232,9 +232,11 @@ def test_rule5_everything_else_goes_to_0(packet: bytes) -> None:
     assert FAKE_IP.key(packet) == 0
 
 
-def test_first_fragment_carries_ports() -> None:
+def test_first_fragment_goes_where_the_rest_go() -> None:
+    """Its ports would send it elsewhere, but the later fragments (no ports) go to 0:
+    the worker that reassembles must get every piece."""
     packet = ipv4(SRC4, ipaddress.IPv4Address("1.1.1.1"), UDP_, l4(999, 53), frag=0x2000)
-    assert PLAIN.key(packet) == mixed(999, SRC4)
+    assert PLAIN.key(packet) == 0
 
 
 def test_truncated_packets_go_to_0() -> None:

@@ -1,0 +1,58 @@
+"""UDP flows in namespaces: the association bound (--max-udp-sessions, LRU) and the TUN's
+queue (issue 16, item 5). How many datagrams a burst delivers is a speed figure: it lives
+in `ztun bench --tests udp-burst`, not here."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+from ztun_path import DEVICE, UDP_ECHO_PORT, StartPath
+
+pytestmark = [pytest.mark.netns, pytest.mark.linux]
+
+LIMIT, FLOWS = 4, 12
+
+
+def _udp_sockets_of(pid: int) -> int:
+    """UDP sockets ztun holds (its associations' relay sockets), from /proc."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("udp", "udp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            count += sum(1 for line in f.readlines()[1:] if line.split()[9] in inodes)
+    return count
+
+
+def test_max_udp_sessions_closes_the_least_recently_used(start_path: StartPath, rng) -> None:  # type: ignore[no-untyped-def]
+    path = start_path("danted", extra=("--max-udp-sessions", str(LIMIT)))
+    socks = [path.udp() for _ in range(FLOWS)]
+    try:
+        for sock in socks:
+            payload = rng.randbytes(100)
+            sock.sendto(payload, (path.server_v4, UDP_ECHO_PORT))
+            assert sock.recvfrom(65535)[0] == payload
+            assert _udp_sockets_of(path.ztun.process.pid) <= LIMIT
+        # The first app socket's association was closed long ago: its next datagram
+        # opens a new one (evicting the least recently used again) and is answered.
+        socks[0].sendto(b"again", (path.server_v4, UDP_ECHO_PORT))
+        assert socks[0].recvfrom(65535)[0] == b"again"
+    finally:
+        for sock in socks:
+            sock.close()
+    path.ztun.stop()
+    stats = path.ztun.log_text()
+    evicted = re.search(r'"udp_sessions_evicted": (\d+)', stats)
+    assert evicted is not None and int(evicted.group(1)) == FLOWS + 1 - LIMIT, stats[-1500:]
+
+
+def test_ztun_gives_its_tun_a_longer_queue(start_path: StartPath) -> None:
+    """Bursts wait in the kernel's queue while ztun is off the CPU (ztun.tun.linux)."""
+    path = start_path("danted")
+    shown = path.topo.client.run(["ip", "link", "show", DEVICE], timeout=5).stdout
+    assert " qlen 2000" in shown, shown
