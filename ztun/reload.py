@@ -44,6 +44,8 @@ RESTART = frozenset(
         "control",
         "metrics",
         "pid_file",
+        "icmp",  # the stack's echo policy and the ICMP sockets are built at start
+        "max_udp_sessions",  # the UDP flow core's bound, set at start
     }
 )
 #: `dns` is split: the upstream applies to new queries, the rest (mode, fake-IP ranges
