@@ -126,6 +126,7 @@ TOOLS: dict[str, Tool] = _tools(
     ("tar", "tar", E, "copying trees into guests"),
     ("test", "coreutils", E, "file probes in hosts"),
     ("timeout", "coreutils", E, "bounded commands"),
+    ("setpriv", "util-linux", E, "running ztun with only the capabilities its unit grants"),
     ("touch", "coreutils", E, "files in hosts"),
     ("true", "coreutils", E, "placeholder processes"),
     ("uname", "coreutils", E, "kernel probes"),

@@ -31,6 +31,7 @@ from harness.impls.ztun import default_binary
 from harness.peers.starters import start_danted
 from harness.peers.targets import seeded_sha256
 from harness.topo import Topology
+from ztun.tools import tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.linux]
 
@@ -146,13 +147,14 @@ def start_ztun(servers: Topology, require_root: None) -> Iterator[Any]:
         env: dict[str, str] | None = None,
         proxy: bool = True,
         ready: Callable[[], None] | None = None,
+        wrap: tuple[str, ...] = (),
     ) -> Running:
         topo = servers
         if not socks:
             socks.append(
                 start_danted(topo.proxy, str(topo.address("proxy", "client", 4)), SOCKS_PORT)
             )
-        argv = [default_binary(), "run", "--device", f"tun://{DEVICE}"]
+        argv = [*wrap, default_binary(), "run", "--device", f"tun://{DEVICE}"]
         if proxy:
             argv += ["--proxy", socks[0].url]
         for cidr in DEFAULT_ADDRESSES:
@@ -376,3 +378,41 @@ def test_every_new_config_key_works(start_ztun, servers, tmp_path) -> None:  # t
     assert closed[0]["flow"]["bytes_up"] == closed[0]["flow"]["bytes_down"] == len(b"one flow")
     assert any(e["message"].startswith("ztun stopped") for e in new)
     assert not pid_file.exists() and not control.exists()
+
+
+CAP_NET_ADMIN = 12  # linux/capability.h
+
+
+def test_cap_net_admin_is_all_a_plain_run_needs(start_ztun) -> None:  # type: ignore[no-untyped-def]
+    """The README's unit grants capabilities instead of root: with CAP_NET_ADMIN alone
+    (uid 0 kept, so /dev/net/tun's owner permission still applies) ztun creates its TUN,
+    marks its sockets (SO_MARK) and carries flows; with no capability it cannot start."""
+    only = (tool("setpriv"), "--bounding-set=-all,+net_admin", "--")
+    ztun = start_ztun("--fwmark", "256", wrap=only)
+    status = Path(f"/proc/{ztun_pid(ztun)}/status").read_text()
+    effective = int(
+        next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16
+    )
+    assert effective == 1 << CAP_NET_ADMIN
+    assert ztun.echo(b"carried with one capability") == b"carried with one capability"
+    ztun.process.stop()
+    none = ztun.topo.client.run(
+        [
+            tool("setpriv"),
+            "--bounding-set=-all",
+            "--",
+            default_binary(),
+            "run",
+            "--device",
+            "tun://zt1",
+            "--proxy",
+            ztun.proxy_url,
+        ],
+        timeout=30,
+    )
+    assert none.returncode == 1 and "Operation not permitted" in none.stdout + none.stderr
+
+
+def ztun_pid(running: Running) -> int:
+    """The ztun process under `ip netns exec` and setpriv (each execs the next: one pid)."""
+    return int(running.process.pid)
