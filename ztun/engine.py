@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .flows import FlowRecord, FlowTable, endpoint
+from .flows import FlowRecord, FlowTable
 from .outbound import (
     Outbound,
     OutboundError,
@@ -406,8 +406,8 @@ class Engine:
         task = asyncio.current_task()
         record = self.flows.add(
             "tcp",
-            endpoint(*client),
-            endpoint(str(dst), port),
+            client,
+            (dst, port),
             started,
             closer=task.cancel if task is not None else None,
         )

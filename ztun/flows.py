@@ -60,17 +60,24 @@ class Meter(Protocol):
     def half_closed(self) -> bool: ...
 
 
-def endpoint(host: str, port: int) -> str:
+#: (address, port): the address as text or an `ipaddress` object, formatted when asked.
+Endpoint = tuple[object, int]
+
+
+def endpoint(host: object, port: int) -> str:
     """`ip:port`, or `[v6]:port` (RFC 3986's form, so the port is never ambiguous)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    text = str(host)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
 
 
 @dataclass(eq=False, slots=True)
 class FlowRecord:
     id: int
     proto: str
-    src: str
-    dst: str
+    # Kept as given and formatted only when someone asks: a record costs the accept
+    # path no string work.
+    source: Endpoint
+    target: Endpoint
     started: float
     domain: str | None = None
     outbound: str | None = None  # None until routed
@@ -83,6 +90,14 @@ class FlowRecord:
     final_down: int = 0
     ended: float | None = None
     reason: str | None = None
+
+    @property
+    def src(self) -> str:
+        return endpoint(*self.source)
+
+    @property
+    def dst(self) -> str:
+        return endpoint(*self.target)
 
     @property
     def bytes_up(self) -> int:
@@ -191,7 +206,7 @@ class FlowFilter:
     def matches(self, record: FlowRecord) -> bool:
         if self.proto is not None and record.proto != self.proto:
             return False
-        if self.dst is not None and not _in_network(record.dst, self.dst):
+        if self.dst is not None and not _in_network(record.target, self.dst):
             return False
         if self.domain is not None:
             name = record.domain or ""
@@ -200,12 +215,17 @@ class FlowFilter:
         return True
 
 
-def _in_network(dst: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    host = dst.rpartition(":")[0].strip("[]")
+def _in_network(target: Endpoint, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    host = target[0]
     try:
-        return ipaddress.ip_address(host) in network
+        address = (
+            host
+            if isinstance(host, ipaddress.IPv4Address | ipaddress.IPv6Address)
+            else ipaddress.ip_address(str(host))
+        )
     except ValueError:
         return False
+    return address in network
 
 
 class FlowTable:
@@ -233,8 +253,8 @@ class FlowTable:
     def add(
         self,
         proto: str,
-        src: str,
-        dst: str,
+        src: Endpoint,
+        dst: Endpoint,
         now: float,
         *,
         domain: str | None = None,

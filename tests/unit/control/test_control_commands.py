@@ -80,11 +80,11 @@ def served(tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
     table = FlowTable()
     closed: list[int] = []
     for n, (dst, domain) in enumerate(
-        (("192.0.2.1:443", "www.example.com"), ("[2001:db8::1]:53", None)), start=1
+        ((("192.0.2.1", 443), "www.example.com"), (("2001:db8::1", 53), None)), start=1
     ):
         record = table.add(
             "tcp" if domain else "udp",
-            f"10.0.0.2:{n}",
+            ("10.0.0.2", n),
             dst,
             0.0,
             domain=domain,

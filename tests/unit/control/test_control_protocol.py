@@ -82,10 +82,12 @@ class Meter:
 def a_backend() -> tuple[LocalBackend, FlowTable, list[str]]:
     table = FlowTable()
     reset: list[str] = []
-    tcp = table.add("tcp", "10.0.0.2:1", "192.0.2.1:80", 0.0, closer=lambda: reset.append("tcp"))
+    tcp = table.add(
+        "tcp", ("10.0.0.2", 1), ("192.0.2.1", 80), 0.0, closer=lambda: reset.append("tcp")
+    )
     table.routed(tcp, "proxy1", "a.example")
     table.connected(tcp, Meter(), 0.01)
-    table.add("udp", "10.0.0.2:2", "[2001:db8::1]:53", 1.0)
+    table.add("udp", ("10.0.0.2", 2), ("2001:db8::1", 53), 1.0)
     backend = LocalBackend(
         table,
         clock=lambda: 4.0,

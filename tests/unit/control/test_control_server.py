@@ -31,8 +31,8 @@ def engine_like(index: int, closed: list[str]) -> LocalBackend:
     table = FlowTable()
     record = table.add(
         "tcp",
-        f"10.0.0.2:{1000 + index}",
-        "192.0.2.1:80",
+        ("10.0.0.2", 1000 + index),
+        ("192.0.2.1", 80),
         0.0,
         closer=lambda: closed.append(f"w{index}"),
     )

@@ -188,7 +188,7 @@ class Meter:
 
 def serve(fake: FakePipes, clients_side) -> Any:  # type: ignore[no-untyped-def]
     table = FlowTable()
-    table.connected(table.add("tcp", "10.0.0.2:1", "192.0.2.1:80", 0.0), Meter())
+    table.connected(table.add("tcp", ("10.0.0.2", 1), ("192.0.2.1", 80), 0.0), Meter())
     backend = LocalBackend(
         table,
         clock=lambda: 1.0,

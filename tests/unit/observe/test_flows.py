@@ -33,7 +33,7 @@ def test_endpoint_brackets_ipv6_only() -> None:
 def test_bytes_are_read_live_and_frozen_when_the_flow_ends() -> None:
     closed = []
     table = FlowTable(on_closed=closed.append)
-    record = table.add("tcp", "10.0.0.2:4000", "192.0.2.1:80", now=100.0)
+    record = table.add("tcp", ("10.0.0.2", 4000), ("192.0.2.1", 80), now=100.0)
     assert record.state is FlowState.CONNECTING and record.outbound is None
     table.routed(record, "proxy1", domain="example.com")
     meter = Moving()
@@ -67,17 +67,17 @@ def test_bytes_are_read_live_and_frozen_when_the_flow_ends() -> None:
 
 def test_ids_count_up_and_are_never_reused() -> None:
     table = FlowTable()
-    first = table.add("udp", "a:1", "b:2", 0.0)
+    first = table.add("udp", ("a", 1), ("b", 2), 0.0)
     table.remove(first, 1.0, "expired")
-    second = table.add("udp", "a:1", "b:2", 2.0)
+    second = table.add("udp", ("a", 1), ("b", 2), 2.0)
     assert (first.id, second.id) == (1, 2)
 
 
 def test_close_calls_the_closer_once_known_and_says_when_it_cannot() -> None:
     table = FlowTable()
     calls = []
-    record = table.add("tcp", "a:1", "b:2", 0.0, closer=lambda: calls.append("reset"))
-    unclosable = table.add("icmp", "a:0", "b:0", 0.0)
+    record = table.add("tcp", ("a", 1), ("b", 2), 0.0, closer=lambda: calls.append("reset"))
+    unclosable = table.add("icmp", ("a", 0), ("b", 0), 0.0)
     assert table.close(record.id) and calls == ["reset"]
     assert record.state is FlowState.CLOSING
     assert not table.close(unclosable.id)
@@ -87,8 +87,8 @@ def test_close_calls_the_closer_once_known_and_says_when_it_cannot() -> None:
 def test_opened_counts_per_outbound_and_active_per_proto() -> None:
     table = FlowTable()
     for outbound in ("proxy1", "proxy1", "direct", "reject"):
-        table.routed(table.add("tcp", "a:1", "b:2", 0.0), outbound)
-    table.routed(table.add("udp", "a:1", "b:2", 0.0), "proxy1")
+        table.routed(table.add("tcp", ("a", 1), ("b", 2), 0.0), outbound)
+    table.routed(table.add("udp", ("a", 1), ("b", 2), 0.0), "proxy1")
     assert table.opened == {
         ("tcp", "proxy1"): 2,
         ("tcp", "direct"): 1,
@@ -111,9 +111,9 @@ def test_histogram_buckets_are_upper_inclusive() -> None:
 
 def test_filter_by_proto_network_and_domain_suffix() -> None:
     table = FlowTable()
-    a = table.add("tcp", "10.0.0.2:1", "192.0.2.7:443", 0.0, domain="www.example.com")
-    b = table.add("udp", "10.0.0.2:2", "[2001:db8::5]:53", 0.0)
-    c = table.add("tcp", "10.0.0.2:3", "198.51.100.1:80", 0.0, domain="notexample.com")
+    a = table.add("tcp", ("10.0.0.2", 1), ("192.0.2.7", 443), 0.0, domain="www.example.com")
+    b = table.add("udp", ("10.0.0.2", 2), ("2001:db8::5", 53), 0.0)
+    c = table.add("tcp", ("10.0.0.2", 3), ("198.51.100.1", 80), 0.0, domain="notexample.com")
     f = FlowFilter.from_request
     assert table.select(f({"proto": "udp"})) == [b]
     assert table.select(f({"dst": "192.0.2.0/24"})) == [a]
@@ -130,7 +130,7 @@ def test_top_is_the_busiest_first() -> None:
     table = FlowTable()
     meters = []
     for n in (5, 50, 1):
-        record = table.add("tcp", "a:1", "b:2", 0.0)
+        record = table.add("tcp", ("a", 1), ("b", 2), 0.0)
         meter = Moving()
         meter.bytes_down = n
         table.connected(record, meter)
@@ -141,7 +141,7 @@ def test_top_is_the_busiest_first() -> None:
 def test_summaries_of_workers_add_up() -> None:
     tables = [FlowTable(), FlowTable()]
     for k, table in enumerate(tables):
-        record = table.add("tcp", "a:1", "b:2", 0.0)
+        record = table.add("tcp", ("a", 1), ("b", 2), 0.0)
         table.routed(record, "proxy1")
         meter = Moving()
         meter.bytes_up = 100 * (k + 1)

@@ -69,7 +69,7 @@ def test_flow_line_is_made_only_when_the_option_is_on(caplog) -> None:  # type: 
     quiet = FlowTable()  # --log-flows off: nothing is handed over, nothing formatted
     loud = FlowTable(on_closed=log_flow)
     for table in (quiet, loud):
-        rec = table.add("tcp", "10.0.0.2:40000", "[2001:db8::1]:443", 10.0, domain="a.example")
+        rec = table.add("tcp", ("10.0.0.2", 40000), ("2001:db8::1", 443), 10.0, domain="a.example")
         table.routed(rec, "proxy1")
         table.connected(rec, Meter())
         with caplog.at_level(logging.INFO, logger="ztun"):

@@ -36,10 +36,10 @@ class Meter:
 def a_status() -> dict:
     table = FlowTable()
     for outbound, up, down, seconds in (("proxy1", 10, 2000, 0.004), ("direct", 5, 7, 0.2)):
-        record = table.add("tcp", "10.0.0.2:1", "192.0.2.1:80", 0.0)
+        record = table.add("tcp", ("10.0.0.2", 1), ("192.0.2.1", 80), 0.0)
         table.routed(record, outbound)
         table.connected(record, Meter(up, down), seconds)
-    ended = table.add("udp", "10.0.0.2:5", "192.0.2.1:53", 0.0)
+    ended = table.add("udp", ("10.0.0.2", 5), ("192.0.2.1", 53), 0.0)
     table.routed(ended, "proxy1")
     table.connected(ended, Meter(30, 40))
     table.remove(ended, 1.0, "expired")
