@@ -6,7 +6,7 @@ scrape comes, from the same status reply `ztun status` shows (summed over worker
 the parent), so nothing on the packet path knows metrics exist.
 
 Which counters are drops, and the `reason` label each gets, is the table below: every
-counter of the stack is a drop (one reason each: `malformed_*`, `ipv4_fragment`, ...)
+counter of the stack is a drop (one reason each: `malformed_*`, `fragment_*`, ...)
 except the few in STACK_NOT_DROPS; of the engine's counters only those in ENGINE_DROPS.
 """
 
@@ -24,6 +24,9 @@ STACK_NOT_DROPS = frozenset(
         "icmp_echo_answered",  # answered, not dropped
         "tcp_accept_unknown",  # an accept(), not a packet
         "tcp_reset_unknown_flow",  # answered with a RST (RFC 9293 3.10.7.1)
+        "icmp_echo_rejected",  # answered: unreachable, administratively prohibited
+        "fragment_reassembled",  # whole datagrams handed on
+        "fragmented_to_tun",  # packets ztun wrote in fragments
     }
 )
 #: Engine counters that count dropped packets or datagrams -> their reason label.
@@ -33,6 +36,9 @@ ENGINE_DROPS: Mapping[str, str] = {
     "tun_write_error": "tun_write_error",
     "udp_up_dropped": "udp_send_failed",
     "udp_queue_overflow": "udp_queue_overflow",
+    "udp_queue_dropped": "udp_queue_dropped",  # waited for an association that closed
+    "icmp_echo_send_dropped": "icmp_send_failed",
+    "icmp_echo_send_failed": "icmp_send_failed",
     "udp_stale_session": "udp_stale_session",
     "udp_delivery_error": "udp_delivery_error",
     "udp_reply_from_domain": "udp_reply_from_domain",
