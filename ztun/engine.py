@@ -575,6 +575,11 @@ class Engine:
             log.warning("UDP association for %s failed: %s", _source(flow), exc)
             self._run_udp(self.udp.open_failed(flow, rejected=False))
             return
+        except Exception:
+            # A bug must cost this flow only: its set-up slot goes back to the open queue.
+            log.exception("UDP association for %s failed unexpectedly", _source(flow))
+            self._run_udp(self.udp.open_failed(flow, rejected=False))
+            return
         io.task = None
         if flow.state is FlowState.CLOSED:  # closed while it was being set up
             association.close()
