@@ -70,6 +70,17 @@ def netlink(name: str, fn: Callable[[Any], T]) -> T:
     return box["result"]  # type: ignore[no-any-return]
 
 
+def netlink_in(name: str | None, fn: Callable[[Any], T]) -> T:
+    """`netlink(name, fn)`; with None, `fn(ipr)` with an IPRoute of the calling thread's
+    own namespace."""
+    if name:
+        return netlink(name, fn)
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return fn(ipr)
+
+
 def _setns_fd(fd: int, what: str) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()

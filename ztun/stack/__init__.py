@@ -11,13 +11,14 @@ from .events import (
 )
 from .icmpecho import IcmpEchoRequest, IcmpMode
 from .nat import NatExhausted, TcpNatTable
-from .system import SystemStack, hairpin_peer
+from .system import NatObserver, SystemStack, hairpin_peer
 from .udp import UdpSessionTable
 
 __all__ = [
     "IcmpEchoRequest",
     "IcmpMode",
     "NatExhausted",
+    "NatObserver",
     "StackEvent",
     "SystemStack",
     "TcpNatTable",

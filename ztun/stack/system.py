@@ -24,6 +24,7 @@ import ipaddress
 import random
 import struct
 from collections import Counter
+from typing import Protocol
 
 from ..wire import (
     ACK,
@@ -92,6 +93,18 @@ _U16 = struct.Struct("!H")
 _V4_CHECKSUM, _V4_SRC, _V4_DST, _V4_PORTS, _V4_TCP_CHECKSUM = 10, 12, 16, 20, 36
 
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class NatObserver(Protocol):
+    """Told about every TCP NAT entry (docs/contracts.md section 6): the kernel NAT
+    mirrors the table into its BPF maps from these calls. The table stays the source
+    of truth; an observer must not raise (what it cannot mirror stays on this path)."""
+
+    def installed(self, session: TcpSession) -> None:
+        """A SYN allocated `session`'s NAT port; the rewritten SYN is not written yet."""
+
+    def removed(self, session: TcpSession) -> None:
+        """`session`'s NAT entry is gone (never accepted, or its linger ended)."""
 
 
 def hairpin_peer(iface: IpInterface) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -163,14 +176,17 @@ class SystemStack:
         mtu: int = 1500,
         rng: random.Random | None = None,
         icmp: IcmpMode = IcmpMode.LOCAL,
+        nat_observer: NatObserver | None = None,
     ) -> None:
         """`nat_shard` (k, n): this is worker k of n and hands out NAT ports k mod n.
         `mtu`: the TUN's; a packet ztun writes that is larger goes out in fragments.
         `rng`: where fragment identifications come from (seeded in tests). `icmp`: what
-        an echo request gets (`ztun.stack.icmpecho`)."""
+        an echo request gets (`ztun.stack.icmpecho`). `nat_observer`: told when a TCP NAT
+        entry is made and when it goes."""
         if inet4 is None and inet6 is None:
             raise ValueError("the TUN needs at least one address (IPv4 or IPv6)")
         self.counters: Counter[str] = Counter()
+        self.nat_observer = nat_observer
         self.mtu = mtu
         self.icmp = icmp
         self._rng = rng if rng is not None else random.Random()
@@ -343,6 +359,9 @@ class SystemStack:
             except NatExhausted:
                 self.counters["tcp_nat_exhausted"] += 1
                 return self._reset_for(ip, tcp, len(segment))
+            if self.nat_observer is not None:
+                # Before the SYN goes back: the listener's SYN-ACK must find the entry.
+                self.nat_observer.installed(session)
         return _rewrite(
             ip,
             tcp,
@@ -555,9 +574,13 @@ class SystemStack:
         """Expire what is due at `now`. The adapter calls it on a coarse tick (1 s): every
         timeout here is tens of seconds, so finer timers would only cost wake-ups."""
         events: list[StackEvent] = []
+        observer = self.nat_observer
         for nat in (self.nat4, self.nat6):
             if nat is not None:
-                events.extend(TcpSessionExpired(s) for s in nat.expire(now))
+                for session in nat.expire(now):
+                    if observer is not None:
+                        observer.removed(session)
+                    events.append(TcpSessionExpired(session))
         events.extend(UdpSessionExpired(s) for s in self.udp.expire(now))
         self.reassembly.on_timer(now)
         return events

@@ -27,7 +27,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from ..netns import in_netns
+from ..netns import in_netns, netlink_in
 from .base import DeviceError, DeviceInfo
 
 TUNSETIFF = 0x400454CA
@@ -47,18 +47,6 @@ TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 #: segmentation offload (USO) is not asked for -- UDP is relayed datagram by datagram.
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 VNET_HDR_LEN = 10
-
-
-def _netlink(netns: str | None, fn: Any) -> None:
-    if netns:
-        from ..netns import netlink
-
-        netlink(netns, fn)
-        return
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        fn(ipr)
 
 
 def _attach(name: str, flags: int, netns: str | None) -> int:
@@ -266,7 +254,7 @@ class LinuxTun(_TunFd):
         from ..forked import call_in_child
 
         def job() -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
-            _netlink(self._netns, lambda ipr: self._configure_with(ipr, addresses))
+            netlink_in(self._netns, lambda ipr: self._configure_with(ipr, addresses))
             return self._added
 
         # In a child: the long-running process never loads pyroute2 (see ztun.forked).
@@ -318,5 +306,5 @@ class LinuxTun(_TunFd):
                 from ..forked import call_in_child
 
                 with contextlib.suppress(Exception):
-                    call_in_child(lambda: _netlink(self._netns, remove))
+                    call_in_child(lambda: netlink_in(self._netns, remove))
             self._close_fd()

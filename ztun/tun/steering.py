@@ -31,16 +31,38 @@ with); `steering_program` assembles it; `load_program`, `attach`, `detach` and
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import ipaddress
-import os
-import platform
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from ..ebpf import syscall
+from ..ebpf.asm import (
+    BPF_AND,
+    BPF_B,
+    BPF_H,
+    BPF_JEQ,
+    BPF_JLT,
+    BPF_JNE,
+    BPF_LSH,
+    BPF_MOV,
+    BPF_MUL,
+    BPF_REG_0,
+    BPF_REG_1,
+    BPF_REG_6,
+    BPF_REG_7,
+    BPF_REG_8,
+    BPF_REG_9,
+    BPF_RSH,
+    BPF_W,
+    BPF_XOR,
+    INSN_SIZE,
+    Assembler,
+    imm32,
+)
+from ..ebpf.syscall import BPF_PROG_TYPE_SOCKET_FILTER, BpfError
 
 __all__ = [
+    "INSN_SIZE",
     "TUNSETSTEERINGEBPF",
     "SteeringError",
     "attach",
@@ -158,109 +180,7 @@ def source_hash(sport: int, saddr_low16: int) -> int:
     return (((sport ^ saddr_low16) * GOLDEN32) & 0xFFFFFFFF) >> 16
 
 
-# --------------------------------------------------------------------------- assembler
-
-# Instruction classes, sizes, modes and operations as named in include/uapi/linux/bpf.h
-# and bpf_common.h.
-BPF_LD, BPF_ALU, BPF_JMP, BPF_ALU64 = 0x00, 0x04, 0x05, 0x07
-BPF_W, BPF_H, BPF_B = 0x00, 0x08, 0x10
-BPF_ABS, BPF_IND = 0x20, 0x40
-BPF_MUL, BPF_AND, BPF_LSH, BPF_RSH, BPF_XOR, BPF_MOV = 0x20, 0x50, 0x60, 0x70, 0xA0, 0xB0
-BPF_K, BPF_X = 0x00, 0x08
-BPF_JA, BPF_JEQ, BPF_JNE, BPF_JLT, BPF_EXIT = 0x00, 0x10, 0x50, 0xA0, 0x90
-BPF_REG_0, BPF_REG_1, BPF_REG_6, BPF_REG_7, BPF_REG_8, BPF_REG_9 = 0, 1, 6, 7, 8, 9
-INSN_SIZE = 8  # struct bpf_insn { u8 code; u8 dst_reg:4, src_reg:4; s16 off; s32 imm; }
-
-
-def _imm32(value: int) -> int:
-    """A 32-bit constant as the signed `imm` field holds it."""
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value
-
-
-@dataclass(frozen=True, slots=True)
-class _Insn:
-    code: int
-    dst: int = 0
-    src: int = 0
-    off: int = 0
-    imm: int = 0
-    target: str | None = None  # a label: `off` is filled in by `_Asm.assemble`
-
-    def encode(self, off: int) -> bytes:
-        return struct.pack("<BBhi", self.code, (self.src << 4) | self.dst, off, _imm32(self.imm))
-
-
-class _Asm:
-    """Instructions and labels; jumps name a label and are resolved in `assemble`."""
-
-    def __init__(self) -> None:
-        self._insns: list[_Insn] = []
-        self._labels: dict[str, int] = {}
-        self._fresh = 0
-
-    def fresh_label(self, stem: str) -> str:
-        self._fresh += 1
-        return f"{stem}.{self._fresh}"
-
-    def label(self, name: str) -> None:
-        if name in self._labels:
-            raise ValueError(f"label {name!r} defined twice")
-        self._labels[name] = len(self._insns)
-
-    def _emit(self, insn: _Insn) -> None:
-        self._insns.append(insn)
-
-    # -- loads from the packet (the context in R6; a failed load ends the program with 0)
-    def ld_abs(self, size: int, offset: int) -> None:
-        """R0 = the `size` big-endian field at `offset` (as a number)."""
-        self._emit(_Insn(BPF_LD | size | BPF_ABS, imm=offset))
-
-    def ld_ind(self, size: int, src: int, offset: int) -> None:
-        """R0 = the `size` big-endian field at `src + offset`."""
-        self._emit(_Insn(BPF_LD | size | BPF_IND, src=src, imm=offset))
-
-    # -- arithmetic (ALU32 forms zero the upper half, so 64-bit compares see u32 values)
-    def alu64_imm(self, op: int, dst: int, imm: int) -> None:
-        self._emit(_Insn(BPF_ALU64 | op | BPF_K, dst=dst, imm=imm))
-
-    def alu32_imm(self, op: int, dst: int, imm: int) -> None:
-        self._emit(_Insn(BPF_ALU | op | BPF_K, dst=dst, imm=imm))
-
-    def alu64_reg(self, op: int, dst: int, src: int) -> None:
-        self._emit(_Insn(BPF_ALU64 | op | BPF_X, dst=dst, src=src))
-
-    def mov64_reg(self, dst: int, src: int) -> None:
-        self.alu64_reg(BPF_MOV, dst, src)
-
-    def mov32_reg(self, dst: int, src: int) -> None:
-        self._emit(_Insn(BPF_ALU | BPF_MOV | BPF_X, dst=dst, src=src))
-
-    # -- control flow
-    def jmp_imm(self, op: int, dst: int, imm: int, target: str) -> None:
-        """if (dst `op` imm) goto target -- a 64-bit compare with a small constant."""
-        if not 0 <= imm < 1 << 31:
-            raise ValueError(f"jump constant {imm:#x}: compare 32-bit values with xor32")
-        self._emit(_Insn(BPF_JMP | op | BPF_K, dst=dst, imm=imm, target=target))
-
-    def ja(self, target: str) -> None:
-        self._emit(_Insn(BPF_JMP | BPF_JA, target=target))
-
-    def exit(self) -> None:
-        self._emit(_Insn(BPF_JMP | BPF_EXIT))
-
-    def assemble(self) -> bytes:
-        out = bytearray()
-        for pc, insn in enumerate(self._insns):
-            off = insn.off
-            if insn.target is not None:
-                if insn.target not in self._labels:
-                    raise ValueError(f"jump to undefined label {insn.target!r}")
-                off = self._labels[insn.target] - (pc + 1)
-                if not -(1 << 15) <= off < 1 << 15:
-                    raise ValueError(f"jump to {insn.target!r} out of range ({off})")
-            out += insn.encode(off)
-        return bytes(out)
+# --------------------------------------------------------------------------- the program
 
 
 def _network_words(net: IpNetwork) -> list[tuple[int, int]]:
@@ -277,7 +197,7 @@ def _network_words(net: IpNetwork) -> list[tuple[int, int]]:
     return words
 
 
-def _daddr_in(asm: _Asm, daddr_offset: int, net: IpNetwork, otherwise: str) -> None:
+def _daddr_in(asm: Assembler, daddr_offset: int, net: IpNetwork, otherwise: str) -> None:
     """Fall through if the destination address is in `net`, else go to `otherwise`."""
     for i, (mask, value) in enumerate(_network_words(net)):
         asm.ld_abs(BPF_W, daddr_offset + 4 * i)
@@ -289,7 +209,7 @@ def _daddr_in(asm: _Asm, daddr_offset: int, net: IpNetwork, otherwise: str) -> N
 
 
 def _destination_rules(
-    asm: _Asm, daddr_offset: int, peer: IpNetwork | None, pinned: Sequence[IpNetwork]
+    asm: Assembler, daddr_offset: int, peer: IpNetwork | None, pinned: Sequence[IpNetwork]
 ) -> None:
     """Rules 1 and 2; R7 = transport offset, R8 = protocol."""
     if peer is not None:
@@ -330,7 +250,7 @@ def steering_program(
     _check_peer(peer4, 4, "peer4")
     _check_peer(peer6, 16, "peer6")
     pinned4, pinned6 = _pinned_by_version(pinned)
-    asm = _Asm()
+    asm = Assembler()
     asm.mov64_reg(BPF_REG_6, BPF_REG_1)
     asm.ld_abs(BPF_B, IP4_VER_IHL)
     asm.alu64_imm(BPF_RSH, BPF_REG_0, 4)
@@ -374,7 +294,7 @@ def steering_program(
         asm.jmp_imm(BPF_JEQ, BPF_REG_0, DNS_PORT, "ret0")
     asm.ld_ind(BPF_H, BPF_REG_7, L4_SPORT)
     asm.alu64_reg(BPF_XOR, BPF_REG_0, BPF_REG_9)
-    asm.alu32_imm(BPF_MUL, BPF_REG_0, _imm32(GOLDEN32))  # 32-bit: wraps mod 2^32
+    asm.alu32_imm(BPF_MUL, BPF_REG_0, imm32(GOLDEN32))  # 32-bit: wraps mod 2^32
     asm.alu32_imm(BPF_RSH, BPF_REG_0, 16)
     asm.exit()
 
@@ -386,137 +306,24 @@ def steering_program(
 
 # --------------------------------------------------------------------------- bpf(2)
 
-
-class SteeringError(OSError):
-    """The steering program could not be loaded, run or attached; `log` holds the
-    verifier's log when the kernel rejected the program."""
-
-    def __init__(self, errno_: int, message: str, log: str = "") -> None:
-        super().__init__(errno_, message)
-        self.log = log
-
-
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}
-BPF_PROG_LOAD = 5
-BPF_PROG_TEST_RUN = 10
-BPF_PROG_TYPE_SOCKET_FILTER = 1
-BPF_OBJ_NAME_LEN = 16
-LOG_SIZE = 1 << 20
-ETH_P_IP, ETH_P_IPV6, ETH_P_802_EX1 = 0x0800, 0x86DD, 0x88B5
-LICENSE = b"GPL\0"
+#: The steering program's errors are bpf(2)'s (an OSError with the verifier's log).
+SteeringError = BpfError
 PROG_NAME = b"ztun_steer"
 
 
-class _ProgLoadAttr(ctypes.Structure):
-    """union bpf_attr, the anonymous struct of BPF_PROG_LOAD (up to prog_name)."""
-
-    _fields_ = [
-        ("prog_type", ctypes.c_uint32),
-        ("insn_cnt", ctypes.c_uint32),
-        ("insns", ctypes.c_uint64),  # __aligned_u64 pointer to struct bpf_insn[]
-        ("license", ctypes.c_uint64),  # pointer to a NUL-terminated string
-        ("log_level", ctypes.c_uint32),
-        ("log_size", ctypes.c_uint32),
-        ("log_buf", ctypes.c_uint64),
-        ("kern_version", ctypes.c_uint32),
-        ("prog_flags", ctypes.c_uint32),
-        ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN),
-    ]
-
-
-class _TestRunAttr(ctypes.Structure):
-    """union bpf_attr, the `test` struct of BPF_PROG_TEST_RUN (up to duration)."""
-
-    _fields_ = [
-        ("prog_fd", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),  # out: the program's return value
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("data_in", ctypes.c_uint64),
-        ("data_out", ctypes.c_uint64),  # NULL: the packet after the run is not wanted
-        ("repeat", ctypes.c_uint32),
-        ("duration", ctypes.c_uint32),
-    ]
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    """The C library, opened on first use: Windows has no ``CDLL(None)``, and this
-    module's pure parts (the reference function, the assembler) load there too."""
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    machine = platform.machine()
-    if machine not in _SYS_BPF:
-        raise SteeringError(0, f"bpf(2): syscall number for {machine} unknown")
-    ret: int = _libc().syscall(
-        ctypes.c_long(_SYS_BPF[machine]),
-        ctypes.c_long(cmd),
-        ctypes.c_void_p(ctypes.addressof(attr)),
-        ctypes.c_long(ctypes.sizeof(attr)),
-    )
-    if ret < 0:
-        return -ctypes.get_errno()
-    return ret
-
-
-def _address(buf: ctypes.Array[ctypes.c_char]) -> int:
-    return ctypes.addressof(buf)
-
-
 def load_program(insns: bytes) -> int:
-    """Load a socket-filter program; return its fd (close-on-exec, the kernel's default
-    for bpf fds). A rejection is retried with a verifier log, raised in SteeringError."""
-    if not insns or len(insns) % INSN_SIZE:
-        raise ValueError(f"program: a positive multiple of {INSN_SIZE} bytes expected")
-    code = ctypes.create_string_buffer(insns, len(insns))
-    license_ = ctypes.create_string_buffer(LICENSE, len(LICENSE))
-    attr = _ProgLoadAttr(
-        prog_type=BPF_PROG_TYPE_SOCKET_FILTER,
-        insn_cnt=len(insns) // INSN_SIZE,
-        insns=_address(code),
-        license=_address(license_),
-        prog_name=PROG_NAME,
-    )
-    fd = _bpf(BPF_PROG_LOAD, attr)
-    if fd >= 0:
-        return fd
-    log = ctypes.create_string_buffer(LOG_SIZE)
-    attr.log_level, attr.log_size, attr.log_buf = 1, LOG_SIZE, _address(log)
-    fd = _bpf(BPF_PROG_LOAD, attr)
-    if fd >= 0:  # accepted the second time: keep it rather than fail
-        return fd
-    text = log.value.decode(errors="replace")
-    hint = " (needs root or CAP_BPF)" if -fd == 1 else ""
-    tail = text.strip().splitlines()[-3:]
-    raise SteeringError(
-        -fd, f"BPF_PROG_LOAD: {os.strerror(-fd)}{hint}; verifier: {' | '.join(tail)}", text
-    )
+    """Load a socket-filter program; return its fd (close-on-exec). A rejection is
+    raised in SteeringError with the verifier's log."""
+    return syscall.load_program(BPF_PROG_TYPE_SOCKET_FILTER, insns, PROG_NAME)
 
 
 def test_run(prog_fd: int, packet: bytes) -> int:
     """Run the program once on `packet` (an IP packet) with BPF_PROG_TEST_RUN; return R.
 
-    A socket filter's test run takes an Ethernet frame and pulls the header before the
-    program runs (net/bpf/test_run.c), so a header is put in front here. The kernel
-    refuses an IPv4/IPv6 ethertype with less than a fixed IP header behind it; the
-    program reads only the bytes (never skb->protocol), so shorter packets go under
-    ETH_P_802_EX1, which the kernel takes as it is."""
-    version = packet[0] >> 4 if packet else 0
-    if version == 6 and len(packet) >= IP6_HEADER:
-        ethertype = ETH_P_IPV6
-    elif version != 6 and len(packet) >= IP4_MIN_HEADER:
-        ethertype = ETH_P_IP
-    else:
-        ethertype = ETH_P_802_EX1
-    frame = bytes(12) + struct.pack("!H", ethertype) + bytes(packet)
-    data = ctypes.create_string_buffer(frame, len(frame))
-    attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(frame), data_in=_address(data), repeat=1)
-    err = _bpf(BPF_PROG_TEST_RUN, attr)
-    if err < 0:
-        raise SteeringError(-err, f"BPF_PROG_TEST_RUN: {os.strerror(-err)}")
-    return int(attr.retval)
+    A socket filter's test run pulls the Ethernet header `syscall.test_run` puts in
+    front before the program runs, so the program sees the IP header at offset 0, as
+    on the TUN."""
+    return syscall.test_run(prog_fd, packet).retval
 
 
 # --------------------------------------------------------------------------- the TUN side
