@@ -19,7 +19,7 @@ import socket
 import sys
 from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .options import RunOptions
 from .outbound.url import redact
@@ -35,6 +35,9 @@ from .role import WorkerRole
 from .stack import hairpin_peer
 from .tun import Device
 from .tun.base import has_descriptor
+
+if TYPE_CHECKING:
+    from .kernelnat import KernelNat
 
 log = logging.getLogger("ztun")
 
@@ -143,6 +146,7 @@ def run(opts: RunOptions) -> int:
     if device is None:
         return 1
     accel = _granted(accel, device)
+    kernel_nat, accel = _start_kernel_nat(platform, accel, device)
     log.info("accelerations: %s", accel.describe())
     proxies = _proxy_addresses(opts.proxy) + (
         _proxy_addresses(opts.udp_proxy) if opts.udp_proxy else ()
@@ -162,18 +166,41 @@ def run(opts: RunOptions) -> int:
                 opts,
                 device,
                 lambda queue, role: _run_async(
-                    _serve(opts, platform, accel, queue, endpoints, role)
+                    _serve(opts, platform, accel, queue, endpoints, role, kernel_nat)
                 ),
                 accelerations=accel.as_dict(),
             )
-        return _run_async(_serve(opts, platform, accel, device, endpoints))
+        return _run_async(_serve(opts, platform, accel, device, endpoints, None, kernel_nat))
     finally:
+        if kernel_nat is not None:
+            _stop_kernel_nat(kernel_nat)
         if dns is not None:
             dns.restore()
             log.info("DNS restored")
         if routes is not None:
             log.info("auto-route restored: %s", routes.restore())
         device.close()
+
+
+def _start_kernel_nat(
+    platform: Platform, accel: Accelerations, device: Device
+) -> tuple[KernelNat | None, Accelerations]:
+    """The kernel NAT when asked for and possible; else the stack rewrites every TCP
+    segment (the accelerations line then says kernel_nat=off, and this why)."""
+    if not accel.kernel_nat:
+        return None, accel
+    try:
+        return platform.start_kernel_nat(device), accel
+    except (UnsupportedPlatform, OSError, RuntimeError) as exc:  # RuntimeError: ChildFailed
+        log.warning("kernel NAT unavailable, TCP is rewritten by ztun's stack: %s", exc)
+        return None, replace(accel, kernel_nat=False)
+
+
+def _stop_kernel_nat(kernel_nat: KernelNat) -> None:
+    try:
+        kernel_nat.stop()
+    except (OSError, RuntimeError) as exc:
+        log.warning("kernel NAT: program not detached: %s", exc)
 
 
 def _build_dns(opts: RunOptions, role: WorkerRole):  # type: ignore[no-untyped-def]
@@ -199,7 +226,10 @@ async def _serve(
     device: Device,
     proxy_endpoints: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]],
     role: WorkerRole | None = None,
+    kernel_nat: KernelNat | None = None,
 ) -> int:
+    """`kernel_nat`: started by `run` (before any worker forks: each follows its own
+    stack with the inherited maps)."""
     role = role or WorkerRole()
     from .engine import Engine
     from .outbound import DirectOutbound, make_outbound
@@ -246,6 +276,8 @@ async def _serve(
         mtu=device.mtu,
         icmp=IcmpMode(cfg.icmp),
     )
+    if kernel_nat is not None:
+        kernel_nat.follow(stack)
     engine = Engine(
         device,
         stack,
@@ -261,6 +293,7 @@ async def _serve(
         max_udp_sessions=cfg.max_udp_sessions,
         fwmark=opts.fwmark,
         bind_interface=opts.bind_interface,
+        kernel_nat=kernel_nat,
     )
     engine.start()
     from .instance import Instance, InstanceError

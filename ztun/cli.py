@@ -227,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="open the TUN without IFF_VNET_HDR/TSO (one MTU-sized packet per read)",
     )
     run.add_argument(
+        "--no-kernel-nat",
+        dest="kernel_nat",
+        action="store_false",
+        help="rewrite every TCP segment in ztun instead of in the kernel (Linux: by default "
+        "an eBPF program on the TUN's egress carries a TCP flow after its SYN)",
+    )
+    run.add_argument(
         "--workers",
         type=_bounded(int, 1, 64, "workers"),
         default=1,
@@ -487,6 +494,7 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         workers=ns.workers,
         tun_thread=ns.tun_thread,
         portable=ns.portable,
+        kernel_nat=ns.kernel_nat,
         config=config,
         overrides=overrides,
         proxy_flag=ns.proxy,

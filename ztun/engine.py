@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from .dns import DnsHandler
     from .dnsflow import DnsService
     from .icmp_direct import IcmpForwarder
+    from .kernelnat import KernelNat
 
 log = logging.getLogger("ztun")
 
@@ -151,6 +152,7 @@ class Engine:
         max_udp_sessions: int = 0,
         fwmark: int | None = None,
         bind_interface: str | None = None,
+        kernel_nat: KernelNat | None = None,
     ) -> None:
         """`redirect_listeners`: bound by the caller (workers share one set); else bound
         in `start` when `redirect` is on. `tun_thread`: pump the TUN in a thread of its
@@ -159,8 +161,10 @@ class Engine:
         (`ztun.platform.Accelerations`). `max_udp_sessions`: at most this many UDP flows
         hold an association (0: no limit); one more closes the least recently used.
         `fwmark`, `bind_interface`: for the ICMP sockets of `--icmp direct` (the
-        outbounds carry their own)."""
+        outbounds carry their own). `kernel_nat`: the stack's NAT observer, if the kernel
+        carries TCP (its counters join the snapshot)."""
         self.device = device
+        self.kernel_nat = kernel_nat
         self.tun_thread = tun_thread or not has_descriptor(device)
         self.udp_gso = udp_gso
         self.stack = stack
@@ -297,6 +301,7 @@ class Engine:
             "udp_sessions": len(self.udp),
             **dict(sorted(stats.items())),
             "stack": dict(sorted(self.stack.counters.items())),
+            **({"kernel_nat": self.kernel_nat.snapshot()} if self.kernel_nat else {}),
         }
 
     def snapshot_json(self) -> str:

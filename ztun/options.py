@@ -32,6 +32,7 @@ class RunOptions:
     workers: int = 1  # >1: one process per queue of a multi-queue TUN (ztun.workers)
     tun_thread: bool = False  # pump the TUN in its own thread, not on the event loop
     portable: bool = False  # no OS-specific acceleration at all (ztun.platform.PORTABLE)
+    kernel_nat: bool = True  # TCP rewritten by an eBPF program on the TUN (ztun.kernelnat)
     config: Config = field(default_factory=Config)  # routing, DNS, sniffing, rules
     # What the command line set over the config file: a reload re-reads the file and
     # applies these again (a flag keeps winning).

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from ztun.bench import parse, report
+from ztun.bench import parse, procstat, report
 from ztun.bench.options import QUICK_TESTS, SYSTEMS, TESTS, BenchOptions, parse_names
 
 AB_TEXT = """\
@@ -144,3 +144,16 @@ def test_ratios_are_ztun_over_system_and_table_marks_missing() -> None:
     assert "5.00 (4.00-6.00)" in text and "2.00x" in text
     udp_row = next(line for line in text.splitlines() if line.startswith("UDP 1G delivered"))
     assert "n/a" in udp_row and "FAIL" in udp_row
+
+
+def test_machine_cpu_counts_busy_time_only() -> None:
+    """/proc/stat's cpu line: user nice system idle iowait irq softirq steal guest
+    guest_nice (proc(5)); idle and iowait are not busy, guest is inside user already."""
+    ticks = procstat.CLOCK_TICKS
+    line = f"cpu  {ticks} 2 3 1000 500 4 {ticks} 6 {ticks} 7\n"
+    busy = ticks + 2 + 3 + 4 + ticks + 6
+    assert procstat.machine_cpu_seconds(line) == pytest.approx(busy / ticks)
+    assert procstat.machine_cpu_seconds("cpu  1 2 3 4\n") == pytest.approx(6 / ticks)
+    with pytest.raises(ValueError, match="no total cpu line"):
+        procstat.machine_cpu_seconds("cpu0 1 2 3 4\n")
+    assert procstat.machine_cpu_seconds() > 0  # this machine's, read from /proc/stat

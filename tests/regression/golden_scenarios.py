@@ -4,6 +4,15 @@ Each scenario names its captures ``<scenario>-tun`` (the TUN: the app's packets,
 answers and its NAT hairpin) and ``<scenario>-link`` (client-proxy: the SOCKS5
 conversation); each capture has a golden ``pcaps/<name>.pcap/.toml/.txt``.
 
+TCP through the hairpin runs twice. With the kernel NAT (ztun's default) the TUN shows
+something else -- the program redirects the app's and the listener's segments before the
+capture tap, so only what enters the TUN is seen: the SYN ztun reads, and every
+rewritten segment inbound -- so that view has goldens of its own,
+``<scenario>-kernel-tun``. With ``--no-kernel-nat`` ztun's stack rewrites every segment
+and the TUN shows both directions of both flows (``<scenario>-tun``). Both runs compare
+their client-proxy link against the same ``<scenario>-link``: what the proxy sees must
+not depend on which of them rewrote.
+
 Drivers never assert on what the app sees: a broken ztun must show up as a golden diff,
 not as an app-level timeout, so the negative tests prove the diff is what catches it.
 App-level surprises are recorded in ``bench.notes`` and shown with a failure.
@@ -49,8 +58,15 @@ class Scenario:
     ztun_args: tuple[str, ...] = ()
     dns: bool = False
     doc: str = ""
+    variant: str = ""  # "kernel": the TUN golden of the kernel NAT's view
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-{self.variant}" if self.variant else self.name
 
     def golden(self, where: Where) -> str:
+        if where == "tun" and self.variant:
+            return f"{self.name}-{self.variant}-{where}"
         return f"{self.name}-{where}"
 
 
@@ -226,14 +242,25 @@ def drive_udp_rejected(bench: Bench) -> None:
                 bench.notes.append(f"IPv{6 if v6 else 4}: no ICMP error: {exc!r}")
 
 
+STACK = ("--no-kernel-nat",)
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "tcp4",
         ("tun", "link"),
         drive_tcp4,
-        doc="TCP handshake + 1 KiB each way + FIN through ztun (IPv4)",
+        ztun_args=STACK,
+        doc="TCP handshake + 1 KiB each way + FIN through ztun (IPv4), the stack rewriting",
     ),
-    Scenario("tcp6", ("tun", "link"), drive_tcp6, doc="the same over IPv6"),
+    Scenario(
+        "tcp4",
+        ("tun", "link"),
+        drive_tcp4,
+        variant="kernel",
+        doc="the same with the kernel NAT rewriting after the SYN",
+    ),
+    Scenario("tcp6", ("tun", "link"), drive_tcp6, ztun_args=STACK, doc="the same over IPv6"),
+    Scenario("tcp6", ("tun", "link"), drive_tcp6, variant="kernel", doc="IPv6, kernel NAT"),
     Scenario(
         "dns",
         ("tun", "link"),
@@ -246,7 +273,15 @@ SCENARIOS: tuple[Scenario, ...] = (
         "refused",
         ("tun", "link"),
         drive_refused,
+        ztun_args=STACK,
         doc="connection refused at the target: SOCKS5 reply 5, RST to the app",
+    ),
+    Scenario(
+        "refused",
+        ("tun", "link"),
+        drive_refused,
+        variant="kernel",
+        doc="the same with the kernel NAT: the listener's reset goes through the kernel",
     ),
     Scenario(
         "bad-packets",
@@ -263,4 +298,4 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
 )
 
-BY_NAME = {s.name: s for s in SCENARIOS}
+BY_NAME = {s.id: s for s in SCENARIOS}

@@ -20,10 +20,10 @@ from golden_scenarios import BY_NAME, SCENARIOS, Scenario
 from harness.artifacts import TestArtifacts
 from harness.pcap import Golden, unified_diff
 
-GOLDEN_NAMES = [s.golden(w) for s in SCENARIOS for w in s.captures]
+GOLDEN_NAMES = sorted({s.golden(w) for s in SCENARIOS for w in s.captures})
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
 @pytest.mark.usefixtures("require_root")
 @pytest.mark.netns
 @pytest.mark.linux

@@ -63,11 +63,34 @@ def _cpu(system: System) -> float | None:
     return procstat.cpu_seconds(system.pid) if system.pid else None
 
 
-def _per_gb(system: System, cpu_before: float | None, moved: float) -> dict[str, float]:
-    cpu_after = _cpu(system)
-    if cpu_before is None or cpu_after is None or moved <= 0:
+@dataclass(frozen=True, slots=True)
+class CpuMark:
+    """CPU seconds at the start of a load: the system's processes, the whole machine."""
+
+    system: float | None
+    machine: float
+
+    @classmethod
+    def now(cls, system: System) -> CpuMark:
+        return cls(_cpu(system), procstat.machine_cpu_seconds())
+
+    def spent(self, system: System) -> tuple[float | None, float]:
+        """(system, machine) CPU seconds since the mark."""
+        after = _cpu(system)
+        own = after - self.system if after is not None and self.system is not None else None
+        return own, procstat.machine_cpu_seconds() - self.machine
+
+
+def _per_gb(system: System, before: CpuMark, moved: float) -> dict[str, float]:
+    """CPU per GB moved: the system's own, and the machine's (softirq, load tools and
+    servers included: the same for every system but the system's share)."""
+    own, machine = before.spent(system)
+    if moved <= 0:
         return {}
-    return {"cpu_s_per_gb": (cpu_after - cpu_before) / (moved / GB)}
+    gb = moved / GB
+    return {"machine_cpu_s_per_gb": machine / gb} | (
+        {"cpu_s_per_gb": own / gb} if own is not None else {}
+    )
 
 
 def _iperf(ctx: Ctx, system: System, timeout: float, extra: list[str]) -> str:
@@ -94,7 +117,7 @@ def tcp_bulk(streams: int, reverse: bool) -> Figure:
         extra = ["-P", str(streams), "-O", str(ctx.durations.iperf_omit)] + (
             ["-R"] if reverse else []
         )
-        before = _cpu(system)
+        before = CpuMark.now(system)
         result = parse.iperf_tcp(_iperf(ctx, system, timeout, extra))
         return {"gbps": result.bits_per_second / 1e9, **_per_gb(system, before, result.bytes_total)}
 
@@ -105,7 +128,7 @@ def udp(offered_bps: int) -> Figure:
     def figure(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
         if not system.carries_udp:
             raise NotApplicable("proxychains carries TCP only")
-        before = _cpu(system)
+        before = CpuMark.now(system)
         result = parse.iperf_udp(
             _iperf(ctx, system, timeout, ["-u", "-b", str(offered_bps), "-l", str(UDP_PAYLOAD)])
         )
@@ -172,6 +195,7 @@ def conn(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
     """New connections per second: ab without keep-alive, one 1 KiB GET per connection."""
     d = ctx.durations
     csv_path = os.path.join(ctx.env.workdir, f"ab-{system.name}.csv")
+    before = CpuMark.now(system)
     out = _client(
         ctx,
         system,
@@ -193,9 +217,14 @@ def conn(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
     )
     with open(csv_path) as f:
         result = parse.ab(out, f.read())
+    own, machine = before.spent(system)
     if result.complete == 0:
         raise ProcError("ab completed no request")
+    per_conn = {"machine_cpu_ms_per_conn": machine * 1000 / result.complete} | (
+        {"cpu_ms_per_conn": own * 1000 / result.complete} if own is not None else {}
+    )
     return {
+        **per_conn,
         "conn_per_s": result.requests_per_second,
         "p50_ms": result.p50_ms,
         "p99_ms": result.p99_ms,

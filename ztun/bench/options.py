@@ -15,6 +15,7 @@ SYSTEMS: tuple[str, ...] = (
     "direct",
     "socks-only",
     "ztun",
+    "ztun-stack",
     "ztun-redirect",
     "ztun-w2",
     "ztun-portable",

@@ -1,8 +1,12 @@
-"""CPU time and resident memory of a process tree, read from /proc.
+"""CPU time and resident memory of a process tree, and the whole machine's CPU, from /proc.
 
 A tree, not one pid: a tun2socks may run worker processes (ztun `--workers N`), and the
 bill is theirs together. CPU is utime+stime of the live processes plus cutime+cstime of
 the root (children it has reaped), in clock ticks converted to seconds.
+
+The machine's CPU (/proc/stat) is what every process and the kernel spent, softirq
+included: a tun2socks that moves its work into the kernel (ztun's kernel NAT, sing-box's
+own stack in the kernel) shows there what its own process no longer pays.
 """
 
 from __future__ import annotations
@@ -52,6 +56,23 @@ def cpu_seconds(root: int) -> float:
         if pid == root:
             ticks += int(fields[_CUTIME]) + int(fields[_CSTIME])
     return ticks / CLOCK_TICKS
+
+
+# /proc/stat "cpu" line: user nice system idle iowait irq softirq steal [guest guest_nice];
+# guest time is already counted in user, so it is not added again.
+_BUSY = (0, 1, 2, 5, 6, 7)
+
+
+def machine_cpu_seconds(stat: str | None = None) -> float:
+    """Busy CPU seconds of all CPUs since boot (everything but idle and iowait)."""
+    if stat is None:
+        with open("/proc/stat") as f:
+            stat = f.readline()
+    fields = stat.split()
+    if not fields or fields[0] != "cpu":
+        raise ValueError(f"/proc/stat: no total cpu line in {stat[:40]!r}")
+    values = [int(v) for v in fields[1:]]
+    return sum(values[i] for i in _BUSY if i < len(values)) / CLOCK_TICKS
 
 
 def rss_bytes(root: int) -> int:

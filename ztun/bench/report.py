@@ -34,6 +34,7 @@ def _tcp(test: str, label: str) -> list[Metric]:
     return [
         Metric(test, "gbps", f"TCP {label}", "Gbit/s", True),
         Metric(test, "cpu_s_per_gb", f"TCP {label} CPU", "s/GB", False),
+        Metric(test, "machine_cpu_s_per_gb", f"TCP {label} machine CPU", "s/GB", False),
     ]
 
 
@@ -43,6 +44,7 @@ def _udp(test: str, label: str) -> list[Metric]:
         Metric(test, "sent_mbps", f"UDP {label} sent by iperf3", "Mbit/s", True),
         Metric(test, "loss_pct", f"UDP {label} loss", "%", False),
         Metric(test, "cpu_s_per_gb", f"UDP {label} CPU", "s/GB", False),
+        Metric(test, "machine_cpu_s_per_gb", f"UDP {label} machine CPU", "s/GB", False),
     ]
 
 
@@ -63,6 +65,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("conn", "p50_ms", "new connection p50", "ms", False),
     Metric("conn", "p99_ms", "new connection p99", "ms", False),
     Metric("conn", "failed", "new connections failed", "count", False),
+    Metric("conn", "cpu_ms_per_conn", "CPU per new connection", "ms", False),
+    Metric("conn", "machine_cpu_ms_per_conn", "machine CPU per new connection", "ms", False),
     Metric("rr", "rr_per_s", "request/response", "RR/s", True),
     Metric("rr", "p50_us", "request/response p50", "us", False),
     Metric("rr", "p99_us", "request/response p99", "us", False),

@@ -129,8 +129,9 @@ class SocksOnly(System):
 
 class Ztun(System):
     """`ztun run`; `extra` adds flags (ztun-redirect: the nftables fast path for TCP;
-    ztun-w2: two worker processes on a two-queue TUN; ztun-portable: no Linux
-    acceleration, as on macOS and Windows)."""
+    ztun-w2: two worker processes on a two-queue TUN; ztun-stack: every TCP segment
+    rewritten by ztun's stack, no kernel NAT; ztun-portable: no Linux acceleration, as
+    on macOS and Windows)."""
 
     extra: tuple[str, ...] = ()
 
@@ -239,6 +240,10 @@ def make_system(name: str, env: Env) -> System:
     if name == "ztun-w2":
         system = Ztun(name, env)
         system.extra = ("--workers", "2")
+        return system
+    if name == "ztun-stack":
+        system = Ztun(name, env)
+        system.extra = ("--no-kernel-nat",)
         return system
     if name == "ztun-portable":
         system = Ztun(name, env)

@@ -15,6 +15,7 @@ keep the workers' keys apart.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import Counter
@@ -40,10 +41,11 @@ class KernelNat:
         self.attached = attached
         self.stats: Counter[str] = Counter()
         self._tables: dict[int, TcpNatTable] = {}
-        # Which session a key belongs to: an app reusing its port while the previous
-        # flow lingers gets a new session under the same app-side key, and the old
-        # one's removal must not take the new one's entry.
-        self._owners: dict[bytes, TcpSession] = {}
+        # Which session a key belongs to (and whether it is the app's direction, "up"):
+        # an app reusing its port while the previous flow lingers gets a new session
+        # under the same app-side key, and the old one's removal must not take the new
+        # one's entry.
+        self._owners: dict[bytes, tuple[TcpSession, bool]] = {}
 
     @classmethod
     def start(cls, ifindex: int, *, netns: str | None = None) -> KernelNat:
@@ -81,45 +83,48 @@ class KernelNat:
         nat = self._tables.get(session.version)
         if nat is None:
             return
-        entries = entries_for(session, nat)
         try:
-            for key, entry in entries:
+            for direction, (key, entry) in enumerate(entries_for(session, nat)):
                 previous = self._owners.get(key)
-                if previous is not None and previous is not session:
-                    self._count(self.maps.counters(key), up=key == entries[0][0])
+                if previous is not None and previous[0] is not session:
+                    self._count(self.maps.counters(key), up=previous[1])
                 self.maps.install(key, entry)
-                self._owners[key] = session
+                self._owners[key] = (session, direction == 0)
         except BpfError as exc:
             # The flow stays with the stack: a half-installed pair would rewrite only
             # one direction in the kernel, which is still right (each direction is
             # rewritten the same either way), so nothing needs undoing.
-            self.stats["kernel_nat_install_failed"] += 1
+            self.stats["install_failed"] += 1
             log.debug("kernel NAT: entry for port %d not installed: %s", session.nat_port, exc)
             return
-        self.stats["kernel_nat_installed"] += 1
+        self.stats["installed"] += 1
 
     def removed(self, session: TcpSession) -> None:
         nat = self._tables.get(session.version)
         if nat is None:
             return
-        for direction, (key, _) in enumerate(entries_for(session, nat)):
-            if self._owners.get(key) is not session:
+        for key, _ in entries_for(session, nat):
+            owner = self._owners.get(key)
+            if owner is None or owner[0] is not session:
                 continue
             del self._owners[key]
             try:
-                self._count(self.maps.remove(key), up=direction == 0)
+                self._count(self.maps.remove(key), up=owner[1])
             except BpfError as exc:
-                self.stats["kernel_nat_remove_failed"] += 1
+                self.stats["remove_failed"] += 1
                 log.debug("kernel NAT: entry for port %d not removed: %s", session.nat_port, exc)
 
     # -- what the kernel carried -----------------------------------------------------------
 
-    def _count(self, counters: Counters | None, *, up: bool) -> None:
+    def _count(
+        self, counters: Counters | None, *, up: bool, into: Counter[str] | None = None
+    ) -> None:
         if counters is None:
             return
+        totals = self.stats if into is None else into
         direction = "up" if up else "down"
-        self.stats[f"kernel_nat_packets_{direction}"] += counters.packets
-        self.stats[f"kernel_nat_bytes_{direction}"] += counters.payload
+        totals[f"packets_{direction}"] += counters.packets
+        totals[f"bytes_{direction}"] += counters.payload
 
     def carried(self, session: TcpSession) -> tuple[Counters, Counters]:
         """(up, down): what the kernel rewrote for `session` so far (its live entries)."""
@@ -127,13 +132,19 @@ class KernelNat:
         found = [Counters(), Counters()]
         if nat is not None:
             for direction, (key, _) in enumerate(entries_for(session, nat)):
-                if self._owners.get(key) is session:
+                owner = self._owners.get(key)
+                if owner is not None and owner[0] is session:
                     found[direction] = self.maps.counters(key) or Counters()
         return found[0], found[1]
 
     def snapshot(self) -> dict[str, int]:
-        """Counters of flows whose entries are gone, and how many entries are live."""
-        return {**self.stats, "kernel_nat_entries": len(self._owners)}
+        """What the kernel carried (skbs and TCP payload bytes each way, live entries
+        read now), how many entries are live, and what failed."""
+        totals = Counter(self.stats)
+        for key, (_, up) in self._owners.items():
+            with contextlib.suppress(BpfError):
+                self._count(self.maps.counters(key), up=up, into=totals)
+        return {**dict(sorted(totals.items())), "entries": len(self._owners)}
 
     def stop(self, *, detach_program: bool = True) -> None:
         """Take the program off the device (the owner of the attachment) and close the

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 if TYPE_CHECKING:
+    from ..kernelnat import KernelNat
     from ..options import RunOptions
     from ..route import AutoRouteConfig, Journal
     from ..route.model import RestoreReport
@@ -209,6 +210,13 @@ class Platform(ABC):
 
     def remove_redirect(self, device_name: str) -> None:  # noqa: B027 - a no-op by default
         """Undo `install_redirect` (nothing if it was never installed)."""
+
+    # -- the kernel NAT (`kernel_nat`) --------------------------------------------------
+
+    def start_kernel_nat(self, device: Device) -> KernelNat:
+        """Put the TCP hairpin rewrite into the kernel for `device` (`ztun.kernelnat`):
+        maps, program, hook. Raises UnsupportedPlatform, or OSError saying what refused."""
+        raise UnsupportedPlatform(f"the kernel NAT is not available on {self.name}")
 
     # -- ztun cleanup --------------------------------------------------------------------
 

@@ -18,12 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .base import PORTABLE, Accelerations, JournalScope, Platform
+from .base import PORTABLE, Accelerations, JournalScope, Platform, UnsupportedPlatform
 
 if TYPE_CHECKING:
+    from ..kernelnat import KernelNat
     from ..options import RunOptions
     from ..route import AutoRouteConfig, Journal
     from ..route.model import RestoreReport
+    from ..tun import Device
 
 RouteJob = Literal["apply", "restore", "recover"]
 #: setsockopt UDP_SEGMENT (linux/udp.h; Linux 4.18): the uplink's GSO sends.
@@ -119,6 +121,8 @@ class LinuxPlatform(Platform):
             multi_queue=opts.workers > 1,
             udp_gso=has_udp_gso(),
             redirect=opts.redirect,
+            # What was asked; app.py turns it off if the program cannot be attached.
+            kernel_nat=opts.kernel_nat,
             tun_reader="thread" if opts.tun_thread else "loop",
         )
 
@@ -146,6 +150,16 @@ class LinuxPlatform(Platform):
         from ..redirect import remove
 
         remove(device_name)
+
+    def start_kernel_nat(self, device: Device) -> KernelNat:
+        from ..kernelnat import KernelNat
+        from ..tun.linux import LinuxTun
+
+        # The program reads an IP header at offset 0: a TUN this process opened (an
+        # inherited fd:// descriptor might be a TAP, and has no interface index here).
+        if not isinstance(device, LinuxTun):
+            raise UnsupportedPlatform(f"the kernel NAT needs a tun:// device, not {device.name}")
+        return KernelNat.start(device.index)
 
     def cleanup_extras(self, say: Callable[[str], None]) -> int:
         from .. import netns

@@ -62,6 +62,12 @@ def test_flows_spread_over_workers_and_stay_whole(start_path: StartPath, rng) ->
     assert min(flows) > 0, flows
     for counters in stats.values():  # no answer from the listener went to the wrong worker
         assert counters.get("tcp_unknown_nat_port", 0) == 0
+    # The kernel NAT (one program, maps shared by the workers) took every flow each
+    # worker opened, and carried the bulk of the bytes.
+    kernel = [stats[w]["kernel_nat"] for w in (0, 1)]
+    assert [k["installed"] for k in kernel] == flows
+    assert sum(k.get("bytes_up", 0) for k in kernel) >= 16 * MIB
+    assert sum(k.get("bytes_down", 0) for k in kernel) >= 16 * MIB
 
 
 def test_udp_sessions_and_icmp_with_workers(start_path: StartPath, rng) -> None:  # type: ignore[no-untyped-def]

@@ -79,7 +79,7 @@ def test_follow_mirrors_what_the_stack_holds_already(maps: FlowMaps) -> None:
     assert _mirrored(stack, maps) == 4
     _syn(stack, 40002, 1.0)
     assert _mirrored(stack, maps) == 6
-    assert kernel_nat.snapshot()["kernel_nat_entries"] == 6
+    assert kernel_nat.snapshot()["entries"] == 6
 
 
 def test_port_reuse_and_expiry_keep_the_maps_in_step(maps: FlowMaps) -> None:
@@ -104,7 +104,7 @@ def test_port_reuse_and_expiry_keep_the_maps_in_step(maps: FlowMaps) -> None:
     assert maps.entry(new_app) == new_out and maps.entry(new_answer) is not None
     stack.on_timer(100.0)  # the new one was never accepted: pending timeout
     assert maps.entry(new_app) is None and maps.entry(new_answer) is None
-    assert kernel_nat.snapshot()["kernel_nat_entries"] == 0
+    assert kernel_nat.snapshot()["entries"] == 0
 
 
 def test_removal_reads_what_the_kernel_carried(maps: FlowMaps) -> None:
@@ -121,10 +121,13 @@ def test_removal_reads_what_the_kernel_carried(maps: FlowMaps) -> None:
     syscall.map_update(maps.fd4, app_key, VALUE4.struct.pack(out.rewrite, 0, 0, 3, 3000))
     syscall.map_update(maps.fd4, answer_key, VALUE4.struct.pack(back.rewrite, 0, 0, 5, 70))
     assert kernel_nat.carried(session) == (Counters(3, 3000), Counters(5, 70))
+    live = kernel_nat.snapshot()
     stack.on_timer(100.0)
-    snap = kernel_nat.snapshot()
-    assert (snap["kernel_nat_packets_up"], snap["kernel_nat_bytes_up"]) == (3, 3000)
-    assert (snap["kernel_nat_packets_down"], snap["kernel_nat_bytes_down"]) == (5, 70)
+    gone = kernel_nat.snapshot()
+    for snap, entries in ((live, 2), (gone, 0)):
+        assert (snap["packets_up"], snap["bytes_up"]) == (3, 3000)
+        assert (snap["packets_down"], snap["bytes_down"]) == (5, 70)
+        assert snap["entries"] == entries
 
 
 def test_a_full_map_leaves_the_flow_to_the_stack(maps: FlowMaps) -> None:
@@ -135,7 +138,7 @@ def test_a_full_map_leaves_the_flow_to_the_stack(maps: FlowMaps) -> None:
         kernel_nat.follow(stack)
         _syn(stack, 40000, 0.0)
         _syn(stack, 40001, 0.0)  # no room: counted, the SYN still goes back
-        assert kernel_nat.stats["kernel_nat_installed"] == 1
-        assert kernel_nat.stats["kernel_nat_install_failed"] == 1
+        assert kernel_nat.stats["installed"] == 1
+        assert kernel_nat.stats["install_failed"] == 1
     finally:
         small.close()

@@ -55,6 +55,12 @@ def test_windows_state_dir_is_under_programdata(monkeypatch: pytest.MonkeyPatch)
     assert for_os("win32").state_dir == Path("D:\\Data") / "ztun"
 
 
+@pytest.mark.parametrize("os_name", ["darwin", "win32"])
+def test_the_kernel_nat_is_linux_only(os_name: str) -> None:
+    with pytest.raises(UnsupportedPlatform, match="kernel NAT is not available"):
+        for_os(os_name).start_kernel_nat(None)  # type: ignore[arg-type]
+
+
 def test_macos_and_windows_probe_the_portable_profile() -> None:
     assert for_os("darwin").probe(RunOptions()) == Accelerations(tun_reader="loop")
     assert for_os("darwin").probe(RunOptions(tun_thread=True)) == PORTABLE
@@ -68,13 +74,14 @@ class TestLinux:
     def test_the_default_profile_keeps_every_acceleration(self) -> None:
         accel = for_os("linux").probe(options())
         assert accel.splice and accel.vnet_hdr and accel.udp_gso  # kernel >= 4.18
+        assert accel.kernel_nat  # asked for; app.py turns it off if the attach fails
         assert (accel.multi_queue, accel.redirect, accel.tun_reader) == (False, False, "loop")
 
     def test_flags_select_the_optional_ones(self) -> None:
         accel = for_os("linux").probe(options("--workers", "2", "--redirect", "--tun-thread"))
         assert (accel.multi_queue, accel.redirect, accel.tun_reader) == (True, True, "thread")
-        accel = for_os("linux").probe(options("--no-offload", "--relay", "copy"))
-        assert not accel.vnet_hdr and not accel.splice
+        accel = for_os("linux").probe(options("--no-offload", "--relay", "copy", "--no-kernel-nat"))
+        assert not accel.vnet_hdr and not accel.splice and not accel.kernel_nat
 
     def test_portable_turns_everything_off(self) -> None:
         assert for_os("linux").probe(options("--portable")) == PORTABLE
