@@ -32,7 +32,8 @@ def servers(topology: Topology) -> Topology:
 
 @pytest.fixture
 def start_path(servers: Topology, require_root: None) -> Iterator[StartPath]:
-    """start_path(proxy="danted"|"microsocks", user=None, password=None, url=None, extra=())."""
+    """start_path(proxy="danted"|"microsocks", user=None, password=None, url=None, extra=(),
+    binary=None): `binary` runs another ztun launcher than the venv's."""
     running: list[RunningImpl] = []
 
     def start(
@@ -42,6 +43,7 @@ def start_path(servers: Topology, require_root: None) -> Iterator[StartPath]:
         password: str | None = None,
         url: str | None = None,
         extra: tuple[str, ...] = (),
+        binary: str | None = None,
     ) -> Path:
         topo = servers
         proxy_addr = str(topo.address("proxy", "client", 4))
@@ -50,7 +52,9 @@ def start_path(servers: Topology, require_root: None) -> Iterator[StartPath]:
         else:
             server = start_danted(topo.proxy, proxy_addr, SOCKS_PORT)
         proxy_url = url or server.url
-        impl = Ztun(extra_args=extra).start(topo.client, device=DEVICE, proxy_url=proxy_url)
+        impl = Ztun(binary=binary, extra_args=extra).start(
+            topo.client, device=DEVICE, proxy_url=proxy_url
+        )
         running.append(impl)
         return Path(
             topo,

@@ -19,8 +19,10 @@ import pytest
 from ztun_path import DATA_PORT, DEVICE, ECHO_PORT, SOCKS_PORT, UDP_ECHO_PORT, StartPath
 
 from harness.hosts import LogLine
+from harness.impls.ztun import default_binary
 from harness.peers.starters import start_danted, start_dnsmasq
 from harness.peers.targets import seeded_chunks, seeded_sha256
+from ztun.tools import tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.linux]
 
@@ -296,6 +298,25 @@ def test_no_kernel_nat_leaves_every_segment_to_the_stack(start_path: StartPath, 
     stats = _stopped_stats(path)
     assert "kernel_nat" not in stats
     assert stats["tun_frames_in"] > 40, stats
+
+
+def test_without_cap_bpf_the_stack_carries_tcp(start_path: StartPath, rng, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ztun started without CAP_BPF (and CAP_SYS_ADMIN, which would stand in for it): the
+    kernel NAT cannot be loaded, start-up says so and why, and TCP works as before."""
+    launcher = tmp_path / "ztun-without-bpf"
+    drop = "-bpf,-sys_admin,-perfmon"
+    launcher.write_text(
+        f'#!/bin/sh\nexec {tool("setpriv")} --bounding-set {drop} -- {default_binary()} "$@"\n'
+    )
+    launcher.chmod(0o755)
+    path = start_path("danted", binary=str(launcher))
+    log = path.ztun.log_text()
+    assert "kernel_nat=off" in log
+    assert "kernel NAT unavailable, TCP is rewritten by ztun's stack" in log
+    assert "Operation not permitted" in log
+    seed = rng.randrange(1 << 31)
+    assert upload(path, 2 * MIB, seed) == (2 * MIB, seeded_sha256(seed, 2 * MIB))
+    assert download(path, 2 * MIB, seed, v6=True) == (2 * MIB, seeded_sha256(seed, 2 * MIB))
 
 
 def test_portable_profile_carries_tcp_udp_and_icmp_with_every_acceleration_off(
