@@ -133,7 +133,6 @@ TOOLS: dict[str, Tool] = _tools(
     ("getent", "libc-bin", E, "name lookups in hosts"),
     ("pgrep", "procps", E, "process probes in hosts"),
     ("sysctl", "procps", E, "kernel settings in namespaces"),
-    ("setpriv", "util-linux", E, "capability drops in tests (ztun without CAP_BPF)"),
 )
 
 GUEST_TOOLS: dict[str, Tool] = {}
