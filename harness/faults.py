@@ -6,8 +6,8 @@ What was found about netem (kernel 6.18 "-fc" here, iproute2 6.1):
 * **This kernel has no sch_netem** (``tc qdisc add ... netem`` answers "Specified qdisc
   kind is unknown"), and there is no module tree to ``modprobe`` it from (a
   Firecracker-style kernel without ``/lib/modules``).  ``tbf`` and ``htb`` are built in,
-  and iptables' ``statistic`` match works.  So here: MTU clamp always works; rate works
-  (tbf); loss works through the iptables fallback below; delay, jitter, reordering,
+  and nftables' ``numgen`` expression works.  So here: MTU clamp always works; rate works
+  (tbf); loss works through the nftables fallback below; delay, jitter, reordering,
   duplication and corruption *skip* with a reason naming sch_netem.
 * **Seeding.** netem draws from the kernel's unseeded ``get_random_u32()`` (prandom in
   older kernels); a run is reproducible in *distribution*, not bit for bit.  Linux 6.6
@@ -15,10 +15,12 @@ What was found about netem (kernel 6.18 "-fc" here, iproute2 6.1):
   does not), which ``tc ... netem seed N`` sends from iproute2 6.6 on -- iproute2 6.1 here
   does not know the keyword.  :func:`netem_support` probes both; when both exist the
   test's seed is passed, otherwise it is recorded but has no effect.
-* **Loss fallback** (no netem): ``iptables -m statistic --mode nth --every N --packet P
-  -j DROP`` on egress of the interface: exactly every N-th packet is dropped, N =
-  round(100 / loss%), and the seed picks the phase P.  That is *more* deterministic than
-  netem (bit-exact for a given packet order), and coarser (only 1/N rates).
+* **Loss fallback** (no netem): an nftables rule ``oifname IF numgen inc mod N == P drop``
+  in the output and forward hooks, one per address family (each rule keeps its own
+  counter, as iptables' ``statistic --mode nth`` did per table): exactly every N-th
+  packet is dropped, N = round(100 / loss%), and the seed picks the phase P.  That is
+  *more* deterministic than netem (bit-exact for a given packet order), and coarser (only
+  1/N rates).  nftables, not iptables: ``dev.sh`` installs one firewall tool.
 
 Like netem, every fault applies on *egress* of the given interface; degrade both ends
 of a link for a symmetric fault.
@@ -30,6 +32,7 @@ import functools
 import os
 import platform
 import random
+import re
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -38,6 +41,7 @@ from harness.hosts.base import Host
 from harness.hosts.netns import NetnsError, create_netns, remove_netns
 from harness.owners import release_owner
 from harness.proc import run_local
+from ztun.tools import tool
 
 __all__ = [
     "AppliedFaults",
@@ -127,7 +131,7 @@ class NetemSupport:
 
     def describe(self) -> str:
         if not self.available:
-            return f"netem unavailable ({self.reason}); loss via iptables nth, rate via tbf"
+            return f"netem unavailable ({self.reason}); loss via nftables numgen, rate via tbf"
         return "netem available" + (" with seed" if self.seed else " (tc cannot seed it)")
 
 
@@ -170,7 +174,7 @@ class AppliedFaults:
     impairment: Impairment
     seed: int
     method: str
-    """"netem", "iptables-nth+tbf", "tbf", "mtu"... -- reported in failure output."""
+    """"netem", "nft-nth+tbf", "tbf", "mtu"... -- reported in failure output."""
     undo: list[list[str]] = field(default_factory=list)
 
     def remove(self) -> None:
@@ -185,6 +189,28 @@ class AppliedFaults:
 def _tbf_args(rate_bps: int) -> list[str]:
     burst = max(TBF_BURST_MIN, int(rate_bps / 8 * TBF_BURST_SECONDS))
     return ["tbf", "rate", f"{rate_bps}bit", "burst", str(burst), "latency", TBF_LATENCY]
+
+
+def _loss_table(ifname: str) -> str:
+    """The nftables table holding the loss rules of one interface (one per interface, so
+    two degraded interfaces of a host are undone independently)."""
+    return "ztun_loss_" + re.sub(r"[^A-Za-z0-9_]", "_", ifname)
+
+
+def _nth_loss_script(table: str, ifname: str, every: int, phase: int) -> str:
+    """Drop exactly one packet in ``every`` leaving ``ifname`` (the ``phase``-th of each run).
+
+    Each rule's ``numgen inc`` has its own counter, so IPv4 and IPv6, output and forward
+    are counted apart (as iptables' and ip6tables' nth rules were): IPv6 neighbour
+    discovery never shifts which IPv4 packet is dropped.
+    """
+    rule = f'oifname "{ifname}" numgen inc mod {every} == {phase} drop'
+    chains = "".join(
+        f"  chain {hook} {{\n    type filter hook {hook} priority 0; policy accept;\n"
+        f"    meta nfproto ipv4 {rule}\n    meta nfproto ipv6 {rule}\n  }}\n"
+        for hook in ("output", "forward")
+    )
+    return f"table inet {table} {{\n{chains}}}\n"
 
 
 def apply_impairment(host: Host, ifname: str, imp: Impairment, *, seed: int) -> AppliedFaults:
@@ -214,13 +240,14 @@ def apply_impairment(host: Host, ifname: str, imp: Impairment, *, seed: int) -> 
         if shaping.loss_pct:
             every = min(NTH_MAX, max(1, round(100.0 / shaping.loss_pct)))
             phase = random.Random(seed).randrange(every)
-            for tool in ("iptables", "ip6tables"):
-                for chain in ("OUTPUT", "FORWARD"):
-                    rule = [chain, "-o", ifname, "-m", "statistic", "--mode", "nth"]
-                    rule += ["--every", str(every), "--packet", str(phase), "-j", "DROP"]
-                    host.run([tool, "-w", "-I", *rule], check=True)
-                    applied.undo.append([tool, "-w", "-D", *rule])
-            methods.append(f"iptables-nth(every {every}, phase {phase})")
+            table = _loss_table(ifname)
+            host.run(
+                [tool("nft"), "-f", "-"],
+                input=_nth_loss_script(table, ifname, every, phase),
+                check=True,
+            )
+            applied.undo.append([tool("nft"), "delete", "table", "inet", table])
+            methods.append(f"nft-nth(every {every}, phase {phase})")
         if shaping.rate_bps:
             host.run(
                 ["tc", "qdisc", "replace", "dev", ifname, "root", *_tbf_args(shaping.rate_bps)],

@@ -177,7 +177,7 @@ def test_loss_is_seeded_and_counted(topology: Topology, netem: Faults) -> None:
     proxy = str(topology.address("proxy", "client"))
     result = topology.client.run(["ping", "-c", "40", "-i", "0.002", "-W", "1", proxy])
     received = int(result.stdout.split(" received")[0].rsplit(" ", 1)[1])
-    if applied.method.startswith("iptables-nth"):
+    if applied.method.startswith("nft-nth"):
         assert received == 30  # exactly every 4th request dropped
     else:
         assert 0 < received < 40
