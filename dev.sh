@@ -8,12 +8,14 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
+# Every program the code starts is registered in ztun/tools.py with its package and the list
+# below that installs it (tests/unit/test_tools_registry.py checks both ways).
 APT_PACKAGES=(
-  iproute2 iputils-ping ethtool tcpdump curl
+  iproute2 iputils-ping ethtool tcpdump curl procps python3 mount
   microsocks dante-server dnsmasq-base nginx-light iperf3 apache2-utils wrk proxychains4
   openssh-client openssh-server nftables
 )
-VM_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap)
+VM_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs)
 VENV=.venv
 
 need_root() {
@@ -59,6 +61,10 @@ setup_venv() {
 
 setup() { need_root "$@"; setup_apt; setup_venv; }
 
+# Which dev.sh lists this run installed: a test whose tool is missing although one of these
+# lists provides it fails with the apt-get line instead of skipping (harness/skips.py).
+export ZTUN_DEV_PROFILES=apt
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
@@ -73,6 +79,7 @@ case "$cmd" in
     # The VM row: Debian guests under QEMU (KVM where a trial boot proves it works, else
     # TCG), built from Debian packages and cached; runs serially (a guest uses both cores).
     need_root; setup_apt "${VM_PACKAGES[@]}"; setup_venv
+    export ZTUN_DEV_PROFILES="apt vm"
     "$VENV/bin/python" -m harness vm build
     exec "$VENV/bin/pytest" tests/vm -m vm -n 0 "$@" ;;
   *) sed -n '2,7p' "$0"; exit 2 ;;

@@ -147,7 +147,17 @@ def netem_support() -> NetemSupport:
     try:
 
         def tc(*args: str) -> tuple[bool, str]:
-            argv = ["ip", "netns", "exec", PROBE_NETNS, "tc", "qdisc", "replace", "dev", "lo"]
+            argv = [
+                tool("ip"),
+                "netns",
+                "exec",
+                PROBE_NETNS,
+                tool("tc"),
+                "qdisc",
+                "replace",
+                "dev",
+                "lo",
+            ]
             result = run_local([*argv, "root", "netem", *args])
             return result.ok, result.stderr.strip()
 
@@ -218,9 +228,9 @@ def apply_impairment(host: Host, ifname: str, imp: Impairment, *, seed: int) -> 
     applied = AppliedFaults(host, ifname, imp, seed, method="")
     methods: list[str] = []
     if imp.mtu is not None:
-        old = host.run(["cat", f"/sys/class/net/{ifname}/mtu"], check=True).stdout.strip()
-        host.run(["ip", "link", "set", "dev", ifname, "mtu", str(imp.mtu)], check=True)
-        applied.undo.append(["ip", "link", "set", "dev", ifname, "mtu", old])
+        old = host.run([tool("cat"), f"/sys/class/net/{ifname}/mtu"], check=True).stdout.strip()
+        host.run([tool("ip"), "link", "set", "dev", ifname, "mtu", str(imp.mtu)], check=True)
+        applied.undo.append([tool("ip"), "link", "set", "dev", ifname, "mtu", old])
         methods.append("mtu")
     shaping = replace(imp, mtu=None)
     if shaping == Impairment():
@@ -230,7 +240,9 @@ def apply_impairment(host: Host, ifname: str, imp: Impairment, *, seed: int) -> 
     qdisc_del = ["tc", "qdisc", "del", "dev", ifname, "root"]
     if support.available:
         args = shaping.netem_args(seed if support.seed else None)
-        host.run(["tc", "qdisc", "replace", "dev", ifname, "root", "netem", *args], check=True)
+        host.run(
+            [tool("tc"), "qdisc", "replace", "dev", ifname, "root", "netem", *args], check=True
+        )
         applied.undo.append(qdisc_del)
         methods.append("netem" + ("(seeded)" if support.seed else ""))
     else:
@@ -250,7 +262,15 @@ def apply_impairment(host: Host, ifname: str, imp: Impairment, *, seed: int) -> 
             methods.append(f"nft-nth(every {every}, phase {phase})")
         if shaping.rate_bps:
             host.run(
-                ["tc", "qdisc", "replace", "dev", ifname, "root", *_tbf_args(shaping.rate_bps)],
+                [
+                    tool("tc"),
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    ifname,
+                    "root",
+                    *_tbf_args(shaping.rate_bps),
+                ],
                 check=True,
             )
             applied.undo.append(qdisc_del)

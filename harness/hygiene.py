@@ -34,6 +34,7 @@ from harness.owners import (
     release_owner,
 )
 from harness.proc import live_processes, proc_stats, run_local
+from ztun.tools import tool
 
 __all__ = [
     "OWNER_DIR",
@@ -53,12 +54,12 @@ __all__ = [
 
 
 ROOT_VIEWS: dict[str, list[str]] = {
-    "link": ["ip", "-o", "link", "show"],
-    "address": ["ip", "-o", "address", "show"],
-    "route": ["ip", "-o", "route", "show", "table", "all"],
-    "route6": ["ip", "-o", "-6", "route", "show", "table", "all"],
+    "link": [tool("ip"), "-o", "link", "show"],
+    "address": [tool("ip"), "-o", "address", "show"],
+    "route": [tool("ip"), "-o", "route", "show", "table", "all"],
+    "route6": [tool("ip"), "-o", "-6", "route", "show", "table", "all"],
     "rule": ["ip", "rule", "show"],
-    "rule6": ["ip", "-6", "rule", "show"],
+    "rule6": [tool("ip"), "-6", "rule", "show"],
 }
 """Views of the root namespace compared before/after (read-only commands)."""
 
@@ -236,7 +237,7 @@ def cleanup(
         if not removable(name):
             continue
         if not dry_run:
-            result = run_local(["ip", "link", "del", name])
+            result = run_local([tool("ip"), "link", "del", name])
             if not result.ok:
                 report.errors.append(f"link {name}: {result.stderr.strip()}")
                 continue

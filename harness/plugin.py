@@ -60,7 +60,7 @@ from harness.impls import (
     choose_adapter,
 )
 from harness.proc import run_local
-from harness.skips import have_tool, is_root
+from harness.skips import have_tool, is_root, missing_tools_header, require_tool
 from harness.skips import require_root as _require_root
 from harness.timescale import set_time_scale, time_scale
 from harness.topo import NAME_PREFIX, Namer, Topology, TopologySpec, client_proxy_server
@@ -72,6 +72,7 @@ from harness.vmfixtures import (  # noqa: F401  VM fixtures for any test; heavy 
     vm_state,
     vm_testinfra,
 )
+from ztun.tools import tool
 
 __all__ = ["HarnessState", "derive_seed", "state"]
 
@@ -365,8 +366,9 @@ def _dist_version(name: str) -> str:
 def _versions() -> str:
     return ", ".join(
         [
-            f"tcpdump {_first_line(['tcpdump', '--version']).removeprefix('tcpdump version ')}",
-            f"iproute2 {_first_line(['ip', '-V']).rsplit('iproute2-', 1)[-1].split(',')[0]}",
+            "tcpdump "
+            + _first_line([tool("tcpdump"), "--version"]).removeprefix("tcpdump version "),
+            f"iproute2 {_first_line([tool('ip'), '-V']).rsplit('iproute2-', 1)[-1].split(',')[0]}",
             f"scapy {_dist_version('scapy')}",
             f"pyroute2 {_dist_version('pyroute2')}",
         ]
@@ -383,6 +385,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
     if not is_root():
         lines.append("not root: netns tests will be skipped")
+    if missing := missing_tools_header():
+        lines.append(missing)
     if st.stale_removed:
         lines.append("removed leftovers of dead runs:\n  " + st.stale_removed.replace("\n", "\n  "))
     return lines
@@ -457,9 +461,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     artifacts_mod.activate(test)
     if item.get_closest_marker("netns") is not None:
         _require_root()
-        for tool in ("ip",):
-            if not have_tool(tool):
-                pytest.skip(f"tool missing: {tool}")
+        require_tool("ip")
     if item.get_closest_marker("linux") is not None and sys.platform != "linux":
         pytest.skip(f"Linux only (this is {sys.platform})")
 

@@ -27,6 +27,7 @@ from testinfra.backend import base
 from testinfra.backend.paramiko import ParamikoBackend
 
 from harness.hosts.base import DEFAULT_RUN_TIMEOUT, CommandTimeout, Host
+from ztun.tools import guest_tool, tool
 
 __all__ = [
     "NETNS_SCHEME",
@@ -57,12 +58,12 @@ class NetnsBackend(base.BaseBackend):  # type: ignore[misc]
 
     def run(self, command: str, *args: str, **kwargs: Any) -> base.CommandResult:
         cmd = self.get_command(command, *args)
-        argv = ["ip", "netns", "exec", self.netns, "sh", "-c", cmd]
+        argv = [tool("ip"), "netns", "exec", self.netns, tool("sh"), "-c", cmd]
         try:
             done = subprocess.run(argv, capture_output=True, timeout=self.timeout, check=False)
         except subprocess.TimeoutExpired as exc:
             raise CommandTimeout(
-                ["sh", "-c", cmd],
+                [tool("sh"), "-c", cmd],
                 self.timeout,
                 _text(exc.stdout),
                 _text(exc.stderr),
@@ -91,7 +92,8 @@ class TimedParamikoBackend(ParamikoBackend):  # type: ignore[misc]
             self.__dict__["client"] = client
 
     def _exec_command(self, command: bytes) -> tuple[int, bytes, bytes]:
-        guarded = f"timeout -k 2 {self.command_timeout:g} sh -c {shlex.quote(command.decode())}"
+        timeout, sh = guest_tool("timeout"), guest_tool("sh")
+        guarded = f"{timeout} -k 2 {self.command_timeout:g} {sh} -c {shlex.quote(command.decode())}"
         transport = self.client.get_transport()
         assert transport is not None
         chan = transport.open_session(timeout=self.command_timeout)
@@ -103,13 +105,13 @@ class TimedParamikoBackend(ParamikoBackend):  # type: ignore[misc]
             rc: int = chan.recv_exit_status()
         except TimeoutError as exc:
             raise CommandTimeout(
-                ["sh", "-c", command.decode()], self.command_timeout, "", ""
+                [guest_tool("sh"), "-c", command.decode()], self.command_timeout, "", ""
             ) from exc
         finally:
             chan.close()
         if rc == 124:  # coreutils timeout: the command ran out of time in the guest
             raise CommandTimeout(
-                ["sh", "-c", command.decode()],
+                [guest_tool("sh"), "-c", command.decode()],
                 self.command_timeout,
                 stdout.decode(errors="replace"),
                 stderr.decode(errors="replace"),

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from harness import vmimage
+from ztun.tools import tool
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -71,7 +72,7 @@ def _boot(args: argparse.Namespace) -> int:
             for key, value in host.timings.items():
                 print(f"{key:<15} {value:.2f} s")
             print(f"{'start total':<15} {total:.2f} s")
-            print(host.run(["uname", "-sr"], check=True).stdout.strip())
+            print(host.run([tool("uname"), "-sr"], check=True).stdout.strip())
         finally:
             started = time.monotonic()
             host.close()

@@ -10,7 +10,6 @@ to install.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ import pytest
 
 from harness.artifacts import TestArtifacts
 from harness.hosts.base import Host
+from harness.skips import require_tool
 
 if TYPE_CHECKING:
     # Imported lazily below: the plugin loads this module on every OS (Windows and macOS
@@ -36,18 +36,11 @@ __all__ = [
     "vm_testinfra",
 ]
 
-#: Apt packages that provide what the QEMU fixtures run, for skip reasons.
-_APT_HINT = "apt-get install qemu-system-x86 qemu-utils mmdebstrap"
-
 
 def _require_vm_tools() -> None:
-    from harness.hosts.qemu import QEMU
-
     if os.geteuid() != 0:
         pytest.skip("VM image build needs root (mmdebstrap --mode=root)")
-    missing = [t for t in (QEMU, "qemu-img", "mmdebstrap", "mke2fs") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"tool missing: {', '.join(missing)} ({_APT_HINT})")
+    require_tool("qemu-system-x86_64", "qemu-img", "mmdebstrap", "mke2fs")
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ztun.tools import tool
+
 log = logging.getLogger("harness.vm")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +168,7 @@ def ensure_image(*, rebuild: bool = False) -> GuestImage:
 
 
 def _build(directory: Path, digest: str) -> GuestImage:
-    if shutil.which("mmdebstrap") is None:
+    if shutil.which(tool("mmdebstrap")) is None:
         raise ImageBuildError("mmdebstrap not found: apt-get install mmdebstrap")
     if directory.exists():
         shutil.rmtree(directory)
@@ -174,14 +176,25 @@ def _build(directory: Path, digest: str) -> GuestImage:
     started = time.monotonic()
     key = directory / "id_ed25519"
     _run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ztun-test-guest", "-f", str(key)],
+        [
+            tool("ssh-keygen"),
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "ztun-test-guest",
+            "-f",
+            str(key),
+        ],
         timeout=30,
         step="ssh-keygen",
     )
     with tempfile.TemporaryDirectory(prefix="rootfs-", dir=directory) as tmp:
         rootdir = Path(tmp) / "root"
         argv = [
-            "mmdebstrap",
+            tool("mmdebstrap"),
             "--variant=apt",
             "--mode=root",
             "--include=" + ",".join(packages()),
@@ -204,7 +217,7 @@ def _build(directory: Path, digest: str) -> GuestImage:
         rootfs = directory / "rootfs.ext4"
         _run(
             [
-                "mke2fs",
+                tool("mke2fs"),
                 "-q",
                 "-t",
                 "ext4",

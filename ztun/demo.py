@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ztun.tools import tool
+
 from . import netns
 from .proc import Proc, listening, log_has, spawn, stop_all
 
@@ -84,12 +86,12 @@ def _start_servers(demo: _Demo, server: str, blob_dir: str) -> str:
         [py, "-m", "http.server", "--bind", SERVER_V4, "--directory", blob_dir, str(HTTP_PORT)],
         listening(server, HTTP_PORT),
     )
-    if shutil.which("dnsmasq"):
+    if shutil.which(tool("dnsmasq")):
         demo.spawn(
             "dnsmasq",
             server,
             [
-                "dnsmasq",
+                tool("dnsmasq"),
                 "--keep-in-foreground",
                 "--no-resolv",
                 "--no-hosts",
@@ -147,13 +149,13 @@ def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list
     procs = []
     tcp_kind = choice
     if choice == "auto":
-        tcp_kind = "microsocks" if shutil.which("microsocks") else "builtin"
+        tcp_kind = "microsocks" if shutil.which(tool("microsocks")) else "builtin"
     if tcp_kind == "microsocks":
         procs.append(
             demo.spawn(
                 "microsocks",
                 proxy,
-                ["microsocks", "-i", PROXY_C_V4, "-p", str(TCP_PORT)],
+                [tool("microsocks"), "-i", PROXY_C_V4, "-p", str(TCP_PORT)],
                 listening(proxy, TCP_PORT),
             )
         )
@@ -166,7 +168,10 @@ def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list
             f.write(text)
         procs.append(
             demo.spawn(
-                "danted-tcp", proxy, ["danted", "-f", conf, "-N", "1"], listening(proxy, TCP_PORT)
+                "danted-tcp",
+                proxy,
+                [tool("danted"), "-f", conf, "-N", "1"],
+                listening(proxy, TCP_PORT),
             )
         )
     else:
@@ -178,12 +183,12 @@ def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list
                 listening(proxy, TCP_PORT),
             )
         )
-    if shutil.which("danted") and choice in ("auto", "danted", "microsocks"):
+    if shutil.which(tool("danted")) and choice in ("auto", "danted", "microsocks"):
         conf = os.path.join(demo.workdir, "danted.conf")
         _danted_config(conf)
         procs.append(
             demo.spawn(
-                "danted", proxy, ["danted", "-f", conf, "-N", "1"], listening(proxy, UDP_PORT)
+                "danted", proxy, [tool("danted"), "-f", conf, "-N", "1"], listening(proxy, UDP_PORT)
             )
         )
         udp_kind = "danted"
@@ -231,10 +236,10 @@ def _dns_query(client: str) -> str:
 
 
 def _ping(client: str) -> str:
-    if not shutil.which("ping"):
+    if not shutil.which(tool("ping")):
         return "skipped (ping not installed)"
     out = subprocess.run(
-        netns.exec_argv(client, ["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER_V4]),
+        netns.exec_argv(client, [tool("ping"), "-c", "3", "-i", "0.2", "-W", "2", SERVER_V4]),
         capture_output=True,
         text=True,
         timeout=20,

@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from ztun.tools import tool
+
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -108,7 +110,7 @@ def in_netns(name: str | None) -> Iterator[None]:
 
 
 def create(name: str) -> None:
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=30)
+    subprocess.run([tool("ip"), "netns", "add", name], check=True, capture_output=True, timeout=30)
 
     def lo_up(ipr: Any) -> None:
         (lo,) = ipr.link_lookup(ifname="lo")
@@ -129,7 +131,9 @@ def list_names(prefix: str = "") -> list[str]:
 
 
 def pids(name: str) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10)
+    out = subprocess.run(
+        [tool("ip"), "netns", "pids", name], capture_output=True, text=True, timeout=10
+    )
     return [int(p) for p in out.stdout.split()]
 
 
@@ -139,11 +143,11 @@ def remove(name: str) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     if exists(name):
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
+        subprocess.run([tool("ip"), "netns", "delete", name], capture_output=True, timeout=30)
 
 
 def exec_argv(name: str, argv: Sequence[str]) -> list[str]:
-    return ["ip", "netns", "exec", name, *argv]
+    return [tool("ip"), "netns", "exec", name, *argv]
 
 
 def veth(

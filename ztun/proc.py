@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ztun.tools import tool
+
 from . import netns
 
 READY_TIMEOUT = 20.0
@@ -156,7 +158,7 @@ def listening(ns: str, port: int, *, udp: bool = False) -> Callable[[Proc], bool
 
     def check(_proc: Proc | None = None) -> bool:
         out = subprocess.run(
-            netns.exec_argv(ns, ["ss", "-Hln" + ("u" if udp else "t"), f"sport = :{port}"]),
+            netns.exec_argv(ns, [tool("ss"), "-Hln" + ("u" if udp else "t"), f"sport = :{port}"]),
             capture_output=True,
             text=True,
             timeout=10,
@@ -169,7 +171,7 @@ def listening(ns: str, port: int, *, udp: bool = False) -> Callable[[Proc], bool
 def link_exists(ns: str, ifname: str) -> Callable[[Proc], bool]:
     def check(_proc: Proc | None = None) -> bool:
         out = subprocess.run(
-            netns.exec_argv(ns, ["ip", "-o", "link", "show", "dev", ifname]),
+            netns.exec_argv(ns, [tool("ip"), "-o", "link", "show", "dev", ifname]),
             capture_output=True,
             text=True,
             timeout=10,

@@ -18,6 +18,8 @@ import re
 import shutil
 import subprocess
 
+from ztun.tools import tool
+
 NFT_TIMEOUT = 10.0
 TABLE_PREFIX = "ztun_"
 
@@ -45,7 +47,7 @@ def ruleset(device: str, port: int) -> str:
 
 
 def _nft(args: list[str], script: str | None = None) -> subprocess.CompletedProcess[str]:
-    nft = shutil.which("nft")
+    nft = shutil.which(tool("nft"))
     if nft is None:
         raise RedirectError("--redirect needs nftables' `nft` (apt-get install nftables)")
     return subprocess.run(
@@ -62,7 +64,7 @@ def install(device: str, port: int) -> None:
 
 def remove(device: str) -> bool:
     """Delete the device's table if present; True if there was one."""
-    if shutil.which("nft") is None:
+    if shutil.which(tool("nft")) is None:
         return False
     done = _nft(["delete", "table", "inet", table_name(device)])
     return done.returncode == 0
@@ -70,7 +72,7 @@ def remove(device: str) -> bool:
 
 def leftover_tables() -> list[str]:
     """ztun's tables in this namespace (for `ztun cleanup`)."""
-    if shutil.which("nft") is None:
+    if shutil.which(tool("nft")) is None:
         return []
     done = _nft(["-j", "list", "tables"])
     if done.returncode != 0:

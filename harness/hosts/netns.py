@@ -202,7 +202,7 @@ def list_netns(prefix: str = "") -> list[str]:
 
 def netns_pids(name: str) -> list[int]:
     """Pids of processes inside ``name`` (``ip netns pids``: compares ns inodes)."""
-    result = run_local(["ip", "netns", "pids", name], timeout=DEFAULT_RUN_TIMEOUT)
+    result = run_local([tool("ip"), "netns", "pids", name], timeout=DEFAULT_RUN_TIMEOUT)
     if not result.ok:
         return []
     return [int(tok) for tok in result.stdout.split() if tok.isdigit()]
@@ -313,7 +313,7 @@ class NetnsHost:
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped to run inside the namespace."""
-        return ["ip", "netns", "exec", self._name, *argv]
+        return [tool("ip"), "netns", "exec", self._name, *argv]
 
     # ------------------------------------------------------------------ commands
 
@@ -496,7 +496,7 @@ class NetnsHost:
 
         ``default`` is IPv4; say ``::/0`` (or give an IPv6 ``via``) for IPv6.
         """
-        argv = ["ip"]
+        argv = [tool("ip")]
         is_v6 = ":" in dst or (via is not None and ":" in via)
         if is_v6:
             argv.append("-6")
@@ -513,7 +513,7 @@ class NetnsHost:
 
     def disable_offloads(self, ifname: str) -> None:
         """``ethtool -K IF tx off rx off tso off gso off gro off`` (see OFFLOAD_FEATURES)."""
-        argv = ["ethtool", "-K", ifname]
+        argv = [tool("ethtool"), "-K", ifname]
         for feature in OFFLOAD_FEATURES:
             argv += [feature, "off"]
         self.run(argv, check=True)

@@ -41,10 +41,11 @@ import paramiko
 
 from harness import vmimage
 from harness.hosts.ssh import SshError, SshHost, connect
+from ztun.tools import guest_tool, tool
 
 log = logging.getLogger("harness.vm")
 
-QEMU = "qemu-system-x86_64"
+QEMU = tool("qemu-system-x86_64")
 MEMORY_MIB = 1024
 #: Two vCPUs: multi-threaded TCG then uses both host cores.
 SMP = 2
@@ -239,7 +240,7 @@ class Machine:
             # setpriv --pdeathsig: QEMU dies with the test process even on SIGKILL, so an
             # interrupted run leaves no guest behind.
             self.process = subprocess.Popen(
-                ["setpriv", "--pdeathsig", "KILL", *self.argv()],
+                [tool("setpriv"), "--pdeathsig", "KILL", *self.argv()],
                 stdin=subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
@@ -456,7 +457,7 @@ def _trial_kvm(image: vmimage.GuestImage) -> tuple[str, str]:
 def _overlay(backing: Path, path: Path, *, backing_format: str) -> None:
     subprocess.run(
         [
-            "qemu-img",
+            tool("qemu-img"),
             "create",
             "-q",
             "-f",
@@ -561,7 +562,7 @@ def ensure_guest_packages(requirements: list[str]) -> Path:
         shutil.rmtree(staging / "bin", ignore_errors=True)
         partial = tarball.with_suffix(".partial")
         subprocess.run(
-            ["tar", "-cf", str(partial), "-C", str(staging), "."],
+            [tool("tar"), "-cf", str(partial), "-C", str(staging), "."],
             check=True,
             timeout=PROVISION_TIMEOUT,
         )
@@ -648,7 +649,14 @@ def _boot_and_save(
             _provision(guest, wheels)
             # Quiesce before the save: nothing half-written may sit in the guest's cache,
             # and a dropped page cache makes the state file (and every restore) smaller.
-            guest.run(["sh", "-c", "sync && echo 3 > /proc/sys/vm/drop_caches"], check=True)
+            guest.run(
+                [
+                    guest_tool("sh"),
+                    "-c",
+                    f"{guest_tool('sync')} && echo 3 > /proc/sys/vm/drop_caches",
+                ],
+                check=True,
+            )
         provision_seconds = time.monotonic() - started
         started = time.monotonic()
         machine.save(directory / "vmstate")
@@ -679,7 +687,7 @@ def _boot_and_save(
 def _provision(guest: SshHost, packages: Path) -> None:
     """A venv at /opt/ztun whose site-packages come from the host-built tarball."""
     guest.run(
-        ["python3", "-m", "venv", "--without-pip", GUEST_VENV],
+        [guest_tool("python3"), "-m", "venv", "--without-pip", GUEST_VENV],
         timeout=PROVISION_TIMEOUT,
         check=True,
     )
@@ -693,8 +701,8 @@ def _provision(guest: SshHost, packages: Path) -> None:
         ],
         check=True,
     ).stdout.strip()
-    guest.run(["tar", "-xf", remote, "-C", site], timeout=PROVISION_TIMEOUT, check=True)
-    guest.run(["rm", "-f", remote], check=True)
+    guest.run([guest_tool("tar"), "-xf", remote, "-C", site], timeout=PROVISION_TIMEOUT, check=True)
+    guest.run([guest_tool("rm"), "-f", remote], check=True)
     # Compile once here, so every restored guest imports from bytecode.
     guest.run(
         [f"{GUEST_VENV}/bin/python3", "-m", "compileall", "-q", "-j", "0", site],
@@ -734,7 +742,7 @@ def _link_repository(guest: SshHost, site: str) -> None:
     points, so ``ztun`` runs and pytest loads the harness plugin as in a normal install.
     """
     dist = f"{site}/{_DIST_INFO}"
-    guest.run(["mkdir", "-p", dist], check=True)
+    guest.run([guest_tool("mkdir"), "-p", dist], check=True)
     guest.write_file(f"{site}/ztun-share.pth", f"{GUEST_SHARE}\n")
     guest.write_file(
         f"{dist}/METADATA", "Metadata-Version: 2.1\nName: ztun\nVersion: 0.0.0+share\n"
@@ -743,7 +751,7 @@ def _link_repository(guest: SshHost, site: str) -> None:
     guest.write_file(f"{dist}/INSTALLER", "ztun-harness\n")
     guest.write_file(f"{dist}/RECORD", "")
     guest.write_file(f"{GUEST_VENV}/bin/ztun", _ZTUN_SCRIPT)
-    guest.run(["chmod", "755", f"{GUEST_VENV}/bin/ztun"], check=True)
+    guest.run([guest_tool("chmod"), "755", f"{GUEST_VENV}/bin/ztun"], check=True)
 
 
 # --------------------------------------------------------------------------- the host
@@ -847,13 +855,13 @@ class QemuHost(SshHost):
     def _after_resume(self, share: Path | None) -> None:
         started = time.monotonic()
         # The guest resumes at the instant of the save: give it the host's time.
-        self.run(["date", "-u", "-s", f"@{time.time():.3f}"], check=True)
+        self.run([guest_tool("date"), "-u", "-s", f"@{time.time():.3f}"], check=True)
         self.timings["clock"] = time.monotonic() - started
         if share is not None:
             started = time.monotonic()
             self.run(
                 [
-                    "mount",
+                    guest_tool("mount"),
                     "-t",
                     "9p",
                     "-o",

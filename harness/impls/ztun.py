@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.hosts import Host, LogLine, Process
 from harness.impls.base import ProxyEndpoint, Tun2Socks
+from ztun.tools import tool
 
 READY_PATTERN = r"ztun ready"
 """ztun logs ``ztun ready device=NAME ...`` once the TUN is up and its listeners bound."""
@@ -46,7 +47,7 @@ class Ztun(Tun2Socks):
 
     def unavailable_reason(self, host: Host) -> str | None:
         binary = self._binary(host)
-        if not host.run(["test", "-x", binary], timeout=VERSION_TIMEOUT).ok:
+        if not host.run([tool("test"), "-x", binary], timeout=VERSION_TIMEOUT).ok:
             return f"{binary} not found in host {host.name} (pip install -e . in the venv)"
         return None
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from harness import skips
 from harness.hosts import Host, LogLine, Process, TcpListening, UdpListening
 from harness.peers.recording import (
     READY_LINE,
@@ -42,6 +43,7 @@ from harness.peers.recording import (
     load_requests,
     parse_jsonl,
 )
+from ztun.tools import TOOLS, tool
 
 READY_REGEX = rf"^{READY_LINE} "
 DNS_PORT = 53
@@ -62,19 +64,26 @@ def host_python(host: Host) -> str:
     return str(getattr(host, "python", sys.executable))
 
 
-def which(host: Host, tool: str) -> str | None:
-    """Path of ``tool`` inside ``host`` (``/usr/sbin`` included even if not on PATH)."""
+def which(host: Host, name: str) -> str | None:
+    """Path of the registered tool ``name`` inside ``host`` (``/usr/sbin`` even if not on PATH)."""
     script = 'command -v "$1" || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; }'
-    result = host.run(["sh", "-c", script, "which", tool], timeout=10.0)
+    result = host.run([tool("sh"), "-c", script, "which", tool(name)], timeout=10.0)
     path = result.stdout.strip().splitlines()
     return path[0] if result.ok and path else None
 
 
-def require_tool(host: Host, tool: str, package: str) -> str:
-    """Path of ``tool`` in ``host``, or skip the test naming the missing package."""
-    path = which(host, tool)
+def require_tool(host: Host, name: str) -> str:
+    """Path of the registered tool ``name`` in ``host``.
+
+    Missing on this machine too: fail with the apt-get line (or skip) as
+    :func:`harness.skips.require_tool` does; missing only in a guest: skip naming the
+    package its recipe lacks.
+    """
+    path = which(host, name)
     if path is None:
-        pytest.skip(f"{tool} is not installed in host {host.name} (Debian package {package})")
+        skips.require_tool(name)
+        package = TOOLS[name].package
+        pytest.skip(f"{name} is not installed in host {host.name} (Debian package {package})")
     return path
 
 
@@ -84,7 +93,7 @@ def _bracket(addr: str) -> str:
 
 def _workfile(host: Host, name: str) -> Path:
     """A path for a config or data file, in the host's log dir (kept with the logs)."""
-    host.run(["mkdir", "-p", str(host.log_dir)], timeout=10.0, check=True)
+    host.run([tool("mkdir"), "-p", str(host.log_dir)], timeout=10.0, check=True)
     return Path(host.log_dir) / name
 
 
@@ -242,7 +251,7 @@ def start_microsocks(
     name: str | None = None,
 ) -> Socks5Server:
     """Debian's microsocks (CONNECT only; no UDP ASSOCIATE)."""
-    binary = require_tool(host, "microsocks", "microsocks")
+    binary = require_tool(host, "microsocks")
     argv = [binary, "-i", addr, "-p", str(port)]
     if user is not None:
         argv += ["-u", user, "-P", password or ""]
@@ -319,9 +328,9 @@ def start_danted(
     with ``password`` (danted checks the system, not its config); otherwise the test is
     skipped rather than failing on a setup it cannot fix.
     """
-    binary = require_tool(host, "danted", "dante-server")
+    binary = require_tool(host, "danted")
     if user is not None:
-        found = host.run(["getent", "passwd", user], timeout=10.0)
+        found = host.run([tool("getent"), "passwd", user], timeout=10.0)
         if not found.ok:
             pytest.skip(f"danted username auth needs system user {user!r} in host {host.name}")
     if external is None:
@@ -375,12 +384,12 @@ def start_ssh_dynamic(
     Skips when openssh-server is not installed in the host. The sshd and its keys are
     throwaway: made in the host's log dir, removed with the host.
     """
-    sshd = require_tool(host, "sshd", "openssh-server")
-    ssh = require_tool(host, "ssh", "openssh-client")
-    keygen = require_tool(host, "ssh-keygen", "openssh-client")
+    sshd = require_tool(host, "sshd")
+    ssh = require_tool(host, "ssh")
+    keygen = require_tool(host, "ssh-keygen")
     name = name or _unique("ssh-dynamic")
     key_dir = _workfile(host, f"{name}-keys")
-    host.run(["mkdir", "-p", str(key_dir), "/run/sshd"], check=True, timeout=10.0)
+    host.run([tool("mkdir"), "-p", str(key_dir), "/run/sshd"], check=True, timeout=10.0)
     for key in ("host_key", "client_key"):
         host.run(
             [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key_dir / key)],
@@ -388,7 +397,7 @@ def start_ssh_dynamic(
             timeout=30.0,
         )
     host.run(
-        ["cp", str(key_dir / "client_key.pub"), str(key_dir / "authorized_keys")],
+        [tool("cp"), str(key_dir / "client_key.pub"), str(key_dir / "authorized_keys")],
         check=True,
         timeout=10.0,
     )
@@ -397,7 +406,7 @@ def start_ssh_dynamic(
     daemon = host.spawn(
         [sshd, "-D", "-e", "-f", str(conf)], name=f"{name}-sshd", ready=TcpListening(sshd_port)
     )
-    user = host.run(["id", "-un"], check=True, timeout=10.0).stdout.strip()
+    user = host.run([tool("id"), "-un"], check=True, timeout=10.0).stdout.strip()
     argv = [
         ssh,
         "-N",
@@ -515,9 +524,9 @@ def start_http_server(
             str(port),
         ]
     elif engine == "nginx":
-        binary = require_tool(host, "nginx", "nginx")
+        binary = require_tool(host, "nginx")
         workdir = _workfile(host, f"{name}.d")
-        host.run(["mkdir", "-p", str(workdir)], check=True, timeout=10.0)
+        host.run([tool("mkdir"), "-p", str(workdir)], check=True, timeout=10.0)
         conf = workdir / "nginx.conf"
         host.write_file(conf, nginx_config(str(root), addr, port, workdir))
         argv = [binary, "-c", str(conf), "-e", str(workdir / "nginx-error.log")]
@@ -565,7 +574,7 @@ def start_dnsmasq(
     name: str | None = None,
 ) -> PeerServer:
     """dnsmasq with fixed records, e.g. ``{"example.test": ["10.201.0.2", "fd00:201::2"]}``."""
-    binary = require_tool(host, "dnsmasq", "dnsmasq")
+    binary = require_tool(host, "dnsmasq")
     process = host.spawn(
         dnsmasq_argv(binary, addr, records, port),
         name=name or _unique("dnsmasq"),

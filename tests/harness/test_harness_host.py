@@ -22,10 +22,11 @@ from harness.hosts.base import (
     UdpListening,
 )
 from harness.hosts.netns import NetnsHost, netns_pids
+from ztun.tools import tool
 
 pytestmark = pytest.mark.netns
 
-PY = "python3"
+PY = tool("python3")
 SERVE_TCP = (
     "import signal,socket,sys;"
     "s=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET);"
@@ -43,22 +44,24 @@ def test_netns_host_satisfies_the_protocol(host: NetnsHost) -> None:
 
 
 def test_run_returns_status_and_both_streams(host: NetnsHost) -> None:
-    result = host.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    result = host.run([tool("sh"), "-c", "echo out; echo err >&2; exit 3"])
     assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
-    assert result.argv == ("sh", "-c", "echo out; echo err >&2; exit 3")
+    assert result.argv == (tool("sh"), "-c", "echo out; echo err >&2; exit 3")
     with pytest.raises(CommandFailed, match="exited 3"):
-        host.run(["sh", "-c", "exit 3"], check=True)
+        host.run([tool("sh"), "-c", "exit 3"], check=True)
 
 
 def test_run_passes_env_and_input(host: NetnsHost) -> None:
-    result = host.run(["sh", "-c", 'read x; echo "$x-$ZT_VAR"'], env={"ZT_VAR": "v"}, input="in")
+    result = host.run(
+        [tool("sh"), "-c", 'read x; echo "$x-$ZT_VAR"'], env={"ZT_VAR": "v"}, input="in"
+    )
     assert result.stdout == "in-v\n"
 
 
 def test_run_is_inside_the_namespace(host: NetnsHost) -> None:
-    assert host.run(["ip", "-o", "link"]).stdout.count("\n") == 1  # only lo
+    assert host.run([tool("ip"), "-o", "link"]).stdout.count("\n") == 1  # only lo
     inode = os.stat(f"/run/netns/{host.name}").st_ino
-    probe = host.run(["stat", "-L", "-c", "%i", "/proc/self/ns/net"], check=True)
+    probe = host.run([tool("stat"), "-L", "-c", "%i", "/proc/self/ns/net"], check=True)
     assert int(probe.stdout) == inode
 
 
@@ -66,7 +69,9 @@ def test_run_returns_when_the_command_exits_even_if_a_daemon_holds_its_pipes(
     host: NetnsHost,
 ) -> None:
     start = time.monotonic()
-    result = host.run(["sh", "-c", "echo hi; setsid -f sleep 300"], timeout=10)
+    result = host.run(
+        [tool("sh"), "-c", f"echo hi; {tool('setsid')} -f {tool('sleep')} 300"], timeout=10
+    )
     assert time.monotonic() - start < 5
     assert result.ok and result.stdout == "hi\n"
     assert netns_pids(host.name), "the daemon is left running (close() kills it)"
@@ -75,7 +80,7 @@ def test_run_returns_when_the_command_exits_even_if_a_daemon_holds_its_pipes(
 def test_run_timeout_kills_and_keeps_partial_output(host: NetnsHost) -> None:
     start = time.monotonic()
     with pytest.raises(CommandTimeout) as info:
-        host.run(["sh", "-c", "echo started; exec sleep 30"], timeout=0.5)
+        host.run([tool("sh"), "-c", f"echo started; exec {tool('sleep')} 30"], timeout=0.5)
     assert time.monotonic() - start < 5
     assert info.value.stdout == "started\n"
     assert netns_pids(host.name) == []
@@ -83,20 +88,20 @@ def test_run_timeout_kills_and_keeps_partial_output(host: NetnsHost) -> None:
 
 def test_spawn_awaits_a_log_line_and_logs_under_log_dir(host: NetnsHost) -> None:
     proc = host.spawn(
-        ["sh", "-c", "echo booting; echo 'server ready port=1'; exec sleep 30"],
+        [tool("sh"), "-c", f"echo booting; echo 'server ready port=1'; exec {tool('sleep')} 30"],
         name="srv",
         ready=LogLine(r"ready port=\d"),
     )
     assert isinstance(proc, Process)
     assert proc.alive() and proc.log_path == host.log_dir / "srv.log"
     assert "server ready" in proc.log_path.read_text()
-    second = host.spawn(["true"], name="srv")
+    second = host.spawn([tool("true")], name="srv")
     assert second.log_path == host.log_dir / "srv-1.log"
     assert proc.stop() == -signal.SIGTERM
 
 
 def test_wait_for_a_later_line(host: NetnsHost) -> None:
-    proc = host.spawn(["sh", "-c", "echo one; sleep 30; echo two"], name="p")
+    proc = host.spawn([tool("sh"), "-c", f"echo one; {tool('sleep')} 30; echo two"], name="p")
     proc.wait_for(LogLine("one"), timeout=5)
     with pytest.raises(ProcessNotReady, match="no log line matching 'two' within"):
         proc.wait_for(LogLine("two"), timeout=0.2)
@@ -105,7 +110,7 @@ def test_wait_for_a_later_line(host: NetnsHost) -> None:
 def test_spawn_raises_with_log_tail_when_process_exits(host: NetnsHost) -> None:
     with pytest.raises(ProcessNotReady) as info:
         host.spawn(
-            ["sh", "-c", "echo 'bind: address in use' >&2; exit 7"],
+            [tool("sh"), "-c", "echo 'bind: address in use' >&2; exit 7"],
             name="bad",
             ready=LogLine("ready"),
         )
@@ -117,7 +122,7 @@ def test_spawn_raises_with_log_tail_when_process_exits(host: NetnsHost) -> None:
 def test_spawn_deadline_stops_the_process(host: NetnsHost) -> None:
     start = time.monotonic()
     with pytest.raises(ProcessNotReady, match=r"within 0\.3s"):
-        host.spawn(["sleep", "30"], name="slow", ready=TcpListening(9), timeout=0.3)
+        host.spawn([tool("sleep"), "30"], name="slow", ready=TcpListening(9), timeout=0.3)
     assert time.monotonic() - start < 5
     assert netns_pids(host.name) == []
 
@@ -140,7 +145,11 @@ def test_tcp_and_udp_readiness(host: NetnsHost, address: str) -> None:
 def test_path_readiness(host: NetnsHost, tmp_path: Path) -> None:
     marker = tmp_path / "ready"
     host.spawn(
-        ["sh", "-c", f"sleep 0.1; touch {marker}; exec sleep 30"],
+        [
+            tool("sh"),
+            "-c",
+            f"{tool('sleep')} 0.1; {tool('touch')} {marker}; exec {tool('sleep')} 30",
+        ],
         name="p",
         ready=PathExists(marker),
     )
@@ -149,7 +158,7 @@ def test_path_readiness(host: NetnsHost, tmp_path: Path) -> None:
 
 def test_stop_escalates_to_sigkill_and_kills_the_group(host: NetnsHost) -> None:
     proc = host.spawn(
-        ["sh", "-c", "trap '' TERM; sleep 300 & echo child $!; wait"],
+        [tool("sh"), "-c", f"trap '' TERM; {tool('sleep')} 300 & echo child $!; wait"],
         name="stubborn",
         ready=LogLine("child"),
     )
@@ -166,7 +175,7 @@ def test_files(host: NetnsHost, tmp_path: Path) -> None:
     host.write_file(target, "hello")
     assert host.read_file(target) == b"hello"
     host.write_file(target, b"\x00\xff")
-    assert host.run(["od", "-An", "-tx1", str(target)]).stdout.split() == ["00", "ff"]
+    assert host.run([tool("od"), "-An", "-tx1", str(target)]).stdout.split() == ["00", "ff"]
 
 
 def test_socket_lives_in_the_namespace(host: NetnsHost) -> None:
@@ -200,7 +209,7 @@ def test_close_kills_untracked_processes_and_verifies(
     # A daemon the host did not spawn (double fork, own session): only `ip netns pids`
     # finds it.
     try:
-        h.run(["setsid", "-f", "sleep", "300"], check=True)
+        h.run([tool("setsid"), "-f", tool("sleep"), "300"], check=True)
         pids = netns_pids(h.name)
         assert pids
     finally:

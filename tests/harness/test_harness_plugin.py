@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from ztun.tools import tool
+
 # Each test runs whole pytest sessions in subprocesses: seconds each.
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -239,7 +241,7 @@ def test_interrupted_run_leaves_no_namespace(
 def test_sigkilled_run_is_cleaned_by_the_cli(pytester: pytest.Pytester, nested_env: None) -> None:
     proc, names = _start_blocking_run(pytester)
     pids = subprocess.run(
-        ["ip", "netns", "pids", names[-1]], capture_output=True, text=True, check=True
+        [tool("ip"), "netns", "pids", names[-1]], capture_output=True, text=True, check=True
     ).stdout.split()
     assert pids, "the sleeper runs inside the server namespace"
     proc.kill()

@@ -11,10 +11,11 @@ from harness.artifacts import TestArtifacts
 from harness.capture import capture
 from harness.faults import Faults, netem_support
 from harness.topo import HostSpec, LinkSpec, Topology, TopologySpec
+from ztun.tools import tool
 
 pytestmark = pytest.mark.netns
 
-PING = ["ping", "-c", "1", "-W", "2"]
+PING = [tool("ping"), "-c", "1", "-W", "2"]
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -53,7 +54,9 @@ def test_addresses_and_names(topology: Topology) -> None:
 
 
 def test_veth_offloads_are_off(topology: Topology) -> None:
-    features = topology.client.run(["ethtool", "-k", topology.iface("client", "proxy")]).stdout
+    features = topology.client.run(
+        [tool("ethtool"), "-k", topology.iface("client", "proxy")]
+    ).stdout
     for feature in (
         "tx-checksumming",
         "rx-checksumming",
@@ -68,7 +71,11 @@ def test_ipv6_is_usable_at_once(topology: Topology) -> None:
     # No DAD: binding a fresh address works immediately (else EADDRNOTAVAIL).
     addr = str(topology.address("client", "proxy", 6))
     topology.client.run(
-        ["python3", "-c", f"import socket;socket.socket(socket.AF_INET6).bind(('{addr}', 0))"],
+        [
+            tool("python3"),
+            "-c",
+            f"import socket;socket.socket(socket.AF_INET6).bind(('{addr}', 0))",
+        ],
         check=True,
     )
 
@@ -85,13 +92,13 @@ def test_custom_spec_with_a_router(topology_factory) -> None:
     topo.a.add_route("default", via="192.168.10.2")
     topo.b.add_route("default", via="192.168.20.1")
     topo.a.run([*PING, "192.168.20.2"], check=True)
-    mtu = topo.a.run(["cat", f"/sys/class/net/{topo.iface('a', 'r')}/mtu"]).stdout.strip()
+    mtu = topo.a.run([tool("cat"), f"/sys/class/net/{topo.iface('a', 'r')}/mtu"]).stdout.strip()
     assert mtu == "1400"
 
 
 def test_topology_teardown_removes_everything(topology_factory, list_namespaces) -> None:
     topo = topology_factory()
-    topo.server.spawn(["sleep", "300"], name="sleeper")
+    topo.server.spawn([tool("sleep"), "300"], name="sleeper")
     names = [h.name for h in topo.hosts.values()]
     topo.close()
     assert not any(Path(f"/run/netns/{n}").exists() for n in names)
@@ -135,7 +142,7 @@ def test_capture_holds_real_checksums(topology: Topology) -> None:
     """With offloads off, TCP leaves the veth with a full checksum (tcpdump -vv checks)."""
     server = topology.proxy.spawn(
         [
-            "python3",
+            tool("python3"),
             "-c",
             "import socket;s=socket.socket();s.bind(('0.0.0.0',7100));"
             "s.listen();c,_=s.accept();c.recv(10)",
@@ -148,7 +155,7 @@ def test_capture_holds_real_checksums(topology: Topology) -> None:
     with capture(topology.client, topology.iface("client", "proxy"), "tcp port 7100") as cap:
         topology.client.run(
             [
-                "python3",
+                tool("python3"),
                 "-c",
                 "import socket;s=socket.create_connection(("
                 f"'{topology.address('proxy', 'client')}',7100));"
@@ -175,7 +182,7 @@ def test_loss_is_seeded_and_counted(topology: Topology, netem: Faults) -> None:
     iface = topology.iface("client", "proxy")
     applied = netem(topology.client, iface, loss_pct=25)
     proxy = str(topology.address("proxy", "client"))
-    result = topology.client.run(["ping", "-c", "40", "-i", "0.002", "-W", "1", proxy])
+    result = topology.client.run([tool("ping"), "-c", "40", "-i", "0.002", "-W", "1", proxy])
     received = int(result.stdout.split(" received")[0].rsplit(" ", 1)[1])
     if applied.method.startswith("nft-nth"):
         assert received == 30  # exactly every 4th request dropped

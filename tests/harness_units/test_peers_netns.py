@@ -29,6 +29,7 @@ from harness.peers import (
 from harness.peers.socks5_client import Socks5ClientError, UdpSession, handshake
 from harness.peers.socks5_wire import Address, Command
 from harness.peers.targets import seeded_bytes, seeded_sha256
+from ztun.tools import tool
 
 pytestmark = pytest.mark.netns
 
@@ -215,12 +216,17 @@ def test_http_server(topology: Any, engine: str, tmp_path: Any) -> None:
     server_ip = _ip(topology, "server", "proxy", 4)
     start_http_server(topology.server, server_ip, 8080, root, engine=engine)
     result = topology.proxy.run(
-        ["curl", "-sS", "--max-time", "10", "-o", "-", f"http://{server_ip}:8080/blob.bin"],
+        [tool("curl"), "-sS", "--max-time", "10", "-o", "-", f"http://{server_ip}:8080/blob.bin"],
         timeout=20,
     )
     assert result.ok, result.stderr
     fetched = topology.proxy.run(
-        ["sh", "-c", f"curl -sS --max-time 10 http://{server_ip}:8080/blob.bin | sha256sum"],
+        [
+            tool("sh"),
+            "-c",
+            f"{tool('curl')} -sS --max-time 10 http://{server_ip}:8080/blob.bin"
+            f" | {tool('sha256sum')}",
+        ],
         timeout=20,
     ).stdout.split()[0]
     assert fetched == hashlib.sha256(body).hexdigest()

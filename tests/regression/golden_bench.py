@@ -35,6 +35,7 @@ from harness.hosts.netns import NetnsHost
 from harness.impls import RunningImpl
 from harness.packets import icmp_echo, send_raw
 from harness.topo import Topology
+from ztun.tools import tool
 
 DEVICE = "zt0"
 SOCKS_PORT = 1080
@@ -144,7 +145,9 @@ class Bench:
 
     def unsettled(self) -> list[str]:
         """Client TCP sockets that still owe a segment (by state name)."""
-        text = self.client.run(["cat", "/proc/net/tcp", "/proc/net/tcp6"], timeout=10.0).stdout
+        text = self.client.run(
+            [tool("cat"), "/proc/net/tcp", "/proc/net/tcp6"], timeout=10.0
+        ).stdout
         states = [
             line.split()[_STATE_FIELD]
             for line in text.splitlines()[1:]

@@ -9,6 +9,7 @@ import pytest
 
 from harness.hosts import CommandTimeout, LogLine, ProcessNotReady, TcpListening
 from harness.hosts.qemu import GUEST_SHARE, QemuHost
+from ztun.tools import guest_tool
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.linux]
 
@@ -21,54 +22,67 @@ MARKER = "/root/ztun-fresh-guest-marker"
 
 def test_guest_is_restored_fast_with_clock_and_share(qemu_host: QemuHost) -> None:
     assert qemu_host.timings["restore_to_ssh"] < RESTORE_BUDGET, qemu_host.timings
-    guest_now = float(qemu_host.run(["date", "+%s.%N"], check=True).stdout)
+    guest_now = float(qemu_host.run([guest_tool("date"), "+%s.%N"], check=True).stdout)
     assert abs(guest_now - time.time()) < CLOCK_SLACK
     mounts = qemu_host.read_file("/proc/mounts").decode()
     share = next(line for line in mounts.splitlines() if f" {GUEST_SHARE} " in line)
     assert " 9p " in share and " ro," in share, share
-    assert qemu_host.run(["test", "-f", f"{GUEST_SHARE}/pyproject.toml"]).ok
-    denied = qemu_host.run(["touch", f"{GUEST_SHARE}/should-not-exist"])
+    assert qemu_host.run([guest_tool("test"), "-f", f"{GUEST_SHARE}/pyproject.toml"]).ok
+    denied = qemu_host.run([guest_tool("touch"), f"{GUEST_SHARE}/should-not-exist"])
     assert not denied.ok and "Read-only" in denied.stderr
 
 
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_every_test_gets_a_fresh_guest(qemu_host: QemuHost, order: str) -> None:
     """Whichever runs second must not see what the first wrote: overlays are per test."""
-    assert not qemu_host.run(["test", "-e", MARKER]).ok
+    assert not qemu_host.run([guest_tool("test"), "-e", MARKER]).ok
     qemu_host.write_file(MARKER, order)
     assert qemu_host.read_file(MARKER) == order.encode()
 
 
 def test_run_env_input_and_timeout(qemu_host: QemuHost) -> None:
     done = qemu_host.run(
-        ["sh", "-c", 'echo "$GREETING"; cat; exit 3'],
+        [guest_tool("sh"), "-c", f'echo "$GREETING"; {guest_tool("cat")}; exit 3'],
         env={"GREETING": "hello guest"},
         input="from stdin",
     )
     assert (done.returncode, done.stdout) == (3, "hello guest\nfrom stdin")
     started = time.monotonic()
     with pytest.raises(CommandTimeout):
-        qemu_host.run(["sleep", "30"], timeout=1.0)
+        qemu_host.run([guest_tool("sleep"), "30"], timeout=1.0)
     assert time.monotonic() - started < 10.0
     # The guest really killed it: no sleep left behind.
-    assert not qemu_host.run(["pgrep", "-x", "sleep"]).ok
+    assert not qemu_host.run([guest_tool("pgrep"), "-x", "sleep"]).ok
 
 
 def test_spawn_awaits_readiness_and_stops(qemu_host: QemuHost) -> None:
     server = qemu_host.spawn(
-        ["python3", "-u", "-m", "http.server", "--bind", "127.0.0.1", "8080"],
+        [guest_tool("python3"), "-u", "-m", "http.server", "--bind", "127.0.0.1", "8080"],
         name="http",
         ready=TcpListening(8080),
         timeout=60.0,
     )
     assert server.alive()
     fetched = qemu_host.run(
-        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8080/"],
+        [
+            guest_tool("curl"),
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:8080/",
+        ],
         check=True,
     )
     assert fetched.stdout == "200"
     talker = qemu_host.spawn(
-        ["sh", "-c", "echo warming up; sleep 0.5; echo ztun ready; sleep 60"],
+        [
+            guest_tool("sh"),
+            "-c",
+            f"echo warming up; {guest_tool('sleep')} 0.5; "
+            f"echo ztun ready; {guest_tool('sleep')} 60",
+        ],
         name="talker",
         ready=LogLine(r"ztun ready"),
     )
@@ -77,7 +91,10 @@ def test_spawn_awaits_readiness_and_stops(qemu_host: QemuHost) -> None:
     assert "GET / HTTP" in server.log_path.read_text()
     with pytest.raises(ProcessNotReady, match="exited"):
         qemu_host.spawn(
-            ["sh", "-c", "echo broken; exit 7"], name="broken", ready=TcpListening(9), timeout=30.0
+            [guest_tool("sh"), "-c", "echo broken; exit 7"],
+            name="broken",
+            ready=TcpListening(9),
+            timeout=30.0,
         )
 
 

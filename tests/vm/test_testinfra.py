@@ -11,13 +11,14 @@ from harness.hosts import CommandTimeout, Host, TcpListening
 from harness.hosts.qemu import QemuHost
 from harness.testinfra_backends import testinfra_host
 from harness.topo import Topology
+from ztun.tools import guest_tool
 
 LISTEN_PORT = 8081
 
 
 def _listener(host: Host) -> None:
     host.spawn(
-        ["python3", "-m", "http.server", "--bind", "0.0.0.0", str(LISTEN_PORT)],
+        [guest_tool("python3"), "-m", "http.server", "--bind", "0.0.0.0", str(LISTEN_PORT)],
         name="listener",
         ready=TcpListening(LISTEN_PORT),
         timeout=60.0,

@@ -17,6 +17,7 @@ from harness.hosts.vagrant import (
     package_linux_box,
 )
 from harness.testinfra_backends import testinfra_host
+from ztun.tools import guest_tool
 
 pytestmark = [pytest.mark.vm]
 
@@ -44,7 +45,7 @@ def test_linux_box_packages_adds_and_validates(vm_image: vmimage.GuestImage, tmp
 def test_linux_box_up_inside_a_namespace(vagrant_linux: VagrantHost) -> None:
     """`vagrant up` with libvirtd, its NAT network and vagrant all inside our namespaces."""
     host = vagrant_linux
-    assert host.run(["uname", "-s"], check=True).stdout.strip() == "Linux"
+    assert host.run([guest_tool("uname"), "-s"], check=True).stdout.strip() == "Linux"
     infra = testinfra_host(host)
     assert infra.package("tcpdump").is_installed
     assert any(str(a).startswith("192.168.121.") for a in host.addresses("eth0"))

@@ -10,6 +10,7 @@ import pytest
 
 from harness.artifacts import TestArtifacts
 from harness.hosts.qemu import GUEST_SHARE, GUEST_VENV, QemuHost
+from ztun.tools import guest_tool
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.linux]
 
@@ -68,11 +69,11 @@ def test_conformance_suite_in_guest(
     )
     # Everything the guest's run produced (pcaps, logs, the report) lands with this test.
     packed = qemu_host.run(
-        ["tar", "-C", report, "-czf", "/tmp/guest-report.tgz", "."], timeout=120.0
+        [guest_tool("tar"), "-C", report, "-czf", "/tmp/guest-report.tgz", "."], timeout=120.0
     )
     if packed.ok:
         qemu_host.get("/tmp/guest-report.tgz", artifacts.path("guest-report.tgz"))
-    table = qemu_host.run(["cat", f"{report}/report.json"])
+    table = qemu_host.run([guest_tool("cat"), f"{report}/report.json"])
     if table.ok:
         artifacts.attach_file("report.json", table.stdout, "conformance report (guest)")
         assert json.loads(table.stdout)["implementations"], "empty conformance report"

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ztun.tools import tool
+
 from .. import netns
 from ..proc import ProcError, await_condition, run
 from . import parse, procstat
@@ -96,7 +98,7 @@ def _per_gb(system: System, before: CpuMark, moved: float) -> dict[str, float]:
 def _iperf(ctx: Ctx, system: System, timeout: float, extra: list[str]) -> str:
     d = ctx.durations
     argv = [
-        "iperf3",
+        tool("iperf3"),
         "-c",
         SERVER_V4,
         "-p",
@@ -200,7 +202,7 @@ def conn(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
         ctx,
         system,
         [
-            "ab",
+            tool("ab"),
             "-q",
             "-r",
             "-s",
@@ -240,7 +242,7 @@ def rr(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
         ctx,
         system,
         [
-            "wrk",
+            tool("wrk"),
             "-c1",
             "-t1",
             f"-d{d.rr_seconds:g}s",

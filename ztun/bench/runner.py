@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any, TextIO
 
+from ztun.tools import TOOLS, apt_install_line, missing, tool
+
 from ..proc import ProcError
 from . import report
 from .figures import FIGURES, Ctx, NotApplicable, nominal_seconds, timeout_for
@@ -37,15 +39,8 @@ NOFILE = 262144  # 10,000 held connections cost the client, ztun and sing-box 2-
 ERROR_CHARS = 600  # of an error message kept in the table's log lines (the JSON keeps all)
 
 # Which Debian package brings each tool (for the "install these" message and the JSON).
-TOOLS = {
-    "iperf3": "iperf3",
-    "nginx": "nginx-light",
-    "danted": "dante-server",
-    "ab": "apache2-utils",
-    "wrk": "wrk",
-    "proxychains4": "proxychains4",
-    "ss": "iproute2",
-}
+BENCH_TOOLS = ("iperf3", "nginx", "danted", "ab", "wrk", "proxychains4", "ss")
+"""What the bench may start (ztun.tools knows their packages)."""
 
 
 def _needed_tools(opts: BenchOptions) -> list[str]:
@@ -63,12 +58,11 @@ def _preflight(opts: BenchOptions, err: TextIO) -> bool:
     if os.geteuid() != 0:
         print("ztun bench: needs root (it creates network namespaces and TUN devices)", file=err)
         return False
-    missing = [t for t in _needed_tools(opts) if not shutil.which(t)]
-    if missing:
-        pkgs = " ".join(sorted({TOOLS[t] for t in missing}))
+    absent = missing(_needed_tools(opts))
+    if absent:
         print(
-            f"ztun bench: missing {', '.join(missing)}; install them: apt-get install {pkgs} "
-            "(./dev.sh setup does)",
+            f"ztun bench: missing {', '.join(t.name for t in absent)}; install them: "
+            f"{apt_install_line(absent)} (./dev.sh setup does)",
             file=err,
         )
         return False
@@ -132,9 +126,9 @@ def _owner_only(fn: Callable[[], object]) -> Callable[[], None]:
 
 def _versions() -> dict[str, str]:
     out: dict[str, str] = {"python": platform.python_version()}
-    pkgs = sorted(set(TOOLS.values()) - {"iproute2"})
+    pkgs = sorted({TOOLS[name].package for name in BENCH_TOOLS} - {"iproute2"})
     res = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", *pkgs],
+        [tool("dpkg-query"), "-W", "-f", "${Package} ${Version}\\n", *pkgs],
         capture_output=True,
         text=True,
         timeout=10,

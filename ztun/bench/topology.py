@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ztun.tools import tool
+
 from .. import netns
 from ..proc import run
 
@@ -76,12 +78,12 @@ class Topology:
         # they carry nothing, so every other system reaches the server only through SOCKS5.
         run(
             self.client,
-            ["ip", "route", "add", "default", "via", PROXY_C_V4],
+            [tool("ip"), "route", "add", "default", "via", PROXY_C_V4],
             timeout=SYSCTL_TIMEOUT,
         )
         run(
             self.server,
-            ["ip", "route", "add", CLIENT_NET, "via", PROXY_S_V4],
+            [tool("ip"), "route", "add", CLIENT_NET, "via", PROXY_S_V4],
             timeout=SYSCTL_TIMEOUT,
         )
 
@@ -100,11 +102,16 @@ class Topology:
             if dev:
                 run(
                     self.client,
-                    ["ip", "route", "replace", half, "dev", dev],
+                    [tool("ip"), "route", "replace", half, "dev", dev],
                     timeout=SYSCTL_TIMEOUT,
                 )
             else:
-                run(self.client, ["ip", "route", "del", half], timeout=SYSCTL_TIMEOUT, check=False)
+                run(
+                    self.client,
+                    [tool("ip"), "route", "del", half],
+                    timeout=SYSCTL_TIMEOUT,
+                    check=False,
+                )
 
     def teardown(self) -> list[str]:
         """Remove every namespace (killing what runs inside); returns any that survived."""
@@ -117,7 +124,9 @@ class Topology:
 
 def sysctl(ns: str, values: dict[str, str]) -> None:
     run(
-        ns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())], timeout=SYSCTL_TIMEOUT
+        ns,
+        [tool("sysctl"), "-q", "-w", *(f"{k}={v}" for k, v in values.items())],
+        timeout=SYSCTL_TIMEOUT,
     )
 
 

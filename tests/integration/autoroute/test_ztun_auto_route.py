@@ -22,6 +22,8 @@ from harness.peers.starters import (
     start_tcp_echo,
     start_udp_echo,
 )
+from harness.skips import require_tool
+from ztun.tools import tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.linux]
 
@@ -33,10 +35,10 @@ def routing_state(host) -> str:  # type: ignore[no-untyped-def]
     """Everything auto-route may touch, as the kernel reports it."""
     parts = []
     for argv in (
-        ["ip", "-4", "rule", "show"],
-        ["ip", "-6", "rule", "show"],
-        ["ip", "-4", "route", "show", "table", "all"],
-        ["ip", "-6", "route", "show", "table", "all"],
+        [tool("ip"), "-4", "rule", "show"],
+        [tool("ip"), "-6", "rule", "show"],
+        [tool("ip"), "-4", "route", "show", "table", "all"],
+        [tool("ip"), "-6", "route", "show", "table", "all"],
     ):
         parts.append(host.run(argv, timeout=10, check=True).stdout)
     return "\n".join(parts)
@@ -51,7 +53,7 @@ def path(topology, require_root):  # type: ignore[no-untyped-def]
     start_udp_echo(server, server_addr, UDP_ECHO)
     # The client's own default route points at the proxy host, which does not forward:
     # without ztun nothing reaches the server, so whatever does was carried by ztun.
-    client.run(["ip", "route", "add", "default", "via", proxy_addr], timeout=10, check=True)
+    client.run([tool("ip"), "route", "add", "default", "via", proxy_addr], timeout=10, check=True)
     return topology, proxy_addr, server_addr
 
 
@@ -90,7 +92,9 @@ def test_everything_goes_through_the_proxy_and_sigkill_is_recovered(path) -> Non
             udp.settimeout(5)
             udp.sendto(b"udp through auto-route", (server_addr, UDP_ECHO))
             assert udp.recvfrom(100)[0] == b"udp through auto-route"
-        ping = client.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", server_addr], timeout=15)
+        ping = client.run(
+            [tool("ping"), "-c", "2", "-i", "0.2", "-W", "2", server_addr], timeout=15
+        )
         assert ping.returncode == 0, ping.stdout
     # On the wire to the proxy host there is SOCKS5 to the proxy and nothing else: the
     # proxy's own connection did not loop into the TUN, and nothing went around it.
@@ -101,7 +105,7 @@ def test_everything_goes_through_the_proxy_and_sigkill_is_recovered(path) -> Non
     assert server_addr not in peers
     assert peers <= {proxy_addr, str(topology.address("client", "proxy", 4))}
     # A crash leaves the rules behind; `ztun cleanup` in that namespace puts it all back.
-    client.run(["kill", "-9", str(ztun.pid)], timeout=5, check=True)
+    client.run([tool("kill"), "-9", str(ztun.pid)], timeout=5, check=True)
     ztun.wait(10)
     left = routing_state(client)
     assert "lookup 2022" in left, "a SIGKILLed ztun should have left its rules"
@@ -116,7 +120,7 @@ def test_next_start_recovers_and_sigterm_restores(path) -> None:  # type: ignore
     start_danted(topology.proxy, proxy_addr, SOCKS)
     before = routing_state(client)
     first = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}")
-    client.run(["kill", "-9", str(first.pid)], timeout=5, check=True)
+    client.run([tool("kill"), "-9", str(first.pid)], timeout=5, check=True)
     first.wait(10)
     second = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}")
     assert "restored routes left by a previous run" in second.log_text()
@@ -134,12 +138,10 @@ def test_fake_ip_dns_sends_the_domain_to_the_proxy(path, tmp_path, extra) -> Non
     """With workers, queries and fake-IP flows are steered to worker 0 (the pool's owner),
     and with --redirect only worker 0 accepts redirected connections: every name, asked
     from its own source port, must come back as itself at the proxy."""
-    import shutil
-
     from dnslib import DNSRecord
 
-    if "--redirect" in extra and shutil.which("nft") is None:
-        pytest.skip("--redirect needs nftables' nft (apt-get install nftables)")
+    if "--redirect" in extra:
+        require_tool("nft")
 
     topology, proxy_addr, _server_addr = path
     client = topology.client
@@ -194,7 +196,7 @@ def test_strict_route_blocks_ipv6_when_only_ipv4_is_proxied(path) -> None:  # ty
     client = topology.client
     proxy6 = str(topology.address("proxy", "client", 6))
     server6 = str(topology.address("server", "proxy", 6))
-    client.run(["ip", "-6", "route", "add", "default", "via", proxy6], timeout=10, check=True)
+    client.run([tool("ip"), "-6", "route", "add", "default", "via", proxy6], timeout=10, check=True)
     start_danted(topology.proxy, proxy_addr, SOCKS)
     link = topology.iface("client", "proxy")
     with capture(client, link, "ip6 and (tcp or udp)") as cap:
@@ -217,14 +219,11 @@ def test_strict_route_blocks_ipv6_when_only_ipv4_is_proxied(path) -> None:  # ty
 
 
 def nft_tables(host) -> str:  # type: ignore[no-untyped-def]
-    return host.run(["nft", "list", "tables"], timeout=10, check=True).stdout
+    return host.run([tool("nft"), "list", "tables"], timeout=10, check=True).stdout
 
 
 def test_redirect_fast_path_carries_tcp_without_the_tun(path) -> None:  # type: ignore[no-untyped-def]
-    import shutil
-
-    if shutil.which("nft") is None:
-        pytest.skip("--redirect needs nftables' nft (apt-get install nftables)")
+    require_tool("nft")
     topology, proxy_addr, server_addr = path
     client = topology.client
     start_danted(topology.proxy, proxy_addr, SOCKS)
@@ -236,7 +235,7 @@ def test_redirect_fast_path_carries_tcp_without_the_tun(path) -> None:  # type: 
     assert '"tcp_flows_redirected": 1' in ztun.log_text()
     assert "ztun_zt0" not in nft_tables(client), "the redirect table must go with ztun"
     crashed = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}", "--redirect")
-    client.run(["kill", "-9", str(crashed.pid)], timeout=5, check=True)
+    client.run([tool("kill"), "-9", str(crashed.pid)], timeout=5, check=True)
     crashed.wait(10)
     assert "ztun_zt0" in nft_tables(client)
     assert client.run([ZTUN, "cleanup"], timeout=30).returncode == 0

@@ -21,6 +21,7 @@ from ztun_path import DEVICE, ECHO_PORT, UDP_ECHO_PORT, Path, StartPath
 
 from harness.peers.targets import seeded_sha256
 from ztun.redirect import table_name
+from ztun.tools import tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.linux]
 
@@ -82,7 +83,7 @@ def test_udp_sessions_and_icmp_with_workers(start_path: StartPath, rng) -> None:
                     assert (data, source[:2]) == (payload, (server, UDP_ECHO_PORT))
     for target in (path.server_v4, path.server_v6):
         result = path.topo.client.run(
-            ["ping", "-c", "2", "-i", "0.2", "-W", "2", target], timeout=20
+            [tool("ping"), "-c", "2", "-i", "0.2", "-W", "2", target], timeout=20
         )
         assert result.returncode == 0, result.stdout + result.stderr
     stats = worker_stats(path)
@@ -97,7 +98,7 @@ def test_a_dead_worker_stops_ztun_and_removes_the_device(start_path: StartPath) 
     assert path.ztun.process.wait(timeout=20) == 1
     log = path.ztun.log_text()
     assert "worker 1" in log and "stopping the others" in log, log[-2000:]
-    assert path.topo.client.run(["ip", "link", "show", DEVICE], timeout=5).returncode != 0
+    assert path.topo.client.run([tool("ip"), "link", "show", DEVICE], timeout=5).returncode != 0
 
 
 def test_sigterm_stops_every_worker_and_removes_the_device(start_path: StartPath) -> None:
@@ -108,7 +109,7 @@ def test_sigterm_stops_every_worker_and_removes_the_device(start_path: StartPath
     assert path.ztun.stop() == 0
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived ztun"
-    assert path.topo.client.run(["ip", "link", "show", DEVICE], timeout=5).returncode != 0
+    assert path.topo.client.run([tool("ip"), "link", "show", DEVICE], timeout=5).returncode != 0
 
 
 def test_redirect_with_workers(start_path: StartPath, rng) -> None:  # type: ignore[no-untyped-def]
@@ -120,7 +121,7 @@ def test_redirect_with_workers(start_path: StartPath, rng) -> None:  # type: ign
     assert sum(redirected) == len(payloads), redirected
     # Which worker accepts a redirected connection is the kernel's choice (shared
     # listeners): only the total is a contract.
-    tables = path.topo.client.run(["nft", "list", "tables"], timeout=5).stdout
+    tables = path.topo.client.run([tool("nft"), "list", "tables"], timeout=5).stdout
     assert table_name(DEVICE) not in tables, "the parent removes its nftables table on exit"
 
 
@@ -139,4 +140,4 @@ def test_workers_end_when_their_parent_is_killed(start_path: StartPath) -> None:
     finally:
         for pidfd in pidfds:
             os.close(pidfd)
-    assert path.topo.client.run(["ip", "link", "show", DEVICE], timeout=5).returncode != 0
+    assert path.topo.client.run([tool("ip"), "link", "show", DEVICE], timeout=5).returncode != 0

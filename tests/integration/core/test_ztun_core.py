@@ -151,7 +151,7 @@ def test_ping_through_the_tun(start_path: StartPath) -> None:
     path = start_path("danted")
     for target in (path.server_v4, path.server_v6):
         result = path.topo.client.run(
-            ["ping", "-c", "3", "-i", "0.2", "-W", "2", target], timeout=20
+            [tool("ping"), "-c", "3", "-i", "0.2", "-W", "2", target], timeout=20
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert " 0% packet loss" in result.stdout
@@ -178,7 +178,7 @@ def test_dead_proxy_leaves_other_flows_running(start_path: StartPath, rng) -> No
         long_lived.sendall(b"ping-1")
         assert long_lived.recv(100) == b"ping-1"
         # danted forks a child per connection: killing only the listener keeps this flow.
-        path.topo.proxy.run(["kill", str(path.proxy.process.pid)], timeout=5)
+        path.topo.proxy.run([tool("kill"), str(path.proxy.process.pid)], timeout=5)
         path.proxy.process.wait(5)
         with pytest.raises((ConnectionResetError, BrokenPipeError, ConnectionRefusedError)):
             echo_once(path, b"new flow")
@@ -222,10 +222,10 @@ def test_malformed_packets_are_counted_and_do_not_stop_traffic(start_path: Start
 
 def test_sigterm_removes_the_device(start_path: StartPath) -> None:
     path = start_path("danted")
-    assert path.topo.client.run(["ip", "link", "show", DEVICE], timeout=5).returncode == 0
+    assert path.topo.client.run([tool("ip"), "link", "show", DEVICE], timeout=5).returncode == 0
     path.ztun.stop()
     assert "ztun stopped" in path.ztun.log_text()
-    assert path.topo.client.run(["ip", "link", "show", DEVICE], timeout=5).returncode != 0
+    assert path.topo.client.run([tool("ip"), "link", "show", DEVICE], timeout=5).returncode != 0
 
 
 def test_tun_thread_mode_carries_tcp_udp_and_icmp(start_path: StartPath, rng) -> None:  # type: ignore[no-untyped-def]
@@ -238,7 +238,7 @@ def test_tun_thread_mode_carries_tcp_udp_and_icmp(start_path: StartPath, rng) ->
         sock.sendto(payload, (path.server_v4, UDP_ECHO_PORT))
         assert sock.recvfrom(65535)[0] == payload
     result = path.topo.client.run(
-        ["ping", "-c", "2", "-i", "0.2", "-W", "2", path.server_v4], timeout=20
+        [tool("ping"), "-c", "2", "-i", "0.2", "-W", "2", path.server_v4], timeout=20
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # The pump thread is there (the default pumps on the loop's own thread).

@@ -33,6 +33,8 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
+from ztun.tools import tool
+
 T = TypeVar("T")
 
 CMD_TIMEOUT = 10.0  # any `ip` command
@@ -64,7 +66,7 @@ def binary(name: str, package: str) -> str:
 
 def ip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ip", *args], capture_output=True, text=True, timeout=CMD_TIMEOUT, check=True
+        [tool("ip"), *args], capture_output=True, text=True, timeout=CMD_TIMEOUT, check=True
     )
 
 
@@ -88,7 +90,7 @@ def create_netns() -> str:
 
 def delete_netns(name: str) -> None:
     pids = subprocess.run(
-        ["ip", "netns", "pids", name], capture_output=True, text=True, timeout=CMD_TIMEOUT
+        [tool("ip"), "netns", "pids", name], capture_output=True, text=True, timeout=CMD_TIMEOUT
     ).stdout.split()
     for pid in pids:  # only processes inside our own namespace
         with contextlib.suppress(ProcessLookupError):
@@ -270,7 +272,7 @@ def start_daemon(netns: str, name: str, argv: list[str], port: int, log_dir: Pat
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, *argv],
+            [tool("ip"), "netns", "exec", netns, *argv],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

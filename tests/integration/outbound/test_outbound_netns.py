@@ -38,6 +38,7 @@ from ztun.outbound import (
     TcpStream,
 )
 from ztun.outbound.target import Target
+from ztun.tools import tool
 
 pytestmark = pytest.mark.netns
 
@@ -182,9 +183,9 @@ def blackhole(netns: str) -> Iterator[str]:
             "ztblack0",
         ],
     ):
-        subprocess.run(["ip", "-n", netns, *args], check=True, timeout=10)
+        subprocess.run([tool("ip"), "-n", netns, *args], check=True, timeout=10)
     yield BLACKHOLE_HOST
-    subprocess.run(["ip", "-n", netns, "link", "del", "ztblack0"], check=True, timeout=10)
+    subprocess.run([tool("ip"), "-n", netns, "link", "del", "ztblack0"], check=True, timeout=10)
 
 
 def test_proxy_connect_timeout(ns_loop: NetnsLoop, blackhole: str) -> None:

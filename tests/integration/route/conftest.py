@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.route.route_ns import NETNS_TIMEOUT, RouteNs
+from ztun.tools import tool
 
 RT_SCOPE_LINK = 253  # linux/rtnetlink.h
 TABLE_LOCAL = 255
@@ -91,11 +92,11 @@ def route_ns() -> Iterator[RouteNs]:
         for conf in ("all", "default"):
             subprocess.run(
                 [
-                    "ip",
+                    tool("ip"),
                     "netns",
                     "exec",
                     name,
-                    "sysctl",
+                    tool("sysctl"),
                     "-qw",
                     f"net.ipv6.conf.{conf}.accept_dad=0",
                 ],

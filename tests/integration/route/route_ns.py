@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
+from ztun.tools import tool
+
 NETNS_TIMEOUT = 10.0
 
 
@@ -19,7 +21,7 @@ class RouteNs:
     def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``ip -n NAME ARGS`` (the test's eyes; the product itself uses netlink)."""
         return subprocess.run(
-            ["ip", "-n", self.name, *args],
+            [tool("ip"), "-n", self.name, *args],
             capture_output=True,
             text=True,
             timeout=NETNS_TIMEOUT,

@@ -4,7 +4,6 @@ handler's framing, IDs and cache -- the same bytes the engine sends through the 
 from __future__ import annotations
 
 import select
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -12,7 +11,9 @@ from collections.abc import Iterator
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
+from harness.skips import require_tool
 from ztun.dns import Answer, DnsHandler, DnsMode, Forward, TcpDnsDeframer
+from ztun.tools import tool
 
 TIMEOUT = 10.0
 ADDRESS = "192.0.2.77"
@@ -26,13 +27,11 @@ def _free_port() -> int:
 
 @pytest.fixture
 def dnsmasq() -> Iterator[int]:
-    exe = shutil.which("dnsmasq")
-    if exe is None:
-        pytest.skip("dnsmasq not installed")
+    require_tool("dnsmasq")
     port = _free_port()
     proc = subprocess.Popen(
         [
-            exe,
+            tool("dnsmasq"),
             "--keep-in-foreground",
             "--conf-file=/dev/null",
             "--no-resolv",

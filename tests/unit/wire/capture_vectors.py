@@ -41,6 +41,8 @@ from scapy.layers.inet6 import (
 )
 from scapy.packet import Packet
 
+from ztun.tools import tool
+
 OUT = Path(__file__).resolve().parent / "wire_vectors.py"
 CMD_TIMEOUT = 10.0
 CLONE_NEWNET = 0x40000000
@@ -143,7 +145,7 @@ def traffic(ns_a: str, ns_b: str, veth_a: str) -> list[bytes]:
             cap.bind((veth_a, 0))
             _client_traffic(stack, servers)
         for host in (B4, B6):
-            run(["ip", "netns", "exec", ns_a, "ping", "-c1", "-W2", "-s16", host])
+            run([tool("ip"), "netns", "exec", ns_a, tool("ping"), "-c1", "-W2", "-s16", host])
         cap.setblocking(False)
         frames: list[bytes] = []
         for _ in range(MAX_FRAMES):
@@ -229,11 +231,11 @@ def main() -> None:
     created: list[str] = []
     try:
         for ns in (ns_a, ns_b):
-            run(["ip", "netns", "add", ns])
+            run([tool("ip"), "netns", "add", ns])
             created.append(ns)
         run(
             [
-                "ip",
+                tool("ip"),
                 "link",
                 "add",
                 veth_a,
@@ -249,18 +251,18 @@ def main() -> None:
             ]
         )
         for ns, dev, addr4, addr6 in ((ns_a, veth_a, A4, A6), (ns_b, veth_b, B4, B6)):
-            ip = ["ip", "netns", "exec", ns, "ip"]
+            ip = [tool("ip"), "netns", "exec", ns, tool("ip")]
             run([*ip, "link", "set", "lo", "up"])
             run([*ip, "link", "set", dev, "up"])
             run([*ip, "addr", "add", f"{addr4}/24", "dev", dev])
             run([*ip, "-6", "addr", "add", f"{addr6}/64", "dev", dev, "nodad"])
-            run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"])
+            run([tool("ip"), "netns", "exec", ns, tool("ethtool"), "-K", dev, "tx", "off"])
         packets = traffic(ns_a, ns_b, veth_a)
         OUT.write_text(render(pick(packets)))
         print(f"wrote {OUT} from {len(packets)} packets")
     finally:
         for ns in reversed(created):  # deleting a namespace deletes its veth end too
-            subprocess.run(["ip", "netns", "del", ns], check=False, timeout=CMD_TIMEOUT)
+            subprocess.run([tool("ip"), "netns", "del", ns], check=False, timeout=CMD_TIMEOUT)
 
 
 if __name__ == "__main__":
