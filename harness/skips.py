@@ -83,9 +83,12 @@ def missing_tools_header() -> str | None:
         if source in dev_profiles():
             parts.append(f"{names} (tests using them FAIL: {apt_install_line(tools)})")
         elif source.dev_sh_list is not None:
-            parts.append(f"{names} ({source.dev_sh_list}, not this run's profile)")
-        else:
+            line = apt_install_line(tools)
+            parts.append(f"{names} ({source.dev_sh_list}, not this run's profile: {line})")
+        elif source is Source.PYPI:
             parts.append(f"{names} ({install_hint(tools)})")
+        else:
+            parts.append(f"{names} (no dev.sh list installs them here; their tests skip)")
     return "tools missing: " + "; ".join(parts)
 
 

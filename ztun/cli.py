@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the tun2socks (default command)",
         description=(
             "Create the TUN device, carry its TCP/UDP/ICMP through the proxy, and remove the "
-            "device on SIGINT/SIGTERM. Routes are not changed: point routes at the device yourself."
+            "device on SIGINT/SIGTERM. Without --auto-route the routes are left alone (point "
+            "them at the device yourself); with it, ztun installs policy routing into the TUN "
+            "and restores it on exit."
         ),
     )
     run.add_argument(

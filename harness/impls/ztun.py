@@ -32,7 +32,7 @@ def default_binary() -> str:
 class Ztun(Tun2Socks):
     """``<venv>/bin/ztun run --device tun://DEV --proxy URL --address CIDR ... --mtu N``.
 
-    ``extra_args`` are appended verbatim (e.g. ``["--log-level", "debug"]``) so tests of
+    ``extra_args`` are appended verbatim (e.g. ``["--loglevel", "debug"]``) so tests of
     one ztun option need no adapter change; then those of ``$ZTUN_EXTRA_ARGS``.
     """
 

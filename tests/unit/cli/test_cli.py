@@ -96,6 +96,12 @@ def test_help_documents_every_run_flag() -> None:
         assert flag in out.stdout, flag
 
 
+def test_run_description_points_at_auto_route() -> None:
+    text = " ".join(run_cli("run", "--help").stdout.split())  # argparse wraps the lines
+    assert "Without --auto-route the routes are left alone" in text
+    assert "Routes are not changed" not in text
+
+
 def test_no_command_prints_help_and_exits_2() -> None:
     out = run_cli()
     assert out.returncode == 2 and "COMMAND" in out.stdout
