@@ -337,7 +337,7 @@ def test_portable_profile_carries_tcp_udp_and_icmp_with_every_acceleration_off(
             assert sock.recvfrom(65535)[0] == payload
     for server in (path.server_v4, path.server_v6):
         result = path.topo.client.run(
-            ["ping", "-c", "2", "-i", "0.2", "-W", "2", server], timeout=20
+            [tool("ping"), "-c", "2", "-i", "0.2", "-W", "2", server], timeout=20
         )
         assert result.returncode == 0, result.stdout + result.stderr
     # No pipe beyond stdio (the default keeps splice's pool of them after a transfer).
