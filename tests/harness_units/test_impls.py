@@ -29,6 +29,7 @@ from harness.impls import (
 from harness.impls.singbox import command_spec
 from harness.peers import start_recording, start_tcp_echo, start_udp_echo
 from harness.peers.targets import seeded_bytes
+from ztun.tools import tool
 
 TIMEOUT = 10.0
 ECHO_PORT, PROXY_PORT = 7, 1080
@@ -196,7 +197,7 @@ def test_adapter_carries_tcp_and_udp_through_the_recording_proxy(topology: Any, 
     with running:
         assert running.version
         for ip in targets:
-            route = topology.client.run(["ip", "route", "get", ip], check=True).stdout
+            route = topology.client.run([tool("ip"), "route", "get", ip], check=True).stdout
             assert "dev zttun0" in route, route
         for index, ip in enumerate(targets):
             payload = seeded_bytes(index, 200_000)

