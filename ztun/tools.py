@@ -139,10 +139,11 @@ TOOLS: dict[str, Tool] = {
         X, "macOS", "macOS system tool: --dns sets the resolver in the dynamic store", "scutil"
     ),
     **_tools(X, "macOS", "macOS system tool: whether a journal's writer is a live ztun", "ps"),
-    # nothing here installs these (the Vagrant list comes with the macOS/Windows row)
-    **_tools(X, "vagrant", "Vagrant boxes: HashiCorp's vagrant, not packaged here", "vagrant"),
-    **_tools(X, "libvirt-daemon-system", "vagrant-libvirt boxes: not installed here", "libvirtd"),
-    **_tools(X, "libvirt-clients", "vagrant-libvirt boxes: not installed here", "virsh"),
+    # the Vagrant row (./dev.sh vm with ZTUN_VAGRANT=1)
+    **_tools(Source.VAGRANT, "vagrant", "Vagrant boxes", "vagrant"),
+    **_tools(Source.VAGRANT, "libvirt-daemon-system", "vagrant-libvirt's sandbox", "libvirtd"),
+    **_tools(Source.VAGRANT, "libvirt-clients", "vagrant-libvirt's sandbox", "virsh"),
+    # nothing here installs these
     **_tools(X, "VirtualBox", "VirtualBox boxes: a macOS/Windows host's", "VBoxManage"),
     **_tools(X, "Parallels", "Parallels boxes: a macOS host's", "prlctl"),
 }

@@ -41,14 +41,27 @@ def test_a_vm_tool_skips_outside_the_vm_profile_and_fails_inside(
         skips.require_tool("qemu-img")
 
 
+def test_a_vagrant_tool_fails_only_when_dev_sh_installed_the_vagrant_row(
+    bare_path: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(skips.PROFILE_ENV, "apt vm")
+    with pytest.raises(pytest.skip.Exception, match=r"tool missing: vagrant \(apt-get"):
+        skips.require_tool("vagrant")
+    monkeypatch.setenv(skips.PROFILE_ENV, "apt vm vagrant")
+    with pytest.raises(
+        pytest.fail.Exception, match=r"VAGRANT_PACKAGES .*: apt-get install -y vagrant$"
+    ):
+        skips.require_tool("vagrant")
+
+
 def test_a_tool_nothing_here_installs_skips_saying_why(bare_path: None) -> None:
     with pytest.raises(pytest.skip.Exception, match=r"^tool missing: prlctl \(prlctl: Para"):
         skips.require_tool("prlctl")
 
 
 def test_an_unregistered_tool_is_an_error_not_a_skip(bare_path: None) -> None:
-    unregistered = "iptables"  # a variable: the registry test rejects the literal itself
-    with pytest.raises(KeyError, match="iptables"):
+    unregistered = "frobnicator"  # a variable: the registry test rejects the literal itself
+    with pytest.raises(KeyError, match="frobnicator"):
         skips.require_tool(unregistered)
 
 
