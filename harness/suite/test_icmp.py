@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from harness.suite.path import StartPath
+from ztun.tools import tool
 
 pytestmark = [pytest.mark.conformance]
 
@@ -20,7 +21,7 @@ PING_TIMEOUT = 20.0
 def _ping(start_path: StartPath, *, v6: bool) -> None:
     path = start_path("danted")
     target = path.server_ip(v6)
-    argv = ["ping", *(["-6"] if v6 else ["-4"]), *PING_ARGS, target]
+    argv = [tool("ping"), *(["-6"] if v6 else ["-4"]), *PING_ARGS, target]
     result = path.client.run(argv, timeout=PING_TIMEOUT)
     assert result.returncode == 0, f"{' '.join(argv)}:\n{result.stdout}{result.stderr}"
     assert f"{PINGS} received" in result.stdout, result.stdout

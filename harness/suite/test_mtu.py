@@ -19,6 +19,7 @@ from harness.capture import capture
 from harness.decode import PROTO_TCP, DecodeError, decode_ip, packets_of
 from harness.peers.targets import seeded_sha256
 from harness.suite.path import DEVICE, MIB, StartPath, download, upload
+from ztun.tools import tool
 
 pytestmark = [pytest.mark.conformance, pytest.mark.pcap]
 
@@ -50,7 +51,7 @@ def test_mss_mtu_1280(start_path: StartPath, rng: random.Random) -> None:
     RFC 8200) and 8 MiB pass each way per family: a larger MSS makes peers send segments
     the link cannot carry, and transfers stall."""
     path = start_path("danted", targets=["data"], mtu=MTU)
-    link = path.client.run(["ip", "-o", "link", "show", DEVICE], timeout=10.0, check=True)
+    link = path.client.run([tool("ip"), "-o", "link", "show", DEVICE], timeout=10.0, check=True)
     assert _device_mtu(link.stdout) == MTU, f"the implementation did not apply --mtu: {link.stdout}"
     seed = rng.randrange(1 << 31)
     with capture(path.client, DEVICE, SYN_FILTER) as cap:
