@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 from ztun_path import UDP_ECHO_PORT, StartPath
 
+from ztun.tools import tool
+
 pytestmark = [pytest.mark.netns, pytest.mark.linux]
 
 
@@ -33,7 +35,7 @@ def test_a_3000_byte_ping_goes_through_whole(start_path: StartPath) -> None:
     path = start_path("danted")
     for target in (path.server_v4, path.server_v6):
         result = path.topo.client.run(
-            ["ping", "-c", "3", "-i", "0.2", "-W", "2", "-s", "3000", "-M", "dont", target],
+            [tool("ping"), "-c", "3", "-i", "0.2", "-W", "2", "-s", "3000", "-M", "dont", target],
             timeout=20,
         )
         assert result.returncode == 0, result.stdout + result.stderr

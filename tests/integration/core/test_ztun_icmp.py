@@ -16,6 +16,7 @@ import pytest
 from ztun_path import Path, StartPath
 
 from harness.topo import Topology
+from ztun.tools import tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.linux]
 
@@ -49,19 +50,17 @@ def route_around_the_tun(topo: Topology) -> None:
 
 
 def ping(path: Path, target: str, *, count: int = 3, size: int = 56):  # type: ignore[no-untyped-def]
-    return path.topo.client.run(
-        ["ping", "-c", str(count), "-i", "0.2", "-W", "1", "-s", str(size), "-M", "dont", target],
-        timeout=PING_TIMEOUT,
-    )
+    flags = ["-c", str(count), "-i", "0.2", "-W", "1", "-s", str(size), "-M", "dont"]
+    return path.topo.client.run([tool("ping"), *flags, target], timeout=PING_TIMEOUT)
 
 
 def echoes_answered(topo: Topology, family: int) -> int:
     """The server kernel's own count of echo requests it answered (per namespace)."""
     if family == 4:
-        lines = topo.server.run(["cat", "/proc/net/snmp"], timeout=SYSCTL_TIMEOUT).stdout
+        lines = topo.server.run([tool("cat"), "/proc/net/snmp"], timeout=SYSCTL_TIMEOUT).stdout
         names, values = (ln.split() for ln in lines.splitlines() if ln.startswith("Icmp:"))
         return int(dict(zip(names, values, strict=True))["OutEchoReps"])
-    text = topo.server.run(["cat", "/proc/net/snmp6"], timeout=SYSCTL_TIMEOUT).stdout
+    text = topo.server.run([tool("cat"), "/proc/net/snmp6"], timeout=SYSCTL_TIMEOUT).stdout
     return int(dict(ln.split() for ln in text.splitlines())["Icmp6OutEchoReplies"])
 
 

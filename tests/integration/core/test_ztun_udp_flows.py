@@ -10,6 +10,8 @@ import re
 import pytest
 from ztun_path import DEVICE, UDP_ECHO_PORT, StartPath
 
+from ztun.tools import tool
+
 pytestmark = [pytest.mark.netns, pytest.mark.linux]
 
 LIMIT, FLOWS = 4, 12
@@ -54,5 +56,5 @@ def test_max_udp_sessions_closes_the_least_recently_used(start_path: StartPath, 
 def test_ztun_gives_its_tun_a_longer_queue(start_path: StartPath) -> None:
     """Bursts wait in the kernel's queue while ztun is off the CPU (ztun.tun.linux)."""
     path = start_path("danted")
-    shown = path.topo.client.run(["ip", "link", "show", DEVICE], timeout=5).stdout
+    shown = path.topo.client.run([tool("ip"), "link", "show", DEVICE], timeout=5).stdout
     assert " qlen 2000" in shown, shown
