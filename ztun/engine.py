@@ -99,11 +99,31 @@ def _source(flow: UdpFlow[Outbound, Target]) -> str:
 @dataclass(eq=False, slots=True)
 class _UdpFlowIo:
     """What the engine holds for one UDP flow of the core: its set-up, its association,
-    and the uplink the pump sends on (the policy is `ztun.stack.udpflow`'s)."""
+    and the uplink the pump sends on (the policy is `ztun.stack.udpflow`'s).
 
+    It is also the flow's meter in the flow table: payload bytes the loop sent (`sent`)
+    and received (`received`), one integer increment per datagram, plus what the pump
+    sent itself on the uplink (counted there)."""
+
+    record: FlowRecord
     task: asyncio.Task[None] | None = None
     association: UdpAssociation | None = None
     uplink: Uplink | None = None
+    sent: int = 0
+    received: int = 0
+
+    @property
+    def bytes_up(self) -> int:
+        uplink = self.uplink
+        return self.sent + (uplink.octets if uplink is not None else 0)
+
+    @property
+    def bytes_down(self) -> int:
+        return self.received
+
+    @property
+    def half_closed(self) -> bool:
+        return False  # UDP has no FIN
 
 
 def bind_redirect_listeners() -> list[socket.socket]:
@@ -204,6 +224,7 @@ class Engine:
                 self.lock,
                 fwmark=fwmark,
                 bind_interface=bind_interface,
+                flows=self.flows,
             )
         self.dns: DnsService | None = None
         if dns is not None:
@@ -469,16 +490,21 @@ class Engine:
 
     def outbound_name(self, decision: Decision, network: str) -> str:
         """What `ztun flows` and the metrics call the outbound a decision chose."""
-        name = getattr(decision.outbound, "name", None)
-        if isinstance(name, str) and name:
-            return name
-        if decision.action is Action.DIRECT:
-            return "direct"
         if decision.action is Action.REJECT:
             return "reject"
+        return self.outbound_name_of(decision.outbound, network)
+
+    def outbound_name_of(self, outbound: Outbound, network: str) -> str:
+        name = getattr(outbound, "name", None)
+        if isinstance(name, str) and name:
+            return name
+        router = self.router
+        if outbound is router.direct:
+            return "direct"
+        if outbound is router.reject:
+            return "reject"
         # contracts 2: --proxy URLs are proxy1, proxy2, ...; --udp-proxy is "udp".
-        udp_apart = network == "udp" and self.router.proxy_udp is not self.router.proxy_tcp
-        return "udp" if udp_apart else "proxy1"
+        return "udp" if network == "udp" and router.proxy_udp is not router.proxy_tcp else "proxy1"
 
     def _tcp_failed(
         self, conn: socket.socket, session: TcpSession | None, record: FlowRecord, reason: str
@@ -556,11 +582,12 @@ class Engine:
                 assert io.association is not None
                 self.stats["udp_datagrams_up"] += 1
                 self.stats["udp_bytes_up"] += len(event.payload)
+                io.sent += len(event.payload)
                 io.association.send(event.target, event.payload)
             elif type(event) is PumpRoute:
                 self._add_pump_route(event)
             elif type(event) is OpenAssociation:
-                io = _UdpFlowIo()
+                io = _UdpFlowIo(self._udp_record(event.flow))
                 self._udp_io[event.flow] = io
                 io.task = self.loop.create_task(self._open_udp(event.flow, io))
             elif type(event) is CloseAssociation:
@@ -571,7 +598,7 @@ class Engine:
     async def _open_udp(self, flow: UdpFlow[Outbound, Target], io: _UdpFlowIo) -> None:
         try:
             association = await flow.outbound.open_udp(
-                lambda source, payload: self._on_udp_reply(flow, source, payload)
+                lambda source, payload: self._on_udp_reply(flow, io, source, payload)
             )
         except Rejected:
             self._run_udp(self.udp.open_failed(flow, rejected=True))
@@ -590,6 +617,7 @@ class Engine:
             association.close()
             return
         io.association = association
+        self.flows.connected(io.record, io)
         association.closed.add_done_callback(lambda _f: self._run_udp(self.udp.closed(flow)))
         make_uplink = getattr(association, "uplink", None)  # optional: SOCKS5 has one
         if make_uplink is not None and self.pump is not None:
@@ -616,6 +644,7 @@ class Engine:
         io = self._udp_io.pop(event.flow, None)
         if io is None:
             return
+        self.flows.remove(io.record, self.loop.time(), "ended")
         uplink, pump = io.uplink, self.pump
         if uplink is not None and pump is not None:
             routes = pump.udp_routes
@@ -631,14 +660,37 @@ class Engine:
         if io.association is not None:
             io.association.close()
 
+    def _udp_record(self, flow: UdpFlow[Outbound, Target]) -> FlowRecord:
+        """The flow table's record of a new UDP flow: its session, and the destination of
+        the datagram that opened it (a full-cone flow may send to others later)."""
+        session = flow.session
+        first = flow.queue[0] if flow.queue else None
+        target: tuple[object, int] = ("-", 0)
+        domain = None
+        if first is not None:
+            datagram, route = first
+            target = (ipaddress.ip_address(datagram.dst_addr), datagram.dst_port)
+            domain = route.target.host if route.by_name else None
+        record = self.flows.add(
+            "udp",
+            (_ip_text(session.client_addr), session.client_port),
+            target,
+            self.loop.time(),
+            domain=domain,
+            closer=lambda: self.close_udp_flow(flow),
+        )
+        self.flows.routed(record, self.outbound_name_of(flow.outbound, "udp"))
+        return record
+
     def _on_udp_reply(
-        self, flow: UdpFlow[Outbound, Target], source: Target, payload: bytes
+        self, flow: UdpFlow[Outbound, Target], io: _UdpFlowIo, source: Target, payload: bytes
     ) -> None:
         source_addr = self.udp.reply_source(flow, source.host, source.port)
         if source_addr is None:
             return
         self.stats["udp_datagrams_down"] += 1
         self.stats["udp_bytes_down"] += len(payload)
+        io.received += len(payload)
         with self.lock:
             packet = self.stack.udp_reply(
                 flow.session, source_addr, source.port, payload, self.loop.time()

@@ -21,6 +21,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
+from .flows import FlowRecord, FlowTable
 from .outbound.sockets import make_socket
 from .stack import IcmpEchoRequest, SystemStack
 from .stack.icmpecho import EchoSession, EchoSessions
@@ -61,6 +62,20 @@ def check(versions: tuple[int, ...]) -> None:
             ) from None  # fmt: skip
 
 
+class _EchoIo:
+    """One session's socket, and its meter in the flow table (payload bytes each way:
+    one integer increment per echo)."""
+
+    __slots__ = ("bytes_down", "bytes_up", "record", "sock")
+    half_closed = False
+
+    def __init__(self, sock: socket.socket, record: FlowRecord | None) -> None:
+        self.sock = sock
+        self.record = record
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+
 class IcmpForwarder:
     """Sends echo requests from the TUN, writes the network's echo replies back to it."""
 
@@ -73,24 +88,28 @@ class IcmpForwarder:
         *,
         fwmark: int | None = None,
         bind_interface: str | None = None,
+        flows: FlowTable | None = None,
     ) -> None:
         self.stack = stack
+        self.flows = flows
         self.write_packet = write_packet
         self.stats = stats
         self.lock = lock
         self.fwmark = fwmark
         self.bind_interface = bind_interface
         self.sessions = EchoSessions(stats)
-        self._socks: dict[EchoSession, socket.socket] = {}
+        self._ios: dict[EchoSession, _EchoIo] = {}
         self._loop = asyncio.get_running_loop()
 
     def on_request(self, request: IcmpEchoRequest, now: float) -> None:
         session, evicted = self.sessions.request(request, now)
         for old in evicted:
             self._close(old)
-        sock = self._socks.get(session) or self._open(session)
-        if sock is None:
+        io = self._ios.get(session) or self._open(session, request, now)
+        if io is None:
             return
+        sock = io.sock
+        io.bytes_up += len(request.payload)
         message = _ECHO_HEADER.pack(_ECHO_REQUEST[request.version], 0, 0, 0, request.seq)
         destination = socket.inet_ntop(_FAMILY[request.version], request.dst)
         try:
@@ -108,7 +127,7 @@ class IcmpForwarder:
                 packet = self.stack.echo_failed(request, code)
             self.write_packet(packet)
 
-    def _open(self, session: EchoSession) -> socket.socket | None:
+    def _open(self, session: EchoSession, request: IcmpEchoRequest, now: float) -> _EchoIo | None:
         try:
             sock = make_socket(
                 _FAMILY[session.version],
@@ -122,11 +141,26 @@ class IcmpForwarder:
             log.warning("--icmp direct: cannot open an ICMP socket: %s", exc)
             self.sessions.forget(session)
             return None
-        self._socks[session] = sock
-        self._loop.add_reader(sock.fileno(), self._on_readable, session, sock)
-        return sock
+        record = None
+        if self.flows is not None:  # an echo id is a flow: `ztun flows` lists it
+            family = _FAMILY[session.version]
+            record = self.flows.add(
+                "icmp",
+                (socket.inet_ntop(family, session.app), session.ident),
+                (socket.inet_ntop(family, request.dst), 0),
+                now,
+                closer=lambda: self._close(session),
+            )
+            self.flows.routed(record, "direct")
+        io = _EchoIo(sock, record)
+        if record is not None and self.flows is not None:
+            self.flows.connected(record, io)
+        self._ios[session] = io
+        self._loop.add_reader(sock.fileno(), self._on_readable, session, io)
+        return io
 
-    def _on_readable(self, session: EchoSession, sock: socket.socket) -> None:
+    def _on_readable(self, session: EchoSession, io: _EchoIo) -> None:
+        sock = io.sock
         reply_type = _ECHO_REPLY[session.version]
         for _ in range(_READ_BATCH):
             try:
@@ -140,6 +174,7 @@ class IcmpForwarder:
                 continue  # only echo replies are answers (the kernel filters, mostly)
             _type, _code, _sum, _ident, seq = _ECHO_HEADER.unpack_from(message)
             source = socket.inet_pton(_FAMILY[session.version], peer[0].split("%")[0])
+            io.bytes_down += len(message) - _ECHO_HEADER.size
             packet = self.sessions.reply(session, source, seq, message[_ECHO_HEADER.size :])
             self.write_packet(packet)
 
@@ -148,11 +183,14 @@ class IcmpForwarder:
             self._close(session)
 
     def _close(self, session: EchoSession) -> None:
-        sock = self._socks.pop(session, None)
-        if sock is not None:
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
+        io = self._ios.pop(session, None)
+        if io is not None:
+            self._loop.remove_reader(io.sock.fileno())
+            io.sock.close()
+            if io.record is not None and self.flows is not None:
+                self.flows.remove(io.record, self._loop.time(), "ended")
+        self.sessions.forget(session)
 
     def close(self) -> None:
-        for session in list(self._socks):
+        for session in list(self._ios):
             self._close(session)

@@ -129,3 +129,31 @@ def test_direct_without_ping_group_range_refuses_to_start(servers: Topology) -> 
     process = servers.client.spawn([*argv, "--proxy", "socks5://127.0.0.1:1"], name="ztun-icmp")
     process.wait_for(LogLine(r"net\.ipv4\.ping_group_range"), timeout=20)
     assert process.wait(20) == 1
+
+
+def test_a_direct_echo_session_is_a_flow(direct_path: Path) -> None:
+    """`ztun flows` lists the echo session (app address and identifier -> the target,
+    outbound direct, payload bytes each way); `ztun close` ends it."""
+    import json
+
+    from harness.impls.ztun import default_binary
+
+    result = ping(direct_path, direct_path.server_v4, count=4)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    def flows() -> list[dict]:  # type: ignore[type-arg]
+        listed = direct_path.topo.client.run(
+            [default_binary(), "flows", "--json", "--proto", "icmp"], timeout=PING_TIMEOUT
+        )
+        assert listed.returncode == 0, listed.stderr
+        return json.loads(listed.stdout)  # type: ignore[no-any-return]
+
+    (flow,) = flows()
+    assert flow["dst"] == f"{direct_path.server_v4}:0" and flow["outbound"] == "direct"
+    assert flow["src"].startswith("172.19.0.1:")  # ping's source: the TUN's address
+    assert flow["bytes_up"] == flow["bytes_down"] == 4 * 56
+    closed = direct_path.topo.client.run(
+        [default_binary(), "close", str(flow["id"])], timeout=PING_TIMEOUT
+    )
+    assert closed.returncode == 0, closed.stderr
+    assert flows() == []

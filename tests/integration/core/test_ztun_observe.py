@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ztun_path import DATA_PORT, DEVICE, ECHO_PORT, SOCKS_PORT
+from ztun_path import DATA_PORT, DEVICE, ECHO_PORT, SOCKS_PORT, UDP_ECHO_PORT
 
 from harness.hosts import LogLine
 from harness.impls.base import DEFAULT_ADDRESSES, route_into
@@ -204,6 +204,34 @@ def test_a_running_download_is_listed_and_counted(start_ztun, rng) -> None:  # t
     assert status["instance"]["device"] == DEVICE and status["instance"]["workers"] == 1
     mode = stat.S_IMODE(os.stat(status["instance"]["control"]).st_mode)
     assert mode == 0o600
+
+
+def test_a_udp_flow_is_listed_counted_and_closed(start_ztun, rng) -> None:  # type: ignore[no-untyped-def]
+    ztun = start_ztun("--metrics", f"127.0.0.1:{METRICS_PORT}")
+    sock = ztun.topo.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(10)
+    with sock:
+        sock.connect((ztun.server, UDP_ECHO_PORT))  # getsockname: the address the app used
+        payloads = [rng.randbytes(rng.randrange(1, 1200)) for _ in range(5)]
+        for payload in payloads:
+            sock.sendto(payload, (ztun.server, UDP_ECHO_PORT))
+            assert sock.recvfrom(65535)[0] == payload
+        (flow,) = ztun.flows("--proto", "udp")
+        ours = sock.getsockname()
+        assert flow["src"] == f"{ours[0]}:{ours[1]}" and flow["outbound"] == "proxy1"
+        assert flow["dst"] == f"{ztun.server}:{UDP_ECHO_PORT}" and flow["state"] == "open"
+        total = sum(map(len, payloads))
+        assert flow["bytes_up"] == flow["bytes_down"] == total
+        metrics = ztun.scrape()
+        assert metrics[("ztun_bytes_total", (("direction", "up"), ("proto", "udp")))] == total
+        assert metrics[("ztun_flows_active", (("proto", "udp"),))] == 1
+        assert metrics[("ztun_udp_sessions_active", ())] == 1
+        assert ztun.ctl("close", str(flow["id"])).returncode == 0
+        assert ztun.flows("--proto", "udp") == []
+        sock.sendto(b"again", (ztun.server, UDP_ECHO_PORT))  # the session opens a new flow
+        assert sock.recvfrom(65535)[0] == b"again"
+        (again,) = ztun.flows("--proto", "udp")
+        assert again["id"] != flow["id"] and again["bytes_up"] == len(b"again")
 
 
 def test_close_resets_the_flow_it_names(start_ztun) -> None:  # type: ignore[no-untyped-def]
