@@ -31,7 +31,7 @@ SUITE = "harness.suite"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from harness.plugin import TOPOLOGIES, add_adapter_options
+    from harness.plugin import SINGLE_HOSTS, TOPOLOGIES, add_adapter_options
 
     adapter = parser.add_argument_group("implementation under test")
     add_adapter_options(adapter.add_argument)
@@ -40,7 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--topology",
         choices=TOPOLOGIES,
         default="netns",
-        help="netns: client -- proxy -- server namespaces (Linux, default)",
+        help="netns: client -- proxy -- server namespaces (Linux, default); single: one "
+        "host, targets in the documentation ranges (on Linux a namespace of its own)",
+    )
+    run.add_argument(
+        "--single-host",
+        choices=SINGLE_HOSTS,
+        default="auto",
+        help="single topology: a namespace per behaviour (auto on Linux) or this machine "
+        "(local: auto elsewhere; on Linux only from inside a namespace)",
     )
     run.add_argument(
         "--report",
@@ -110,6 +118,8 @@ def pytest_argv(args: argparse.Namespace, report: Path) -> list[str]:
         str(report / "artifacts"),
         "--topology",
         args.topology,
+        "--single-host",
+        args.single_host,
         "--time-scale",
         repr(args.time_scale),
         "-r",

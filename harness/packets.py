@@ -37,8 +37,10 @@ from scapy.layers.inet6 import (
     ICMPv6PacketTooBig,
     ICMPv6TimeExceeded,
     IPv6,
+    IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
+    PadN,
     RouterAlert,
 )
 from scapy.packet import Packet, Raw
@@ -308,6 +310,17 @@ def with_hop_by_hop(packet: Packet) -> Packet:
     head.remove_payload()
     head.nh = 0
     return head / IPv6ExtHdrHopByHop(nh=packet.nh, options=[RouterAlert()]) / upper
+
+
+def with_destination_options(packet: Packet) -> Packet:
+    """IPv6 packet with a destination-options header (a PadN option) before its upper layer."""
+    if not isinstance(packet, IPv6):
+        raise ValueError("destination options are IPv6 only")
+    upper = packet.payload.copy()
+    head = packet.copy()
+    head.remove_payload()
+    head.nh = 60  # RFC 8200 4.6: Destination Options
+    return head / IPv6ExtHdrDestOpt(nh=packet.nh, options=[PadN(optdata=b"\x00" * 4)]) / upper
 
 
 def df_oversize(

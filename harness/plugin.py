@@ -42,6 +42,7 @@ import pytest
 from harness import artifacts as artifacts_mod
 from harness.artifacts import TestArtifacts, safe_test_dirname
 from harness.faults import Faults, netem_support
+from harness.hosts import Host
 from harness.hosts.netns import list_netns, remove_netns
 from harness.hygiene import (
     Leaks,
@@ -91,7 +92,8 @@ MARKERS = {
     "reported, never fails the run",
 }
 
-TOPOLOGIES = ("netns",)
+TOPOLOGIES = ("netns", "single")
+SINGLE_HOSTS = ("auto", "namespace", "local")
 SEED_BITS = 32
 REPORT_SECTION = "ztun artifacts"
 LOG_TAIL_IN_REPORT = 15
@@ -117,6 +119,7 @@ class HarnessState:
     impl: str
     adapter: AdapterChoice
     topology: str = "netns"
+    single_host: str = "auto"
     report_dir: Path | None = None
     baseline: RootSnapshot | None = None
     leaks: Leaks = field(default_factory=Leaks)
@@ -151,7 +154,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=TOPOLOGIES,
         default="netns",
         help="where the conformance suite runs: netns (client -- proxy -- server "
-        "namespaces; default)",
+        "namespaces; default) or single (one host, targets in the documentation ranges)",
+    )
+    group.addoption(
+        "--single-host",
+        choices=SINGLE_HOSTS,
+        default="auto",
+        help="the single topology's host: a fresh namespace per test (namespace; auto on "
+        "Linux) or this machine (local; auto elsewhere; on Linux only inside a namespace)",
     )
     group.addoption(
         "--time-scale",
@@ -279,6 +289,18 @@ def pytest_configure(config: pytest.Config) -> None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_id = f"{stamp}-{session_tag}"
         worker_id = None
+    if (
+        config.getoption("topology") == "single"
+        and config.getoption("single_host") == "local"
+        and sys.platform == "linux"
+    ):
+        from harness.hosts.local import in_root_netns
+
+        if in_root_netns():
+            raise pytest.UsageError(
+                "--single-host local would give this machine's root network namespace a TUN "
+                "and routes: run it inside a namespace you created (ip netns exec NAME ...)"
+            )
     try:
         set_time_scale(float(config.getoption("time_scale")))
     except ValueError as exc:
@@ -298,6 +320,7 @@ def pytest_configure(config: pytest.Config) -> None:
         impl=choice.name,
         adapter=choice,
         topology=str(config.getoption("topology")),
+        single_host=str(config.getoption("single_host")),
         report_dir=Path(report_opt).resolve() if report_opt else None,
     )
     config.stash[_STATE_KEY] = st
@@ -590,6 +613,27 @@ def topology_factory(
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture
+def single_host(request: pytest.FixtureRequest, artifacts: TestArtifacts) -> Iterator[Host]:
+    """The one host of the single topology (``--single-host``): a fresh namespace of its own
+    on Linux, never the root namespace; this machine where there are no namespaces."""
+    choice = state(request.config).single_host
+    if choice == "auto":
+        choice = "namespace" if sys.platform == "linux" else "local"
+    if choice == "namespace":
+        factory: TopologyFactory = request.getfixturevalue("topology_factory")
+        yield factory(TopologySpec.of(hosts=["host"])).host("host")
+        return
+    from harness.hosts.local import LocalHost
+
+    host = LocalHost("local", log_dir=artifacts.dir / "local")  # refuses the root namespace
+    artifacts.add_log_dir(host.log_dir)
+    try:
+        yield host
+    finally:
+        host.close()
 
 
 @pytest.fixture

@@ -39,22 +39,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from harness.hosts.base import (
     DEFAULT_RUN_TIMEOUT,
     DEFAULT_SPAWN_TIMEOUT,
-    CmdResult,
-    CommandFailed,
     IfAddress,
     LinkExists,
-    LogLine,
     PathExists,
-    Process,
     Readiness,
     TcpListening,
     UdpListening,
 )
+from harness.hosts.children import ChildHost
 from harness.owners import claim_owner, owner_prefix
 from harness.proc import (
     PROBE_INTERVAL_MAX,
     PROBE_INTERVAL_MIN,
-    LocalProcess,
     run_local,
     start_thread_without_signals,
     wait_pids_gone,
@@ -239,6 +235,20 @@ def remove_netns(name: str) -> list[int]:
 # --------------------------------------------------------------------------- host
 
 
+def addresses_of(ipr: IPRoute, ifname: str | None = None) -> list[IfAddress]:
+    """Addresses (with prefix) on ``ifname``, or on every interface, as ``ipr`` sees them."""
+    kwargs: dict[str, Any] = {}
+    if ifname is not None:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise NetnsError(f"no interface {ifname!r}")
+        kwargs["index"] = int(found[0])
+    return [
+        ipaddress.ip_interface(f"{msg.get('address')}/{msg['prefixlen']}")
+        for msg in ipr.get_addr(**kwargs)
+    ]
+
+
 def _proc_net_ports(text: str, *, listen_only: bool) -> set[int]:
     """Local ports in a /proc/net/{tcp,udp}[6] table (hex ``ADDR:PORT``; state 0A=LISTEN)."""
     ports: set[int] = set()
@@ -252,7 +262,7 @@ def _proc_net_ports(text: str, *, listen_only: bool) -> set[int]:
     return ports
 
 
-class NetnsHost:
+class NetnsHost(ChildHost):
     """A Host backed by a network namespace; see the module docstring.
 
     ``NetnsHost(name, log_dir=...)`` creates the namespace, brings ``lo`` up and applies
@@ -270,14 +280,11 @@ class NetnsHost:
         create: bool = True,
         label: str | None = None,
     ) -> None:
-        self._name = name
+        super().__init__(name, log_dir)
         self.label = label or name
         """Short role name ("client") for file names and messages."""
-        self._log_dir = Path(log_dir)
         self._owned = create
         self._closed = False
-        self._processes: list[LocalProcess] = []
-        self._spawn_names: dict[str, int] = {}
         if create:
             create_netns(name)
         try:
@@ -293,75 +300,12 @@ class NetnsHost:
                 remove_netns(name)
             raise
 
-    # ------------------------------------------------------------------ identity
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def log_dir(self) -> Path:
-        return self._log_dir
-
-    @property
-    def processes(self) -> list[Process]:
-        """Every process spawned in this host (running or not), oldest first."""
-        return list(self._processes)
-
     def __repr__(self) -> str:
         return f"<NetnsHost {self._name}>"
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped to run inside the namespace."""
         return [tool("ip"), "netns", "exec", self._name, *argv]
-
-    # ------------------------------------------------------------------ commands
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float = DEFAULT_RUN_TIMEOUT,
-        env: Mapping[str, str] | None = None,
-        input: str | bytes | None = None,
-        check: bool = False,
-    ) -> CmdResult:
-        result = run_local(
-            self.exec_argv(argv), display_argv=argv, timeout=timeout, env=env, input=input
-        )
-        if check and not result.ok:
-            raise CommandFailed(result)
-        return result
-
-    def spawn(
-        self,
-        argv: Sequence[str],
-        *,
-        name: str,
-        ready: Readiness | None = None,
-        timeout: float = DEFAULT_SPAWN_TIMEOUT,
-        env: Mapping[str, str] | None = None,
-    ) -> Process:
-        # Two processes with the same name get distinct logs (tcpdump-1, tcpdump-2...).
-        count = self._spawn_names.get(name, 0)
-        self._spawn_names[name] = count + 1
-        stem = name if count == 0 else f"{name}-{count}"
-        proc = LocalProcess(
-            self.exec_argv(argv),
-            name=name,
-            log_path=self._log_dir / f"{stem}.log",
-            display_argv=argv,
-            env=env,
-            probe=self.is_ready,
-        )
-        self._processes.append(proc)
-        if ready is not None:
-            try:
-                proc.wait_for(ready, timeout)
-            except BaseException:
-                proc.stop()
-                raise
-        return proc
 
     # ------------------------------------------------------------------ readiness
 
@@ -396,29 +340,6 @@ class NetnsHost:
         if isinstance(ready, LinkExists):
             return self.netlink(lambda ipr: bool(ipr.link_lookup(ifname=ready.name)))
         raise TypeError(f"{type(ready).__name__} is not a host condition")
-
-    def wait_ready(self, ready: Readiness, *, timeout: float = DEFAULT_SPAWN_TIMEOUT) -> None:
-        if isinstance(ready, LogLine):
-            raise TypeError("LogLine belongs to a process: use Process.wait_for")
-        deadline = time.monotonic() + timeout
-        interval = PROBE_INTERVAL_MIN
-        # Polled: the kernel offers no event for "a socket started listening".
-        while not self.is_ready(ready):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"{self._name}: no {ready.describe()} within {timeout:g}s")
-            threading.Event().wait(min(interval, remaining))
-            interval = min(interval * 2, PROBE_INTERVAL_MAX)
-
-    # ------------------------------------------------------------------ files & sockets
-
-    def read_file(self, path: str | Path) -> bytes:
-        return Path(path).read_bytes()
-
-    def write_file(self, path: str | Path, data: str | bytes) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data.encode() if isinstance(data, str) else data)
 
     def socket(
         self,
@@ -551,16 +472,7 @@ class NetnsHost:
         return self.netlink(lambda ipr: [str(link.get("ifname")) for link in ipr.get_links()])
 
     def addresses(self, ifname: str | None = None) -> list[IfAddress]:
-        def collect(ipr: IPRoute) -> list[IfAddress]:
-            kwargs: dict[str, Any] = {}
-            if ifname is not None:
-                kwargs["index"] = self._index(ipr, ifname)
-            return [
-                ipaddress.ip_interface(f"{msg.get('address')}/{msg['prefixlen']}")
-                for msg in ipr.get_addr(**kwargs)
-            ]
-
-        return self.netlink(collect)
+        return self.netlink(lambda ipr: addresses_of(ipr, ifname))
 
     @staticmethod
     def _index(ipr: IPRoute, ifname: str) -> int:
@@ -570,17 +482,6 @@ class NetnsHost:
         return int(found[0])
 
     # ------------------------------------------------------------------ teardown
-
-    def stop_processes(self) -> None:
-        """Stop spawned processes, newest first (clients before the servers they use)."""
-        errors: list[BaseException] = []
-        for proc in reversed(self._processes):
-            try:
-                proc.stop()
-            except Exception as exc:  # keep stopping the others
-                errors.append(exc)
-        if errors:
-            raise errors[0]
 
     def close(self) -> None:
         if self._closed:

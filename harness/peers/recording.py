@@ -9,6 +9,7 @@ Run it as a process inside a Host::
 
     python -m harness.peers.recording --listen 10.200.1.2:1080 --log /tmp/x/socks.jsonl \
         [--user U --password P] [--fault refuse|refuse:CODE|delay:MS|drop-after:N|close-udp[:N]]
+        [--map 192.0.2.0/24=127.0.0.1 ...] [--unreachable 198.51.100.0/24 ...]
 
 It prints ``listening on ADDR:PORT`` on stdout once the socket is bound (the readiness line)
 and writes one JSON object per line to the log, flushed per line, so a test can read the
@@ -25,6 +26,13 @@ log while the server is still running. Event kinds (``"event"`` key):
                ``sha256``.
 ``udp_drop``   a client datagram not relayed, with ``reason``.
 ``error``      a protocol error from the client, with ``reason``.
+
+Address map (the single-host topology): ``--map CIDR=ADDR`` sends a request for any target
+in CIDR to ADDR instead (same port), and ``--unreachable CIDR`` refuses targets in CIDR with
+"host unreachable" (4) unless a map names them. The log keeps the target *as asked* (plus
+``dialled``), and a UDP reply from a mapped address is sent to the client as coming from
+the address the client asked for, with the port it really came from -- so a tun2socks sees
+documentation addresses that exist nowhere behave like real hosts.
 
 "to_target" is client -> target, "from_target" is target -> client. Every event has ``id``
 (one per accepted TCP connection) and ``time`` (UNIX seconds).
@@ -77,6 +85,7 @@ from harness.peers.socks5_wire import (
     encode_udp_datagram,
     reply_name,
 )
+from ztun.servers.socks5 import IPNetwork, Mapping, mapped, parse_mapping
 
 RELAY_CHUNK = 256 * 1024
 HANDSHAKE_TIMEOUT = 30.0  # seconds a client may take to finish greeting/auth/request
@@ -85,6 +94,12 @@ SEND_QUEUE_POLL = 0.005  # seconds between SIOCOUTQ polls before a deliberate re
 SEND_QUEUE_DEADLINE = 2.0
 MAX_UDP_DATAGRAM = 65535
 READY_LINE = "listening on"
+LISTEN_BACKLOG = 4096
+"""Pending connections the listener queues (asyncio's default, 100, drops the SYNs of a
+burst of new flows: the proxy, not the tun2socks, would then be measured)."""
+OPEN_FILES = 65536
+"""Descriptors the server process asks for: a UDP association holds three (control
+connection, relay socket, outward socket), so 1000 flows need more than the usual 1024."""
 
 _ERRNO_REPLY = {
     errno.ECONNREFUSED: Reply.CONNECTION_REFUSED,
@@ -131,6 +146,42 @@ class ProxyFaults:
                     "or close-udp[:N]"
                 ) from None
         return cls(**values)
+
+
+# --------------------------------------------------------------------------- address map
+
+
+@dataclass(frozen=True, slots=True)
+class AddressMap:
+    """Where a target address is dialled: mapped, refused, or as it is (see module doc).
+
+    The map itself is ztun's own test server's (``ztun.servers.socks5``: same ``--map``
+    syntax and first-match rule); what is added here is the unreachable rest.
+    """
+
+    mapped: Mapping = ()
+    unreachable: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def parse(cls, maps: Iterable[str], unreachable: Iterable[str]) -> AddressMap:
+        """``CIDR=ADDR`` specs and CIDRs; ValueError names the bad one."""
+        nets = []
+        for cidr in unreachable:
+            try:
+                nets.append(ipaddress.ip_network(cidr))
+            except ValueError:
+                raise ValueError(f"bad --unreachable {cidr!r}: expected a CIDR") from None
+        return cls(tuple(parse_mapping(spec) for spec in maps), tuple(nets))
+
+    def dial(self, host: str) -> str | None:
+        """The address to dial for ``host`` (a name passes through), or None: unreachable."""
+        target = mapped(host, self.mapped)
+        if target != host:
+            return target
+        with contextlib.suppress(ValueError):
+            if any(ipaddress.ip_address(host) in net for net in self.unreachable):
+                return None
+        return host
 
 
 # --------------------------------------------------------------------------- log
@@ -429,6 +480,8 @@ class _UdpAssociation:
         self.relay: asyncio.DatagramTransport | None = None
         self.outward: dict[int, asyncio.DatagramTransport] = {}
         self.requested_name: dict[tuple[str, int], str] = {}
+        self.asked_ip: dict[str, str] = {}
+        """Dialled address -> the address the client asked for (mapped targets only)."""
         self.to_target = Direction()
         self.from_target = Direction()
         self.finished = finished
@@ -467,8 +520,12 @@ class _UdpAssociation:
 
     async def _send_out(self, target: Address, payload: bytes) -> None:
         loop = asyncio.get_running_loop()
+        dial = self.server.address_map.dial(target.host)
+        if dial is None:
+            self._log("udp_drop", reason=f"unreachable {target}")
+            return
         try:
-            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
+            infos = await loop.getaddrinfo(dial, target.port, type=socket.SOCK_DGRAM)
         except OSError as exc:
             self._log("udp_drop", reason=f"resolve {target}: {exc}")
             return
@@ -481,6 +538,8 @@ class _UdpAssociation:
             )
             self.outward[family] = out
         self.requested_name[(str(sockaddr[0]), int(sockaddr[1]))] = str(target)
+        if dial != target.host:
+            self.asked_ip[str(sockaddr[0])] = target.host
         self.to_target.update(payload)
         self._log(
             "udp",
@@ -498,7 +557,9 @@ class _UdpAssociation:
     def _from_target(self, data: bytes, addr: Any) -> None:
         if self.relay is None or self.client_addr is None:
             return
-        source = Address.from_host(addr[0], addr[1])
+        # A mapped target answers as the address the client asked for, from whatever port
+        # it really used (a reply from another port is the endpoint-independent case).
+        source = Address.from_host(self.asked_ip.get(addr[0], addr[0]), addr[1])
         name = self.requested_name.get((addr[0], addr[1]), str(source))
         self.from_target.update(data)
         self._log(
@@ -542,6 +603,7 @@ class RecordingServer:
         faults: ProxyFaults | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         log_payloads: bool = True,
+        address_map: AddressMap | None = None,
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("give both --user and --password, or neither")
@@ -552,6 +614,7 @@ class RecordingServer:
         self.password = password
         self.faults = faults or ProxyFaults()
         self.connect_timeout = connect_timeout
+        self.address_map = address_map or AddressMap()
         # Payload hex makes UDP hashes per target computable from the log; datagrams in
         # tests are small, so the log stays small.
         self.log_payloads = log_payloads
@@ -560,7 +623,9 @@ class RecordingServer:
         self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, backlog=LISTEN_BACKLOG
+        )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         self.log.write("listening", 0, address=self.address)
@@ -731,9 +796,15 @@ class RecordingServer:
         target: Address,
         record: dict[str, Any],
     ) -> None:
+        dial = self.address_map.dial(target.host)
+        if dial is None:
+            await self._answer(conn_id, writer, Reply.HOST_UNREACHABLE, None, record)
+            return
+        if dial != target.host:
+            record["dialled"] = dial
         try:
             async with asyncio.timeout(self.connect_timeout):
-                up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
+                up_reader, up_writer = await asyncio.open_connection(dial, target.port)
         except (OSError, TimeoutError) as exc:
             await self._answer(conn_id, writer, _reply_for(exc), None, record)
             return
@@ -878,6 +949,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log", type=Path, metavar="FILE.jsonl")
     parser.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT)
     parser.add_argument(
+        "--map", action="append", default=[], metavar="CIDR=ADDR", help="dial ADDR for CIDR"
+    )
+    parser.add_argument(
+        "--unreachable", action="append", default=[], metavar="CIDR", help="refuse CIDR"
+    )
+    parser.add_argument(
         "--no-payloads",
         action="store_true",
         help="do not log UDP payload hex (per-target UDP hashes then unavailable)",
@@ -897,6 +974,7 @@ async def _run(args: argparse.Namespace) -> int:
         faults=ProxyFaults.parse(args.fault),
         connect_timeout=args.connect_timeout,
         log_payloads=not args.no_payloads,
+        address_map=AddressMap.parse(args.map, args.unreachable),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -917,11 +995,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         ProxyFaults.parse(args.fault)
+        AddressMap.parse(args.map, args.unreachable)
         if (args.user is None) != (args.password is None):
             raise ValueError("give both --user and --password, or neither")
     except ValueError as exc:
         parser.error(str(exc))  # exits 2
+    _raise_open_files_limit(OPEN_FILES)
     return asyncio.run(_run(args))
+
+
+def _raise_open_files_limit(wanted: int) -> None:
+    """Raise the soft RLIMIT_NOFILE towards ``wanted`` (up to the hard limit; POSIX)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 if __name__ == "__main__":

@@ -205,12 +205,15 @@ def start_recording(
     user: str | None = None,
     password: str | None = None,
     faults: Sequence[str] = (),
+    address_map: Sequence[str] = (),
+    unreachable: Sequence[str] = (),
     name: str | None = None,
 ) -> RecordingSocks5:
     """Start :mod:`harness.peers.recording` in ``host`` on ``addr:port``.
 
     ``faults`` are ``--fault`` specs (``"refuse"``, ``"delay:200"``, ``"drop-after:1000"``,
-    ``"close-udp"``).
+    ``"close-udp"``); ``address_map`` are ``--map CIDR=ADDR`` specs and ``unreachable``
+    ``--unreachable CIDR`` ones (the single-host topology).
     """
     name = name or _unique("recording-socks5")
     log_path = _workfile(host, f"{name}.jsonl")
@@ -227,6 +230,10 @@ def start_recording(
         argv += ["--user", user, "--password", password or ""]
     for spec in faults:
         argv += ["--fault", spec]
+    for spec in address_map:
+        argv += ["--map", spec]
+    for cidr in unreachable:
+        argv += ["--unreachable", cidr]
     process = host.spawn(argv, name=name, ready=LogLine(READY_REGEX))
     return RecordingSocks5(
         kind="recording",

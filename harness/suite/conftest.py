@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 import pytest
 
 from harness import conformance
+from harness.hosts import Host
 from harness.impls import DEFAULT_MTU, RunningImpl, Tun2Socks
 from harness.peers.starters import (
     Socks5Server,
@@ -26,10 +27,15 @@ from harness.peers.starters import (
     start_tcp_echo,
     start_udp_echo,
 )
+from harness.plugin import state
 from harness.suite.path import (
     DATA_PORT,
     DEVICE,
     ECHO_PORT,
+    SINGLE_MAP,
+    SINGLE_ROUTES,
+    SINGLE_V4_TARGET,
+    SINGLE_V6_TARGET,
     SOCKS_PORT,
     UDP_ECHO_PORT,
     Path,
@@ -79,10 +85,31 @@ def netns_testbed(topo: Topology) -> Testbed:
     )
 
 
+def single_testbed(host: Host) -> Testbed:
+    """One host: targets on loopback, reached at documentation addresses through the
+    recording server's map; only the documentation prefixes routed into the TUN."""
+    return Testbed(
+        kind="single",
+        client=host,
+        proxy_host=host,
+        server=host,
+        proxy_listen="127.0.0.1",
+        server_v4=SINGLE_V4_TARGET,
+        server_v6=SINGLE_V6_TARGET,
+        listen_v4="127.0.0.1",
+        listen_v6="::1",
+        routes=SINGLE_ROUTES,
+        uplink=None,
+        address_map=SINGLE_MAP,
+    )
+
+
 @pytest.fixture
-def testbed(topology: Topology) -> Testbed:
+def testbed(request: pytest.FixtureRequest) -> Testbed:
     """Where this behaviour's parts run (``--topology``)."""
-    return netns_testbed(topology)
+    if state(request.config).topology == "single":
+        return single_testbed(request.getfixturevalue("single_host"))
+    return netns_testbed(request.getfixturevalue("topology"))
 
 
 def _start_targets(bed: Testbed, kinds: Iterable[TargetKind]) -> None:
@@ -100,6 +127,9 @@ def _start_proxy(
     if kind == "danted" and bed.kind == "netns" and credentials is None and not faults:
         return start_danted(bed.proxy_host, bed.proxy_listen, SOCKS_PORT)
     if kind in ("danted", "recording"):
+        # In the single topology every documentation prefix is routed into the TUN: a
+        # target in one that the map does not name must be refused, never dialled (the
+        # dial would loop back into the implementation under test).
         return start_recording(
             bed.proxy_host,
             bed.proxy_listen,
@@ -107,6 +137,8 @@ def _start_proxy(
             user=user,
             password=password,
             faults=tuple(faults),
+            address_map=bed.address_map,
+            unreachable=bed.routes if bed.kind == "single" else (),
         )
     raise ValueError(f"unknown proxy kind {kind!r}")
 

@@ -87,6 +87,8 @@ TopologyKind = Literal["netns", "single"]
 class Testbed:
     """Where the parts of a behaviour run, and the addresses that connect them."""
 
+    __test__ = False  # a name starting with "Test", not a test class
+
     kind: TopologyKind
     client: Host
     """Runs the app and the implementation under test."""

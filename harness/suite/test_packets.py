@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
+import socket
 from collections.abc import Iterable
 
 import pytest
 from scapy.packet import Packet
 
 from harness.assertions import assert_socks5_roundtrip
+from harness.capture import capture
+from harness.decode import PROTO_TCP, DecodeError, decode_ip, packets_of
 from harness.packets import (
     fragments,
     garbage,
@@ -33,12 +36,15 @@ from harness.suite.path import (
     DATA_PORT,
     DEVICE,
     ECHO_PORT,
+    PROMPT,
     UDP_ECHO_PORT,
     Path,
     StartPath,
     echo,
+    recv_all,
     udp_echo,
 )
+from harness.timescale import scaled
 
 pytestmark = [pytest.mark.conformance]
 
@@ -48,6 +54,12 @@ FRAGMENT_SIZE = 1000
 ROUNDS = 3
 """Each bad packet is sent this many times: a crash on a rare path shows up reliably."""
 IP_HEADER = {4: 20, 6: 40}
+IPV6_HOPOPTS, IPV6_DSTOPTS = 54, 59
+"""<linux/in6.h> socket options that add a hop-by-hop / destination-options header."""
+IPV6_HEADER = 40
+PADDING_HEADER = bytes([0, 0, 1, 4, 0, 0, 0, 0])
+"""One 8-byte extension header: next header and length (the kernel fills them), then a
+PadN option (type 1) of 4 zero bytes (RFC 8200 section 4.2)."""
 BAD_PORT = 5013
 """Target of bad-checksum datagrams: a relayed one shows up at the proxy by its port
 (bad SYNs go to DATA_PORT, which no good flow of those tests uses)."""
@@ -166,4 +178,43 @@ def test_bad_checksum_not_relayed(start_path: StartPath, rng: random.Random, kin
                 )
     assert not relayed, "the proxy relayed packets that had to be discarded:\n  " + "\n  ".join(
         relayed
+    )
+
+
+@pytest.mark.pcap
+@pytest.mark.timeout(60)
+def test_ipv6_syn_with_extension_headers(start_path: StartPath, rng: random.Random) -> None:
+    """An IPv6 connection whose every packet, the SYN first, carries hop-by-hop and
+    destination-options headers before TCP (RFC 8200 section 4) works end to end: such
+    packets are legal, and an implementation that reads TCP right after the fixed header
+    drops them or reads the ports from the options.
+
+    The app's socket gets the headers from the kernel (IPV6_HOPOPTS, IPV6_DSTOPTS sticky
+    options, each one 8-byte header of padding); the capture on the TUN proves the SYN
+    carried them.
+    """
+    path = start_path("recording")
+    assert isinstance(path.proxy, RecordingSocks5)
+    sock = path.client.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    with sock, capture(path.client, DEVICE, "ip6") as cap:
+        for option in (IPV6_HOPOPTS, IPV6_DSTOPTS):
+            sock.setsockopt(socket.IPPROTO_IPV6, option, PADDING_HEADER)
+        sock.settimeout(scaled(PROMPT))
+        sock.connect((path.server_ip(v6=True), ECHO_PORT))
+        payload = rng.randbytes(3000)
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == payload
+    syns = []
+    for _, data in packets_of(cap.path):
+        with contextlib.suppress(DecodeError):
+            packet = decode_ip(data)
+            if packet.protocol == PROTO_TCP and packet.tcp_flags == "S":
+                syns.append(packet)
+    assert any(p.header_len > IPV6_HEADER for p in syns), (
+        f"the app's SYN carried no extension header (so nothing was tested): {cap.path}"
+    )
+    digest = hashlib.sha256(payload).hexdigest()
+    assert_socks5_roundtrip(
+        path.proxy, (path.server_ip(v6=True), ECHO_PORT), digest, digest, command="CONNECT"
     )

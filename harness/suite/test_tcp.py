@@ -1,4 +1,5 @@
-"""TCP behaviours: open, bulk, half-close, reset, refusal, many at once, IPv6."""
+"""TCP behaviours: open, bulk, half-close both ways, resets both ways, refusal, idle flows,
+many at once, jumbo MTU, IPv6."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import random
 import socket
 import struct
+import time
 
 import pytest
 
@@ -17,6 +19,7 @@ from harness.suite.path import (
     DEVICE,
     ECHO_PORT,
     MIB,
+    PROMPT,
     SCRIPTED_PORT,
     StartPath,
     download,
@@ -26,10 +29,14 @@ from harness.suite.path import (
     scripted_server,
     upload,
 )
+from harness.timescale import scaled
 
 pytestmark = [pytest.mark.conformance]
 
 BULK = 100 * MIB
+IDLE = 90.0
+JUMBO = 9000
+JUMBO_TRANSFER = 16 * MIB
 IPV6_BULK = 4 * MIB
 HALF_CLOSE_REPLY = 1 * MIB
 CONCURRENT = 200
@@ -114,7 +121,112 @@ def test_tcp_rst_from_server(start_path: StartPath) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_tcp_refused(start_path: StartPath) -> None:
+def test_tcp_rst_from_app(start_path: StartPath) -> None:
+    """The app aborts its connection (RST): the server sees a reset promptly, not a clean
+    EOF -- a server told "clean end" commits a half-received upload or request as if it
+    were complete.
+
+    Uses the recording proxy, which turns a reset on either side into a reset on the other
+    (RFC 1928 does not say; danted closes with a FIN).
+    """
+    path = start_path("recording")
+    seen: dict[str, object] = {}
+
+    def serve(conn: socket.socket) -> None:
+        seen["first"] = conn.recv(100)
+        started = time.monotonic()
+        try:
+            seen["after"] = conn.recv(100)
+        except ConnectionResetError:
+            seen["reset_after"] = time.monotonic() - started
+
+    with (
+        capture(path.client, DEVICE, f"tcp port {SCRIPTED_PORT}"),
+        scripted_server(path.server, path.listen_ip(), SCRIPTED_PORT, serve) as server,
+    ):
+        sock = path.connect(SCRIPTED_PORT)
+        sock.sendall(b"about to abort")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # linger 0: RST, not FIN
+        server.join()
+    assert seen.get("first") == b"about to abort", f"the server got {seen.get('first')!r}"
+    assert "after" not in seen, (
+        f"the server saw {seen['after']!r} (a clean EOF or data), not a reset, after the app's RST"
+    )
+    assert float(seen["reset_after"]) < scaled(PROMPT)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_tcp_half_close_from_server(start_path: StartPath, rng: random.Random) -> None:
+    """The server sends its answer and shuts down its write side; the app reads the answer,
+    then EOF, and can still send: the server receives all of it. Half-close from the far end
+    (RFC 793) is how servers say "done talking, still listening"; closing both directions
+    on the server's FIN loses what the app sends after it."""
+    path = start_path("danted")
+    greeting, trailer = rng.randbytes(200_000), rng.randbytes(50_000)
+    seen: dict[str, bytes] = {}
+
+    def serve(conn: socket.socket) -> None:
+        conn.sendall(greeting)
+        conn.shutdown(socket.SHUT_WR)
+        seen["trailer"] = recv_all(conn)
+
+    with (
+        scripted_server(path.server, path.listen_ip(), SCRIPTED_PORT, serve) as server,
+        path.connect(SCRIPTED_PORT) as sock,
+    ):
+        assert recv_all(sock) == greeting, "the app did not get the answer, then EOF"
+        sock.sendall(trailer)
+        sock.shutdown(socket.SHUT_WR)
+        server.join()
+    assert seen["trailer"] == trailer, (
+        f"after the server's half-close it got {len(seen['trailer'])} B of {len(trailer)} B"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_tcp_idle_90s(start_path: StartPath, rng: random.Random) -> None:
+    """A TCP connection idle for 90 s still carries bytes both ways afterwards: ssh
+    sessions, database pools and long polls idle for minutes, and an implementation that
+    expires them silently breaks the app at its next write."""
+    path = start_path("danted")
+    with path.connect(ECHO_PORT) as sock:
+        for round_ in ("before", "after"):
+            payload = rng.randbytes(1000)
+            sock.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                data = sock.recv(len(payload) - len(got))
+                assert data, f"the connection ended {round_} the idle period"
+                got += data
+            assert got == payload, round_
+            if round_ == "before":
+                time.sleep(IDLE)  # noqa: sleep-ok - the idle period is what is tested
+
+
+@pytest.mark.timeout(120)
+def test_tcp_jumbo_mtu_9000(start_path: StartPath, rng: random.Random) -> None:
+    """With the TUN at MTU 9000, 16 MiB pass each way byte-exact (sha256): jumbo MTUs are
+    used on LANs and in containers, and an implementation with a fixed 1500-byte buffer
+    truncates or drops every large segment."""
+    path = start_path("danted", targets=["data"], mtu=JUMBO)
+    link = path.client.run(["ip", "-o", "link", "show", DEVICE], timeout=10.0, check=True)
+    assert f"mtu {JUMBO} " in link.stdout, f"the implementation did not apply MTU: {link.stdout}"
+    seed = rng.randrange(1 << 31)
+    assert upload(path, JUMBO_TRANSFER, seed) == (
+        JUMBO_TRANSFER,
+        seeded_sha256(seed, JUMBO_TRANSFER),
+    ), "upload corrupted"
+    assert download(path, JUMBO_TRANSFER, seed) == (
+        JUMBO_TRANSFER,
+        seeded_sha256(seed, JUMBO_TRANSFER),
+    ), "download corrupted"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_tcp_refused(start_path: StartPath, family: str) -> None:
     """Connecting to a closed port: the app sees a refusal or reset within 5 s, not an
     accepted connection that then hangs or closes cleanly (apps fall back or report an
     error on refusal; a fake accept makes them wait or misreport).
@@ -125,7 +237,7 @@ def test_tcp_refused(start_path: StartPath) -> None:
     path = start_path("danted")
 
     def attempt() -> bytes:
-        with path.connect(CLOSED_PORT) as sock:
+        with path.connect(CLOSED_PORT, v6=family == "v6") as sock:
             sock.sendall(b"anyone there?")
             return sock.recv(100)
 

@@ -1,22 +1,29 @@
-"""UDP behaviours: echo over IPv4 and IPv6, DNS, and the UDP ASSOCIATE a proxy receives.
+"""UDP behaviours: echo over IPv4 and IPv6, DNS over UDP and TCP, bursts of new flows,
+endpoint-independent mapping, and the UDP ASSOCIATE a proxy receives.
 
-UDP rows use the recording proxy (see conformance_path.py: it relays from the control
+UDP rows use the recording proxy (see harness/suite/path.py: it relays from the control
 connection's address whatever the request declared), except ``udp_echo_danted``, the
 interoperability row with the strict real server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import random
+import selectors
+import socket
+import threading
+import time
 
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from harness.assertions import assert_socks5_roundtrip
 from harness.peers.starters import RecordingSocks5, start_dnsmasq
-from harness.suite.path import UDP_ECHO_PORT, StartPath, udp_echo
+from harness.suite.path import UDP_ECHO_PORT, Path, StartPath, Testbed, recv_all, udp_echo
+from harness.timescale import scaled
 
 pytestmark = [pytest.mark.conformance]
 
@@ -26,12 +33,19 @@ DNS_PORT = 53
 DNS_NAME = "probe.conformance.test"
 DNS_ANSWER_V4 = "10.9.8.7"
 DNS_ANSWER_V6 = "fd00:9:8::7"
+BURST = 1000
+BURST_SHARE = 0.95
+BURST_SEND_WITHIN = 1.0
+BURST_COLLECT = 10.0
+EIM_PORT, EIM_REPLY_PORT = 5006, 5007
+"""The endpoint-independent-mapping server listens on one port and answers from another."""
 
 
-def _echo_some(
-    start_path: StartPath, rng: random.Random, *, v6: bool, proxy: str = "recording"
-) -> None:
-    path = start_path(proxy, targets=["udp"])
+def _echo_some(start_path: StartPath, rng: random.Random, *, v6: bool) -> None:
+    _echo_path(start_path("recording", targets=["udp"]), rng, v6=v6)
+
+
+def _echo_path(path: Path, rng: random.Random, *, v6: bool) -> None:
     server = path.server_ip(v6)
     for index in range(DATAGRAMS):
         payload = rng.randbytes(rng.randrange(1, MAX_DATAGRAM))
@@ -62,7 +76,7 @@ def test_dns_over_udp(start_path: StartPath) -> None:
     """A DNS query (A and AAAA) over UDP gets the server's answer through the proxy's UDP
     relay: without it no name resolves and nearly every app fails."""
     path = start_path("recording")
-    start_dnsmasq(path.server, path.server_v4, {DNS_NAME: [DNS_ANSWER_V4, DNS_ANSWER_V6]})
+    start_dnsmasq(path.server, path.listen_ip(), {DNS_NAME: [DNS_ANSWER_V4, DNS_ANSWER_V6]})
     sent, received = hashlib.sha256(), hashlib.sha256()
     with path.udp() as sock:  # one socket: one flow, so one association at the proxy
         for qtype, expected in (("A", DNS_ANSWER_V4), ("AAAA", DNS_ANSWER_V6)):
@@ -112,7 +126,127 @@ def test_udp_associate_client_address(start_path: StartPath, rng: random.Random)
 
 
 @pytest.mark.timeout(60)
-def test_udp_echo_danted(start_path: StartPath, rng: random.Random) -> None:
+def test_udp_echo_danted(start_path: StartPath, testbed: Testbed, rng: random.Random) -> None:
     """UDP echo works through danted, a strict real server that enforces the declared client
     address: interoperability with a common SOCKS5 server's UDP relay."""
-    _echo_some(start_path, rng, v6=False, proxy="danted")
+    testbed.require_netns("danted cannot reach targets that exist nowhere (no address map)")
+    path = start_path("danted", targets=["udp"])
+    _echo_path(path, rng, v6=False)
+
+
+@pytest.mark.timeout(60)
+def test_dns_over_tcp(start_path: StartPath) -> None:
+    """A DNS query over TCP (RFC 7766: two-byte length, then the message) gets the server's
+    answer: resolvers switch to TCP for large or truncated answers, and without it those
+    names fail to resolve."""
+    path = start_path("recording")
+    start_dnsmasq(path.server, path.listen_ip(), {DNS_NAME: [DNS_ANSWER_V4]})
+    query = DNSRecord.question(DNS_NAME, "A")
+    wire = query.pack()
+    with path.connect(DNS_PORT) as sock:
+        sock.sendall(len(wire).to_bytes(2, "big") + wire)
+        sock.shutdown(socket.SHUT_WR)
+        reply = recv_all(sock)
+    assert len(reply) >= 2, f"no answer over TCP (got {reply!r})"
+    length = int.from_bytes(reply[:2], "big")
+    answer = DNSRecord.parse(reply[2 : 2 + length])
+    assert answer.header.id == query.header.id
+    records = [(QTYPE.get(rr.rtype), str(rr.rdata)) for rr in answer.rr]
+    assert records == [("A", DNS_ANSWER_V4)], records
+
+
+def _allow_sockets(count: int) -> None:
+    """Raise this process's open-file limit to ``count`` if it is lower (POSIX)."""
+    try:
+        import resource
+    except ImportError:  # Windows: no per-process descriptor limit of this kind
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count), hard))
+
+
+@pytest.mark.timeout(90)
+def test_udp_burst_1000_flows(start_path: StartPath, rng: random.Random) -> None:
+    """1000 new UDP flows opened within one second (one datagram each, 1000 source ports)
+    get at least 95% of their echoes: DNS-heavy apps and games open flows in bursts, and an
+    implementation that drops new flows under load loses their first packets."""
+    path = start_path("recording", targets=["udp"])
+    _allow_sockets(BURST + 200)
+    payloads = [rng.randbytes(64) + index.to_bytes(4, "big") for index in range(BURST)]
+    socks = []
+    try:
+        for _ in payloads:
+            sock = path.udp()
+            sock.setblocking(False)
+            socks.append(sock)
+        target = (path.server_v4, UDP_ECHO_PORT)
+        started = time.monotonic()
+        for index, (sock, payload) in enumerate(zip(socks, payloads, strict=True)):
+            # Evenly over one second: a rate of new flows, not a single instant (a TUN's
+            # 500-packet queue would then measure the kernel, not the implementation).
+            due = started + index * BURST_SEND_WITHIN / BURST
+            if (ahead := due - time.monotonic()) > 0:
+                time.sleep(ahead)  # noqa: sleep-ok - pacing the burst is the behaviour
+            sock.sendto(payload, target)
+        took = time.monotonic() - started
+        answered: set[int] = set()
+        deadline = time.monotonic() + scaled(BURST_COLLECT)
+        with selectors.DefaultSelector() as selector:
+            for index, sock in enumerate(socks):
+                selector.register(sock, selectors.EVENT_READ, index)
+            while len(answered) < BURST and (left := deadline - time.monotonic()) > 0:
+                for key, _ in selector.select(left):
+                    index = key.data
+                    data = key.fileobj.recv(2048)  # type: ignore[union-attr]
+                    if data == payloads[index]:
+                        answered.add(index)
+                    selector.unregister(key.fileobj)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert took < scaled(2 * BURST_SEND_WITHIN), f"sending the burst took {took:.2f}s"
+    share = len(answered) / BURST
+    assert share >= BURST_SHARE, (
+        f"{len(answered)} of {BURST} new flows got their echo ({share:.1%} < {BURST_SHARE:.0%})"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_udp_endpoint_independent_mapping(start_path: StartPath, rng: random.Random) -> None:
+    """A reply from another port of the server (the app sent to port 5006, the answer comes
+    from 5007) reaches the app's socket: RFC 4787 endpoint-independent mapping and
+    filtering, which STUN, WebRTC and game traffic rely on to get through a NAT."""
+    path = start_path("recording")
+    family = socket.AF_INET
+    listen_ip = path.listen_ip()
+    inbound = path.server.socket(family, socket.SOCK_DGRAM)
+    outbound = path.server.socket(family, socket.SOCK_DGRAM)
+    payload = rng.randbytes(300)
+    with inbound, outbound:
+        inbound.bind((listen_ip, EIM_PORT))
+        outbound.bind((listen_ip, EIM_REPLY_PORT))
+        inbound.settimeout(scaled(10.0))
+
+        def answer_from_other_port() -> None:
+            with contextlib.suppress(OSError):
+                data, peer = inbound.recvfrom(2048)
+                outbound.sendto(data[::-1], peer)
+
+        responder = threading.Thread(target=answer_from_other_port, daemon=True)
+        responder.start()
+        with path.udp() as sock:
+            sock.sendto(payload, (path.server_v4, EIM_PORT))
+            try:
+                data, source = sock.recvfrom(2048)
+            except TimeoutError:
+                raise AssertionError(
+                    f"no reply from {path.server_v4}:{EIM_REPLY_PORT} reached the app (the "
+                    f"request to port {EIM_PORT} went out; see the proxy's log)"
+                ) from None
+        responder.join(scaled(10.0))
+    assert data == payload[::-1]
+    assert (ipaddress.ip_address(source[0]), source[1]) == (
+        ipaddress.ip_address(path.server_v4),
+        EIM_REPLY_PORT,
+    ), f"reply came from {source}"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness.assertions import assert_socks5_roundtrip
-from harness.peers.recording import ProxyFaults, RecordingServer
+from harness.peers.recording import AddressMap, ProxyFaults, RecordingServer
 from harness.peers.socks5_client import (
     Socks5ClientError,
     connect,
@@ -414,3 +414,64 @@ def _wait_file_event(path: Path, kind: str) -> None:
             return
         assert time.monotonic() < deadline, f"no {kind!r} event in {path}: {text}"
         time.sleep(0.01)  # noqa: sleep-ok - another process's log file has no change event
+
+
+# --------------------------------------------------------------------------- address map
+
+SINGLE_MAP = AddressMap.parse(["192.0.2.0/24=127.0.0.1"], ["192.0.2.0/24", "198.51.100.0/24"])
+
+
+def test_map_dials_the_mapped_address_and_logs_the_asked_one(
+    make_proxy: Any, targets: Targets
+) -> None:
+    server = make_proxy(address_map=SINGLE_MAP)
+    asked = ("192.0.2.10", targets.tcp_echo[1])
+    with connect(_proxy(server), asked, timeout=CLIENT_TIMEOUT) as sock:
+        assert _echo_roundtrip(sock, b"mapped") == b"mapped"
+    digest = hashlib.sha256(b"mapped").hexdigest()
+    request = assert_socks5_roundtrip(server, asked, digest, digest, command="CONNECT")
+    assert request.target_host == "192.0.2.10"
+    dialled = [e for e in server.log.events if e.get("event") == "request"]
+    assert dialled[0]["dialled"] == "127.0.0.1"
+
+
+def test_unreachable_prefix_is_refused_never_dialled(make_proxy: Any) -> None:
+    server = make_proxy(address_map=SINGLE_MAP)
+    with pytest.raises(Socks5ClientError) as info:
+        connect(_proxy(server), ("198.51.100.99", 80), timeout=CLIENT_TIMEOUT)
+    assert info.value.reply == Reply.HOST_UNREACHABLE
+    assert SINGLE_MAP.dial("192.0.2.77") == "127.0.0.1"  # the map wins over unreachable
+    assert SINGLE_MAP.dial("203.0.113.5") == "203.0.113.5"  # outside both: as asked
+    assert SINGLE_MAP.dial("example.test") == "example.test"
+
+
+def test_mapped_udp_replies_come_from_the_asked_address_and_the_real_port(
+    make_proxy: Any,
+) -> None:
+    """The target answers from another port (endpoint-independent mapping): the client sees
+    the address it asked for with the port the answer really came from."""
+    server = make_proxy(address_map=SINGLE_MAP)
+    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    outbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with inbound, outbound:
+        inbound.bind(("127.0.0.1", 0))
+        outbound.bind(("127.0.0.1", 0))
+        answer_port = outbound.getsockname()[1]
+        inbound.settimeout(CLIENT_TIMEOUT)
+        session = udp_associate(_proxy(server), timeout=CLIENT_TIMEOUT)
+        try:
+            session.send(("192.0.2.10", inbound.getsockname()[1]), b"ping")
+            data, peer = inbound.recvfrom(100)
+            outbound.sendto(data.upper(), peer)
+            source, reply = session.recv()
+        finally:
+            session.close()
+    assert reply == b"PING"
+    assert (source.host, source.port) == ("192.0.2.10", answer_port)
+
+
+def test_bad_map_specs_are_rejected() -> None:
+    with pytest.raises(ValueError, match="expected PREFIX=HOST"):
+        AddressMap.parse(["192.0.2.0/24"], [])
+    with pytest.raises(ValueError, match="bad --unreachable"):
+        AddressMap.parse([], ["nope"])
