@@ -594,6 +594,7 @@ class SavedState:
 def _state_key(image: vmimage.GuestImage, accel: str, requirements: list[str]) -> str:
     parts = [
         image.recipe_hash,
+        hashlib.sha256(guest_entry_points().encode()).hexdigest(),  # frozen into the state
         qemu_version(),
         accel,
         str(MEMORY_MIB),
@@ -719,12 +720,13 @@ def _provision(guest: SshHost, packages: Path) -> None:
 
 
 _DIST_INFO = "ztun-0.0.0+share.dist-info"
-_ENTRY_POINTS = """[console_scripts]
-ztun = ztun.cli:main
+def guest_entry_points() -> str:
+    """The installed distribution's entry points (console scripts, the pytest plugin, the
+    tun2socks adapters), for the guest's stand-in dist-info: the guest runs this very code,
+    so it declares what this install declares."""
+    return importlib.metadata.distribution("ztun").read_text("entry_points.txt") or ""
 
-[pytest11]
-ztun_harness = harness.plugin
-"""
+
 _ZTUN_SCRIPT = f"""#!{GUEST_VENV}/bin/python3
 import sys
 
@@ -747,7 +749,7 @@ def _link_repository(guest: SshHost, site: str) -> None:
     guest.write_file(
         f"{dist}/METADATA", "Metadata-Version: 2.1\nName: ztun\nVersion: 0.0.0+share\n"
     )
-    guest.write_file(f"{dist}/entry_points.txt", _ENTRY_POINTS)
+    guest.write_file(f"{dist}/entry_points.txt", guest_entry_points())
     guest.write_file(f"{dist}/INSTALLER", "ztun-harness\n")
     guest.write_file(f"{dist}/RECORD", "")
     guest.write_file(f"{GUEST_VENV}/bin/ztun", _ZTUN_SCRIPT)
