@@ -43,6 +43,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+import pytest
+
 from harness.hosts import Host
 from harness.impls import RunningImpl
 from harness.peers.starters import Socks5Server
@@ -112,8 +114,6 @@ class Testbed:
     def require_netns(self, why: str) -> None:
         """Skip a behaviour that needs separate hosts, saying why."""
         if self.kind != "netns":
-            import pytest
-
             pytest.skip(f"{self.kind} topology: {why}")
 
 
