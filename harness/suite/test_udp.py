@@ -1,5 +1,5 @@
-"""UDP behaviours: echo over IPv4 and IPv6, DNS over UDP and TCP, bursts of new flows,
-endpoint-independent mapping, and the UDP ASSOCIATE a proxy receives.
+"""UDP behaviours: echo over IPv4 and IPv6, DNS over UDP and TCP, fragmented datagrams,
+bursts of new flows, endpoint-independent mapping, and the UDP ASSOCIATE a proxy receives.
 
 UDP rows use the recording proxy (see harness/suite/path.py: it relays from the control
 connection's address whatever the request declared), except ``udp_echo_danted``, the
@@ -33,6 +33,8 @@ DNS_PORT = 53
 DNS_NAME = "probe.conformance.test"
 DNS_ANSWER_V4 = "10.9.8.7"
 DNS_ANSWER_V6 = "fd00:9:8::7"
+FRAGMENTED = 4000
+"""Bytes of a datagram the client's kernel must fragment before the TUN (MTU 1500)."""
 BURST = 1000
 BURST_SHARE = 0.95
 BURST_SEND_WITHIN = 1.0
@@ -153,6 +155,19 @@ def test_dns_over_tcp(start_path: StartPath) -> None:
     assert answer.header.id == query.header.id
     records = [(QTYPE.get(rr.rtype), str(rr.rdata)) for rr in answer.rr]
     assert records == [("A", DNS_ANSWER_V4)], records
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_udp_fragmented_4000(start_path: StartPath, rng: random.Random, family: str) -> None:
+    """A 4000-byte datagram, which the client's kernel fragments before the TUN (MTU 1500),
+    is reassembled, relayed whole and its 4000-byte echo reaches the app: DNS with EDNS,
+    QUIC handshakes and VPN-over-UDP send datagrams above the MTU, and dropping fragments
+    makes them fail with no error."""
+    path = start_path("recording", targets=["udp"])
+    payload = rng.randbytes(FRAGMENTED)
+    data, _ = udp_echo(path, payload, v6=family == "v6")
+    assert data == payload, f"{len(data)} B came back for {len(payload)} B sent"
 
 
 def _allow_sockets(count: int) -> None:
