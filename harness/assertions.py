@@ -33,6 +33,7 @@ from harness.decode import (
     verify_checksums,
 )
 from harness.peers.recording import Socks5Request
+from harness.timescale import scaled
 
 MAX_LISTED = 20  # bad packets listed in one message; the rest are counted
 HEX_PREFIX = 128  # bytes of the first bad packet shown as hex
@@ -292,6 +293,7 @@ def assert_socks5_roundtrip(
     """
     __tracebackhide__ = True
     host, port = _target_parts(target)
+    timeout = scaled(timeout)  # --time-scale
     deadline = time.monotonic() + timeout
     while True:
         requests = recording_server.requests()

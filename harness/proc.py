@@ -43,6 +43,7 @@ from harness.hosts.base import (
     Readiness,
     log_tail,
 )
+from harness.timescale import scaled
 
 __all__ = [
     "LocalProcess",
@@ -388,7 +389,9 @@ class LocalProcess:
             return "".join(self._lines) + self._partial
 
     def wait_for(self, ready: Readiness, timeout: float = DEFAULT_SPAWN_TIMEOUT) -> None:
-        """Await ``ready``; raise :class:`ProcessNotReady` on exit or at the deadline."""
+        """Await ``ready``; raise :class:`ProcessNotReady` on exit or at the deadline
+        (``timeout`` times the run's ``--time-scale``)."""
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         if isinstance(ready, LogLine):
             self._wait_log_line(ready, deadline, timeout)

@@ -4,7 +4,9 @@ Their commands run on this machine (wrapped by :meth:`ChildHost.exec_argv` -- ``
 exec NAME`` for a namespace, nothing for the machine itself), background processes are
 :class:`~harness.proc.LocalProcess` children with one log per name, readiness is a
 condition polled with a bounded back-off (no kernel offers an event for "a socket started
-listening"), and files are this machine's files.
+listening"), and files are this machine's files. Every deadline is multiplied by the
+run's ``--time-scale`` (harness.timescale): a command or a start-up that takes 2 s here
+takes 20 in an emulated guest.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from harness.hosts.base import (
     Readiness,
 )
 from harness.proc import PROBE_INTERVAL_MAX, PROBE_INTERVAL_MIN, LocalProcess, run_local
+from harness.timescale import scaled
 
 __all__ = ["ChildHost"]
 
@@ -68,7 +71,7 @@ class ChildHost:
         check: bool = False,
     ) -> CmdResult:
         result = run_local(
-            self.exec_argv(argv), display_argv=argv, timeout=timeout, env=env, input=input
+            self.exec_argv(argv), display_argv=argv, timeout=scaled(timeout), env=env, input=input
         )
         if check and not result.ok:
             raise CommandFailed(result)
@@ -107,6 +110,7 @@ class ChildHost:
     def wait_ready(self, ready: Readiness, *, timeout: float = DEFAULT_SPAWN_TIMEOUT) -> None:
         if isinstance(ready, LogLine):
             raise TypeError("LogLine belongs to a process: use Process.wait_for")
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         interval = PROBE_INTERVAL_MIN
         # Polled: the kernel offers no event for "a socket started listening".

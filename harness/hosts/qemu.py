@@ -720,6 +720,8 @@ def _provision(guest: SshHost, packages: Path) -> None:
 
 
 _DIST_INFO = "ztun-0.0.0+share.dist-info"
+
+
 def guest_entry_points() -> str:
     """The installed distribution's entry points (console scripts, the pytest plugin, the
     tun2socks adapters), for the guest's stand-in dist-info: the guest runs this very code,

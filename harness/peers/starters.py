@@ -43,6 +43,7 @@ from harness.peers.recording import (
     load_requests,
     parse_jsonl,
 )
+from harness.timescale import scaled
 from ztun.tools import TOOLS, tool
 
 READY_REGEX = rf"^{READY_LINE} "
@@ -181,6 +182,7 @@ class RecordingSocks5(Socks5Server):
         client's close by a few milliseconds. The log lives in the host (possibly a VM),
         so there is no event to await: this re-reads it every REQUEST_POLL seconds.
         """
+        timeout = scaled(timeout)  # --time-scale
         deadline = time.monotonic() + timeout
         while True:
             for request in self.requests():

@@ -252,3 +252,23 @@ def test_load_names_what_is_wrong(tmp_path: Path) -> None:
 )
 def test_certify_exit_status(pytest_status: int, expected: int) -> None:
     assert exit_status(pytest_status) == expected
+
+
+SCALED = """
+import pytest
+from harness.timescale import scaled
+
+@pytest.mark.timeout(10)
+def test_bounds_and_timeout_are_scaled(request):
+    assert scaled(2.0) == 6.0
+    assert request.node.get_closest_marker("timeout").args[0] == 30.0
+"""
+
+
+def test_time_scale_multiplies_bounds_and_timeouts(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_scaled=SCALED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--time-scale", "3")
+    result.assert_outcomes(passed=1)
+    refused = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--time-scale", "0.5")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    assert "must be a number >= 1" in refused.stderr.str()
