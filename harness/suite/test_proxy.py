@@ -31,6 +31,7 @@ from harness.suite.path import (
     udp_echo,
 )
 from harness.timescale import scaled
+from ztun.tools import tool
 
 pytestmark = [pytest.mark.conformance]
 
@@ -193,7 +194,7 @@ def _app_traffic(path: Path, rng: random.Random) -> None:
 
         sock.sendto(DNSRecord.question(DNS_NAME, "A").pack(), (path.server_v4, 53))
         sock.recvfrom(4096)
-    path.client.run(["ping", "-c", "2", "-i", "0.2", "-W", "1", path.server_v4], timeout=10.0)
+    path.client.run([tool("ping"), "-c", "2", "-i", "0.2", "-W", "1", path.server_v4], timeout=10.0)
 
 
 @pytest.mark.pcap

@@ -30,6 +30,7 @@ from harness.suite.path import (
     upload,
 )
 from harness.timescale import scaled
+from ztun.tools import tool
 
 pytestmark = [pytest.mark.conformance]
 
@@ -211,7 +212,7 @@ def test_tcp_jumbo_mtu_9000(start_path: StartPath, rng: random.Random) -> None:
     used on LANs and in containers, and an implementation with a fixed 1500-byte buffer
     truncates or drops every large segment."""
     path = start_path("danted", targets=["data"], mtu=JUMBO)
-    link = path.client.run(["ip", "-o", "link", "show", DEVICE], timeout=10.0, check=True)
+    link = path.client.run([tool("ip"), "-o", "link", "show", DEVICE], timeout=10.0, check=True)
     assert f"mtu {JUMBO} " in link.stdout, f"the implementation did not apply MTU: {link.stdout}"
     seed = rng.randrange(1 << 31)
     assert upload(path, JUMBO_TRANSFER, seed) == (
