@@ -14,6 +14,7 @@ import functools
 import os
 import platform
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -28,12 +29,16 @@ __all__ = [
     "map_create",
     "map_delete",
     "map_lookup",
+    "map_lookup_and_delete",
     "map_update",
+    "map_update_batch",
     "test_run",
 ]
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}
 BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 0, 1, 2, 3
+BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21  # hash maps: Linux 5.14
+BPF_MAP_UPDATE_BATCH = 26  # Linux 5.6
 BPF_PROG_LOAD = 5
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_TYPE_SOCKET_FILTER = 1
@@ -107,6 +112,21 @@ class _MapCreateAttr(ctypes.Structure):
         ("inner_map_fd", ctypes.c_uint32),
         ("numa_node", ctypes.c_uint32),
         ("map_name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+    ]
+
+
+class _MapBatchAttr(ctypes.Structure):
+    """The `batch` struct of BPF_MAP_*_BATCH."""
+
+    _fields_ = [
+        ("in_batch", ctypes.c_uint64),
+        ("out_batch", ctypes.c_uint64),
+        ("keys", ctypes.c_uint64),  # key_size * count bytes, back to back
+        ("values", ctypes.c_uint64),  # value_size * count bytes
+        ("count", ctypes.c_uint32),  # in: elements given; out: elements done
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
     ]
 
 
@@ -277,6 +297,36 @@ def map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> N
     )
     if err < 0:
         raise BpfError(-err, f"BPF_MAP_UPDATE_ELEM: {os.strerror(-err)}")
+
+
+def map_update_batch(
+    map_fd: int, keys: Sequence[bytes], values: Sequence[bytes], flags: int = BPF_ANY
+) -> None:
+    """Several updates in one call (keys and values of the map's sizes, in order)."""
+    key_buf = ctypes.create_string_buffer(b"".join(keys))
+    value_buf = ctypes.create_string_buffer(b"".join(values))
+    attr = _MapBatchAttr(
+        keys=_address(key_buf),
+        values=_address(value_buf),
+        count=len(keys),
+        map_fd=map_fd,
+        elem_flags=flags,
+    )
+    err = bpf(BPF_MAP_UPDATE_BATCH, attr)
+    if err < 0:
+        raise BpfError(-err, f"BPF_MAP_UPDATE_BATCH: {os.strerror(-err)} ({attr.count} done)")
+
+
+def map_lookup_and_delete(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """Remove `key`, returning its last value (None: there was none) -- one call, so
+    nothing the program adds between a lookup and a delete is lost."""
+    value_buf = ctypes.create_string_buffer(value_size)
+    err = _elem(BPF_MAP_LOOKUP_AND_DELETE_ELEM, map_fd, key, value_buf, 0)
+    if err == -errno.ENOENT:
+        return None
+    if err < 0:
+        raise BpfError(-err, f"BPF_MAP_LOOKUP_AND_DELETE_ELEM: {os.strerror(-err)}")
+    return value_buf.raw
 
 
 def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:

@@ -13,6 +13,7 @@ directions, paid for only by the entries that exist.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..ebpf import syscall
@@ -74,9 +75,20 @@ class FlowMaps:
 
     def install(self, key: bytes, entry: FlowEntry) -> None:
         """Add (or replace) the entry for `key`, its counters at zero."""
-        fd, layout = self._map(key)
-        value = layout.struct.pack(entry.rewrite, entry.addr_diff, entry.port_diff, 0, 0)
-        syscall.map_update(fd, key, value)
+        self.install_all(((key, entry),))
+
+    def install_all(self, entries: Sequence[tuple[bytes, FlowEntry]]) -> None:
+        """Add (or replace) entries of one family in one call (a flow's two directions)."""
+        fd, layout = self._map(entries[0][0])
+        keys = [key for key, _ in entries]
+        values = [
+            layout.struct.pack(entry.rewrite, entry.addr_diff, entry.port_diff, 0, 0)
+            for _, entry in entries
+        ]
+        if len(keys) == 1:
+            syscall.map_update(fd, keys[0], values[0])
+        else:
+            syscall.map_update_batch(fd, keys, values)
 
     def _value(self, key: bytes) -> tuple[bytes, int, int, int, int] | None:
         fd, layout = self._map(key)
@@ -93,14 +105,15 @@ class FlowMaps:
         return None if value is None else FlowEntry(*value[:3])
 
     def remove(self, key: bytes) -> Counters | None:
-        """Delete the entry; its last counters (None: there was none). Packets the
-        program is rewriting meanwhile may still count into the entry being freed: the
-        figure is what had been carried when it was read."""
-        last = self.counters(key)
-        if last is not None:
-            fd, _ = self._map(key)
-            syscall.map_delete(fd, key)
-        return last
+        """Delete the entry; its last counters (None: there was none), read and deleted
+        in one call. A packet the program is rewriting at that moment may still count
+        into the entry being freed: the figure is what had been carried when it went."""
+        fd, layout = self._map(key)
+        raw = syscall.map_lookup_and_delete(fd, key, layout.size)
+        if raw is None:
+            return None
+        _, _, _, packets, payload = layout.struct.unpack(raw)
+        return Counters(packets, payload)
 
     def close(self) -> None:
         for fd in (self.fd4, self.fd6):

@@ -35,6 +35,10 @@ log = logging.getLogger("ztun")
 __all__ = ["KernelNat"]
 
 
+def _flow(session: TcpSession) -> tuple[bytes, int, bytes, int]:
+    return session.client_addr, session.client_port, session.dst_addr, session.dst_port
+
+
 class KernelNat:
     def __init__(self, maps: FlowMaps, attached: Attached | None = None) -> None:
         self.maps = maps
@@ -46,6 +50,9 @@ class KernelNat:
         # under the same app-side key, and the old one's removal must not take the new
         # one's entry.
         self._owners: dict[bytes, tuple[TcpSession, bool]] = {}
+        # Each mirrored session's two keys (app side, answer side), so removal need not
+        # derive them again.
+        self._keys: dict[TcpSession, tuple[bytes, bytes]] = {}
 
     @classmethod
     def start(cls, ifindex: int, *, netns: str | None = None) -> KernelNat:
@@ -74,7 +81,9 @@ class KernelNat:
         self._tables = {nat.version: nat for nat in (stack.nat4, stack.nat6) if nat is not None}
         stack.nat_observer = self
         for nat in self._tables.values():
-            for session in nat:
+            # A lingering session and its successor share the app-side key: the one the
+            # table maps the flow to goes in last, so the key is its.
+            for session in sorted(nat, key=lambda s: nat.by_flow(_flow(s)) is s):
                 self.installed(session)
 
     # -- NatObserver -----------------------------------------------------------------------
@@ -83,27 +92,35 @@ class KernelNat:
         nat = self._tables.get(session.version)
         if nat is None:
             return
+        entries = entries_for(session, nat)
+        (app_key, _), (answer_key, _) = entries
         try:
-            for direction, (key, entry) in enumerate(entries_for(session, nat)):
+            for key, _ in entries:
                 previous = self._owners.get(key)
                 if previous is not None and previous[0] is not session:
                     self._count(self.maps.counters(key), up=previous[1])
-                self.maps.install(key, entry)
-                self._owners[key] = (session, direction == 0)
+            self.maps.install_all(entries)
         except BpfError as exc:
-            # The flow stays with the stack: a half-installed pair would rewrite only
-            # one direction in the kernel, which is still right (each direction is
-            # rewritten the same either way), so nothing needs undoing.
+            # The flow stays with the stack. Were the pair half-installed, the kernel
+            # would rewrite one direction exactly as the stack does the other -- but that
+            # entry would have no owner to remove it: take both keys out again.
             self.stats["install_failed"] += 1
             log.debug("kernel NAT: entry for port %d not installed: %s", session.nat_port, exc)
+            for key in (app_key, answer_key):
+                self._owners.pop(key, None)
+                with contextlib.suppress(BpfError):
+                    self.maps.remove(key)
             return
+        self._owners[app_key] = (session, True)
+        self._owners[answer_key] = (session, False)
+        self._keys[session] = (app_key, answer_key)
         self.stats["installed"] += 1
 
     def removed(self, session: TcpSession) -> None:
-        nat = self._tables.get(session.version)
-        if nat is None:
+        keys = self._keys.pop(session, None)
+        if keys is None:
             return
-        for key, _ in entries_for(session, nat):
+        for key in keys:
             owner = self._owners.get(key)
             if owner is None or owner[0] is not session:
                 continue
@@ -128,13 +145,11 @@ class KernelNat:
 
     def carried(self, session: TcpSession) -> tuple[Counters, Counters]:
         """(up, down): what the kernel rewrote for `session` so far (its live entries)."""
-        nat = self._tables.get(session.version)
         found = [Counters(), Counters()]
-        if nat is not None:
-            for direction, (key, _) in enumerate(entries_for(session, nat)):
-                owner = self._owners.get(key)
-                if owner is not None and owner[0] is session:
-                    found[direction] = self.maps.counters(key) or Counters()
+        for direction, key in enumerate(self._keys.get(session, ())):
+            owner = self._owners.get(key)
+            if owner is not None and owner[0] is session:
+                found[direction] = self.maps.counters(key) or Counters()
         return found[0], found[1]
 
     def snapshot(self) -> dict[str, int]:

@@ -107,6 +107,30 @@ def test_port_reuse_and_expiry_keep_the_maps_in_step(maps: FlowMaps) -> None:
     assert kernel_nat.snapshot()["entries"] == 0
 
 
+def test_follow_gives_a_shared_app_key_to_the_flows_current_session(maps: FlowMaps) -> None:
+    """Attached while a closed flow lingers beside its successor (same app port): the
+    app's key must rewrite onto the successor's NAT port, the old answers still map."""
+    stack = _stack()
+    nat = stack.nat4
+    assert nat is not None
+    _syn(stack, 40000, 0.0)
+    (old,) = list(nat)
+    stack.tcp_accepted(4, nat.peer_addr, old.nat_port)
+    stack.tcp_closed(old, 1.0)
+    _syn(stack, 40000, 2.0)
+    new = nat.by_flow((old.client_addr, 40000, DST4.packed, 443))
+    assert new is not None and new is not old
+    # Whatever order the table iterates in must not matter: put the old session last,
+    # the order in which a naive mirror would hand the app's key back to it.
+    nat._by_port = dict(reversed(list(nat._by_port.items())))
+    assert list(nat)[-1] is old
+    KernelNat(maps).follow(stack)
+    (app_key, new_out), (new_answer, new_back) = entries_for(new, nat)
+    (_, _), (old_answer, old_back) = entries_for(old, nat)
+    assert maps.entry(app_key) == new_out
+    assert maps.entry(new_answer) == new_back and maps.entry(old_answer) == old_back
+
+
 def test_removal_reads_what_the_kernel_carried(maps: FlowMaps) -> None:
     """The counters an entry holds when it goes are added to the totals (here written
     by hand where the program would count)."""
@@ -140,5 +164,9 @@ def test_a_full_map_leaves_the_flow_to_the_stack(maps: FlowMaps) -> None:
         _syn(stack, 40001, 0.0)  # no room: counted, the SYN still goes back
         assert kernel_nat.stats["installed"] == 1
         assert kernel_nat.stats["install_failed"] == 1
+        assert kernel_nat.snapshot()["entries"] == 2  # the first flow's, untouched
+        stack.on_timer(100.0)  # both expire: the failed one has nothing to remove
+        assert kernel_nat.snapshot()["entries"] == 0
+        assert kernel_nat.stats.get("remove_failed", 0) == 0
     finally:
         small.close()

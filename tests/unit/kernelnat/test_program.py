@@ -26,7 +26,7 @@ from test_model import CASES_LEFT_TO_THE_STACK, _held_segment
 from ztun.ebpf import syscall
 from ztun.ebpf.syscall import ETH_HLEN
 from ztun.kernelnat import FlowMaps, model, program
-from ztun.kernelnat.layout import TC_ACT_REDIRECT
+from ztun.kernelnat.layout import TC_ACT_REDIRECT, VALUE4
 from ztun.kernelnat.maps import Counters
 from ztun.wire import ACK, FIN, PSH, RST, SYN
 
@@ -178,13 +178,16 @@ def test_maps_round_trip() -> None:
         maps.install(key6, entry6)
         assert maps.entry(key4) == entry4 and maps.entry(key6) == entry6
         assert maps.counters(key4) == Counters(0, 0)
-        assert maps.remove(key4) == Counters(0, 0)
+        syscall.map_update(maps.fd4, key4, VALUE4.struct.pack(entry4.rewrite, 1, 2, 7, 900))
+        assert maps.remove(key4) == Counters(7, 900)  # read and deleted in one call
         assert maps.remove(key4) is None and maps.entry(key4) is None
         with pytest.raises(ValueError, match="flow key of 5 bytes"):
             maps.counters(b"12345")
-        # Room for four per map: four more IPv4 keys fit, a fifth does not.
-        for port in (1, 2, 3, 4):
+        # Room for four per map: four more IPv4 keys fit (two at once), a fifth does not.
+        for port in (1, 2):
             maps.install(key4[:10] + port.to_bytes(2, "big"), entry4)
+        maps.install_all([(key4[:10] + p.to_bytes(2, "big"), entry4) for p in (3, 4)])
+        assert maps.entry(key4[:10] + (4).to_bytes(2, "big")) == entry4
         with pytest.raises(syscall.BpfError) as info:
             maps.install(key4, entry4)
         assert info.value.errno == errno.E2BIG
