@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,65 @@ def test_run_description_points_at_auto_route() -> None:
 def test_no_command_prints_help_and_exits_2() -> None:
     out = run_cli()
     assert out.returncode == 2 and "COMMAND" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "key", "value"),
+    [
+        (["--control", "/tmp/x.sock"], "control", "/tmp/x.sock"),
+        (["--metrics", "127.0.0.1:9100"], "metrics", ("127.0.0.1", 9100)),
+        (["--metrics", "[::1]:9101"], "metrics", ("::1", 9101)),
+        (["--log-file", "/tmp/z.log"], "log_file", Path("/tmp/z.log")),
+        (["--log-format", "json"], "log_format", "json"),
+        (["--log-flows"], "log_flows", True),
+        (["--pid-file", "/tmp/z.pid"], "pid_file", Path("/tmp/z.pid")),
+        (["--log-level", "warning"], "log_level", "warning"),
+        (["-d"], "log_level", "debug"),
+    ],
+)
+def test_each_new_flag_is_its_config_key(
+    flags: list[str], key: str, value: object, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """A flag and the file's key of the same name are one setting: the flag wins, and
+    without it the file's value holds (log_level from the file was once ignored)."""
+    from ztun.cli import _normalise_argv, _options
+
+    parser = build_parser()
+    opts = _options(parser.parse_args(_normalise_argv(["run", *flags])), parser)
+    assert getattr(opts.config, key) == value
+    config = tmp_path / "ztun.toml"
+    config.write_text(
+        'log_level = "error"\nlog_format = "json"\nlog_flows = true\ncontrol = "/c.sock"\n'
+        'metrics = "127.0.0.1:1"\nlog_file = "/f.log"\npid_file = "/p.pid"\n'
+    )
+    from_file = _options(parser.parse_args(["run", "--config", str(config)]), parser).config
+    assert (from_file.log_level, from_file.log_format, from_file.log_flows) == (
+        "error",
+        "json",
+        True,
+    )
+    assert (from_file.control, from_file.metrics) == ("/c.sock", ("127.0.0.1", 1))
+    both = _options(parser.parse_args(["run", "--config", str(config), *flags]), parser)
+    assert getattr(both.config, key) == value
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('metrics = "127.0.0.1"', "needs HOST:PORT"),
+        ('log_format = "xml"', "not one of text, json"),
+        ('log_flows = "yes"', "must be true/false"),
+        ('control = ""', "must be a path"),
+        ('log_level = "loud"', "not one of"),
+    ],
+)
+def test_bad_new_keys_exit_2_naming_file_and_line(
+    line: str, message: str, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "ztun.toml"
+    config.write_text(f"# first line\n{line}\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--config", str(config)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{config}:2" in err and message in err
