@@ -198,7 +198,9 @@ class Instance:
             self.engine.flows,
             clock=loop.time,
             status_base=self.status_base,
-            reload=self.reloader.reload,
+            # Alone, a reload is the service's: systemd hears of it (a worker's is its
+            # parent's part of one).
+            reload=self.reload_command if self.alone else self.reloader.reload,
         )
         self.server = ControlServer(backend)
         self._signals(loop)
@@ -241,14 +243,19 @@ class Instance:
                 else:  # the parent reloads its workers over their channels
                     loop.add_signal_handler(sighup, lambda: None)
 
-    def reload_on_signal(self) -> None:
+    def reload_command(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`ztun reload` and SIGHUP: RELOADING=1, the reload, READY=1 (sd_notify(3))."""
         service.reloading()
         try:
-            self.reloader.reload({})
-        except CommandFailed as exc:
-            log.error("SIGHUP: %s", exc)
+            return self.reloader.reload(args)
         finally:
             service.ready()
+
+    def reload_on_signal(self) -> None:
+        try:
+            self.reload_command({})
+        except CommandFailed as exc:
+            log.error("SIGHUP: %s", exc)
 
     def ready(self) -> None:
         if self.alone:

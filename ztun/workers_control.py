@@ -148,6 +148,14 @@ class ParentControl:
                 pid_file.remove()
 
     async def reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`ztun reload` and SIGHUP: RELOADING=1, the reload, READY=1 (sd_notify(3))."""
+        service.reloading()
+        try:
+            return await self._reload()
+        finally:
+            service.ready()
+
+    async def _reload(self) -> dict[str, Any]:
         path = self.reloader.current.source
         if path is None:
             raise CommandFailed("ztun was started without --config: there is no file to re-read")
@@ -172,13 +180,10 @@ class ParentControl:
                 loop.call_soon_threadsafe(lambda: loop.create_task(self._reload_on_signal()))
 
     async def _reload_on_signal(self) -> None:
-        service.reloading()
         try:
             await self.reload({})
         except CommandFailed as exc:
             log.error("SIGHUP: %s", exc)
-        finally:
-            service.ready()
 
     def stop(self) -> None:
         loop, stop = self.loop, self._stop

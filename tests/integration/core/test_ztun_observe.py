@@ -351,6 +351,9 @@ def test_sd_notify_on_a_real_datagram_socket(start_ztun, servers, tmp_path) -> N
         ztun.process.send_signal(signal.SIGHUP)
         assert notify.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
         assert notify.recv(4096).decode().startswith("READY=1")
+        assert ztun.ctl("reload").returncode == 0  # ExecReload's way: the same bracket
+        assert notify.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert notify.recv(4096).decode().startswith("READY=1")
         ztun.process.send_signal(signal.SIGTERM)
         assert notify.recv(4096) == b"STOPPING=1"
         assert ztun.process.wait(EVENT_TIMEOUT) == 0
@@ -444,3 +447,37 @@ def test_cap_net_admin_is_all_a_plain_run_needs(start_ztun) -> None:  # type: ig
 def ztun_pid(running: Running) -> int:
     """The ztun process under `ip netns exec` and setpriv (each execs the next: one pid)."""
     return int(running.process.pid)
+
+
+def test_with_two_workers_a_reload_reaches_both_and_systemd_hears_the_parent(  # type: ignore[no-untyped-def]
+    start_ztun, servers, tmp_path
+) -> None:
+    config = tmp_path / "ztun.toml"
+    proxy_url = f"socks5://{servers.address('proxy', 'client', 4)}:{SOCKS_PORT}"
+    write_config(config, proxy_url)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(EVENT_TIMEOUT)
+    with notify:
+        env = {"NOTIFY_SOCKET": str(tmp_path / "notify")}
+        ztun = start_ztun("--config", str(config), "--workers", "2", env=env, proxy=False)
+        ready = notify.recv(4096).decode().splitlines()
+        assert ready[0] == "READY=1" and f"MAINPID={ztun.process.pid}" in ready
+        for _ in range(8):  # random source ports: both workers carry some
+            assert ztun.echo(b"before") == b"before"
+        write_config(
+            config, proxy_url, "[[rules]]", f'cidr = ["{ztun.server}/32"]', 'action = "reject"'
+        )
+        result = ztun.ctl("reload")
+        assert result.returncode == 0 and result.stdout == "reloaded, changed: rules\n"
+        assert notify.recv(4096).decode().startswith("RELOADING=1")
+        assert notify.recv(4096).decode().startswith("READY=1")
+        for worker in (0, 1):  # each swapped in the same config
+            ztun.wait_log(rf"ztun\[w{worker}\]: reloaded, changed: rules")
+        for _ in range(8):
+            with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                ztun.echo(b"after")
+        status = json.loads(ztun.ctl("status", "--json").stdout)
+        rejected = [r for r in status["flows"]["opened"] if r["outbound"] == "reject"]
+        assert rejected == [{"proto": "tcp", "outbound": "reject", "count": 8}]
+        assert status["counters"]["tcp_flows"] == 16
