@@ -11,7 +11,9 @@ Layouts (XNU ``bsd/net/route.h``, ``bsd/netinet/in.h``, ``bsd/netinet6/in6.h``,
 ``bsd/net/if_dl.h``), all in host byte order (little-endian on x86_64 and arm64) except
 ports and addresses, which are network order::
 
-    struct rt_metrics  (56 bytes)  10 x u_int32/int32 + rmx_filler[4]
+    struct rt_metrics  (56 bytes)  10 x u_int32/int32 + rmx_filler[4] (xnu-10063,
+                                   macOS 14; xnu-4570 to -8792 had rmx_state +
+                                   rmx_filler[3] there: the same 56 bytes)
     struct rt_msghdr   (92 bytes)  u_short msglen; u_char version, type; u_short index;
                                    (2 pad) int flags, addrs; pid_t pid; int seq, errno,
                                    use; u_int32 inits; struct rt_metrics rmx
@@ -246,8 +248,19 @@ def get_message(dst: IPAddress | IPNetwork, *, seq: int, pid: int) -> bytes:
     """RTM_GET: an address asks for its best-matching route (``route -n get ADDR``); a
     network asks for exactly that prefix (``route -n get -net NET``).  Both ask for
     RTA_IFP with an empty ``sockaddr_dl``, so the answer names the interface, as
-    route(8) does."""
+    route(8) does.
+
+    A full-length prefix (/32, /128) is asked for as an address, with no netmask: a
+    host route lives in XNU's radix tree with no mask (RTF_HOST drops it, ``route.c``),
+    and ``rn_lookup_args`` (``bsd/net/radix.c``) given a mask only returns a node whose
+    mask is that one -- never a host route -- so a full mask would answer ESRCH for the
+    very route ztun added.  The caller checks RTF_HOST in the answer
+    (:meth:`RouteTable.get`)."""
     addrs = RTA_DST | RTA_IFP
+    if isinstance(dst, ipaddress.IPv4Network | ipaddress.IPv6Network) and (
+        dst.prefixlen == dst.max_prefixlen
+    ):
+        dst = dst.network_address
     if isinstance(dst, ipaddress.IPv4Network | ipaddress.IPv6Network):
         payload = _padded(_sockaddr(dst.network_address))
         payload += _padded(netmask(dst))
@@ -424,7 +437,19 @@ class RouteTable:
 
     def get(self, dst: IPAddress | IPNetwork) -> RouteReply | None:
         """The route for ``dst`` (best match for an address, exact for a network);
-        None when there is none (ESRCH)."""
+        None when there is none (ESRCH).  A full-length network is asked for as its
+        address (see :func:`get_message`): only a host route for exactly it is an
+        answer, not the broader route that carries it."""
+        reply = self._get(dst)
+        if reply is None or isinstance(dst, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            return reply
+        if dst.prefixlen == dst.max_prefixlen:
+            exact = bool(reply.flags & RTF_HOST) and reply.dst == dst.network_address
+        else:
+            exact = reply.network == dst
+        return reply if exact else None
+
+    def _get(self, dst: IPAddress | IPNetwork) -> RouteReply | None:
         seq = self._next_seq()
         try:
             self._sock.write(get_message(dst, seq=seq, pid=self._pid))

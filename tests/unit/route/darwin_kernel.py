@@ -6,6 +6,14 @@ written from XNU's ``bsd/net/route.h`` (``struct rt_msghdr``), ``bsd/netinet/in.
 ``bsd/net/if_dl.h`` (``struct sockaddr_dl``) -- never with ztun's packers -- refuses a
 malformed message as the kernel would (EINVAL), keeps a small routing table, and answers
 RTM_GET with messages built the same independent way.
+
+Host routes behave as in XNU: a route added with RTF_HOST goes into the radix tree
+with no mask (``rtrequest_common_locked`` drops the netmask of an RTF_HOST request,
+``bsd/net/route.c``), so an RTM_GET that carries a netmask -- even a full /32 or /128
+one -- never finds it (``rn_lookup_args``, ``bsd/net/radix.c``, walks the duped keys for
+a node whose mask *is* the one given; a host route's is NULL) and fails with ESRCH, and
+a report about a host route carries RTF_HOST and no RTA_NETMASK (``route_output``
+copies ``rt_mask(rt)``, NULL, into the reply, ``bsd/net/rtsock.c``).
 """
 
 from __future__ import annotations
@@ -137,6 +145,14 @@ class Entry:
     ifindex: int
     ifname: str
     gateway: str | None = None  # None: an interface route (gateway is a sockaddr_dl)
+    #: Added with RTF_HOST (no mask in the tree); None: so for a full-length prefix.
+    host: bool | None = None
+
+
+def is_host(net: ipaddress.IPv4Network | ipaddress.IPv6Network, entry: Entry) -> bool:
+    if entry.host is None:
+        return net.prefixlen == net.max_prefixlen
+    return entry.host
 
 
 def netmask_prefix(mask: bytes, family: int) -> int:
@@ -200,23 +216,24 @@ class FakeRouteSocket:
         else:
             assert gw[1] == AF_LINK and u16(gw, 2) == hdr.index, gw.hex()
             entry = Entry(u16(gw, 2), "?")
+        entry.host = host
         if hdr.type == RTM_ADD:
             assert hdr.flags & (RTF_UP | RTF_STATIC) == RTF_UP | RTF_STATIC
             if net in self.table:
                 raise OSError(errno.EEXIST, "File exists")
             entry.ifname = {EN0: "en0", LO0: "lo0", UTUN: "utun7"}[entry.ifindex]
             self.table[net] = entry
-        else:
-            if net not in self.table:
+        else:  # rn_delete: the key with no mask (RTF_HOST) or with exactly this mask
+            if net not in self.table or is_host(net, self.table[net]) != host:
                 raise OSError(errno.ESRCH, "No such process")
             del self.table[net]
         return len(raw)
 
     def _get(self, hdr: Header, raw: bytes, sas: dict[int, bytes], dst, family: int) -> int:
         assert hdr.addrs & RTA_IFP and sas[RTA_IFP] == sa_dl(0), "RTA_IFP: empty sockaddr_dl"
-        if RTA_NETMASK in sas:  # exact lookup
+        if RTA_NETMASK in sas:  # exact lookup: a node with this very mask (never a host's)
             net = ipaddress.ip_network((dst, netmask_prefix(sas[RTA_NETMASK], family)))
-            found = net if net in self.table else None
+            found = net if net in self.table and not is_host(net, self.table[net]) else None
         else:  # best match
             matches = [n for n in self.table if n.version == dst.version and dst in n]
             found = max(matches, key=lambda n: n.prefixlen, default=None)
@@ -226,8 +243,9 @@ class FakeRouteSocket:
         if self.noise:  # another process's change, broadcast to every routing socket
             other = Header(0, RTM_VERSION, RTM_ADD, 2, 0, RTA_DST, 99, 1, 0)
             self.replies.append(message(other, sa_in("10.9.9.9")))
-        flags = RTF_UP | RTF_DONE | (RTF_GATEWAY if entry.gateway else 0)
-        flags |= RTF_HOST if found.prefixlen == found.max_prefixlen else 0
+        host = is_host(found, entry)
+        flags = RTF_UP | RTF_DONE | RTF_STATIC | (RTF_GATEWAY if entry.gateway else 0)
+        flags |= RTF_HOST if host else 0
         gateway = sa_dl(entry.ifindex)
         if entry.gateway and ":" not in entry.gateway:
             gateway = sa_in(entry.gateway)
@@ -235,15 +253,20 @@ class FakeRouteSocket:
             gw6 = ipaddress.IPv6Address(entry.gateway)
             embedded = gw6.packed[:2] + entry.ifindex.to_bytes(2, "big") + gw6.packed[4:]
             gateway = sa_in6(str(ipaddress.IPv6Address(embedded)))  # KAME form
-        addrs = RTA_DST | RTA_GATEWAY | RTA_NETMASK | RTA_IFP
+        addrs = RTA_DST | RTA_GATEWAY | RTA_IFP
         mask = mask4(found.prefixlen) if family == AF_INET else sa_in6(str(found.netmask))
-        reply = message(
-            Header(0, RTM_VERSION, RTM_GET, entry.ifindex, flags, addrs, hdr.pid, hdr.seq, 0),
+        sockaddrs = [
             sa_in(str(found.network_address))
             if family == AF_INET
             else sa_in6(str(found.network_address)),
             gateway,
-            mask,
+        ]
+        if not host:  # rt_mask(rt) is NULL for a host route: no RTA_NETMASK at all
+            addrs |= RTA_NETMASK
+            sockaddrs.append(mask)
+        reply = message(
+            Header(0, RTM_VERSION, RTM_GET, entry.ifindex, flags, addrs, hdr.pid, hdr.seq, 0),
+            *sockaddrs,
             sa_dl(entry.ifindex, entry.ifname),
         )
         self.replies.append(reply)

@@ -120,6 +120,46 @@ def test_get_message_exact_prefix_bytes() -> None:
     assert raw[116:136] == sa_dl(0)
 
 
+def test_get_message_for_a_host_prefix_sends_no_netmask() -> None:
+    """``route -n get -host 203.0.113.5``: a /32 is asked for as an address (RTA_DST +
+    RTA_IFP, no RTA_NETMASK): XNU keeps host routes with no mask, so a lookup with a
+    full mask could never find one (rn_lookup_args, bsd/net/radix.c)."""
+    for net in ("203.0.113.5/32", "2001:db8::5/128"):
+        network = ipaddress.ip_network(net)
+        raw = d.get_message(network, seq=2, pid=PID)
+        assert raw == d.get_message(network.network_address, seq=2, pid=PID)
+        assert Header.read(raw).addrs == RTA_DST | RTA_IFP  # rtm_addrs @12
+
+
+def test_the_fake_kernel_finds_no_host_route_with_a_full_mask(sock: FakeRouteSocket) -> None:
+    """The fake behaves as XNU: a host route (RTF_HOST, no mask in the tree) is not
+    found by an exact lookup with a /32 mask, and is reported without RTA_NETMASK."""
+    host = "172.19.0.2"  # the utun's p2p destination: a host route in home_table()
+    with_mask = message(
+        Header(0, 5, RTM_GET, 0, RTF_UP, RTA_DST | RTA_NETMASK | RTA_IFP, PID, 1, 0),
+        sa_in(host), mask4(32), sa_dl(0),
+    )  # fmt: skip
+    with pytest.raises(OSError) as err:
+        sock.write(with_mask)
+    assert err.value.errno == errno.ESRCH
+    sock.noise = False
+    sock.write(message(Header(0, 5, RTM_GET, 0, RTF_UP, RTA_DST | RTA_IFP, PID, 2, 0),
+                       sa_in(host), sa_dl(0)))  # fmt: skip
+    reply = Header.read(sock.replies[0])
+    assert reply.flags & RTF_HOST and not reply.addrs & RTA_NETMASK
+
+
+def test_a_host_route_is_found_only_as_a_host_route(sock: FakeRouteSocket) -> None:
+    """An exact get of a /32 answers the host route, and None when only a broader route
+    (here the default route) carries the address."""
+    table = d.RouteTable(sock, pid=PID)
+    found = table.get(ipaddress.ip_network("172.19.0.2/32"))
+    assert found is not None and found.flags & RTF_HOST and found.index == UTUN
+    assert table.get(ipaddress.ip_network("203.0.113.5/32")) is None
+    best = table.get(ipaddress.ip_address("203.0.113.5"))
+    assert best is not None and best.network == ipaddress.ip_network("0.0.0.0/0")
+
+
 def test_add_via_ipv6_link_local_gateway_embeds_the_scope() -> None:
     """KAME: fe80::1 on interface 4 travels as fe80:4::1 with sin6_scope_id 0."""
     route = d.DarwinRoute(
@@ -227,7 +267,37 @@ def test_apply_writes_exactly_these_messages_then_restore_undoes_them(
         (RTM_GET, sa_in("203.0.113.5")), (RTM_DELETE, sa_in("203.0.113.5")),
     ]  # fmt: skip
     assert Header.read(sock.written[0]).addrs == RTA_DST | RTA_NETMASK | RTA_IFP  # exact get
+    assert Header.read(sock.written[4]).addrs == RTA_DST | RTA_IFP  # the host route's get
     assert sock.table == before and not journal.exists()
+
+
+def test_an_ipv6_proxy_host_route_is_restored_too(sock: FakeRouteSocket, journal: Journal) -> None:
+    """The /128 exclude of an IPv6 proxy: added with RTF_HOST, found again without a
+    mask on restore and deleted (before the fix it outlived every stop)."""
+    before = dict(sock.table)
+    applier = routes(journal, sock)
+    applier.apply(cfg(tun_addresses=(V4, V6), proxy_addresses=ips("2001:db8::5")))
+    assert ipaddress.ip_network("2001:db8::5/128") in sock.table
+    report = applier.restore()
+    assert (report.removed, report.absent, report.kept) == (5, 0, 0)
+    assert sock.table == before
+
+
+def test_a_gone_host_route_is_absent_not_the_default_route(
+    sock: FakeRouteSocket, journal: Journal
+) -> None:
+    """When the proxy's host route is gone, the best match for its address is the
+    default route via the same gateway: that is not the journaled route (no RTF_HOST),
+    so nothing is deleted."""
+    applier = routes(journal, sock)
+    applier.apply(cfg(proxy_addresses=ips("203.0.113.5")))
+    del sock.table[ipaddress.ip_network("203.0.113.5/32")]
+    sock.written.clear()
+    report = applier.restore()
+    assert (report.removed, report.absent) == (2, 1)
+    deletes = [m[92:108] for m in sock.written if Header.read(m).type == RTM_DELETE]
+    assert sa_in("203.0.113.5") not in deletes
+    assert ipaddress.ip_network("0.0.0.0/0") in sock.table
 
 
 def test_restore_leaves_what_is_not_ours_and_counts_what_is_gone(
