@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from .flows import FlowRecord, FlowTable
+from .outbound.errors import OutboundError
 from .outbound.sockets import make_socket
 from .stack import IcmpEchoRequest, SystemStack
 from .stack.icmpecho import EchoSession, EchoSessions
@@ -136,7 +137,10 @@ class IcmpForwarder:
                 fwmark=self.fwmark,
                 bind_interface=self.bind_interface,
             )
-        except (OSError, ValueError) as exc:  # EMFILE, a vanished interface...
+        # EMFILE, a vanished interface; OutboundError: the fwmark or interface option was
+        # refused (make_socket's word for a configuration problem). Either costs this
+        # echo only: the pump's batch goes on with its other datagrams.
+        except (OSError, ValueError, OutboundError) as exc:
             self.stats["icmp_echo_socket_failed"] += 1
             log.warning("--icmp direct: cannot open an ICMP socket: %s", exc)
             self.sessions.forget(session)

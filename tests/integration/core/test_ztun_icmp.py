@@ -157,3 +157,26 @@ def test_a_direct_echo_session_is_a_flow(direct_path: Path) -> None:
     )
     assert closed.returncode == 0, closed.stderr
     assert flows() == []
+
+
+def test_a_refused_socket_option_costs_that_echo_only(
+    servers: Topology, start_path: StartPath
+) -> None:
+    """`--interface` names no interface: every ICMP socket's SO_BINDTODEVICE is
+    refused (make_socket raises OutboundError). Each echo is counted as
+    icmp_echo_socket_failed and lost, ztun keeps running, and nothing escapes as a
+    traceback (which also lost the rest of the pump's batch)."""
+    import json
+
+    from harness.impls.ztun import default_binary
+
+    path = start_path("danted", extra=("--icmp", "direct", "--interface", "nosuch0"))
+    result = ping(path, path.server_v4, count=2)
+    assert " 100% packet loss" in result.stdout, result.stdout
+    status = servers.client.run([default_binary(), "status", "--json"], timeout=PING_TIMEOUT)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["counters"]["icmp_echo_socket_failed"] == 2
+    assert path.ztun.alive()
+    log = path.ztun.log_text()
+    assert "cannot open an ICMP socket: cannot set bind_interface 'nosuch0'" in log
+    assert "Traceback" not in log
