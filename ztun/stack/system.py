@@ -44,7 +44,7 @@ from ..wire import (
     parse_ip,
 )
 from ..wire.checksum import apply_delta, checksum_delta, ones_sum, pseudo_header_sum
-from ..wire.fragment import fragment_ip
+from ..wire.fragment import IPV6_MIN_MTU, fragment_ip
 from ..wire.vnet import apply_partial_delta
 from .events import (
     StackEvent,
@@ -179,7 +179,10 @@ class SystemStack:
         nat_observer: NatObserver | None = None,
     ) -> None:
         """`nat_shard` (k, n): this is worker k of n and hands out NAT ports k mod n.
-        `mtu`: the TUN's; a packet ztun writes that is larger goes out in fragments.
+        `mtu`: the TUN's; a packet ztun writes that is larger goes out in fragments
+        (IPv6 at no less than 1280 bytes: RFC 8200 sec. 5 has every link that carries
+        IPv6 carry that much, and macOS and Windows keep IPv6's own MTU at 1280 or more
+        when the TUN's is smaller; Linux turns IPv6 off on such a device).
         `rng`: where fragment identifications come from (seeded in tests). `icmp`: what
         an echo request gets (`ztun.stack.icmpecho`). `nat_observer`: told when a TCP NAT
         entry is made and when it goes."""
@@ -188,6 +191,7 @@ class SystemStack:
         self.counters: Counter[str] = Counter()
         self.nat_observer = nat_observer
         self.mtu = mtu
+        self.mtu6 = max(mtu, IPV6_MIN_MTU)
         self.icmp = icmp
         self._rng = rng if rng is not None else random.Random()
         self.reassembly = Reassembler(self.counters)
@@ -300,11 +304,15 @@ class SystemStack:
         return out
 
     def fragment(self, packet: memoryview | bytearray) -> list[bytearray]:
-        """`packet` as the packets to write to the TUN: itself, or fragments of the MTU."""
-        if len(packet) <= self.mtu:
+        """`packet` as the packets to write to the TUN: itself, or fragments of the MTU
+        (`mtu6` for IPv6).  Raises WireError for a packet that cannot be fragmented
+        (one that already carries a Fragment header)."""
+        mtu = self.mtu6 if packet[0] >> 4 == 6 else self.mtu
+        if len(packet) <= mtu:
             return [packet if isinstance(packet, bytearray) else bytearray(packet)]
+        fragments = fragment_ip(packet, mtu, self._rng.getrandbits(32))
         self.counters["fragmented_to_tun"] += 1
-        return fragment_ip(packet, self.mtu, self._rng.getrandbits(32))
+        return fragments
 
     def _drop(self, reason: str) -> Output:
         self.counters[reason] += 1

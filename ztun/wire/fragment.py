@@ -126,7 +126,9 @@ def _unfragmentable_len(ip: Ipv6Packet) -> tuple[int, int]:
         end = offset
         next_header = following
     if next_header == IPPROTO_FRAGMENT:
-        raise ValueError("the packet is already a fragment; cannot fragment it again")
+        # RFC 8200 sec. 4.5: only the source fragments, once. What the packet holds is
+        # the input's fault, not the caller's: a WireError, counted by the stack.
+        raise Malformed("already_fragment", "the packet already carries a Fragment header")
     return end, link
 
 
