@@ -136,6 +136,7 @@ def _recover(
 def run(opts: RunOptions) -> int:
     platform = current()
     sys.setswitchinterval(SWITCH_INTERVAL)
+    _raise_open_files_limit()
     accel = platform.probe(opts)
     cfg = opts.config
     appliers = _recover(platform, opts)
@@ -180,6 +181,27 @@ def run(opts: RunOptions) -> int:
         if routes is not None:
             log.info("auto-route restored: %s", routes.restore())
         device.close()
+
+
+def _raise_open_files_limit() -> None:
+    """Before anything opens (workers inherit it): every flow holds descriptors."""
+    from .limits import raise_open_files_limit
+
+    raise_open_files_limit()
+
+
+def _udp_flow_limit(opts: RunOptions) -> int:
+    """--max-udp-sessions, else a share of the open-files limit (ztun.limits)."""
+    from .limits import open_files_limit, udp_flow_limit
+
+    if opts.config.max_udp_sessions is not None:
+        return opts.config.max_udp_sessions
+    open_files = open_files_limit()
+    limit = udp_flow_limit(open_files)
+    if limit:
+        log.info("at most %d UDP flows hold an association (open files limit %s; "
+                 "--max-udp-sessions to choose)", limit, open_files)  # fmt: skip
+    return limit
 
 
 def _start_kernel_nat(
@@ -290,7 +312,7 @@ async def _serve(
         redirect=accel.redirect and (role.alone or bool(role.redirect_listeners)),
         redirect_listeners=role.redirect_listeners,
         tun_thread=accel.tun_reader == "thread",
-        max_udp_sessions=cfg.max_udp_sessions,
+        max_udp_sessions=_udp_flow_limit(opts),
         fwmark=opts.fwmark,
         bind_interface=opts.bind_interface,
         kernel_nat=kernel_nat,

@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="at most N UDP flows hold an association (descriptors); one more closes the "
-        "least recently used (default 0: no limit)",
+        "least recently used (0: no limit; default: a quarter of the open-files limit, "
+        "which ztun raises to the hard limit)",
     )
     run.add_argument(
         "--icmp",

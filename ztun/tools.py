@@ -131,8 +131,8 @@ TOOLS: dict[str, Tool] = {
     **_tools(
         E,
         "util-linux",
-        "sessions, mount namespaces, QEMU's parent-death signal",
-        *("setsid", "setpriv", "unshare", "nsenter"),
+        "sessions, mount namespaces, QEMU's parent-death signal, descriptor limits",
+        *("setsid", "setpriv", "unshare", "nsenter", "prlimit"),
     ),
     **_tools(E, "dpkg", "package versions in the bench report", "dpkg-query"),
     # other operating systems' own programs

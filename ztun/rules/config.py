@@ -20,7 +20,8 @@ Example::
     metrics = "127.0.0.1:9100"      # Prometheus text at /metrics (default: off)
     pid_file = "/run/ztun.pid"
     icmp = "local"                  # local | direct | reject: what a ping gets
-    max_udp_sessions = 0            # UDP flows holding an association (0: no limit)
+    max_udp_sessions = 0            # UDP flows holding an association (0: no limit;
+                                    #   default: from the open-files limit)
 
     [route]
     auto = true
@@ -145,7 +146,9 @@ class Config:
     pid_file: Path | None = None
     default_action: Action = Action.PROXY
     icmp: str = "local"  # what an echo request gets: one of ICMP_MODES
-    max_udp_sessions: int = 0  # UDP flows holding an association (0: no limit; LRU)
+    # UDP flows holding an association (0: no limit; None: from the open-files limit,
+    # ztun.limits; LRU)
+    max_udp_sessions: int | None = None
     route: RouteOptions = field(default_factory=RouteOptions)
     dns: DnsOptions = field(default_factory=DnsOptions)
     sniff: SniffOptions = field(default_factory=SniffOptions)
@@ -416,8 +419,8 @@ class _Builder:
             else Action.PROXY
         )
         icmp = self.choice(data.pop("icmp"), ("icmp",), ICMP_MODES) if "icmp" in data else "local"
-        max_udp_sessions = self.take(data, (), "max_udp_sessions", int, 0)
-        if max_udp_sessions < 0:
+        max_udp_sessions = self.take_opt(data, (), "max_udp_sessions", int)
+        if max_udp_sessions is not None and max_udp_sessions < 0:
             raise self.error(("max_udp_sessions",), "must be 0 (no limit) or more")
         self.no_leftovers(
             data,

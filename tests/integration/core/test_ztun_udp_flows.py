@@ -8,7 +8,7 @@ import os
 import re
 
 import pytest
-from ztun_path import DEVICE, UDP_ECHO_PORT, StartPath
+from ztun_path import DEVICE, ECHO_PORT, UDP_ECHO_PORT, StartPath
 
 from ztun.tools import tool
 
@@ -58,3 +58,37 @@ def test_ztun_gives_its_tun_a_longer_queue(start_path: StartPath) -> None:
     path = start_path("danted")
     shown = path.topo.client.run([tool("ip"), "link", "show", DEVICE], timeout=5).stdout
     assert " qlen 2000" in shown, shown
+
+
+NOFILE = 200  # soft = hard: ztun cannot raise it
+BURST = 150  # 2 descriptors each through SOCKS5: 300 > NOFILE without a bound
+
+
+def test_udp_flows_are_bounded_by_the_open_files_limit(  # type: ignore[no-untyped-def]
+    start_path: StartPath, tmp_path, rng
+) -> None:
+    """Under a 200-descriptor limit and no --max-udp-sessions, ztun bounds UDP flows to
+    (200 - 64) / 4 = 34: a burst of 150 flows is answered whole (the least recently used
+    close) and a TCP connection after it is accepted. Without the bound the burst hit
+    EMFILE at about 90 flows, which refused the TCP accept too."""
+    from harness.impls.ztun import default_binary
+
+    launcher = tmp_path / "ztun-nofile"
+    launcher.write_text(
+        f'#!/bin/sh\nexec {tool("prlimit")} --nofile={NOFILE}:{NOFILE} -- {default_binary()} "$@"\n'
+    )
+    launcher.chmod(0o755)
+    path = start_path("danted", binary=str(launcher))
+    socks = [path.udp() for _ in range(BURST)]
+    try:
+        for sock in socks:
+            payload = rng.randbytes(64)
+            sock.sendto(payload, (path.server_v4, UDP_ECHO_PORT))
+            assert sock.recvfrom(65535)[0] == payload
+    finally:
+        for sock in socks:
+            sock.close()
+    with path.connect(ECHO_PORT) as conn:
+        conn.sendall(b"after the burst")
+        assert conn.recv(64) == b"after the burst"
+    assert "at most 34 UDP flows hold an association (open files limit 200" in path.ztun.log_text()

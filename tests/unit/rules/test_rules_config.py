@@ -177,7 +177,7 @@ def test_icmp_and_max_udp_sessions(tmp_path: Path) -> None:
     assert (c.icmp, c.max_udp_sessions) == ("direct", 500)
     flags = load_config(path, {"icmp": "reject", "max_udp_sessions": 0})
     assert (flags.icmp, flags.max_udp_sessions) == ("reject", 0)
-    assert (Config().icmp, Config().max_udp_sessions) == ("local", 0)
+    assert (Config().icmp, Config().max_udp_sessions) == ("local", None)  # None: derived
 
 
 @pytest.mark.parametrize(
