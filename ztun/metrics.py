@@ -165,6 +165,24 @@ def render(status: Mapping[str, Any]) -> str:
         "UDP sessions (one per app source address and port) not yet expired.",
         [({}, counters.get("udp_sessions_active", 0))],
     )
+    kernel = counters.get("kernel_nat")
+    if kernel is not None:  # only when the kernel NAT runs (Linux, not --no-kernel-nat)
+        out.family(
+            "ztun_kernel_nat_entries",
+            "gauge",
+            "Flow map entries of the kernel NAT (two per TCP flow it carries).",
+            [({}, kernel.get("entries", 0))],
+        )
+        for what, key, meaning in (
+            ("packets", "packets", "Segments (GSO super-packets count once)"),
+            ("bytes", "bytes", "TCP payload bytes"),
+        ):
+            out.family(
+                f"ztun_kernel_nat_{what}_total",
+                "counter",
+                f"{meaning} the kernel NAT rewrote (up: from the apps, down: to them).",
+                [({"direction": d}, kernel.get(f"{key}_{d}", 0)) for d in ("up", "down")],
+            )
     instance = status.get("instance") or {}
     out.family(
         "ztun_tun_packets_total",

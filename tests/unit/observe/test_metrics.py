@@ -56,6 +56,7 @@ def a_status() -> dict:
             "udp_sessions_active": 2,
             "tcp_flows": 2,
             "stack": {"malformed_truncated": 4, "ipv4_fragment": 1, "icmp_echo_answered": 9},
+            "kernel_nat": {"installed": 3, "entries": 4, "bytes_up": 5000, "packets_down": 6},
         },
         "flows": table.summary(),
     }
@@ -119,6 +120,16 @@ def test_prometheus_client_reads_back_every_value() -> None:
     assert samples[("ztun_connect_seconds_count", ())] == 2
     assert samples[("ztun_connect_seconds_sum", ())] == pytest.approx(0.204)
     assert families["ztun_connect_seconds"].type == "histogram"
+    assert samples[("ztun_kernel_nat_entries", ())] == 4
+    assert samples[("ztun_kernel_nat_bytes_total", (("direction", "up"),))] == 5000
+    assert samples[("ztun_kernel_nat_bytes_total", (("direction", "down"),))] == 0
+    assert samples[("ztun_kernel_nat_packets_total", (("direction", "down"),))] == 6
+
+
+def test_no_kernel_nat_no_kernel_nat_families() -> None:
+    status = a_status()
+    del status["counters"]["kernel_nat"]
+    assert "ztun_kernel_nat" not in render(status)
 
 
 def test_histogram_buckets_are_cumulative() -> None:
