@@ -52,6 +52,23 @@ def effective_proxy(opts: RunOptions, config: Config) -> str:
     return opts.proxy_flag or config.proxy or DEFAULT_PROXY
 
 
+def instance_info(
+    device: str, started: float, workers: int, control: str | None, config: str | None
+) -> dict[str, Any]:
+    """The status reply's `instance` (docs/control.md)."""
+    return {
+        "device": device,
+        "pid": os.getpid(),
+        "started": started,
+        "uptime_s": round(time.time() - started, 3),
+        "version": __version__,
+        "platform": sys.platform,
+        "workers": workers,
+        "control": control,
+        "config": config,
+    }
+
+
 class ConfigReloader:
     """Re-reads the config file and applies what a reload may change.
 
@@ -174,17 +191,9 @@ class Instance:
         snapshot = self.engine.snapshot()
         counters = {**snapshot, "udp_sessions_active": len(self.engine.stack.udp)}
         return {
-            "instance": {
-                "device": self.device_name,
-                "pid": os.getpid(),
-                "started": self.started,
-                "uptime_s": round(time.time() - self.started, 3),
-                "version": __version__,
-                "platform": sys.platform,
-                "workers": 1,
-                "control": self.path,
-                "config": self.reloader.current.source,
-            },
+            "instance": instance_info(
+                self.device_name, self.started, 1, self.path, self.reloader.current.source
+            ),
             "accelerations": self.accelerations,
             "proxies": [],
             "groups": {},

@@ -17,19 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
-import sys
 import threading
 import time
 from typing import Any
 
-from . import __version__, service
+from . import service
 from .control import CommandFailed, ControlServer, Request, control_path
 from .control.backends import WorkersBackend
 from .control.client import Channel
-from .instance import ConfigReloader, InstanceError, log_settings
+from .instance import ConfigReloader, InstanceError, instance_info, log_settings
 from .logs import SETUP
 from .options import RunOptions
 from .rules import ConfigError
@@ -85,17 +83,13 @@ class ParentControl:
 
     def status_base(self) -> dict[str, Any]:
         return {
-            "instance": {
-                "device": self.device_name,
-                "pid": os.getpid(),
-                "started": self.started,
-                "uptime_s": round(time.time() - self.started, 3),
-                "version": __version__,
-                "platform": sys.platform,
-                "workers": len(self.sockets),
-                "control": self.path,
-                "config": self.reloader.current.source,
-            },
+            "instance": instance_info(
+                self.device_name,
+                self.started,
+                len(self.sockets),
+                self.path,
+                self.reloader.current.source,
+            ),
             "accelerations": self.accelerations,
             "groups": {},
         }

@@ -336,34 +336,40 @@ def test_with_two_workers_the_parent_lists_both(start_ztun, rng) -> None:  # typ
             sock.close()
 
 
-def test_sd_notify_on_a_real_datagram_socket(start_ztun, servers, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[tuple[socket.socket, dict[str, str]]]:
+    """A datagram socket for sd_notify, and the environment that names it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(EVENT_TIMEOUT)
+    with sock:
+        yield sock, {"NOTIFY_SOCKET": str(tmp_path / "notify")}
+
+
+def test_sd_notify_on_a_real_datagram_socket(start_ztun, servers, tmp_path, notify) -> None:  # type: ignore[no-untyped-def]
     config = tmp_path / "ztun.toml"
     proxy_url = f"socks5://{servers.address('proxy', 'client', 4)}:{SOCKS_PORT}"
     write_config(config, proxy_url)
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    notify.settimeout(EVENT_TIMEOUT)
-    with notify:
-        env = {"NOTIFY_SOCKET": str(tmp_path / "notify")}
-        ztun = start_ztun("--config", str(config), env=env, proxy=False)
-        ready = notify.recv(4096).decode().splitlines()
-        assert ready[0] == "READY=1" and f"MAINPID={ztun.process.pid}" in ready
-        ztun.process.send_signal(signal.SIGHUP)
-        assert notify.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
-        assert notify.recv(4096).decode().startswith("READY=1")
-        assert ztun.ctl("reload").returncode == 0  # ExecReload's way: the same bracket
-        assert notify.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
-        assert notify.recv(4096).decode().startswith("READY=1")
-        ztun.process.send_signal(signal.SIGTERM)
-        assert notify.recv(4096) == b"STOPPING=1"
-        assert ztun.process.wait(EVENT_TIMEOUT) == 0
+    notify, env = notify
+    ztun = start_ztun("--config", str(config), env=env, proxy=False)
+    ready = notify.recv(4096).decode().splitlines()
+    assert ready[0] == "READY=1" and f"MAINPID={ztun.process.pid}" in ready
+    ztun.process.send_signal(signal.SIGHUP)
+    assert notify.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert notify.recv(4096).decode().startswith("READY=1")
+    assert ztun.ctl("reload").returncode == 0  # ExecReload's way: the same bracket
+    assert notify.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert notify.recv(4096).decode().startswith("READY=1")
+    ztun.process.send_signal(signal.SIGTERM)
+    assert notify.recv(4096) == b"STOPPING=1"
+    assert ztun.process.wait(EVENT_TIMEOUT) == 0
 
 
 def assert_ready(datagram: bytes) -> None:
     assert datagram.startswith(b"READY=1\n"), datagram
 
 
-def test_every_new_config_key_works(start_ztun, servers, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_every_new_config_key_works(start_ztun, servers, tmp_path, notify) -> None:  # type: ignore[no-untyped-def]
     """control, metrics, pid_file, log_file, log_format, log_flows and log_level, from
     the file alone; then SIGUSR1 reopens the log file after a rotation."""
     config = tmp_path / "ztun.toml"
@@ -380,17 +386,11 @@ def test_every_new_config_key_works(start_ztun, servers, tmp_path) -> None:  # t
         "log_flows = true",
         'log_level = "debug"',
     )
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    notify.settimeout(START_TIMEOUT)
-    with notify:  # the log goes to the file: readiness is sd_notify's READY=1
-        ztun = start_ztun(
-            "--config",
-            str(config),
-            proxy=False,
-            env={"NOTIFY_SOCKET": str(tmp_path / "notify")},
-            ready=lambda: assert_ready(notify.recv(4096)),
-        )
+    notify, env = notify
+    # The log goes to the file: readiness is sd_notify's READY=1.
+    ztun = start_ztun(
+        "--config", str(config), proxy=False, env=env, ready=lambda: assert_ready(notify.recv(4096))
+    )
     assert stat.S_IMODE(os.stat(control).st_mode) == 0o600
     assert pid_file.read_text() == f"{ztun.process.pid}\n"
     assert ztun.echo(b"one flow") == b"one flow"
@@ -450,34 +450,30 @@ def ztun_pid(running: Running) -> int:
 
 
 def test_with_two_workers_a_reload_reaches_both_and_systemd_hears_the_parent(  # type: ignore[no-untyped-def]
-    start_ztun, servers, tmp_path
+    start_ztun, servers, tmp_path, notify
 ) -> None:
     config = tmp_path / "ztun.toml"
     proxy_url = f"socks5://{servers.address('proxy', 'client', 4)}:{SOCKS_PORT}"
     write_config(config, proxy_url)
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    notify.settimeout(EVENT_TIMEOUT)
-    with notify:
-        env = {"NOTIFY_SOCKET": str(tmp_path / "notify")}
-        ztun = start_ztun("--config", str(config), "--workers", "2", env=env, proxy=False)
-        ready = notify.recv(4096).decode().splitlines()
-        assert ready[0] == "READY=1" and f"MAINPID={ztun.process.pid}" in ready
-        for _ in range(8):  # random source ports: both workers carry some
-            assert ztun.echo(b"before") == b"before"
-        write_config(
-            config, proxy_url, "[[rules]]", f'cidr = ["{ztun.server}/32"]', 'action = "reject"'
-        )
-        result = ztun.ctl("reload")
-        assert result.returncode == 0 and result.stdout == "reloaded, changed: rules\n"
-        assert notify.recv(4096).decode().startswith("RELOADING=1")
-        assert notify.recv(4096).decode().startswith("READY=1")
-        for worker in (0, 1):  # each swapped in the same config
-            ztun.wait_log(rf"ztun\[w{worker}\]: reloaded, changed: rules")
-        for _ in range(8):
-            with pytest.raises((ConnectionResetError, BrokenPipeError)):
-                ztun.echo(b"after")
-        status = json.loads(ztun.ctl("status", "--json").stdout)
-        rejected = [r for r in status["flows"]["opened"] if r["outbound"] == "reject"]
-        assert rejected == [{"proto": "tcp", "outbound": "reject", "count": 8}]
-        assert status["counters"]["tcp_flows"] == 16
+    notify, env = notify
+    ztun = start_ztun("--config", str(config), "--workers", "2", env=env, proxy=False)
+    ready = notify.recv(4096).decode().splitlines()
+    assert ready[0] == "READY=1" and f"MAINPID={ztun.process.pid}" in ready
+    for _ in range(8):  # random source ports: both workers carry some
+        assert ztun.echo(b"before") == b"before"
+    write_config(
+        config, proxy_url, "[[rules]]", f'cidr = ["{ztun.server}/32"]', 'action = "reject"'
+    )
+    result = ztun.ctl("reload")
+    assert result.returncode == 0 and result.stdout == "reloaded, changed: rules\n"
+    assert notify.recv(4096).decode().startswith("RELOADING=1")
+    assert notify.recv(4096).decode().startswith("READY=1")
+    for worker in (0, 1):  # each swapped in the same config
+        ztun.wait_log(rf"ztun\[w{worker}\]: reloaded, changed: rules")
+    for _ in range(8):
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            ztun.echo(b"after")
+    status = json.loads(ztun.ctl("status", "--json").stdout)
+    rejected = [r for r in status["flows"]["opened"] if r["outbound"] == "reject"]
+    assert rejected == [{"proto": "tcp", "outbound": "reject", "count": 8}]
+    assert status["counters"]["tcp_flows"] == 16
