@@ -13,7 +13,7 @@ cd "$(dirname "$(readlink -f "$0")")"
 APT_PACKAGES=(
   iproute2 iputils-ping ethtool tcpdump curl procps python3 mount
   microsocks dante-server dnsmasq-base nginx-light iperf3 apache2-utils wrk proxychains4
-  openssh-client openssh-server nftables
+  openssh-client openssh-server nftables tinyproxy-bin
 )
 VM_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs)
 # The Vagrant row (Debian's vagrant and vagrant-libvirt, libvirtd run inside a namespace) is

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import socket
 import sys
 from collections.abc import Coroutine
 from dataclasses import replace
@@ -40,25 +39,6 @@ if TYPE_CHECKING:
     from .kernelnat import KernelNat
 
 log = logging.getLogger("ztun")
-
-
-def _proxy_addresses(
-    url: str,
-) -> tuple[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], ...]:
-    """The proxy's resolved addresses (to exclude from auto-route and to detect loops)."""
-    from .outbound import ProxyURL, parse_outbound_url
-
-    spec = parse_outbound_url(url)
-    if not isinstance(spec, ProxyURL):
-        return ()
-    try:
-        infos = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        log.warning("cannot resolve proxy %s: %s", spec.host, exc)
-        return ()
-    return tuple(
-        {(ipaddress.ip_address(str(info[4][0]).split("%")[0]), spec.port) for info in infos}
-    )
 
 
 def _open_device(platform: Platform, opts: RunOptions, accel: Accelerations) -> Device | None:
@@ -134,6 +114,8 @@ def _recover(
 
 
 def run(opts: RunOptions) -> int:
+    from .outbound.build import proxy_endpoints
+
     platform = current()
     sys.setswitchinterval(SWITCH_INTERVAL)
     _raise_open_files_limit()
@@ -149,9 +131,7 @@ def run(opts: RunOptions) -> int:
     accel = _granted(accel, device)
     kernel_nat, accel = _start_kernel_nat(platform, accel, device)
     log.info("accelerations: %s", accel.describe())
-    proxies = _proxy_addresses(opts.proxy) + (
-        _proxy_addresses(opts.udp_proxy) if opts.udp_proxy else ()
-    )
+    proxies = proxy_endpoints(opts)  # every proxy's address, resolved
     try:
         if routes is not None:
             plan_input = cfg.auto_route_config(tuple(a for a, _ in proxies), device.name)
@@ -254,23 +234,10 @@ async def _serve(
     stack with the inherited maps)."""
     role = role or WorkerRole()
     from .engine import Engine
-    from .outbound import DirectOutbound, make_outbound
+    from .outbound.build import build_outbounds
     from .router import Router
     from .stack import IcmpMode, SystemStack
 
-    def outbound(url: str):  # type: ignore[no-untyped-def]
-        return make_outbound(
-            url,
-            connect_timeout=opts.connect_timeout,
-            fwmark=opts.fwmark,
-            bind_interface=opts.bind_interface,
-        )
-
-    proxy_tcp = outbound(opts.proxy)
-    proxy_udp = outbound(opts.udp_proxy) if opts.udp_proxy else proxy_tcp
-    direct = DirectOutbound(
-        connect_timeout=opts.connect_timeout, fwmark=opts.fwmark, bind_interface=opts.bind_interface
-    )
     dns, pool = _build_dns(opts, role)
     cfg = opts.config
     if cfg.icmp == "direct":
@@ -282,9 +249,7 @@ async def _serve(
             log.error("%s", exc.strerror)
             return 1
     router = Router(
-        proxy_tcp=proxy_tcp,
-        proxy_udp=proxy_udp,
-        direct=direct,
+        outbounds=build_outbounds(opts),  # proxies, groups (probing), direct, reject
         rules=cfg.rule_set(),
         pool=pool,
         sniff_timeout=cfg.sniff.timeout if cfg.sniff.enabled else None,
@@ -325,7 +290,6 @@ async def _serve(
         engine,
         device_name=device.name,
         accelerations=accel.as_dict(),
-        resolve=lambda url: frozenset(_proxy_addresses(url)),
         control_channel=role.control_channel,
     )
     try:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .options import DEFAULT_INET4, DEFAULT_INET6, RunOptions
+from .rules.proxies import DEFAULT_PROXY
 
 if TYPE_CHECKING:
     pass
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ztun")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-DEFAULT_PROXY = "socks5://127.0.0.1:1080"
 
 
 def _cidr(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -142,9 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-x",
         "--proxy",
         type=_proxy_url,
+        action="append",
         default=None,
         metavar="URL",
-        help="socks5://[user:pass@]host:port (or socks5h://, direct://, reject://); "
+        help="socks5://[user:pass@]host:port, socks5h://, socks4://, socks4a://, "
+        "http://[user:pass@]host:port (HTTP CONNECT, TCP only), direct:// or reject://; "
+        "repeat it for a failover group (the group 'default'); "
         f"default {DEFAULT_PROXY}",
     )
     run.add_argument(
@@ -152,7 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_proxy_url,
         default=None,
         metavar="URL",
-        help="a different outbound for UDP (default: the --proxy)",
+        help="a different outbound for the UDP of the group 'default' "
+        "(default: its first UDP-capable proxy that is up)",
+    )
+    run.add_argument(
+        "--fail-open",
+        action="store_true",
+        default=None,
+        help="when every proxy of a group is down, send its flows direct instead of refusing them",
     )
     run.add_argument(
         "-i",
@@ -417,6 +427,8 @@ def _overrides(ns: argparse.Namespace) -> dict[str, object]:
         given["icmp"] = ns.icmp
     if ns.max_udp_sessions is not None:
         given["max_udp_sessions"] = ns.max_udp_sessions
+    if ns.proxy:
+        given["proxy"] = list(ns.proxy)
     for key, value in (
         ("route.auto", ns.auto_route),
         ("route.strict", ns.strict_route),
@@ -432,6 +444,7 @@ def _overrides(ns: argparse.Namespace) -> dict[str, object]:
         ("log_flows", ns.log_flows),
         ("pid_file", ns.pid_file),
         ("log_level", "debug" if ns.debug else ns.loglevel),
+        ("fail_open", ns.fail_open),
     ):
         if value is not None:
             given[key] = value
@@ -439,18 +452,19 @@ def _overrides(ns: argparse.Namespace) -> dict[str, object]:
 
 
 def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOptions:
-    from .outbound import parse_outbound_url
+    from .outbound.build import UDP_PROXY
     from .rules import ConfigError, load_config
 
     overrides = _overrides(ns)
     try:
         config = load_config(ns.config, overrides)
-        if config.proxy is not None:
-            parse_outbound_url(config.proxy)  # the file's proxy, checked as --proxy is
     except ConfigError as exc:
         parser.error(str(exc))
     except ValueError as exc:
         parser.error(f"{ns.config}: {exc}")
+    proxies = config.all_proxies()
+    if ns.udp_proxy is not None and any(p.name == UDP_PROXY for p in proxies):
+        parser.error(f"--udp-proxy is the proxy named {UDP_PROXY!r}: rename yours")
     addresses = tuple(config.addresses)
     v4 = [a for a in addresses if a.version == 4]
     v6 = [a for a in addresses if a.version == 6]
@@ -485,7 +499,8 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         fwmark = config.route.fwmark
     return RunOptions(
         device=device,
-        proxy=ns.proxy or config.proxy or DEFAULT_PROXY,
+        # What the start-up line shows: the first proxy of the group `default`.
+        proxy=config.proxy or (proxies[0].url if proxies else DEFAULT_PROXY),
         udp_proxy=ns.udp_proxy,
         udp_timeout=ns.udp_timeout,
         connect_timeout=ns.connect_timeout,
@@ -500,7 +515,6 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         kernel_nat=ns.kernel_nat,
         config=config,
         overrides=overrides,
-        proxy_flag=ns.proxy,
     )
 
 

@@ -77,6 +77,7 @@ class DnsService:
             log.warning("DNS upstream %s:%d failed: %s", host, port, exc or "timed out")
         finally:
             sock.close()
+            stream.release()  # the proxy's open-flow count
         for message in messages:
             matched = self.handler.handle_reply(message, loop.time())
             if matched is not None:

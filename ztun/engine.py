@@ -472,9 +472,12 @@ class Engine:
             self._tcp_failed(conn, session, record, "internal_error")
             return
         remote, early = stream.sock, stream.early  # non-blocking: make_socket's
+        if stream.via is not None:  # a group's retry may have used another member
+            record.outbound = stream.via
 
         def on_close(relay: Relay, exc: BaseException | None) -> None:
             self.relays.discard(relay)
+            stream.release()  # the proxy's open-flow count (health, least-connections)
             self.stats["tcp_bytes_up"] += relay.bytes_up
             self.stats["tcp_bytes_down"] += relay.bytes_down
             if exc is not None:
@@ -495,16 +498,11 @@ class Engine:
         return self.outbound_name_of(decision.outbound, network)
 
     def outbound_name_of(self, outbound: Outbound, network: str) -> str:
-        name = getattr(outbound, "name", None)
-        if isinstance(name, str) and name:
-            return name
-        router = self.router
-        if outbound is router.direct:
-            return "direct"
-        if outbound is router.reject:
-            return "reject"
-        # contracts 2: --proxy URLs are proxy1, proxy2, ...; --udp-proxy is "udp".
-        return "udp" if network == "udp" and router.proxy_udp is not router.proxy_tcp else "proxy1"
+        """A proxy (of a group, the member it tries first), direct or reject (contracts 2
+        and 3); the name the rules know it by for anything else."""
+        pick = getattr(outbound, "member_for", None)
+        name = pick(network) if pick is not None else None
+        return name or self.router.name_of(outbound)
 
     def _tcp_failed(
         self, conn: socket.socket, session: TcpSession | None, record: FlowRecord, reason: str

@@ -8,15 +8,15 @@ parent, over the socketpair the parent keeps (`role.control_channel`), and the p
 
 A reload (`ConfigReloader`) re-reads the file, lets `ztun.reload.plan_reload` decide, and
 then `apply_to_engine` swaps what shapes new flows: the router's rules, sniffing and
-proxy outbound, the DNS upstream, the per-flow log hook. Open flows keep the outbound
-objects they hold, so they run on untouched.
+outbounds (proxies and groups, rebuilt with fresh health), the DNS upstream, the per-flow
+log hook. Open flows keep the outbound objects they hold, so they run on untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
+import dataclasses
 import logging
 import os
 import signal
@@ -35,9 +35,6 @@ from .rules import Config, ConfigError, load_config
 
 log = logging.getLogger("ztun")
 
-DEFAULT_PROXY = "socks5://127.0.0.1:1080"
-Endpoints = frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]
-
 
 class InstanceError(Exception):
     """The instance cannot start (its control path or metrics port is taken, ...)."""
@@ -45,11 +42,6 @@ class InstanceError(Exception):
 
 def log_settings(config: Config) -> LogSettings:
     return LogSettings(config.log_level, config.log_file, config.log_format, config.log_flows)
-
-
-def effective_proxy(opts: RunOptions, config: Config) -> str:
-    """The proxy URL in force: a --proxy flag beats the file, the file the default."""
-    return opts.proxy_flag or config.proxy or DEFAULT_PROXY
 
 
 def instance_info(
@@ -90,12 +82,7 @@ class ConfigReloader:
             new = load_config(path, self.opts.overrides, text=text)
         except ConfigError as exc:
             raise CommandFailed(f"reload failed, the running config stays: {exc}") from None
-        plan = plan_reload(
-            self.current,
-            new,
-            old_proxy=effective_proxy(self.opts, self.current),
-            new_proxy=effective_proxy(self.opts, new),
-        )
+        plan = plan_reload(self.current, new)
         if plan.refused:
             raise CommandFailed(plan.refusal())
         return new, plan
@@ -116,42 +103,34 @@ class ConfigReloader:
         return {"message": plan.summary(), "applied": list(plan.applies)}
 
 
-def apply_to_engine(
-    engine: Any,
-    opts: RunOptions,
-    new: Config,
-    plan: ReloadPlan,
-    resolve: Callable[[str], Endpoints],
-) -> None:
-    """Swap into a running engine what `plan` says applies (never touching open flows)."""
-    from .outbound import make_outbound
+#: What a reload rebuilds the outbounds for (the rules name them: they go in together).
+OUTBOUND_KEYS = frozenset({"proxy_urls", "proxies", "groups", "fail_open"})
 
+
+def apply_to_engine(engine: Any, opts: RunOptions, new: Config, plan: ReloadPlan) -> None:
+    """Swap into a running engine what `plan` says applies (never touching open flows)."""
     router = engine.router
     applies = set(plan.applies)
     engine.flows.on_closed = log_flow if new.log_flows else None
     if "sniff" in applies:
         router.sniff_timeout = new.sniff.timeout if new.sniff.enabled else None
-    if "proxy" in applies and opts.proxy_flag is None:
-        url = effective_proxy(opts, new)
-        outbound = make_outbound(
-            url,
-            connect_timeout=opts.connect_timeout,
-            fwmark=opts.fwmark,
-            bind_interface=opts.bind_interface,
-        )
-        router.proxy_tcp = outbound
-        if opts.udp_proxy is None:
-            router.proxy_udp = outbound
-        if engine.dns is not None:
-            engine.dns.outbound = outbound
-        # The loop guard must know the new proxy (its flows must never enter the TUN).
-        router.proxy_endpoints = resolve(url) | (
-            resolve(opts.udp_proxy) if opts.udp_proxy else frozenset()
-        )
     if "dns.upstream" in applies and engine.dns is not None:
         engine.dns.handler.upstream = new.dns.upstream
-    if applies & {"rules", "default_action", "proxy"}:
-        router.rules = new.rule_set()
+    if applies & OUTBOUND_KEYS:
+        from .outbound.build import build_outbounds, proxy_endpoints
+
+        new_opts = dataclasses.replace(opts, config=new)
+        old = router.reconfigure(build_outbounds(new_opts), new.rule_set())
+        # The loop guard must know the new proxies (their flows must never enter the TUN).
+        router.proxy_endpoints = frozenset(proxy_endpoints(new_opts))
+        if engine.dns is not None:
+            engine.dns.outbound = router.proxy_tcp
+        close = getattr(old, "close", None)
+        if close is not None:  # the old probers; open flows keep their outbounds
+            asyncio.get_running_loop().create_task(close())
+        engine.routes_changed()
+    elif applies & {"rules", "default_outbound"}:
+        router.reconfigure(None, new.rule_set())
         engine.routes_changed()
 
 
@@ -165,7 +144,6 @@ class Instance:
         *,
         device_name: str,
         accelerations: dict[str, Any],
-        resolve: Callable[[str], Endpoints],
         control_channel: Any = None,
     ) -> None:
         self.opts = opts
@@ -176,7 +154,7 @@ class Instance:
         self.started = time.time()
         self.path: str | None = None
         self.reloader = ConfigReloader(
-            opts, lambda new, plan: apply_to_engine(engine, opts, new, plan, resolve)
+            opts, lambda new, plan: apply_to_engine(engine, opts, new, plan)
         )
         self.server: ControlServer | None = None
         self.metrics: Any = None
@@ -195,8 +173,8 @@ class Instance:
                 self.device_name, self.started, 1, self.path, self.reloader.current.source
             ),
             "accelerations": self.accelerations,
-            "proxies": [],
-            "groups": {},
+            "proxies": self.engine.router.health_snapshot(),
+            "groups": self.engine.router.groups_snapshot(),
             "counters": counters,
         }
 

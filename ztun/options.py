@@ -37,7 +37,6 @@ class RunOptions:
     # What the command line set over the config file: a reload re-reads the file and
     # applies these again (a flag keeps winning).
     overrides: Mapping[str, Any] = field(default_factory=dict)
-    proxy_flag: str | None = None  # --proxy as given (it beats the file's `proxy`)
 
     @property
     def addresses(self) -> tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]:

@@ -1,8 +1,9 @@
 """What a reload may change, decided without I/O: the running config against the new one.
 
 SIGHUP and `ztun reload` re-read the config file. What only shapes new flows -- rules, the
-default action, proxies and groups, sniffing, the DNS upstream, the log settings -- is
-swapped in, and flows already open keep the outbound they have. What the running
+default outbound, proxies and groups, sniffing, the DNS upstream, the log settings -- is
+swapped in, and flows already open keep the outbound they have (new proxies and groups
+start with fresh health). What the running
 process is built around -- the device and its addresses, the MTU, routing, the DNS mode,
 the control and metrics endpoints -- cannot change under it: a reload that changes any of
 those is refused as a whole, naming them, and the running config stays.
@@ -16,15 +17,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
+from .outbound.url import parse_proxy_url
 from .rules import Config
 
 #: Config fields a reload applies to new flows.
 APPLIES = frozenset(
     {
-        "proxy",
-        "default_action",
+        "proxy_urls",
+        "proxies",
+        "groups",
+        "default_outbound",
+        "fail_open",
         "rules",
         "sniff",
         "log_level",
@@ -79,35 +83,22 @@ class ReloadPlan:
         return f"reloaded, changed: {', '.join(self.applies)}"
 
 
-def _proxy_endpoints(config: Config, effective_proxy: str | None) -> frozenset[tuple[str, int]]:
-    urls = [effective_proxy] if effective_proxy else [config.proxy]
-    endpoints = set()
-    for url in urls:
-        if not url:
-            continue
-        parts = urlsplit(url)
-        if parts.hostname and parts.port:
-            endpoints.add((parts.hostname, parts.port))
-    return frozenset(endpoints)
+def _proxy_endpoints(config: Config) -> frozenset[tuple[str, int]]:
+    """Every proxy's host and port (a `--proxy` flag is already in `config`)."""
+    urls = (parse_proxy_url(spec.url) for spec in config.all_proxies())
+    return frozenset((url.host, url.port) for url in urls)
 
 
 def _without_origin(rules: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(dataclasses.replace(rule, origin="") for rule in rules)
 
 
-def plan_reload(
-    old: Config,
-    new: Config,
-    *,
-    old_proxy: str | None = None,
-    new_proxy: str | None = None,
-) -> ReloadPlan:
-    """Compare `old` (running) with `new` (just read).
+def plan_reload(old: Config, new: Config) -> ReloadPlan:
+    """Compare `old` (running) with `new` (just read, with the same flags applied).
 
-    `old_proxy`/`new_proxy`: the proxy URLs in effect (a `--proxy` flag beats the file);
-    with auto-route on, a change of the proxy's address needs a restart, because the
-    routes into the TUN exclude that address -- a new proxy would be routed into the TUN
-    and its traffic would loop.
+    With auto-route on, a change of a proxy's address needs a restart, because the
+    routes into the TUN exclude those addresses -- a new proxy would be routed into the
+    TUN and its traffic would loop.
     """
     applies: list[str] = []
     restart: list[str] = []
@@ -132,6 +123,6 @@ def plan_reload(
             applies.append(name)
         else:
             restart.append(name)  # RESTART, and anything not classified: the safe side
-    if old.route.auto and _proxy_endpoints(old, old_proxy) != _proxy_endpoints(new, new_proxy):
+    if old.route.auto and _proxy_endpoints(old) != _proxy_endpoints(new):
         restart.append("the proxy's address (auto-route excludes it from the TUN's routes)")
     return ReloadPlan(tuple(applies), tuple(restart))

@@ -3,6 +3,10 @@
 The engine asks once per TCP connection (after an optional, bounded sniff of its first
 bytes) and once per UDP datagram destination; the answer is an outbound and the target
 to give it -- a domain when one is known, so the proxy resolves it (remote DNS).
+
+Rules name outbounds (a proxy, a group, ``direct``, ``reject``); the router holds the
+name -> outbound map that ``ztun.outbound.build`` assembled and hands out the outbound a
+rule named. A group is an outbound like any other: it picks its member itself.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .outbound import Outbound, RejectOutbound, Target
-from .rules import Action, Flow, RuleSet
+from .rules import DEFAULT_GROUP, Action, Flow, RuleSet
 
 if TYPE_CHECKING:
     from .dns import FakeIpPool
@@ -26,12 +31,19 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SNIFF_PEEK = 16 * 1024
 
 
+REJECT = "reject"
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """`name` is the outbound the rules chose (a UDP session keeps one flow per name);
+    `action` its kind."""
+
     action: Action
     outbound: Outbound
     target: Target
     domain: str | None = None
+    name: str = REJECT
 
 
 class LoopDetected(Exception):
@@ -42,29 +54,69 @@ class Router:
     def __init__(
         self,
         *,
-        proxy_tcp: Outbound,
-        proxy_udp: Outbound,
-        direct: Outbound,
+        outbounds: Mapping[str, Outbound],
         rules: RuleSet | None = None,
         pool: FakeIpPool | None = None,
         sniff_timeout: float | None = 0.3,
         proxy_endpoints: frozenset[tuple[IPAddress, int]] = frozenset(),
     ) -> None:
-        self.proxy_tcp = proxy_tcp
-        self.proxy_udp = proxy_udp
-        self.direct = direct
+        """`outbounds` maps every name the rules use to its outbound (`reject` is added)."""
         self.reject = RejectOutbound()
-        self.rules = rules or RuleSet()
+        self._source: Mapping[str, Outbound] = {}
+        self.outbounds: dict[str, Outbound] = {}
+        self.aliases: Mapping[str, str] = {}
+        self.rules = RuleSet()
+        self.reconfigure(outbounds, rules or RuleSet())
         self.pool = pool
         self.sniff_timeout = sniff_timeout
         self.proxy_endpoints = proxy_endpoints
 
-    def _outbound(self, action: Action, network: str) -> Outbound:
-        if action is Action.DIRECT:
-            return self.direct
-        if action is Action.REJECT:
-            return self.reject
-        return self.proxy_tcp if network == "tcp" else self.proxy_udp
+    def reconfigure(
+        self, outbounds: Mapping[str, Outbound] | None, rules: RuleSet
+    ) -> Mapping[str, Outbound] | None:
+        """Swap in new outbounds (None: keep them) and rules, together: the rules name
+        the outbounds. Returns the outbounds replaced (None when kept); flows already
+        open hold theirs and run on."""
+        source = self._source if outbounds is None else outbounds
+        table: dict[str, Outbound] = {**source, REJECT: self.reject}
+        used = {rules.default, *(rule.outbound for rule in rules.rules)}
+        missing = sorted(used - table.keys())
+        if missing:
+            raise ValueError(f"rules name outbounds that do not exist: {', '.join(missing)}")
+        old = None if outbounds is None else self._source
+        self._source = source  # an OutboundSet also reports health
+        # `--proxy direct://`: the name `default` is the outbound `direct` (kind and all).
+        self.aliases = getattr(source, "aliases", {})
+        self.outbounds, self.rules = table, rules
+        self._names: dict[int, str] = {}
+        for name, outbound in table.items():  # the first name wins: `direct`, not an alias
+            self._names.setdefault(id(outbound), name)
+        return old
+
+    def name_of(self, outbound: Outbound) -> str:
+        """The name the rules know `outbound` by ("?" for one the router never had)."""
+        return self._names.get(id(outbound), "?")
+
+    @property
+    def outbound_names(self) -> tuple[str, ...]:
+        return tuple(self.outbounds)
+
+    def health_snapshot(self) -> list[dict[str, Any]]:
+        """Per proxy: name, url, up, since, last_error, active, failures, rtt_ms
+        (docs/contracts.md section 2); [] when the outbounds keep no health."""
+        snapshot = getattr(self._source, "health_snapshot", None)
+        return snapshot() if snapshot is not None else []
+
+    def groups_snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per group: policy, members, active (the member new flows go to now)."""
+        snapshot = getattr(self._source, "groups_snapshot", None)
+        return snapshot() if snapshot is not None else {}
+
+    @property
+    def proxy_tcp(self) -> Outbound:
+        """Where ztun's own DNS lookups over TCP go: the group ``default`` (the proxy of a
+        single ``--proxy``), else the default outbound."""
+        return self.outbounds.get(DEFAULT_GROUP) or self.outbounds[self.rules.default]
 
     def decide(
         self, network: str, dst: IPAddress, port: int, domain: str | None = None
@@ -82,13 +134,14 @@ class Router:
                 # A fake address whose name is no longer known (pool recycled): the
                 # honest answer is a refusal, not a connection to 198.18.x.x.
                 return Decision(Action.REJECT, self.reject, Target.from_ip(dst, port))
-        action = self.rules.match(Flow(network, dst, port, domain))  # type: ignore[arg-type]
+        name = self.rules.match(Flow(network, dst, port, domain))  # type: ignore[arg-type]
+        name = self.aliases.get(name, name)
         try:
             target = Target(domain, port) if domain else Target.from_ip(dst, port)
         except ValueError:
             # A name DNS let through that SOCKS5 cannot carry: refuse the flow.
             return Decision(Action.REJECT, self.reject, Target.from_ip(dst, port))
-        return Decision(action, self._outbound(action, network), target, domain)
+        return Decision(Action.of(name), self.outbounds[name], target, domain, name)
 
     async def sniff(self, conn: socket.socket) -> str | None:
         """The domain the app names in its first bytes (TLS SNI, HTTP Host), if it does so

@@ -100,6 +100,7 @@ TOOLS: dict[str, Tool] = {
     # peers and targets
     **_tools(A, "microsocks", "SOCKS5 server", "microsocks"),
     **_tools(A, "dante-server", "SOCKS5/SOCKS4 server with UDP ASSOCIATE", "danted"),
+    **_tools(A, "tinyproxy-bin", "HTTP CONNECT proxy peer (http:// outbounds)", "tinyproxy"),
     **_tools(A, "dnsmasq-base", "DNS server target", "dnsmasq"),
     **_tools(A, "nginx-light", "HTTP server target", "nginx"),
     **_tools(A, "iperf3", "throughput target and client", "iperf3"),

@@ -37,9 +37,13 @@ DEFAULT_ADDRESSES = ("172.19.0.1/30", "fdfe:dcba:9876::1/126")
 ROUTE_TIMEOUT = 10.0
 
 
+SOCKS5_SCHEMES = ("socks5", "socks5h")
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyEndpoint:
-    """A parsed ``socks5://[user:pass@]host:port`` (``socks5h`` too)."""
+    """A parsed ``socks5://[user:pass@]host:port`` (``socks5h`` too; an adapter may
+    accept more schemes, see ``Tun2Socks.proxy_schemes``)."""
 
     scheme: str
     host: str
@@ -48,10 +52,10 @@ class ProxyEndpoint:
     password: str | None
 
     @classmethod
-    def parse(cls, url: str) -> ProxyEndpoint:
+    def parse(cls, url: str, schemes: Sequence[str] = SOCKS5_SCHEMES) -> ProxyEndpoint:
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("socks5", "socks5h"):
-            raise ValueError(f"proxy URL {url!r}: scheme must be socks5 or socks5h")
+        if parts.scheme not in schemes:
+            raise ValueError(f"proxy URL {url!r}: scheme must be {' or '.join(schemes)}")
         if not parts.hostname or parts.port is None:
             raise ValueError(f"proxy URL {url!r}: needs host and port")
         unquote = urllib.parse.unquote
@@ -163,6 +167,9 @@ class Tun2Socks(ABC):
     name: str
     """The report's column; the entry point's name for the registered adapters."""
 
+    proxy_schemes: tuple[str, ...] = SOCKS5_SCHEMES
+    """The proxy URL schemes ``start`` accepts for this implementation."""
+
     @abstractmethod
     def unavailable_reason(self, host: Host) -> str | None:
         """Why this implementation cannot run in ``host`` (binary missing...), or None."""
@@ -203,7 +210,7 @@ class Tun2Socks(ABC):
         if reason is not None:
             pytest.skip(f"{self.name}: {reason}")
         chosen = normalise_addresses(addresses)
-        proxy = ProxyEndpoint.parse(proxy_url)
+        proxy = ProxyEndpoint.parse(proxy_url, self.proxy_schemes)
         version = self.version(host)
         process, config = self.launch(
             host, device=device, addresses=chosen, proxy=proxy, proxy_url=proxy_url, mtu=mtu

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.hosts import Host, LogLine, Process
 from harness.impls.base import ProxyEndpoint, Tun2Socks
+from ztun.outbound.url import SCHEMES
 from ztun.tools import tool
 
 READY_PATTERN = r"ztun ready"
@@ -37,6 +38,7 @@ class Ztun(Tun2Socks):
     """
 
     name = "ztun"
+    proxy_schemes = SCHEMES  # socks5, socks5h, socks4, socks4a, http
 
     def __init__(self, *, binary: str | None = None, extra_args: Sequence[str] = ()) -> None:
         self.binary = binary

@@ -129,6 +129,16 @@ class PeerServer:
     def log_text(self) -> str:
         return self.process.log_text()
 
+    def url_for(self, scheme: str, user: str | None = None, password: str | None = None) -> str:
+        """``scheme://[user:password@]address:port`` (percent-encoded), e.g. a danted's
+        SOCKS4 side: ``url_for("socks4")``."""
+        if user is None:
+            auth = ""
+        else:
+            quote = urllib.parse.quote
+            auth = f"{quote(user, safe='')}:{quote(password or '', safe='')}@"
+        return f"{scheme}://{auth}{_bracket(self.address)}:{self.port}"
+
 
 @dataclass
 class Socks5Server(PeerServer):
@@ -141,12 +151,7 @@ class Socks5Server(PeerServer):
 
     @property
     def url(self) -> str:
-        auth = ""
-        if self.username is not None:
-            user = urllib.parse.quote(self.username, safe="")
-            password = urllib.parse.quote(self.password or "", safe="")
-            auth = f"{user}:{password}@"
-        return f"socks5://{auth}{_bracket(self.address)}:{self.port}"
+        return self.url_for("socks5", self.username, self.password)
 
     def stop(self) -> None:
         super().stop()
@@ -451,6 +456,74 @@ def start_ssh_dynamic(
     )
 
 
+# --------------------------------------------------------------------------- HTTP CONNECT
+
+
+@dataclass
+class HttpProxyServer(PeerServer):
+    """An HTTP proxy taking CONNECT; ``url`` is ``http://[user:pass@]host:port``."""
+
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.url_for("http", self.username, self.password)
+
+
+def tinyproxy_config(
+    addr: str, port: int, *, user: str | None = None, password: str | None = None
+) -> str:
+    """A tinyproxy.conf: CONNECT to any port from anyone, Basic auth when ``user`` is set.
+
+    No ``ConnectPort`` line means every port may be CONNECTed to (tinyproxy 1.11); no
+    ``LogFile`` or ``Syslog`` with ``-d`` sends the log to stderr (the process log).
+    """
+    lines = [
+        "User nobody",
+        "Group nogroup",
+        f"Listen {addr}",
+        f"Port {port}",
+        "Timeout 600",
+        "MaxClients 512",
+        "LogLevel Connect",
+        "Allow 0.0.0.0/0",
+        "Allow ::/0",
+    ]
+    if user is not None:
+        lines.append(f"BasicAuth {user} {password or ''}")
+    return "\n".join(lines) + "\n"
+
+
+def start_tinyproxy(
+    host: Host,
+    addr: str,
+    port: int,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    name: str | None = None,
+) -> HttpProxyServer:
+    """Debian's tinyproxy (HTTP CONNECT; answers wrong credentials with 401, none with 407).
+
+    Its config grammar takes only ``[-A-Za-z0-9._]`` in ``user`` and ``password``.
+    """
+    binary = require_tool(host, "tinyproxy")
+    name = name or _unique("tinyproxy")
+    conf = _workfile(host, f"{name}.conf")
+    host.write_file(conf, tinyproxy_config(addr, port, user=user, password=password))
+    process = host.spawn([binary, "-d", "-c", str(conf)], name=name, ready=TcpListening(port))
+    return HttpProxyServer(
+        kind="tinyproxy",
+        host=host,
+        address=addr,
+        port=port,
+        process=process,
+        username=user,
+        password=password,
+    )
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -598,6 +671,7 @@ def describe(server: PeerServer) -> str:
 
 
 __all__ = [
+    "HttpProxyServer",
     "PeerServer",
     "RecordingSocks5",
     "Socks5Server",
@@ -616,6 +690,8 @@ __all__ = [
     "start_ssh_dynamic",
     "start_tcp_data",
     "start_tcp_echo",
+    "start_tinyproxy",
     "start_udp_echo",
+    "tinyproxy_config",
     "which",
 ]

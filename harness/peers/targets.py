@@ -26,7 +26,9 @@ import hashlib
 import json
 import random
 import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +71,65 @@ def seeded_sha256(seed: int, size: int) -> str:
     for part in seeded_chunks(seed, size):
         digest.update(part)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def sink_upload(sock: socket.socket, size: int, seed: int) -> tuple[int, str]:
+    """The client of SINK on a connected ``sock``: send ``size`` seeded bytes, half-close,
+    return the server's count and sha256 (compare with ``(size, seeded_sha256(...))``)."""
+    sock.sendall(b"SINK\n")
+    for part in seeded_chunks(seed, size):
+        sock.sendall(part)
+    sock.shutdown(socket.SHUT_WR)
+    answer = b""
+    while data := sock.recv(CHUNK):
+        answer += data
+    count, sha = answer.decode("ascii", errors="replace").split()
+    return int(count), sha
+
+
+def source_download(sock: socket.socket, size: int, seed: int) -> tuple[int, str]:
+    """The client of SOURCE on a connected ``sock``: the count and sha256 of what came."""
+    sock.sendall(f"SOURCE {size} {seed}\n".encode())
+    digest = hashlib.sha256()
+    count = 0
+    while data := sock.recv(1 << 20):
+        digest.update(data)
+        count += len(data)
+    return count, digest.hexdigest()
+
+
+def echo_roundtrip(sock: socket.socket, size: int, seed: int) -> tuple[int, str]:
+    """Through a TCP echo on a connected ``sock``: send ``size`` seeded bytes (from a thread)
+    while reading the echo back; the count and sha256 of what came back.
+
+    Needs no half-close, so it crosses relays that close both directions on the first EOF
+    (microsocks, tinyproxy), where SINK's answer would be lost.
+    """
+    failure: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            for part in seeded_chunks(seed, size):
+                sock.sendall(part)
+        except OSError as exc:
+            failure.append(exc)
+
+    sender = threading.Thread(target=send, name="echo-roundtrip-send", daemon=True)
+    sender.start()
+    digest = hashlib.sha256()
+    count = 0
+    try:
+        while count < size and (data := sock.recv(min(1 << 20, size - count))):
+            digest.update(data)
+            count += len(data)
+    finally:
+        sender.join(sock.gettimeout())
+    if failure:
+        raise failure[0]
+    return count, digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- log

@@ -21,11 +21,20 @@ class TcpStream:
 
     `early` holds tunnel bytes the proxy sent in the same segment as its reply (a server
     speaking first, e.g. SMTP or SSH, through a fast proxy): the caller must deliver them
-    to the app *before* anything it reads from `sock`. The caller owns `sock` and closes it.
+    to the app *before* anything it reads from `sock`. The caller owns `sock` and closes it,
+    then calls `release()` (a proxy counts its open flows for health and least-connections).
+    `via` names the proxy that carries it (a group's member), when one does.
     """
 
     sock: socket.socket
     early: bytes = b""
+    via: str | None = None
+    on_release: Callable[[], None] | None = None
+
+    def release(self) -> None:
+        """The flow on this stream is over (idempotent only if `on_release` is)."""
+        if self.on_release is not None:
+            self.on_release()
 
 
 class UdpAssociation(Protocol):

@@ -1,11 +1,8 @@
 """SOCKS5 outbound: the asyncio adapter around `socks5_proto.Socks5Client`.
 
-It only moves bytes: connect (with the routing marks), write what the core queued, feed
-what the proxy sent, and map the core's events to `OutboundError`s that name the proxy.
-
-`connect_timeout` bounds the TCP connect to the proxy and, separately, the handshake
-(a proxy that accepts but stalls raises `ProxyTimeout`). For CONNECT the reply comes only
-after the proxy reached the target, so a slow target also counts against the handshake.
+`dialer.ProxyDialer` moves the bytes (connect with the routing marks, write what the core
+queued, feed what the proxy sent, bound it all by `connect_timeout`); this module maps the
+core's events to `OutboundError`s that name the proxy, and runs UDP associations.
 
 UDP ASSOCIATE (RFC 1928 section 7): the request carries all-zero DST.ADDR/DST.PORT (we do
 not know the address the proxy will see us from, e.g. behind NAT); the UDP socket is then
@@ -22,18 +19,17 @@ import logging
 import socket
 
 from .base import DatagramHandler, TcpStream, UdpAssociation
+from .dialer import ProxyOutboundBase
 from .errors import (
     ProxyAuthFailed,
     ProxyProtocolError,
     ProxyRefused,
-    ProxyTimeout,
     ProxyUnreachable,
 )
-from .sockets import SockAddr, connect_tcp, describe, make_socket, resolve, sockaddr_for
+from .sockets import SockAddr, describe, make_socket, resolve, sockaddr_for
 from .socks5_proto import (
     AuthFailed,
     Command,
-    LocalProtocolError,
     NoAcceptableMethods,
     RemoteProtocolError,
     RequestFailed,
@@ -46,14 +42,11 @@ from .socks5_proto import (
 )
 from .target import Target
 from .uplink import Uplink
-from .url import ProxyURL, parse_proxy_url
 
 __all__ = ["Socks5Outbound", "Socks5UdpAssociation", "UdpAssociation"]
 
 log = logging.getLogger(__name__)
 
-#: Handshake messages are tiny; one read takes a whole reply plus any early tunnel bytes.
-_HANDSHAKE_READ = 4096
 #: Largest UDP payload on IPv4 plus the biggest SOCKS5 UDP header.
 _UDP_READ = 65535
 #: Datagrams read per wake-up, so a flood on one association cannot starve the loop.
@@ -65,29 +58,12 @@ _HEADER_CACHE = 1024
 _UNSPECIFIED = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 
 
-class Socks5Outbound:
+class Socks5Outbound(ProxyOutboundBase):
     """Open TCP streams and UDP associations through one SOCKS5 proxy."""
 
-    def __init__(
-        self,
-        url: ProxyURL | str,
-        *,
-        connect_timeout: float = 10.0,
-        fwmark: int | None = None,
-        bind_interface: str | None = None,
-    ) -> None:
-        self.url = parse_proxy_url(url) if isinstance(url, str) else url
+    def _check_url(self) -> None:
         if self.url.username is not None:
-            try:  # fail at configuration time, not on the first connection
-                encode_auth(self.url.username, self.url.password or "")
-            except LocalProtocolError as exc:
-                raise ValueError(f"proxy {self.url}: {exc}") from None
-        self.connect_timeout = connect_timeout
-        self.fwmark = fwmark
-        self.bind_interface = bind_interface
-
-    def __repr__(self) -> str:
-        return f"Socks5Outbound({str(self.url)!r})"
+            encode_auth(self.url.username, self.url.password or "")
 
     async def open_tcp(self, target: Target) -> TcpStream:
         """CONNECT to `target`; the stream's `early` holds bytes that came with the reply."""
@@ -110,7 +86,7 @@ class Socks5Outbound:
             except OSError as exc:
                 udp.close()
                 raise ProxyUnreachable(
-                    f"proxy {self.url.address}: cannot reach UDP relay {relay[0]}:{relay[1]}: "
+                    f"{self.url.label}: cannot reach UDP relay {relay[0]}:{relay[1]}: "
                     f"{describe(exc)}"
                 ) from exc
         except BaseException:
@@ -123,78 +99,38 @@ class Socks5Outbound:
     async def _handshake(
         self, command: Command, target: Target | None
     ) -> tuple[socket.socket, Target, bytes]:
-        sock = await self._connect()
-        try:
-            if target is None:  # UDP ASSOCIATE: "all zeros" in the control's family
-                target = Target(_UNSPECIFIED.get(sock.family, "0.0.0.0"), 0)
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    bound, early = await self._negotiate(sock, command, target)
-            except TimeoutError:
-                raise ProxyTimeout(
-                    f"proxy {self.url.address}: no SOCKS5 answer within {self.connect_timeout:g}s"
-                ) from None
-            except RemoteProtocolError as exc:
-                raise ProxyProtocolError(f"proxy {self.url.address}: {exc}") from None
-            except OSError as exc:
-                raise ProxyProtocolError(
-                    f"proxy {self.url.address}: connection lost during the handshake: "
-                    f"{describe(exc)}"
-                ) from exc
-        except BaseException:
-            sock.close()
-            raise
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("proxy %s: %s %s established", self.url.address, command.name, target)
-        return sock, bound, early
+        requested = target
 
-    async def _connect(self) -> socket.socket:
-        where = f"proxy {self.url.address}"
-        try:
-            return await connect_tcp(
-                self.url.host,
-                self.url.port,
-                timeout=self.connect_timeout,
-                fwmark=self.fwmark,
-                bind_interface=self.bind_interface,
+        def make_core(sock: socket.socket) -> Socks5Client:
+            nonlocal requested
+            if requested is None:  # UDP ASSOCIATE: "all zeros" in the control's family
+                requested = Target(_UNSPECIFIED.get(sock.family, "0.0.0.0"), 0)
+            return Socks5Client(
+                command, requested, username=self.url.username, password=self.url.password
             )
-        except TimeoutError:
-            raise ProxyUnreachable(
-                f"{where}: connect timed out after {self.connect_timeout:g}s"
-            ) from None
-        except socket.gaierror as exc:
-            raise ProxyUnreachable(f"{where}: cannot resolve host: {exc.strerror}") from exc
-        except OSError as exc:
-            raise ProxyUnreachable(f"{where}: {describe(exc)}") from exc
 
-    async def _negotiate(
-        self, sock: socket.socket, command: Command, target: Target
-    ) -> tuple[Target, bytes]:
-        loop = asyncio.get_running_loop()
-        client = Socks5Client(
-            command, target, username=self.url.username, password=self.url.password
-        )
-        while True:
-            out = client.data_to_send()
-            if out:
-                await loop.sock_sendall(sock, out)
-            data = await loop.sock_recv(sock, _HANDSHAKE_READ)
-            for event in client.receive_data(data):
-                if isinstance(event, RequestSucceeded):
-                    return event.bound, client.trailing_data
-                if isinstance(event, RequestFailed):
-                    raise ProxyRefused(
-                        event.reply_code,
-                        f"proxy {self.url.address} refused {command.name} {target}: "
-                        f"{event.reason} ({event.reply_code:#04x})",
-                    )
-                if isinstance(event, NoAcceptableMethods):
-                    raise ProxyAuthFailed(self._no_method_message())
-                if isinstance(event, AuthFailed):
-                    raise ProxyAuthFailed(
-                        f"proxy {self.url.address} rejected username {self.url.username!r} "
-                        f"(RFC 1929 status {event.status:#04x})"
-                    )
+        def settle(event: object) -> Target | None:
+            if isinstance(event, RequestSucceeded):
+                return event.bound
+            if isinstance(event, RequestFailed):
+                raise ProxyRefused(
+                    event.reply_code,
+                    f"{self.url.label} refused {command.name} {requested}: "
+                    f"{event.reason} ({event.reply_code:#04x})",
+                )
+            if isinstance(event, NoAcceptableMethods):
+                raise ProxyAuthFailed(self._no_method_message())
+            if isinstance(event, AuthFailed):
+                raise ProxyAuthFailed(
+                    f"{self.url.label} rejected username {self.url.username!r} "
+                    f"(RFC 1929 status {event.status:#04x})"
+                )
+            return None
+
+        sock, bound, early = await self._dialer.handshake(make_core, settle, protocol="SOCKS5")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %s %s established", self.url.label, command.name, requested)
+        return sock, bound, early
 
     def _no_method_message(self) -> str:
         offered = "no-auth" + (", username/password" if self.url.username is not None else "")
@@ -203,22 +139,20 @@ class Socks5Outbound:
             if self.url.username is not None
             else "it probably wants a username and password: socks5://USER:PASS@HOST:PORT"
         )
-        return f"proxy {self.url.address} accepts none of the offered methods ({offered}); {hint}"
+        return f"{self.url.label} accepts none of the offered methods ({offered}); {hint}"
 
     async def _relay_address(self, control: socket.socket, bound: Target) -> tuple[int, SockAddr]:
         if bound.port == 0:
-            raise ProxyProtocolError(f"proxy {self.url.address}: UDP relay port 0")
+            raise ProxyProtocolError(f"{self.url.label}: UDP relay port 0")
         if bound.ip is None:
             try:
                 candidates = await resolve(bound.host, bound.port, socket.SOCK_DGRAM)
             except OSError as exc:
                 raise ProxyUnreachable(
-                    f"proxy {self.url.address}: cannot resolve UDP relay {bound}: {exc}"
+                    f"{self.url.label}: cannot resolve UDP relay {bound}: {exc}"
                 ) from exc
             if not candidates:
-                raise ProxyProtocolError(
-                    f"proxy {self.url.address}: UDP relay {bound} resolves to nothing"
-                )
+                raise ProxyProtocolError(f"{self.url.label}: UDP relay {bound} resolves to nothing")
             return candidates[0]
         ip = bound.ip
         if ip.is_unspecified:

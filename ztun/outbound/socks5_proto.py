@@ -10,8 +10,8 @@ tunnel and are kept in `trailing_data`.
 The UDP request header (RFC 1928 section 7) is encoded and decoded by plain functions.
 
 Remote garbage raises `RemoteProtocolError`; using the client out of order raises
-`LocalProtocolError`. A proxy saying "no" (no acceptable method, bad password, a non-zero
-reply) is not garbage: it is an event.
+`LocalProtocolError` (both from `protocol`, shared by every handshake core). A proxy saying
+"no" (no acceptable method, bad password, a non-zero reply) is not garbage: it is an event.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .protocol import ClientCore
+from .protocol import LocalProtocolError as LocalProtocolError
+from .protocol import RemoteProtocolError as RemoteProtocolError
 from .target import MAX_DOMAIN_LEN, Target, encode_domain
 
 SOCKS_VERSION = 0x05
@@ -96,21 +99,6 @@ REPLY_NAMES: dict[int, str] = {
 def reply_name(code: int) -> str:
     """The RFC 1928 name of a reply code ("connection refused"), or "unassigned reply 0x..."."""
     return REPLY_NAMES.get(code, f"unassigned reply {code:#04x}")
-
-
-# -- errors -------------------------------------------------------------------------------
-
-
-class ProtocolError(Exception):
-    """Base of the two ways a SOCKS5 exchange can go wrong."""
-
-
-class LocalProtocolError(ProtocolError):
-    """We used the state machine wrongly (fed it after the handshake, bad credentials)."""
-
-
-class RemoteProtocolError(ProtocolError):
-    """The proxy sent bytes that are not valid SOCKS5, or closed mid-message."""
 
 
 # -- events -------------------------------------------------------------------------------
@@ -198,7 +186,7 @@ def _symbol(event: Event) -> object:
     return type(event)
 
 
-class Socks5Client:
+class Socks5Client(ClientCore):
     """One client-side SOCKS5 handshake for `command` to `target`.
 
     The greeting is queued at construction: offer no-auth, plus username/password when
@@ -221,33 +209,12 @@ class Socks5Client:
             self._auth = encode_auth(username, password or "")
             methods.append(Method.USERNAME_PASSWORD)
         self._offered = frozenset(methods)
-        self._buf = bytearray()
-        self._out = bytearray(encode_greeting(methods))
+        super().__init__(encode_greeting(methods))
         self.state = State.AWAIT_METHOD
-
-    def data_to_send(self) -> bytes:
-        """What to write to the proxy now (possibly b""); the queue is emptied."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    @property
-    def trailing_data(self) -> bytes:
-        """Tunnel bytes that arrived together with the final reply (ESTABLISHED only)."""
-        if self.state is not State.ESTABLISHED:
-            raise LocalProtocolError(f"no trailing data while {self.state.value}")
-        return bytes(self._buf)
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the proxy (b"" = it closed); return the events now complete."""
-        if self.state in (State.ESTABLISHED, State.FAILED):
-            raise LocalProtocolError(
-                f"handshake {self.state.value}: relay tunnel bytes directly, not through "
-                "the protocol core"
-            )
-        if not data:
-            return self._receive_eof()
-        self._buf += data
+        self._accept(data)
         events: list[Event] = []
         try:
             while self.state not in (State.ESTABLISHED, State.FAILED):
@@ -257,7 +224,7 @@ class Socks5Client:
                 self._apply(event)
                 events.append(event)
         except RemoteProtocolError:
-            self.state = State.FAILED
+            self._fail()
             raise
         return events
 
@@ -325,11 +292,6 @@ class Socks5Client:
         bound, end = parsed
         del self._buf[:end]
         return RequestSucceeded(bound)
-
-    def _receive_eof(self) -> list[Event]:
-        waiting = self.state.value
-        self.state = State.FAILED
-        raise RemoteProtocolError(f"proxy closed the connection while {waiting}")
 
 
 # -- encoders -----------------------------------------------------------------------------

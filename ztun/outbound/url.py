@@ -1,5 +1,6 @@
-"""Outbound URLs: `socks5://[user[:pass]@]host:port` (also `socks5h://`), `direct://`,
-`reject://`.
+"""Outbound URLs: `socks5://[user[:pass]@]host:port` (also `socks5h://`),
+`socks4://[user@]host:port`, `socks4a://[user@]host:port`, `http://[user[:pass]@]host:port`
+(HTTP CONNECT), `direct://`, `reject://`.
 
 Parsed by hand rather than with `urllib.parse` so each mistake gets its own message
 ("port missing", "IPv6 address must be in brackets") and so the password never appears
@@ -8,7 +9,13 @@ in one: messages quote the URL with the password replaced by `***`.
 `socks5` and `socks5h` behave the same: ztun always hands domain names to the proxy.
 curl resolves names locally for `socks5://`, but inside a host whose traffic ztun routes
 (and whose DNS it may answer with fake IPs) a local lookup could loop back into ztun; the
-`socks5h` spelling is accepted so URLs written for curl work unchanged.
+`socks5h` spelling is accepted so URLs written for curl work unchanged. For the same
+reason `socks4://` never resolves a name locally: it carries IPv4 targets only, and
+`socks4a://` (the proxy resolves) carries names.
+
+Credentials are checked against what each protocol can carry: RFC 1929 fields are at most
+255 bytes (SOCKS5), SOCKS4 has a user id but no password, and an HTTP Basic user-id must
+not contain ':' (RFC 7617 section 2).
 """
 
 from __future__ import annotations
@@ -21,8 +28,13 @@ from urllib.parse import unquote
 
 from .target import MAX_PORT, Target
 
-Scheme = Literal["socks5", "socks5h"]
-SCHEMES: tuple[Scheme, ...] = ("socks5", "socks5h")
+Scheme = Literal["socks5", "socks5h", "socks4", "socks4a", "http"]
+SCHEMES: tuple[Scheme, ...] = ("socks5", "socks5h", "socks4", "socks4a", "http")
+#: The schemes whose proxies carry UDP (SOCKS5 UDP ASSOCIATE); the others are TCP only.
+UDP_SCHEMES: frozenset[str] = frozenset({"socks5", "socks5h"})
+#: How messages name a proxy of each scheme (socks5h is SOCKS5 on the wire).
+_KIND = {"socks5": "socks5", "socks5h": "socks5", "socks4": "socks4", "socks4a": "socks4a"}
+_SCHEME_LIST = ", ".join(f"{s}://" for s in SCHEMES)
 #: The outbounds that need no address.
 Builtin = Literal["direct", "reject"]
 BUILTINS: tuple[Builtin, ...] = ("direct", "reject")
@@ -52,6 +64,16 @@ class ProxyURL:
     def address(self) -> str:
         """`host:port` (IPv6 in brackets), the name error messages use for the proxy."""
         return _address(self.host, self.port)
+
+    @property
+    def label(self) -> str:
+        """``socks5 proxy 10.0.0.2:1080``: how every message names this proxy."""
+        return f"{_KIND.get(self.scheme, self.scheme)} proxy {self.address}"
+
+    @property
+    def udp_capable(self) -> bool:
+        """True when the protocol carries UDP (SOCKS5); HTTP CONNECT and SOCKS4 do not."""
+        return self.scheme in UDP_SCHEMES
 
     def __str__(self) -> str:
         auth = ""
@@ -83,7 +105,7 @@ def parse_outbound_url(text: str) -> ProxyURL | Builtin:
             raise ValueError(f"outbound URL {redact(text)!r}: {name}:// takes no address")
         return "direct" if name == "direct" else "reject"
     problem = (
-        f"unsupported scheme {scheme!r} (use socks5://, socks5h://, direct:// or reject://)"
+        f"unsupported scheme {scheme!r} (use {_SCHEME_LIST}, direct:// or reject://)"
         if sep
         else "scheme missing (expected e.g. socks5://127.0.0.1:1080 or direct://)"
     )
@@ -108,15 +130,15 @@ def _parse(text: str) -> ProxyURL:
         raise _Bad(f"scheme missing (expected e.g. {_EXAMPLE})")
     scheme = scheme_text.lower()
     if scheme not in SCHEMES:
-        raise _Bad(f"unsupported scheme {scheme_text!r} (use socks5:// or socks5h://)")
+        raise _Bad(f"unsupported scheme {scheme_text!r} (use {_SCHEME_LIST})")
     netloc, tail = _split_tail(rest)
     if tail not in ("", "/"):
         raise _Bad(f"unexpected {tail!r} after host:port (a proxy URL has no path or query)")
     userinfo, at, hostport = netloc.rpartition("@")
-    username, password = _parse_userinfo(userinfo) if at else (None, None)
-    host, port = _parse_hostport(hostport)
+    username, password = _parse_userinfo(userinfo, scheme) if at else (None, None)
+    host, port = _parse_hostport(hostport, scheme)
     return ProxyURL(
-        scheme="socks5h" if scheme == "socks5h" else "socks5",
+        scheme=next(s for s in SCHEMES if s == scheme),
         host=host,
         port=port,
         username=username,
@@ -130,26 +152,35 @@ def _split_tail(rest: str) -> tuple[str, str]:
     return rest[:cut], rest[cut:]
 
 
-def _parse_userinfo(userinfo: str) -> tuple[str, str]:
-    user_text, _, pass_text = userinfo.partition(":")
-    username = _decode_credential(user_text, "username")
-    password = _decode_credential(pass_text, "password")
+def _parse_userinfo(userinfo: str, scheme: str) -> tuple[str, str | None]:
+    user_text, colon, pass_text = userinfo.partition(":")
+    username = _decode_credential(user_text, "username", scheme)
     if not username:
         raise _Bad("username is empty (drop the '@' to connect without authentication)")
-    return username, password
+    if scheme in ("socks4", "socks4a"):
+        # SOCKS4 sends a USERID, NUL-terminated, and nothing else.
+        if colon:
+            raise _Bad(f"{scheme}:// has a user id but no password (drop ':' and what follows)")
+        if "\0" in username:
+            raise _Bad("user id contains a NUL byte, which ends it on the wire (SOCKS4)")
+        return username, None
+    if scheme == "http" and ":" in username:
+        raise _Bad("username must not contain ':' (RFC 7617 section 2, Basic auth)")
+    return username, _decode_credential(pass_text, "password", scheme)
 
 
-def _decode_credential(text: str, what: str) -> str:
+def _decode_credential(text: str, what: str, scheme: str) -> str:
     try:
         value = unquote(text, errors="strict")
     except UnicodeDecodeError:
         raise _Bad(f"{what} is not valid UTF-8 after percent-decoding") from None
-    if len(value.encode()) > MAX_CREDENTIAL_LEN:
+    if scheme in UDP_SCHEMES and len(value.encode()) > MAX_CREDENTIAL_LEN:
         raise _Bad(f"{what} longer than {MAX_CREDENTIAL_LEN} bytes (RFC 1929 limit)")
     return value
 
 
-def _parse_hostport(hostport: str) -> tuple[str, int]:
+def _parse_hostport(hostport: str, scheme: str) -> tuple[str, int]:
+    example_port = 3128 if scheme == "http" else 1080
     if hostport.startswith("["):
         inside, bracket, after = hostport[1:].partition("]")
         if not bracket:
@@ -159,18 +190,18 @@ def _parse_hostport(hostport: str) -> tuple[str, int]:
         except ValueError:
             raise _Bad(f"{inside!r} in brackets is not an IPv6 address") from None
         if not after:
-            raise _Bad(f"port missing (e.g. socks5://[{host}]:1080)")
+            raise _Bad(f"port missing (e.g. {scheme}://[{host}]:{example_port})")
         if not after.startswith(":"):
             raise _Bad(f"unexpected {after!r} after ']' (expected ':PORT')")
         port_text = after[1:]
     else:
         if hostport.count(":") > 1:
-            raise _Bad("IPv6 address must be in brackets, e.g. socks5://[::1]:1080")
+            raise _Bad(f"IPv6 address must be in brackets, e.g. {scheme}://[::1]:{example_port}")
         host, colon, port_text = hostport.partition(":")
         if not host:
             raise _Bad(f"host missing (expected e.g. {_EXAMPLE})")
         if not colon:
-            raise _Bad(f"port missing (e.g. socks5://{host}:1080)")
+            raise _Bad(f"port missing (e.g. {scheme}://{host}:{example_port})")
         try:
             host = Target(host, 0).host
         except ValueError as exc:

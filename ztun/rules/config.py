@@ -11,7 +11,7 @@ Example::
     device = "tun://ztun0"
     addresses = ["172.19.0.1/30", "fdfe:dcba:9876::1/126"]
     interface = "eth0"              # outbound sockets bind here (SO_BINDTODEVICE)
-    default_action = "proxy"
+    default_outbound = "default"    # a proxy, a group, "direct" or "reject"
     log_level = "info"              # debug | info | warning | error
     log_file = "/var/log/ztun.log"  # reopened on SIGUSR1 (default: stderr)
     log_format = "text"             # text | json
@@ -34,12 +34,15 @@ Example::
 
     [[rules]]
     domain_suffix = ["lan", "corp.example"]
-    action = "direct"
+    outbound = "direct"
 
     [[rules]]
     network = "udp"
     port = ["443", "8000-8100"]
-    action = "reject"
+    outbound = "reject"
+
+Proxies and groups (``[[proxies]]``, ``[groups.NAME]``, ``fail_open``) are parsed by
+:mod:`ztun.rules.proxies`; docs/config.md describes them for users.
 """
 
 from __future__ import annotations
@@ -50,7 +53,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from ztun.dns.fakeip import DEFAULT_V4_RANGE, DEFAULT_V6_RANGE
 from ztun.dns.mode import DEFAULT_FAKE_TTL, DnsMode
@@ -62,7 +64,17 @@ from ztun.route.plan import (
     DEFAULT_TABLE,
     AutoRouteConfig,
 )
+from ztun.rules import proxies as _proxies
 from ztun.rules.errors import COMMAND_LINE, ConfigError, KeyPath, format_key, locate
+from ztun.rules.proxies import (
+    DEFAULT_GROUP,
+    LEGACY_ACTIONS,
+    GroupSpec,
+    ProxySpec,
+    builtin_default,
+    default_group,
+    implicit_proxies,
+)
 from ztun.rules.rules import Action, Rule, RuleSet
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -79,7 +91,6 @@ MIN_MTU_V4 = 576  # RFC 791
 MIN_MTU_V6 = 1280  # RFC 8200 5
 MAX_MTU = 65535
 IFNAMSIZ = 16  # linux/if.h, including the NUL
-PROXY_SCHEMES = ("socks5", "socks5h")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 ICMP_MODES = ("local", "direct", "reject")  # ztun.stack.IcmpMode
@@ -130,9 +141,15 @@ class SniffOptions:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """Everything ``ztun run`` needs, validated."""
+    """Everything ``ztun run`` needs, validated.
 
-    proxy: str | None = None
+    ``proxy_urls`` are the ``proxy`` key's URLs (every ``--proxy``); ``proxies`` and
+    ``groups`` are the ``[[proxies]]`` and ``[groups.NAME]`` entries as written.
+    ``all_proxies()`` and ``all_groups()`` add the implicit ones (``proxy1``... and the
+    group ``default``).
+    """
+
+    proxy_urls: tuple[str, ...] = ()
     device: str = DEFAULT_DEVICE
     addresses: tuple[IPInterface, ...] = DEFAULT_ADDRESSES
     mtu: int = DEFAULT_MTU
@@ -144,11 +161,14 @@ class Config:
     control: str | None = None  # None: the per-device default (ztun.control.paths)
     metrics: tuple[str, int] | None = None  # Prometheus endpoint HOST:PORT
     pid_file: Path | None = None
-    default_action: Action = Action.PROXY
     icmp: str = "local"  # what an echo request gets: one of ICMP_MODES
     # UDP flows holding an association (0: no limit; None: from the open-files limit,
     # ztun.limits; LRU)
     max_udp_sessions: int | None = None
+    default_outbound: str = DEFAULT_GROUP
+    fail_open: bool = False
+    proxies: tuple[ProxySpec, ...] = ()
+    groups: tuple[GroupSpec, ...] = ()
     route: RouteOptions = field(default_factory=RouteOptions)
     dns: DnsOptions = field(default_factory=DnsOptions)
     sniff: SniffOptions = field(default_factory=SniffOptions)
@@ -160,9 +180,36 @@ class Config:
         """The interface name in ``tun://NAME`` (or a bare NAME)."""
         return self.device.removeprefix("tun://")
 
+    @property
+    def proxy(self) -> str | None:
+        """The first URL of the ``proxy`` key (None: not given)."""
+        return self.proxy_urls[0] if self.proxy_urls else None
+
+    @property
+    def default_action(self) -> Action:
+        """What ``default_outbound`` is, in the legacy terms (a proxy or group: PROXY)."""
+        return Action.of(self.default_outbound)
+
+    def all_proxies(self) -> tuple[ProxySpec, ...]:
+        """Every named proxy: ``proxy1``... from the ``proxy`` key, then ``[[proxies]]``."""
+        return implicit_proxies(self.proxy_urls, self.proxies) + self.proxies
+
+    def all_groups(self) -> tuple[GroupSpec, ...]:
+        """Every group: ``default`` first (unless it is an alias), then ``[groups.NAME]``."""
+        if self.default_alias is not None:
+            return self.groups
+        implicit = implicit_proxies(self.proxy_urls, self.proxies)
+        return (default_group(implicit, self.proxies), *self.groups)
+
+    @property
+    def default_alias(self) -> str | None:
+        """``direct`` / ``reject`` when ``proxy = "direct://"`` / ``"reject://"``: then the
+        name ``default`` means that outbound, not a group."""
+        return builtin_default(self.proxy_urls)
+
     def rule_set(self) -> RuleSet:
-        """The compiled rules with the default action."""
-        return RuleSet(self.rules, self.default_action)
+        """The compiled rules with the default outbound."""
+        return RuleSet(self.rules, self.default_outbound)
 
     def auto_route_config(
         self, proxy_addresses: tuple[IPAddress, ...], device: str | None = None
@@ -258,6 +305,10 @@ class _Builder:
         if any(path[: len(o)] == o for o in self.overridden):
             return ConfigError(COMMAND_LINE, None, format_key(path), message)
         return ConfigError(self.file, locate(self.text, path), format_key(path), message)
+
+    def origin(self, path: KeyPath) -> str:
+        """``file:line`` of ``path``, for logs that point back at the config."""
+        return f"{self.file}:{locate(self.text, path) or '?'}"
 
     # typed getters --------------------------------------------------------------------
 
@@ -365,14 +416,22 @@ class _Builder:
         route = self.route(self.section(data, "route"))
         dns = self.dns(self.section(data, "dns"))
         sniff = self.sniff(self.section(data, "sniff"))
+        proxy_urls = _proxies.parse_proxy_urls(self, data)
+        # The implicit proxy1... exist only when the proxy key gives URLs; their names are
+        # taken first so a [[proxies]] entry cannot shadow one.
+        taken = {f"proxy{i}" for i in range(1, len(proxy_urls) + 1)}
+        named = _proxies.parse_proxies(self, data, taken)
+        proxy_names = {p.name for p in implicit_proxies(proxy_urls, named) + named}
+        taken |= proxy_names
+        groups = _proxies.parse_groups(self, data, proxy_names, taken)
+        known = (*sorted(taken), DEFAULT_GROUP, "direct", "reject")
+        fail_open = self.take(data, (), "fail_open", bool, False)
+        default_outbound = self.default_outbound(data, known)
         rules_raw = data.pop("rules", [])
         if not isinstance(rules_raw, list):
             raise self.error(("rules",), "must be an array of tables ([[rules]])")
-        rules = tuple(self.rule(r, i) for i, r in enumerate(rules_raw))
+        rules = tuple(self.rule(r, i, known) for i, r in enumerate(rules_raw))
 
-        proxy = self.take_opt(data, (), "proxy", str)
-        if proxy is not None:
-            self.check_proxy(proxy)
         device = self.take(data, (), "device", str, DEFAULT_DEVICE)
         if not device.removeprefix("tun://") or len(device.removeprefix("tun://")) >= IFNAMSIZ:
             raise self.error(("device",), f"{device!r}: the name must be 1-{IFNAMSIZ - 1} chars")
@@ -413,11 +472,6 @@ class _Builder:
                     ("metrics",), f"{metrics_raw!r} needs HOST:PORT, e.g. 127.0.0.1:9100"
                 )
         pid_file = self.take_opt(data, (), "pid_file", str)
-        default_action = Action(
-            self.choice(data.pop("default_action"), ("default_action",), tuple(Action))
-            if "default_action" in data
-            else Action.PROXY
-        )
         icmp = self.choice(data.pop("icmp"), ("icmp",), ICMP_MODES) if "icmp" in data else "local"
         max_udp_sessions = self.take_opt(data, (), "max_udp_sessions", int)
         if max_udp_sessions is not None and max_udp_sessions < 0:
@@ -427,6 +481,10 @@ class _Builder:
             (),
             (
                 "proxy",
+                "proxies",
+                "groups",
+                "default_outbound",
+                "fail_open",
                 "device",
                 "addresses",
                 "mtu",
@@ -438,7 +496,6 @@ class _Builder:
                 "control",
                 "metrics",
                 "pid_file",
-                "default_action",
                 "icmp",
                 "max_udp_sessions",
                 "route",
@@ -448,7 +505,7 @@ class _Builder:
             ),
         )
         return Config(
-            proxy=proxy,
+            proxy_urls=proxy_urls,
             device=device,
             addresses=addresses,
             mtu=mtu,
@@ -460,9 +517,12 @@ class _Builder:
             control=control,
             metrics=metrics,
             pid_file=Path(pid_file) if pid_file else None,
-            default_action=default_action,
             icmp=icmp,
             max_udp_sessions=max_udp_sessions,
+            default_outbound=default_outbound,
+            fail_open=fail_open,
+            proxies=named,
+            groups=groups,
             route=route,
             dns=dns,
             sniff=sniff,
@@ -470,20 +530,22 @@ class _Builder:
             source=None if self.file == COMMAND_LINE else self.file,
         )
 
-    def check_proxy(self, proxy: str) -> None:
-        from ztun.outbound.url import redact
-
-        path: KeyPath = ("proxy",)
-        shown = repr(redact(proxy))  # an error message must not print the password
-        try:
-            parts = urlsplit(proxy)
-            port = parts.port
-        except ValueError:
-            raise self.error(path, f"{shown}: not a valid URL or port") from None
-        if parts.scheme not in PROXY_SCHEMES:
-            raise self.error(path, f"{shown}: scheme must be {' or '.join(PROXY_SCHEMES)}://")
-        if not parts.hostname or port is None:
-            raise self.error(path, f"{shown}: needs HOST:PORT, e.g. socks5://127.0.0.1:1080")
+    def default_outbound(self, data: dict[str, Any], known: tuple[str, ...]) -> str:
+        """``default_outbound = NAME``, or the legacy ``default_action`` (not both)."""
+        if "default_outbound" in data and "default_action" in data:
+            raise self.error(
+                ("default_action",), "give default_outbound or default_action, not both"
+            )
+        if "default_action" in data:
+            action = self.choice(
+                data.pop("default_action"), ("default_action",), tuple(LEGACY_ACTIONS)
+            )
+            return LEGACY_ACTIONS[action]
+        if "default_outbound" in data:
+            return _proxies.outbound_name(
+                self, data.pop("default_outbound"), ("default_outbound",), known
+            )
+        return DEFAULT_GROUP
 
     def route(self, t: dict[str, Any]) -> RouteOptions:
         p: KeyPath = ("route",)
@@ -566,32 +628,40 @@ class _Builder:
         self.no_leftovers(t, p, ("enabled", "timeout"))
         return SniffOptions(enabled=enabled, timeout=timeout)
 
-    def rule(self, raw: Any, index: int) -> Rule:
+    def rule(self, raw: Any, index: int, known: tuple[str, ...]) -> Rule:
         p: KeyPath = ("rules", index)
         if not isinstance(raw, dict):
             raise self.error(p, "each rule must be a table ([[rules]])")
         t = dict(raw)
-        if "action" not in t:
-            raise self.error(p, "rule has no action (proxy, direct or reject)")
-        action = Action(self.choice(t.pop("action"), (*p, "action"), tuple(Action)))
+        if "outbound" in t and "action" in t:
+            raise self.error(p, "give outbound or action, not both")
+        if "outbound" in t:
+            outbound = _proxies.outbound_name(self, t.pop("outbound"), (*p, "outbound"), known)
+        elif "action" in t:
+            action = self.choice(t.pop("action"), (*p, "action"), tuple(LEGACY_ACTIONS))
+            outbound = LEGACY_ACTIONS[action]
+        else:
+            raise self.error(p, "rule has no outbound (a proxy, a group, direct or reject)")
         networks = frozenset(
             self.items(t, p, "network", lambda v, q: self.choice(v, q, ("tcp", "udp")))
         )
         rule = Rule(
-            action=action,
+            outbound=outbound,
             domains=frozenset(self.items(t, p, "domain", self.domain)),
             domain_suffixes=frozenset(self.items(t, p, "domain_suffix", self.domain)),
             domain_keywords=tuple(self.items(t, p, "domain_keyword", self.domain)),
             cidrs=self.items(t, p, "cidr", self.network),
             ports=self.items(t, p, "port", self.port_range),
             networks=networks,
-            origin=f"{self.file}:{locate(self.text, p) or '?'}",
+            origin=self.origin(p),
         )
         self.no_leftovers(
-            t, p, ("action", "domain", "domain_suffix", "domain_keyword", "cidr", "port", "network")
+            t,
+            p,
+            ("outbound", "domain", "domain_suffix", "domain_keyword", "cidr", "port", "network"),
         )
         if not (rule.has_destination or rule.ports or rule.networks):
-            raise self.error(p, "rule has no condition; use default_action for a catch-all")
+            raise self.error(p, "rule has no condition; use default_outbound for a catch-all")
         return rule
 
 

@@ -1,4 +1,7 @@
-"""Ordered routing rules: the first rule whose conditions all hold decides the action.
+"""Ordered routing rules: the first rule whose conditions all hold names the outbound.
+
+An outbound is a name: a proxy, a group of proxies, ``direct`` or ``reject`` (the router
+maps names to outbounds; ``ztun.rules.proxies`` validates them).
 
 Conditions, as in sing-box's route rules: the *destination* group (``domain``,
 ``domain_suffix``, ``domain_keyword``, ``cidr``) matches if any of its items does; then
@@ -18,6 +21,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+from ztun.rules.proxies import DEFAULT_GROUP, DIRECT, REJECT
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Network = Literal["tcp", "udp"]
@@ -25,11 +30,20 @@ MEMO_LIMIT = 4096
 
 
 class Action(StrEnum):
-    """Where a flow goes."""
+    """What kind of outbound a flow goes to (the legacy ``action`` values)."""
 
-    PROXY = "proxy"
+    PROXY = "proxy"  # a proxy or a group of proxies
     DIRECT = "direct"
     REJECT = "reject"
+
+    @classmethod
+    def of(cls, outbound: str) -> Action:
+        """The kind of the outbound named ``outbound``."""
+        if outbound == DIRECT:
+            return cls.DIRECT
+        if outbound == REJECT:
+            return cls.REJECT
+        return cls.PROXY
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +86,10 @@ def _mask(version: int, plen: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One compiled rule; ``origin`` ("rules.toml:12") is for logs and errors."""
+    """One compiled rule: ``outbound`` names where matching flows go; ``origin``
+    ("rules.toml:12") is for logs and errors."""
 
-    action: Action
+    outbound: str
     domains: frozenset[str] = frozenset()
     domain_suffixes: frozenset[str] = frozenset()
     domain_keywords: tuple[str, ...] = ()
@@ -133,28 +148,28 @@ class Rule:
 
 
 class RuleSet:
-    """An ordered rule list with a default action."""
+    """An ordered rule list with a default outbound."""
 
-    def __init__(self, rules: tuple[Rule, ...] = (), default: Action = Action.PROXY) -> None:
+    def __init__(self, rules: tuple[Rule, ...] = (), default: str = DEFAULT_GROUP) -> None:
         self.rules = rules
         self.default = default
-        self._memo: dict[Flow, tuple[Action, Rule | None]] = {}
+        self._memo: dict[Flow, tuple[str, Rule | None]] = {}
 
-    def match(self, flow: Flow) -> Action:
-        """The action for ``flow``."""
+    def match(self, flow: Flow) -> str:
+        """The name of the outbound for ``flow``."""
         return self.explain(flow)[0]
 
-    def explain(self, flow: Flow) -> tuple[Action, Rule | None]:
-        """The action and the rule that chose it (None: the default) -- for logs."""
+    def explain(self, flow: Flow) -> tuple[str, Rule | None]:
+        """The outbound and the rule that chose it (None: the default) -- for logs."""
         hit = self._memo.get(flow)
         if hit is not None:
             return hit
         if flow.domain is not None and flow.domain != flow.domain.lower():
             flow = Flow(flow.network, flow.dst_ip, flow.dst_port, flow.domain.lower().rstrip("."))
-        result: tuple[Action, Rule | None] = (self.default, None)
+        result: tuple[str, Rule | None] = (self.default, None)
         for rule in self.rules:
             if rule.matches(flow):
-                result = (rule.action, rule)
+                result = (rule.outbound, rule)
                 break
         if len(self._memo) >= MEMO_LIMIT:
             self._memo.clear()  # cheap bound; hot flows repopulate at once

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -21,7 +20,7 @@ from ztun_path import DATA_PORT, DEVICE, ECHO_PORT, SOCKS_PORT, UDP_ECHO_PORT, S
 from harness.hosts import LogLine
 from harness.impls.ztun import default_binary
 from harness.peers.starters import start_danted, start_dnsmasq
-from harness.peers.targets import seeded_chunks, seeded_sha256
+from harness.peers.targets import seeded_sha256, sink_upload, source_download
 from ztun.tools import tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.linux]
@@ -32,24 +31,12 @@ MIB = 1 << 20
 def upload(path, size: int, seed: int, *, v6: bool = False) -> tuple[int, str]:  # type: ignore[no-untyped-def]
     """SINK: send `size` seeded bytes, half-close, read the server's count and hash."""
     with path.connect(DATA_PORT, v6=v6, timeout=60) as sock:
-        sock.sendall(b"SINK\n")
-        for chunk in seeded_chunks(seed, size):
-            sock.sendall(chunk)
-        sock.shutdown(socket.SHUT_WR)
-        line = sock.makefile("rb").readline().decode()
-    count, sha = line.split()
-    return int(count), sha
+        return sink_upload(sock, size, seed)
 
 
 def download(path, size: int, seed: int, *, v6: bool = False) -> tuple[int, str]:  # type: ignore[no-untyped-def]
-    digest = hashlib.sha256()
-    count = 0
     with path.connect(DATA_PORT, v6=v6, timeout=60) as sock:
-        sock.sendall(f"SOURCE {size} {seed}\n".encode())
-        while data := sock.recv(1 << 20):
-            digest.update(data)
-            count += len(data)
-    return count, digest.hexdigest()
+        return source_download(sock, size, seed)
 
 
 def echo_half_closed(sock: socket.socket, payload: bytes) -> bytes:

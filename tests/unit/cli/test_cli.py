@@ -21,7 +21,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     ("args", "message"),
     [
         (["run", "--proxy", "socks5://host"], "port"),
-        (["run", "--proxy", "http://h:1"], "scheme"),
+        (["run", "--proxy", "ftp://h:1"], "scheme"),
         (["run", "--proxy", "socks5://h:99999"], "port"),
         (["run", "--address", "10.0.0.1/31"], "/31"),
         (["run", "--address", "10.0.0.0/30"], "network or broadcast"),
@@ -74,6 +74,7 @@ def test_help_documents_every_run_flag() -> None:
         "--proxy",
         "-x",
         "--udp-proxy",
+        "--fail-open",
         "--address",
         "-i",
         "--tun-ip",
@@ -168,3 +169,83 @@ def test_bad_new_keys_exit_2_naming_file_and_line(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f"{config}:2" in err and message in err
+
+
+# -- proxies and groups (docs/contracts.md section 2) ----------------------------------------
+
+
+def _parsed(*args: str):  # type: ignore[no-untyped-def]
+    """RunOptions for `args`, without running anything."""
+    from ztun.cli import _normalise_argv, _options
+
+    parser = build_parser()
+    return _options(parser.parse_args(_normalise_argv(["run", *args])), parser)
+
+
+def test_repeated_proxy_forms_the_failover_group_default() -> None:
+    opts = _parsed(
+        "--proxy", "http://u:p@10.0.0.2:3128", "-x", "socks4a://10.0.0.3:1080", "--fail-open"
+    )
+    cfg = opts.config
+    assert [(p.name, p.url) for p in cfg.all_proxies()] == [
+        ("proxy1", "http://u:p@10.0.0.2:3128"),
+        ("proxy2", "socks4a://10.0.0.3:1080"),
+    ]
+    group = cfg.all_groups()[0]
+    assert (group.name, group.members, group.policy.value) == (
+        "default",
+        ("proxy1", "proxy2"),
+        "failover",
+    )
+    assert cfg.fail_open is True
+    assert opts.proxy == "http://u:p@10.0.0.2:3128"  # what the start-up line names
+
+
+def test_without_fail_open_groups_fail_closed() -> None:
+    assert _parsed("--proxy", "socks5://10.0.0.2:1080").config.fail_open is False
+
+
+def test_flags_beat_the_files_proxies(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    conf = tmp_path / "ztun.toml"
+    conf.write_text('proxy = "socks5://10.0.0.9:1080"\nfail_open = false\n')
+    opts = _parsed("--config", str(conf), "--proxy", "socks4://10.0.0.2:1080", "--fail-open")
+    assert opts.config.proxy_urls == ("socks4://10.0.0.2:1080",) and opts.config.fail_open
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--proxy", "socks5://10.0.0.2:1080", "--proxy", "http://h"], "port missing"),
+        (["--proxy", "http://a:b@h:1", "--proxy", "gopher://h:1"], "unsupported scheme"),
+        (["--proxy", "socks4://u:pw@h:1"], "has a user id but no password"),
+        (["--proxy", "http://us%3Aer:p@h:1"], "RFC 7617"),
+        (["--proxy", "socks5://h:1", "--proxy", "direct://"], "it cannot be in a group"),
+        (["--udp-proxy", "http//h:1"], "scheme missing"),
+        (["--fail-open=yes"], "ignored explicit argument"),
+    ],
+)
+def test_bad_proxy_flags_exit_2(args: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as exc:
+        main(["run", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert ":pw@" not in err and ":p@" not in err  # never the password
+
+
+def test_bad_group_config_exits_2_naming_file_and_line(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    conf = tmp_path / "ztun.toml"
+    conf.write_text('[[proxies]]\nname = "a"\nurl = "socks5://h:1"\n[groups.g]\nmembers = ["b"]\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--config", str(conf)])
+    assert exc.value.code == 2
+    assert f"{conf}:5: groups.g.members[0]: 'b' is not a proxy" in capsys.readouterr().err
+
+
+def test_udp_proxy_takes_the_name_udp(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    conf = tmp_path / "ztun.toml"
+    conf.write_text('[[proxies]]\nname = "udp"\nurl = "socks5://h:1"\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--config", str(conf), "--udp-proxy", "socks5://h:2"])
+    assert exc.value.code == 2
+    assert "--udp-proxy is the proxy named 'udp'" in capsys.readouterr().err

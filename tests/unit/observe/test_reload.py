@@ -84,13 +84,25 @@ def test_with_auto_route_the_proxy_address_is_fixed(tmp_path) -> None:  # type: 
     new = config('proxy = "socks5://10.0.0.3:1080"\n' + routed, tmp_path)
     plan = plan_reload(old, new)
     assert plan.refused and any("auto-route" in r for r in plan.restart)
-    # A --proxy flag beats the file: then the file's proxy changes nothing.
-    flag = "socks5://10.0.0.9:1080"
-    assert not plan_reload(old, new, old_proxy=flag, new_proxy=flag).refused
+    # A --proxy flag beats the file (the reload re-reads it with the same flags): then the
+    # file's proxy changes nothing.
+    flag = {"proxy": ["socks5://10.0.0.9:1080"]}
+    old_path, new_path = tmp_path / "old.toml", tmp_path / "new.toml"
+    old_path.write_text('proxy = "socks5://10.0.0.2:1080"\n' + routed)
+    new_path.write_text('proxy = "socks5://10.0.0.3:1080"\n' + routed)
+    assert plan_reload(load_config(old_path, flag), load_config(new_path, flag)).unchanged
+    # So is a new [[proxies]] entry's address, or a group's.
+    grouped = config(
+        'proxy = "socks5://10.0.0.2:1080"\n'
+        + routed
+        + '[[proxies]]\nname = "b"\nurl = "http://10.0.0.4:3128"\n',
+        tmp_path,
+    )
+    assert any("auto-route" in r for r in plan_reload(old, grouped).restart)
     # Without auto-route a new proxy is just a new outbound for new flows.
     plain_old = config('proxy = "socks5://10.0.0.2:1080"\n' + BASE, tmp_path)
     plain_new = config('proxy = "socks5://10.0.0.3:1080"\n' + BASE, tmp_path)
-    assert plan_reload(plain_old, plain_new).applies == ("proxy",)
+    assert plan_reload(plain_old, plain_new).applies == ("proxy_urls",)
 
 
 def test_unchanged_even_when_rules_moved_down_a_line(tmp_path) -> None:  # type: ignore[no-untyped-def]

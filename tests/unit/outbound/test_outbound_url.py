@@ -34,6 +34,13 @@ from ztun.outbound import (
         ("socks5://us%3Aer:p%40ss%2Fw@[::1]:1", ProxyURL("socks5", "::1", 1, "us:er", "p@ss/w")),
         ("socks5://user:p@ss@h:1", ProxyURL("socks5", "h", 1, "user", "p@ss")),
         ("socks5://z%C3%A9:%E2%82%AC@h:1", ProxyURL("socks5", "h", 1, "zé", "€")),
+        ("socks4://10.0.0.2:1080", ProxyURL("socks4", "10.0.0.2", 1080)),
+        ("socks4://ident@h:1080", ProxyURL("socks4", "h", 1080, "ident", None)),
+        ("SOCKS4A://[::1]:1080", ProxyURL("socks4a", "::1", 1080)),
+        ("http://10.0.0.2:3128", ProxyURL("http", "10.0.0.2", 3128)),
+        ("http://u:p%3Aw@h:3128", ProxyURL("http", "h", 3128, "u", "p:w")),
+        ("http://u@h:3128", ProxyURL("http", "h", 3128, "u", "")),
+        (f"http://u:{'p' * 300}@h:1", ProxyURL("http", "h", 1, "u", "p" * 300)),
     ],
 )
 def test_valid_urls(text: str, expected: ProxyURL) -> None:
@@ -44,8 +51,20 @@ def test_valid_urls(text: str, expected: ProxyURL) -> None:
     ("text", "message"),
     [
         ("127.0.0.1:1080", "proxy URL '127.0.0.1:1080': scheme missing"),
-        ("http://h:1", "proxy URL 'http://h:1': unsupported scheme 'http'"),
-        ("socks4://h:1", "unsupported scheme 'socks4' (use socks5:// or socks5h://)"),
+        ("ftp://h:1", "proxy URL 'ftp://h:1': unsupported scheme 'ftp'"),
+        (
+            "https://h:1",
+            "unsupported scheme 'https' (use socks5://, socks5h://, socks4://, socks4a://, "
+            "http://)",
+        ),
+        ("http://h", "port missing (e.g. http://h:3128)"),
+        ("socks4a://[::1]", "port missing (e.g. socks4a://[::1]:1080)"),
+        ("http://::1:3128", "IPv6 address must be in brackets, e.g. http://[::1]:3128"),
+        ("socks4://u:p@h:1", "socks4:// has a user id but no password"),
+        ("socks4a://u:@h:1", "socks4a:// has a user id but no password"),
+        ("socks4://u%00x@h:1", "user id contains a NUL byte"),
+        ("http://us%3Aer:p@h:1", "username must not contain ':' (RFC 7617"),
+        ("http://@h:1", "username is empty"),
         ("socks5://h", "proxy URL 'socks5://h': port missing"),
         ("socks5://h:", "port missing"),
         ("socks5://[::1]", "port missing"),
@@ -80,13 +99,35 @@ def test_invalid_urls(text: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["socks5://user:s3cret@h:0", "socks5://user:s3cret@h", "socks5://user:s3cret@h:1/x"]
+    "text",
+    [
+        "socks5://user:s3cret@h:0",
+        "socks5://user:s3cret@h",
+        "socks5://user:s3cret@h:1/x",
+        "http://user:s3cret@h",
+        "socks4://user:s3cret@h:1",
+    ],
 )
 def test_errors_never_show_the_password(text: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_proxy_url(text)
     assert "s3cret" not in str(info.value)
     assert "user:***@" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "udp"),
+    [
+        ("socks5://h:1", "socks5 proxy h:1", True),
+        ("socks5h://[::1]:2", "socks5 proxy [::1]:2", True),
+        ("socks4://h:3", "socks4 proxy h:3", False),
+        ("socks4a://h:4", "socks4a proxy h:4", False),
+        ("http://u:p@10.0.0.2:3128", "http proxy 10.0.0.2:3128", False),
+    ],
+)
+def test_label_and_udp_capability(text: str, label: str, udp: bool) -> None:
+    url = parse_proxy_url(text)
+    assert (url.label, url.udp_capable) == (label, udp)
 
 
 def test_password_masked_in_str_and_hidden_from_repr() -> None:
@@ -104,6 +145,7 @@ def test_password_masked_in_str_and_hidden_from_repr() -> None:
         ("Direct:///", "direct"),
         ("reject://", "reject"),
         ("socks5h://h:1", ProxyURL("socks5h", "h", 1)),
+        ("http://h:1", ProxyURL("http", "h", 1)),
     ],
 )
 def test_outbound_urls(text: str, expected: object) -> None:
@@ -115,8 +157,9 @@ def test_outbound_urls(text: str, expected: object) -> None:
     [
         ("direct://h:1", "outbound URL 'direct://h:1': direct:// takes no address"),
         (
-            "http://h:1",
-            "unsupported scheme 'http' (use socks5://, socks5h://, direct:// or reject://)",
+            "gopher://h:1",
+            "unsupported scheme 'gopher' (use socks5://, socks5h://, socks4://, socks4a://, "
+            "http://, direct:// or reject://)",
         ),
         ("direct", "scheme missing"),
         ("socks5://h", "proxy URL 'socks5://h': port missing"),

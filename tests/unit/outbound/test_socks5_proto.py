@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from core_feeding import feed_bytewise
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -40,13 +41,6 @@ METHOD_NO_AUTH = H("0500")
 METHOD_USERPASS = H("0502")
 AUTH_OK = H("0100")
 REPLY_OK_V4 = H("05 00 00 01 7f000001 1f90")  # bound 127.0.0.1:8080
-
-
-def feed_bytewise(client: Socks5Client, data: bytes) -> list[Event]:
-    """Feed one byte at a time; nothing may happen before the final byte (h11 helper style)."""
-    for i in range(len(data) - 1):
-        assert client.receive_data(data[i : i + 1]) == [], f"event after byte {i}"
-    return client.receive_data(data[-1:])
 
 
 # -- byte-exact encodings ---------------------------------------------------------------------

@@ -137,7 +137,7 @@ async def _engine_scenario() -> None:
     port = server.sockets[0].getsockname()[1]
     app, tun = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     socks = Socks5Outbound(f"socks5://{LOOPBACK}:{port}")
-    router = Router(proxy_tcp=socks, proxy_udp=socks, direct=DirectOutbound())
+    router = Router(outbounds={"default": socks, "direct": DirectOutbound()})
     # The hairpin listener binds the TUN address: loopback keeps it on this host.
     stack = SystemStack(inet4=ipaddress.IPv4Interface("127.0.0.1/8"), inet6=None)
     engine = Engine(FdDevice(tun.detach()), stack, router)
@@ -197,7 +197,7 @@ def test_retiring_on_a_stopped_pump_closes_at_once() -> None:
     async def scenario() -> None:
         app, tun = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         direct = DirectOutbound()
-        router = Router(proxy_tcp=direct, proxy_udp=direct, direct=direct)
+        router = Router(outbounds={"default": direct, "direct": direct})
         stack = SystemStack(inet4=ipaddress.IPv4Interface("127.0.0.1/8"), inet6=None)
         engine = Engine(FdDevice(tun.detach()), stack, router)
         engine.start()

@@ -88,7 +88,7 @@ async def carry_one_datagram() -> tuple[bytes, tuple[str, int, str, int, bytes],
     device = EventOnlyDevice(tun)
     assert not has_descriptor(device)
     direct = DirectOutbound()
-    router = Router(proxy_tcp=direct, proxy_udp=direct, direct=direct, sniff_timeout=None)
+    router = Router(outbounds={"default": direct, "direct": direct}, sniff_timeout=None)
     engine = Engine(device, SystemStack(inet4=INET4, inet6=None), router, splice=False)
     assert engine.tun_thread  # not asked for: the device leaves no other way
     engine.start()

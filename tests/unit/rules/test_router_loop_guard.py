@@ -17,9 +17,7 @@ PROXY6 = (ipaddress.ip_address("fd00:200:1::2"), 1080)
 def router() -> Router:
     direct = DirectOutbound()
     return Router(
-        proxy_tcp=direct,
-        proxy_udp=direct,
-        direct=direct,
+        outbounds={"default": direct, "direct": direct},
         proxy_endpoints=frozenset({PROXY4, PROXY6}),
     )
 

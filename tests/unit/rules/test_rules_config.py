@@ -61,9 +61,10 @@ def test_full_config(tmp_path: Path) -> None:
     assert c.rules[1].ports == ((22, 22), (8000, 8100))
     assert c.rules[0].origin.endswith("ztun.toml:21")
     rs = c.rule_set()
-    assert rs.match(Flow("tcp", None, 443, "git.corp.example")) is Action.PROXY
-    assert rs.match(Flow("tcp", ipaddress.ip_address("10.0.0.1"), 22)) is Action.REJECT
-    assert rs.match(Flow("tcp", ipaddress.ip_address("10.0.0.1"), 23)) is Action.DIRECT
+    # The legacy actions name outbounds: "proxy" is the group `default`.
+    assert rs.match(Flow("tcp", None, 443, "git.corp.example")) == "default"
+    assert rs.match(Flow("tcp", ipaddress.ip_address("10.0.0.1"), 22)) == "reject"
+    assert rs.match(Flow("tcp", ipaddress.ip_address("10.0.0.1"), 23)) == "direct"
 
 
 def test_defaults_without_a_file() -> None:
@@ -116,7 +117,10 @@ def test_auto_route_config_bridges_to_the_planner(tmp_path: Path) -> None:
             ("[sniff]\ntimeout = 1", "[sniff]\ntimeout = 1\nfoo = 2"),
             "ztun.toml:20: sniff.foo: unknown key (known: enabled, timeout)",
         ),
-        (("socks5h://", "http://"), "ztun.toml:2: proxy: 'http://user:***@proxy.example:1080'"),
+        (
+            ("socks5h://", "ftp://"),
+            "ztun.toml:2: proxy: 'ftp://user:***@proxy.example:1080': unsupported scheme 'ftp'",
+        ),
         (
             ('addresses = ["172.19.0.1/30", ', 'mtu = 1000\naddresses = ["172.19.0.1/30", '),
             "ztun.toml:4: mtu: 1000 is outside 1280-65535 (IPv6 needs at least 1280)",

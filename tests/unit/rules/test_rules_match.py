@@ -1,4 +1,5 @@
-"""Rule matching: first match wins, groups AND, items OR, domains by label."""
+"""Rule matching: first match wins, groups AND, items OR, domains by label; a rule names
+an outbound (the legacy Action values are names too), the default is the group `default`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ztun.rules import Action, Flow, Rule, RuleSet
+from ztun.rules import DEFAULT_GROUP, Action, Flow, Rule, RuleSet
 
 
 def flow(
@@ -76,15 +77,15 @@ def test_all_groups_must_hold() -> None:
         )
     )
     assert rs.match(flow("a.example", port=53, network="udp")) is Action.DIRECT
-    assert rs.match(flow("a.example", port=53, network="tcp")) is Action.PROXY
-    assert rs.match(flow("a.example", port=54, network="udp")) is Action.PROXY
-    assert rs.match(flow("a.other", port=53, network="udp")) is Action.PROXY
+    assert rs.match(flow("a.example", port=53, network="tcp")) == DEFAULT_GROUP
+    assert rs.match(flow("a.example", port=54, network="udp")) == DEFAULT_GROUP
+    assert rs.match(flow("a.other", port=53, network="udp")) == DEFAULT_GROUP
 
 
 def test_large_port_ranges_without_a_set() -> None:
     rs = RuleSet((Rule(Action.REJECT, ports=((1024, 65535),)),))
     assert rs.match(flow(port=40000)) is Action.REJECT
-    assert rs.match(flow(port=80)) is Action.PROXY
+    assert rs.match(flow(port=80)) == DEFAULT_GROUP
 
 
 def test_memo_is_bounded() -> None:
