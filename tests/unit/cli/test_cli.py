@@ -249,3 +249,14 @@ def test_udp_proxy_takes_the_name_udp(tmp_path, capsys) -> None:  # type: ignore
         main(["run", "--config", str(conf), "--udp-proxy", "socks5://h:2"])
     assert exc.value.code == 2
     assert "--udp-proxy is the proxy named 'udp'" in capsys.readouterr().err
+
+
+def test_a_valid_run_in_a_unit_test_stops_at_the_guard_not_in_the_kernel(capsys) -> None:  # type: ignore[no-untyped-def]
+    """tests/unit/conftest.py stands between `main(["run", ...])` and the host's network
+    (a test here once created `ztun0` in the root namespace when a flag it expected to be
+    refused became valid). Checked installed first, so this test itself cannot open one."""
+    import ztun.app
+
+    assert getattr(ztun.app.run, "guards", "").startswith("ztun.app.run")
+    with pytest.raises(AssertionError, match=r"a unit test reached ztun\.app\.run"):
+        main(["run", "--device", "tun://ztguard0", "--proxy", "http://10.0.0.2:3128"])
