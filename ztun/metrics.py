@@ -119,6 +119,52 @@ class _Writer:
         return "\n".join(self.lines) + "\n"
 
 
+def _proxy_health(
+    out: _Writer, proxies: Iterable[Mapping[str, Any]], groups: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Each proxy's health (docs/contracts.md section 2) and which member each group's
+    new flows go to: what an operator alerts on when a proxy fails over."""
+    proxies = list(proxies)
+    out.family(
+        "ztun_proxy_up",
+        "gauge",
+        "1 while the proxy is up (its health checks pass), else 0.",
+        (({"proxy": p["name"]}, bool(p["up"])) for p in proxies),
+    )
+    out.family(
+        "ztun_proxy_flows_active",
+        "gauge",
+        "Open flows carried by the proxy.",
+        (({"proxy": p["name"]}, p.get("active", 0)) for p in proxies),
+    )
+    out.family(
+        "ztun_proxy_failures",
+        "gauge",
+        "Consecutive failed checks or connects of the proxy (0 after a success).",
+        (({"proxy": p["name"]}, p.get("failures", 0)) for p in proxies),
+    )
+    out.family(
+        "ztun_proxy_rtt_seconds",
+        "gauge",
+        "Round trip of the proxy's last successful check (absent before the first).",
+        (
+            ({"proxy": p["name"]}, p["rtt_ms"] / 1000.0)
+            for p in proxies
+            if p.get("rtt_ms") is not None
+        ),
+    )
+    out.family(
+        "ztun_group_member_active",
+        "gauge",
+        "1 for the member a group's new flows go to now, 0 for its other members.",
+        (
+            ({"group": name, "proxy": member}, member == group.get("active"))
+            for name, group in sorted(groups.items())
+            for member in group.get("members", ())
+        ),
+    )
+
+
 def render(status: Mapping[str, Any]) -> str:
     """The exposition of one status reply (see ztun.control: the `status` command)."""
     flows = status["flows"]
@@ -148,12 +194,7 @@ def render(status: Mapping[str, Any]) -> str:
         "Packets dropped, by reason.",
         (({"reason": reason}, n) for reason, n in drop_reasons(counters).items()),
     )
-    out.family(
-        "ztun_proxy_up",
-        "gauge",
-        "1 while the proxy is up (its health checks pass), else 0.",
-        (({"proxy": p["name"]}, bool(p["up"])) for p in status.get("proxies", ())),
-    )
+    _proxy_health(out, status.get("proxies") or (), status.get("groups") or {})
     out.histogram(
         "ztun_connect_seconds",
         "Seconds from an app's SYN to the outbound's reply to CONNECT.",

@@ -91,7 +91,6 @@ class ParentControl:
                 self.reloader.current.source,
             ),
             "accelerations": self.accelerations,
-            "groups": {},
         }
 
     async def _main(self) -> None:

@@ -74,29 +74,50 @@ def relabel(flows: Sequence[dict[str, Any]], worker: int) -> list[dict[str, Any]
     return [{**flow, "id": f"w{worker}-{flow['id']}"} for flow in flows]
 
 
+def merge_proxies(statuses: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each worker checks its proxies on its own: a proxy is up if any worker sees it up,
+    and then that worker's view (since, last_error, failures, rtt_ms) is the one shown;
+    its open flows are the sum over workers."""
+    merged: dict[str, dict[str, Any]] = {}
+    for status in statuses:
+        for proxy in status.get("proxies", ()):
+            seen = merged.get(proxy["name"])
+            if seen is None:
+                merged[proxy["name"]] = dict(proxy)
+                continue
+            active = seen.get("active", 0) + proxy.get("active", 0)
+            if proxy["up"] and not seen["up"]:
+                seen.update(proxy)
+            seen["active"] = active
+    return list(merged.values())
+
+
+def merge_groups(statuses: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each group as the first worker sees it, unless that worker has no member up and
+    another has (the member such a worker's new flows go to)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for status in statuses:
+        for name, group in (status.get("groups") or {}).items():
+            seen = merged.get(name)
+            if seen is None or (seen.get("active") is None and group.get("active") is not None):
+                merged[name] = dict(group)
+    return merged
+
+
 def merge_statuses(base: dict[str, Any], statuses: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The parent's status: its own `base` (instance, accelerations) plus the workers'."""
     counters: dict[str, Any] = {}
     top: list[dict[str, Any]] = []
-    proxies: dict[str, dict[str, Any]] = {}
     for index, status in enumerate(statuses):
         add_counters(counters, status["counters"])
         top += relabel(status["top_flows"], index)
-        for proxy in status.get("proxies", ()):
-            # Each worker probes on its own: a proxy is up if any worker sees it up, and
-            # its open flows are the sum.
-            seen = proxies.get(proxy["name"])
-            if seen is None:
-                proxies[proxy["name"]] = dict(proxy)
-            else:
-                seen["active"] = seen.get("active", 0) + proxy.get("active", 0)
-                seen["up"] = seen["up"] or proxy["up"]
     top.sort(key=lambda f: -(f["bytes_up"] + f["bytes_down"]))
     first = statuses[0] if statuses else {}
     return {
         **first,
         **base,
-        "proxies": list(proxies.values()),
+        "proxies": merge_proxies(statuses),
+        "groups": merge_groups(statuses),
         "counters": counters,
         "flows": merge_summaries(s["flows"] for s in statuses),
         "top_flows": top[:TOP_FLOWS],

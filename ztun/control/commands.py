@@ -185,6 +185,15 @@ def format_flows(flows: Sequence[dict[str, Any]]) -> str:
     return table(FLOW_COLUMNS, rows) if rows else "no open flows\n"
 
 
+def format_proxy(proxy: dict[str, Any]) -> str:
+    """One proxy's health (docs/contracts.md section 2) on one line."""
+    health = "up" if proxy["up"] else f"DOWN ({proxy.get('last_error') or 'no answer'})"
+    rtt = f", rtt {proxy['rtt_ms']:.1f} ms" if proxy.get("rtt_ms") is not None else ""
+    failures = proxy.get("failures", 0)
+    failed = f", {failures} failure{'s' if failures != 1 else ''} in a row" if failures else ""
+    return f"proxy {proxy['name']}: {health}{rtt}{failed}, {proxy.get('active', 0)} open"
+
+
 def format_status(status: dict[str, Any]) -> str:
     from ..metrics import drop_reasons
 
@@ -200,12 +209,13 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(
             "accelerations: " + " ".join(f"{k}={_on(v)}" for k, v in sorted(accel.items()))
         )
-    for proxy in status.get("proxies") or ():
-        health = "up" if proxy["up"] else f"DOWN ({proxy.get('last_error') or 'no answer'})"
-        rtt = f", rtt {proxy['rtt_ms']:.0f} ms" if proxy.get("rtt_ms") is not None else ""
-        lines.append(f"proxy {proxy['name']}: {health}{rtt}, {proxy.get('active', 0)} open")
+    lines += [format_proxy(proxy) for proxy in status.get("proxies") or ()]
     for name, group in sorted((status.get("groups") or {}).items()):
-        lines.append(f"group {name}: {group['policy']} over {', '.join(group['members'])}")
+        now = group.get("active")
+        lines.append(
+            f"group {name}: {group['policy']} over {', '.join(group['members'])}; "
+            + (f"new flows go to {now}" if now else "no member is up")
+        )
     flows = status["flows"]
     active = ", ".join(f"{p} {n}" for p, n in flows["active"].items())
     lines.append(f"open flows: {active}")

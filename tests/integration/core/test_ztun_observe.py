@@ -331,6 +331,13 @@ def test_with_two_workers_the_parent_lists_both(start_ztun, rng) -> None:  # typ
         assert status["instance"]["workers"] == 2
         assert status["flows"]["active"]["tcp"] == 23
         assert status["counters"]["tcp_flows"] == 24
+        # Every worker checks the proxy itself; the parent sums its open flows.
+        assert [(p["name"], p["up"], p["active"]) for p in status["proxies"]] == [
+            ("proxy1", True, 23)
+        ]
+        assert status["groups"] == {
+            "default": {"policy": "failover", "members": ["proxy1"], "active": "proxy1"}
+        }
     finally:
         for sock in held:
             sock.close()

@@ -15,11 +15,13 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.hosts import LogLine
 from harness.impls import RunningImpl, Ztun
+from harness.impls.ztun import default_binary
 from harness.peers.starters import (
     PeerServer,
     start_danted,
@@ -30,6 +32,7 @@ from harness.peers.starters import (
 )
 from harness.peers.targets import echo_roundtrip, seeded_sha256, source_download
 from harness.topo import Topology
+from ztun.control import ControlClient
 
 pytestmark = [pytest.mark.netns, pytest.mark.linux]
 
@@ -193,6 +196,26 @@ def _group_config(path: Path, first: PeerServer, second: PeerServer, probe: str)
     return path
 
 
+def control(path: str, cmd: str) -> Any:
+    """One request on ztun's control socket (a file: reachable from any namespace)."""
+    with ControlClient(path) as client:
+        return client.call(cmd)
+
+
+def health_seen(path: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[Any, float]]:
+    """What an operator sees: the status reply's proxies (by name) and groups, and the
+    metrics samples (parsed by prometheus_client) of the same instance."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status = control(path, "status")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(control(path, "metrics"))
+        for s in family.samples
+    }
+    return {p["name"]: p for p in status["proxies"]}, status["groups"], samples
+
+
 @pytest.mark.parametrize("form", ["config-group", "repeated-proxy"])
 def test_failover_to_the_second_and_back(servers: Topology, tmp_path: Path, form: str) -> None:
     """`config-group`: [[proxies]] a, b in [groups.main] with a probe every 0.5 s.
@@ -202,14 +225,15 @@ def test_failover_to_the_second_and_back(servers: Topology, tmp_path: Path, form
     addr, target = proxy_addr(topo), server_addr(topo)
     first = start_danted(topo.proxy, addr, SOCKS_PORT, name="danted-a")
     second = start_danted(topo.proxy, addr, SPARE_PORT, name="danted-b")
+    sock_path = str(tmp_path / "zt.sock")
     if form == "config-group":
         # The probe goes to the data port: danted's log lines for the echo port are flows.
         conf = _group_config(tmp_path / "ztun.toml", first, second, f"{target}:{DATA_PORT}")
-        ztun = start_ztun(topo, first.url, "--config", str(conf))
-        a, b = "a", "b"
+        ztun = start_ztun(topo, first.url, "--config", str(conf), "--control", sock_path)
+        a, b, group = "a", "b", "main"
     else:
-        ztun = start_ztun(topo, first.url, "--proxy", second.url)
-        a, b = "proxy1", "proxy2"
+        ztun = start_ztun(topo, first.url, "--proxy", second.url, "--control", sock_path)
+        a, b, group = "proxy1", "proxy2", "default"
     flow_at = danted_connected_to(target, ECHO_PORT)
 
     assert echo(topo, b"before") == b"before"
@@ -225,12 +249,39 @@ def test_failover_to_the_second_and_back(servers: Topology, tmp_path: Path, form
     ztun.process.wait_for(LogLine(rf"proxy {a} down: "), timeout=FAILOVER_DEADLINE)
     assert echo(topo, b"still during") == b"still during"
 
+    # Status and metrics show it: a down (with why), b up and carrying an open flow.
+    with connect(topo, target, ECHO_PORT) as held:
+        held.sendall(b"x")
+        assert held.recv(1) == b"x"  # through b's tunnel: the flow is open
+        proxies, groups, samples = health_seen(sock_path)
+    assert proxies[a]["up"] is False and proxies[a]["failures"] >= 1, proxies[a]
+    assert "refused" in proxies[a]["last_error"].lower(), proxies[a]
+    assert proxies[b]["up"] is True and proxies[b]["failures"] == 0, proxies[b]
+    assert proxies[b]["active"] >= 1 and proxies[a]["active"] == 0
+    assert groups[group]["active"] == b
+    assert samples[("ztun_proxy_up", (("proxy", a),))] == 0
+    assert samples[("ztun_proxy_up", (("proxy", b),))] == 1
+    assert samples[("ztun_proxy_failures", (("proxy", a),))] >= 1
+    assert samples[("ztun_proxy_flows_active", (("proxy", b),))] >= 1
+    assert samples[("ztun_group_member_active", (("group", group), ("proxy", a)))] == 0
+    assert samples[("ztun_group_member_active", (("group", group), ("proxy", b)))] == 1
+    shown = topo.client.run([default_binary(), "status", "--control", sock_path], timeout=30)
+    assert shown.ok, shown.stderr
+    assert f"proxy {a}: DOWN (" in shown.stdout, shown.stdout
+    assert f"group {group}: failover over {a}, {b}; new flows go to {b}" in shown.stdout
+
     back = start_danted(topo.proxy, addr, SOCKS_PORT, name="danted-a2")  # a returns
     returned = time.monotonic()
     ztun.process.wait_for(LogLine(rf"proxy {a} up"), timeout=RECOVERY_TIMEOUT)
     recovered = time.monotonic() - returned
     assert echo(topo, b"after") == b"after"
     back.process.wait_for(danted_connected_to(target, ECHO_PORT), timeout=5)
+    proxies, groups, samples = health_seen(sock_path)
+    assert proxies[a]["up"] is True and proxies[a]["failures"] == 0, proxies[a]
+    assert proxies[a]["rtt_ms"] is not None and proxies[a]["rtt_ms"] > 0, proxies[a]
+    assert groups[group]["active"] == a
+    assert samples[("ztun_proxy_rtt_seconds", (("proxy", a),))] > 0  # re-read: may differ
+    assert samples[("ztun_group_member_active", (("group", group), ("proxy", a)))] == 1
     assert ztun.alive()
     print(  # the observed timings, for the report (pytest -s)
         f"{form}: first new connection {failed_over * 1000:.0f} ms after the kill; "

@@ -107,8 +107,25 @@ def served(tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
                 "control": "/run/ztun/zt0.sock",
             },
             "accelerations": {"splice": True, "vnet_hdr": False},
-            "proxies": [{"name": "proxy1", "up": True, "rtt_ms": 3.2, "active": 2}],
-            "groups": {},
+            "proxies": [
+                {"name": "proxy1", "up": True, "rtt_ms": 3.2, "active": 2, "failures": 0},
+                {
+                    "name": "proxy2",
+                    "up": False,
+                    "last_error": "connect to 10.0.0.3:1080: Connection refused",
+                    "rtt_ms": None,
+                    "active": 0,
+                    "failures": 3,
+                },
+            ],
+            "groups": {
+                "default": {
+                    "policy": "failover",
+                    "members": ["proxy2", "proxy1"],
+                    "active": "proxy1",
+                },
+                "spare": {"policy": "round-robin", "members": ["proxy2"], "active": None},
+            },
             "counters": {"stack": {"ipv4_fragment": 2}},
         },
         reload=lambda args: {"message": "reloaded, changed: rules"},
@@ -174,7 +191,13 @@ def test_status_close_and_reload(served: tuple[str, list[int]]) -> None:
     assert code == 0
     assert text.startswith("ztun 0.1.0 on zt0 (pid 42, linux, 1 worker), up 1h02m")
     assert "accelerations: splice=on vnet_hdr=off" in text
-    assert "proxy proxy1: up, rtt 3 ms, 2 open" in text
+    assert "proxy proxy1: up, rtt 3.2 ms, 2 open" in text.splitlines()
+    assert (
+        "proxy proxy2: DOWN (connect to 10.0.0.3:1080: Connection refused), "
+        "3 failures in a row, 0 open"
+    ) in text.splitlines()
+    assert "group default: failover over proxy2, proxy1; new flows go to proxy1" in text
+    assert "group spare: round-robin over proxy2; no member is up" in text
     assert "dropped: ipv4_fragment 2" in text and "busiest flows:" in text
     status = json.loads(run(path, "status", "--json")[1])
     assert status["flows"]["active"] == {"tcp": 1, "udp": 1, "icmp": 0}

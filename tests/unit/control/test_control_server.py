@@ -43,7 +43,24 @@ def engine_like(index: int, closed: list[str]) -> LocalBackend:
         clock=lambda: 2.0,
         status_base=lambda: {
             "instance": {"device": "zt0", "pid": 100 + index},
-            "proxies": [{"name": "proxy1", "up": index == 1, "active": 1}],
+            # Worker 0 saw proxy1 fail twice, worker 1 has it up again.
+            "proxies": [
+                {
+                    "name": "proxy1",
+                    "up": index == 1,
+                    "active": 1,
+                    "failures": 0 if index else 2,
+                    "last_error": "timed out",
+                    "rtt_ms": 2.5 if index else None,
+                }
+            ],
+            "groups": {
+                "default": {
+                    "policy": "failover",
+                    "members": ["proxy1"],
+                    "active": "proxy1" if index else None,
+                }
+            },
             "counters": {"tcp_flows": 1, "stack": {"malformed_truncated": index}},
         },
         reload=lambda args: {"message": f"worker {index}"},
@@ -190,11 +207,26 @@ def test_the_parent_merges_its_workers(tmp_path) -> None:  # type: ignore[no-unt
     assert status["counters"] == {"tcp_flows": 2, "stack": {"malformed_truncated": 1}}
     assert status["flows"]["active"]["tcp"] == 2
     assert {"proto": "tcp", "direction": "down", "bytes": 3000} in status["flows"]["bytes"]
-    assert status["proxies"] == [{"name": "proxy1", "up": True, "active": 2}]
+    # A proxy is shown as the worker that has it up sees it, its open flows summed.
+    assert status["proxies"] == [
+        {
+            "name": "proxy1",
+            "up": True,
+            "active": 2,
+            "failures": 0,
+            "last_error": "timed out",
+            "rtt_ms": 2.5,
+        }
+    ]
+    assert status["groups"] == {
+        "default": {"policy": "failover", "members": ["proxy1"], "active": "proxy1"}
+    }
     assert [f["id"] for f in status["top_flows"]] == ["w1-1", "w0-1"]  # busiest first
     assert sorted(f["id"] for f in flows) == ["w0-1", "w1-1"]
     assert closed == ["w1"]
     assert 'ztun_flows_total{proto="tcp",outbound="proxy1"} 2' in text
+    assert 'ztun_proxy_flows_active{proxy="proxy1"} 2' in text
+    assert 'ztun_group_member_active{group="default",proxy="proxy1"} 1' in text
 
 
 @pytest.mark.parametrize("flow", ["w2-1", "w0-9", "7"])

@@ -23,6 +23,10 @@ REQUIRED = {
     "ztun_bytes_total": "counter",
     "ztun_packets_dropped_total": "counter",
     "ztun_proxy_up": "gauge",
+    "ztun_proxy_flows_active": "gauge",
+    "ztun_proxy_failures": "gauge",
+    "ztun_proxy_rtt_seconds": "gauge",
+    "ztun_group_member_active": "gauge",
     "ztun_connect_seconds": "histogram",
     "ztun_udp_sessions_active": "gauge",
 }
@@ -46,9 +50,10 @@ def a_status() -> dict:
     return {
         "instance": {"device": "zt0", "started": 1700000000.5},
         "proxies": [
-            {"name": "a", "up": True},
-            {"name": 'we"ird\\name', "up": False},
+            {"name": "a", "up": True, "active": 3, "failures": 0, "rtt_ms": 1.5},
+            {"name": 'we"ird\\name', "up": False, "active": 0, "failures": 2, "rtt_ms": None},
         ],
+        "groups": {"main": {"policy": "failover", "members": ['we"ird\\name', "a"], "active": "a"}},
         "counters": {
             "tun_frames_in": 100,
             "tun_packets_out": 90,
@@ -113,6 +118,15 @@ def test_prometheus_client_reads_back_every_value() -> None:
     assert samples[("ztun_packets_dropped_total", (("reason", "malformed_truncated"),))] == 4
     assert samples[("ztun_proxy_up", (("proxy", "a"),))] == 1
     assert samples[("ztun_proxy_up", (("proxy", 'we"ird\\name'),))] == 0
+    assert samples[("ztun_proxy_flows_active", (("proxy", "a"),))] == 3
+    assert samples[("ztun_proxy_failures", (("proxy", "a"),))] == 0
+    assert samples[("ztun_proxy_failures", (("proxy", 'we"ird\\name'),))] == 2
+    assert samples[("ztun_proxy_rtt_seconds", (("proxy", "a"),))] == pytest.approx(0.0015)
+    # No successful check yet: no sample rather than a made-up 0.
+    assert ("ztun_proxy_rtt_seconds", (("proxy", 'we"ird\\name'),)) not in samples
+    assert samples[("ztun_group_member_active", (("group", "main"), ("proxy", "a")))] == 1
+    weird = (("group", "main"), ("proxy", 'we"ird\\name'))
+    assert samples[("ztun_group_member_active", weird)] == 0
     assert samples[("ztun_udp_sessions_active", ())] == 2
     assert samples[("ztun_connect_seconds_bucket", (("le", "0.005"),))] == 1
     assert samples[("ztun_connect_seconds_bucket", (("le", "0.25"),))] == 2
