@@ -59,6 +59,7 @@ from harness.impls import (
     AdapterChoice,
     Tun2Socks,
     choose_adapter,
+    names,
 )
 from harness.proc import run_local
 from harness.skips import have_tool, is_root, missing_tools_header, require_tool
@@ -200,7 +201,8 @@ def add_adapter_options(addoption: Callable[..., Any]) -> None:
         default=None,
         metavar="NAME",
         help=f"implementation under test: an adapter of the entry-point group "
-        f"{ENTRY_POINT_GROUP!r} (built in: ztun, sing-box; default: {DEFAULT_IMPLEMENTATION})",
+        f"{ENTRY_POINT_GROUP!r} (installed: {', '.join(names()) or 'none'}; "
+        f"default: {DEFAULT_IMPLEMENTATION})",
     )
     addoption(
         "--tun2socks-command",

@@ -18,6 +18,8 @@ from harness.impls import (
     ProxyEndpoint,
     TemplateError,
     choose_adapter,
+    names,
+    registry,
     singbox_config,
 )
 from harness.impls.command import parse_ready, placeholder_values, render, unknown_tokens
@@ -129,6 +131,28 @@ def test_choose_adapter_rules() -> None:
         choose_adapter(ready="link")
     with pytest.raises(ValueError, match="--tun2socks-name"):
         choose_adapter(command="tun2x", name="two words")
+
+
+def test_the_tun2socks_help_lists_what_the_registry_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The option's help names the adapters installed in the entry-point group, not a
+    list written beside it: an extra entry point shows up, a missing one does not."""
+    import importlib.metadata
+
+    from harness.plugin import add_adapter_options
+
+    def help_text() -> str:
+        helps: dict[str, str] = {}
+        add_adapter_options(lambda name, **kw: helps.setdefault(name, kw.get("help", "")))
+        return helps["--tun2socks"]
+
+    assert {"ztun", "sing-box"} <= set(names())
+    assert f"installed: {', '.join(names())};" in help_text()
+    extra = importlib.metadata.EntryPoint("tun2x", "x.adapter:X", "ztun_harness.tun2socks")
+    real = dict(registry())
+    monkeypatch.setattr("harness.impls.registry", lambda: {**real, "tun2x": extra})
+    assert "tun2x" in help_text()
 
 
 def test_singbox_template_renders_the_adapters_config() -> None:
