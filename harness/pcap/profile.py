@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.pcap.match import parse_match
+
 __all__ = [
     "DEFAULT_DNS_PORTS",
     "DEFAULT_SOCKS5_PORTS",
@@ -240,8 +242,6 @@ def parse_profile(data: Mapping[str, Any], source: str = "(inline)") -> Profile:
         predicates.append(Predicate(kind, entry[kind], _why(entry, where, source), expect))
 
     # Parse every predicate now: a bad expression must fail at load, not mid-comparison.
-    from harness.pcap.semantic import parse_match
-
     for pred in predicates:
         try:
             parse_match(pred.match)
