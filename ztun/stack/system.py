@@ -28,6 +28,10 @@ from typing import Protocol
 
 from ..wire import (
     ACK,
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
     RST,
     SYN,
     IcmpPacket,
@@ -43,8 +47,15 @@ from ..wire import (
     build_udp,
     parse_ip,
 )
-from ..wire.checksum import apply_delta, checksum_delta, ones_sum, pseudo_header_sum
+from ..wire.checksum import ONES_MOD, apply_delta, checksum_delta, ones_sum, pseudo_header_sum
 from ..wire.fragment import IPV6_MIN_MTU, fragment_ip
+from ..wire.icmp import ECHO_REPLY as ICMP_ECHO_REPLY
+from ..wire.icmp import ECHO_REQUEST as ICMP_ECHO_REQUEST
+from ..wire.icmpv6 import ECHO_REPLY as ICMPV6_ECHO_REPLY
+from ..wire.icmpv6 import ECHO_REQUEST as ICMPV6_ECHO_REQUEST
+from ..wire.ipv4 import Ipv4Header
+from ..wire.tcp import TcpHeader
+from ..wire.udp import UdpHeader
 from ..wire.vnet import apply_partial_delta
 from .events import (
     StackEvent,
@@ -59,9 +70,6 @@ from .nat import CLOSING, PENDING, NatExhausted, TcpNatTable
 from .reassembly import Reassembler
 from .udp import UdpSessionTable
 
-PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6 = 1, 6, 17, 58
-ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
-ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
 REPLY_HOP_LIMIT = 64
 # Request -> reply changes only the type byte of the first checksummed word.
 _ECHO_DELTA_V4 = checksum_delta(bytes((ICMP_ECHO_REQUEST, 0)), bytes((ICMP_ECHO_REPLY, 0)))
@@ -75,22 +83,28 @@ Output = memoryview | bytearray | UdpDatagram | IcmpEchoRequest | list[bytearray
 
 # An IPv4 header without options followed by a UDP header: total length, flags/fragment
 # offset, source, destination; source port, destination port, UDP length, checksum.
+# The offsets and lengths come from ztun.wire; they are copied into module globals
+# because the fast lanes read them per packet (a global is cheaper than an attribute).
 _V4_UDP = struct.Struct("!2xH2xH4x4s4sHHHH")
-_V4_UDP_LEN = 28
-_V4_NO_OPTIONS = 0x45
-_V4_PROTOCOL = 9
-_V4_HEADER_LEN = 20
-_UDP_HEADER_LEN = 8
-_FRAGMENT_BITS = 0x3FFF  # MF and the fragment offset
-_ONES_MOD = 0xFFFF
+_V4_HEADER_LEN = Ipv4Header.MIN_HEADER_LEN
+_UDP_HEADER_LEN = UdpHeader.HEADER_LEN
+_V4_UDP_LEN = _V4_HEADER_LEN + _UDP_HEADER_LEN
+# Version 4, IHL 5 words: the first byte of an IPv4 header without options.
+_V4_NO_OPTIONS = Ipv4Header.VERSION << 4 | _V4_HEADER_LEN >> Ipv4Header.IHL_SHIFT
+_V4_PROTOCOL = Ipv4Header.PROTOCOL
+_FRAGMENT_BITS = Ipv4Header.MF | Ipv4Header.FRAG_MASK
 # An IPv4 header without options followed by a TCP header up to its flags: total length,
 # flags/fragment offset, source, destination; source port, destination port, data
 # offset (high nibble), flags. Then where the rewrite writes.
 _V4_TCP = struct.Struct("!2xH2xH4x4s4sHH8xBB")
-_V4_TCP_LEN = 40
+_V4_TCP_LEN = _V4_HEADER_LEN + TcpHeader.MIN_HEADER_LEN
 _PORTS = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
-_V4_CHECKSUM, _V4_SRC, _V4_DST, _V4_PORTS, _V4_TCP_CHECKSUM = 10, 12, 16, 20, 36
+_V4_CHECKSUM = Ipv4Header.CHECKSUM
+_V4_SRC, _V4_DST = Ipv4Header.SRC.start, Ipv4Header.DST.start
+_V4_PORTS = _V4_HEADER_LEN + TcpHeader.SRC_PORT
+_V4_TCP_CHECKSUM = _V4_HEADER_LEN + TcpHeader.CHECKSUM
+_TCP_DATA_OFF_SHIFT, _TCP_MIN_WORDS = TcpHeader.DATA_OFF_SHIFT, TcpHeader.MIN_HEADER_LEN >> 2
 
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -229,11 +243,11 @@ class SystemStack:
         """
         if len(packet) >= _V4_UDP_LEN and packet[0] == _V4_NO_OPTIONS:
             proto = packet[_V4_PROTOCOL]
-            if proto == PROTO_TCP and len(packet) >= _V4_TCP_LEN:
+            if proto == IPPROTO_TCP and len(packet) >= _V4_TCP_LEN:
                 segment = self._tcp4_fast(packet, csum_partial)
                 if segment is not None:
                     return segment
-            elif proto == PROTO_UDP:
+            elif proto == IPPROTO_UDP:
                 datagram = self._udp4_fast(packet, now, csum_partial)
                 if datagram is not None:
                     return datagram
@@ -262,13 +276,13 @@ class SystemStack:
             whole = self.reassembly.ipv4(ip, now)
             return None if whole is None else self._reassembled(whole, now)
         proto = ip.protocol
-        if proto == PROTO_TCP:
+        if proto == IPPROTO_TCP:
             if self.nat4 is None:
                 return self._drop("tcp_family_disabled")
             return self._tcp(ip, ip.payload, ip.src, dst, self.nat4, now, csum_partial)
-        if proto == PROTO_UDP:
+        if proto == IPPROTO_UDP:
             return self._udp(4, ip.src, dst, ip.payload, now, csum_partial)
-        if proto == PROTO_ICMP:
+        if proto == IPPROTO_ICMP:
             return self._icmp4(ip)
         return self._drop("unsupported_protocol")
 
@@ -282,13 +296,13 @@ class SystemStack:
             return None if whole is None else self._reassembled(whole, now)
         proto, offset = ip.upper_layer()
         payload = ip.buf[offset:]
-        if proto == PROTO_TCP:
+        if proto == IPPROTO_TCP:
             if self.nat6 is None:
                 return self._drop("tcp_family_disabled")
             return self._tcp(ip, payload, ip.src, dst, self.nat6, now, csum_partial)
-        if proto == PROTO_UDP:
+        if proto == IPPROTO_UDP:
             return self._udp(6, ip.src, dst, payload, now, csum_partial)
-        if proto == PROTO_ICMPV6:
+        if proto == IPPROTO_ICMPV6:
             return self._icmp6(ip, payload)
         return self._drop("unsupported_protocol")
 
@@ -392,13 +406,13 @@ class SystemStack:
         if nat is None:
             return None
         total, frag, src, dst, sport, dport, offset, flags = _V4_TCP.unpack_from(packet)
-        data_offset = offset >> 4
+        data_offset = offset >> _TCP_DATA_OFF_SHIFT
         if (
             not _V4_TCP_LEN <= total <= len(packet)
             or frag & _FRAGMENT_BITS
             or dst[0] >= 224
-            or not 5 <= data_offset <= (total - _V4_HEADER_LEN) >> 2
-            or int.from_bytes(packet[:_V4_HEADER_LEN], "big") % _ONES_MOD
+            or not _TCP_MIN_WORDS <= data_offset <= (total - _V4_HEADER_LEN) >> 2
+            or int.from_bytes(packet[:_V4_HEADER_LEN], "big") % ONES_MOD
         ):
             return None
         if sport == nat.listen_port and src == nat.server_addr:
@@ -492,15 +506,17 @@ class SystemStack:
             or dst[0] >= 224
             or not _UDP_HEADER_LEN <= length <= total - _V4_HEADER_LEN
             # The header's ones' sum is 0xffff (-0): the integer is 0 mod 0xffff.
-            or int.from_bytes(packet[:_V4_HEADER_LEN], "big") % _ONES_MOD
+            or int.from_bytes(packet[:_V4_HEADER_LEN], "big") % ONES_MOD
         ):
             return None
         end = _V4_HEADER_LEN + length
         if (
             not csum_partial
             and checksum
-            and ones_sum(packet[_V4_HEADER_LEN:end], pseudo_header_sum(src, dst, PROTO_UDP, length))
-            != _ONES_MOD
+            and ones_sum(
+                packet[_V4_HEADER_LEN:end], pseudo_header_sum(src, dst, IPPROTO_UDP, length)
+            )
+            != ONES_MOD
         ):
             return None
         session = self.udp.get_or_open(4, src, sport, now)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from ztun.wire._types import BytesLike
 
 __all__ = [
+    "ONES_MOD",
     "apply_delta",
     "checksum_delta",
     "incremental_update",
@@ -33,7 +34,7 @@ __all__ = [
 
 _MASK16 = 0xFFFF
 #: 2**16 - 1: the modulus in which 16-bit ones'-complement addition lives.
-_ONES_MOD = 0xFFFF
+ONES_MOD = 0xFFFF
 _ADDR_LENS = (4, 16)
 
 
@@ -48,7 +49,7 @@ def ones_sum(data: BytesLike, initial: int = 0) -> int:
     if len(data) & 1:
         total <<= 8
     total += initial
-    folded = total % _ONES_MOD
+    folded = total % ONES_MOD
     if folded == 0 and total:
         return _MASK16
     return folded
@@ -74,7 +75,7 @@ def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
             f"pseudo header needs two 4- or two 16-byte addresses, got {len(src)} and {len(dst)}"
         )
     total = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + proto + length
-    folded = total % _ONES_MOD
+    folded = total % ONES_MOD
     if folded == 0 and total:
         return _MASK16
     return folded
@@ -91,7 +92,7 @@ def checksum_delta(old: bytes, new: bytes) -> int:
         raise ValueError(f"checksum_delta: lengths differ ({len(old)} != {len(new)})")
     # ones_sum(new) + ~ones_sum(old) == (new - old) mod 0xffff; the odd-length padding
     # shifts both sides equally, so it cancels.
-    return (int.from_bytes(new, "big") - int.from_bytes(old, "big")) % _ONES_MOD
+    return (int.from_bytes(new, "big") - int.from_bytes(old, "big")) % ONES_MOD
 
 
 def apply_delta(checksum: int, delta: int) -> int:

@@ -17,7 +17,7 @@ from ztun.wire._util import check_room, check_uint
 from ztun.wire.checksum import apply_delta, internet_checksum, ones_sum
 from ztun.wire.errors import Malformed, Truncated
 
-__all__ = ["Ipv4Packet", "Ipv4Repr"]
+__all__ = ["Ipv4Header", "Ipv4Packet", "Ipv4Repr"]
 
 _U16 = struct.Struct("!H")
 # version/IHL, DSCP/ECN, total length, ident, flags/frag offset, TTL, protocol,
@@ -25,7 +25,7 @@ _U16 = struct.Struct("!H")
 _HEADER = struct.Struct("!BBHHHBBH4s4s")
 
 
-class _F:
+class Ipv4Header:
     """Field offsets and masks of the IPv4 header (RFC 791 sec. 3.1)."""
 
     VER_IHL = 0
@@ -80,17 +80,17 @@ class Ipv4Packet:
         """
         mv = buf if isinstance(buf, memoryview) else memoryview(buf)
         size = len(mv)
-        if size < _F.MIN_HEADER_LEN:
+        if size < Ipv4Header.MIN_HEADER_LEN:
             raise Truncated("truncated", f"IPv4 header needs 20 bytes, got {size}")
-        ver_ihl = mv[_F.VER_IHL]
-        if ver_ihl >> 4 != _F.VERSION:
+        ver_ihl = mv[Ipv4Header.VER_IHL]
+        if ver_ihl >> 4 != Ipv4Header.VERSION:
             raise Malformed("bad_version", f"IPv4 version field is {ver_ihl >> 4}")
-        header_len = (ver_ihl & _F.IHL_MASK) << _F.IHL_SHIFT
-        if header_len < _F.MIN_HEADER_LEN:
+        header_len = (ver_ihl & Ipv4Header.IHL_MASK) << Ipv4Header.IHL_SHIFT
+        if header_len < Ipv4Header.MIN_HEADER_LEN:
             raise Malformed("bad_ihl", f"IPv4 header length {header_len} < 20")
         if header_len > size:
             raise Truncated("truncated", f"IPv4 header length {header_len} > buffer {size}")
-        total_len: int = _U16.unpack_from(mv, _F.TOTAL_LEN)[0]
+        total_len: int = _U16.unpack_from(mv, Ipv4Header.TOTAL_LEN)[0]
         if total_len < header_len:
             raise Malformed(
                 "bad_length", f"IPv4 total length {total_len} < header length {header_len}"
@@ -106,82 +106,85 @@ class Ipv4Packet:
 
     @property
     def version(self) -> int:
-        return self.buf[_F.VER_IHL] >> 4
+        return self.buf[Ipv4Header.VER_IHL] >> 4
 
     @property
     def header_len(self) -> int:
         """Header length in bytes (IHL * 4)."""
-        return (self.buf[_F.VER_IHL] & _F.IHL_MASK) << _F.IHL_SHIFT
+        return (self.buf[Ipv4Header.VER_IHL] & Ipv4Header.IHL_MASK) << Ipv4Header.IHL_SHIFT
 
     @property
     def dscp_ecn(self) -> int:
-        return self.buf[_F.DSCP_ECN]
+        return self.buf[Ipv4Header.DSCP_ECN]
 
     @property
     def total_len(self) -> int:
-        value: int = _U16.unpack_from(self.buf, _F.TOTAL_LEN)[0]
+        value: int = _U16.unpack_from(self.buf, Ipv4Header.TOTAL_LEN)[0]
         return value
 
     @property
     def ident(self) -> int:
-        value: int = _U16.unpack_from(self.buf, _F.IDENT)[0]
+        value: int = _U16.unpack_from(self.buf, Ipv4Header.IDENT)[0]
         return value
 
     @property
     def dont_frag(self) -> bool:
-        return bool(_U16.unpack_from(self.buf, _F.FLAGS_FRAG)[0] & _F.DF)
+        return bool(_U16.unpack_from(self.buf, Ipv4Header.FLAGS_FRAG)[0] & Ipv4Header.DF)
 
     @property
     def more_frags(self) -> bool:
-        return bool(_U16.unpack_from(self.buf, _F.FLAGS_FRAG)[0] & _F.MF)
+        return bool(_U16.unpack_from(self.buf, Ipv4Header.FLAGS_FRAG)[0] & Ipv4Header.MF)
 
     @property
     def frag_offset(self) -> int:
         """Fragment offset in bytes (the field counts 8-byte units), as in smoltcp."""
-        word: int = _U16.unpack_from(self.buf, _F.FLAGS_FRAG)[0]
-        return (word & _F.FRAG_MASK) << _F.FRAG_UNIT_SHIFT
+        word: int = _U16.unpack_from(self.buf, Ipv4Header.FLAGS_FRAG)[0]
+        return (word & Ipv4Header.FRAG_MASK) << Ipv4Header.FRAG_UNIT_SHIFT
 
     @property
     def is_fragment(self) -> bool:
         """True for any fragment (MF set or offset non-zero); the NAT cannot port-map these."""
-        return bool(_U16.unpack_from(self.buf, _F.FLAGS_FRAG)[0] & (_F.MF | _F.FRAG_MASK))
+        return bool(
+            _U16.unpack_from(self.buf, Ipv4Header.FLAGS_FRAG)[0]
+            & (Ipv4Header.MF | Ipv4Header.FRAG_MASK)
+        )
 
     @property
     def ttl(self) -> int:
-        return self.buf[_F.TTL]
+        return self.buf[Ipv4Header.TTL]
 
     @ttl.setter
     def ttl(self, value: int) -> None:
-        self.buf[_F.TTL] = value
+        self.buf[Ipv4Header.TTL] = value
 
     @property
     def protocol(self) -> int:
-        return self.buf[_F.PROTOCOL]
+        return self.buf[Ipv4Header.PROTOCOL]
 
     @property
     def checksum(self) -> int:
-        value: int = _U16.unpack_from(self.buf, _F.CHECKSUM)[0]
+        value: int = _U16.unpack_from(self.buf, Ipv4Header.CHECKSUM)[0]
         return value
 
     @checksum.setter
     def checksum(self, value: int) -> None:
-        _U16.pack_into(self.buf, _F.CHECKSUM, value)
+        _U16.pack_into(self.buf, Ipv4Header.CHECKSUM, value)
 
     @property
     def src(self) -> bytes:
-        return self.buf[_F.SRC].tobytes()
+        return self.buf[Ipv4Header.SRC].tobytes()
 
     @src.setter
     def src(self, value: bytes) -> None:
-        self.buf[_F.SRC] = value
+        self.buf[Ipv4Header.SRC] = value
 
     @property
     def dst(self) -> bytes:
-        return self.buf[_F.DST].tobytes()
+        return self.buf[Ipv4Header.DST].tobytes()
 
     @dst.setter
     def dst(self, value: bytes) -> None:
-        self.buf[_F.DST] = value
+        self.buf[Ipv4Header.DST] = value
 
     # -- variable parts -----------------------------------------------------------
 
@@ -191,32 +194,40 @@ class Ipv4Packet:
     @property
     def options(self) -> memoryview:
         buf = self.buf
-        return buf[_F.OPTIONS : (buf[_F.VER_IHL] & _F.IHL_MASK) << _F.IHL_SHIFT]
+        return buf[
+            Ipv4Header.OPTIONS : (buf[Ipv4Header.VER_IHL] & Ipv4Header.IHL_MASK)
+            << Ipv4Header.IHL_SHIFT
+        ]
 
     @property
     def payload(self) -> memoryview:
         buf = self.buf
-        header_len = (buf[_F.VER_IHL] & _F.IHL_MASK) << _F.IHL_SHIFT
-        return buf[header_len : _U16.unpack_from(buf, _F.TOTAL_LEN)[0]]
+        header_len = (buf[Ipv4Header.VER_IHL] & Ipv4Header.IHL_MASK) << Ipv4Header.IHL_SHIFT
+        return buf[header_len : _U16.unpack_from(buf, Ipv4Header.TOTAL_LEN)[0]]
 
     # -- checksum -----------------------------------------------------------------
 
     def verify_checksum(self) -> bool:
         """True if the header checksum is correct (never offloaded for IPv4 headers)."""
         buf = self.buf
-        return ones_sum(buf[: (buf[_F.VER_IHL] & _F.IHL_MASK) << _F.IHL_SHIFT]) == _F.CHECKSUM_OK
+        return (
+            ones_sum(buf[: (buf[Ipv4Header.VER_IHL] & Ipv4Header.IHL_MASK) << Ipv4Header.IHL_SHIFT])
+            == Ipv4Header.CHECKSUM_OK
+        )
 
     def fill_checksum(self) -> None:
         """Recompute the header checksum in place."""
         buf = self.buf
-        _U16.pack_into(buf, _F.CHECKSUM, 0)
-        header = buf[: (buf[_F.VER_IHL] & _F.IHL_MASK) << _F.IHL_SHIFT]
-        _U16.pack_into(buf, _F.CHECKSUM, internet_checksum(header))
+        _U16.pack_into(buf, Ipv4Header.CHECKSUM, 0)
+        header = buf[: (buf[Ipv4Header.VER_IHL] & Ipv4Header.IHL_MASK) << Ipv4Header.IHL_SHIFT]
+        _U16.pack_into(buf, Ipv4Header.CHECKSUM, internet_checksum(header))
 
     def adjust_checksum(self, delta: int) -> None:
         """Apply a precomputed :func:`~ztun.wire.checksum_delta` (e.g. for a new address)."""
         _U16.pack_into(
-            self.buf, _F.CHECKSUM, apply_delta(_U16.unpack_from(self.buf, _F.CHECKSUM)[0], delta)
+            self.buf,
+            Ipv4Header.CHECKSUM,
+            apply_delta(_U16.unpack_from(self.buf, Ipv4Header.CHECKSUM)[0], delta),
         )
 
     def __repr__(self) -> str:
@@ -247,7 +258,10 @@ class Ipv4Repr:
     frag_offset: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.options) % 4 or len(self.options) > _F.MAX_HEADER_LEN - _F.MIN_HEADER_LEN:
+        if (
+            len(self.options) % 4
+            or len(self.options) > Ipv4Header.MAX_HEADER_LEN - Ipv4Header.MIN_HEADER_LEN
+        ):
             raise ValueError(
                 f"IPv4 options must be a multiple of 4, at most 40 bytes: got {len(self.options)}"
             )
@@ -256,15 +270,15 @@ class Ipv4Repr:
         check_uint("ident", self.ident, 16)
         check_uint("dscp_ecn", self.dscp_ecn, 8)
         if self.frag_offset & 7 or not 0 <= self.frag_offset <= (
-            _F.FRAG_MASK << _F.FRAG_UNIT_SHIFT
+            Ipv4Header.FRAG_MASK << Ipv4Header.FRAG_UNIT_SHIFT
         ):
             raise ValueError(f"frag_offset={self.frag_offset} must be a multiple of 8 <= 65528")
-        if not 0 <= self.payload_len <= _F.MAX_TOTAL_LEN - self.header_len:
+        if not 0 <= self.payload_len <= Ipv4Header.MAX_TOTAL_LEN - self.header_len:
             raise ValueError(f"payload_len={self.payload_len} does not fit an IPv4 packet")
 
     @property
     def header_len(self) -> int:
-        return _F.MIN_HEADER_LEN + len(self.options)
+        return Ipv4Header.MIN_HEADER_LEN + len(self.options)
 
     @property
     def total_len(self) -> int:
@@ -297,13 +311,13 @@ class Ipv4Repr:
         """Write the header, checksum filled, at the start of ``buf`` (payload untouched)."""
         header_len = self.header_len
         check_room("Ipv4Repr.emit", buf, header_len)
-        flags_frag = (self.frag_offset >> _F.FRAG_UNIT_SHIFT) | (
-            (_F.DF if self.dont_frag else 0) | (_F.MF if self.more_frags else 0)
+        flags_frag = (self.frag_offset >> Ipv4Header.FRAG_UNIT_SHIFT) | (
+            (Ipv4Header.DF if self.dont_frag else 0) | (Ipv4Header.MF if self.more_frags else 0)
         )
         _HEADER.pack_into(
             buf,
             0,
-            (_F.VERSION << 4) | (header_len >> _F.IHL_SHIFT),
+            (Ipv4Header.VERSION << 4) | (header_len >> Ipv4Header.IHL_SHIFT),
             self.dscp_ecn,
             header_len + self.payload_len,
             self.ident,
@@ -315,5 +329,5 @@ class Ipv4Repr:
             self.dst.packed,
         )
         if self.options:
-            buf[_F.OPTIONS : header_len] = self.options
-        _U16.pack_into(buf, _F.CHECKSUM, internet_checksum(memoryview(buf)[:header_len]))
+            buf[Ipv4Header.OPTIONS : header_len] = self.options
+        _U16.pack_into(buf, Ipv4Header.CHECKSUM, internet_checksum(memoryview(buf)[:header_len]))

@@ -18,7 +18,7 @@ from ztun.wire.proto import (
     IPPROTO_ROUTING,
 )
 
-__all__ = ["MAX_EXT_HEADERS", "Ipv6Fragment", "Ipv6Packet", "Ipv6Repr"]
+__all__ = ["MAX_EXT_HEADERS", "Ipv6Fragment", "Ipv6Header", "Ipv6Packet", "Ipv6Repr"]
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -58,7 +58,7 @@ class Ipv6Fragment:
     @property
     def data_offset(self) -> int:
         """Where this fragment's data (the fragmentable part's bytes) begins."""
-        return self.header_offset + _F.FRAG_LEN
+        return self.header_offset + Ipv6Header.FRAG_LEN
 
     @property
     def is_atomic(self) -> bool:
@@ -66,7 +66,7 @@ class Ipv6Fragment:
         return self.frag_offset == 0 and not self.more_frags
 
 
-class _F:
+class Ipv6Header:
     """Field offsets of the IPv6 fixed header and of extension headers (RFC 8200 sec. 3, 4)."""
 
     VER_TC_FLOW = 0
@@ -118,12 +118,12 @@ class Ipv6Packet:
         """
         mv = buf if isinstance(buf, memoryview) else memoryview(buf)
         size = len(mv)
-        if size < _F.HEADER_LEN:
+        if size < Ipv6Header.HEADER_LEN:
             raise Truncated("truncated", f"IPv6 header needs 40 bytes, got {size}")
-        version = mv[_F.VER_TC_FLOW] >> 4
-        if version != _F.VERSION:
+        version = mv[Ipv6Header.VER_TC_FLOW] >> 4
+        if version != Ipv6Header.VERSION:
             raise Malformed("bad_version", f"IPv6 version field is {version}")
-        total_len = _F.HEADER_LEN + _U16.unpack_from(mv, _F.PAYLOAD_LEN)[0]
+        total_len = Ipv6Header.HEADER_LEN + _U16.unpack_from(mv, Ipv6Header.PAYLOAD_LEN)[0]
         if total_len > size:
             raise Truncated("truncated", f"IPv6 packet length {total_len} > buffer {size}")
         view = object.__new__(cls)  # skips __init__'s isinstance: once per packet
@@ -132,57 +132,60 @@ class Ipv6Packet:
 
     @property
     def version(self) -> int:
-        return self.buf[_F.VER_TC_FLOW] >> 4
+        return self.buf[Ipv6Header.VER_TC_FLOW] >> 4
 
     @property
     def traffic_class(self) -> int:
-        word: int = _U32.unpack_from(self.buf, _F.VER_TC_FLOW)[0]
-        return (word >> _F.TC_SHIFT) & _F.TC_MASK
+        word: int = _U32.unpack_from(self.buf, Ipv6Header.VER_TC_FLOW)[0]
+        return (word >> Ipv6Header.TC_SHIFT) & Ipv6Header.TC_MASK
 
     @property
     def flow_label(self) -> int:
-        word: int = _U32.unpack_from(self.buf, _F.VER_TC_FLOW)[0]
-        return word & _F.FLOW_MASK
+        word: int = _U32.unpack_from(self.buf, Ipv6Header.VER_TC_FLOW)[0]
+        return word & Ipv6Header.FLOW_MASK
 
     @property
     def payload_len(self) -> int:
-        value: int = _U16.unpack_from(self.buf, _F.PAYLOAD_LEN)[0]
+        value: int = _U16.unpack_from(self.buf, Ipv6Header.PAYLOAD_LEN)[0]
         return value
 
     @property
     def next_header(self) -> int:
         """Next header of the fixed header (may be an extension; see :meth:`upper_layer`)."""
-        return self.buf[_F.NEXT_HEADER]
+        return self.buf[Ipv6Header.NEXT_HEADER]
 
     @property
     def hop_limit(self) -> int:
-        return self.buf[_F.HOP_LIMIT]
+        return self.buf[Ipv6Header.HOP_LIMIT]
 
     @hop_limit.setter
     def hop_limit(self, value: int) -> None:
-        self.buf[_F.HOP_LIMIT] = value
+        self.buf[Ipv6Header.HOP_LIMIT] = value
 
     @property
     def src(self) -> bytes:
-        return self.buf[_F.SRC].tobytes()
+        return self.buf[Ipv6Header.SRC].tobytes()
 
     @src.setter
     def src(self, value: bytes) -> None:
-        self.buf[_F.SRC] = value
+        self.buf[Ipv6Header.SRC] = value
 
     @property
     def dst(self) -> bytes:
-        return self.buf[_F.DST].tobytes()
+        return self.buf[Ipv6Header.DST].tobytes()
 
     @dst.setter
     def dst(self, value: bytes) -> None:
-        self.buf[_F.DST] = value
+        self.buf[Ipv6Header.DST] = value
 
     @property
     def payload(self) -> memoryview:
         """Everything after the fixed header, extension headers included."""
         buf = self.buf
-        return buf[_F.HEADER_LEN : _F.HEADER_LEN + _U16.unpack_from(buf, _F.PAYLOAD_LEN)[0]]
+        return buf[
+            Ipv6Header.HEADER_LEN : Ipv6Header.HEADER_LEN
+            + _U16.unpack_from(buf, Ipv6Header.PAYLOAD_LEN)[0]
+        ]
 
     # -- extension headers --------------------------------------------------------
 
@@ -190,20 +193,20 @@ class Ipv6Packet:
         """Walk the extension chain: (upper protocol, its offset, the Fragment header's
         offset or -1, the offset of the Next Header byte that names it)."""
         buf = self.buf
-        next_header = buf[_F.NEXT_HEADER]
-        offset = _F.HEADER_LEN
+        next_header = buf[Ipv6Header.NEXT_HEADER]
+        offset = Ipv6Header.HEADER_LEN
         if next_header not in _EXT_ALL:  # the common case: TCP/UDP/ICMPv6 right away
             return next_header, offset, -1, -1
         end = len(buf)
         fragment_at = link = -1
-        link_here = _F.NEXT_HEADER
+        link_here = Ipv6Header.NEXT_HEADER
         for index in range(MAX_EXT_HEADERS):
             if next_header not in _EXT_ALL:
                 return next_header, offset, fragment_at, link
             if next_header == IPPROTO_HOPOPTS and index:
                 # RFC 8200 sec. 4.1: hop-by-hop options only right after the fixed header.
                 raise Malformed("bad_ext_header", "hop-by-hop header not first")
-            if offset + _F.EXT_MIN_LEN > end:
+            if offset + Ipv6Header.EXT_MIN_LEN > end:
                 raise Malformed("bad_ext_header", f"extension header at {offset} past payload")
             if next_header == IPPROTO_FRAGMENT:
                 if fragment_at >= 0:
@@ -211,16 +214,21 @@ class Ipv6Packet:
                     # would make reassembly ambiguous.
                     raise Malformed("bad_ext_header", "two fragment headers")
                 fragment_at, link = offset, link_here
-                length = _F.FRAG_LEN
-                if _U16.unpack_from(buf, offset + _F.FRAG_OFFSET_FLAGS)[0] & _F.FRAG_OFFSET_MASK:
+                length = Ipv6Header.FRAG_LEN
+                if (
+                    _U16.unpack_from(buf, offset + Ipv6Header.FRAG_OFFSET_FLAGS)[0]
+                    & Ipv6Header.FRAG_OFFSET_MASK
+                ):
                     # A non-first fragment: what follows is data, not headers to walk.
-                    return buf[offset + _F.EXT_NEXT_HEADER], offset + length, offset, link
+                    return buf[offset + Ipv6Header.EXT_NEXT_HEADER], offset + length, offset, link
             elif next_header == IPPROTO_AH:
-                length = (buf[offset + _F.EXT_LEN] + _F.AH_LEN_BIAS) * _F.AH_UNIT
+                length = (
+                    buf[offset + Ipv6Header.EXT_LEN] + Ipv6Header.AH_LEN_BIAS
+                ) * Ipv6Header.AH_UNIT
             else:
-                length = (buf[offset + _F.EXT_LEN] + 1) * _F.EXT_UNIT
-            next_header = buf[offset + _F.EXT_NEXT_HEADER]
-            link_here = offset + _F.EXT_NEXT_HEADER
+                length = (buf[offset + Ipv6Header.EXT_LEN] + 1) * Ipv6Header.EXT_UNIT
+            next_header = buf[offset + Ipv6Header.EXT_NEXT_HEADER]
+            link_here = offset + Ipv6Header.EXT_NEXT_HEADER
             offset += length
             if offset > end:
                 raise Malformed("bad_ext_header", f"extension header ends at {offset} > {end}")
@@ -249,8 +257,8 @@ class Ipv6Packet:
         at = self._walk()[2]
         if at < 0:
             return False
-        word: int = _U16.unpack_from(self.buf, at + _F.FRAG_OFFSET_FLAGS)[0]
-        return bool(word & (_F.FRAG_OFFSET_MASK | _F.FRAG_M))
+        word: int = _U16.unpack_from(self.buf, at + Ipv6Header.FRAG_OFFSET_FLAGS)[0]
+        return bool(word & (Ipv6Header.FRAG_OFFSET_MASK | Ipv6Header.FRAG_M))
 
     def fragment(self) -> Ipv6Fragment | None:
         """The Fragment header, if the packet has one (may raise Malformed)."""
@@ -258,14 +266,14 @@ class Ipv6Packet:
         if at < 0:
             return None
         buf = self.buf
-        word: int = _U16.unpack_from(buf, at + _F.FRAG_OFFSET_FLAGS)[0]
-        ident: int = _U32.unpack_from(buf, at + _F.FRAG_IDENT)[0]
+        word: int = _U16.unpack_from(buf, at + Ipv6Header.FRAG_OFFSET_FLAGS)[0]
+        ident: int = _U32.unpack_from(buf, at + Ipv6Header.FRAG_IDENT)[0]
         return Ipv6Fragment(
             header_offset=at,
             link_offset=link,
-            next_header=buf[at + _F.EXT_NEXT_HEADER],
-            frag_offset=word & _F.FRAG_OFFSET_MASK,
-            more_frags=bool(word & _F.FRAG_M),
+            next_header=buf[at + Ipv6Header.EXT_NEXT_HEADER],
+            frag_offset=word & Ipv6Header.FRAG_OFFSET_MASK,
+            more_frags=bool(word & Ipv6Header.FRAG_M),
             ident=ident,
             upper_protocol=upper_protocol,
             upper_offset=upper,
@@ -299,11 +307,11 @@ class Ipv6Repr:
 
     @property
     def header_len(self) -> int:
-        return _F.HEADER_LEN
+        return Ipv6Header.HEADER_LEN
 
     @property
     def total_len(self) -> int:
-        return _F.HEADER_LEN + self.payload_len
+        return Ipv6Header.HEADER_LEN + self.payload_len
 
     @classmethod
     def parse(cls, pkt: Ipv6Packet) -> Self:
@@ -319,11 +327,13 @@ class Ipv6Repr:
 
     def emit(self, buf: WritableBuffer) -> None:
         """Write the 40-byte fixed header at the start of ``buf``."""
-        check_room("Ipv6Repr.emit", buf, _F.HEADER_LEN)
+        check_room("Ipv6Repr.emit", buf, Ipv6Header.HEADER_LEN)
         _HEADER.pack_into(
             buf,
             0,
-            (_F.VERSION << 28) | (self.traffic_class << _F.TC_SHIFT) | self.flow_label,
+            (Ipv6Header.VERSION << 28)
+            | (self.traffic_class << Ipv6Header.TC_SHIFT)
+            | self.flow_label,
             self.payload_len,
             self.next_header,
             self.hop_limit,

@@ -26,6 +26,7 @@ __all__ = [
     "RST",
     "SYN",
     "URG",
+    "TcpHeader",
     "TcpOptions",
     "TcpPacket",
     "TcpRepr",
@@ -53,7 +54,7 @@ _TIMESTAMPS = struct.Struct("!BBBBII")
 _TWO_U32 = struct.Struct("!II")
 
 
-class _F:
+class TcpHeader:
     """Field offsets of the TCP header (RFC 9293 sec. 3.1)."""
 
     SRC_PORT = 0
@@ -208,7 +209,7 @@ def emit_options(opts: TcpOptions) -> bytes:
         out += bytes((_Opt.NOP, _Opt.NOP, _Opt.SACK, length))
         for block in opts.sack_blocks:
             out += _TWO_U32.pack(*block)
-    if len(out) > _F.MAX_OPTIONS_LEN:
+    if len(out) > TcpHeader.MAX_OPTIONS_LEN:
         raise ValueError(f"TCP options need {len(out)} bytes, at most 40 fit")
     # Every piece above is already 4-byte aligned; this is a guard for future options.
     out += bytes(-len(out) % _Opt.ALIGN)
@@ -234,10 +235,10 @@ class TcpPacket:
         """Validate the header length against the data offset and the buffer."""
         mv = buf if isinstance(buf, memoryview) else memoryview(buf)
         size = len(mv)
-        if size < _F.MIN_HEADER_LEN:
+        if size < TcpHeader.MIN_HEADER_LEN:
             raise Truncated("truncated", f"TCP header needs 20 bytes, got {size}")
-        header_len = (mv[_F.DATA_OFF] >> _F.DATA_OFF_SHIFT) << _F.WORD_SHIFT
-        if header_len < _F.MIN_HEADER_LEN:
+        header_len = (mv[TcpHeader.DATA_OFF] >> TcpHeader.DATA_OFF_SHIFT) << TcpHeader.WORD_SHIFT
+        if header_len < TcpHeader.MIN_HEADER_LEN:
             raise Malformed("bad_data_offset", f"TCP data offset gives {header_len} bytes")
         if header_len > size:
             raise Truncated("truncated", f"TCP header length {header_len} > segment {size}")
@@ -247,102 +248,105 @@ class TcpPacket:
 
     @property
     def src_port(self) -> int:
-        value: int = _U16.unpack_from(self.buf, _F.SRC_PORT)[0]
+        value: int = _U16.unpack_from(self.buf, TcpHeader.SRC_PORT)[0]
         return value
 
     @src_port.setter
     def src_port(self, value: int) -> None:
-        _U16.pack_into(self.buf, _F.SRC_PORT, value)
+        _U16.pack_into(self.buf, TcpHeader.SRC_PORT, value)
 
     @property
     def dst_port(self) -> int:
-        value: int = _U16.unpack_from(self.buf, _F.DST_PORT)[0]
+        value: int = _U16.unpack_from(self.buf, TcpHeader.DST_PORT)[0]
         return value
 
     @dst_port.setter
     def dst_port(self, value: int) -> None:
-        _U16.pack_into(self.buf, _F.DST_PORT, value)
+        _U16.pack_into(self.buf, TcpHeader.DST_PORT, value)
 
     @property
     def seq(self) -> int:
-        value: int = _U32.unpack_from(self.buf, _F.SEQ)[0]
+        value: int = _U32.unpack_from(self.buf, TcpHeader.SEQ)[0]
         return value
 
     @property
     def ack(self) -> int:
         """Acknowledgment number (see :attr:`ack_flag` for the ACK bit)."""
-        value: int = _U32.unpack_from(self.buf, _F.ACK)[0]
+        value: int = _U32.unpack_from(self.buf, TcpHeader.ACK)[0]
         return value
 
     @property
     def header_len(self) -> int:
-        return (self.buf[_F.DATA_OFF] >> _F.DATA_OFF_SHIFT) << _F.WORD_SHIFT
+        return (self.buf[TcpHeader.DATA_OFF] >> TcpHeader.DATA_OFF_SHIFT) << TcpHeader.WORD_SHIFT
 
     @property
     def flags(self) -> int:
         """The eight flag bits CWR..FIN (the experimental NS bit is ignored)."""
-        return self.buf[_F.FLAGS]
+        return self.buf[TcpHeader.FLAGS]
 
     @property
     def fin(self) -> bool:
-        return bool(self.buf[_F.FLAGS] & FIN)
+        return bool(self.buf[TcpHeader.FLAGS] & FIN)
 
     @property
     def syn(self) -> bool:
-        return bool(self.buf[_F.FLAGS] & SYN)
+        return bool(self.buf[TcpHeader.FLAGS] & SYN)
 
     @property
     def rst(self) -> bool:
-        return bool(self.buf[_F.FLAGS] & RST)
+        return bool(self.buf[TcpHeader.FLAGS] & RST)
 
     @property
     def psh(self) -> bool:
-        return bool(self.buf[_F.FLAGS] & PSH)
+        return bool(self.buf[TcpHeader.FLAGS] & PSH)
 
     @property
     def ack_flag(self) -> bool:
-        return bool(self.buf[_F.FLAGS] & ACK)
+        return bool(self.buf[TcpHeader.FLAGS] & ACK)
 
     @property
     def urg(self) -> bool:
-        return bool(self.buf[_F.FLAGS] & URG)
+        return bool(self.buf[TcpHeader.FLAGS] & URG)
 
     @property
     def ece(self) -> bool:
-        return bool(self.buf[_F.FLAGS] & ECE)
+        return bool(self.buf[TcpHeader.FLAGS] & ECE)
 
     @property
     def cwr(self) -> bool:
-        return bool(self.buf[_F.FLAGS] & CWR)
+        return bool(self.buf[TcpHeader.FLAGS] & CWR)
 
     @property
     def window(self) -> int:
-        value: int = _U16.unpack_from(self.buf, _F.WINDOW)[0]
+        value: int = _U16.unpack_from(self.buf, TcpHeader.WINDOW)[0]
         return value
 
     @property
     def checksum(self) -> int:
-        value: int = _U16.unpack_from(self.buf, _F.CHECKSUM)[0]
+        value: int = _U16.unpack_from(self.buf, TcpHeader.CHECKSUM)[0]
         return value
 
     @checksum.setter
     def checksum(self, value: int) -> None:
-        _U16.pack_into(self.buf, _F.CHECKSUM, value)
+        _U16.pack_into(self.buf, TcpHeader.CHECKSUM, value)
 
     @property
     def urgent(self) -> int:
-        value: int = _U16.unpack_from(self.buf, _F.URGENT)[0]
+        value: int = _U16.unpack_from(self.buf, TcpHeader.URGENT)[0]
         return value
 
     @property
     def options(self) -> memoryview:
         buf = self.buf
-        return buf[_F.OPTIONS : (buf[_F.DATA_OFF] >> _F.DATA_OFF_SHIFT) << _F.WORD_SHIFT]
+        return buf[
+            TcpHeader.OPTIONS : (buf[TcpHeader.DATA_OFF] >> TcpHeader.DATA_OFF_SHIFT)
+            << TcpHeader.WORD_SHIFT
+        ]
 
     @property
     def payload(self) -> memoryview:
         buf = self.buf
-        return buf[(buf[_F.DATA_OFF] >> _F.DATA_OFF_SHIFT) << _F.WORD_SHIFT :]
+        return buf[(buf[TcpHeader.DATA_OFF] >> TcpHeader.DATA_OFF_SHIFT) << TcpHeader.WORD_SHIFT :]
 
     def verify_checksum(self, src: bytes, dst: bytes) -> bool:
         """True if the checksum over pseudo header + segment is correct.
@@ -351,7 +355,7 @@ class TcpPacket:
         caller decides (from the virtio header) whether to verify at all.
         """
         initial = pseudo_header_sum(src, dst, IPPROTO_TCP, len(self.buf))
-        return ones_sum(self.buf, initial) == _F.CHECKSUM_OK
+        return ones_sum(self.buf, initial) == TcpHeader.CHECKSUM_OK
 
     def fill_checksum(self, src: bytes, dst: bytes) -> None:
         """Recompute the checksum in place over pseudo header + the whole segment."""
@@ -362,7 +366,9 @@ class TcpPacket:
     def adjust_checksum(self, delta: int) -> None:
         """Apply a precomputed :func:`~ztun.wire.checksum_delta` (NAT of address + port)."""
         _U16.pack_into(
-            self.buf, _F.CHECKSUM, apply_delta(_U16.unpack_from(self.buf, _F.CHECKSUM)[0], delta)
+            self.buf,
+            TcpHeader.CHECKSUM,
+            apply_delta(_U16.unpack_from(self.buf, TcpHeader.CHECKSUM)[0], delta),
         )
 
     def __repr__(self) -> str:
@@ -399,7 +405,7 @@ class TcpRepr:
 
     @property
     def header_len(self) -> int:
-        return _F.MIN_HEADER_LEN + len(emit_options(self.options))
+        return TcpHeader.MIN_HEADER_LEN + len(emit_options(self.options))
 
     @classmethod
     def parse(cls, pkt: TcpPacket, src: bytes | None = None, dst: bytes | None = None) -> Self:
@@ -426,7 +432,7 @@ class TcpRepr:
         if len(payload) != self.payload_len:
             raise ValueError(f"payload is {len(payload)} bytes, repr says {self.payload_len}")
         options = emit_options(self.options)
-        header_len = _F.MIN_HEADER_LEN + len(options)
+        header_len = TcpHeader.MIN_HEADER_LEN + len(options)
         seg_len = header_len + self.payload_len
         check_room("TcpRepr.emit", buf, seg_len)
         _HEADER.pack_into(
@@ -436,14 +442,14 @@ class TcpRepr:
             self.dst_port,
             self.seq,
             self.ack,
-            (header_len >> _F.WORD_SHIFT) << _F.DATA_OFF_SHIFT,
+            (header_len >> TcpHeader.WORD_SHIFT) << TcpHeader.DATA_OFF_SHIFT,
             self.flags,
             self.window,
             0,
             self.urgent,
         )
-        buf[_F.OPTIONS : header_len] = options
+        buf[TcpHeader.OPTIONS : header_len] = options
         buf[header_len:seg_len] = payload
         initial = pseudo_header_sum(src, dst, IPPROTO_TCP, seg_len)
         checksum = internet_checksum(memoryview(buf)[:seg_len], initial)
-        _U16.pack_into(buf, _F.CHECKSUM, checksum)
+        _U16.pack_into(buf, TcpHeader.CHECKSUM, checksum)
