@@ -29,6 +29,7 @@ from ztun.tools import tool
 
 from . import netns
 from .proc import Proc, listening, log_has, spawn, stop_all
+from .servers.danted import danted_config
 
 PREFIX = "ztdemo-"
 CLIENT_V4, PROXY_C_V4 = "10.200.0.1", "10.200.0.2"
@@ -124,24 +125,11 @@ def _start_servers(demo: _Demo, server: str, blob_dir: str) -> str:
 
 
 def _danted_config(path: str) -> None:
+    config = danted_config(
+        [(PROXY_C_V4, UDP_PORT)], [PROXY_S_V4], log="connect disconnect", rotation_by_route=False
+    )
     with open(path, "w") as f:
-        f.write(f"""logoutput: stderr
-internal: {PROXY_C_V4} port = {UDP_PORT}
-external: {PROXY_S_V4}
-clientmethod: none
-socksmethod: none
-user.privileged: root
-user.unprivileged: nobody
-client pass {{
-    from: 0.0.0.0/0 to: 0.0.0.0/0
-    log: connect disconnect
-}}
-socks pass {{
-    from: 0.0.0.0/0 to: 0.0.0.0/0
-    command: connect udpassociate bindreply udpreply
-    log: connect disconnect
-}}
-""")
+        f.write(config)
 
 
 def _start_proxies(demo: _Demo, proxy: str, choice: str) -> tuple[str, str, list[Proc]]:

@@ -44,6 +44,7 @@ from harness.peers.recording import (
     parse_jsonl,
 )
 from harness.timescale import scaled
+from ztun.servers.danted import danted_config
 from ztun.tools import TOOLS, tool
 
 READY_REGEX = rf"^{READY_LINE} "
@@ -280,47 +281,6 @@ def start_microsocks(
         password=password,
         supports_udp=False,
     )
-
-
-def danted_config(
-    internal: Sequence[tuple[str, int]],
-    external: Sequence[str],
-    *,
-    username_auth: bool = False,
-) -> str:
-    """A danted.conf that relays CONNECT and UDP ASSOCIATE for any client.
-
-    ``external`` lists interface names or addresses; ``external.rotation: route`` makes
-    danted pick the source address the routing table would pick, so a dual-stack proxy
-    reaches both IPv4 and IPv6 targets. ``udpreply`` must be allowed in a second rule:
-    replies from targets are matched against it, not against ``udpassociate``.
-    """
-    method = "username" if username_auth else "none"
-    lines = ["logoutput: stderr"]
-    lines += [f"internal: {a} port = {p}" for a, p in internal]
-    lines += [f"external: {e}" for e in external]
-    lines += [
-        "external.rotation: route",
-        "clientmethod: none",
-        f"socksmethod: {method}",
-        "user.privileged: root",
-        "user.unprivileged: nobody",
-        "client pass {",
-        "  from: 0/0 to: 0/0",
-        "  log: error connect disconnect",
-        "}",
-        "socks pass {",
-        "  from: 0/0 to: 0/0",
-        "  command: bind connect udpassociate",
-        "  log: error connect disconnect",
-        "}",
-        "socks pass {",
-        "  from: 0/0 to: 0/0",
-        "  command: bindreply udpreply",
-        "  log: error connect disconnect",
-        "}",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def start_danted(

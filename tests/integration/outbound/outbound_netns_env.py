@@ -33,6 +33,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
+from ztun.servers.danted import danted_config
 from ztun.tools import tool
 
 T = TypeVar("T")
@@ -296,34 +297,12 @@ def start_daemon(netns: str, name: str, argv: list[str], port: int, log_dir: Pat
     return daemon
 
 
-def danted_config(port: int) -> str:
-    """Relay CONNECT and UDP ASSOCIATE for anyone, on loopback only.
-
-    `udpreply` needs its own rule: replies from targets are matched against it, not
-    against the `udpassociate` rule that let the association in.
-    """
-    return "\n".join(
-        [
-            "logoutput: stderr",
-            f"internal: 127.0.0.1 port = {port}",
-            f"internal: ::1 port = {port}",
-            "external: lo",
-            "clientmethod: none",
-            "socksmethod: none",
-            "user.privileged: root",
-            "user.unprivileged: nobody",
-            "client pass { from: 0/0 to: 0/0 }",
-            "socks pass { from: 0/0 to: 0/0 command: connect udpassociate }",
-            "socks pass { from: 0/0 to: 0/0 command: udpreply }",
-            "",
-        ]
-    )
-
-
 def start_danted(netns: str, name: str, port: int, log_dir: Path) -> Daemon:
     danted = binary("danted", "dante-server")
     conf = log_dir / f"{name}.conf"
-    conf.write_text(danted_config(port))
+    conf.write_text(
+        danted_config([("127.0.0.1", port), ("::1", port)], ["lo"], log="", rotation_by_route=False)
+    )
     # -p: a private pid file, so parallel runs do not fight over /run/danted.pid.
     argv = [danted, "-f", str(conf), "-p", str(log_dir / f"{name}.pid")]
     return start_daemon(netns, name, argv, port, log_dir)
