@@ -44,6 +44,7 @@ from harness.hosts.base import (
     log_tail,
 )
 from harness.timescale import scaled
+from ztun.proc import POLL_FIRST, POLL_MAX
 
 __all__ = [
     "LocalProcess",
@@ -59,15 +60,10 @@ __all__ = [
 READ_CHUNK = 65536
 """Bytes read from a child's pipe per wake-up."""
 
-PROBE_INTERVAL_MIN = 0.005
-PROBE_INTERVAL_MAX = 0.1
-"""Bounds of the back-off between probes of conditions the kernel cannot signal.
-
-A listening socket or a path has no event a test can subscribe to cheaply (no inotify
-in the stdlib, no netlink event for LISTEN), so those are polled -- starting at 5 ms so
-fast servers cost nothing, doubling up to 100 ms so slow ones do not burn a CPU -- and the
-wait still ends at once if the process exits (its pidfd is watched by the pump).
-"""
+PROBE_INTERVAL_MIN, PROBE_INTERVAL_MAX = POLL_FIRST, POLL_MAX
+"""Bounds of the back-off between probes of conditions the kernel cannot signal
+(:data:`ztun.proc.POLL_FIRST`); a process's wait still ends at once if it exits (its
+pidfd is watched by the pump)."""
 
 ReadinessProbe = Callable[[Readiness], bool]
 """A backend's check for a non-log readiness condition (``True`` once satisfied)."""

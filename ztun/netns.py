@@ -29,6 +29,9 @@ from ztun.tools import tool
 
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
+IFA_F_NODAD = 0x02
+"""Address flag (linux/if_addr.h): skip duplicate address detection, so an IPv6 address
+is usable at once (otherwise "tentative" for ~1 s: bind()/connect() fail)."""
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
 
@@ -47,29 +50,57 @@ def _netns_inode(name: str) -> int:
     return os.stat(os.path.join(NETNS_DIR, name)).st_ino
 
 
-def netlink(name: str, fn: Callable[[Any], T]) -> T:
-    """Call `fn(ipr)` with a pyroute2 IPRoute living in namespace `name`, from a thread
-    that entered it (and ends afterwards)."""
+def in_fresh_thread(
+    fn: Callable[[], T], *, start: Callable[[threading.Thread], None] | None = None
+) -> T:
+    """Call `fn()` in a new thread that ends afterwards, and return its result (or raise
+    its exception here): a namespace the thread enters never leaks into one reused for
+    something else. `start` starts the thread (the harness blocks its stop signals)."""
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            enter_netns(name)
-            if os.stat("/proc/thread-self/ns/net").st_ino != _netns_inode(name):
-                raise OSError(f"namespace {name!r}: setns did not take effect")
-            from pyroute2 import IPRoute
-
-            with IPRoute() as ipr:
-                box["result"] = fn(ipr)
+            box["result"] = fn()
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
-    thread = threading.Thread(target=target, name=f"netlink-{name}", daemon=True)
-    thread.start()
+    thread = threading.Thread(target=target, name="netns-helper", daemon=True)
+    (start or threading.Thread.start)(thread)
     thread.join()
     if "error" in box:
         raise box["error"]
     return box["result"]  # type: ignore[no-any-return]
+
+
+def run_in_netns(
+    name: str, fn: Callable[[], T], *, start: Callable[[threading.Thread], None] | None = None
+) -> T:
+    """Call `fn()` from a fresh thread that entered namespace `name` (and checked that it
+    really is there): sockets it opens stay in the namespace, /proc/thread-self/net and
+    /proc/sys/net resolve against it."""
+
+    def entered() -> T:
+        enter_netns(name)
+        if os.stat("/proc/thread-self/ns/net").st_ino != _netns_inode(name):
+            raise OSError(f"namespace {name!r}: setns did not take effect")
+        return fn()
+
+    return in_fresh_thread(entered, start=start)
+
+
+def netlink(
+    name: str, fn: Callable[[Any], T], *, start: Callable[[threading.Thread], None] | None = None
+) -> T:
+    """Call `fn(ipr)` with a pyroute2 IPRoute living in namespace `name`, from a thread
+    that entered it (and ends afterwards)."""
+
+    def call() -> T:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            return fn(ipr)
+
+    return run_in_netns(name, call, start=start)
 
 
 def netlink_in(name: str | None, fn: Callable[[Any], T]) -> T:
@@ -130,18 +161,29 @@ def list_names(prefix: str = "") -> list[str]:
         return []
 
 
-def pids(name: str) -> list[int]:
+def pids(name: str, timeout: float = 10.0) -> list[int]:
+    """Pids of processes inside `name` (`ip netns pids` compares namespace inodes);
+    none when the namespace is gone."""
     out = subprocess.run(
-        [tool("ip"), "netns", "pids", name], capture_output=True, text=True, timeout=10
+        [tool("ip"), "netns", "pids", name], capture_output=True, text=True, timeout=timeout
     )
-    return [int(p) for p in out.stdout.split()]
+    if out.returncode != 0:
+        return []
+    return [int(p) for p in out.stdout.split() if p.isdigit()]
+
+
+def kill_all(name: str) -> list[int]:
+    """SIGKILL every process inside `name`; returns their pids (not awaited)."""
+    found = pids(name)
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return found
 
 
 def remove(name: str) -> None:
     """Kill what still runs inside, then delete the namespace (its links go with it)."""
-    for pid in pids(name):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_all(name)
     if exists(name):
         subprocess.run([tool("ip"), "netns", "delete", name], capture_output=True, timeout=30)
 
@@ -181,7 +223,7 @@ def veth(
                     "prefixlen": iface.network.prefixlen,
                 }
                 if iface.version == 6:
-                    kwargs["flags"] = 0x02  # IFA_F_NODAD: usable at once, no 1-2 s DAD wait
+                    kwargs["flags"] = IFA_F_NODAD
                 ipr.addr("add", **kwargs)
             ipr.link("set", index=index, state="up")
 

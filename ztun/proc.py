@@ -24,6 +24,9 @@ READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
 LOG_TAIL = 1500
 POLL_FIRST, POLL_MAX = 0.005, 0.1  # seconds: readiness polls start fast and back off
+"""Bounds of the back-off between polls of conditions the kernel cannot signal (no
+inotify in the stdlib, no netlink event for LISTEN): from 5 ms, so fast servers cost
+nothing, doubling up to 100 ms, so slow ones do not burn a CPU."""
 
 
 class ProcError(RuntimeError):
@@ -65,26 +68,50 @@ class Proc:
             self.popen.wait(timeout)
 
 
+def poll_until(
+    condition: Callable[[], bool],
+    timeout: float,
+    *,
+    stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Poll a condition that has no event to wait on (a socket starting to listen, a
+    link's carrier): at POLL_FIRST, doubling up to POLL_MAX, so a fast one costs
+    nothing and a slow one burns no CPU. True once it holds; False at the deadline or
+    as soon as `stop()` is true (what we wait for has died)."""
+    deadline = time.monotonic() + timeout
+    delay = POLL_FIRST
+    while not condition():
+        if stop is not None and stop():
+            return False
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(delay, remaining))  # noqa: sleep-ok - the condition has no event
+        delay = min(delay * 2, POLL_MAX)
+    return True
+
+
 def await_condition(
     condition: Callable[[], bool],
     timeout: float,
     what: str,
     abort: Callable[[], str | None] | None = None,
 ) -> None:
-    """Wait for a condition that has no fd to wait on, polling with back-off until a deadline.
+    """`poll_until`, raising ProcError at the deadline or when `abort` returns a reason
+    to stop early (the process we wait for has died)."""
+    reasons: list[str] = []
 
-    `abort` returns a reason to stop early (the process we wait for has died).
-    """
-    deadline = time.monotonic() + timeout
-    delay = POLL_FIRST
-    while not condition():
+    def aborted() -> bool:
         reason = abort() if abort else None
         if reason:
-            raise ProcError(f"{what}: {reason}")
-        if time.monotonic() > deadline:
-            raise ProcError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, POLL_MAX)
+            reasons.append(reason)
+        return bool(reason)
+
+    if poll_until(condition, timeout, stop=aborted):
+        return
+    if reasons:
+        raise ProcError(f"{what}: {reasons[0]}")
+    raise ProcError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def spawn(

@@ -36,6 +36,7 @@ from harness import artifacts
 from harness.hosts.base import DEFAULT_STOP_TIMEOUT, Host, LogLine, Process
 from harness.proc import PROBE_INTERVAL_MAX, PROBE_INTERVAL_MIN, run_local
 from harness.skips import require_tool
+from ztun.proc import poll_until
 from ztun.tools import tool
 
 __all__ = [
@@ -173,14 +174,7 @@ def _await_output(proc: Process, predicate: Callable[[str], bool], timeout: floa
     waiter = getattr(proc, "wait_output", None)
     if waiter is not None:
         return bool(waiter(predicate, timeout))
-    deadline = time.monotonic() + timeout
-    interval = PROBE_INTERVAL_MIN
-    while not predicate(proc.log_text()):
-        if time.monotonic() >= deadline or not proc.alive():
-            return False
-        threading.Event().wait(interval)
-        interval = min(interval * 2, PROBE_INTERVAL_MAX)
-    return True
+    return poll_until(lambda: predicate(proc.log_text()), timeout, stop=lambda: not proc.alive())
 
 
 def _more_reports_than(seen: int) -> Callable[[str], bool]:

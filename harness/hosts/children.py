@@ -11,8 +11,6 @@ takes 20 in an emulated guest.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,8 +23,9 @@ from harness.hosts.base import (
     Process,
     Readiness,
 )
-from harness.proc import PROBE_INTERVAL_MAX, PROBE_INTERVAL_MIN, LocalProcess, run_local
+from harness.proc import LocalProcess, run_local
 from harness.timescale import scaled
+from ztun.proc import poll_until
 
 __all__ = ["ChildHost"]
 
@@ -111,15 +110,9 @@ class ChildHost:
         if isinstance(ready, LogLine):
             raise TypeError("LogLine belongs to a process: use Process.wait_for")
         timeout = scaled(timeout)
-        deadline = time.monotonic() + timeout
-        interval = PROBE_INTERVAL_MIN
         # Polled: the kernel offers no event for "a socket started listening".
-        while not self.is_ready(ready):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"{self._name}: no {ready.describe()} within {timeout:g}s")
-            threading.Event().wait(min(interval, remaining))
-            interval = min(interval * 2, PROBE_INTERVAL_MAX)
+        if not poll_until(lambda: self.is_ready(ready), timeout):
+            raise TimeoutError(f"{self._name}: no {ready.describe()} within {timeout:g}s")
 
     def read_file(self, path: str | Path) -> bytes:
         return Path(path).read_bytes()

@@ -18,6 +18,10 @@ How the harness gets "inside" a namespace, and why:
   removal is pyroute2's ``netns.remove`` after every process inside has been killed, and
   is *verified* (the name is gone and ``ip netns pids`` had nothing left).
 
+The primitives (entering a namespace from a helper thread, netlink there, the
+/run/netns listing, ``ip netns pids``/``exec``) are :mod:`ztun.netns`'s, which
+``ztun run --netns``, ``ztun demo`` and ``ztun bench`` use too; this module adds the Host.
+
 Nothing here touches the root namespace: veth pairs are created inside one namespace
 with their peer placed directly in the other.
 """
@@ -28,10 +32,8 @@ import contextlib
 import ctypes
 import ipaddress
 import os
-import signal
 import socket as socketlib
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,12 +51,11 @@ from harness.hosts.base import (
 from harness.hosts.children import ChildHost
 from harness.owners import claim_owner, owner_prefix
 from harness.proc import (
-    PROBE_INTERVAL_MAX,
-    PROBE_INTERVAL_MIN,
-    run_local,
     start_thread_without_signals,
     wait_pids_gone,
 )
+from ztun import netns
+from ztun.proc import poll_until
 from ztun.tools import tool
 
 if TYPE_CHECKING:
@@ -77,11 +78,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-NETNS_RUN_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
-IFA_F_NODAD = 0x02
-"""Address flag: skip duplicate address detection, so an IPv6 address is usable at once
-(otherwise it is "tentative" for ~1 s and bind()/connect() fail with EADDRNOTAVAIL)."""
+NETNS_RUN_DIR = Path(netns.NETNS_DIR)
 
 KILL_WAIT = 5.0
 """Seconds to wait for processes left in a namespace to die after SIGKILL."""
@@ -122,46 +119,9 @@ def _netns_path(name: str) -> Path:
     return NETNS_RUN_DIR / name
 
 
-def _setns(name: str) -> None:
-    fd = os.open(_netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-def _in_thread(fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a fresh thread and return its result (or raise its exception).
-
-    The thread ends after ``fn``, so a namespace it entered never leaks into a
-    thread that is reused for something else.
-    """
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # re-raised in the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="netns-helper", daemon=True)
-    start_thread_without_signals(thread)
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]  # type: ignore[no-any-return]
-
-
 def run_in_netns(name: str, fn: Callable[[], T]) -> T:
     """Call ``fn`` from a helper thread that has entered namespace ``name``."""
-
-    def entered() -> T:
-        _setns(name)
-        return fn()
-
-    return _in_thread(entered)
+    return netns.run_in_netns(name, fn, start=start_thread_without_signals)
 
 
 def create_netns(name: str) -> None:
@@ -176,7 +136,7 @@ def create_netns(name: str) -> None:
         claim_owner(prefix)  # before creating: a crash in between leaves a claimed name
 
     def unshare_and_attach() -> None:
-        if _libc.unshare(CLONE_NEWNET) != 0:
+        if _libc.unshare(netns.CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
         from pyroute2 import netns as pr_netns
@@ -184,32 +144,21 @@ def create_netns(name: str) -> None:
         # /proc/<tid>/ns/net is this thread's (new) namespace.
         pr_netns.attach(name, threading.get_native_id())
 
-    _in_thread(unshare_and_attach)
+    netns.in_fresh_thread(unshare_and_attach, start=start_thread_without_signals)
 
 
-def list_netns(prefix: str = "") -> list[str]:
-    """Names in /run/netns starting with ``prefix``."""
-    try:
-        names = os.listdir(NETNS_RUN_DIR)
-    except FileNotFoundError:
-        return []
-    return sorted(n for n in names if n.startswith(prefix))
+list_netns = netns.list_names
+"""Names in /run/netns starting with a prefix."""
 
 
 def netns_pids(name: str) -> list[int]:
     """Pids of processes inside ``name`` (``ip netns pids``: compares ns inodes)."""
-    result = run_local([tool("ip"), "netns", "pids", name], timeout=DEFAULT_RUN_TIMEOUT)
-    if not result.ok:
-        return []
-    return [int(tok) for tok in result.stdout.split() if tok.isdigit()]
+    return netns.pids(name, timeout=DEFAULT_RUN_TIMEOUT)
 
 
 def kill_netns_pids(name: str, timeout: float = KILL_WAIT) -> list[int]:
     """SIGKILL every process inside ``name`` and await their exit; returns the pids."""
-    pids = netns_pids(name)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    pids = netns.kill_all(name)
     survivors = wait_pids_gone(pids, timeout)
     if survivors:
         raise NetnsError(f"processes {survivors} in namespace {name!r} survived SIGKILL")
@@ -305,7 +254,7 @@ class NetnsHost(ChildHost):
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped to run inside the namespace."""
-        return [tool("ip"), "netns", "exec", self._name, *argv]
+        return netns.exec_argv(self._name, argv)
 
     # ------------------------------------------------------------------ readiness
 
@@ -354,13 +303,7 @@ class NetnsHost(ChildHost):
     def netlink(self, fn: Callable[[IPRoute], T]) -> T:
         """Call ``fn(ipr)`` with a pyroute2 ``IPRoute`` bound to this namespace."""
 
-        from pyroute2 import IPRoute
-
-        def call() -> T:
-            with IPRoute() as ipr:
-                return fn(ipr)
-
-        return run_in_netns(self._name, call)
+        return netns.netlink(self._name, fn, start=start_thread_without_signals)
 
     def set_sysctls(self, settings: Mapping[str, str]) -> None:
         """Write ``/proc/sys`` keys (``net/ipv4/ip_forward`` or ``net.ipv4.ip_forward``)."""
@@ -391,7 +334,7 @@ class NetnsHost(ChildHost):
     def add_address(self, ifname: str, address: IfAddress | str) -> None:
         """Add an address; IPv6 ones with ``nodad`` so they are usable immediately."""
         iface = ipaddress.ip_interface(address)
-        flags = IFA_F_NODAD if iface.version == 6 else 0
+        flags = netns.IFA_F_NODAD if iface.version == 6 else 0
 
         def add(ipr: IPRoute) -> None:
             ipr.addr(
@@ -455,18 +398,16 @@ class NetnsHost(ChildHost):
         Polled with a bounded back-off: a netlink subscription would be the event, but
         with the ifindex trick in harness.topo links are up by the first check.
         """
-        deadline = time.monotonic() + timeout
-        interval = PROBE_INTERVAL_MIN
-        while True:
+        down: dict[str, str] = {}
+
+        def all_up() -> bool:
             states = self.operstates()
-            down = {n: states.get(n, "missing") for n in ifnames if states.get(n) != "UP"}
-            if not down:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise NetnsError(f"{self._name}: links not up within {timeout:g}s: {down}")
-            threading.Event().wait(min(interval, remaining))
-            interval = min(interval * 2, PROBE_INTERVAL_MAX)
+            down.clear()
+            down.update({n: states.get(n, "missing") for n in ifnames if states.get(n) != "UP"})
+            return not down
+
+        if not poll_until(all_up, timeout):
+            raise NetnsError(f"{self._name}: links not up within {timeout:g}s: {down}")
 
     def interfaces(self) -> list[str]:
         return self.netlink(lambda ipr: [str(link.get("ifname")) for link in ipr.get_links()])

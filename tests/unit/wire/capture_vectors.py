@@ -22,12 +22,11 @@ test_wire_ipv4.py asserts two literal values of the committed capture; update th
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import socket
 import subprocess
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -41,11 +40,11 @@ from scapy.layers.inet6 import (
 )
 from scapy.packet import Packet
 
+from ztun.netns import in_netns
 from ztun.tools import tool
 
 OUT = Path(__file__).resolve().parent / "wire_vectors.py"
 CMD_TIMEOUT = 10.0
-CLONE_NEWNET = 0x40000000
 ETH_P_ALL = 0x0003
 ETH_HEADER_LEN = 14
 ETHERTYPE_IPV4 = b"\x08\x00"
@@ -63,28 +62,9 @@ HTTP_REQUEST = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n"
 # Hop-by-hop header with a Router Alert option (RFC 2711) + PadN; the kernel fills byte 0.
 HOPOPTS = bytes.fromhex("0000050200000100")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def run(argv: list[str]) -> None:
     subprocess.run(argv, check=True, timeout=CMD_TIMEOUT, stdout=subprocess.DEVNULL)
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Switch this thread into namespace ``name``; sockets made here stay in it."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        yield
-    finally:
-        if _libc.setns(home, CLONE_NEWNET) != 0:  # never go on in the wrong namespace
-            os.write(2, b"capture_vectors: cannot return to the original namespace\n")
-            os._exit(1)
-        os.close(target)
-        os.close(home)
 
 
 def _server_sockets(stack: contextlib.ExitStack) -> dict[str, socket.socket]:
