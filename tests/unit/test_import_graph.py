@@ -14,6 +14,7 @@ own submodules, which import siblings through ``pkg``, is how packages work).
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,11 @@ def module_files(package: str) -> dict[str, Path]:
             parts = parts[:-1]
         modules[".".join(parts)] = path
     return modules
+
+
+@functools.cache
+def parsed(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), str(path))
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -60,11 +66,15 @@ def module_level_imports(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFr
             pending.extend(node.body)
 
 
-def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
-    """The modules `name` (at `path`) loads when imported, as dotted names."""
+def imported_modules(
+    name: str, path: Path, known: set[str], tree: ast.Module | None = None
+) -> set[str]:
+    """The modules `name` (at `path`) loads when imported, as dotted names (or those
+    the statements of `tree` load, when given)."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in module_level_imports(ast.parse(path.read_text(), str(path))):
+    tree = tree if tree is not None else parsed(path)
+    for node in module_level_imports(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
             continue
@@ -141,23 +151,38 @@ def test_no_import_cycle(package: str) -> None:
     )
 
 
+def imports_anywhere(package: str) -> Iterator[tuple[str, int, str]]:
+    """(module, line, imported module) for every import in `package`, also in functions."""
+    files = module_files(package)
+    known = set(files)
+    for name, path in files.items():
+        for node in ast.walk(parsed(path)):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                module = ast.Module(body=[node], type_ignores=[])
+                for target in imported_modules(name, path, known, module):
+                    yield name, node.lineno, target
+
+
 def test_ztun_never_imports_harness() -> None:
     """Anywhere in ztun, also inside functions: the product runs without the harness."""
-    offenders = []
-    for name, path in module_files("ztun").items():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                targets = [node.module or ""]
-            else:
-                continue
-            offenders += [
-                f"{name}:{node.lineno} imports {t}"
-                for t in targets
-                if t == "harness" or t.startswith("harness.")
-            ]
+    offenders = [
+        f"{name}:{line} imports {target}"
+        for name, line, target in imports_anywhere("ztun")
+        if target == "harness" or target.startswith("harness.")
+    ]
     assert not offenders, "\n".join(offenders)
+
+
+def test_nothing_below_the_app_imports_it() -> None:
+    """ztun.app runs `ztun run`; only the command line above it may import it (also
+    inside functions: a lazy import is still a dependency, e.g. workers on app)."""
+    above = {"ztun.cli", "ztun.__main__"}
+    offenders = [
+        f"{name}:{line}"
+        for name, line, target in imports_anywhere("ztun")
+        if target == "ztun.app" and name not in above
+    ]
+    assert not offenders, f"ztun.app imported from below it: {offenders}"
 
 
 def test_the_cycle_finder_sees_a_cycle_and_a_package_relative_import(tmp_path: Path) -> None:
