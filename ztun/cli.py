@@ -480,6 +480,11 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         parser.error(
             f"MTU {mtu} is below IPv6's minimum of 1280; raise it or give only an IPv4 --address"
         )
+    if config.icmp == "direct" and sys.platform == "win32":
+        parser.error(
+            "--icmp direct: Windows has no unprivileged ICMP sockets (its way to ping is "
+            "IcmpSendEcho2 in iphlpapi, which ztun does not use); use --icmp local or reject"
+        )
     device = ns.device or config.device
     if config.route.auto and not device.startswith("tun://"):
         parser.error(

@@ -1,13 +1,16 @@
 """`--icmp direct`: the apps' pings sent for real, from ztun's host, through unprivileged
-ICMP sockets -- the I/O half of `ztun.stack.icmpecho` (which holds the policy).
+ICMP sockets -- the I/O half of `ztun.stack.icmpecho` (which holds the policy); what
+the sockets read and write on each OS is `ztun.icmp_sockets`.
 
-An unprivileged ICMP socket (SOCK_DGRAM with IPPROTO_ICMP / IPPROTO_ICMPV6, Linux 3.0+)
-sends echo requests and receives only the echo replies that carry its own identifier;
-the kernel fills in the identifier and the checksum. Creating one needs the process's
-group inside `net.ipv4.ping_group_range` of its network namespace (it covers ICMPv6 too);
-the kernel's default, "1 0", allows nobody -- not even root, which is why `check` runs at
-start-up and names the sysctl. The sockets carry ztun's fwmark and interface binding, so
-the echoes go out around the TUN (like every outbound socket of ztun).
+An unprivileged ICMP socket (SOCK_DGRAM with IPPROTO_ICMP / IPPROTO_ICMPV6: Linux 3.0+,
+macOS) sends echo requests. On Linux it receives only the echo replies that carry its
+own identifier (the kernel fills in the identifier and the checksum), and creating one
+needs the process's group inside `net.ipv4.ping_group_range` of its network namespace
+(it covers ICMPv6 too); the kernel's default, "1 0", allows nobody -- not even root,
+which is why `check` runs at start-up and names the sysctl. On macOS anyone may open
+one, and it receives every ICMP message: the codec keeps the session's own replies.
+The sockets carry ztun's fwmark and interface binding, so the echoes go out around the
+TUN (like every outbound socket of ztun).
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import asyncio
 import errno
 import logging
 import socket
-import struct
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
 
 from .flows import FlowRecord, FlowTable
+from .icmp_sockets import EchoCodec, codec_for
 from .outbound.errors import OutboundError
 from .outbound.sockets import make_socket
 from .stack import IcmpEchoRequest, SystemStack
@@ -29,9 +33,6 @@ from .stack.icmpecho import EchoSession, EchoSessions
 
 log = logging.getLogger("ztun")
 
-_ECHO_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
-_ECHO_REQUEST = {4: 8, 6: 128}
-_ECHO_REPLY = {4: 0, 6: 129}
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _PROTO = {4: socket.IPPROTO_ICMP, 6: socket.IPPROTO_ICMPV6}
 _READ = 65535
@@ -57,9 +58,10 @@ def check(versions: tuple[int, ...]) -> None:
         try:
             socket.socket(_FAMILY[version], socket.SOCK_DGRAM, _PROTO[version]).close()
         except OSError as exc:
+            hint = f"; {PING_GROUP_HINT}" if sys.platform == "linux" else ""
             raise OSError(
                 exc.errno, f"--icmp direct: cannot open an ICMPv{version} socket "
-                f"({exc.strerror}); {PING_GROUP_HINT}"
+                f"({exc.strerror}){hint}"
             ) from None  # fmt: skip
 
 
@@ -67,11 +69,12 @@ class _EchoIo:
     """One session's socket, and its meter in the flow table (payload bytes each way:
     one integer increment per echo)."""
 
-    __slots__ = ("bytes_down", "bytes_up", "record", "sock")
+    __slots__ = ("bytes_down", "bytes_up", "ident", "record", "sock")
     half_closed = False
 
-    def __init__(self, sock: socket.socket, record: FlowRecord | None) -> None:
+    def __init__(self, sock: socket.socket, ident: int, record: FlowRecord | None) -> None:
         self.sock = sock
+        self.ident = ident  # what the requests carry (the codec's; Linux: the kernel's)
         self.record = record
         self.bytes_up = 0
         self.bytes_down = 0
@@ -90,8 +93,14 @@ class IcmpForwarder:
         fwmark: int | None = None,
         bind_interface: str | None = None,
         flows: FlowTable | None = None,
+        codec: EchoCodec | None = None,
+        open_socket: Callable[..., socket.socket] = make_socket,
     ) -> None:
+        """`codec`: this OS's ICMP socket bytes (`ztun.icmp_sockets`); `open_socket`:
+        `make_socket`'s signature (tests hand in a recording socket)."""
         self.stack = stack
+        self.codec = codec if codec is not None else codec_for(sys.platform)
+        self._open_socket = open_socket
         self.flows = flows
         self.write_packet = write_packet
         self.stats = stats
@@ -111,7 +120,7 @@ class IcmpForwarder:
             return
         sock = io.sock
         io.bytes_up += len(request.payload)
-        message = _ECHO_HEADER.pack(_ECHO_REQUEST[request.version], 0, 0, 0, request.seq)
+        message = self.codec.request(request.version, io.ident, request.seq, request.payload)
         destination = socket.inet_ntop(_FAMILY[request.version], request.dst)
         try:
             sock.sendmsg([message, request.payload], [], 0, (destination, 0))
@@ -130,7 +139,7 @@ class IcmpForwarder:
 
     def _open(self, session: EchoSession, request: IcmpEchoRequest, now: float) -> _EchoIo | None:
         try:
-            sock = make_socket(
+            sock = self._open_socket(
                 _FAMILY[session.version],
                 socket.SOCK_DGRAM,
                 proto=_PROTO[session.version],
@@ -156,7 +165,7 @@ class IcmpForwarder:
                 closer=lambda: self._close(session),
             )
             self.flows.routed(record, "direct")
-        io = _EchoIo(sock, record)
+        io = _EchoIo(sock, self.codec.open(session.version), record)
         if record is not None and self.flows is not None:
             self.flows.connected(record, io)
         self._ios[session] = io
@@ -164,8 +173,7 @@ class IcmpForwarder:
         return io
 
     def _on_readable(self, session: EchoSession, io: _EchoIo) -> None:
-        sock = io.sock
-        reply_type = _ECHO_REPLY[session.version]
+        sock, version, ident = io.sock, session.version, io.ident
         for _ in range(_READ_BATCH):
             try:
                 message, peer = sock.recvfrom(_READ)
@@ -174,13 +182,12 @@ class IcmpForwarder:
             except OSError as exc:  # an ICMP error queued for the socket: not a reply
                 log.debug("ICMP socket error: %s", exc)
                 continue
-            if len(message) < _ECHO_HEADER.size or message[0] != reply_type:
-                continue  # only echo replies are answers (the kernel filters, mostly)
-            _type, _code, _sum, _ident, seq = _ECHO_HEADER.unpack_from(message)
-            source = socket.inet_pton(_FAMILY[session.version], peer[0].split("%")[0])
-            io.bytes_down += len(message) - _ECHO_HEADER.size
-            packet = self.sessions.reply(session, source, seq, message[_ECHO_HEADER.size :])
-            self.write_packet(packet)
+            reply = self.codec.reply(version, ident, message)
+            if reply is None:
+                continue  # not this session's echo reply (an error, another's reply)
+            source = socket.inet_pton(_FAMILY[version], peer[0].split("%")[0])
+            io.bytes_down += len(reply.payload)
+            self.write_packet(self.sessions.reply(session, source, reply.seq, reply.payload))
 
     def expire(self, now: float) -> None:
         for session in self.sessions.expire(now):
@@ -191,6 +198,7 @@ class IcmpForwarder:
         if io is not None:
             self._loop.remove_reader(io.sock.fileno())
             io.sock.close()
+            self.codec.close(io.ident)
             if io.record is not None and self.flows is not None:
                 self.flows.remove(io.record, self._loop.time(), "ended")
         self.sessions.forget(session)

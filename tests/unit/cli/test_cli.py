@@ -52,6 +52,18 @@ def test_bad_input_exits_2_and_says_what_is_wrong(args: list[str], message: str,
     assert message in capsys.readouterr().err
 
 
+def test_icmp_direct_is_refused_on_windows(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """No ICMP datagram sockets there: a clear refusal (exit 2), not the start-up check's
+    message about Linux's ping_group_range."""
+    monkeypatch.setattr(sys, "platform", "win32")
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--icmp", "direct"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--icmp direct: Windows has no unprivileged ICMP sockets" in err
+    assert "IcmpSendEcho2" in err and "ping_group_range" not in err
+
+
 def test_seed_short_flags_map_onto_run() -> None:
     parser = build_parser()
     from ztun.cli import _normalise_argv, _options
