@@ -81,7 +81,10 @@ def _recover(
     platform: Platform, opts: RunOptions
 ) -> tuple[RouteApplier | None, DnsApplier | None] | None:
     """The route and DNS appliers this run needs, after undoing what a killed run left
-    in their journal; None (logged) when this run must not start."""
+    in the device's journal -- whatever this run does: a run without --auto-route or
+    --dns must not leave a killed run's routes or resolver in place. None (logged) when
+    this run must not start."""
+    from .cleanup import undo_journal
     from .dns import DnsMode
     from .route import Journal
 
@@ -90,27 +93,59 @@ def _recover(
     try:
         routes = platform.routes(journal) if cfg.route.auto else None
         dns = platform.dns(journal) if cfg.dns.mode is not DnsMode.OFF else None
-        if routes is None and dns is None:
-            return None, None
-        owner = platform.live_owner(journal)
-        if owner is not None:
-            # Recovering now would strip a running ztun's routes: its traffic would
-            # silently go around the tunnel.
-            log.error(
-                "another ztun (pid %d) is routing through %s in this namespace; stop it first",
-                owner,
-                cfg.device_name,
-            )
-            return None
-        if dns is not None:
-            dns.restore()
-        report = routes.recover() if routes is not None else None
     except UnsupportedPlatform as exc:
         log.error("%s", exc)
         return None
-    if report is not None:
-        log.warning("restored routes left by a previous run: %s", report)
+    if not journal.exists():
+        return routes, dns
+    owner = platform.live_owner(journal)
+    if owner is not None:
+        # Recovering now would strip a running ztun's routes: its traffic would
+        # silently go around the tunnel.
+        log.error(
+            "another ztun (pid %d) is routing through %s in this namespace; stop it first",
+            owner,
+            cfg.device_name,
+        )
+        return None
+    report, failed = undo_journal(platform, journal)
+    if failed:
+        log.error("cannot undo what an earlier run left in %s: %s", journal.path, "; ".join(failed))
+        return None
+    log.warning("restored routes left by a previous run: %s", report)
     return routes, dns
+
+
+def _undo(
+    kernel_nat: KernelNat | None,
+    dns: DnsApplier | None,
+    routes: RouteApplier | None,
+    device: Device,
+) -> list[str]:
+    """Everything the run set up, undone step by step: one step failing does not keep
+    the others from running (a resolver left set must not also leave the routes and
+    the device). What failed, as logged."""
+    failed: list[str] = []
+    if kernel_nat is not None:
+        _stop_kernel_nat(kernel_nat)
+    if dns is not None:
+        try:
+            dns.restore()
+            log.info("DNS restored")
+        except Exception as exc:  # an OS's error of any kind: the rest must still run
+            failed.append(f"DNS not restored: {exc}")
+    if routes is not None:
+        try:
+            log.info("auto-route restored: %s", routes.restore())
+        except Exception as exc:
+            failed.append(f"auto-route not restored: {exc}")
+    try:
+        device.close()
+    except Exception as exc:
+        failed.append(f"{device.name} not closed: {exc}")
+    for what in failed:
+        log.error("%s; `ztun cleanup` tries again", what)
+    return failed
 
 
 def run(opts: RunOptions) -> int:
@@ -120,7 +155,6 @@ def run(opts: RunOptions) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
     _raise_open_files_limit()
     accel = platform.probe(opts)
-    cfg = opts.config
     appliers = _recover(platform, opts)
     if appliers is None:
         return 1
@@ -133,34 +167,65 @@ def run(opts: RunOptions) -> int:
     log.info("accelerations: %s", accel.describe())
     proxies = proxy_endpoints(opts)  # every proxy's address, resolved
     try:
+        code = _set_up(routes, dns, opts, proxies, device.name)
+        if not code:
+            code = _carry(opts, platform, accel, device, frozenset(proxies), kernel_nat)
+    finally:
+        failed = _undo(kernel_nat, dns, routes, device)
+    return code or (1 if failed else 0)
+
+
+def _carry(
+    opts: RunOptions,
+    platform: Platform,
+    accel: Accelerations,
+    device: Device,
+    endpoints: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]],
+    kernel_nat: KernelNat | None,
+) -> int:
+    """Serve until stopped: one engine, or a worker per queue."""
+    if accel.multi_queue:
+        from .workers import run_workers
+
+        return run_workers(
+            opts,
+            device,
+            lambda queue, role: _run_async(
+                _serve(opts, platform, accel, queue, endpoints, role, kernel_nat)
+            ),
+            accelerations=accel.as_dict(),
+        )
+    return _run_async(_serve(opts, platform, accel, device, endpoints, None, kernel_nat))
+
+
+def _set_up(
+    routes: RouteApplier | None,
+    dns: DnsApplier | None,
+    opts: RunOptions,
+    proxies: tuple[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], ...],
+    device_name: str,
+) -> int:
+    """Routes, then the resolver; 0, or the exit status after saying what is wrong (2:
+    the options cannot be planned on this system, e.g. an --exclude no more specific
+    than the tunnel's route to it; 1: the system refused, and the applier rolled back)."""
+    from .route import RoutePlanError
+
+    step = "auto-route"
+    try:
         if routes is not None:
-            plan_input = cfg.auto_route_config(tuple(a for a, _ in proxies), device.name)
+            plan_input = opts.config.auto_route_config(tuple(a for a, _ in proxies), device_name)
             count = routes.apply(plan_input)
             log.info("auto-route: %d rules/routes applied", count)
+        step = "--dns"
         if dns is not None:
             dns.apply(_dns_servers(opts))
-        endpoints = frozenset(proxies)
-        if accel.multi_queue:
-            from .workers import run_workers
-
-            return run_workers(
-                opts,
-                device,
-                lambda queue, role: _run_async(
-                    _serve(opts, platform, accel, queue, endpoints, role, kernel_nat)
-                ),
-                accelerations=accel.as_dict(),
-            )
-        return _run_async(_serve(opts, platform, accel, device, endpoints, None, kernel_nat))
-    finally:
-        if kernel_nat is not None:
-            _stop_kernel_nat(kernel_nat)
-        if dns is not None:
-            dns.restore()
-            log.info("DNS restored")
-        if routes is not None:
-            log.info("auto-route restored: %s", routes.restore())
-        device.close()
+    except RoutePlanError as exc:
+        log.error("auto-route: %s", exc)
+        return 2
+    except (RuntimeError, OSError, NotImplementedError) as exc:  # RouteError, ChildFailed, ...
+        log.error("cannot set up %s: %s", step, exc)
+        return 1
+    return 0
 
 
 def _raise_open_files_limit() -> None:

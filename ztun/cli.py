@@ -490,6 +490,13 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         parser.error(
             "--auto-route needs a tun:// device (ztun must know the interface it routes to)"
         )
+    if config.route.auto:
+        from .route.plan import RoutePlanError, validate_auto_route
+
+        try:  # what every OS's planner refuses, said before anything is opened
+            validate_auto_route(config.auto_route_config(()))
+        except RoutePlanError as exc:
+            parser.error(f"--auto-route: {exc}")
     if ns.workers > 1 and not (device.startswith("tun://") and sys.platform == "linux"):
         parser.error("--workers above 1 needs a Linux tun:// device (a multi-queue TUN)")
     if ns.portable and (ns.workers > 1 or ns.redirect):

@@ -97,7 +97,7 @@ def restore_changes(
                 log.debug("undone: %s", change.describe())
             else:
                 report.absent += 1
-        except RouteError as exc:
+        except (RouteError, OSError) as exc:  # the next entries are still tried
             report.errors.append(str(exc))
     if report.errors:
         raise RouteError(

@@ -5,6 +5,7 @@ route of its own, everything goes through the proxy; a SIGKILL leaves routes beh
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -23,6 +24,8 @@ from harness.peers.starters import (
     start_udp_echo,
 )
 from harness.skips import require_tool
+from ztun.route import Journal
+from ztun.route.model import SystemRoute
 from ztun.tools import tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.linux]
@@ -112,6 +115,39 @@ def test_everything_goes_through_the_proxy_and_sigkill_is_recovered(path) -> Non
     cleanup = client.run([ZTUN, "cleanup"], timeout=30)
     assert cleanup.returncode == 0, cleanup.stderr
     assert routing_state(client) == before
+
+
+def test_cleanup_restores_what_it_can_when_a_journal_cannot_be(path) -> None:  # type: ignore[no-untyped-def]
+    """A journal Linux cannot undo (here: a macOS route in this namespace's name, walked
+    before the real one) is named, kept, and makes the exit status 1; the killed run's
+    routes are restored all the same."""
+    topology, proxy_addr, _server_addr = path
+    client = topology.client
+    start_danted(topology.proxy, proxy_addr, SOCKS)
+    before = routing_state(client)
+    ztun = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}")
+    client.run([tool("kill"), "-9", str(ztun.pid)], timeout=5, check=True)
+    ztun.wait(10)
+    assert routing_state(client) != before
+    inode = os.stat(f"/run/netns/{client.name}").st_ino
+    foreign = Journal(Path(f"/run/ztun/aa-foreign_{inode}.journal"))
+    try:
+        # Begun by hand: Journal.begin would name this pytest (a "ztun" command line)
+        # its live writer, and cleanup would rightly leave it alone.
+        begin = {"op": "begin", "v": 1, "device": "utun7", "netns": None, "pid": 0}
+        foreign.path.write_text(json.dumps(begin) + "\n")
+        foreign.intent(0, SystemRoute(socket.AF_INET, "0.0.0.0/1", "utun7", 9))
+        foreign.done(0)
+        cleanup = client.run([ZTUN, "cleanup"], timeout=30)
+        assert cleanup.returncode == 1, cleanup.stdout + cleanup.stderr
+        assert f"cannot restore {foreign.path}: routes: " in cleanup.stdout
+        assert "not a Linux change (another OS's journal)" in cleanup.stdout
+        assert f"not restored (left for another try): {foreign.path}" in cleanup.stdout
+        assert "restored routes from /run/ztun/zt0_" in cleanup.stdout
+        assert routing_state(client) == before
+        assert foreign.exists()
+    finally:
+        foreign.remove()
 
 
 def test_next_start_recovers_and_sigterm_restores(path) -> None:  # type: ignore[no-untyped-def]

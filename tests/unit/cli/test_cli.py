@@ -64,6 +64,30 @@ def test_icmp_direct_is_refused_on_windows(monkeypatch, capsys) -> None:  # type
     assert "IcmpSendEcho2" in err and "ping_group_range" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--address", "10.9.0.1/24", "--include", "::/0"], "TUN has no IPv6 address"),
+        (["--address", "fd00::1/64", "--include", "10.0.0.0/8"], "TUN has no IPv4 address"),
+    ],
+)
+def test_unplannable_auto_route_exits_2_before_anything_opens(
+    args: list[str], message: str, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """What every OS's planner refuses is said at start-up (exit 2, the planner's
+    message), not as a traceback after the device is open. `_options` is called, not
+    `main`: were the check missing, nothing may start a run in this namespace."""
+    from ztun.cli import _options
+
+    parser = build_parser()
+    ns = parser.parse_args(["run", "--device", "tun://zt9", "--auto-route", *args])
+    with pytest.raises(SystemExit) as exc:
+        _options(ns, parser)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--auto-route: --include {args[-1]} is IPv" in err and message in err
+
+
 def test_seed_short_flags_map_onto_run() -> None:
     parser = build_parser()
     from ztun.cli import _normalise_argv, _options
