@@ -3,9 +3,8 @@
 The engine reads the adapter from its reader thread (a Wintun session has no
 descriptor, only a read event: `Device.wait_readable` waits on it and on a stop event
 with WaitForMultipleObjects).  ``--auto-route`` is :class:`ztun.route.windows.WindowsRoutes`,
-journaled in ``%ProgramData%\\ztun``.  ``--dns`` sets nothing here yet: the Wintun
-adapter has no DNS servers of its own, so Windows keeps resolving through the physical
-interface's (a resolver beyond the LAN is routed into the tunnel by auto-route).
+journaled in ``%ProgramData%\\ztun``; ``--dns`` sets the Wintun interface's DNS servers
+(:class:`ztun.route.windows_dns.WindowsDns`), in the same journal.
 
 Whether a journal's writer still runs is asked of kernel32 (OpenProcess,
 GetExitCodeProcess, QueryFullProcessImageNameW): a live Python or ztun executable with
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
     from ..options import RunOptions
     from ..route import Journal
     from ..route.windows import WindowsRoutes
+    from ..route.windows_dns import WindowsDns
 
 PROCESS_QUERY_LIMITED_INFORMATION = 0x1000  # winnt.h
 STILL_ACTIVE = 259  # minwinbase.h (STATUS_PENDING)
@@ -83,6 +83,11 @@ class WindowsPlatform(Platform):
         from ..route.windows import WindowsRoutes
 
         return WindowsRoutes(journal)
+
+    def dns(self, journal: Journal) -> WindowsDns:
+        from ..route.windows_dns import WindowsDns
+
+        return WindowsDns(journal, device=journal.path.stem)
 
     def is_ztun(self, pid: int) -> bool:  # pragma: no cover - Windows only (the hosted row)
         from ..win32 import windll

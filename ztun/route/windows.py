@@ -53,7 +53,13 @@ from ctypes import POINTER, c_int, c_uint8, c_uint16, c_uint32, c_uint64
 from typing import TYPE_CHECKING, Any
 
 from ztun.route.journaled import append_changes, recover_changes, restore_changes
-from ztun.route.model import JournalChange, RestoreReport, RouteError, SystemRoute
+from ztun.route.model import (
+    JournalChange,
+    ResolverChange,
+    RestoreReport,
+    RouteError,
+    SystemRoute,
+)
 from ztun.route.system import CurrentRoute, plan_system_routes
 from ztun.win32 import LPCWSTR, LPWSTR, NET_IFINDEX, NETIO_STATUS, SIZE_T, ULONG, Prototype, bind
 
@@ -234,6 +240,7 @@ class RouteHelper:
     """The iphlpapi.dll calls auto-route makes (function table: the DLL or a test fake)."""
 
     def __init__(self, library: Any) -> None:
+        self.library = library  # the resolver binds its calls here too (windows_dns)
         self.fn = bind(library, ROUTE_PROTOTYPES)
 
     @classmethod
@@ -310,10 +317,15 @@ class RouteHelper:
 
 
 class WindowsChanger:
-    """Makes and unmakes journaled routes through IP Helper."""
+    """Makes and unmakes journaled changes through IP Helper: routes, and the resolver
+    entries of ``--dns`` (:mod:`ztun.route.windows_dns`), so a route restore undoes
+    those too."""
 
     def __init__(self, helper: RouteHelper) -> None:
+        from ztun.route.windows_dns import WindowsResolver
+
         self.helper = helper
+        self.resolver = WindowsResolver(helper)
 
     @staticmethod
     def _row(change: JournalChange) -> MIB_IPFORWARD_ROW2:
@@ -322,12 +334,16 @@ class WindowsChanger:
         return row_of(change)
 
     def add(self, change: JournalChange) -> bool:
+        if isinstance(change, ResolverChange):
+            return self.resolver.add(change)
         try:
             return self.helper.add(self._row(change))
         except RouteError as exc:
             raise RouteError(f"{change.describe()}: {exc}") from exc
 
     def remove(self, change: JournalChange) -> bool:
+        if isinstance(change, ResolverChange):
+            return self.resolver.remove(change)
         row = self._row(change)
         try:
             if not self.helper.exists(row):

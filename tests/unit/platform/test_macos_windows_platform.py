@@ -38,7 +38,8 @@ def test_windows_routes_need_iphlpapi(tmp_path: Path) -> None:
     platform = for_os("win32")
     with pytest.raises(DeviceError, match=r"iphlpapi\.dll exists only on Windows"):
         platform.routes(Journal(tmp_path / "ztun0.journal"))
-    assert platform.dns(Journal(tmp_path / "ztun0.journal")) is None
+    with pytest.raises(DeviceError, match=r"iphlpapi\.dll exists only on Windows"):
+        platform.dns(Journal(tmp_path / "ztun0.journal"))  # --dns: SetInterfaceDnsSettings
 
 
 class FakeKernel32:
