@@ -29,6 +29,45 @@ STACK_NOT_DROPS = frozenset(
         "fragmented_to_tun",  # packets ztun wrote in fragments
     }
 )
+#: Every stack counter that is a drop, i.e. its `reason` label (docs/metrics.md's table;
+#: tests/unit/observe/test_drop_reasons_doc.py reads the stack's source to keep both true).
+STACK_DROPS = frozenset(
+    {
+        # a packet parser refused it (ztun.wire: Truncated / Malformed reason)
+        "malformed_truncated",
+        "malformed_bad_version",
+        "malformed_bad_ihl",
+        "malformed_bad_length",
+        "malformed_bad_checksum",
+        "malformed_bad_option",
+        "malformed_bad_data_offset",
+        "malformed_bad_ext_header",
+        # the stack's own refusals
+        "ipv4_bad_checksum",
+        "tcp_bad_checksum",
+        "udp_bad_checksum",
+        "icmp_bad_checksum",
+        "multicast",
+        "unsupported_protocol",
+        "tcp_family_disabled",
+        "tcp_unknown_nat_port",
+        "tcp_no_session",
+        "tcp_nat_exhausted",
+        "icmp_not_echo",
+        "icmpv6_not_echo",
+        # reassembly (ztun.stack.reassembly)
+        "fragment_tiny",
+        "fragment_bad_length",
+        "fragment_too_big",
+        "fragment_duplicate",
+        "fragment_overlap",
+        "fragment_inconsistent",
+        "fragment_of_discarded",
+        "fragment_source_limit",
+        "fragment_evicted",
+        "fragment_timeout",
+    }
+)
 #: Engine counters that count dropped packets or datagrams -> their reason label.
 ENGINE_DROPS: Mapping[str, str] = {
     "tun_short_frame": "tun_short_frame",
