@@ -499,6 +499,8 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
             parser.error(f"--auto-route: {exc}")
     if ns.workers > 1 and not (device.startswith("tun://") and sys.platform == "linux"):
         parser.error("--workers above 1 needs a Linux tun:// device (a multi-queue TUN)")
+    if ns.redirect and sys.platform != "linux":
+        parser.error("--redirect needs Linux (nftables sends the host's TCP to ztun there)")
     if ns.portable and (ns.workers > 1 or ns.redirect):
         parser.error(
             "--portable turns off Linux's accelerations, which --workers (a multi-queue "

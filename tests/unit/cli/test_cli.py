@@ -88,6 +88,20 @@ def test_unplannable_auto_route_exits_2_before_anything_opens(
     assert f"--auto-route: --include {args[-1]} is IPv" in err and message in err
 
 
+@pytest.mark.parametrize("os_name", ["darwin", "win32"])
+def test_redirect_is_refused_off_linux(os_name: str, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """It was silently ignored there (the accelerations line said redirect=off)."""
+    from ztun.cli import _options
+
+    monkeypatch.setattr(sys, "platform", os_name)
+    parser = build_parser()
+    ns = parser.parse_args(["run", "--redirect"])
+    with pytest.raises(SystemExit) as exc:
+        _options(ns, parser)
+    assert exc.value.code == 2
+    assert "--redirect needs Linux" in capsys.readouterr().err
+
+
 def test_seed_short_flags_map_onto_run() -> None:
     parser = build_parser()
     from ztun.cli import _normalise_argv, _options
