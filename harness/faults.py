@@ -237,7 +237,7 @@ def apply_impairment(host: Host, ifname: str, imp: Impairment, *, seed: int) -> 
         applied.method = "+".join(methods)
         return applied
     support = netem_support()
-    qdisc_del = ["tc", "qdisc", "del", "dev", ifname, "root"]
+    qdisc_del = [tool("tc"), "qdisc", "del", "dev", ifname, "root"]
     if support.available:
         args = shaping.netem_args(seed if support.seed else None)
         host.run(

@@ -58,7 +58,7 @@ ROOT_VIEWS: dict[str, list[str]] = {
     "address": [tool("ip"), "-o", "address", "show"],
     "route": [tool("ip"), "-o", "route", "show", "table", "all"],
     "route6": [tool("ip"), "-o", "-6", "route", "show", "table", "all"],
-    "rule": ["ip", "rule", "show"],
+    "rule": [tool("ip"), "rule", "show"],
     "rule6": [tool("ip"), "-6", "rule", "show"],
 }
 """Views of the root namespace compared before/after (read-only commands)."""

@@ -15,8 +15,13 @@ fails on any of these, with ``path:line`` and what to write instead:
      ``...argvs``/``...commands``), returned by a function so named, or appended to
      ``undo``;
    * the left operand of ``+`` or a branch of ``... if ... else ...`` that is an argv;
-   * assigned to a name that is then passed to a spawn-like call or starred first into
-     an argv (``run(cmd)``, ``[*prefix, ...]``: followed to its assignments);
+   * the arguments a call gives a function of the same module from the position of its
+     ``*argv`` parameter on, when that function hands ``argv`` to a spawn-like call
+     (``def _run(host, *argv): host.run(list(argv))``; ``_run(h, tool("ip"), ...)``);
+   * assigned to a name that is then passed to a spawn-like call, appended to ``undo``
+     or starred first into an argv (``run(cmd)``, ``undo.append(cmd)``,
+     ``[*prefix, ...]``: followed to its assignments, or, for a loop variable, to the
+     collection it loops over: ``for argv in ARGVS``, ``for k, argv in VIEWS.items()``);
    * anywhere, a literal list whose first element is a registered program's name and
      whose second is an option or starred (``["ping", "-c", "1"]``).
 
@@ -273,6 +278,26 @@ class Scanner(ast.NodeVisitor):
             params = params[1:]
         return index < len(params) and bool(ARGV_NAME.search(params[index]))
 
+    def vararg_argv(self, call: ast.Call) -> int | None:
+        """Where the argv starts among ``call``'s arguments when it calls a function of
+        this module that takes it as ``*argv`` and hands that to a spawn-like call
+        (``def _run(host, *argv): host.run(list(argv))``), else None."""
+        function = self.functions.get(_last_name(call.func))
+        if function is None or function.args.vararg is None:
+            return None
+        vararg = function.args.vararg.arg
+        if not ARGV_NAME.search(vararg) or not any(
+            isinstance(node, ast.Call)
+            and _callee(node).rsplit(".", 1)[-1] in SPAWNERS
+            and any(isinstance(n, ast.Name) and n.id == vararg for n in ast.walk(node))
+            for node in ast.walk(function)
+        ):
+            return None
+        params = [a.arg for a in function.args.posonlyargs + function.args.args]
+        if params[:1] in (["self"], ["cls"]) and isinstance(call.func, ast.Attribute):
+            params = params[1:]
+        return len(params)
+
     def enclosing_function(self, node: ast.AST) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
         while node in self.parents:
             node = self.parents[node]
@@ -311,13 +336,52 @@ class Scanner(ast.NodeVisitor):
                 if any(isinstance(t, ast.Name) and t.id == name.id for t in targets):
                     values.append(node.value)
         if not values and scope is not self.tree:  # a module-level constant: PING = [...]
-            values = [
-                node.value
-                for node in self.tree.body
-                if isinstance(node, ast.Assign)
-                and any(isinstance(t, ast.Name) and t.id == name.id for t in node.targets)
-            ]
+            for node in self.tree.body:
+                targets = (
+                    node.targets
+                    if isinstance(node, ast.Assign)
+                    else [node.target]
+                    if isinstance(node, ast.AnnAssign) and node.value is not None
+                    else []
+                )
+                if any(isinstance(t, ast.Name) and t.id == name.id for t in targets):
+                    assert node.value is not None
+                    values.append(node.value)
         return values
+
+    def iterated_into(self, name: ast.Name) -> list[ast.expr]:
+        """The argv collections a loop takes ``name`` from, in its function (or the
+        module): ``for argv in ARGVS`` gives ARGVS's elements, ``for key, argv in
+        VIEWS.items()`` / ``for argv in VIEWS.values()`` the dict VIEWS's values."""
+        scope = self.enclosing_function(name) or self.tree
+        found: list[ast.expr] = []
+        for node in ast.walk(scope):
+            if not isinstance(node, ast.For | ast.comprehension):
+                continue
+            target, source = node.target, node.iter
+            method = ""
+            if isinstance(source, ast.Call) and isinstance(source.func, ast.Attribute):
+                method, source = source.func.attr, source.func.value
+            if not isinstance(source, ast.Name):
+                continue
+            if isinstance(target, ast.Name) and target.id == name.id:
+                wanted = {"": "elements", "values": "values"}.get(method)
+            elif (
+                isinstance(target, ast.Tuple)
+                and method == "items"
+                and len(target.elts) == 2
+                and isinstance(target.elts[1], ast.Name)
+                and target.elts[1].id == name.id
+            ):
+                wanted = "values"
+            else:
+                continue
+            for collection in self.assigned(source):
+                if wanted == "values" and isinstance(collection, ast.Dict):
+                    found += [v for v in collection.values if v is not None]
+                elif wanted == "elements" and isinstance(collection, ast.List | ast.Tuple):
+                    found += collection.elts
+        return found
 
     def check_argv_name(self, name: ast.Name) -> None:
         """``run(cmd)`` / ``[*prefix, ...]``: the lists assigned to the name are argvs."""
@@ -325,7 +389,7 @@ class Scanner(ast.NodeVisitor):
         if key in self.argvs_seen:
             return
         self.argvs_seen.add(key)
-        for value in self.assigned(name):
+        for value in self.assigned(name) or self.iterated_into(name):
             if isinstance(value, ast.List | ast.Tuple) and value.elts:
                 self.check_argv(value.elts)
 
@@ -420,6 +484,15 @@ class Scanner(ast.NodeVisitor):
             for arg in node.args:
                 if isinstance(arg, ast.Name):
                     self.check_argv_name(arg)
+        if last in ("append", "insert") and isinstance(node.func, ast.Attribute):
+            receiver = _last_name(node.func.value)
+            if receiver == "undo" or ARGV_COLLECTION_NAME.search(receiver):
+                for arg in node.args:  # undo.append(qdisc_del): the list named
+                    if isinstance(arg, ast.Name):
+                        self.check_argv_name(arg)
+        argv_from = self.vararg_argv(node)
+        if argv_from is not None and argv_from < len(node.args):
+            self.check_argv(node.args[argv_from:])
         name = _literal(node.args[0]) if node.args else None
         if callee == "shutil.which" and name is not None:
             self.add(
@@ -715,6 +788,20 @@ def test_every_registered_tool_is_used(kind: str, name: str) -> None:
         ('NC_BINARY = "nc"', "tool-name constant NC_BINARY"),
         ('guest_tool("nft")', "guest_tool('nft'): not registered"),
         ("def f(n):\n    return tool(n)", "takes a literal name"),
+        # a dict of argvs, iterated into a spawn (harness/hygiene.py's ROOT_VIEWS)
+        (
+            'VIEWS: dict = {"a": [tool("ip"), "link"], "b": ["ip", "rule"]}\n'
+            "def f():\n    for _k, argv in VIEWS.items():\n        run_local(argv)",
+            'write tool("ip")',
+        ),
+        ('LISTS = [["frobnicator", "x"]]\nfor argv in LISTS:\n    run_local(argv)', "frobnicator"),
+        # a named list appended to an undo list (harness/faults.py)
+        ('qdisc_del = ["tc", "qdisc", "del"]\napplied.undo.append(qdisc_del)', 'write tool("tc")'),
+        # the program as a helper's *argv (tests/integration/core/test_ztun_icmp.py)
+        (
+            'def _go(host, *argv):\n    host.run(list(argv))\n_go(h, "sysctl", "-w", "x=1")',
+            'write tool("sysctl")',
+        ),
     ],
 )
 def test_the_check_finds(source: str, expected: str) -> None:
@@ -735,6 +822,9 @@ def test_the_check_finds(source: str, expected: str) -> None:
         'shutil.which(tool("nft"))',
         'require_tool("tcpdump", "ip")',
         'argv += ["-c", "1"]',
+        # *argv that is parsed, not spawned (tests/unit/control/test_control_commands.py)
+        'def go(path, *argv):\n    return parser.parse_args([*argv, path])\ngo(p, "flows")',
+        'def _go(host, *argv):\n    host.run(list(argv))\n_go(h, tool("sysctl"), "-w")',
     ],
 )
 def test_the_check_accepts(source: str) -> None:

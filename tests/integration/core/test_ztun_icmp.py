@@ -41,12 +41,14 @@ def route_around_the_tun(topo: Topology) -> None:
         to_server = str(topo.address("server", "proxy", family))
         back_to_client = str(topo.address("proxy", "server", family))
         hole = BLACKHOLE4 if family == 4 else BLACKHOLE6
-        _run(client, "ip", v, "rule", "add", "fwmark", MARK, "lookup", TABLE)
-        _run(client, "ip", v, "route", "add", "default", "via", to_proxy, "table", TABLE)
-        _run(server, "ip", v, "route", "add", client_net, "via", back_to_client)
-        _run(proxy, "ip", v, "route", "add", hole, "via", to_server)
-        _run(server, "ip", v, "route", "add", "blackhole", hole)
-    _run(proxy, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        _run(client, tool("ip"), v, "rule", "add", "fwmark", MARK, "lookup", TABLE)
+        _run(client, tool("ip"), v, "route", "add", "default", "via", to_proxy, "table", TABLE)
+        _run(server, tool("ip"), v, "route", "add", client_net, "via", back_to_client)
+        _run(proxy, tool("ip"), v, "route", "add", hole, "via", to_server)
+        _run(server, tool("ip"), v, "route", "add", "blackhole", hole)
+    _run(
+        proxy, tool("sysctl"), "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"
+    )
 
 
 def ping(path: Path, target: str, *, count: int = 3, size: int = 56):  # type: ignore[no-untyped-def]
@@ -124,7 +126,7 @@ def test_direct_without_ping_group_range_refuses_to_start(servers: Topology) -> 
     from harness.hosts import LogLine
     from harness.impls import Ztun
 
-    _run(servers.client, "sysctl", "-q", "-w", "net.ipv4.ping_group_range=1 0")
+    _run(servers.client, tool("sysctl"), "-q", "-w", "net.ipv4.ping_group_range=1 0")
     argv = [Ztun()._binary(servers.client), "run", "--device", "tun://zt9", "--icmp", "direct"]
     process = servers.client.spawn([*argv, "--proxy", "socks5://127.0.0.1:1"], name="ztun-icmp")
     process.wait_for(LogLine(r"net\.ipv4\.ping_group_range"), timeout=20)
