@@ -10,6 +10,8 @@ lets it go on (returns None).
 `connect_timeout` bounds the TCP connect to the proxy and, separately, the handshake (a
 proxy that accepts but stalls raises `ProxyTimeout`). For CONNECT-style requests the reply
 comes only after the proxy reached the target, so a slow target also counts against it.
+The exchange runs on loop callbacks (`handshake.Dial`), not an await per message: the
+per-connection cost of a proxied flow is mostly this (issue 17 item 4).
 """
 
 from __future__ import annotations
@@ -21,15 +23,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .base import TcpStream
-from .errors import ProxyProtocolError, ProxyTimeout, ProxyUnreachable
-from .protocol import HandshakeCore, LocalProtocolError, RemoteProtocolError
-from .sockets import connect_tcp, describe
+from .errors import ProxyUnreachable
+from .handshake import Dial, dial
+from .protocol import HandshakeCore, LocalProtocolError
+from .sockets import SockAddr, connect_tcp, describe, literal_address, make_socket, resolve
 from .url import ProxyURL, parse_proxy_url
 
 T = TypeVar("T")
-
-#: Handshake messages are small; one read takes a whole reply plus any early tunnel bytes.
-HANDSHAKE_READ = 4096
 
 #: settle(event): a result ends the handshake, None lets it continue, an error fails it.
 Settle = Callable[[object], T | None]
@@ -50,6 +50,9 @@ class ProxyDialer:
         self.connect_timeout = connect_timeout
         self.fwmark = fwmark
         self.bind_interface = bind_interface
+        literal = literal_address(url.host, url.port)
+        #: An IP literal's one address, kept: nothing to resolve per connection.
+        self._addresses = None if literal is None else [literal]
 
     @property
     def label(self) -> str:
@@ -83,47 +86,47 @@ class ProxyDialer:
         settle: Settle[T],
         *,
         protocol: str,
+        timeout: float | None = None,
     ) -> tuple[socket.socket, T, bytes]:
         """Connect and run a core to its end: (socket, settle's result, early tunnel bytes).
 
-        The core is made once connected (`make_core(sock)`: SOCKS5 UDP ASSOCIATE names
-        the zero address of the family the proxy was reached in). `protocol` names what
-        was expected in the timeout message ("no SOCKS5 answer"). The socket is closed on
-        every failure.
+        Driven by callbacks (`handshake.Dial`): one future for the whole exchange, not an
+        await per message. The core is made once the socket exists (`make_core(sock)`:
+        SOCKS5 UDP ASSOCIATE names the zero address of the family the proxy was reached
+        in). `protocol` names what was expected in the timeout message ("no SOCKS5
+        answer"); `timeout` bounds the connect and, separately, the handshake (default:
+        `connect_timeout`). The socket is closed on every failure.
         """
-        sock = await self.connect()
+        candidates = self._addresses
+        if candidates is None:  # a name: resolve it now (it may change between flows)
+            candidates = await self._resolve()
+        return await dial(
+            Dial(
+                candidates,
+                self._new_socket,
+                make_core,
+                settle,
+                timeout=self.connect_timeout if timeout is None else timeout,
+                label=self.label,
+                protocol=protocol,
+            )
+        )
+
+    async def _resolve(self) -> list[tuple[int, SockAddr]]:
         try:
-            core = make_core(sock)
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    result = await _drive(sock, core, settle)
-            except TimeoutError:
-                raise ProxyTimeout(
-                    f"{self.label}: no {protocol} answer within {self.connect_timeout:g}s"
-                ) from None
-            except RemoteProtocolError as exc:
-                raise ProxyProtocolError(f"{self.label}: {exc}") from None
-            except OSError as exc:
-                raise ProxyProtocolError(
-                    f"{self.label}: connection lost during the handshake: {describe(exc)}"
-                ) from exc
-            return sock, result, core.trailing_data
-        except BaseException:
-            sock.close()
-            raise
+            async with asyncio.timeout(self.connect_timeout):
+                return await resolve(self.url.host, self.url.port, socket.SOCK_STREAM)
+        except TimeoutError:
+            raise ProxyUnreachable(
+                f"{self.label}: connect timed out after {self.connect_timeout:g}s"
+            ) from None
+        except socket.gaierror as exc:
+            raise ProxyUnreachable(f"{self.label}: cannot resolve host: {exc.strerror}") from exc
 
-
-async def _drive(sock: socket.socket, core: HandshakeCore, settle: Settle[T]) -> T:
-    loop = asyncio.get_running_loop()
-    while True:
-        out = core.data_to_send()
-        if out:
-            await loop.sock_sendall(sock, out)
-        data = await loop.sock_recv(sock, HANDSHAKE_READ)
-        for event in core.receive_data(data):
-            result = settle(event)
-            if result is not None:
-                return result
+    def _new_socket(self, family: int) -> socket.socket:
+        return make_socket(
+            family, socket.SOCK_STREAM, fwmark=self.fwmark, bind_interface=self.bind_interface
+        )
 
 
 class ProxyOutboundBase:

@@ -84,15 +84,21 @@ def sockaddr_for(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -
     return (str(ip), port) if ip.version == 4 else (str(ip), port, 0, 0)
 
 
-async def resolve(host: str, port: int, kind: int) -> list[tuple[int, SockAddr]]:
-    """(family, sockaddr) candidates for host:port; IP literals skip the resolver."""
+def literal_address(host: str, port: int) -> tuple[int, SockAddr] | None:
+    """(family, sockaddr) when `host` is an IP literal, else None (a name to resolve)."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        pass
-    else:
-        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-        return [(family, sockaddr_for(ip, port))]
+        return None
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    return family, sockaddr_for(ip, port)
+
+
+async def resolve(host: str, port: int, kind: int) -> list[tuple[int, SockAddr]]:
+    """(family, sockaddr) candidates for host:port; IP literals skip the resolver."""
+    literal = literal_address(host, port)
+    if literal is not None:
+        return [literal]
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=kind)
     return [(info[0], info[4]) for info in infos]
 

@@ -24,6 +24,7 @@ from .errors import (
     ProxyAuthFailed,
     ProxyProtocolError,
     ProxyRefused,
+    ProxyTimeout,
     ProxyUnreachable,
 )
 from .sockets import SockAddr, describe, make_socket, resolve, sockaddr_for
@@ -31,6 +32,8 @@ from .socks5_proto import (
     AuthFailed,
     Command,
     NoAcceptableMethods,
+    PipelineState,
+    Pipelining,
     RemoteProtocolError,
     RequestFailed,
     RequestSucceeded,
@@ -42,6 +45,7 @@ from .socks5_proto import (
 )
 from .target import Target
 from .uplink import Uplink
+from .url import ProxyURL
 
 __all__ = ["Socks5Outbound", "Socks5UdpAssociation", "UdpAssociation"]
 
@@ -55,11 +59,30 @@ _CONTROL_READ = 512
 #: RSV RSV FRAG ATYP + address + port, for the fixed-size address types (IPv4, IPv6).
 _FIXED_HEADER_LEN = {1: 4 + 4 + 2, 4: 4 + 16 + 2}
 _HEADER_CACHE = 1024
+#: How long a first pipelined handshake may take before the proxy is taken to have dropped
+#: the request sent with the greeting (microsocks waits for it forever); the reply also
+#: waits for the proxy's connect to the target, so a slow target can fail a trial too:
+#: then that one flow is carried apart and pipelining stays off - correct, only slower.
+PIPELINE_TRIAL_TIMEOUT = 1.0
 _UNSPECIFIED = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 
 
 class Socks5Outbound(ProxyOutboundBase):
     """Open TCP streams and UDP associations through one SOCKS5 proxy."""
+
+    def __init__(
+        self,
+        url: ProxyURL | str,
+        *,
+        connect_timeout: float = 10.0,
+        fwmark: int | None = None,
+        bind_interface: str | None = None,
+    ) -> None:
+        super().__init__(
+            url, connect_timeout=connect_timeout, fwmark=fwmark, bind_interface=bind_interface
+        )
+        #: Whether CONNECTs go out with the greeting (learned: see `Pipelining`).
+        self.pipelining = Pipelining(enabled=self.url.username is None)
 
     def _check_url(self) -> None:
         if self.url.username is not None:
@@ -99,6 +122,47 @@ class Socks5Outbound(ProxyOutboundBase):
     async def _handshake(
         self, command: Command, target: Target | None
     ) -> tuple[socket.socket, Target, bytes]:
+        # Only CONNECT is pipelined (the per-connection path), and never with credentials.
+        learn = command is Command.CONNECT and self.url.username is None
+        choice = self.pipelining.begin() if learn else PipelineState.OFF
+        if choice is PipelineState.OFF:
+            result = await self._attempt(command, target, pipeline=False)
+            if learn:
+                self.pipelining.sent_apart_succeeded()
+            return result
+        # A trial is bounded tightly: a proxy that dropped the early request waits forever.
+        timeout = self.connect_timeout
+        if choice is PipelineState.TRIAL:
+            timeout = min(timeout, PIPELINE_TRIAL_TIMEOUT)
+        try:
+            result = await self._attempt(command, target, pipeline=True, timeout=timeout)
+        except (ProxyProtocolError, ProxyTimeout) as exc:
+            self.pipelining.pipelined_failed()
+            log.info(
+                "%s: no reply to a CONNECT sent with the greeting (%s); "
+                "sending them apart from now on",
+                self.url.label,
+                exc,
+            )
+            return await self._attempt(command, target, pipeline=False)
+        except ProxyRefused:
+            self.pipelining.pipelined_answered()  # a reply code: it parsed the request
+            raise
+        except BaseException:
+            self.pipelining.abandoned()
+            raise
+        self.pipelining.pipelined_answered()
+        return result
+
+    async def _attempt(
+        self,
+        command: Command,
+        target: Target | None,
+        *,
+        pipeline: bool,
+        timeout: float | None = None,
+    ) -> tuple[socket.socket, Target, bytes]:
+        """One connection to the proxy and one handshake on it."""
         requested = target
 
         def make_core(sock: socket.socket) -> Socks5Client:
@@ -106,7 +170,11 @@ class Socks5Outbound(ProxyOutboundBase):
             if requested is None:  # UDP ASSOCIATE: "all zeros" in the control's family
                 requested = Target(_UNSPECIFIED.get(sock.family, "0.0.0.0"), 0)
             return Socks5Client(
-                command, requested, username=self.url.username, password=self.url.password
+                command,
+                requested,
+                username=self.url.username,
+                password=self.url.password,
+                pipeline=pipeline,
             )
 
         def settle(event: object) -> Target | None:
@@ -127,9 +195,12 @@ class Socks5Outbound(ProxyOutboundBase):
                 )
             return None
 
-        sock, bound, early = await self._dialer.handshake(make_core, settle, protocol="SOCKS5")
+        sock, bound, early = await self._dialer.handshake(
+            make_core, settle, protocol="SOCKS5", timeout=timeout
+        )
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: %s %s established", self.url.label, command.name, requested)
+            how = "pipelined" if pipeline else "apart"
+            log.debug("%s: %s %s established (%s)", self.url.label, command.name, requested, how)
         return sock, bound, early
 
     def _no_method_message(self) -> str:

@@ -190,8 +190,12 @@ class Socks5Client(ClientCore):
     """One client-side SOCKS5 handshake for `command` to `target`.
 
     The greeting is queued at construction: offer no-auth, plus username/password when
-    credentials are given (as curl does), and never pipeline - each message is sent only
-    after the previous answer, because many servers discard what arrives early.
+    credentials are given (as curl does). Each message is sent only after the previous
+    answer, because some servers (microsocks) discard what arrives early - unless
+    `pipeline` is set: then the request is queued right behind a no-auth-only greeting,
+    one write and one round trip less, for a proxy known to read them apart
+    (`Pipelining`). Never with credentials: the password would reach a server before it
+    chose a method, and a server that wants none would take it for the request.
     """
 
     def __init__(
@@ -201,15 +205,20 @@ class Socks5Client(ClientCore):
         *,
         username: str | None = None,
         password: str | None = None,
+        pipeline: bool = False,
     ) -> None:
         self._request = encode_request(command, target)
         self._auth: bytes | None = None
         methods = [Method.NO_AUTH]
         if username is not None:
+            if pipeline:
+                raise LocalProtocolError("a request is pipelined behind a no-auth greeting only")
             self._auth = encode_auth(username, password or "")
             methods.append(Method.USERNAME_PASSWORD)
         self._offered = frozenset(methods)
-        super().__init__(encode_greeting(methods))
+        self.pipelined = pipeline
+        greeting = encode_greeting(methods)
+        super().__init__(greeting + self._request if pipeline else greeting)
         self.state = State.AWAIT_METHOD
 
     def receive_data(self, data: bytes) -> list[Event]:
@@ -239,7 +248,7 @@ class Socks5Client(ClientCore):
         if self.state is State.AWAIT_AUTH:
             assert self._auth is not None  # only offered with credentials
             self._out += self._auth
-        elif self.state is State.AWAIT_REPLY:
+        elif self.state is State.AWAIT_REPLY and not self.pipelined:
             self._out += self._request
 
     def _next_event(self) -> Event | None:
@@ -292,6 +301,66 @@ class Socks5Client(ClientCore):
         bound, end = parsed
         del self._buf[:end]
         return RequestSucceeded(bound)
+
+
+# -- pipelining, learned per proxy ------------------------------------------------------
+
+
+class PipelineState(enum.Enum):
+    UNKNOWN = "not known yet"
+    TRIAL = "on trial"
+    ON = "on"
+    OFF = "off"
+
+
+class Pipelining:
+    """Whether to send the CONNECT request together with the greeting to one proxy.
+
+    RFC 1928 lets a client wait for each answer; sending both at once saves a write and a
+    round trip per connection, but a server that reads the greeting with one recv() and
+    drops the rest (microsocks) then waits for a request it already threw away. So it is
+    learned, per proxy and sans-IO: nothing is pipelined until a handshake sent apart
+    succeeded without credentials; then one handshake at a time is pipelined on trial. A
+    reply to it - success or any reply code: the proxy parsed the request - turns
+    pipelining on; a trial that ends without one (a stall, a close, garbage) turns it off
+    for good, and the adapter redoes that handshake apart. A pipelined handshake that
+    fails that way later (another server now at that address) turns it off as well.
+    """
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.state = PipelineState.UNKNOWN if enabled else PipelineState.OFF
+        self._trial_running = False
+
+    def begin(self) -> PipelineState:
+        """How to send the next handshake: ON (pipelined), TRIAL (pipelined, on trial: bound
+        it tightly and report how it ended) or OFF (apart)."""
+        if self.state is PipelineState.ON:
+            return PipelineState.ON
+        if self.state is PipelineState.TRIAL and not self._trial_running:
+            self._trial_running = True
+            return PipelineState.TRIAL
+        return PipelineState.OFF
+
+    def sent_apart_succeeded(self) -> None:
+        """A handshake sent apart, offering no-auth only, got its reply."""
+        if self.state is PipelineState.UNKNOWN:
+            self.state = PipelineState.TRIAL
+
+    def pipelined_answered(self) -> None:
+        """The proxy replied to a pipelined request (whatever the reply code)."""
+        self._trial_running = False
+        if self.state is PipelineState.TRIAL:
+            self.state = PipelineState.ON
+
+    def pipelined_failed(self) -> None:
+        """A pipelined handshake ended without a reply: send apart from now on."""
+        self._trial_running = False
+        self.state = PipelineState.OFF
+
+    def abandoned(self) -> None:
+        """A pipelined handshake ended for a reason that says nothing about pipelining (the
+        flow was closed, the proxy was unreachable): the next one may try again."""
+        self._trial_running = False
 
 
 # -- encoders -----------------------------------------------------------------------------

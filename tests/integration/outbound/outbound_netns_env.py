@@ -51,6 +51,7 @@ MICROSOCKS_PORT = 1080
 MICROSOCKS_AUTH_PORT = 1081
 DANTED_PORT = 1082
 DANTED_SPARE_PORT = 1083  # a danted a test may kill
+SING_BOX_PORT = 1084
 DEAD_PORT = 1099  # nothing listens here
 USER, PASSWORD = "ztun", "p@ss:w/rd"  # needs percent-encoding in a URL
 

@@ -1,4 +1,9 @@
-"""ztun.outbound against real SOCKS5 servers (microsocks, danted) in a private namespace.
+"""ztun.outbound against real SOCKS5 servers (microsocks, danted, sing-box's socks
+inbound) in a private namespace.
+
+Pipelining: danted and sing-box read a CONNECT sent together with the greeting;
+microsocks reads the greeting with one recv() and drops the rest, so ztun must notice
+and send them apart. Every transfer is checked byte for byte.
 
 Everything - servers, echo targets, the client's sockets - lives on the loopback of a
 namespace created for this module (see conftest.py); nothing reaches the root namespace.
@@ -21,6 +26,7 @@ from outbound_netns_env import (
     MICROSOCKS_AUTH_PORT,
     MICROSOCKS_PORT,
     PASSWORD,
+    SING_BOX_PORT,
     USER,
     Daemon,
     EchoServers,
@@ -37,6 +43,8 @@ from ztun.outbound import (
     TargetUnreachable,
     TcpStream,
 )
+from ztun.outbound import socks5 as socks5_module
+from ztun.outbound.socks5_proto import PipelineState
 from ztun.outbound.target import Target
 from ztun.tools import tool
 
@@ -348,3 +356,76 @@ def test_direct_udp(ns_loop: NetnsLoop, echo: EchoServers) -> None:
             assoc.close()
 
     ns_loop.run(scenario())
+
+
+# -- pipelining ----------------------------------------------------------------------------
+
+
+CONNECTIONS = 4
+
+
+async def _echo_many(outbound: Socks5Outbound, target: Target) -> list[PipelineState]:
+    """CONNECTIONS echoes one after the other; the policy's state after each."""
+    states = []
+    for _ in range(CONNECTIONS):
+        stream: TcpStream = await outbound.open_tcp(target)
+        assert await _echo_through(stream, PAYLOAD) == PAYLOAD
+        states.append(outbound.pipelining.state)
+    return states
+
+
+@pytest.mark.parametrize(("server", "port"), [("danted", DANTED_PORT), ("sing_box", SING_BOX_PORT)])
+def test_servers_that_read_a_pipelined_connect(
+    request: pytest.FixtureRequest,
+    ns_loop: NetnsLoop,
+    echo: EchoServers,
+    server: str,
+    port: int,
+) -> None:
+    request.getfixturevalue(server)
+    outbound = Socks5Outbound(_url(port), connect_timeout=EVENT_TIMEOUT)
+    states = ns_loop.run(_echo_many(outbound, Target("127.0.0.1", echo.port)))
+    # 1: apart (nothing known yet); 2: the trial, answered; 3, 4: pipelined
+    assert states == [PipelineState.TRIAL, PipelineState.ON, PipelineState.ON, PipelineState.ON]
+
+
+@pytest.mark.parametrize(("server", "port"), [("danted", DANTED_PORT), ("sing_box", SING_BOX_PORT)])
+def test_refusal_of_a_pipelined_connect_is_its_reply_code(
+    request: pytest.FixtureRequest, ns_loop: NetnsLoop, echo: EchoServers, server: str, port: int
+) -> None:
+    request.getfixturevalue(server)
+    outbound = Socks5Outbound(_url(port), connect_timeout=EVENT_TIMEOUT)
+
+    async def scenario() -> ProxyRefused:
+        for _ in range(2):  # apart, then the trial: pipelining is on after these
+            stream = await outbound.open_tcp(Target("127.0.0.1", echo.port))
+            assert await _echo_through(stream, b"warm-up") == b"warm-up"
+        assert outbound.pipelining.state is PipelineState.ON
+        with pytest.raises(ProxyRefused) as info:
+            await outbound.open_tcp(Target("127.0.0.1", DEAD_PORT))
+        return info.value
+
+    refused = ns_loop.run(scenario())
+    # sing-box answers every failed dial with a general failure; danted says what it was.
+    assert refused.reply_code in ((0x05,) if server == "danted" else (0x01, 0x05))
+    assert outbound.pipelining.state is PipelineState.ON
+
+
+def test_microsocks_drops_a_pipelined_connect_and_is_sent_apart(
+    ns_loop: NetnsLoop, echo: EchoServers, microsocks: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(socks5_module, "PIPELINE_TRIAL_TIMEOUT", 0.5)
+    outbound = Socks5Outbound(_url(MICROSOCKS_PORT), connect_timeout=EVENT_TIMEOUT)
+    states = ns_loop.run(_echo_many(outbound, Target("127.0.0.1", echo.port)))
+    # 2 is the trial: it stalls, and the same flow is carried apart on a new connection
+    assert states == [PipelineState.TRIAL] + [PipelineState.OFF] * (CONNECTIONS - 1)
+
+
+def test_a_proxy_with_credentials_is_never_pipelined(
+    ns_loop: NetnsLoop, echo: EchoServers, microsocks_auth: Daemon
+) -> None:
+    outbound = Socks5Outbound(
+        _url(MICROSOCKS_AUTH_PORT, auth="ztun:p%40ss%3Aw%2Frd@"), connect_timeout=EVENT_TIMEOUT
+    )
+    states = ns_loop.run(_echo_many(outbound, Target("127.0.0.1", echo.port)))
+    assert states == [PipelineState.OFF] * CONNECTIONS

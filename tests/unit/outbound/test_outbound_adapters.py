@@ -1,7 +1,11 @@
 """The asyncio adapters against scripted servers on 127.0.0.1 (no root, nothing leaves lo).
 
 A scripted proxy says exactly what a test needs - bytes after the reply, a 0.0.0.0 relay,
-garbage, silence - which real servers cannot be made to do on demand. Targets such as
+garbage, silence - which real servers cannot be made to do on demand. For pipelining it
+can insist on what a real one only happens to do: read greeting and request before
+answering anything (a client that did not pipeline deadlocks and the test fails), or read
+the greeting with one recv() and throw the rest away, as microsocks does
+(tests/integration/outbound/test_outbound_netns.py runs the real servers). Targets such as
 192.0.2.x (TEST-NET-1) are only ever *named* in requests: the scripted proxy connects
 nowhere.
 """
@@ -33,7 +37,8 @@ from ztun.outbound import (
     Target,
     TargetUnreachable,
 )
-from ztun.outbound.socks5_proto import encode_udp_header
+from ztun.outbound import socks5 as socks5_module
+from ztun.outbound.socks5_proto import Command, PipelineState, encode_request, encode_udp_header
 
 T = TypeVar("T")
 H = bytes.fromhex
@@ -477,3 +482,153 @@ def test_all_outbounds_satisfy_the_protocol() -> None:
     outbounds: list[Outbound] = [Socks5Outbound(_url(1)), DirectOutbound(), RejectOutbound()]
     for outbound in outbounds:
         assert callable(outbound.open_tcp) and callable(outbound.open_udp)
+
+
+# -- the callback-driven dial and pipelining ----------------------------------------------
+
+GREETING = H("050100")
+TEST_NET_80 = Target(TEST_NET, 80)
+REQUEST = encode_request(Command.CONNECT, TEST_NET_80)
+REPLY_OK = H("05 00 00 01 7f000001 0050")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _apart(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    assert await reader.readexactly(3) == GREETING
+    writer.write(H("0500"))
+    assert await reader.readexactly(len(REQUEST)) == REQUEST
+    writer.write(REPLY_OK)
+
+
+def test_after_one_handshake_apart_connects_are_pipelined() -> None:
+    """Connection 1 is sent apart; from 2 on the proxy reads greeting and request before
+    it answers anything - a client that waited for the method reply would deadlock."""
+    connections: list[str] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not connections:
+            connections.append("apart")
+            await _apart(reader, writer)
+        else:
+            connections.append("pipelined")
+            assert await reader.readexactly(3 + len(REQUEST)) == GREETING + REQUEST
+            writer.write(H("0500") + REPLY_OK + b"banner")
+        await reader.read()
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=3)
+            states = []
+            for _ in range(3):
+                stream = await outbound.open_tcp(TEST_NET_80)
+                stream.sock.close()
+                states.append(outbound.pipelining.state)
+            assert states == [PipelineState.TRIAL, PipelineState.ON, PipelineState.ON]
+            assert stream.early == b"banner"
+
+    run(scenario())
+    assert connections == ["apart", "pipelined", "pipelined"]
+
+
+def test_proxy_dropping_the_early_request_falls_back_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """microsocks' way: one recv() for the greeting, the rest dropped, then it waits."""
+    monkeypatch.setattr(socks5_module, "PIPELINE_TRIAL_TIMEOUT", 0.3)
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = await reader.read(512)
+        seen.append(first)
+        writer.write(H("0500"))
+        assert await reader.readexactly(len(REQUEST)) == REQUEST
+        writer.write(REPLY_OK)
+        await reader.read()
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=3)
+            for _ in range(3):
+                stream = await outbound.open_tcp(TEST_NET_80)
+                stream.sock.close()
+            assert outbound.pipelining.state is PipelineState.OFF
+
+    run(scenario())
+    # apart, the trial (dropped), its retry apart, then apart for good
+    assert seen == [GREETING, GREETING + REQUEST, GREETING, GREETING]
+
+
+def test_a_reply_code_to_a_pipelined_request_keeps_pipelining() -> None:
+    count = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        count += 1
+        if count == 1:
+            await _apart(reader, writer)
+        else:
+            await reader.readexactly(3 + len(REQUEST))
+            writer.write(H("0500 0505 0001 00000000 0000"))  # connection refused
+        await reader.read()
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=3)
+            (await outbound.open_tcp(TEST_NET_80)).sock.close()
+            for _ in range(2):
+                with pytest.raises(ProxyRefused, match="connection refused"):
+                    await outbound.open_tcp(TEST_NET_80)
+            assert outbound.pipelining.state is PipelineState.ON
+
+    run(scenario())
+    assert count == 3
+
+
+def test_credentials_are_never_pipelined() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readexactly(4))
+        writer.write(H("0502"))
+        await reader.readexactly(2 + 1 + 1 + 1)
+        writer.write(H("0100"))
+        await reader.readexactly(len(REQUEST))
+        writer.write(REPLY_OK)
+        await reader.read()
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            outbound = Socks5Outbound(_url(port, "u:p@"), connect_timeout=3)
+            for _ in range(3):
+                (await outbound.open_tcp(TEST_NET_80)).sock.close()
+            assert outbound.pipelining.state is PipelineState.OFF
+
+    run(scenario())
+    assert seen == [H("05020002")] * 3
+
+
+def test_cancelled_mid_handshake_closes_the_socket() -> None:
+    """The engine cancels open_tcp when the flow's deadline passes or it is closed."""
+    entered = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(3)
+        entered.set()
+        await reader.read()  # never answers
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=5)
+            before = _open_fds()
+            task = asyncio.create_task(outbound.open_tcp(TEST_NET_80))
+            await entered.wait()
+            assert _open_fds() == before + 2  # ours and the proxy's accepted one
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert _open_fds() <= before + 1  # ours is closed (the server's may linger)
+
+    run(scenario())

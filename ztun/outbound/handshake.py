@@ -1,0 +1,272 @@
+"""Reach a proxy and run one handshake core, by callbacks on the event loop.
+
+`dialer.ProxyDialer.handshake` runs every proxy outbound's handshake (SOCKS5, SOCKS4,
+HTTP CONNECT) through `Dial`. A new connection through a proxy used to be a chain of
+awaits - `sock_connect`, then `sock_sendall` and `sock_recv` per message - each a future,
+a reader or writer added and removed, and a task step. `Dial` is one object whose
+callbacks the loop calls directly: connect, write what the core queued, feed what the
+proxy sent, and settle one future at the end, which is all the awaiting coroutine sees.
+It also writes the first message right behind a connect() that returned EINPROGRESS: to
+a proxy across a veth or loopback the kernel has usually finished the three-way
+handshake by the time connect() returns, so the write goes out at once and the wait for
+writability is skipped (when it has not, the write fails with EAGAIN and the wait
+happens as before).
+
+The core is sans-IO (`protocol.HandshakeCore`); `settle` turns each of its events into a
+result (the handshake is done), None (go on) or an `OutboundError` (it failed). Errors
+carry the messages the await-based adapter gave: `ProxyUnreachable` for the TCP connect
+(refused - with `refused` set -, no route, timed out), `ProxyTimeout` for a handshake
+without an answer, `ProxyProtocolError` for garbage or a connection lost mid-handshake.
+`timeout` bounds the connect and, separately, the handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from .errors import OutboundError, ProxyProtocolError, ProxyTimeout, ProxyUnreachable
+from .protocol import HandshakeCore, RemoteProtocolError
+from .sockets import SockAddr, describe
+
+T = TypeVar("T")
+
+#: Handshake messages are tiny; one read takes a whole reply plus any early tunnel bytes.
+HANDSHAKE_READ = 4096
+
+_IN_PROGRESS = {errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR}
+
+
+class Dial(Generic[T]):
+    """One connection to a proxy and its handshake; `future` holds (socket, result, early
+    tunnel bytes). The socket is closed on failure and on cancellation of `future`."""
+
+    def __init__(
+        self,
+        candidates: Sequence[tuple[int, SockAddr]],
+        new_socket: Callable[[int], socket.socket],
+        make_core: Callable[[socket.socket], HandshakeCore],
+        settle: Callable[[object], T | None],
+        *,
+        timeout: float,
+        label: str,
+        protocol: str,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[tuple[socket.socket, T, bytes]] = self._loop.create_future()
+        self.future.add_done_callback(self._on_future_done)
+        self._candidates = list(candidates)
+        self._next = 0
+        self._new_socket = new_socket
+        self._make_core = make_core
+        self._settle = settle
+        self._timeout = timeout
+        self._label = label
+        self._protocol = protocol
+        self._sock: socket.socket | None = None
+        self._core: HandshakeCore | None = None
+        self._pending = b""
+        self._connected = False
+        self._reading = False
+        self._writing = False
+        self._last_error: OSError = OSError(f"{label} resolved to no address")
+        self._timer = self._loop.call_later(timeout, self._on_timeout)
+
+    def start(self) -> asyncio.Future[tuple[socket.socket, T, bytes]]:
+        self._try_next_address()
+        return self.future
+
+    # -- connect --------------------------------------------------------------------------
+
+    def _try_next_address(self) -> None:
+        if self._next >= len(self._candidates):
+            exc = self._last_error
+            refused = exc.errno == errno.ECONNREFUSED  # nothing listens: health counts it
+            self._fail(
+                ProxyUnreachable(f"{self._label}: {describe(exc)}", refused=refused), cause=exc
+            )
+            return
+        family, sockaddr = self._candidates[self._next]
+        self._next += 1
+        try:
+            sock = self._sock = self._new_socket(family)
+        except OutboundError as exc:  # a routing option the kernel refused: configuration
+            self._fail(exc)
+            return
+        code = sock.connect_ex(sockaddr)
+        if code == 0:
+            self._on_connected()
+        elif code in _IN_PROGRESS:
+            # Optimistic: the first message may go out now (see the module docstring).
+            self._core = self._make_core(sock)
+            self._pending = self._core.data_to_send()
+            try:
+                sent = sock.send(self._pending)
+            except (BlockingIOError, InterruptedError):
+                self._watch_writable(self._on_connect_writable)
+                return
+            except OSError as exc:
+                self._address_failed(exc)
+                return
+            self._pending = self._pending[sent:]
+            self._on_connected()
+        else:
+            self._address_failed(OSError(code, os.strerror(code)))
+
+    def _on_connect_writable(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        self._unwatch_writable()
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._address_failed(OSError(code, os.strerror(code)))
+            return
+        self._on_connected()
+
+    def _address_failed(self, exc: OSError) -> None:
+        self._last_error = exc
+        self._core = None
+        self._pending = b""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._try_next_address()
+
+    def _on_connected(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        self._connected = True
+        # The handshake gets its own `timeout`, as the connect had.
+        self._timer.cancel()
+        self._timer = self._loop.call_later(self._timeout, self._on_timeout)
+        if self._core is None:
+            self._core = self._make_core(sock)
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self._reading = True
+        self._flush()
+
+    # -- handshake ------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        sock, core = self._sock, self._core
+        assert sock is not None and core is not None
+        out = self._pending + core.data_to_send()
+        if not out:
+            return
+        try:
+            sent = sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._lost(exc)
+            return
+        self._pending = out[sent:]
+        if self._pending:
+            self._watch_writable(self._flush)
+        elif self._writing:
+            self._unwatch_writable()
+
+    def _on_readable(self) -> None:
+        sock, core = self._sock, self._core
+        assert sock is not None and core is not None
+        try:
+            data = sock.recv(HANDSHAKE_READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        try:
+            events = core.receive_data(data)
+            for event in events:
+                result = self._settle(event)
+                if result is not None:
+                    self._succeed(result, core.trailing_data)
+                    return
+        except RemoteProtocolError as exc:
+            self._fail(ProxyProtocolError(f"{self._label}: {exc}"))
+            return
+        except OutboundError as exc:
+            self._fail(exc)
+            return
+        self._flush()
+
+    def _lost(self, exc: OSError) -> None:
+        self._fail(
+            ProxyProtocolError(
+                f"{self._label}: connection lost during the handshake: {describe(exc)}"
+            ),
+            cause=exc,
+        )
+
+    def _on_timeout(self) -> None:
+        if self._connected:
+            self._fail(
+                ProxyTimeout(f"{self._label}: no {self._protocol} answer within {self._timeout:g}s")
+            )
+        else:
+            self._fail(
+                ProxyUnreachable(f"{self._label}: connect timed out after {self._timeout:g}s")
+            )
+
+    # -- the end --------------------------------------------------------------------------
+
+    def _watch_writable(self, callback: Callable[[], None]) -> None:
+        assert self._sock is not None
+        self._loop.add_writer(self._sock.fileno(), callback)
+        self._writing = True
+
+    def _unwatch_writable(self) -> None:
+        if self._writing and self._sock is not None:
+            self._loop.remove_writer(self._sock.fileno())
+        self._writing = False
+
+    def _stop_watching(self) -> None:
+        self._timer.cancel()
+        self._unwatch_writable()
+        if self._reading and self._sock is not None:
+            self._loop.remove_reader(self._sock.fileno())
+        self._reading = False
+
+    def _succeed(self, result: T, early: bytes) -> None:
+        self._stop_watching()
+        sock = self._sock
+        assert sock is not None
+        self._sock = None
+        if self.future.done():  # cancelled in this same loop pass: nobody will take it
+            sock.close()
+        else:
+            self.future.set_result((sock, result, early))  # the caller owns it now
+
+    def _fail(self, exc: OutboundError, *, cause: BaseException | None = None) -> None:
+        self._stop_watching()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if cause is not None:
+            exc.__cause__ = cause
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+    def _on_future_done(self, future: asyncio.Future[tuple[socket.socket, T, bytes]]) -> None:
+        if future.cancelled():  # the flow went away (closed, its deadline passed)
+            self._stop_watching()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
+async def dial(dialing: Dial[T]) -> tuple[socket.socket, T, bytes]:
+    """Await `dialing` to its end; a socket that was ready when the awaiting task was
+    cancelled is closed rather than leaked."""
+    future = dialing.start()
+    try:
+        return await future
+    except asyncio.CancelledError:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            future.result()[0].close()
+        raise
