@@ -73,8 +73,12 @@ class Dial(Generic[T]):
         self._connected = False
         self._reading = False
         self._writing = False
-        self._last_error: OSError = OSError(f"{label} resolved to no address")
-        self._timer = self._loop.call_later(timeout, self._on_timeout)
+        self._last_error: OSError | None = None
+        # One timer for both phases: connecting pushes the handshake's deadline out, and
+        # the timer, when it fires early, re-arms itself for the rest (a cancelled timer
+        # and a new one per connection would cost more than the rare re-arm).
+        self._deadline = self._armed = self._loop.time() + timeout
+        self._timer = self._loop.call_at(self._armed, self._on_timeout)
 
     def start(self) -> asyncio.Future[tuple[socket.socket, T, bytes]]:
         self._try_next_address()
@@ -84,7 +88,7 @@ class Dial(Generic[T]):
 
     def _try_next_address(self) -> None:
         if self._next >= len(self._candidates):
-            exc = self._last_error
+            exc = self._last_error or OSError(f"{self._label} resolved to no address")
             refused = exc.errno == errno.ECONNREFUSED  # nothing listens: health counts it
             self._fail(
                 ProxyUnreachable(f"{self._label}: {describe(exc)}", refused=refused), cause=exc
@@ -140,9 +144,7 @@ class Dial(Generic[T]):
         sock = self._sock
         assert sock is not None
         self._connected = True
-        # The handshake gets its own `timeout`, as the connect had.
-        self._timer.cancel()
-        self._timer = self._loop.call_later(self._timeout, self._on_timeout)
+        self._deadline = self._loop.time() + self._timeout  # the handshake's own
         if self._core is None:
             self._core = self._make_core(sock)
         self._loop.add_reader(sock.fileno(), self._on_readable)
@@ -204,6 +206,10 @@ class Dial(Generic[T]):
         )
 
     def _on_timeout(self) -> None:
+        if self._deadline > self._armed:  # connected since: the handshake's own time
+            self._armed = self._deadline
+            self._timer = self._loop.call_at(self._armed, self._on_timeout)
+            return
         if self._connected:
             self._fail(
                 ProxyTimeout(f"{self._label}: no {self._protocol} answer within {self._timeout:g}s")
