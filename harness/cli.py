@@ -5,6 +5,8 @@
 * ``report``   show a report, or put several side by side (``--merge DIR...``);
 * ``cleanup``  remove what runs killed with SIGKILL left behind (namespaces named
                ``zt...`` with whatever still runs inside, stray veth ends);
+* ``example``  list the shipped examples (``harness/examples``: config templates) or
+               print one, to copy and edit;
 * ``pcap``, ``vm``  canonical pcap diffs; VM guests (their own ``-h``).
 
 Heavy modules (pytest, scapy, paramiko) are imported by the subcommand that needs them.
@@ -53,6 +55,25 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXAMPLES = Path(__file__).with_name("examples")
+"""Examples shipped as package data: config templates written as a user would."""
+
+
+def _example(args: argparse.Namespace) -> int:
+    shipped = sorted(p.name for p in EXAMPLES.iterdir() if p.is_file())
+    if args.name is None:
+        print("\n".join(shipped))
+        return EXIT_OK
+    if args.name not in shipped:
+        print(
+            f"{PROG} example: error: no example {args.name!r} (shipped: {', '.join(shipped)})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    sys.stdout.write((EXAMPLES / args.name).read_text())
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     from harness.certify import add_arguments
     from harness.topo import NAME_PREFIX
@@ -86,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="also remove what belongs to runs still alive"
     )
     clean.add_argument("--dry-run", action="store_true", help="only print what would go")
+    example = sub.add_parser(
+        "example",
+        help="list the shipped examples or print one (config templates)",
+        description="Without NAME list the examples shipped with the harness; with NAME "
+        "print it (e.g. 'example sing-box.json > sing-box.json', a --tun2socks-config-template).",
+    )
+    example.add_argument("name", nargs="?", metavar="NAME")
     sub.add_parser("pcap", help=f"canonical pcap diff/render ({PROG} pcap -h)")
     sub.add_parser("vm", help=f"VM guests: build/boot/accel/box/info/clean ({PROG} vm -h)")
     return parser
@@ -109,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "example":
+        return _example(args)
     return _cleanup(args, parser)
 
 

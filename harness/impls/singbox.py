@@ -28,7 +28,7 @@ from harness.impls.command import CommandSpec
 from ztun.tools import tool, which
 
 READY_PATTERN = r"sing-box started"
-CONFIG_TEMPLATE = Path(__file__).with_name("templates") / "sing-box.json"
+CONFIG_TEMPLATE = Path(__file__).parent.parent / "examples" / "sing-box.json"
 """sing-box's config as a ``--tun2socks-config-template``: what :func:`singbox_config`
 builds (stack system), for certifying sing-box through the command-template adapter."""
 START_TIMEOUT = 20.0

@@ -80,3 +80,25 @@ def test_certify_usage_errors_and_empty_selections_exit_2(
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr
+
+
+def test_example_lists_and_prints_the_shipped_config_templates(tmp_path: Path) -> None:
+    """``ztun-harness example`` is how an installed user finds the sing-box template."""
+
+    def example(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "harness", "example", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    listed = example()
+    assert listed.returncode == 0 and "sing-box.json" in listed.stdout.split(), listed
+    printed = example("sing-box.json")
+    assert printed.returncode == 0 and printed.stdout == CONFIG_TEMPLATE.read_text()
+    unknown = example("tun2x.yaml")
+    assert unknown.returncode == 2
+    assert "no example 'tun2x.yaml' (shipped: sing-box.json)" in unknown.stderr
