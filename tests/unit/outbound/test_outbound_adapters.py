@@ -36,6 +36,7 @@ from ztun.outbound import (
     Socks5Outbound,
     Target,
     TargetUnreachable,
+    handshake,
 )
 from ztun.outbound import socks5 as socks5_module
 from ztun.outbound.socks5_proto import Command, PipelineState, encode_request, encode_udp_header
@@ -632,3 +633,48 @@ def test_cancelled_mid_handshake_closes_the_socket() -> None:
             assert _open_fds() <= before + 1  # ours is closed (the server's may linger)
 
     run(scenario())
+
+
+def test_first_message_waits_for_a_connect_that_completes_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The greeting is written right behind connect() when the handshake is already done;
+    when it is not, the write gets EAGAIN and the dial waits for writability. Here the
+    proxy's accept queue is full (listen backlog 0 and one connection not accepted), so the
+    kernel drops our SYN (tcp_conn_request: sk_acceptq_is_full) and connects on its
+    retransmission, after the filler was accepted (~1 s: the initial SYN RTO)."""
+    waited: list[bool] = []
+    original = handshake.Dial._on_connect_writable
+
+    def spy(self: handshake.Dial[Any]) -> None:
+        waited.append(True)
+        original(self)
+
+    monkeypatch.setattr(handshake.Dial, "_on_connect_writable", spy)
+
+    async def scenario() -> bytes:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as listener, socket.socket() as filler:
+            listener.bind((LOOPBACK, 0))
+            listener.listen(0)
+            listener.setblocking(False)
+            port = listener.getsockname()[1]
+            filler.connect((LOOPBACK, port))  # the one entry a backlog of 0 allows
+            task = asyncio.create_task(
+                Socks5Outbound(_url(port), connect_timeout=5).open_tcp(TEST_NET_80)
+            )
+            await asyncio.sleep(0)  # noqa: sleep-ok (one loop pass: the task's connect() ran)
+            assert not task.done()
+            first, _ = await loop.sock_accept(listener)  # the filler: room for the retry
+            first.close()
+            conn, _ = await loop.sock_accept(listener)
+            with conn:
+                assert await loop.sock_recv(conn, 16) == GREETING
+                await loop.sock_sendall(conn, H("0500"))
+                request = await loop.sock_recv(conn, 64)
+                await loop.sock_sendall(conn, REPLY_OK)
+                (await task).sock.close()
+            return request
+
+    assert run(scenario()) == REQUEST
+    assert waited == [True]
