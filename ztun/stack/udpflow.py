@@ -20,7 +20,9 @@ moves bytes (aioquic's split):
   bound is high; once the reader falls behind it drops until the TUN is drained.
 * **Bounded descriptors.** With `max_flows`, opening one more flow closes the least
   recently used one (LRU; activity is the session's last datagram either way, which the
-  stack keeps, so datagrams the pump carries without us count too).
+  stack keeps, so datagrams the pump carries without us count too). The order is kept
+  lazily: flows are in opening order, and eviction sends a candidate whose session was
+  seen since to the back instead (a datagram costs no reordering).
 * **Reply-source choice.** A reply to a datagram the app sent to a fake-IP address (a
   domain the proxy resolved) must seem to come from that fake address; a reply from an
   address the app itself used keeps it, even when a fake destination shares its port.
@@ -115,8 +117,9 @@ class UdpFlow(Generic[Out, Tgt]):
     session: UdpSession
     outbound: Out
     state: FlowState = FlowState.WAITING
-    # When the flow last moved to the back of the LRU order; the session's own
-    # `last_seen` (kept by the stack, both ways, pump traffic included) is its real age.
+    # The session's `last_seen` when the flow last went to the back of the LRU order
+    # (opened, or found younger by `_make_room`); `last_seen` itself (kept by the stack,
+    # both ways, pump traffic included) is its real age.
     ordered_at: float = 0.0
     queue: list[tuple[UdpDatagram, UdpRoute[Out, Tgt]]] = field(default_factory=list)
     # Replies to a datagram sent to a fake-IP domain must seem to come from the fake
@@ -251,29 +254,28 @@ class UdpFlows(Generic[Out, Tgt]):
     def datagram(
         self, datagram: UdpDatagram, route: UdpRoute[Out, Tgt], now: float
     ) -> list[UdpFlowEvent[Out, Tgt]]:
-        """The app sent `datagram`; the rules send it through `route`."""
-        events: list[UdpFlowEvent[Out, Tgt]] = []
-        session = datagram.session
-        key = (session, route.outbound)
-        flow = self._flows.get(key)
-        if flow is None:
-            flow = UdpFlow(session, route.outbound, ordered_at=now)
-            self._make_room(events)
-            self._flows[key] = flow
-            self._by_session.setdefault(session, []).append(flow)
-            self.counters["udp_sessions_total"] += 1
-            if self._waiting or self._opening >= self.max_opening_busy:
-                self.counters["udp_open_queued"] += 1
-            self._waiting.append(flow)
-            self._start_waiting(events)
-        elif flow.ordered_at < now:
-            flow.ordered_at = now
-            self._flows.move_to_end(key)
+        """The app sent `datagram`; the rules send it through `route`.
+
+        A datagram of an open flow touches nothing but the flow (the LRU order is the
+        sessions' `last_seen`, which the stack keeps: `_make_room` reads it lazily)."""
+        flow = self._flows.get((datagram.session, route.outbound))
         target = route.target
+        if flow is not None and flow.state is FlowState.OPEN:  # the common case
+            if route.by_name:
+                flow.fake_sources[target.port] = datagram.dst_addr
+            elif target.host not in flow.real_destinations:
+                self._note_real(flow, target.host)
+            events: list[UdpFlowEvent[Out, Tgt]] = [SendDatagram(flow, target, datagram.payload)]
+            if flow.pumpable and not route.by_name:
+                self._maybe_route(flow, datagram.dst_addr, datagram.dst_port, route, events)
+            return events
+        events = []
+        if flow is None:
+            flow = self._new_flow(datagram.session, route.outbound, now, events)
         if route.by_name:
             flow.fake_sources[target.port] = datagram.dst_addr
-        elif len(flow.real_destinations) < ROUTE_CACHE:
-            flow.real_destinations.add(target.host)
+        elif target.host not in flow.real_destinations:
+            self._note_real(flow, target.host)
         if flow.state is FlowState.OPEN:
             events.append(SendDatagram(flow, target, datagram.payload))
             self._maybe_route(flow, datagram.dst_addr, datagram.dst_port, route, events)
@@ -282,6 +284,25 @@ class UdpFlows(Generic[Out, Tgt]):
         else:
             self.counters["udp_queue_overflow"] += 1
         return events
+
+    def _new_flow(
+        self, session: UdpSession, outbound: Out, now: float, events: list[UdpFlowEvent[Out, Tgt]]
+    ) -> UdpFlow[Out, Tgt]:
+        flow: UdpFlow[Out, Tgt] = UdpFlow(session, outbound, ordered_at=now)
+        self._make_room(events)
+        self._flows[(session, outbound)] = flow
+        self._by_session.setdefault(session, []).append(flow)
+        self.counters["udp_sessions_total"] += 1
+        if self._waiting or self._opening >= self.max_opening_busy:
+            self.counters["udp_open_queued"] += 1
+        self._waiting.append(flow)
+        self._start_waiting(events)
+        return flow
+
+    @staticmethod
+    def _note_real(flow: UdpFlow[Out, Tgt], host: str) -> None:
+        if len(flow.real_destinations) < ROUTE_CACHE:
+            flow.real_destinations.add(host)
 
     def _maybe_route(
         self,
