@@ -68,6 +68,19 @@ def start_ztun(topology, proxy_url: str, *extra: str):  # type: ignore[no-untype
     )
 
 
+def crashed_run(topology, proxy_addr: str) -> str:  # type: ignore[no-untyped-def]
+    """The routing state before a ztun with --auto-route that was then SIGKILLed (its
+    rules and journal left behind)."""
+    client = topology.client
+    start_danted(topology.proxy, proxy_addr, SOCKS)
+    before = routing_state(client)
+    ztun = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}")
+    client.run([tool("kill"), "-9", str(ztun.pid)], timeout=5, check=True)
+    ztun.wait(10)
+    assert routing_state(client) != before, "a SIGKILLed ztun should have left its rules"
+    return before
+
+
 def echo(topology, server_addr: str, payload: bytes) -> bytes:  # type: ignore[no-untyped-def]
     sock = topology.client.socket(socket.AF_INET, socket.SOCK_STREAM)
     with sock:
@@ -123,12 +136,7 @@ def test_cleanup_restores_what_it_can_when_a_journal_cannot_be(path) -> None:  #
     routes are restored all the same."""
     topology, proxy_addr, _server_addr = path
     client = topology.client
-    start_danted(topology.proxy, proxy_addr, SOCKS)
-    before = routing_state(client)
-    ztun = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}")
-    client.run([tool("kill"), "-9", str(ztun.pid)], timeout=5, check=True)
-    ztun.wait(10)
-    assert routing_state(client) != before
+    before = crashed_run(topology, proxy_addr)
     inode = os.stat(f"/run/netns/{client.name}").st_ino
     foreign = Journal(Path(f"/run/ztun/aa-foreign_{inode}.journal"))
     try:
@@ -153,11 +161,7 @@ def test_cleanup_restores_what_it_can_when_a_journal_cannot_be(path) -> None:  #
 def test_next_start_recovers_and_sigterm_restores(path) -> None:  # type: ignore[no-untyped-def]
     topology, proxy_addr, server_addr = path
     client = topology.client
-    start_danted(topology.proxy, proxy_addr, SOCKS)
-    before = routing_state(client)
-    first = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}")
-    client.run([tool("kill"), "-9", str(first.pid)], timeout=5, check=True)
-    first.wait(10)
+    before = crashed_run(topology, proxy_addr)
     second = start_ztun(topology, f"socks5://{proxy_addr}:{SOCKS}")
     assert "restored routes left by a previous run" in second.log_text()
     assert echo(topology, server_addr, b"after recovery") == b"after recovery"
