@@ -47,17 +47,21 @@ def append_changes(
     device: str,
     changer: Changer,
     *,
+    netns: str | None = None,
+    fresh: bool = False,
     progress: ProgressHook | None = None,
 ) -> None:
     """Journal and make ``changes`` in order, after whatever the journal already holds
-    (a journal with no changes yet is begun for ``device``).
+    (a journal with no changes yet is begun for ``device`` in ``netns``; with ``fresh``
+    it is always begun, which refuses one still listing changes: the applier that
+    starts a run's journal).
 
     On any failure everything the journal lists is undone (the earlier appliers' changes
     too: a run that cannot set up fully starts from a clean system) and the error is
     raised.  ``progress(seq, change)`` is called after each change is made."""
     state = journal.read()
-    if not state.intents:
-        journal.begin(device, None)
+    if fresh or not state.intents:
+        journal.begin(device, netns)  # JournalError when it still lists changes
     first = max(state.intents, default=-1) + 1
     try:
         for seq, change in enumerate(changes, start=first):

@@ -16,7 +16,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,6 +24,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ztun.route.journal import Journal
+from ztun.route.journaled import ProgressHook, append_changes, restore_changes
 from ztun.route.model import (  # the last two cross back from a netlink child: no pyroute2
     JournalChange,
     PolicyRule,
@@ -45,8 +46,6 @@ _RULE_ACTIONS = {"lookup": FR_ACT_TO_TBL, "unreachable": FR_ACT_UNREACHABLE}
 _ROUTE_TYPES = {"unicast": RTN_UNICAST, "unreachable": RTN_UNREACHABLE}
 # errno values that mean "the thing to delete is not there" (idempotent restore).
 _GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL})
-
-ProgressHook = Callable[[int, RouteChange], None]
 
 
 @contextmanager
@@ -248,6 +247,22 @@ def _remove(ipr: IPRoute, change: JournalChange) -> bool:
         raise RouteError(f"undo {change.describe()}: {exc.args[-1]} (errno {exc.code})") from exc
 
 
+class LinuxChanger:
+    """Makes and unmakes journaled rules and routes over one rtnetlink socket (the
+    ``Changer`` that :mod:`ztun.route.journaled` drives)."""
+
+    def __init__(self, ipr: IPRoute) -> None:
+        self.ipr = ipr
+
+    def add(self, change: JournalChange) -> bool:
+        if not isinstance(change, PolicyRule | TableRoute):
+            raise RouteError(f"{change.describe()}: not a Linux change (another OS's journal)")
+        return _add(self.ipr, change)
+
+    def remove(self, change: JournalChange) -> bool:
+        return _remove(self.ipr, change)
+
+
 def apply(
     changes: Sequence[RouteChange],
     journal: Journal,
@@ -257,31 +272,16 @@ def apply(
 ) -> None:
     """Apply ``changes`` in order, journaling each one before it is made.
 
+    The journal is begun afresh (refused while it still lists an earlier run's changes).
     On any failure the changes made so far are undone (from the journal) and RouteError
     is raised, so the system is left as it was found.  ``progress(seq, change)`` is called
     after each change is in the kernel (tests use it to crash at a chosen point).
     """
     device = next((c.device for c in changes if isinstance(c, TableRoute) and c.device), "unknown")
-    journal.begin(device, netns)
-    try:
-        with _rtnl(netns) as ipr:
-            for seq, change in enumerate(changes):
-                journal.intent(seq, change)
-                if _add(ipr, change):
-                    journal.done(seq)
-                else:
-                    log.warning("auto-route: already present, leaving it: %s", change.describe())
-                    journal.preexisting(seq)
-                log.debug("auto-route: %s", change.describe())
-                if progress is not None:
-                    progress(seq, change)
-        journal.applied()
-    except BaseException:
-        try:
-            restore(journal, netns)
-        except Exception:  # the original error matters more; the journal stays for cleanup
-            log.exception("auto-route: rollback failed; run `ztun cleanup`")
-        raise
+    with _rtnl(netns) as ipr:
+        append_changes(
+            changes, journal, device, LinuxChanger(ipr), netns=netns, fresh=True, progress=progress
+        )
 
 
 def restore(journal: Journal, netns: str | None = None) -> RestoreReport:
@@ -292,27 +292,11 @@ def restore(journal: Journal, netns: str | None = None) -> RestoreReport:
     every entry was handled; otherwise RouteError lists what failed and it stays on disk.
     """
     state = journal.read()
-    report = RestoreReport(kept=len(state.preexisting))
     if not state.intents:
         journal.remove()
-        return report
+        return RestoreReport(kept=len(state.preexisting))
     with _rtnl(netns if netns is not None else state.netns) as ipr:
-        for _seq, change in state.to_undo():
-            try:
-                if _remove(ipr, change):
-                    report.removed += 1
-                    log.debug("auto-route: removed %s", change.describe())
-                else:
-                    report.absent += 1
-            except RouteError as exc:
-                report.errors.append(str(exc))
-    if report.errors:
-        raise RouteError(
-            f"restore from {journal.path} left {len(report.errors)} entries: "
-            + "; ".join(report.errors)
-        )
-    journal.remove()
-    return report
+        return restore_changes(journal, LinuxChanger(ipr))
 
 
 def recover(journal: Journal, netns: str | None = None) -> RestoreReport | None:
