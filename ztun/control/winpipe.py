@@ -34,7 +34,18 @@ from collections.abc import Callable
 from ctypes import POINTER, byref, c_void_p
 from typing import Any
 
-from ..win32 import BOOL, DWORD, HANDLE, LPCWSTR, Prototype, bind, last_error, windll
+from ..win32 import (
+    BOOL,
+    DWORD,
+    ERROR_ACCESS_DENIED,
+    ERROR_PIPE_CONNECTED,
+    HANDLE,
+    LPCWSTR,
+    Prototype,
+    bind,
+    last_error,
+    windll,
+)
 from .handler import Backend, answer
 from .protocol import LineReader, ProtocolError, failure
 
@@ -53,11 +64,6 @@ GENERIC_READ = 0x80000000
 GENERIC_WRITE = 0x40000000
 OPEN_EXISTING = 3
 INVALID_HANDLE_VALUE = ctypes.c_void_p(-1).value
-# winerror.h
-ERROR_ACCESS_DENIED = 5
-ERROR_BROKEN_PIPE = 109
-ERROR_NO_DATA = 232
-ERROR_PIPE_CONNECTED = 535
 # sddl.h
 SDDL_REVISION_1 = 1
 PIPE_SDDL = "D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;OW)"

@@ -49,7 +49,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Sequence
-from ctypes import POINTER, c_int, c_uint8, c_uint16, c_uint32, c_uint64
+from ctypes import POINTER, c_int, c_uint8, c_uint32
 from typing import TYPE_CHECKING, Any
 
 from ztun.route.journaled import append_changes, recover_changes, restore_changes
@@ -61,7 +61,27 @@ from ztun.route.model import (
     SystemRoute,
 )
 from ztun.route.system import CurrentRoute, plan_system_routes
-from ztun.win32 import LPCWSTR, LPWSTR, NET_IFINDEX, NETIO_STATUS, SIZE_T, ULONG, Prototype, bind
+from ztun.win32 import (
+    ERROR_FILE_NOT_FOUND,
+    ERROR_HOST_UNREACHABLE,
+    ERROR_NETWORK_UNREACHABLE,
+    ERROR_NOT_FOUND,
+    ERROR_OBJECT_ALREADY_EXISTS,
+    INFINITE_LIFETIME,
+    LPCWSTR,
+    LPWSTR,
+    NET_IFINDEX,
+    NET_LUID,
+    NETIO_STATUS,
+    NO_ERROR,
+    SIZE_T,
+    SOCKADDR_INET,
+    ULONG,
+    WIN_AF_INET,
+    WIN_AF_INET6,
+    Prototype,
+    bind,
+)
 
 if TYPE_CHECKING:
     from ztun.route.journal import Journal
@@ -73,73 +93,12 @@ log = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-WIN_AF_INET = 2
-WIN_AF_INET6 = 23
-INFINITE_LIFETIME = 0xFFFFFFFF
 MIB_IPPROTO_NETMGMT = 3  # NL_ROUTE_PROTOCOL: a static route added by management
 NLRO_MANUAL = 0  # NL_ROUTE_ORIGIN
-NO_ERROR = 0
-ERROR_FILE_NOT_FOUND = 2  # the interface named by the row does not exist (any more)
-ERROR_NOT_FOUND = 1168
-ERROR_NETWORK_UNREACHABLE = 1231
-ERROR_HOST_UNREACHABLE = 1232
-ERROR_OBJECT_ALREADY_EXISTS = 5010
+# ERROR_FILE_NOT_FOUND: the interface named by the row does not exist (any more)
 _GONE = frozenset({ERROR_NOT_FOUND, ERROR_FILE_NOT_FOUND})
 _NO_ROUTE = frozenset({ERROR_NOT_FOUND, ERROR_NETWORK_UNREACHABLE, ERROR_HOST_UNREACHABLE})
 NDIS_IF_MAX_STRING_SIZE = 256  # ifdef.h: an alias, in WCHARs, without the terminator
-
-
-class NET_LUID(ctypes.Structure):
-    """ifdef.h NET_LUID_LH (only ``Value`` is needed: the bitfields pack into it)."""
-
-    _fields_ = [("Value", c_uint64)]
-
-    @classmethod
-    def of(cls, if_type: int, net_luid_index: int) -> NET_LUID:
-        """Reserved:24 | NetLuidIndex:24 | IfType:16, low bits first."""
-        return cls((if_type << 48) | (net_luid_index << 24))
-
-
-class IN_ADDR(ctypes.Structure):
-    _fields_ = [("s_addr", c_uint8 * 4)]
-
-
-class IN6_ADDR(ctypes.Structure):
-    _fields_ = [("Byte", c_uint8 * 16)]
-
-
-class SOCKADDR_IN(ctypes.Structure):
-    _fields_ = [
-        ("sin_family", c_uint16),
-        ("sin_port", c_uint16),
-        ("sin_addr", IN_ADDR),
-        ("sin_zero", c_uint8 * 8),
-    ]
-
-
-class SOCKADDR_IN6(ctypes.Structure):
-    _fields_ = [
-        ("sin6_family", c_uint16),
-        ("sin6_port", c_uint16),
-        ("sin6_flowinfo", c_uint32),
-        ("sin6_addr", IN6_ADDR),
-        ("sin6_scope_id", c_uint32),
-    ]
-
-
-class SOCKADDR_INET(ctypes.Union):
-    _fields_ = [("Ipv4", SOCKADDR_IN), ("Ipv6", SOCKADDR_IN6), ("si_family", c_uint16)]
-
-    @classmethod
-    def of(cls, addr: IPAddress) -> SOCKADDR_INET:
-        sa = cls()
-        if isinstance(addr, ipaddress.IPv4Address):
-            sa.Ipv4.sin_family = WIN_AF_INET
-            sa.Ipv4.sin_addr.s_addr[:] = list(addr.packed)
-        else:
-            sa.Ipv6.sin6_family = WIN_AF_INET6
-            sa.Ipv6.sin6_addr.Byte[:] = list(addr.packed)
-        return sa
 
 
 class IP_ADDRESS_PREFIX(ctypes.Structure):

@@ -42,9 +42,18 @@ from ctypes import POINTER, c_uint64
 from typing import TYPE_CHECKING, Any
 
 from ztun.route.model import JournalChange, ResolverChange, RouteError
-from ztun.route.windows import ERROR_FILE_NOT_FOUND, ERROR_NOT_FOUND, NET_LUID, NO_ERROR
-from ztun.tun.windows import GUID
-from ztun.win32 import LPWSTR, NETIO_STATUS, ULONG, Prototype, bind
+from ztun.win32 import (
+    ERROR_FILE_NOT_FOUND,
+    ERROR_NOT_FOUND,
+    GUID,
+    LPWSTR,
+    NET_LUID,
+    NETIO_STATUS,
+    NO_ERROR,
+    ULONG,
+    Prototype,
+    bind,
+)
 
 if TYPE_CHECKING:
     from ztun.route.journal import Journal

@@ -61,23 +61,26 @@ from ctypes import POINTER, c_int, c_int64, c_uint8, c_uint16, c_uint32, c_uint6
 from pathlib import Path
 from typing import Any
 
-from ..route.windows import (
-    ERROR_OBJECT_ALREADY_EXISTS,
-    INFINITE_LIFETIME,
-    NET_LUID,
-    NO_ERROR,
-    SOCKADDR_INET,
-    WIN_AF_INET,
-    WIN_AF_INET6,
-)
 from ..win32 import (
     BOOL,
     BOOLEAN,
     DWORD,
+    ERROR_BUFFER_OVERFLOW,
+    ERROR_HANDLE_EOF,
+    ERROR_NO_MORE_ITEMS,
+    ERROR_NOT_FOUND,
+    ERROR_OBJECT_ALREADY_EXISTS,
+    GUID,
     HANDLE,
+    INFINITE_LIFETIME,
     LPCWSTR,
     NET_IFINDEX,
+    NET_LUID,
     NETIO_STATUS,
+    NO_ERROR,
+    SOCKADDR_INET,
+    WIN_AF_INET,
+    WIN_AF_INET6,
     Prototype,
     bind,
     last_error,
@@ -105,31 +108,9 @@ DEFAULT_TUNNEL_TYPE = "ztun"
 #: instead of adding "Network 2, 3, ..." each time ztun starts.
 ADAPTER_GUID_NAMESPACE = uuid.UUID("2f0b3a43-5f0e-4f7e-9a8e-7a74756e0000")
 
-# winerror.h
-ERROR_INVALID_DATA = 13
-ERROR_HANDLE_EOF = 38
-ERROR_BUFFER_OVERFLOW = 111
-ERROR_NO_MORE_ITEMS = 259
-ERROR_NOT_FOUND = 1168
-
 WINTUN_ADAPTER_HANDLE = c_void_p
 WINTUN_SESSION_HANDLE = c_void_p
 PBYTE = c_void_p  # BYTE *: kept as an address, copied with memoryview slices
-
-
-class GUID(ctypes.Structure):
-    """guiddef.h GUID: Data1..3 little-endian, Data4 as bytes (``uuid.UUID.bytes_le``)."""
-
-    _fields_ = [
-        ("Data1", c_uint32),
-        ("Data2", c_uint16),
-        ("Data3", c_uint16),
-        ("Data4", c_uint8 * 8),
-    ]
-
-    @classmethod
-    def from_uuid(cls, value: uuid.UUID) -> GUID:
-        return cls.from_buffer_copy(value.bytes_le)
 
 
 # WINTUN_LOGGER_CALLBACK: VOID CALLBACK(WINTUN_LOGGER_LEVEL, DWORD64 Timestamp, LPCWSTR).

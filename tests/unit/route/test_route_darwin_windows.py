@@ -9,6 +9,7 @@ import ipaddress
 
 import pytest
 
+from ztun import win32
 from ztun.route import darwin, windows
 from ztun.route.darwin import RTM_ADD, RTM_DELETE, DarwinRoute, route_message
 
@@ -132,10 +133,10 @@ def test_zero_length_netmask_takes_four_bytes() -> None:
 
 
 def test_windows_sizes() -> None:
-    assert ctypes.sizeof(windows.NET_LUID) == 8
-    assert ctypes.sizeof(windows.SOCKADDR_IN) == 16
-    assert ctypes.sizeof(windows.SOCKADDR_IN6) == 28
-    assert ctypes.sizeof(windows.SOCKADDR_INET) == 28
+    assert ctypes.sizeof(win32.NET_LUID) == 8
+    assert ctypes.sizeof(win32.SOCKADDR_IN) == 16
+    assert ctypes.sizeof(win32.SOCKADDR_IN6) == 28
+    assert ctypes.sizeof(win32.SOCKADDR_INET) == 28
     assert ctypes.sizeof(windows.IP_ADDRESS_PREFIX) == 32
     assert ctypes.sizeof(windows.MIB_IPFORWARD_ROW2) == 104  # x64, netioapi.h
 
@@ -162,8 +163,7 @@ def test_windows_row_offsets() -> None:
     }
     assert windows.IP_ADDRESS_PREFIX.PrefixLength.offset == 28
     assert (
-        windows.SOCKADDR_IN6.sin6_addr.offset == 8
-        and windows.SOCKADDR_IN6.sin6_scope_id.offset == 24
+        win32.SOCKADDR_IN6.sin6_addr.offset == 8 and win32.SOCKADDR_IN6.sin6_scope_id.offset == 24
     )
 
 
@@ -171,7 +171,7 @@ def test_known_row_half_default_on_wintun() -> None:
     """0.0.0.0/1 on-link on LUID (IfType 53 = IF_TYPE_PROP_VIRTUAL, index 1), ifindex 17."""
     row = windows.make_row(
         ipaddress.ip_network("0.0.0.0/1"),
-        interface_luid=windows.NET_LUID.of(53, 1),
+        interface_luid=win32.NET_LUID.of(53, 1),
         interface_index=17,
     )
     expected = bytes.fromhex(
@@ -208,7 +208,7 @@ def test_known_row_half_default_on_wintun() -> None:
 def test_ipv6_row() -> None:
     row = windows.make_row(
         ipaddress.ip_network("2001:db8::/32"),
-        interface_luid=windows.NET_LUID(0),
+        interface_luid=win32.NET_LUID(0),
         interface_index=5,
         next_hop=ipaddress.ip_address("fe80::1"),
         metric=5,
