@@ -11,9 +11,10 @@ Layouts (XNU ``bsd/net/route.h``, ``bsd/netinet/in.h``, ``bsd/netinet6/in6.h``,
 ``bsd/net/if_dl.h``), all in host byte order (little-endian on x86_64 and arm64) except
 ports and addresses, which are network order::
 
-    struct rt_metrics  (56 bytes)  10 x u_int32/int32 + rmx_filler[4] (xnu-10063,
-                                   macOS 14; xnu-4570 to -8792 had rmx_state +
-                                   rmx_filler[3] there: the same 56 bytes)
+    struct rt_metrics  (56 bytes)  u_int32 rmx_locks, rmx_mtu, rmx_hopcount; int32
+                                   rmx_expire; u_int32 rmx_recvpipe, rmx_sendpipe,
+                                   rmx_ssthresh, rmx_rtt, rmx_rttvar, rmx_pksent,
+                                   rmx_state, rmx_filler[3]: 14 words
     struct rt_msghdr   (92 bytes)  u_short msglen; u_char version, type; u_short index;
                                    (2 pad) int flags, addrs; pid_t pid; int seq, errno,
                                    use; u_int32 inits; struct rt_metrics rmx
@@ -216,7 +217,7 @@ def _header(
         0,  # errno
         0,  # use
         0,  # inits: no metrics are set
-        *([0] * 14),  # rt_metrics
+        *([0] * 14),  # struct rt_metrics rmx: its 14 words (rmx_locks .. rmx_filler[2])
     )
 
 

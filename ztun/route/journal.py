@@ -6,7 +6,7 @@ what the kernel holds.  Restore therefore tolerates entries that were never appl
 
 Records::
 
-    {"op": "begin", "v": 1, "device": "ztun0", "netns": null, "pid": 123}
+    {"op": "begin", "v": 1, "device": "ztun0", "netns": null, "pid": 123, "time": 1.7e9}
     {"op": "intent", "seq": 0, "change": {...}}    # about to apply change 0
     {"op": "done", "seq": 0}                       # change 0 is in the kernel
     {"op": "preexisting", "seq": 1}                # kernel already had it: not ours, keep it
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class JournalState:
     device: str | None = None
     netns: str | None = None
     pid: int | None = None
+    begun: float | None = None
     intents: dict[int, JournalChange] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
     preexisting: set[int] = field(default_factory=set)
@@ -107,6 +109,9 @@ class Journal:
                 "device": device,
                 "netns": netns,
                 "pid": os.getpid(),
+                # When it was begun (Unix time): a process with the writer's pid created
+                # after this cannot be the writer (the pid was reused).
+                "time": time.time(),
             }
         )
         _fsync_dir(self.path.parent)
@@ -146,6 +151,7 @@ class Journal:
                 op = rec["op"]
                 if op == "begin":
                     state.device, state.netns, state.pid = rec["device"], rec["netns"], rec["pid"]
+                    state.begun = rec.get("time")  # absent in journals before it was added
                 elif op == "intent":
                     state.intents[int(rec["seq"])] = change_from_json(rec["change"])
                 elif op == "done":

@@ -5,6 +5,7 @@ here; the prototypes are those of processthreadsapi.h / handleapi.h)."""
 from __future__ import annotations
 
 import ctypes
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,14 @@ def test_windows_routes_need_iphlpapi(tmp_path: Path) -> None:
 class FakeKernel32:
     HANDLE = 0x4C
 
-    def __init__(self, *, alive: bool = True, image: str = r"C:\Python311\python.exe") -> None:
-        self.alive, self.image = alive, image
+    def __init__(
+        self,
+        *,
+        alive: bool = True,
+        image: str = r"C:\Python311\python.exe",
+        created: float = 1_700_000_000.0,
+    ) -> None:
+        self.alive, self.image, self.created = alive, image, created
         self.calls: list[tuple[Any, ...]] = []
 
     def OpenProcess(self, access: int, inherit: bool, pid: int) -> int | None:
@@ -61,6 +68,17 @@ class FakeKernel32:
     def QueryFullProcessImageNameW(self, handle: int, flags: int, buf: Any, size_ref: Any) -> int:
         self.calls.append(("image", handle, flags, len(buf), size_ref._obj.value))
         buf.value = self.image
+        return 1
+
+    def GetProcessTimes(self, handle: int, *refs: Any) -> int:
+        """Fills lpCreationTime: a FILETIME (minwinbase.h: DWORD dwLowDateTime @0,
+        DWORD dwHighDateTime @4), 100 ns intervals since 1601-01-01, written as bytes."""
+        assert handle == self.HANDLE and len(refs) == 4
+        assert all(ctypes.sizeof(ref._obj) == 8 for ref in refs)
+        ticks = round(self.created * 10_000_000) + 116_444_736_000_000_000
+        raw = (ticks & 0xFFFFFFFF).to_bytes(4, "little") + (ticks >> 32).to_bytes(4, "little")
+        ctypes.memmove(ctypes.addressof(refs[0]._obj), raw, 8)
+        self.calls.append(("times", handle))
         return 1
 
     def CloseHandle(self, handle: int) -> int:
@@ -83,8 +101,54 @@ def test_process_image_asks_kernel32_exactly_this() -> None:
     assert fake.calls == [
         ("open", 0x1000, False, 1234),  # PROCESS_QUERY_LIMITED_INFORMATION, not inherited
         ("image", FakeKernel32.HANDLE, 0, 32768, 32768),  # flags 0: the Win32 path form
+        ("times", FakeKernel32.HANDLE),
         ("close", FakeKernel32.HANDLE),
     ]
+    assert pw.process_identity(library(fake), 1234) == (
+        r"C:\Python311\python.exe",
+        1_700_000_000.0,
+    )
+
+
+def journal_by(tmp_path: Path, pid: int, begun: float | None) -> Journal:
+    """A journal begun by `pid` at `begun` (None: one written before the time was kept)."""
+    journal = Journal(tmp_path / "ztun0.journal")
+    record = {"op": "begin", "v": 1, "device": "ztun0", "netns": None, "pid": pid}
+    if begun is not None:
+        record["time"] = begun
+    journal.path.write_text(json.dumps(record) + "\n")
+    return journal
+
+
+@pytest.mark.windows
+@pytest.mark.parametrize(
+    ("image", "created", "begun", "owner"),
+    [
+        (r"C:\Python311\python.exe", 1_700_000_000.0, 1_700_000_100.0, 1234),  # the writer
+        (r"C:\venv\Scripts\ztun.exe", 1_700_000_100.5, 1_700_000_100.0, 1234),  # clock slack
+        # The writer died and Windows gave its pid to a ztun started after the journal:
+        (r"C:\venv\Scripts\ztun.exe", 1_700_000_200.0, 1_700_000_100.0, None),
+        (r"C:\Windows\System32\svchost.exe", 1_700_000_000.0, 1_700_000_100.0, None),
+        (r"C:\Python311\python.exe", 1_700_000_200.0, None, 1234),  # an old journal: image only
+    ],
+)
+def test_a_journals_writer_is_its_pid_its_image_and_older_than_the_journal(
+    tmp_path: Path, image: str, created: float, begun: float | None, owner: int | None
+) -> None:
+    fake = FakeKernel32(image=image, created=created)
+    identity = lambda pid: pw.process_identity(library(fake), pid)  # noqa: E731
+    assert pw.writer_alive(journal_by(tmp_path, 1234, begun), identity) == owner
+    assert pw.writer_alive(journal_by(tmp_path, 99, begun), identity) is None  # no process
+
+
+def test_a_journal_records_when_it_was_begun(tmp_path: Path) -> None:
+    import time
+
+    before = time.time()
+    journal = Journal(tmp_path / "j.journal")
+    journal.begin("ztun0", None)
+    state = journal.read()
+    assert state.begun is not None and before <= state.begun <= time.time()
 
 
 @pytest.mark.windows
@@ -120,8 +184,11 @@ def test_process_prototypes_as_in_the_headers() -> None:
             boolean,
             [handle, dword, ctypes.c_wchar_p, ctypes.POINTER(dword)],
         ),
+        "GetProcessTimes": (boolean, [handle, *[ctypes.POINTER(pw.FILETIME)] * 4]),
         "CloseHandle": (boolean, [handle]),
     } == pw.PROCESS_PROTOTYPES
+    # minwinbase.h FILETIME: DWORD dwLowDateTime @0, DWORD dwHighDateTime @4; 8 bytes.
+    assert ctypes.sizeof(pw.FILETIME) == 8 and pw.FILETIME.dwHighDateTime.offset == 4
 
 
 #: The macOS and Windows OS layers and what their byte-level tests import.
