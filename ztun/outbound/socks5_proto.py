@@ -7,7 +7,10 @@ proxy sent to `receive_data()`, in chunks of any size down to one byte; `receive
 means the proxy closed the connection. Bytes the proxy sent after its reply belong to the
 tunnel and are kept in `trailing_data`.
 
-The UDP request header (RFC 1928 section 7) is encoded and decoded by plain functions.
+The UDP request header (RFC 1928 section 7) is encoded and decoded by plain functions,
+and so are the server side's messages (greeting, RFC 1929 request, request; method
+selection, auth status, reply), on the same address code: ztun.servers.socks5 runs on
+them, so a message has one encoding in ztun whichever end sends it.
 
 Remote garbage raises `RemoteProtocolError`; using the client out of order raises
 `LocalProtocolError` (both from `protocol`, shared by every handshake core). A proxy saying
@@ -473,3 +476,92 @@ def decode_udp_header(datagram: bytes | bytearray | memoryview) -> UdpHeader:
         raise RemoteProtocolError("UDP header truncated inside the address")
     target, end = parsed
     return UdpHeader(target=target, frag=datagram[2], length=end)
+
+
+# -- server side --------------------------------------------------------------------------
+#
+# The messages a server reads and writes (ztun.servers.socks5 runs on them). Each decoder
+# takes the bytes received so far and returns the message with the offset where it ends,
+# or None while it is incomplete (read more, call again); garbage raises
+# RemoteProtocolError. What follows the end offset belongs to the next message or, after
+# the request, to the tunnel.
+
+Buffer = bytes | bytearray | memoryview
+
+#: RFC 1929 section 2: any non-zero status is a failure; 0x01 is what servers send.
+AUTH_FAILURE = 0x01
+#: VER NMETHODS
+_GREETING_HEAD_LEN = 2
+#: VER CMD RSV, then ATYP ADDR PORT
+_REQUEST_HEAD_LEN = 3
+
+
+def decode_greeting(buf: Buffer) -> tuple[frozenset[int], int] | None:
+    """VER NMETHODS METHODS (RFC 1928 section 3) -> (the methods offered, end)."""
+    if len(buf) < _GREETING_HEAD_LEN:
+        return None
+    version, count = buf[0], buf[1]
+    if version != SOCKS_VERSION:
+        raise RemoteProtocolError(f"greeting has version {version:#04x}, not 0x05")
+    end = _GREETING_HEAD_LEN + count
+    if len(buf) < end:
+        return None
+    return frozenset(buf[_GREETING_HEAD_LEN:end]), end
+
+
+def encode_method_selection(method: int) -> bytes:
+    """VER METHOD (RFC 1928 section 3); Method.NO_ACCEPTABLE refuses every offer."""
+    return bytes((SOCKS_VERSION, method))
+
+
+def decode_auth_request(buf: Buffer) -> tuple[str, str, int] | None:
+    """VER ULEN UNAME PLEN PASSWD (RFC 1929 section 2) -> (username, password, end)."""
+    if len(buf) < 2:
+        return None
+    if buf[0] != AUTH_VERSION:
+        raise RemoteProtocolError(f"authentication request has version {buf[0]:#04x}")
+    ulen = buf[1]
+    plen_at = 2 + ulen
+    if len(buf) <= plen_at:
+        return None
+    end = plen_at + 1 + buf[plen_at]
+    if len(buf) < end:
+        return None
+    try:
+        username = bytes(buf[2:plen_at]).decode()
+        password = bytes(buf[plen_at + 1 : end]).decode()
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("username or password is not UTF-8") from None
+    return username, password, end
+
+
+def encode_auth_status(accepted: bool) -> bytes:
+    """VER STATUS (RFC 1929 section 2)."""
+    return bytes((AUTH_VERSION, AUTH_SUCCESS if accepted else AUTH_FAILURE))
+
+
+def decode_request(buf: Buffer) -> tuple[int, Target, int] | None:
+    """VER CMD RSV ATYP DST.ADDR DST.PORT (RFC 1928 section 4) -> (command, target, end).
+
+    The command is returned as its code, known or not: answering an unknown one is the
+    server's business (COMMAND_NOT_SUPPORTED), not the decoder's.
+    """
+    if len(buf) < _REQUEST_HEAD_LEN:
+        return None
+    if buf[0] != SOCKS_VERSION:
+        raise RemoteProtocolError(f"request has version {buf[0]:#04x}, not 0x05")
+    parsed = parse_address(buf, _REQUEST_HEAD_LEN)
+    if parsed is None:
+        return None
+    target, end = parsed
+    return buf[1], target, end
+
+
+def encode_reply(code: int, bound: Target) -> bytes:
+    """VER REP RSV BND.ADDR BND.PORT (RFC 1928 section 6); on failure, bound is 0.0.0.0:0."""
+    return bytes((SOCKS_VERSION, code, _RESERVED)) + encode_address(bound)
+
+
+#: Where a failure reply says it is bound: nowhere.
+UNBOUND = Target("0.0.0.0", 0)
+NO_ACCEPTABLE_METHODS = encode_method_selection(Method.NO_ACCEPTABLE)

@@ -17,55 +17,47 @@ import contextlib
 import ipaddress
 import logging
 import socket
-import struct
+from collections.abc import Callable
+from typing import TypeVar
+
+from ztun.outbound.socks5_proto import (
+    NO_ACCEPTABLE_METHODS,
+    UNBOUND,
+    Command,
+    Method,
+    RemoteProtocolError,
+    Reply,
+    decode_auth_request,
+    decode_greeting,
+    decode_request,
+    decode_udp_header,
+    encode_auth_status,
+    encode_method_selection,
+    encode_reply,
+    encode_udp_header,
+)
+from ztun.outbound.target import Target
 
 log = logging.getLogger("ztun.socks5-server")
 
-VER = 5
-CMD_CONNECT, CMD_UDP_ASSOCIATE = 1, 3
-ATYP_V4, ATYP_DOMAIN, ATYP_V6 = 1, 3, 4
-REP_OK, REP_FAILURE, REP_REFUSED, REP_CMD_UNSUPPORTED = 0, 1, 5, 7
+_READ_CHUNK = 4096
+Decoded = TypeVar("Decoded", bound=tuple[object, ...])
 
 
-def encode_addr(host: str, port: int) -> bytes:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raw = host.encode("idna")
-        return bytes((ATYP_DOMAIN, len(raw))) + raw + struct.pack("!H", port)
-    atyp = ATYP_V4 if ip.version == 4 else ATYP_V6
-    return bytes((atyp,)) + ip.packed + struct.pack("!H", port)
-
-
-def decode_addr(data: bytes, offset: int) -> tuple[str, int, int]:
-    """(host, port, end offset) of an RFC 1928 address at `offset`; ValueError when short."""
-    atyp = data[offset]
-    if atyp == ATYP_V4:
-        end = offset + 1 + 4
-        host = str(ipaddress.IPv4Address(data[offset + 1 : end]))
-    elif atyp == ATYP_V6:
-        end = offset + 1 + 16
-        host = str(ipaddress.IPv6Address(data[offset + 1 : end]))
-    elif atyp == ATYP_DOMAIN:
-        end = offset + 2 + data[offset + 1]
-        host = data[offset + 2 : end].decode("idna")
-    else:
-        raise ValueError(f"address type {atyp}")
-    if len(data) < end + 2:
-        raise ValueError("short address")
-    (port,) = struct.unpack_from("!H", data, end)
-    return host, port, end + 2
-
-
-async def _read_addr(reader: asyncio.StreamReader) -> tuple[str, int]:
-    atyp = (await reader.readexactly(1))[0]
-    if atyp == ATYP_DOMAIN:
-        n = (await reader.readexactly(1))[0]
-        rest = bytes((n,)) + await reader.readexactly(n + 2)
-    else:
-        rest = await reader.readexactly((4 if atyp == ATYP_V4 else 16) + 2)
-    host, port, _ = decode_addr(bytes((atyp,)) + rest, 0)
-    return host, port
+async def _read_message(
+    reader: asyncio.StreamReader, buf: bytearray, decode: Callable[[bytearray], Decoded | None]
+) -> Decoded:
+    """Read until `decode` finds a whole message in `buf`; it is removed from `buf`, and
+    what follows it (pipelined bytes) stays there."""
+    while (parsed := decode(buf)) is None:
+        chunk = await reader.read(_READ_CHUNK)
+        if not chunk:
+            raise asyncio.IncompleteReadError(bytes(buf), None)
+        buf += chunk
+    end = parsed[-1]
+    assert isinstance(end, int)
+    del buf[:end]
+    return parsed
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -107,20 +99,21 @@ class _UdpRelay(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self.transport is not None
         if self.client is None or addr[:2] == self.client[:2]:
-            if len(data) < 4 or data[2] != 0:
+            try:
+                header = decode_udp_header(data)
+            except RemoteProtocolError:
+                return
+            if header.frag:
                 return  # fragmented datagrams are not supported (RFC 1928 allows dropping)
             self.client = addr
-            try:
-                host, port, end = decode_addr(data, 3)
-            except (ValueError, IndexError):
-                return
+            host, port = header.target.host, header.target.port
             target = (mapped(host, self.mapping), port)
             if target[0] != host:
                 self.asked[target] = (host, port)
-            self.transport.sendto(data[end:], target)
+            self.transport.sendto(data[header.length :], target)
         else:
             host, port = self.asked.get((addr[0], addr[1]), (addr[0], addr[1]))
-            self.transport.sendto(b"\0\0\0" + encode_addr(host, port) + data, self.client)
+            self.transport.sendto(encode_udp_header(Target(host, port)) + data, self.client)
 
 
 class Socks5Server:
@@ -134,44 +127,48 @@ class Socks5Server:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._handle(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            RemoteProtocolError,
+            ValueError,
+        ) as exc:
             log.debug("client dropped: %s", exc)
         finally:
             writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ver, n = await reader.readexactly(2)
-        methods = await reader.readexactly(n)
-        want = 2 if self.username is not None else 0
-        if ver != VER or want not in methods:
-            writer.write(b"\x05\xff")
+        buf = bytearray()
+        methods, _ = await _read_message(reader, buf, decode_greeting)
+        want = Method.USERNAME_PASSWORD if self.username is not None else Method.NO_AUTH
+        if want not in methods:
+            writer.write(NO_ACCEPTABLE_METHODS)
             return
-        writer.write(bytes((VER, want)))
-        if want == 2:
-            _, ulen = await reader.readexactly(2)
-            user = await reader.readexactly(ulen)
-            plen = (await reader.readexactly(1))[0]
-            password = await reader.readexactly(plen)
-            ok = user.decode() == self.username and password.decode() == self.password
-            writer.write(b"\x01\x00" if ok else b"\x01\x01")
+        writer.write(encode_method_selection(want))
+        if want == Method.USERNAME_PASSWORD:
+            user, password, _ = await _read_message(reader, buf, decode_auth_request)
+            ok = user == self.username and password == self.password
+            writer.write(encode_auth_status(ok))
             if not ok:
                 return
-        _ver, cmd, _rsv = await reader.readexactly(3)
-        host, port = await _read_addr(reader)
+        cmd, target, _ = await _read_message(reader, buf, decode_request)
+        host, port = target.host, target.port
         peer = writer.get_extra_info("peername")
-        if cmd == CMD_CONNECT:
+        if cmd == Command.CONNECT:
             try:
                 r2, w2 = await asyncio.wait_for(
                     asyncio.open_connection(mapped(host, self.mapping), port), 10
                 )
             except (OSError, TimeoutError):
-                writer.write(b"\x05" + bytes((REP_REFUSED,)) + b"\x00" + encode_addr("0.0.0.0", 0))
+                writer.write(encode_reply(Reply.CONNECTION_REFUSED, UNBOUND))
                 return
             bound = w2.get_extra_info("sockname")
-            writer.write(b"\x05\x00\x00" + encode_addr(bound[0], bound[1]))
+            writer.write(encode_reply(Reply.SUCCEEDED, Target(bound[0], bound[1])))
             log.info("CONNECT %s:%s -> %s:%s", peer[0], peer[1], host, port)
+            if buf:  # tunnel bytes that came with the request
+                w2.write(bytes(buf))
             await asyncio.gather(_pipe(reader, w2), _pipe(r2, writer))
-        elif cmd == CMD_UDP_ASSOCIATE:
+        elif cmd == Command.UDP_ASSOCIATE:
             local = writer.get_extra_info("sockname")
             family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
             loop = asyncio.get_running_loop()
@@ -179,16 +176,14 @@ class Socks5Server:
                 lambda: _UdpRelay(self.mapping), local_addr=(local[0], 0), family=family
             )
             bound = transport.get_extra_info("sockname")
-            writer.write(b"\x05\x00\x00" + encode_addr(bound[0], bound[1]))
+            writer.write(encode_reply(Reply.SUCCEEDED, Target(bound[0], bound[1])))
             log.info("UDP ASSOCIATE %s:%s relay %s:%s", peer[0], peer[1], bound[0], bound[1])
             try:
                 await reader.read()  # the association lives as long as its TCP connection
             finally:
                 transport.close()
         else:
-            writer.write(
-                b"\x05" + bytes((REP_CMD_UNSUPPORTED,)) + b"\x00" + encode_addr("0.0.0.0", 0)
-            )
+            writer.write(encode_reply(Reply.COMMAND_NOT_SUPPORTED, UNBOUND))
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,4 +1,5 @@
-"""The sans-IO SOCKS5 client: byte-exact messages, replies fed byte by byte, UDP headers."""
+"""The sans-IO SOCKS5 codec: the client (byte-exact messages, replies fed byte by byte, UDP
+headers) and the server side's messages, also in a whole handshake between the two."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ztun.outbound.socks5_proto import (
+    NO_ACCEPTABLE_METHODS,
+    UNBOUND,
     AuthFailed,
     AuthSucceeded,
     Command,
@@ -22,9 +25,15 @@ from ztun.outbound.socks5_proto import (
     RequestSucceeded,
     Socks5Client,
     State,
+    decode_auth_request,
+    decode_greeting,
+    decode_request,
     decode_udp_header,
     encode_auth,
+    encode_auth_status,
     encode_greeting,
+    encode_method_selection,
+    encode_reply,
     encode_request,
     encode_udp_header,
     reply_name,
@@ -406,3 +415,96 @@ def test_client_never_raises_anything_but_remote_errors_on_garbage(reply: bytes)
             client.receive_data(reply[i : i + 1])
     except RemoteProtocolError:
         assert client.state is State.FAILED
+
+
+# -- server side: bytes in, bytes out, and against the client core ---------------------
+
+
+def test_greeting_waits_for_every_method_then_ends_where_it_ends() -> None:
+    data = H("05 02 00 02") + b"next"
+    for cut in range(4):
+        assert decode_greeting(data[:cut]) is None
+    assert decode_greeting(data) == (frozenset({0, 2}), 4)
+    with pytest.raises(RemoteProtocolError, match="version 0x04"):
+        decode_greeting(H("04 01 00"))
+
+
+def test_method_selection_and_refusal_bytes() -> None:
+    assert encode_method_selection(Method.USERNAME_PASSWORD) == H("0502")
+    assert H("05ff") == NO_ACCEPTABLE_METHODS
+
+
+def test_auth_request_is_read_whole_utf8_and_checked() -> None:
+    data = H("01 05") + b"alice" + H("03") + b"p\xc3\xa9" + b"\x05"
+    for cut in range(len(data) - 1):
+        assert decode_auth_request(data[:cut]) is None, cut
+    assert decode_auth_request(data) == ("alice", "pé", len(data) - 1)
+    assert decode_auth_request(H("01 01 61 00")) == ("a", "", 4)  # empty password
+    with pytest.raises(RemoteProtocolError, match="version 0x05"):
+        decode_auth_request(H("05 01 61 00"))
+    with pytest.raises(RemoteProtocolError, match="UTF-8"):
+        decode_auth_request(H("01 01 ff 00"))
+    assert encode_auth_status(True) == H("0100")
+    assert encode_auth_status(False) == H("0101")
+
+
+@pytest.mark.parametrize(
+    ("wire", "command", "target"),
+    [
+        (H("05 01 00 01 c0000207 0050"), Command.CONNECT, Target("192.0.2.7", 80)),
+        (
+            H("05 03 00 04 20010db8000000000000000000000001 01bb"),
+            Command.UDP_ASSOCIATE,
+            Target("2001:db8::1", 443),
+        ),
+        (
+            H("05 01 00 03 0b") + b"example.com" + H("1f90"),
+            Command.CONNECT,
+            Target("example.com", 8080),
+        ),
+    ],
+)
+def test_requests_decode_byte_by_byte(wire: bytes, command: int, target: Target) -> None:
+    for cut in range(len(wire)):
+        assert decode_request(wire[:cut]) is None, cut
+    assert decode_request(wire + b"tunnel") == (command, target, len(wire))
+
+
+def test_request_garbage_and_unknown_commands() -> None:
+    with pytest.raises(RemoteProtocolError, match="version 0x04"):
+        decode_request(H("04 01 00 01 c0000207 0050"))
+    with pytest.raises(RemoteProtocolError, match="address type 0x02"):
+        decode_request(H("05 01 00 02 00"))
+    assert decode_request(H("05 2a 00 01 c0000207 0050")) == (0x2A, Target("192.0.2.7", 80), 10)
+
+
+def test_replies_are_byte_exact() -> None:
+    assert encode_reply(Reply.SUCCEEDED, Target("10.0.0.2", 40000)) == H(
+        "05 00 00 01 0a000002 9c40"
+    )
+    assert encode_reply(Reply.CONNECTION_REFUSED, UNBOUND) == H("05 05 00 01 00000000 0000")
+
+
+def test_a_whole_handshake_between_the_two_cores() -> None:
+    """Client bytes decoded by the server side; server bytes become the client's events."""
+    target = Target("example.com", 443)
+    client = Socks5Client(Command.CONNECT, target, username="bob", password="pw")
+    methods, _ = decode_greeting(client.data_to_send()) or ((), 0)
+    assert methods == {Method.NO_AUTH, Method.USERNAME_PASSWORD}
+    assert client.receive_data(encode_method_selection(Method.USERNAME_PASSWORD)) == [
+        MethodSelected(Method.USERNAME_PASSWORD)
+    ]
+    assert decode_auth_request(client.data_to_send()) == ("bob", "pw", 8)
+    assert client.receive_data(encode_auth_status(True)) == [AuthSucceeded()]
+    assert decode_request(client.data_to_send()) == (Command.CONNECT, target, 18)
+    bound = Target("2001:db8::2", 5000)
+    assert client.receive_data(encode_reply(Reply.SUCCEEDED, bound) + b"hi") == [
+        RequestSucceeded(bound)
+    ]
+    assert client.state is State.ESTABLISHED and client.trailing_data == b"hi"
+
+    refused = Socks5Client(Command.CONNECT, target)
+    refused.receive_data(encode_method_selection(Method.NO_AUTH))
+    assert refused.receive_data(encode_reply(Reply.CONNECTION_REFUSED, UNBOUND)) == [
+        RequestFailed(Reply.CONNECTION_REFUSED)
+    ]

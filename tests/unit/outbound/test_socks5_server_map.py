@@ -10,6 +10,14 @@ import struct
 
 import pytest
 
+from ztun.outbound.socks5_proto import (
+    AddressType,
+    Command,
+    decode_udp_header,
+    encode_request,
+    encode_udp_header,
+)
+from ztun.outbound.target import Target
 from ztun.servers import socks5
 
 MAP = ((ipaddress.ip_network("198.51.100.0/24"), "127.0.0.1"),)
@@ -30,11 +38,11 @@ def test_a_bad_mapping_says_what_is_expected(text: str) -> None:
 async def _greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cmd: int) -> bytes:
     writer.write(b"\x05\x01\x00")
     assert await reader.readexactly(2) == b"\x05\x00"
-    port = 0 if cmd == socks5.CMD_UDP_ASSOCIATE else PORT[0]
-    writer.write(b"\x05" + bytes([cmd, 0]) + socks5.encode_addr("198.51.100.7", port))
+    port = 0 if cmd == Command.UDP_ASSOCIATE else PORT[0]
+    writer.write(encode_request(Command(cmd), Target("198.51.100.7", port)))
     reply = await reader.readexactly(4)
     assert reply[:2] == b"\x05\x00", reply
-    rest = await reader.readexactly(4 + 2 if reply[3] == socks5.ATYP_V4 else 16 + 2)
+    rest = await reader.readexactly(4 + 2 if reply[3] == AddressType.IPV4 else 16 + 2)
     return rest
 
 
@@ -64,24 +72,28 @@ async def _exchange() -> tuple[bytes, bytes, str]:
     proxy_port = proxy.sockets[0].getsockname()[1]
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
-        await _greet(reader, writer, socks5.CMD_CONNECT)
+        await _greet(reader, writer, Command.CONNECT)
         writer.write(b"through")
         tcp_answer = await asyncio.wait_for(reader.read(100), 5)
         writer.close()
 
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
-        relay = await _greet(reader, writer, socks5.CMD_UDP_ASSOCIATE)
+        relay = await _greet(reader, writer, Command.UDP_ASSOCIATE)
         relay_addr = (str(ipaddress.IPv4Address(relay[:4])), struct.unpack("!H", relay[4:])[0])
         client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         client.setblocking(False)
         client.bind(("127.0.0.1", 0))
-        header = b"\0\0\0" + socks5.encode_addr("198.51.100.7", udp_port)
+        header = encode_udp_header(Target("198.51.100.7", udp_port))
         await loop.sock_sendto(client, header + b"datagram", relay_addr)
         answer = await asyncio.wait_for(loop.sock_recv(client, 200), 5)
-        host, port, end = socks5.decode_addr(answer, 3)
+        asked = decode_udp_header(answer)
         client.close()
         writer.close()
-        return tcp_answer, answer[end:], f"{host}:{port == udp_port}"
+        return (
+            tcp_answer,
+            answer[asked.length :],
+            f"{asked.target.host}:{asked.target.port == udp_port}",
+        )
     finally:
         proxy.close()
         tcp_target.close()
