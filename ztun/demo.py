@@ -303,7 +303,11 @@ def run_demo(size: int = 8 << 20, socks: str = "auto") -> int:
         )
         print("", file=out)
 
-        body, seconds = _http_get(client, "/blob")
+        try:
+            body, seconds = _http_get(client, "/blob")
+        except (OSError, RuntimeError) as exc:
+            print(f"  TCP   HTTP GET /blob FAILED: {exc or type(exc).__name__}", file=out)
+            body, seconds = b"", 0.0
         ok = hashlib.sha256(body).digest() == hashlib.sha256(blob).digest()
         rate = len(body) * 8 / seconds / 1e6 if seconds else 0.0
         print(
@@ -311,7 +315,10 @@ def run_demo(size: int = 8 << 20, socks: str = "auto") -> int:
             f"sha256 {'matches' if ok else 'DIFFERS'} ({hashlib.sha256(body).hexdigest()[:16]}...)",
             file=out,
         )
-        answer = _dns_query(client)
+        try:
+            answer = _dns_query(client)
+        except OSError as exc:  # a timeout too: say which step failed, then clean up
+            answer = f"FAILED ({exc or type(exc).__name__})"
         print(f"  UDP   DNS A {DNS_NAME} via UDP ASSOCIATE -> {answer}", file=out)
         print(f"  ICMP  ping {SERVER_V4} (echo answered by ztun): {_ping(client)}", file=out)
 

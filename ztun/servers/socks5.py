@@ -172,10 +172,15 @@ class Socks5Server:
             local = writer.get_extra_info("sockname")
             family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
             loop = asyncio.get_running_loop()
+            # Bound to the wildcard, not to the address the client reached: datagrams to a
+            # target then leave from the address the route to it picks (a proxy between two
+            # subnets must not send from its client-side address, which the target's side
+            # has no route back to). The reply names the client-side address and the port.
+            wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpRelay(self.mapping), local_addr=(local[0], 0), family=family
+                lambda: _UdpRelay(self.mapping), local_addr=(wildcard, 0), family=family
             )
-            bound = transport.get_extra_info("sockname")
+            bound = (local[0], transport.get_extra_info("sockname")[1])
             writer.write(encode_reply(Reply.SUCCEEDED, Target(bound[0], bound[1])))
             log.info("UDP ASSOCIATE %s:%s relay %s:%s", peer[0], peer[1], bound[0], bound[1])
             try:
