@@ -3,7 +3,7 @@
 #   ./dev.sh demo          the main job: ztun carrying TCP, UDP and ping in throwaway namespaces
 #   ./dev.sh test [ARGS]   install everything, then run the test suite (ARGS go to pytest)
 #   ./dev.sh bench [ARGS]  the benchmark (ztun bench)
-#   ./dev.sh vm [ARGS]     the VM suite (QEMU guests; slow under TCG)
+#   ./dev.sh vm [ARGS]     the VM suite (QEMU guests, the Vagrant Linux box; slow under TCG)
 #   ./dev.sh setup         only install (idempotent; a second run takes about a second)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
@@ -16,10 +16,15 @@ APT_PACKAGES=(
   openssh-client openssh-server nftables tinyproxy-bin
 )
 VM_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs)
-# The Vagrant row (Debian's vagrant and vagrant-libvirt, libvirtd run inside a namespace) is
-# ~200 MB of Ruby and libvirt: `./dev.sh vm` installs it only with ZTUN_VAGRANT=1; without it
-# the Vagrant tests skip, naming this list.
-VAGRANT_PACKAGES=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients)
+# The Vagrant row: Debian's vagrant and vagrant-libvirt, and a libvirtd the harness starts
+# itself inside namespaces of its own (~200 MB of Ruby and libvirt; ZTUN_VAGRANT=0 leaves
+# it out and the Vagrant tests skip, naming this list). Not libvirt-daemon-system: it
+# would enable a system libvirtd and, through libvirt-daemon-config-network, the
+# autostarted "default" network with its virbr0 bridge in the root namespace at every
+# boot. libvirt-daemon ships the daemon and its drivers with no service unit and no
+# maintainer scripts; iptables is what libvirt 9.0 runs to NAT the box's network (inside
+# the sandbox's namespace).
+VAGRANT_PACKAGES=(vagrant vagrant-libvirt libvirt-daemon libvirt-clients iptables)
 VENV=.venv
 
 need_root() {
@@ -81,10 +86,12 @@ case "$cmd" in
   bench) setup; exec "$VENV/bin/ztun" bench "$@" ;;
   vm)
     # The VM row: Debian guests under QEMU (KVM where a trial boot proves it works, else
-    # TCG), built from Debian packages and cached; runs serially (a guest uses both cores).
+    # TCG), built from Debian packages and cached, and the same guest as a Vagrant box
+    # (vagrant-libvirt, libvirtd in namespaces of its own: vms/README.md); runs serially
+    # (a guest uses both cores).
     need_root
     packages=("${VM_PACKAGES[@]}"); ZTUN_DEV_PROFILES="apt vm"
-    if [ "${ZTUN_VAGRANT:-0}" = 1 ]; then
+    if [ "${ZTUN_VAGRANT:-1}" = 1 ]; then
       packages+=("${VAGRANT_PACKAGES[@]}"); ZTUN_DEV_PROFILES="apt vm vagrant"
     fi
     setup_apt "${packages[@]}"; setup_venv

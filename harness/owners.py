@@ -1,7 +1,8 @@
 """Who owns a harness name: the owner prefix, and the record of its live process.
 
 Every namespace/link the harness creates is named ``zt<session><worker>-...`` (see
-harness.topo) -- or ``ztprobe<pid>-...`` for a capability probe -- and the process that
+harness.topo) -- or ``ztprobe<pid>-...`` for a capability probe, ``ztvagrant<pid>-...``
+for a Vagrant box's libvirt sandbox (harness.hosts.vagrant) -- and the process that
 creates the first one writes ``<prefix>owner`` (its pid and start time) here.  Cleanup
 then tells a live run (leave it alone) from a dead one (remove its leftovers), and never
 touches a name that merely starts with "zt" but is not ours (another tool's "ztbench-").
@@ -31,7 +32,7 @@ NAME_PREFIX = "zt"
 OWNER_DIR = Path("/run/ztun-harness")
 """On tmpfs: owner records vanish on reboot, like the namespaces they describe."""
 
-_OWNER_RE = re.compile(rf"^({NAME_PREFIX}(?:[0-9a-f]{{4}}(?:m|w\d+)|probe\d+)-)")
+_OWNER_RE = re.compile(rf"^({NAME_PREFIX}(?:[0-9a-f]{{4}}(?:m|w\d+)|probe\d+|vagrant\d+)-)")
 _SUFFIX = "owner"
 
 _claimed: set[str] = set()

@@ -2,7 +2,8 @@
 
     python -m harness vm build [--rebuild] [--no-state]   image (+ saved guest state)
     python -m harness vm boot [--cold]                      one guest up and down, timed
-    python -m harness vm box                                the Linux Vagrant box, added
+    python -m harness vm box [--up]                         the Linux Vagrant box, added
+                                                            (--up: booted once, timed)
     python -m harness vm accel                              kvm or tcg (exit 0 only for kvm)
     python -m harness vm info                               what is cached
     python -m harness vm clean [--stale-only]               leftovers (and the VM cache)
@@ -21,9 +22,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness import vmimage
 from ztun.tools import tool
+
+if TYPE_CHECKING:
+    from harness.hosts.vagrant import VagrantBox
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -81,18 +86,50 @@ def _boot(args: argparse.Namespace) -> int:
 
 
 def _box(args: argparse.Namespace) -> int:
+    from harness.hosts.qemu import accelerator, ensure_state
     from harness.hosts.vagrant import VagrantBox, VagrantRunner, add_box, package_linux_box
 
     image = vmimage.ensure_image()
+    state = ensure_state(image, accelerator(image))
     started = time.monotonic()
-    path = package_linux_box(image, rebuild=args.rebuild)
+    path = package_linux_box(image, state, rebuild=args.rebuild)
     print(f"box       {path} ({_mib(path.stat().st_size)}, {time.monotonic() - started:.0f} s)")
+    box = VagrantBox.linux(image, state)
     with tempfile.TemporaryDirectory(prefix="vagrant-cli-") as tmp:
-        runner = VagrantRunner(VagrantBox.linux(image), Path(tmp), sandbox=None)
+        runner = VagrantRunner(box, Path(tmp), sandbox=None)
         add_box(runner)
         print(runner.call("box list", "box_list"))
         print("status   ", runner.call("status", "status"))
+        if args.up:
+            return _box_up(box, Path(tmp) / "logs")
     return EXIT_OK
+
+
+def _box_up(box: VagrantBox, log_dir: Path) -> int:
+    """`vagrant up` in the sandbox, timed, with the root namespace compared before/after."""
+    from harness.hosts.vagrant import VagrantHost
+    from harness.hygiene import RootSnapshot
+
+    before = RootSnapshot.take()
+    started = time.monotonic()
+    host = VagrantHost.up(box, log_dir)
+    try:
+        total = time.monotonic() - started
+        print(f"accel     {box.env['ZTUN_VM_DRIVER']} (libvirt domain type)")
+        for key, value in host.timings.items():
+            print(f"{key:<15} {value:.2f} s")
+        print(f"{'up total':<15} {total:.2f} s")
+        print(host.run(["uname", "-sr"], check=True).stdout.strip())
+        during = RootSnapshot.take().added_since(before)
+    finally:
+        started = time.monotonic()
+        host.close()
+        print(f"{'teardown':<15} {time.monotonic() - started:.2f} s")
+    after = RootSnapshot.take().added_since(before)
+    print(f"root namespace: {len(during)} lines added while up, {len(after)} after")
+    for line in [*during, *after]:
+        print(f"  {line}")
+    return EXIT_OK if not during and not after else EXIT_FAILED
 
 
 def _accel(args: argparse.Namespace) -> int:
@@ -135,7 +172,24 @@ def _stale_workdirs() -> list[Path]:
             cmdlines.append(proc.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
         except OSError:
             continue
-    return [d for d in candidates if d.is_dir() and not any(str(d) in c for c in cmdlines)]
+    return [
+        d
+        for d in candidates
+        if d.is_dir() and not any(str(d) in c for c in cmdlines) and not _sandbox_owner_alive(d)
+    ]
+
+
+def _sandbox_owner_alive(workdir: Path) -> bool:
+    """A Vagrant work folder whose libvirt sandbox's owner still runs is not stale
+    (between two vagrant commands no process names the folder, libvirtd included)."""
+    from harness.hosts.vagrant import SANDBOX_OWNER_FILE
+    from harness.owners import owner_alive
+
+    try:
+        owner = (workdir / SANDBOX_OWNER_FILE).read_text().strip()
+    except OSError:
+        return False
+    return owner_alive(owner)
 
 
 def _clean(args: argparse.Namespace) -> int:
@@ -169,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     boot.set_defaults(func=_boot)
     box = sub.add_parser("box", help="package the Linux Vagrant box and vagrant box add it")
     box.add_argument("--rebuild", action="store_true")
+    box.add_argument(
+        "--up",
+        action="store_true",
+        help="then vagrant up once in the sandbox, time it, check the root namespace, destroy",
+    )
     box.set_defaults(func=_box)
     sub.add_parser("accel", help="print kvm or tcg (exit 0 only for kvm)").set_defaults(func=_accel)
     sub.add_parser("info", help="show what is cached").set_defaults(func=_info)

@@ -113,20 +113,28 @@ def testinfra_for() -> Callable[[Host], Any]:
     return testinfra_host
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def vagrant_linux(
-    request: pytest.FixtureRequest, vm_image: vmimage.GuestImage, tmp_path: Path
+    vm_image: vmimage.GuestImage, vm_state: SavedState, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VagrantHost]:
-    """The Linux Vagrant box (libvirt, inside a private network namespace), if it comes up."""
-    from harness.hosts.vagrant import VagrantBox, VagrantHost, box_unavailable_reason
+    """The Linux Vagrant box (libvirt, inside a private network namespace), if it comes up.
 
-    box = VagrantBox.linux(vm_image)
+    One box per test module: ``vagrant up`` under TCG takes minutes.  Its logs (vagrant,
+    libvirtd, the serial console) are kept in the module's temporary folder.
+    """
+    from harness.hosts.vagrant import (
+        VagrantBox,
+        VagrantHost,
+        box_unavailable_reason,
+        package_linux_box,
+    )
+
+    box = VagrantBox.linux(vm_image, vm_state)
     reason = box_unavailable_reason(box)
     if reason:
         pytest.skip(reason)
-    artifacts = _artifacts(request)
-    log_dir = artifacts.path("vagrant") if artifacts is not None else tmp_path / "vagrant"
-    host = VagrantHost.up(box, log_dir)
+    package_linux_box(vm_image, vm_state)
+    host = VagrantHost.up(box, tmp_path_factory.mktemp("vagrant-linux"))
     try:
         yield host
     finally:

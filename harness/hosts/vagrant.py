@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -31,26 +32,31 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paramiko
 import vagrant
 
 from harness import vmimage
+from harness.hosts.netns import NetnsHost, list_netns
 from harness.hosts.ssh import SshError, SshHost, _load_key
+from harness.owners import NAME_PREFIX, release_owner
 from ztun.tools import tool
+
+if TYPE_CHECKING:
+    from harness.hosts.qemu import SavedState
 
 log = logging.getLogger("harness.vm")
 
 VAGRANT_DIR = vmimage.RECIPE_DIR.parent / "vagrant"
 LINUX_BOX = "ztun/debian12"
+BOX_FILE = "ztun-debian12-libvirt.box"
 PROVIDER = "libvirt"
 #: `vagrant up` of a TCG guest: box upload + boot; generous but bounded.
 UP_TIMEOUT = 900.0
 COMMAND_TIMEOUT = 300.0
 LIBVIRTD_READY_TIMEOUT = 30.0
 SSH_TIMEOUT = 120.0
-SANDBOX_PREFIX = "ztvg"
 #: Where libvirt keeps run-time state: each becomes a private tmpfs in the sandbox.
 #: (/etc/libvirt and /var/lib/libvirt are bind mounts of the sandbox's own copies.)
 _LIBVIRT_PRIVATE_DIRS = ("/run/libvirt", "/var/log/libvirt", "/var/cache/libvirt")
@@ -64,6 +70,12 @@ remember_owner = 0
 security_driver = "none"
 stdio_handler = "file"
 """
+
+
+#: The account libvirt's QEMU driver looks up at start-up (see ``_account_files``).
+_QEMU_ACCOUNT = "libvirt-qemu"
+_QEMU_ACCOUNT_PASSWD = f"{_QEMU_ACCOUNT}:x:64055:64055:Libvirt Qemu:/nonexistent:/usr/sbin/nologin"
+_QEMU_ACCOUNT_GROUP = f"{_QEMU_ACCOUNT}:x:64055:"
 
 
 class VagrantError(RuntimeError):
@@ -90,9 +102,13 @@ class VagrantBox:
     box_file: Path | None = None
 
     @classmethod
-    def linux(cls, image: vmimage.GuestImage) -> VagrantBox:
-        """The Linux box: the step-1 image, packaged for vagrant-libvirt, booted directly."""
-        accel = os.environ.get("ZTUN_VAGRANT_DRIVER") or _libvirt_driver(image)
+    def linux(cls, image: vmimage.GuestImage, state: SavedState) -> VagrantBox:
+        """The Linux box: the QEMU guests' provisioned disk, for vagrant-libvirt.
+
+        It boots the image's kernel directly, with KVM only where the QEMU backend's
+        trial boot proved it works (``state.accel``), else TCG (libvirt's "qemu").
+        """
+        accel = os.environ.get("ZTUN_VAGRANT_DRIVER") or ("kvm" if state.accel == "kvm" else "qemu")
         return cls(
             os_name="linux",
             directory=VAGRANT_DIR / "linux",
@@ -106,7 +122,7 @@ class VagrantBox:
                 "ZTUN_VM_DRIVER": accel,
                 "ZTUN_REPO": str(vmimage.REPO_ROOT),
             },
-            box_file=image.directory / "ztun-debian12-libvirt.box",
+            box_file=state.directory / BOX_FILE,
         )
 
     @classmethod
@@ -132,20 +148,21 @@ def _box_from_vagrantfile(path: Path) -> str:
     raise VagrantError(f"no config.vm.box in {path}")
 
 
-def _libvirt_driver(image: vmimage.GuestImage) -> str:
-    # Reuse the QEMU backend's verdict on KVM (a bounded trial boot, cached).
-    from harness.hosts.qemu import accelerator
+def package_linux_box(
+    image: vmimage.GuestImage, state: SavedState, *, rebuild: bool = False
+) -> Path:
+    """A libvirt ``.box`` (qcow2 + metadata.json + Vagrantfile) of the provisioned guest.
 
-    return "kvm" if accelerator(image) == "kvm" else "qemu"
-
-
-def package_linux_box(image: vmimage.GuestImage, *, rebuild: bool = False) -> Path:
-    """A libvirt ``.box`` (qcow2 + metadata.json + Vagrantfile) of the step-1 image."""
-    target = image.directory / "ztun-debian12-libvirt.box"
+    The disk is the saved state's: the image plus the /opt/ztun venv its one cold boot
+    installed from wheels built here (the box has no way out to pip install), flattened.
+    The guest was synced and stopped before its state was saved, so the disk boots cold
+    too; ``vagrant up`` then needs no provisioning at all (it cost 245 s under TCG).
+    """
+    target = state.directory / BOX_FILE
     with vmimage.locked(target.with_suffix(".lock")):
         if target.is_file() and not rebuild:
             return target
-        with tempfile.TemporaryDirectory(prefix="box-", dir=image.directory) as tmp:
+        with tempfile.TemporaryDirectory(prefix="box-", dir=state.directory) as tmp:
             work = Path(tmp)
             subprocess.run(
                 [
@@ -153,7 +170,7 @@ def package_linux_box(image: vmimage.GuestImage, *, rebuild: bool = False) -> Pa
                     "convert",
                     "-O",
                     "qcow2",
-                    str(image.rootfs),
+                    str(state.disk),
                     str(work / "box.img"),
                 ],
                 check=True,
@@ -173,7 +190,9 @@ def package_linux_box(image: vmimage.GuestImage, *, rebuild: bool = False) -> Pa
                 "end\n"
             )
             partial = target.with_suffix(".partial")
-            with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+            # Uncompressed: the box never leaves this machine's cache, and gzip would cost
+            # CPU twice (here and in `vagrant box add`) on cores a TCG guest needs.
+            with tarfile.open(partial, "w") as tar:
                 for name in ("metadata.json", "Vagrantfile", "box.img"):
                     tar.add(work / name, arcname=name)
             partial.rename(target)
@@ -214,6 +233,14 @@ def box_unavailable_reason(box: VagrantBox) -> str | None:
 
 # --------------------------------------------------------------------------- sandbox
 
+#: The file in a sandbox's work folder that names its owner prefix.
+SANDBOX_OWNER_FILE = "owner"
+
+
+def sandbox_owner_prefix() -> str:
+    """This process's owner prefix for libvirt sandboxes (harness.owners)."""
+    return f"{NAME_PREFIX}vagrant{os.getpid()}-"
+
 
 class LibvirtSandbox:
     """A libvirtd of our own inside fresh network + mount namespaces.
@@ -221,13 +248,21 @@ class LibvirtSandbox:
     Everything libvirt creates for vagrant-libvirt (the NAT bridge, dnsmasq, iptables
     rules, domain and network XML, sockets) lives in namespaces that :meth:`close`
     removes; the root namespace never sees any of it.
+
+    The network namespace is named under the owner prefix ``ztvagrant<pid>-`` (see
+    harness.owners): when this process dies without :meth:`close` (SIGKILL), the next
+    test session or ``python -m harness cleanup`` kills what still runs in it (libvirtd,
+    QEMU, dnsmasq) and removes it, and ``python -m harness vm clean --stale-only`` the
+    work folder, which names its owner in ``owner``.
     """
 
-    def __init__(self, workdir: Path) -> None:
-        from harness.hosts.netns import NetnsHost
+    _count = itertools.count()
 
+    def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.name = f"{SANDBOX_PREFIX}{os.getpid() % 100000:05d}{int(time.time()) % 1000:03d}"
+        self.owner = sandbox_owner_prefix()
+        self.name = f"{self.owner}{next(self._count)}"
+        (workdir / SANDBOX_OWNER_FILE).write_text(self.owner)
         self.netns = NetnsHost(self.name, log_dir=workdir / "logs", forwarding=True)
         self.process: subprocess.Popen[bytes] | None = None
         try:
@@ -249,6 +284,7 @@ class LibvirtSandbox:
         mounts += [
             f"{mount} --bind {etc} /etc/libvirt",
             f"{mount} --bind {varlib} /var/lib/libvirt",
+            *(f"{mount} --bind {copy} /etc/{name}" for name, copy in self._account_files().items()),
         ]
         script = " && ".join(
             [
@@ -290,6 +326,24 @@ class LibvirtSandbox:
                 raise VagrantError(f"libvirtd did not answer within {LIBVIRTD_READY_TIMEOUT} s")
             time.sleep(0.2)
 
+    def _account_files(self) -> dict[str, Path]:
+        """Copies of /etc/passwd and /etc/group that know libvirt's QEMU account.
+
+        The QEMU driver resolves its compiled-in account (Debian: ``libvirt-qemu``)
+        before it reads ``qemu.conf`` (which runs QEMU as root here), and fails to start
+        when that account is missing.  Only libvirt-daemon-system's postinst creates it,
+        and that package would also enable a system libvirtd: the account exists in the
+        sandbox's mount namespace alone.
+        """
+        files = {}
+        for name, line in (("passwd", _QEMU_ACCOUNT_PASSWD), ("group", _QEMU_ACCOUNT_GROUP)):
+            text = Path("/etc", name).read_text()
+            if not any(row.startswith(f"{_QEMU_ACCOUNT}:") for row in text.splitlines()):
+                text = text.rstrip("\n") + "\n" + line + "\n"
+            files[name] = self.workdir / f"etc-{name}"
+            files[name].write_text(text)
+        return files
+
     def _answers(self) -> bool:
         done = subprocess.run(
             self.enter([tool("virsh"), "-c", "qemu:///system", "version"]),
@@ -330,6 +384,8 @@ class LibvirtSandbox:
                 self.process.wait(timeout=10)
         # NetnsHost.close kills whatever still runs in the namespace and removes it.
         self.netns.close()
+        if not list_netns(self.owner):
+            release_owner(self.owner)
 
 
 # --------------------------------------------------------------------------- vagrant
@@ -359,6 +415,8 @@ class VagrantRunner:
             VAGRANT_HOME=str(_vagrant_home()),
             VAGRANT_DOTFILE_PATH=str(workdir / "dot-vagrant"),
             VAGRANT_CHECKPOINT_DISABLE="1",
+            # The serial console of a libvirt box: kept with the test's logs.
+            ZTUN_VM_CONSOLE=str(workdir / "console.log"),
             **box.env,
         )
         log_cm = vagrant.make_file_cm(str(self.log_path))  # type: ignore[no-untyped-call]
@@ -443,26 +501,43 @@ class VagrantHost(SshHost):
         self.ssh_port = int(ssh.get("Port", "22"))
         self.ssh_user = ssh.get("User", "root")
         self.ssh_key = Path(ssh.get("IdentityFile", "").strip('"'))
+        #: Seconds per step of :meth:`up` (sandbox, box add, up, ssh, venv), as measured.
+        self.timings: dict[str, float] = {}
+
+    @property
+    def sandbox(self) -> LibvirtSandbox | None:
+        return self.runner.sandbox
 
     @classmethod
     def up(cls, box: VagrantBox, log_dir: Path) -> VagrantHost:
         """Sandbox, box add, ``vagrant up``, then one SSH connection through the sandbox."""
         workdir = Path(tempfile.mkdtemp(prefix=f"ztun-vagrant-{box.os_name}-"))
-        sandbox = LibvirtSandbox(workdir) if box.provider == PROVIDER else None
-        runner = VagrantRunner(box, workdir, sandbox)
+        timings: dict[str, float] = {}
+        step = _Stopwatch(timings)
+        sandbox: LibvirtSandbox | None = None
+        runner: VagrantRunner | None = None
         try:
+            with step("sandbox"):
+                sandbox = LibvirtSandbox(workdir) if box.provider == PROVIDER else None
+            runner = VagrantRunner(box, workdir, sandbox)
             if box.box_file is not None:
-                add_box(runner)
-            runner.call("up", "up", provider=box.provider, timeout=UP_TIMEOUT)
-            ssh = runner.call("ssh-config", "conf")
-            client = _connect_via(sandbox, ssh)
+                with step("box_add"):
+                    add_box(runner)
+            with step("up"):
+                runner.call("up", "up", provider=box.provider, timeout=UP_TIMEOUT)
+            with step("ssh"):
+                ssh = runner.call("ssh-config", "conf")
+                client = _connect_via(sandbox, ssh)
+            host = cls(f"vagrant-{box.os_name}", client, log_dir, runner, ssh)
         except BaseException:
-            _teardown(runner, workdir, log_dir)
+            _teardown(runner, sandbox, workdir, log_dir)
             raise
-        return cls(f"vagrant-{box.os_name}", client, log_dir, runner, ssh)
+        host.timings = timings
+        log.info("vagrant box %s up: %s", box.box, _format_timings(timings))
+        return host
 
     def _shutdown(self) -> None:
-        _teardown(self.runner, self.runner.workdir, self.log_dir)
+        _teardown(self.runner, self.runner.sandbox, self.runner.workdir, self.log_dir)
 
 
 def _connect_via(sandbox: LibvirtSandbox | None, ssh: dict[str, str]) -> paramiko.SSHClient:
@@ -499,16 +574,38 @@ def _connect_via(sandbox: LibvirtSandbox | None, ssh: dict[str, str]) -> paramik
     raise SshError(f"no SSH answer from the box at {host}:{port}: {last!r}")
 
 
-def _teardown(runner: VagrantRunner, workdir: Path, log_dir: Path) -> None:
+class _Stopwatch:
+    """``with step("name"):`` records the seconds the block took in ``timings``."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = time.monotonic() - started
+
+
+def _format_timings(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
+
+
+def _teardown(
+    runner: VagrantRunner | None, sandbox: LibvirtSandbox | None, workdir: Path, log_dir: Path
+) -> None:
     """Destroy the box, stop the sandbox, keep vagrant's log with the test's logs."""
     try:
-        with contextlib.suppress(Exception):
-            runner.call("destroy", "destroy", timeout=COMMAND_TIMEOUT)
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                runner.call("destroy", "destroy", timeout=COMMAND_TIMEOUT)
     finally:
-        if runner.sandbox is not None:
-            runner.sandbox.close()
+        if sandbox is not None:
+            sandbox.close()
         log_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("vagrant.log", "libvirtd.log"):
+        for name in ("vagrant.log", "libvirtd.log", "console.log"):
             with contextlib.suppress(OSError):
                 shutil.copyfile(workdir / name, log_dir / name)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -53,6 +53,7 @@ def test_workers_and_sessions_never_share_a_prefix() -> None:
         ("zt4f2am-000-client", "zt4f2am-"),
         ("zt4f2aw12-0000a", "zt4f2aw12-"),
         ("ztprobe123-netem", "ztprobe123-"),
+        ("ztvagrant4242-0", "ztvagrant4242-"),
         ("ztbench-24247-p", None),  # another tool's name: never ours to remove
         ("zsbc", None),
         ("zt4F2am-000-client", None),
