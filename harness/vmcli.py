@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness import vmimage
-from ztun.tools import tool
+from ztun.tools import guest_tool, tool
 
 if TYPE_CHECKING:
     from harness.hosts.vagrant import VagrantBox
@@ -119,7 +119,7 @@ def _box_up(box: VagrantBox, log_dir: Path) -> int:
         for key, value in host.timings.items():
             print(f"{key:<15} {value:.2f} s")
         print(f"{'up total':<15} {total:.2f} s")
-        print(host.run(["uname", "-sr"], check=True).stdout.strip())
+        print(host.run([guest_tool("uname"), "-sr"], check=True).stdout.strip())
         during = RootSnapshot.take().added_since(before)
     finally:
         started = time.monotonic()

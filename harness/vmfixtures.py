@@ -130,6 +130,7 @@ def vagrant_linux(
     )
 
     box = VagrantBox.linux(vm_image, vm_state)
+    require_tool(*box.tools)
     reason = box_unavailable_reason(box)
     if reason:
         pytest.skip(reason)

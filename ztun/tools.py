@@ -141,13 +141,24 @@ TOOLS: dict[str, Tool] = {
         X, "macOS", "macOS system tool: --dns sets the resolver in the dynamic store", "scutil"
     ),
     **_tools(X, "macOS", "macOS system tool: whether a journal's writer is a live ztun", "ps"),
-    # the Vagrant row (./dev.sh vm with ZTUN_VAGRANT=1)
-    **_tools(Source.VAGRANT, "vagrant", "Vagrant boxes", "vagrant"),
-    **_tools(Source.VAGRANT, "libvirt-daemon-system", "vagrant-libvirt's sandbox", "libvirtd"),
-    **_tools(Source.VAGRANT, "libvirt-clients", "vagrant-libvirt's sandbox", "virsh"),
-    # nothing here installs these
-    **_tools(X, "VirtualBox", "VirtualBox boxes: a macOS/Windows host's", "VBoxManage"),
-    **_tools(X, "Parallels", "Parallels boxes: a macOS host's", "prlctl"),
+    # the Vagrant row (./dev.sh vm; ZTUN_VAGRANT=0 leaves it out)
+    **_tools(Source.VAGRANT, "vagrant", "Vagrant boxes (with vagrant-libvirt)", "vagrant"),
+    **_tools(Source.VAGRANT, "libvirt-daemon", "the Linux box's sandboxed libvirtd", "libvirtd"),
+    **_tools(Source.VAGRANT, "libvirt-clients", "the Linux box's sandboxed libvirtd", "virsh"),
+    # nothing here installs these: the Windows and macOS boxes' providers
+    **_tools(
+        X,
+        "VirtualBox",
+        "VirtualBox, the Windows box's provider (or Hyper-V on a Windows host): no Debian "
+        "package, and its public box cannot be fetched here",
+        "VBoxManage",
+    ),
+    **_tools(
+        X,
+        "Parallels",
+        "Parallels Desktop on Apple hardware: the macOS box's provider",
+        "prlctl",
+    ),
 }
 
 GUEST_TOOLS: dict[str, Tool] = {

@@ -41,7 +41,7 @@ from harness import vmimage
 from harness.hosts.netns import NetnsHost, list_netns
 from harness.hosts.ssh import SshError, SshHost, _load_key
 from harness.owners import NAME_PREFIX, release_owner
-from ztun.tools import tool
+from ztun.tools import install_hint, missing, tool
 
 if TYPE_CHECKING:
     from harness.hosts.qemu import SavedState
@@ -51,6 +51,11 @@ log = logging.getLogger("harness.vm")
 VAGRANT_DIR = vmimage.RECIPE_DIR.parent / "vagrant"
 LINUX_BOX = "ztun/debian12"
 BOX_FILE = "ztun-debian12-libvirt.box"
+LINUX_TOOLS = ("vagrant", "libvirtd", "virsh")
+WINDOWS_TOOLS = ("vagrant", "VBoxManage")
+MACOS_TOOLS = ("vagrant", "prlctl")
+#: The public boxes' providers here (the Windows box also runs under Hyper-V, on Windows).
+PUBLIC_PROVIDERS = {"windows": ("virtualbox", WINDOWS_TOOLS), "macos": ("parallels", MACOS_TOOLS)}
 PROVIDER = "libvirt"
 #: `vagrant up` of a TCG guest: box upload + boot; generous but bounded.
 UP_TIMEOUT = 900.0
@@ -98,6 +103,8 @@ class VagrantBox:
     box: str
     provider: str
     env: dict[str, str]
+    #: The programs it needs on this host (ztun.tools names): vagrant and the provider's.
+    tools: tuple[str, ...] = ()
     #: The box file to ``vagrant box add`` (local boxes only).
     box_file: Path | None = None
 
@@ -122,6 +129,7 @@ class VagrantBox:
                 "ZTUN_VM_DRIVER": accel,
                 "ZTUN_REPO": str(vmimage.REPO_ROOT),
             },
+            tools=LINUX_TOOLS,
             box_file=state.directory / BOX_FILE,
         )
 
@@ -130,13 +138,14 @@ class VagrantBox:
         """The Windows or macOS box (a public box named in its Vagrantfile)."""
         directory = VAGRANT_DIR / os_name
         box = _box_from_vagrantfile(directory / "Vagrantfile")
-        provider = "virtualbox" if os_name == "windows" else "parallels"
+        provider, tools = PUBLIC_PROVIDERS[os_name]
         return cls(
             os_name=os_name,
             directory=directory,
             box=box,
             provider=provider,
             env={"ZTUN_REPO": str(vmimage.REPO_ROOT)},
+            tools=tools,
         )
 
 
@@ -200,12 +209,15 @@ def package_linux_box(
 
 
 def box_unavailable_reason(box: VagrantBox) -> str | None:
-    """Why ``box`` cannot come up here (None if it can): names what is missing and how."""
-    if shutil.which(tool("vagrant")) is None:
-        return "tool missing: vagrant (apt-get install vagrant vagrant-libvirt)"
+    """Why ``box`` cannot come up here (None if it can): names what is missing and how.
+
+    A missing program reads as :func:`harness.skips.require_tool` words it; tests call
+    that first, so a program dev.sh's profile should have installed fails instead.
+    """
+    absent = missing(box.tools)
+    if absent:
+        return "tool missing: " + ", ".join(f"{t.name} ({install_hint([t])})" for t in absent)
     if box.provider == PROVIDER:
-        if shutil.which(tool("libvirtd")) is None:
-            return "tool missing: libvirtd (apt-get install libvirt-daemon-system)"
         plugins = subprocess.run(
             [tool("vagrant"), "plugin", "list"],
             capture_output=True,
@@ -214,20 +226,9 @@ def box_unavailable_reason(box: VagrantBox) -> str | None:
             check=False,
         ).stdout
         if "vagrant-libvirt" not in plugins:
-            return "vagrant plugin missing: vagrant-libvirt (apt-get install vagrant-libvirt)"
+            return "vagrant plugin missing: vagrant-libvirt (apt-get install -y vagrant-libvirt)"
         if os.geteuid() != 0:
             return "Vagrant/libvirt sandbox needs root (network + mount namespaces)"
-        return None
-    if box.provider == "virtualbox" and shutil.which(tool("VBoxManage")) is None:
-        return (
-            f"{box.os_name} box {box.box!r} needs the VirtualBox provider (VBoxManage "
-            "not found): run on a Windows CI runner or install VirtualBox"
-        )
-    if box.provider == "parallels" and shutil.which(tool("prlctl")) is None:
-        return (
-            f"{box.os_name} box {box.box!r} needs Apple hardware with Parallels "
-            "(prlctl not found): run on a macOS CI runner"
-        )
     return None
 
 

@@ -535,6 +535,8 @@ class Scanner(ast.NodeVisitor):
                 item_name = _literal(item)
                 if item_name is not None and item_name not in TOOLS:
                     self.add(item, f"{name} lists {item_name!r}: {self.advice(item_name)}")
+                elif item_name is not None:  # listed for a lookup (require_tool(*FOO_TOOLS))
+                    self.used.add(("tool", item_name))
 
     # ---------------------------------------------------------------- shell scripts
 

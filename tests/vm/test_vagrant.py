@@ -35,6 +35,7 @@ from harness.hosts.vagrant import (
     package_linux_box,
 )
 from harness.hygiene import RootSnapshot
+from harness.skips import require_tool
 from harness.testinfra_backends import testinfra_host
 from tests.vm.guest_suite import GUEST_ARTIFACTS, certify_in_guest, failure_tail
 from ztun.tools import guest_tool, tool
@@ -80,6 +81,7 @@ def test_linux_box_packages_adds_and_validates(
     """Every step before `vagrant up`: box file, `box add`, then `validate` and `status`
     against a sandboxed libvirtd (there is no system libvirtd to ask), which goes away."""
     box = VagrantBox.linux(vm_image, vm_state)
+    require_tool(*box.tools)
     reason = box_unavailable_reason(box)
     if reason:
         pytest.skip(reason)
@@ -197,6 +199,7 @@ def test_public_box_runs_the_single_host_suite(os_name: str, tmp_path: Path) -> 
 
     Needs VirtualBox/Hyper-V (Windows) or Parallels on a Mac: here it always skips."""
     box = VagrantBox.public(os_name)
+    require_tool(*box.tools)
     reason = box_unavailable_reason(box)
     if reason:
         pytest.skip(reason)
