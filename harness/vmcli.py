@@ -15,20 +15,23 @@ accelerator and why, cold boot / provision / save / restore-to-SSH seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness import vmimage
-from ztun.tools import guest_tool, tool
+from ztun.tools import guest_tool
 
 if TYPE_CHECKING:
-    from harness.hosts.vagrant import VagrantBox
+    from harness.hosts.qemu import QemuHost
+    from harness.hosts.vagrant import VagrantBox, VagrantHost
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -71,18 +74,27 @@ def _boot(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="vm-boot-") as tmp:
         started = time.monotonic()
         host = QemuHost.start("cli", Path(tmp), cold=args.cold)
-        try:
-            total = time.monotonic() - started
-            print(f"accel     {host.accel}")
-            for key, value in host.timings.items():
-                print(f"{key:<15} {value:.2f} s")
-            print(f"{'start total':<15} {total:.2f} s")
-            print(host.run([tool("uname"), "-sr"], check=True).stdout.strip())
-        finally:
-            started = time.monotonic()
-            host.close()
-            print(f"{'teardown':<15} {time.monotonic() - started:.2f} s")
+        with _timed(host, host.accel, "start total", started):
+            pass
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _timed(host: QemuHost | VagrantHost, accel: str, label: str, started: float) -> Iterator[None]:
+    """Print how ``host`` came up (accelerator, its steps, ``label`` since ``started``, its
+    kernel), run the block, then close it, timed too."""
+    try:
+        total = time.monotonic() - started
+        print(f"accel     {accel}")
+        for key, value in host.timings.items():
+            print(f"{key:<15} {value:.2f} s")
+        print(f"{label:<15} {total:.2f} s")
+        print(host.run([guest_tool("uname"), "-sr"], check=True).stdout.strip())
+        yield
+    finally:
+        started = time.monotonic()
+        host.close()
+        print(f"{'teardown':<15} {time.monotonic() - started:.2f} s")
 
 
 def _box(args: argparse.Namespace) -> int:
@@ -113,18 +125,8 @@ def _box_up(box: VagrantBox, log_dir: Path) -> int:
     before = RootSnapshot.take()
     started = time.monotonic()
     host = VagrantHost.up(box, log_dir)
-    try:
-        total = time.monotonic() - started
-        print(f"accel     {box.env['ZTUN_VM_DRIVER']} (libvirt domain type)")
-        for key, value in host.timings.items():
-            print(f"{key:<15} {value:.2f} s")
-        print(f"{'up total':<15} {total:.2f} s")
-        print(host.run([guest_tool("uname"), "-sr"], check=True).stdout.strip())
+    with _timed(host, f"{box.env['ZTUN_VM_DRIVER']} (libvirt domain type)", "up total", started):
         during = RootSnapshot.take().added_since(before)
-    finally:
-        started = time.monotonic()
-        host.close()
-        print(f"{'teardown':<15} {time.monotonic() - started:.2f} s")
     after = RootSnapshot.take().added_since(before)
     print(f"root namespace: {len(during)} lines added while up, {len(after)} after")
     for line in [*during, *after]:

@@ -502,7 +502,7 @@ class VagrantHost(SshHost):
         self.ssh_port = int(ssh.get("Port", "22"))
         self.ssh_user = ssh.get("User", "root")
         self.ssh_key = Path(ssh.get("IdentityFile", "").strip('"'))
-        #: Seconds per step of :meth:`up` (sandbox, box add, up, ssh, venv), as measured.
+        #: Seconds per step of :meth:`up` (sandbox, box_add, up, ssh), as measured.
         self.timings: dict[str, float] = {}
 
     @property
