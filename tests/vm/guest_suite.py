@@ -33,7 +33,8 @@ def certify_in_guest(
     an implementation.  The caller asserts on the returned exit status.
     """
     report = f"{GUEST_ARTIFACTS}/{topology}"
-    argv = [f"{GUEST_VENV}/bin/python3", "-m", "harness", "certify", "--topology", topology]
+    argv = [f"{GUEST_VENV}/bin/python3", "-m", "harness", "certify", "--tun2socks", "ztun"]
+    argv += ["--topology", topology]
     argv += [*(["-m", marks] if marks else []), *(["-k", keyword] if keyword else [])]
     argv += ["--time-scale", TIME_SCALE, "--report", report, "--keep-pcaps"]
     result = guest.run(argv, env={"PYTHONDONTWRITEBYTECODE": "1", "HOME": "/root"}, timeout=timeout)

@@ -148,18 +148,19 @@ def test_testinfra_on_the_box(linux_box: LinuxBoxRun) -> None:
 def test_ztun_carries_tcp_udp_and_ping_in_the_box(
     linux_box: LinuxBoxRun, artifacts: TestArtifacts
 ) -> None:
-    """ztun from the share, in the box's own kernel: TCP, UDP and ICMP conformance."""
+    """ztun from the share, in the box's own kernel: TCP, UDP and ICMP behaviours, with the
+    command the Windows and macOS boxes run (``certify --topology single``)."""
     result = certify_in_guest(
         linux_box.host,
         artifacts,
-        topology="netns",
+        topology="single",
         keyword=CORE_BEHAVIOURS,
         timeout=CORE_TIMEOUT,
     )
     linux_box.root_during.append(RootSnapshot.take())
     assert result.returncode == 0, f"certify in the box failed:\n{failure_tail(result)}"
     document = json.loads(
-        linux_box.host.run([guest_tool("cat"), f"{GUEST_ARTIFACTS}/netns/report.json"]).stdout
+        linux_box.host.run([guest_tool("cat"), f"{GUEST_ARTIFACTS}/single/report.json"]).stdout
     )
     outcomes = {k: r["outcome"] for k, r in document["implementations"]["ztun"]["results"].items()}
     assert outcomes == {"tcp_open": "pass", "udp_echo_v4": "pass", "icmp_echo": "pass"}
