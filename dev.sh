@@ -3,8 +3,9 @@
 #   ./dev.sh demo          the main job: ztun carrying TCP, UDP and ping in throwaway namespaces
 #   ./dev.sh test [ARGS]   install everything, then run the test suite (ARGS go to pytest)
 #   ./dev.sh bench [ARGS]  the benchmark (ztun bench)
-#   ./dev.sh vm [ARGS]     the VM suite (QEMU guests, the Vagrant Linux box; slow under TCG)
+#   ./dev.sh vm [ARGS]     the VM suite (QEMU guests; slow under TCG)
 #   ./dev.sh setup         only install (idempotent; a second run takes about a second)
+# ZTUN_VAGRANT=1 (setup, vm) adds the Vagrant row: VM_PACKAGES + VAGRANT_PACKAGES.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
@@ -16,14 +17,14 @@ APT_PACKAGES=(
   openssh-client openssh-server nftables tinyproxy-bin
 )
 VM_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs)
-# The Vagrant row: Debian's vagrant and vagrant-libvirt, and a libvirtd the harness starts
-# itself inside namespaces of its own (~200 MB of Ruby and libvirt; ZTUN_VAGRANT=0 leaves
-# it out and the Vagrant tests skip, naming this list). Not libvirt-daemon-system: it
-# would enable a system libvirtd and, through libvirt-daemon-config-network, the
-# autostarted "default" network with its virbr0 bridge in the root namespace at every
-# boot. libvirt-daemon ships the daemon and its drivers with no service unit and no
-# maintainer scripts; iptables is what libvirt 9.0 runs to NAT the box's network (inside
-# the sandbox's namespace).
+# The Vagrant row, opt-in: Debian's vagrant and vagrant-libvirt, and a libvirtd the harness
+# starts itself inside namespaces of its own (~200 MB of Ruby and libvirt): only
+# ZTUN_VAGRANT=1 installs it; without it the Vagrant tests skip, naming this list.
+# Not libvirt-daemon-system: it would enable a system libvirtd and, through
+# libvirt-daemon-config-network, the autostarted "default" network with its virbr0 bridge
+# in the root namespace at every boot. libvirt-daemon ships the daemon and its drivers with
+# no service unit and no maintainer scripts; iptables is what libvirt 9.0 runs to NAT the
+# box's network (inside the sandbox's namespace).
 VAGRANT_PACKAGES=(vagrant vagrant-libvirt libvirt-daemon libvirt-clients iptables)
 VENV=.venv
 
@@ -68,11 +69,17 @@ setup_venv() {
   fi
 }
 
-setup() { need_root "$@"; setup_apt; setup_venv; }
-
 # Which dev.sh lists this run installed: a test whose tool is missing although one of these
 # lists provides it fails with the apt-get line instead of skipping (harness/skips.py).
 export ZTUN_DEV_PROFILES=apt
+OPTIONAL_PACKAGES=()
+if [ "${ZTUN_VAGRANT:-0}" = 1 ]; then
+  # The Linux box is the QEMU guest's disk under libvirt: the VM row comes with it.
+  OPTIONAL_PACKAGES=("${VM_PACKAGES[@]}" "${VAGRANT_PACKAGES[@]}")
+  ZTUN_DEV_PROFILES="apt vm vagrant"
+fi
+
+setup() { need_root "$@"; setup_apt "${OPTIONAL_PACKAGES[@]}"; setup_venv; }
 
 cmd=${1:-help}
 shift || true
@@ -86,16 +93,13 @@ case "$cmd" in
   bench) setup; exec "$VENV/bin/ztun" bench "$@" ;;
   vm)
     # The VM row: Debian guests under QEMU (KVM where a trial boot proves it works, else
-    # TCG), built from Debian packages and cached, and the same guest as a Vagrant box
-    # (vagrant-libvirt, libvirtd in namespaces of its own: vms/README.md); runs serially
-    # (a guest uses both cores).
+    # TCG), built from Debian packages and cached; with ZTUN_VAGRANT=1 also the same guest
+    # as a Vagrant box (vagrant-libvirt, libvirtd in namespaces of its own:
+    # harness/vms/README.md). Runs serially (a guest uses both cores).
     need_root
-    packages=("${VM_PACKAGES[@]}"); ZTUN_DEV_PROFILES="apt vm"
-    if [ "${ZTUN_VAGRANT:-1}" = 1 ]; then
-      packages+=("${VAGRANT_PACKAGES[@]}"); ZTUN_DEV_PROFILES="apt vm vagrant"
-    fi
-    setup_apt "${packages[@]}"; setup_venv
+    if [ "${ZTUN_VAGRANT:-0}" != 1 ]; then ZTUN_DEV_PROFILES="apt vm"; fi
+    setup_apt "${VM_PACKAGES[@]}" "${OPTIONAL_PACKAGES[@]}"; setup_venv
     "$VENV/bin/python" -m harness vm build
     exec "$VENV/bin/pytest" tests/vm -m vm -n 0 "$@" ;;
-  *) sed -n '2,7p' "$0"; exit 2 ;;
+  *) sed -n '2,8p' "$0"; exit 2 ;;
 esac
