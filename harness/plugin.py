@@ -61,7 +61,7 @@ from harness.impls import (
     choose_adapter,
     names,
 )
-from harness.proc import run_local
+from harness.proc import interrupt_on, run_local
 from harness.skips import have_tool, is_root, missing_tools_header, require_tool
 from harness.skips import require_root as _require_root
 from harness.timescale import set_time_scale, time_scale
@@ -260,11 +260,6 @@ def adapter_choice_from(config: pytest.Config) -> AdapterChoice:
         raise pytest.UsageError(str(exc)) from None
 
 
-def _sigterm_to_interrupt(signum: int, frame: object) -> None:
-    # Finalizers (namespace removal) run on KeyboardInterrupt; on SIGTERM they would not.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def pytest_configure(config: pytest.Config) -> None:
     for name, doc in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {doc}")
@@ -328,9 +323,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE_KEY] = st
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(st), "ztun_harness_xdist")
-    with contextlib.suppress(ValueError):  # not the main thread (embedded pytest)
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    interrupt_on(signal.SIGTERM)  # finalizers (namespace removal) run on SIGTERM too
     from harness import conformance  # imports this module: not at the top
 
     conformance.register(config)

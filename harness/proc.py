@@ -50,6 +50,7 @@ __all__ = [
     "LocalProcess",
     "ReadinessProbe",
     "group_members",
+    "interrupt_on",
     "live_processes",
     "merged_env",
     "proc_stats",
@@ -72,6 +73,23 @@ _registry: weakref.WeakSet[LocalProcess] = weakref.WeakSet()
 
 #: Signals a test run turns into KeyboardInterrupt (SIGTERM: harness.plugin) or stops on.
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on(*signals: signal.Signals) -> None:
+    """Make each of ``signals`` raise KeyboardInterrupt where its action is still the default.
+
+    ``finally`` blocks and fixture finalizers (namespace removal) run on KeyboardInterrupt;
+    on a signal's default action (terminate) they would not.  Signal handlers belong to the
+    main thread: called from another (an embedded pytest), this does nothing.
+    """
+    for sig in signals:
+        with contextlib.suppress(ValueError):
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                signal.signal(sig, _raise_interrupt)
 
 
 def start_thread_without_signals(thread: threading.Thread) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness import vmimage
+from harness.proc import interrupt_on
 from ztun.tools import guest_tool
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
 EXIT_NO_KVM = 3
 
 
@@ -247,11 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(message)s",
     )
+    # SIGTERM/SIGHUP unwind like Ctrl-C: a box's teardown (vagrant destroy, the libvirt
+    # sandbox's namespace) runs in `finally` blocks that a plain termination would skip.
+    interrupt_on(signal.SIGTERM, signal.SIGHUP)
     try:
         status: int = args.func(args)
     except (RuntimeError, OSError) as exc:
         print(f"vm {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt as exc:
+        print(f"vm {args.command}: interrupted ({exc or 'SIGINT'}); torn down", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return status
 
 

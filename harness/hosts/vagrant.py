@@ -291,7 +291,9 @@ class LibvirtSandbox:
             [
                 *(f"{mkdir} -p {d}" for d in (*_LIBVIRT_PRIVATE_DIRS, "/var/lib/libvirt")),
                 *mounts,
-                f"exec {tool('libvirtd')}",
+                # Its pid file defaults to /run/libvirtd.pid, shared with every other
+                # sandbox (and locked): a second sandbox's libvirtd would refuse to start.
+                f"exec {tool('libvirtd')} --pid-file /run/libvirt/libvirtd.pid",
             ]
         )
         log_file = (self.workdir / "libvirtd.log").open("wb")
@@ -360,33 +362,41 @@ class LibvirtSandbox:
         return [tool("nsenter"), "--target", str(self.process.pid), "--mount", "--net", *argv]
 
     def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            # Domains first (their QEMUs are children of libvirtd's world), then libvirtd.
-            with contextlib.suppress(Exception):
-                listing = subprocess.run(
-                    self.enter([tool("virsh"), "-c", "qemu:///system", "list", "--name"]),
+        """Stop the domains and libvirtd, then remove the namespace -- whatever the first
+        steps raise (an interrupt included): the namespace never outlives this call."""
+        try:
+            self._stop_libvirtd()
+        finally:
+            # NetnsHost.close kills whatever still runs in the namespace and removes it.
+            self.netns.close()
+            if not list_netns(self.owner):
+                release_owner(self.owner)
+
+    def _stop_libvirtd(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        # Domains first (their QEMUs are children of libvirtd's world), then libvirtd.
+        with contextlib.suppress(Exception):
+            listing = subprocess.run(
+                self.enter([tool("virsh"), "-c", "qemu:///system", "list", "--name"]),
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT,
+                check=False,
+            ).stdout.split()
+            for domain in listing:
+                subprocess.run(
+                    self.enter([tool("virsh"), "-c", "qemu:///system", "destroy", domain]),
                     capture_output=True,
-                    text=True,
                     timeout=COMMAND_TIMEOUT,
                     check=False,
-                ).stdout.split()
-                for domain in listing:
-                    subprocess.run(
-                        self.enter([tool("virsh"), "destroy", domain]),
-                        capture_output=True,
-                        timeout=COMMAND_TIMEOUT,
-                        check=False,
-                    )
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        # NetnsHost.close kills whatever still runs in the namespace and removes it.
-        self.netns.close()
-        if not list_netns(self.owner):
-            release_owner(self.owner)
+                )
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
 
 
 # --------------------------------------------------------------------------- vagrant

@@ -37,6 +37,7 @@ from harness.hosts.vagrant import (
 from harness.hygiene import RootSnapshot
 from harness.skips import require_tool
 from harness.testinfra_backends import testinfra_host
+from tests.harness.sandbox_owner import LIBVIRT_OWNER, kill_owner_then_cleanup
 from tests.vm.guest_suite import GUEST_ARTIFACTS, certify_in_guest, failure_tail
 from ztun.tools import guest_tool, tool
 
@@ -100,6 +101,17 @@ def test_linux_box_packages_adds_and_validates(
     finally:
         sandbox.close()
     assert list_netns(sandbox.name) == []
+
+
+@pytest.mark.linux
+def test_a_killed_owners_libvirt_sandbox_is_removed_by_cleanup(
+    require_root: None, tmp_path: Path
+) -> None:
+    """A process that owns a running sandbox (libvirtd in its namespaces) dies by SIGKILL:
+    cleanup keeps the namespace while the owner lives, then kills libvirtd and removes it
+    (a stopped run left ``ztvagrant29431-1`` behind before cleanup knew the prefix)."""
+    require_tool("libvirtd", "virsh")
+    kill_owner_then_cleanup(LIBVIRT_OWNER, tmp_path)
 
 
 @pytest.mark.slow
