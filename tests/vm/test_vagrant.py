@@ -37,7 +37,7 @@ from harness.hosts.vagrant import (
 from harness.hygiene import RootSnapshot
 from harness.skips import require_tool
 from harness.testinfra_backends import testinfra_host
-from tests.harness.sandbox_owner import LIBVIRT_OWNER, kill_owner_then_cleanup
+from tests.harness.frame.sandbox_owner import LIBVIRT_OWNER, kill_owner_then_cleanup
 from tests.vm.guest_suite import GUEST_ARTIFACTS, certify_in_guest, failure_tail
 from ztun.tools import guest_tool, tool
 

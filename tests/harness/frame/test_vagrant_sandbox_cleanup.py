@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.sandbox_owner import STAND_IN_OWNER, kill_owner_then_cleanup
+from tests.harness.frame.sandbox_owner import STAND_IN_OWNER, kill_owner_then_cleanup
 
 pytestmark = [pytest.mark.netns]
 

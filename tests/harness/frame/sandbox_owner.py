@@ -1,6 +1,6 @@
 """A process that owns a Vagrant sandbox namespace, killed with SIGKILL, then cleanup.
 
-Shared by tests/harness/test_vagrant_sandbox_cleanup.py (a stand-in daemon, default
+Shared by tests/harness/frame/test_vagrant_sandbox_cleanup.py (a stand-in daemon, default
 profile) and tests/vm/test_vagrant.py (the real libvirtd, the opt-in Vagrant row).
 """
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BUILD_INPUTS = ("pyproject.toml", "README.md", "ztun", "harness")
 """What the wheel is built from (pyproject.toml packages ztun* and harness*, README is the
 long description): copied, so no build/ or egg-info of the checkout leaks in."""
