@@ -308,7 +308,7 @@ def assert_socks5_roundtrip(
                 return r
         if time.monotonic() >= deadline:
             break
-        time.sleep(ROUNDTRIP_POLL)  # the log lives in another process/host: nothing to await
+        time.sleep(ROUNDTRIP_POLL)  # noqa: sleep-ok - the log lives in another process/host
     wanted = command or "CONNECT or UDP ASSOCIATE"
     lines = [
         f"the proxy relayed no {wanted} round trip to {host}:{port} with "

@@ -101,7 +101,7 @@ class Qmp:
                     raise QemuError(f"qemu exited with {process.returncode}") from None
                 if time.monotonic() > deadline:
                     raise QemuError(f"QMP socket {path} did not appear") from None
-                time.sleep(0.02)
+                time.sleep(0.02)  # noqa: sleep-ok - no event for a path appearing
         self._sock.settimeout(timeout)
         self._file = self._sock.makefile("rwb")
         self._read()  # greeting
@@ -300,7 +300,7 @@ class Machine:
             if status in {"failed", "cancelled"} or time.monotonic() > deadline:
                 raise QemuError(f"saving the guest state ended with status {status!r}")
             # Migration progress has no event in QEMU 7.2's default caps: a short poll.
-            time.sleep(0.05)
+            time.sleep(0.05)  # noqa: sleep-ok - QMP has no progress event here
         partial.rename(target)
 
     def resume_incoming(self, timeout: float) -> None:
@@ -317,7 +317,7 @@ class Machine:
                 raise QemuError(f"loading the saved state took over {timeout:.0f} s")
             # QEMU 7.2 reports the load's end only by status or an event we'd have to
             # subscribe to before it starts; a 20 ms poll of a local socket is cheap.
-            time.sleep(0.02)
+            time.sleep(0.02)  # noqa: sleep-ok - see above: status is polled
         if status != "paused":
             raise QemuError(f"guest is {status!r} after loading the saved state")
         self.qmp.command("cont")

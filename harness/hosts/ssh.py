@@ -116,7 +116,7 @@ def connect(
             client.close()
             last = exc
             # Back off a little: each attempt is itself bounded by the banner timeout.
-            time.sleep(min(0.2 * attempt, 1.0))
+            time.sleep(min(0.2 * attempt, 1.0))  # noqa: sleep-ok - back-off between refused attempts
             continue
         transport = client.get_transport()
         assert transport is not None

@@ -327,7 +327,7 @@ class LibvirtSandbox:
                 )
             if time.monotonic() > deadline:
                 raise VagrantError(f"libvirtd did not answer within {LIBVIRTD_READY_TIMEOUT} s")
-            time.sleep(0.2)
+            time.sleep(0.2)  # noqa: sleep-ok - libvirtd's socket has no readiness event
 
     def _account_files(self) -> dict[str, Path]:
         """Copies of /etc/passwd and /etc/group that know libvirt's QEMU account.
@@ -581,7 +581,7 @@ def _connect_via(sandbox: LibvirtSandbox | None, ssh: dict[str, str]) -> paramik
         except (OSError, paramiko.SSHException, EOFError) as exc:
             client.close()
             last = exc
-            time.sleep(1.0)
+            time.sleep(1.0)  # noqa: sleep-ok - back-off between refused attempts
     raise SshError(f"no SSH answer from the box at {host}:{port}: {last!r}")
 
 

@@ -696,7 +696,7 @@ class RecordingServer:
                 await writer.drain()
                 return
         if self.faults.delay_ms:
-            await asyncio.sleep(self.faults.delay_ms / 1000)  # the injected fault itself
+            await asyncio.sleep(self.faults.delay_ms / 1000)  # noqa: sleep-ok - the injected delay itself
         record = {
             "client": client,
             "command": command_name(command),
