@@ -5,7 +5,8 @@
 #   ./dev.sh bench [ARGS]  the benchmark (ztun bench)
 #   ./dev.sh vm [ARGS]     the VM suite (QEMU guests; slow under TCG)
 #   ./dev.sh setup         only install (idempotent; a second run takes about a second)
-# ZTUN_VAGRANT=1 (setup, vm) adds the Vagrant row: VM_PACKAGES + VAGRANT_PACKAGES.
+# The VM row (./dev.sh vm) includes the Vagrant row (VAGRANT_PACKAGES; ZTUN_VAGRANT=0 leaves
+# it out); ZTUN_VAGRANT=1 ./dev.sh setup installs both without running them.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
@@ -17,9 +18,10 @@ APT_PACKAGES=(
   openssh-client openssh-server nftables tinyproxy-bin
 )
 VM_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs)
-# The Vagrant row, opt-in: Debian's vagrant and vagrant-libvirt, and a libvirtd the harness
-# starts itself inside namespaces of its own (~200 MB of Ruby and libvirt): only
-# ZTUN_VAGRANT=1 installs it; without it the Vagrant tests skip, naming this list.
+# The Vagrant row, part of the VM row: Debian's vagrant and vagrant-libvirt, and a libvirtd
+# the harness starts itself inside namespaces of its own (~200 MB of Ruby and libvirt):
+# ./dev.sh vm installs it (ZTUN_VAGRANT=0: not), ./dev.sh setup/test only with
+# ZTUN_VAGRANT=1; without it the Vagrant tests skip, naming this list.
 # Not libvirt-daemon-system: it would enable a system libvirtd and, through
 # libvirt-daemon-config-network, the autostarted "default" network with its virbr0 bridge
 # in the root namespace at every boot. libvirt-daemon ships the daemon and its drivers with
@@ -93,12 +95,18 @@ case "$cmd" in
   bench) setup; exec "$VENV/bin/ztun" bench "$@" ;;
   vm)
     # The VM row: Debian guests under QEMU (KVM where a trial boot proves it works, else
-    # TCG), built from Debian packages and cached; with ZTUN_VAGRANT=1 also the same guest
+    # TCG), built from Debian packages and cached; and (unless ZTUN_VAGRANT=0) the same guest
     # as a Vagrant box (vagrant-libvirt, libvirtd in namespaces of its own:
     # harness/vms/README.md). Runs serially (a guest uses both cores).
     need_root
-    if [ "${ZTUN_VAGRANT:-0}" != 1 ]; then ZTUN_DEV_PROFILES="apt vm"; fi
-    setup_apt "${VM_PACKAGES[@]}" "${OPTIONAL_PACKAGES[@]}"; setup_venv
+    if [ "${ZTUN_VAGRANT:-1}" = 1 ]; then
+      ZTUN_DEV_PROFILES="apt vm vagrant"
+      setup_apt "${VM_PACKAGES[@]}" "${VAGRANT_PACKAGES[@]}"
+    else
+      ZTUN_DEV_PROFILES="apt vm"
+      setup_apt "${VM_PACKAGES[@]}"
+    fi
+    setup_venv
     "$VENV/bin/python" -m harness vm build
     exec "$VENV/bin/pytest" tests/vm -m vm -n 0 "$@" ;;
   *) sed -n '2,8p' "$0"; exit 2 ;;

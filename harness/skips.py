@@ -7,8 +7,9 @@ A missing tool is a *failure*, not a skip, when a ``dev.sh`` list of the running
 installs it: then pytest was run without ``dev.sh`` (or the list lost a package), and a
 skip would hide exactly the gap a fresh machine falls into.  The message is the
 ``apt-get install -y ...`` line that closes it.  ``dev.sh`` exports the profile as
-``ZTUN_DEV_PROFILES`` (``apt`` for test/demo/bench, ``apt vm`` for the VM row, ``apt vm
-vagrant`` for any command with ``ZTUN_VAGRANT=1``); plain ``pytest`` means ``apt``.
+``ZTUN_DEV_PROFILES`` (``apt`` for test/demo/bench, ``apt vm vagrant`` for the VM row --
+``apt vm`` with ``ZTUN_VAGRANT=0`` -- and for any command with ``ZTUN_VAGRANT=1``); plain
+``pytest`` means ``apt``.
 Tools no list of the profile provides (Vagrant outside it, VirtualBox, ...) skip with
 ``tool missing: X (why)``.
 """
