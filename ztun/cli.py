@@ -96,6 +96,23 @@ def _proxy_url(text: str) -> str:
     return text
 
 
+def _udp_proxy_url(text: str) -> str:
+    """--udp-proxy: an outbound that carries UDP (a proxy that cannot would refuse every
+    UDP flow, DNS included, with nothing said at start-up)."""
+    from .outbound import ProxyURL, parse_outbound_url
+
+    try:
+        spec = parse_outbound_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if isinstance(spec, ProxyURL) and not spec.udp_capable:
+        raise argparse.ArgumentTypeError(
+            f"{spec.label}: {spec.scheme}:// carries no UDP "
+            "(use socks5://, socks5h://, direct:// or reject://)"
+        )
+    return text
+
+
 def _device_url(text: str) -> str:
     if text.startswith("tun://"):
         name = text[len("tun://") :]
@@ -115,7 +132,8 @@ def _device_url(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ztun",
-        description="ztun: send every TCP connection, UDP flow and ping through a SOCKS5 proxy "
+        description="ztun: send every TCP connection, UDP flow and ping through a proxy "
+        "(SOCKS5, SOCKS4/4a, HTTP CONNECT) "
         "via a TUN device.",
     )
     parser.add_argument("--version", action="version", version=f"ztun {__version__}")
@@ -152,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--udp-proxy",
-        type=_proxy_url,
+        type=_udp_proxy_url,
         default=None,
         metavar="URL",
         help="a different outbound for the UDP of the group 'default' "

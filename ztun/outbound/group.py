@@ -266,7 +266,11 @@ class ProxyGroup:
         any_up = any(self.monitor.health.is_up(n) for n in self._names)
         if isinstance(event, WentDown) and not any_up and not self._all_down:
             self._all_down = True
-            then = "they go direct (fail-open)" if self.fallback else "they are refused"
+            then = (
+                "go direct (fail-open)"
+                if self.fallback
+                else f"get one last try on {self._names[0]}, then are refused"
+            )
             log.warning("group %s: no member is up; new flows %s", self.name, then)
         elif isinstance(event, CameUp) and any_up and self._all_down:
             self._all_down = False

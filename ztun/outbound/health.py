@@ -30,6 +30,7 @@ from .errors import (
     Rejected,
     TargetUnsupported,
 )
+from .socks5_proto import Reply
 
 #: Consecutive failures that take a member out (one, if the connect was refused).
 DOWN_AFTER = 2
@@ -62,6 +63,11 @@ def classify(exc: BaseException, *, udp: bool = False) -> Verdict:
         return Verdict.NOT_CONCERNED
     if isinstance(exc, ProxyRefused) and exc.target_fault:
         return Verdict.ALIVE
+    if isinstance(exc, ProxyRefused) and exc.reply_code == Reply.NOT_ALLOWED:
+        # A policy refusal (squid's 403 for a port it does not allow, SOCKS5 0x02)
+        # concerns this flow only: it must not take a working proxy down (with
+        # fail_open, every flow would then go direct).
+        return Verdict.NOT_CONCERNED
     if isinstance(exc, OutboundError):  # auth, protocol errors, policy refusals
         return Verdict.FAILED
     return Verdict.NOT_CONCERNED

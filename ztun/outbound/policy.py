@@ -27,11 +27,10 @@ def candidates(
     if not up:
         return []
     if policy is Policy.ROUND_ROBIN:
-        # Rotate the full list, then keep the up ones: a down member's turn passes to
-        # the next up member instead of doubling someone's share.
-        start = turn % len(members)
-        rotated = [*members[start:], *members[:start]]
-        return [m for m in rotated if is_up(m)]
+        # Rotate the up members: with one down, the others share its turns evenly
+        # (rotating the full list would hand every turn of the down one to its successor).
+        start = turn % len(up)
+        return [*up[start:], *up[:start]]
     if policy is Policy.LEAST_CONNECTIONS:
         # sorted() is stable: ties go to the member listed first.
         return sorted(up, key=active)

@@ -421,9 +421,11 @@ class _Builder:
         # taken first so a [[proxies]] entry cannot shadow one.
         taken = {f"proxy{i}" for i in range(1, len(proxy_urls) + 1)}
         named = _proxies.parse_proxies(self, data, taken)
-        proxy_names = {p.name for p in implicit_proxies(proxy_urls, named) + named}
+        all_named = implicit_proxies(proxy_urls, named) + named
+        proxy_names = {p.name for p in all_named}
         taken |= proxy_names
-        groups = _proxies.parse_groups(self, data, proxy_names, taken)
+        ipv4_only = {p.name for p in all_named if p.url.lower().startswith("socks4://")}
+        groups = _proxies.parse_groups(self, data, proxy_names, taken, ipv4_only)
         known = (*sorted(taken), DEFAULT_GROUP, "direct", "reject")
         fail_open = self.take(data, (), "fail_open", bool, False)
         default_outbound = self.default_outbound(data, known)

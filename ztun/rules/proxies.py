@@ -15,6 +15,7 @@ carry the file, line and key like every other section's.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -167,9 +168,15 @@ def parse_proxies(b: _Builder, data: dict[str, Any], taken: set[str]) -> tuple[P
 
 
 def parse_groups(
-    b: _Builder, data: dict[str, Any], proxies: set[str], taken: set[str]
+    b: _Builder,
+    data: dict[str, Any],
+    proxies: set[str],
+    taken: set[str],
+    ipv4_only: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[GroupSpec, ...]:
-    """``[groups.NAME]`` tables: members (proxy names), policy, probe, interval."""
+    """``[groups.NAME]`` tables: members (proxy names), policy, probe, interval.
+    `ipv4_only`: the socks4:// proxies, which can reach an IPv4 address only (a probe by
+    name or IPv6 address would never tell whether they work)."""
     raw = data.pop("groups", {})
     if not isinstance(raw, dict):
         raise b.error(("groups",), "must be a table of groups ([groups.NAME])")
@@ -201,6 +208,13 @@ def parse_groups(
             probe = b.host_port(probe_text, (*p, "probe"), 0)
             if probe[1] == 0:
                 raise b.error((*p, "probe"), f"{probe_text!r} needs a port (HOST:PORT)")
+            blind = [m for m in members if m in ipv4_only]
+            if blind and not _is_ipv4(probe[0]):
+                raise b.error(
+                    (*p, "probe"),
+                    f"{probe_text!r}: {', '.join(blind)} is socks4:// and reaches IPv4 "
+                    "addresses only (give an IPv4 probe, or use socks4a:// for names)",
+                )
         interval = b.take(t, p, "interval", float, DEFAULT_PROBE_INTERVAL)
         if interval < MIN_PROBE_INTERVAL:
             raise b.error((*p, "interval"), f"must be at least {MIN_PROBE_INTERVAL:g} seconds")
@@ -244,6 +258,14 @@ def _member(
     if value in seen:
         raise b.error(path, f"{value!r} is listed twice")
     return value
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _kind(value: Any) -> str:

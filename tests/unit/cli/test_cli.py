@@ -271,6 +271,8 @@ def test_flags_beat_the_files_proxies(tmp_path) -> None:  # type: ignore[no-unty
         (["--proxy", "http://us%3Aer:p@h:1"], "RFC 7617"),
         (["--proxy", "socks5://h:1", "--proxy", "direct://"], "it cannot be in a group"),
         (["--udp-proxy", "http//h:1"], "scheme missing"),
+        (["--udp-proxy", "http://u:p@h:3128"], "http proxy h:3128: http:// carries no UDP"),
+        (["--udp-proxy", "socks4a://h:1080"], "socks4a:// carries no UDP"),
         (["--fail-open=yes"], "ignored explicit argument"),
     ],
 )

@@ -39,7 +39,7 @@ T0 = 1000.0
         (TimeoutError(), False, Verdict.FAILED),
         (ProxyAuthFailed("x"), False, Verdict.FAILED),
         (ProxyProtocolError("x"), False, Verdict.FAILED),
-        (ProxyRefused(Reply.NOT_ALLOWED), False, Verdict.FAILED),
+        (ProxyRefused(Reply.NOT_ALLOWED), False, Verdict.NOT_CONCERNED),
         (ProxyRefused(Reply.GENERAL_FAILURE), False, Verdict.FAILED),
         # the target's own refusal: the proxy answered, so it works
         (ProxyRefused(Reply.CONNECTION_REFUSED), False, Verdict.ALIVE),
@@ -190,10 +190,21 @@ def test_failover_takes_the_first_up_member() -> None:
 def test_round_robin_rotates_and_skips_down_members() -> None:
     firsts = [order(Policy.ROUND_ROBIN, {"a", "b", "c"}, {}, turn)[0] for turn in range(6)]
     assert firsts == ["a", "b", "c", "a", "b", "c"]
-    # b is down: its turn goes to c, not to a second helping for a
-    firsts = [order(Policy.ROUND_ROBIN, {"a", "c"}, {}, turn)[0] for turn in range(3)]
-    assert firsts == ["a", "c", "c"]
+    # b is down: the up members share the turns evenly (no double share for c)
+    firsts = [order(Policy.ROUND_ROBIN, {"a", "c"}, {}, turn)[0] for turn in range(4)]
+    assert firsts == ["a", "c", "a", "c"]
     assert order(Policy.ROUND_ROBIN, {"a", "c"}, {}, 1) == ["c", "a"]
+
+
+def test_round_robin_shares_evenly_with_a_member_down() -> None:
+    members = ["a", "b", "c", "d"]
+    counts = dict.fromkeys(members, 0)
+    for turn in range(300):
+        first = candidates(
+            Policy.ROUND_ROBIN, members, is_up=lambda m: m != "b", active=lambda m: 0, turn=turn
+        )[0]
+        counts[first] += 1
+    assert counts == {"a": 100, "b": 0, "c": 100, "d": 100}
 
 
 def test_least_connections_prefers_the_idlest_then_the_order() -> None:

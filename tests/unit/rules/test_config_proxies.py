@@ -250,3 +250,16 @@ def test_implicit_names_cannot_be_taken(tmp_path: Path) -> None:
     text = 'proxy = "socks5://h:1"\n[[proxies]]\nname = "proxy1"\nurl = "socks5://h:2"\n'
     with pytest.raises(ConfigError, match=r"ztun.toml:3: proxies\[0\]\.name: 'proxy1' is already"):
         load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("probe", ["example.com:443", "[2001:db8::1]:443"])
+def test_a_socks4_member_needs_an_ipv4_probe(tmp_path: Path, probe: str) -> None:
+    """socks4:// reaches IPv4 addresses only: a probe by name or IPv6 address could never
+    tell whether it works, so such a group is refused at load (exit 2 from ztun run)."""
+    text = GOOD.replace('url = "socks5://10.0.0.2:1080"', 'url = "socks4://10.0.0.2:1080"')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text.replace('"192.0.2.10:80"', f'"{probe}"', 1)))
+    assert f"groups.main.probe: '{probe}': a is socks4:// and reaches IPv4 addresses only" in str(
+        info.value
+    )
+    load_config(write(tmp_path, text))  # an IPv4 probe is fine
