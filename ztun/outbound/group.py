@@ -202,7 +202,12 @@ class ProxyGroup:
             error: OutboundError = ProxyTimeout(
                 f"{first.url.label}: no answer within {self.connect_timeout / 2:g}s"
             )
-            self.monitor.failed(first.name, str(error))
+            if self.prober is not None and self.prober.target is not None:
+                # The proxy may be waiting on a slow or silent target (danted while the
+                # target drops SYNs): the group's probe decides, not this flow.
+                self.prober.check_now(first.name)
+            else:
+                self.monitor.failed(first.name, str(error))
         except OutboundError as exc:
             error = exc
         second = self._retry_on(first.name, error, self._names)

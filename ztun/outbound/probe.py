@@ -174,6 +174,17 @@ class GroupProber:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
 
+    def check_now(self, name: str) -> None:
+        """Check `name` at once (unless a check of it is running): a flow that ran out of
+        time cannot tell a slow proxy from a slow target; a probe of the group's target
+        can."""
+        if name in self._running or name not in self.members:
+            return
+        self.schedule.started(name, self.monitor.clock())
+        task = asyncio.get_running_loop().create_task(self._check(self.members[name]))
+        self._running[name] = task
+        task.add_done_callback(functools.partial(self._finished, name))
+
     def _finished(self, name: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(name, None)
         self._wake.set()

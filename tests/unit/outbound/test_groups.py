@@ -54,6 +54,7 @@ class ScriptedProxy:
         self.port = 0
         self.server: asyncio.Server | None = None
         self.silent = False
+        self.slow_targets: set[bytes] = set()  # CONNECTs to these get no answer
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._handle, LOOPBACK, self.port)
@@ -66,8 +67,9 @@ class ScriptedProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await reader.readuntil(b"\r\n\r\n")
-            if self.silent:
+            request = await reader.readuntil(b"\r\n\r\n")
+            target = request.split(b" ", 2)[1] if request.startswith(b"CONNECT ") else b""
+            if self.silent or target in self.slow_targets:
                 await reader.read()
                 return
             writer.write(b"HTTP/1.1 " + self.status + b"\r\n\r\n")
@@ -272,6 +274,51 @@ def test_a_silent_member_gets_half_the_timeout_then_the_next_one_answers(tmp_pat
                     assert await carried_by(outbounds) == "b"
                 state = outbounds.monitor.health.state("a")
                 assert state.failures == 1 and "no answer within 0.3s" in str(state.last_error)
+            finally:
+                await outbounds.close()
+
+    run(scenario())
+
+
+def test_a_slow_target_leaves_the_proxy_up_when_the_probe_gets_through(tmp_path: Path) -> None:
+    """The first member waits on the flow's target (as danted does while the target drops
+    SYNs): the flow moves on to the next member, and the group's probe -- answered at
+    once -- decides that the proxy is fine."""
+
+    async def scenario() -> None:
+        async with proxies("a", "b") as servers:
+            servers["a"].slow_targets.add(f"{TARGET.host}:{TARGET.port}".encode())
+            cfg = config(tmp_path, servers, 'probe = "192.0.2.10:80"\ninterval = 60')
+            options = Options(cfg, connect_timeout=0.6)
+            outbounds = build_outbounds(options)
+            seen = Transitions(outbounds)
+            try:
+                for _ in range(3):  # DOWN_AFTER is 2: three timeouts would have taken a down
+                    async with asyncio.timeout(options.connect_timeout):
+                        assert await carried_by(outbounds) == "b"
+                    await seen.wait(lambda e: isinstance(e, Probed) and e.name == "a")
+                    seen.seen.clear()
+                assert outbounds.monitor.health.is_up("a")
+                assert outbounds.monitor.health.state("a").failures == 0
+            finally:
+                await outbounds.close()
+
+    run(scenario())
+
+
+def test_a_silent_proxy_is_taken_down_by_the_probe_its_timeout_starts(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with proxies("a", "b") as servers:
+            servers["a"].silent = True
+            cfg = config(tmp_path, servers, 'probe = "192.0.2.10:80"\ninterval = 60')
+            options = Options(cfg, connect_timeout=0.6)
+            outbounds = build_outbounds(options)
+            seen = Transitions(outbounds)
+            try:
+                async with asyncio.timeout(options.connect_timeout):
+                    assert await carried_by(outbounds) == "b"
+                probed = await seen.wait(lambda e: isinstance(e, Probed) and e.name == "a")
+                assert isinstance(probed, Probed) and probed.error is not None
             finally:
                 await outbounds.close()
 
