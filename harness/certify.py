@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         type=int,
         default=None,
-        help="run behaviours in N processes (pytest-xdist; default: one process)",
+        help="run behaviours in N processes (pytest-xdist; default: one process; one at a time "
+        "on a local single host, which they would share)",
     )
     run.add_argument("-k", dest="select", metavar="EXPR", help="only behaviours matching EXPR")
     run.add_argument(

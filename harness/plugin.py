@@ -102,6 +102,7 @@ STARTUP_CLEANUP_ENV = "ZTUN_HARNESS_STARTUP_CLEANUP"
 """Set to 0 to keep dead runs' leftovers at session start (e.g. to inspect them)."""
 
 _STATE_KEY = pytest.StashKey["HarnessState"]()
+_ONE_AT_A_TIME_KEY = pytest.StashKey[str]()
 _TEST_KEY = pytest.StashKey[TestArtifacts]()
 _FAILED_KEY = pytest.StashKey[bool]()
 
@@ -130,6 +131,33 @@ class HarnessState:
 
 def state(config: pytest.Config) -> HarnessState:
     return config.stash[_STATE_KEY]
+
+
+def single_host_kind(choice: str, platform_name: str = sys.platform) -> str:
+    """``--single-host`` resolved: ``namespace`` or ``local`` (auto: namespace on Linux)."""
+    if choice == "auto":
+        return "namespace" if platform_name == "linux" else "local"
+    return choice
+
+
+def shares_one_host(topology: str, single_host: str, platform_name: str = sys.platform) -> bool:
+    """Whether every behaviour runs on the same host, so two cannot run at once.
+
+    On one host two behaviours would share what the suite gives each of them by name: the
+    TUN device (``ctun0``; and on Linux ztun's nftables table named after it), the routes
+    for the documentation prefixes (a host has one route per prefix, so a second TUN
+    cannot take them; on macOS utun names are the kernel's, but the routes still clash)
+    and the loopback ports of the recording proxy and the targets (EADDRINUSE). The
+    netns topology and ``--single-host namespace`` give each behaviour hosts of its own.
+    """
+    return topology == "single" and single_host_kind(single_host, platform_name) == "local"
+
+
+ONE_AT_A_TIME_NOTE = (
+    "ztun harness: --topology single on a local host runs one behaviour at a time, not "
+    "{workers} at once: they would share one TUN name, the routes for the documentation "
+    "prefixes and the loopback ports"
+)
 
 
 def derive_seed(seed: int, nodeid: str) -> int:
@@ -258,6 +286,23 @@ def adapter_choice_from(config: pytest.Config) -> AdapterChoice:
         )
     except (ValueError, TypeError) as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """One behaviour at a time where they all share one host (see shares_one_host).
+
+    Runs after pytest-xdist's own hook (``tryfirst``) has turned ``-n N`` into N worker
+    specs and before the session starts them, so no worker is ever created.
+    """
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    if not shares_one_host(config.getoption("topology"), config.getoption("single_host")):
+        return
+    workers = len(config.option.tx or ()) if config.option.dist != "no" else 0
+    if workers < 2:  # one worker already runs one behaviour at a time
+        return
+    config.option.numprocesses, config.option.dist, config.option.tx = 0, "no", []
+    config.stash[_ONE_AT_A_TIME_KEY] = ONE_AT_A_TIME_NOTE.format(workers=workers)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -415,6 +460,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     st = state(session.config)
+    note = session.config.stash.get(_ONE_AT_A_TIME_KEY, "")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if note and reporter is not None:
+        reporter.write_line(note)  # said once, at any verbosity (-q hides the header)
     startup_cleanup = os.environ.get(STARTUP_CLEANUP_ENV, "1") != "0"
     if st.worker_id is None and is_root() and startup_cleanup:
         report = cleanup(NAME_PREFIX)  # only owners that are gone; live runs are kept
@@ -614,10 +663,7 @@ def topology_factory(
 def single_host(request: pytest.FixtureRequest, artifacts: TestArtifacts) -> Iterator[Host]:
     """The one host of the single topology (``--single-host``): a fresh namespace of its own
     on Linux, never the root namespace; this machine where there are no namespaces."""
-    choice = state(request.config).single_host
-    if choice == "auto":
-        choice = "namespace" if sys.platform == "linux" else "local"
-    if choice == "namespace":
+    if single_host_kind(state(request.config).single_host) == "namespace":
         factory: TopologyFactory = request.getfixturevalue("topology_factory")
         yield factory(TopologySpec.of(hosts=["host"])).host("host")
         return

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.hosts.local import LocalHost, RootNamespaceRefused, in_root_netns
+from harness.plugin import shares_one_host
 from harness.topo import Topology, TopologySpec
 
 INNER_TIMEOUT = 600.0
@@ -54,10 +55,19 @@ CORE_COUNT = 15
 """How many behaviours CORE_BEHAVIOURS selects (so a renamed one cannot drop out unseen)."""
 
 
-def certify_command(report: Path, *options: str) -> list[str]:
+SHARED_HOST_BEHAVIOURS = (
+    "tcp_open or tcp_half_close or tcp_rst or tcp_refused or ipv6_tcp or udp_echo_v4"
+)
+"""A quick selection that clashes when two run at once on one host (every one starts the
+TCP echo target on the same loopback port, a TUN named ctun0 and the same routes)."""
+SHARED_HOST_COUNT = 9
+"""How many behaviours SHARED_HOST_BEHAVIOURS selects."""
+
+
+def certify_command(report: Path, *options: str, select: str = CORE_BEHAVIOURS) -> list[str]:
     return [
         *(sys.executable, "-m", "harness", "certify", "--tun2socks", "ztun"),
-        *("--report", str(report), "-k", CORE_BEHAVIOURS, *options),
+        *("--report", str(report), "-k", select, *options),
     ]
 
 
@@ -83,7 +93,7 @@ def test_single_topology_on_a_local_host_matches_the_netns_topology(
     topo: Topology = topology_factory(TopologySpec.of(hosts=["box"]))  # type: ignore[operator]
     single_report, netns_report = tmp_path / "single", tmp_path / "netns"
     single = topo.host("box").run(
-        certify_command(single_report, "--topology", "single", "--single-host", "local"),
+        certify_command(single_report, "--topology", "single", "--single-host", "local", "-n", "2"),
         timeout=INNER_TIMEOUT,
     )
     assert single.returncode == 0, single.stdout[-4000:] + single.stderr[-2000:]
@@ -104,3 +114,51 @@ def test_single_topology_on_a_local_host_matches_the_netns_topology(
     assert single_outcomes == netns_outcomes
     required = {k: v for k, v in single_outcomes.items() if k not in optional}
     assert set(required.values()) == {"pass"}, required
+
+
+@pytest.mark.parametrize(
+    ("topology", "single_host", "platform_name", "shared"),
+    [
+        ("single", "local", "linux", True),
+        ("single", "auto", "darwin", True),
+        ("single", "auto", "win32", True),
+        ("single", "auto", "linux", False),
+        ("single", "namespace", "linux", False),
+        ("netns", "local", "linux", False),
+    ],
+)
+def test_only_a_local_single_host_is_shared_by_every_behaviour(
+    topology: str, single_host: str, platform_name: str, shared: bool
+) -> None:
+    """Where ``--single-host`` resolves to this machine (``local``; ``auto`` on macOS and
+    Windows) every behaviour shares one host; a namespace per behaviour shares nothing."""
+    assert shares_one_host(topology, single_host, platform_name) is shared
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(INNER_TIMEOUT + 60)
+def test_single_host_local_runs_one_behaviour_at_a_time(
+    topology_factory: object, tmp_path: Path, nested_env: None
+) -> None:
+    """``-n 2`` on a local single host: two behaviours at once would clash on that host (a
+    second target's bind of the same loopback port fails with EADDRINUSE, a second TUN
+    named ctun0 with EBUSY, a second route for 192.0.2.0/24 with EEXIST; before the plugin
+    serialised, 6 of these 9 failed that way). The run says once that it goes one
+    behaviour at a time, and every behaviour passes."""
+    topo: Topology = topology_factory(TopologySpec.of(hosts=["box"]))  # type: ignore[operator]
+    report = tmp_path / "single"
+    done = topo.host("box").run(
+        certify_command(
+            report,
+            *("--topology", "single", "--single-host", "local", "-n", "2"),
+            select=SHARED_HOST_BEHAVIOURS,
+        ),
+        timeout=INNER_TIMEOUT,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert output.count("runs one behaviour at a time, not 2 at once") == 1, output[-4000:]
+    topology, results, _ = outcomes(report)
+    assert topology == "single"
+    assert len(results) == SHARED_HOST_COUNT, sorted(results)
+    assert set(results.values()) == {"pass"}, results
