@@ -87,6 +87,7 @@ class ProxyDialer:
         *,
         protocol: str,
         timeout: float | None = None,
+        then_timeout: float | None = None,
     ) -> tuple[socket.socket, T, bytes]:
         """Connect and run a core to its end: (socket, settle's result, early tunnel bytes).
 
@@ -95,7 +96,8 @@ class ProxyDialer:
         SOCKS5 UDP ASSOCIATE names the zero address of the family the proxy was reached
         in). `protocol` names what was expected in the timeout message ("no SOCKS5
         answer"); `timeout` bounds the connect and, separately, the handshake (default:
-        `connect_timeout`). The socket is closed on every failure.
+        `connect_timeout`); `then_timeout` bounds the rest of it once the proxy's first
+        answer is in (see `handshake.Dial`). The socket is closed on every failure.
         """
         candidates = self._addresses
         if candidates is None:  # a name: resolve it now (it may change between flows)
@@ -109,6 +111,7 @@ class ProxyDialer:
                 timeout=self.connect_timeout if timeout is None else timeout,
                 label=self.label,
                 protocol=protocol,
+                then_timeout=then_timeout,
             )
         )
 

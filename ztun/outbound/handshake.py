@@ -17,7 +17,9 @@ result (the handshake is done), None (go on) or an `OutboundError` (it failed). 
 carry the messages the await-based adapter gave: `ProxyUnreachable` for the TCP connect
 (refused - with `refused` set -, no route, timed out), `ProxyTimeout` for a handshake
 without an answer, `ProxyProtocolError` for garbage or a connection lost mid-handshake.
-`timeout` bounds the connect and, separately, the handshake.
+`timeout` bounds the connect and, separately, the handshake; `then_timeout`, when given,
+bounds the rest of the handshake once the proxy's first answer is in (a pipelined SOCKS5
+request: its method selection came, so a reply that has not is likely dropped).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Dial(Generic[T]):
         timeout: float,
         label: str,
         protocol: str,
+        then_timeout: float | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.future: asyncio.Future[tuple[socket.socket, T, bytes]] = self._loop.create_future()
@@ -67,6 +70,8 @@ class Dial(Generic[T]):
         self._timeout = timeout
         self._label = label
         self._protocol = protocol
+        self._then_timeout = then_timeout
+        self._since = ""  # what the timeout message counts from
         self._sock: socket.socket | None = None
         self._core: HandshakeCore | None = None
         self._pending = b""
@@ -195,7 +200,20 @@ class Dial(Generic[T]):
         except OutboundError as exc:
             self._fail(exc)
             return
+        if events and self._then_timeout is not None:
+            self._bound_rest(self._then_timeout)
         self._flush()
+
+    def _bound_rest(self, seconds: float) -> None:
+        """The rest of the handshake gets `seconds` from now (once), if that is sooner."""
+        self._then_timeout = None
+        deadline = self._loop.time() + seconds
+        if deadline >= self._deadline:
+            return
+        self._timeout, self._since = seconds, " of the first"
+        self._deadline = self._armed = deadline
+        self._timer.cancel()
+        self._timer = self._loop.call_at(self._armed, self._on_timeout)
 
     def _lost(self, exc: OSError) -> None:
         self._fail(
@@ -212,7 +230,10 @@ class Dial(Generic[T]):
             return
         if self._connected:
             self._fail(
-                ProxyTimeout(f"{self._label}: no {self._protocol} answer within {self._timeout:g}s")
+                ProxyTimeout(
+                    f"{self._label}: no {self._protocol} answer within "
+                    f"{self._timeout:g}s{self._since}"
+                )
             )
         else:
             self._fail(

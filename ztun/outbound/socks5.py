@@ -38,6 +38,7 @@ from .socks5_proto import (
     RequestFailed,
     RequestSucceeded,
     Socks5Client,
+    State,
     UdpHeader,
     decode_udp_header,
     encode_auth,
@@ -63,6 +64,8 @@ _HEADER_CACHE = 1024
 #: the request sent with the greeting (microsocks waits for it forever); the reply also
 #: waits for the proxy's connect to the target, so a slow target can fail a trial too:
 #: then that one flow is carried apart and pipelining stays off - correct, only slower.
+#: Once pipelining is on, the reply gets as long after the method selection (a proxy that
+#: starts dropping early requests - another server now at that address - is found so).
 PIPELINE_TRIAL_TIMEOUT = 1.0
 _UNSPECIFIED = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 
@@ -131,28 +134,50 @@ class Socks5Outbound(ProxyOutboundBase):
                 self.pipelining.sent_apart_succeeded()
             return result
         # A trial is bounded tightly: a proxy that dropped the early request waits forever.
-        timeout = self.connect_timeout
+        # Once on, the connect and the method selection get the usual time, the reply as
+        # long as a trial's: the flow's own limit would otherwise always end it first.
+        timeout, then_timeout = self.connect_timeout, PIPELINE_TRIAL_TIMEOUT
         if choice is PipelineState.TRIAL:
             timeout = min(timeout, PIPELINE_TRIAL_TIMEOUT)
+        cores: list[Socks5Client] = []
         try:
-            result = await self._attempt(command, target, pipeline=True, timeout=timeout)
-        except (ProxyProtocolError, ProxyTimeout) as exc:
-            self.pipelining.pipelined_failed()
-            log.info(
-                "%s: no reply to a CONNECT sent with the greeting (%s); "
-                "sending them apart from now on",
-                self.url.label,
-                exc,
+            result = await self._attempt(
+                command,
+                target,
+                pipeline=True,
+                timeout=timeout,
+                then_timeout=then_timeout,
+                cores=cores,
             )
+        except (ProxyProtocolError, ProxyTimeout) as exc:
+            self._pipelining_failed(str(exc), self.pipelining.pipelined_failed())
             return await self._attempt(command, target, pipeline=False)
         except ProxyRefused:
             self.pipelining.pipelined_answered()  # a reply code: it parsed the request
+            raise
+        except asyncio.CancelledError:
+            # The flow's limit (or its close) ended it: the method selection without the
+            # reply is all a dropped request shows then (see `Pipelining.cut_short`).
+            answered = bool(cores) and cores[-1].state is State.AWAIT_REPLY
+            self._pipelining_failed(
+                "cancelled after the method selection",
+                self.pipelining.cut_short(greeting_answered=answered),
+            )
             raise
         except BaseException:
             self.pipelining.abandoned()
             raise
         self.pipelining.pipelined_answered()
         return result
+
+    def _pipelining_failed(self, why: str, turned_off: bool) -> None:
+        if turned_off:  # logged once per proxy, not once per flow in flight
+            log.info(
+                "%s: no reply to a CONNECT sent with the greeting (%s); "
+                "sending them apart from now on",
+                self.url.label,
+                why,
+            )
 
     async def _attempt(
         self,
@@ -161,21 +186,27 @@ class Socks5Outbound(ProxyOutboundBase):
         *,
         pipeline: bool,
         timeout: float | None = None,
+        then_timeout: float | None = None,
+        cores: list[Socks5Client] | None = None,
     ) -> tuple[socket.socket, Target, bytes]:
-        """One connection to the proxy and one handshake on it."""
+        """One connection to the proxy and one handshake on it; each core made is appended
+        to `cores` (its state tells how far a handshake that did not end got)."""
         requested = target
 
         def make_core(sock: socket.socket) -> Socks5Client:
             nonlocal requested
             if requested is None:  # UDP ASSOCIATE: "all zeros" in the control's family
                 requested = Target(_UNSPECIFIED.get(sock.family, "0.0.0.0"), 0)
-            return Socks5Client(
+            core = Socks5Client(
                 command,
                 requested,
                 username=self.url.username,
                 password=self.url.password,
                 pipeline=pipeline,
             )
+            if cores is not None:
+                cores.append(core)
+            return core
 
         def settle(event: object) -> Target | None:
             if isinstance(event, RequestSucceeded):
@@ -196,7 +227,7 @@ class Socks5Outbound(ProxyOutboundBase):
             return None
 
         sock, bound, early = await self._dialer.handshake(
-            make_core, settle, protocol="SOCKS5", timeout=timeout
+            make_core, settle, protocol="SOCKS5", timeout=timeout, then_timeout=then_timeout
         )
         if log.isEnabledFor(logging.DEBUG):
             how = "pipelined" if pipeline else "apart"

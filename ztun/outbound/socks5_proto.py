@@ -327,7 +327,10 @@ class Pipelining:
     reply to it - success or any reply code: the proxy parsed the request - turns
     pipelining on; a trial that ends without one (a stall, a close, garbage) turns it off
     for good, and the adapter redoes that handshake apart. A pipelined handshake that
-    fails that way later (another server now at that address) turns it off as well.
+    fails that way later (another server now at that address) turns it off as well: the
+    adapter bounds the wait for the reply once the method selection is in, as for a trial,
+    and a handshake cut short from outside (the flow's own time limit, usually the first
+    to end) between the method selection and the reply counts as such a failure too.
     """
 
     def __init__(self, *, enabled: bool = True) -> None:
@@ -355,10 +358,26 @@ class Pipelining:
         if self.state is PipelineState.TRIAL:
             self.state = PipelineState.ON
 
-    def pipelined_failed(self) -> None:
-        """A pipelined handshake ended without a reply: send apart from now on."""
+    def pipelined_failed(self) -> bool:
+        """A pipelined handshake ended without a reply: send apart from now on. True when
+        this turned pipelining off (it was not yet): the one time to say so."""
         self._trial_running = False
+        turned_off = self.state is not PipelineState.OFF
         self.state = PipelineState.OFF
+        return turned_off
+
+    def cut_short(self, *, greeting_answered: bool) -> bool:
+        """A pipelined handshake was ended from outside (cancelled) before its reply.
+
+        After the method selection and before the reply is where a dropped request leaves
+        a handshake, and where a time limit outside the handshake's own ends it: a
+        failure (True when that turned pipelining off). Before the method selection it
+        says nothing about pipelining: abandoned.
+        """
+        if greeting_answered:
+            return self.pipelined_failed()
+        self.abandoned()
+        return False
 
     def abandoned(self) -> None:
         """A pipelined handshake ended for a reason that says nothing about pipelining (the

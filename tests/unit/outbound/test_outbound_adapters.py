@@ -678,3 +678,111 @@ def test_first_message_waits_for_a_connect_that_completes_later(
 
     assert run(scenario()) == REQUEST
     assert waited == [True]
+
+
+class ChangingProxy:
+    """Answers pipelined requests until `drop_early` is set, then turns microsocks-like
+    (one recv() for the greeting, the rest dropped): another server behind the address."""
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+        self.drop_early = False
+
+    async def handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.seen:
+            self.seen.append(GREETING)
+            await _apart(reader, writer)
+        elif not self.drop_early:
+            self.seen.append(await reader.readexactly(3 + len(REQUEST)))
+            writer.write(H("0500") + REPLY_OK)
+        else:
+            first = await reader.read(512)
+            self.seen.append(first)
+            writer.write(H("0500"))
+            try:
+                assert await reader.readexactly(len(REQUEST)) == REQUEST
+            except asyncio.IncompleteReadError:
+                return  # its request was the dropped one: the client gave up on it
+            writer.write(REPLY_OK)
+        await reader.read()
+
+    async def turned_on(self, outbound: Socks5Outbound) -> None:
+        for _ in range(2):  # apart, then the trial, answered
+            (await outbound.open_tcp(TEST_NET_80)).sock.close()
+        assert outbound.pipelining.state is PipelineState.ON
+        self.drop_early = True
+
+
+def test_once_on_a_dropped_request_is_redone_apart_and_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pipelining on, then the proxy drops early requests: the reply's wait after the
+    method selection is bounded as a trial's, that flow is carried apart, the next too."""
+    monkeypatch.setattr(socks5_module, "PIPELINE_TRIAL_TIMEOUT", 0.3)
+    proxy = ChangingProxy()
+
+    async def scenario() -> None:
+        async with scripted_proxy(proxy.handler) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=5)
+            await proxy.turned_on(outbound)
+            for _ in range(2):
+                (await outbound.open_tcp(TEST_NET_80)).sock.close()
+            assert outbound.pipelining.state is PipelineState.OFF
+
+    with caplog.at_level("INFO", logger=socks5_module.__name__):
+        run(scenario())
+    # apart, the trial (answered: on); then dropped, its retry apart, the next flow apart
+    assert proxy.seen == [GREETING, GREETING + REQUEST, GREETING + REQUEST, GREETING, GREETING]
+    off = [r.getMessage() for r in caplog.records if "apart from now on" in r.getMessage()]
+    assert len(off) == 1
+    assert "no SOCKS5 answer within 0.3s of the first" in off[0]
+
+
+def test_once_on_a_flow_limit_after_the_method_selection_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flow's own limit (the engine's asyncio.timeout) ends first: that flow fails
+    once, as it would anyway, and the next is sent apart and succeeds."""
+    monkeypatch.setattr(socks5_module, "PIPELINE_TRIAL_TIMEOUT", 30.0)
+    proxy = ChangingProxy()
+
+    async def scenario() -> None:
+        async with scripted_proxy(proxy.handler) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=30)
+            await proxy.turned_on(outbound)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await outbound.open_tcp(TEST_NET_80)
+            assert outbound.pipelining.state is PipelineState.OFF
+            (await outbound.open_tcp(TEST_NET_80)).sock.close()
+            assert outbound.pipelining.state is PipelineState.OFF
+
+    run(scenario())
+    assert proxy.seen[2:] == [GREETING + REQUEST, GREETING]
+
+
+def test_once_on_a_flow_limit_before_the_method_selection_keeps_it_on() -> None:
+    """A proxy that answers nothing in time says nothing about pipelining."""
+    stalled = asyncio.Event()
+    proxy = ChangingProxy()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if proxy.drop_early:
+            await reader.readexactly(3 + len(REQUEST))
+            stalled.set()
+            await reader.read()  # never answers
+        else:
+            await proxy.handler(reader, writer)
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=30)
+            await proxy.turned_on(outbound)
+            task = asyncio.create_task(outbound.open_tcp(TEST_NET_80))
+            await stalled.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert outbound.pipelining.state is PipelineState.ON
+
+    run(scenario())

@@ -151,3 +151,40 @@ def test_disabled_never_pipelines() -> None:
     policy = Pipelining(enabled=False)
     policy.sent_apart_succeeded()
     assert policy.begin() is PipelineState.OFF
+
+
+def _on() -> Pipelining:
+    policy = Pipelining()
+    policy.sent_apart_succeeded()
+    assert policy.begin() is PipelineState.TRIAL
+    policy.pipelined_answered()
+    assert policy.state is PipelineState.ON
+    return policy
+
+
+def test_cut_short_after_the_method_selection_turns_it_off_once() -> None:
+    """The flow's own limit ends a pipelined handshake whose request the proxy dropped:
+    its greeting was answered, its request never - the same as a failure."""
+    policy = _on()
+    assert policy.cut_short(greeting_answered=True) is True
+    assert policy.state is PipelineState.OFF
+    assert policy.begin() is PipelineState.OFF
+    # Other flows pipelined before it turned off end the same way: said only once.
+    assert policy.cut_short(greeting_answered=True) is False
+    assert policy.pipelined_failed() is False
+    assert policy.state is PipelineState.OFF
+
+
+def test_cut_short_before_the_method_selection_says_nothing() -> None:
+    policy = _on()
+    assert policy.cut_short(greeting_answered=False) is False
+    assert policy.state is PipelineState.ON
+    assert policy.begin() is PipelineState.ON
+
+
+def test_cut_short_trial_after_the_method_selection_is_a_failed_trial() -> None:
+    policy = Pipelining()
+    policy.sent_apart_succeeded()
+    assert policy.begin() is PipelineState.TRIAL
+    assert policy.cut_short(greeting_answered=True) is True
+    assert policy.begin() is PipelineState.OFF
