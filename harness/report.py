@@ -278,7 +278,7 @@ th{background:#f3f3f3}
 td.pass{background:#dff5df}td.fail{background:#f8d4d4;font-weight:bold}
 td.error{background:#f5c6a5;font-weight:bold}td.skip{background:#eee;color:#555}
 td.none{color:#999}.desc{font-size:.85em;color:#555;max-width:48em}
-.opt{font-size:.8em;color:#555;font-style:italic}
+.optional{font-size:.8em;color:#555;font-style:italic}
 .ok{color:#176317}.bad{color:#a11}li{margin:.3em 0}code{font-size:.9em}
 """
 
@@ -305,7 +305,7 @@ def render_html(document: Document) -> str:
     out += [f"<th>{esc(name)}</th>" for name in names]
     out.append("</tr>")
     for behaviour in _rows(document):
-        optional = '<div class="opt">optional</div>' if behaviour.get("optional") else ""
+        optional = '<div class="optional">optional</div>' if behaviour.get("optional") else ""
         out.append(
             f"<tr><td><code>{esc(behaviour['id'])}</code>{optional}"
             f'<div class="desc">{esc(behaviour.get("description", ""))}</div></td>'

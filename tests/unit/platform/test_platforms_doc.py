@@ -26,10 +26,10 @@ def row(title: str) -> list[str]:
     raise AssertionError(f"no row {title!r} in docs/platforms.md")
 
 
-@pytest.mark.parametrize(("column", "os_name"), [(0, "linux"), (1, "darwin")])
-def test_the_state_directory_is_the_platforms(column: int, os_name: str) -> None:
+@pytest.mark.parametrize(("cell_index", "os_name"), [(0, "linux"), (1, "darwin")])
+def test_the_state_directory_is_the_platforms(cell_index: int, os_name: str) -> None:
     platform = for_os(os_name)
-    cell = row("state directory")[column]
+    cell = row("state directory")[cell_index]
     assert cell.startswith(f"`{platform.state_dir}`"), cell
     contracts = (ROOT / "docs/contracts.md").read_text()
     assert f"`{platform.state_dir}`" in contracts

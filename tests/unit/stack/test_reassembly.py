@@ -180,29 +180,29 @@ def test_any_order_with_duplicates_reassembles_to_the_same_bytes(  # type: ignor
 # -- what is refused -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [frag4, frag6], ids=["v4", "v6"])
-def test_overlap_discards_the_datagram_and_its_later_fragments(reassembler, counters, make) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("frag", [frag4, frag6], ids=["v4", "v6"])
+def test_overlap_discards_the_datagram_and_its_later_fragments(reassembler, counters, frag) -> None:  # type: ignore[no-untyped-def]
     """RFC 5722: an overlap drops the datagram, including fragments not yet received."""
-    assert feed(reassembler, make(bytes(16), 0, True)) is None
-    assert feed(reassembler, make(bytes(16), 8, True)) is None  # bytes 8..16 again
+    assert feed(reassembler, frag(bytes(16), 0, True)) is None
+    assert feed(reassembler, frag(bytes(16), 8, True)) is None  # bytes 8..16 again
     assert counters["fragment_overlap"] == 1 and len(reassembler) == 0
-    assert feed(reassembler, make(bytes(16), 16, False)) is None
+    assert feed(reassembler, frag(bytes(16), 16, False)) is None
     assert counters["fragment_of_discarded"] == 1 and len(reassembler) == 0
 
 
-@pytest.mark.parametrize("make", [frag4, frag6], ids=["v4", "v6"])
-def test_exact_duplicate_is_dropped_alone(reassembler, counters, make) -> None:  # type: ignore[no-untyped-def]
-    first = make(b"\x01" * 16, 0, True)
+@pytest.mark.parametrize("frag", [frag4, frag6], ids=["v4", "v6"])
+def test_exact_duplicate_is_dropped_alone(reassembler, counters, frag) -> None:  # type: ignore[no-untyped-def]
+    first = frag(b"\x01" * 16, 0, True)
     assert feed(reassembler, first) is None
     assert feed(reassembler, first) is None
     assert counters["fragment_duplicate"] == 1
-    assert feed(reassembler, make(b"\x02" * 8, 16, False)) is not None
+    assert feed(reassembler, frag(b"\x02" * 8, 16, False)) is not None
 
 
-@pytest.mark.parametrize("make", [frag4, frag6], ids=["v4", "v6"])
-def test_same_place_other_bytes_is_an_overlap(reassembler, counters, make) -> None:  # type: ignore[no-untyped-def]
-    assert feed(reassembler, make(b"\x01" * 16, 0, True)) is None
-    assert feed(reassembler, make(b"\x02" * 16, 0, True)) is None
+@pytest.mark.parametrize("frag", [frag4, frag6], ids=["v4", "v6"])
+def test_same_place_other_bytes_is_an_overlap(reassembler, counters, frag) -> None:  # type: ignore[no-untyped-def]
+    assert feed(reassembler, frag(b"\x01" * 16, 0, True)) is None
+    assert feed(reassembler, frag(b"\x02" * 16, 0, True)) is None
     assert counters["fragment_overlap"] == 1
 
 
@@ -222,26 +222,26 @@ def test_tiny_first_fragment_v6_is_refused(reassembler, counters) -> None:  # ty
     assert counters["fragment_tiny"] == 1 and len(reassembler) == 0
 
 
-@pytest.mark.parametrize("make", [frag4, frag6], ids=["v4", "v6"])
-def test_not_last_and_not_a_multiple_of_8(reassembler, counters, make) -> None:  # type: ignore[no-untyped-def]
-    assert feed(reassembler, make(bytes(12), 0, True)) is None
+@pytest.mark.parametrize("frag", [frag4, frag6], ids=["v4", "v6"])
+def test_not_last_and_not_a_multiple_of_8(reassembler, counters, frag) -> None:  # type: ignore[no-untyped-def]
+    assert feed(reassembler, frag(bytes(12), 0, True)) is None
     assert counters["fragment_bad_length"] == 1 and len(reassembler) == 0
 
 
-@pytest.mark.parametrize("make", [frag4, frag6], ids=["v4", "v6"])
-def test_past_65535_is_refused(reassembler, counters, make) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("frag", [frag4, frag6], ids=["v4", "v6"])
+def test_past_65535_is_refused(reassembler, counters, frag) -> None:  # type: ignore[no-untyped-def]
     """The "ping of death": the last fragment's end lies past what the length field holds."""
-    assert feed(reassembler, make(bytes(1000), 65528 - 64, False)) is None
+    assert feed(reassembler, frag(bytes(1000), 65528 - 64, False)) is None
     assert counters["fragment_too_big"] == 1 and len(reassembler) == 0
 
 
-@pytest.mark.parametrize("make", [frag4, frag6], ids=["v4", "v6"])
-def test_two_different_ends_are_inconsistent(reassembler, counters, make) -> None:  # type: ignore[no-untyped-def]
-    assert feed(reassembler, make(bytes(8), 8, False)) is None
-    assert feed(reassembler, make(bytes(8), 24, False)) is None
+@pytest.mark.parametrize("frag", [frag4, frag6], ids=["v4", "v6"])
+def test_two_different_ends_are_inconsistent(reassembler, counters, frag) -> None:  # type: ignore[no-untyped-def]
+    assert feed(reassembler, frag(bytes(8), 8, False)) is None
+    assert feed(reassembler, frag(bytes(8), 24, False)) is None
     assert counters["fragment_inconsistent"] == 1 and len(reassembler) == 0
-    assert feed(reassembler, make(bytes(16), 32, True)) is None  # a new datagram now
-    assert feed(reassembler, make(bytes(8), 8, False)) is None  # ...that ends before 32
+    assert feed(reassembler, frag(bytes(16), 32, True)) is None  # a new datagram now
+    assert feed(reassembler, frag(bytes(8), 8, False)) is None  # ...that ends before 32
     assert counters["fragment_inconsistent"] == 2
 
 
