@@ -17,31 +17,36 @@ from __future__ import annotations
 import struct
 import sys
 
+from ..wire import proto, tcp
+from ..wire.ipv4 import Ipv4Header
+from ..wire.ipv6 import Ipv6Header
+from ..wire.tcp import TcpHeader
+
 # tc verdicts (include/uapi/linux/pkt_cls.h).
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 
-IPPROTO_TCP = 6
-TCP_SYN, TCP_ACK = 0x02, 0x10
-
-# IPv4 without options (RFC 791): the first byte is version 4, IHL 5.
-IP4_VER_IHL_PLAIN = 0x45
-IP4_TOTAL_LEN = 2
-IP4_FRAG = 6
-IP4_FRAGMENT_BITS = 0x3FFF  # MF and the fragment offset
-IP4_PROTO = 9
-IP4_CSUM = 10
-IP4_KEY = 12  # saddr, daddr, then the TCP ports
-IP4_HEADER = 20
-# IPv6 (RFC 8200): a TCP header right after the fixed header, no extension headers.
-IP6_PAYLOAD_LEN = 4
-IP6_NEXT_HEADER = 6
-IP6_KEY = 8
-IP6_HEADER = 40
-# TCP (RFC 9293), from the start of its header.
-TCP_DATA_OFFSET = 12  # high nibble: header length in 32-bit words
-TCP_FLAGS = 13
-TCP_CSUM = 16
-TCP_HEADER = 20
+IPPROTO_TCP = proto.IPPROTO_TCP
+TCP_SYN, TCP_ACK = tcp.SYN, tcp.ACK
+# Header offsets are wire's (one declaration of RFC 791/8200/9293 for ztun), named here as
+# the program and its model use them.
+IP4_VER_IHL_PLAIN = Ipv4Header.VERSION << 4 | Ipv4Header.MIN_HEADER_LEN >> Ipv4Header.IHL_SHIFT
+IP4_TOTAL_LEN = Ipv4Header.TOTAL_LEN
+IP4_FRAG = Ipv4Header.FLAGS_FRAG
+IP4_FRAGMENT_BITS = Ipv4Header.MF | Ipv4Header.FRAG_MASK
+IP4_PROTO = Ipv4Header.PROTOCOL
+IP4_CSUM = Ipv4Header.CHECKSUM
+IP4_KEY = Ipv4Header.SRC.start  # saddr, daddr, then the TCP ports
+IP4_HEADER = Ipv4Header.MIN_HEADER_LEN
+# IPv6: a TCP header right after the fixed header, no extension headers.
+IP6_PAYLOAD_LEN = Ipv6Header.PAYLOAD_LEN
+IP6_NEXT_HEADER = Ipv6Header.NEXT_HEADER
+IP6_KEY = Ipv6Header.SRC.start
+IP6_HEADER = Ipv6Header.HEADER_LEN
+# TCP, from the start of its header.
+TCP_DATA_OFFSET = TcpHeader.DATA_OFF  # high nibble: header length in 32-bit words
+TCP_FLAGS = TcpHeader.FLAGS
+TCP_CSUM = TcpHeader.CHECKSUM
+TCP_HEADER = TcpHeader.MIN_HEADER_LEN
 
 KEY4_LEN = 4 + 4 + 2 + 2
 KEY6_LEN = 16 + 16 + 2 + 2
