@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 SYSTEMS: tuple[str, ...] = (
     "direct",
     "socks-only",
+    "socks-relay",
     "ztun",
     "ztun-stack",
     "ztun-redirect",

@@ -50,7 +50,7 @@ def _needed_tools(opts: BenchOptions) -> list[str]:
         tools.append("ab")
     if "rr" in opts.tests:
         tools.append("wrk")
-    if "socks-only" in opts.systems:
+    if "socks-only" in opts.systems or "socks-relay" in opts.systems:
         tools.append("proxychains4")
     return tools
 

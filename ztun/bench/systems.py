@@ -24,6 +24,7 @@ from .servers import DANTED_PORT, FILE_SIZE, HOLD_PORT, HTTP_PORT, SOCKS_UDP_POR
 from .topology import PROXY_C_V4, SERVER_V4, Topology
 
 TUN_NAME = "zbtun0"
+RELAY_HOP_PORT = 10_800  # socks-relay's loopback listener in the client namespace
 START_TIMEOUT = 30.0
 PROBE_TIMEOUT = 15.0
 PROBE_SOCKET_TIMEOUT = 3.0
@@ -104,6 +105,17 @@ class System:
             raise ProcError(f"{exc} (last: {last[0] if last else '-'})") from None
 
 
+def proxychains(workdir: str, host: str, port: int) -> list[str]:
+    """The command prefix that makes an app speak SOCKS5 to `host`:`port` itself."""
+    conf = os.path.join(workdir, f"proxychains-{host}-{port}.conf")
+    with open(conf, "w") as f:
+        f.write(
+            "strict_chain\nquiet_mode\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n"
+            f"[ProxyList]\nsocks5 {host} {port}\n"
+        )
+    return [tool("proxychains4"), "-q", "-f", conf]
+
+
 class Direct(System):
     def start(self, *, tcp_port: int = DANTED_PORT, udp_port: int = SOCKS_UDP_PORT) -> None:
         self.env.topo.set_forwarding(True)
@@ -119,13 +131,34 @@ class SocksOnly(System):
     not forward, so nothing can bypass it. No UDP: proxychains only hooks TCP connect()."""
 
     def start(self, *, tcp_port: int = DANTED_PORT, udp_port: int = SOCKS_UDP_PORT) -> None:
-        conf = os.path.join(self.env.workdir, "proxychains.conf")
-        with open(conf, "w") as f:
-            f.write(
-                f"strict_chain\nquiet_mode\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n"
-                f"[ProxyList]\nsocks5 {PROXY_C_V4} {tcp_port}\n"
-            )
-        self.client_prefix = [tool("proxychains4"), "-q", "-f", conf]
+        self.client_prefix = proxychains(self.env.workdir, PROXY_C_V4, tcp_port)
+        self.carries_udp = False
+
+
+class SocksRelay(System):
+    """`socks-only` with one hop added: proxychains4 points at a loopback listener in the
+    client namespace that relays to danted with ztun's splice relay (`relay_hop.py`). No
+    TUN, no stack, no handshake of its own: the least a tun2socks that ends the app's TCP
+    and relays it pays, so the gap from `socks-only` to here is the relay hop's and the gap
+    from here to a tun2socks is its TUN path's. No UDP (proxychains)."""
+
+    def start(self, *, tcp_port: int = DANTED_PORT, udp_port: int = SOCKS_UDP_PORT) -> None:
+        self.proc = spawn(
+            self.env.topo.client,
+            [
+                sys.executable,
+                "-m",
+                "ztun.bench.relay_hop",
+                str(RELAY_HOP_PORT),
+                PROXY_C_V4,
+                str(tcp_port),
+            ],
+            name=f"relay-hop-{tcp_port}",
+            workdir=self.env.workdir,
+            ready=log_has(r"relay hop ready"),
+            timeout=START_TIMEOUT,
+        )
+        self.client_prefix = proxychains(self.env.workdir, "127.0.0.1", RELAY_HOP_PORT)
         self.carries_udp = False
 
 
@@ -233,6 +266,8 @@ def make_system(name: str, env: Env) -> System:
         return Direct(name, env, carries_udp=True)
     if name == "socks-only":
         return SocksOnly(name, env, carries_udp=False)
+    if name == "socks-relay":
+        return SocksRelay(name, env, carries_udp=False)
     if name == "ztun":
         return Ztun(name, env)
     if name == "ztun-redirect":
