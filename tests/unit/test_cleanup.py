@@ -67,9 +67,9 @@ class FakedDarwin(DarwinPlatform):
         )
         return d.DarwinRoutes(journal, changer=changer, ifindex=lambda _name: UTUN)
 
-    def dns(self, journal: Journal) -> s.DarwinDns:
+    def dns(self, journal: Journal) -> d.DarwinDns:
         host = self.hosts[journal.path.stem]
-        return s.DarwinDns(journal, journal.path.stem, resolver=s.ScutilResolver(host.run_scutil))
+        return d.DarwinDns(journal, journal.path.stem, resolver=s.ScutilResolver(host.run_scutil))
 
     def is_ztun(self, pid: int) -> bool:
         return False  # the journals' writer (this test's pid) is "killed"

@@ -3,7 +3,7 @@
 The engine runs the portable profile (nothing Linux-only exists here) and reads the utun
 from the loop, its control socket being a pollable descriptor.  ``--auto-route`` is
 :class:`ztun.route.darwin.DarwinRoutes`; ``--dns`` points the primary service's resolver
-at the TUN (:class:`ztun.route.scutil.DarwinDns`); both write the device's journal in
+at the TUN (:class:`ztun.route.darwin.DarwinDns`); both write the device's journal in
 ``/var/run/ztun``, which macOS clears at boot, as a reboot clears the routes and the
 dynamic-store keys too.
 """
@@ -18,8 +18,7 @@ from .base import Platform
 
 if TYPE_CHECKING:
     from ..route import Journal
-    from ..route.darwin import DarwinRoutes
-    from ..route.scutil import DarwinDns
+    from ..route.darwin import DarwinDns, DarwinRoutes
 
 PS_TIMEOUT = 5.0
 
@@ -54,7 +53,7 @@ class DarwinPlatform(Platform):
         return DarwinRoutes(journal)
 
     def dns(self, journal: Journal) -> DarwinDns:
-        from ..route.scutil import DarwinDns
+        from ..route.darwin import DarwinDns
 
         return DarwinDns(journal, device=journal.path.stem)
 

@@ -47,6 +47,10 @@ sends the interface's link address).  XNU finds the interface of such a gateway 
 IPv6 link-local gateways (``fe80::1%en0``) travel in the KAME form: the scope (the
 interface index) embedded in bytes 2-3 of the address and ``sin6_scope_id`` 0, as
 ``route(8)`` writes them and as the kernel reports them.
+
+``--dns`` (:class:`DarwinDns`) journals its resolver changes (made by
+:class:`ztun.route.scutil.ScutilResolver`) in the device's journal, after the routes, and
+makes them through the same :class:`DarwinChanger`, so a route restore undoes them too.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from ztun.route.model import (
     RouteError,
     SystemRoute,
 )
+from ztun.route.scutil import ScutilResolver
 from ztun.route.system import CurrentRoute, plan_system_routes
 
 if TYPE_CHECKING:
@@ -504,8 +509,8 @@ OpenSocket = Callable[[], RouteSocket]
 
 
 class DarwinChanger:
-    """Makes and unmakes journaled changes on macOS: routes over the routing socket,
-    resolver settings through :mod:`ztun.route.scutil` (``resolver``, made on demand)."""
+    """Makes and unmakes journaled changes on macOS: routes over the routing socket
+    (opened on demand), resolver settings through :mod:`ztun.route.scutil`."""
 
     def __init__(
         self,
@@ -518,7 +523,7 @@ class DarwinChanger:
         self._pid = os.getpid() if pid is None else pid
         self._table: RouteTable | None = None
         self._sock: RouteSocket | None = None
-        self._resolver = resolver
+        self.resolver = resolver if resolver is not None else ScutilResolver()
 
     @property
     def table(self) -> RouteTable:
@@ -526,14 +531,6 @@ class DarwinChanger:
             self._sock = self._open_socket()
             self._table = RouteTable(self._sock, pid=self._pid)
         return self._table
-
-    @property
-    def resolver(self) -> Changer:
-        if self._resolver is None:
-            from ztun.route.scutil import ScutilResolver
-
-            self._resolver = ScutilResolver()
-        return self._resolver
 
     def close(self) -> None:
         if self._sock is not None:
@@ -630,3 +627,31 @@ class DarwinRoutes:
             return recover_changes(self.journal, self.changer)
         finally:
             self.changer.close()
+
+
+class DarwinDns:
+    """The macOS `--dns` applier (`Platform.dns`): the primary service's resolver set to
+    ``servers`` through scutil, journaled in the device's journal after its routes.
+
+    It makes its changes through a whole :class:`DarwinChanger`, not the resolver alone:
+    a failed apply rolls back everything the journal lists, the routes included."""
+
+    def __init__(
+        self, journal: Journal, device: str, *, resolver: ScutilResolver | None = None
+    ) -> None:
+        self.journal = journal
+        self.device = device
+        self.resolver = resolver if resolver is not None else ScutilResolver()
+        self.changer = DarwinChanger(resolver=self.resolver)
+
+    def apply(self, servers: Sequence[IPAddress]) -> None:
+        try:
+            append_changes(self.resolver.plan(servers), self.journal, self.device, self.changer)
+        finally:
+            self.changer.close()
+
+    def restore(self) -> None:
+        """Undo the journal's resolver entries (idempotent); its routes are the route
+        applier's, whose restore runs next and removes the file."""
+        if self.journal.exists():
+            restore_changes(self.journal, self.changer, only=ResolverChange)

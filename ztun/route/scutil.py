@@ -17,7 +17,9 @@ These keys live in configd's memory only: a reboot drops them, as it drops route
 
 Before each key is set, what it held is read (``show``) and journaled with the change
 (:class:`ztun.route.model.ResolverChange`), so restore can put back exactly that, or
-remove the key if there was none.  Restore touches a key only while it still holds the
+remove the key if there was none.  :class:`ScutilResolver` makes and undoes those
+changes; the ``--dns`` applier that journals them, :class:`ztun.route.darwin.DarwinDns`,
+sits above it with the routes' changer.  Restore touches a key only while it still holds the
 servers ztun set: if DHCP rewrote the ``State:`` key meanwhile, the new lease's value
 stays.
 
@@ -33,12 +35,8 @@ import ipaddress
 import re
 import subprocess
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from ztun.route.model import JournalChange, ResolverChange, ResolverValue, RouteError
-
-if TYPE_CHECKING:
-    from ztun.route.journal import Journal
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Saved = tuple[tuple[str, ResolverValue], ...]
@@ -167,7 +165,7 @@ def primary_service(output: str) -> str:
     return service
 
 
-# -- the applier -------------------------------------------------------------------------
+# -- the changer -------------------------------------------------------------------------
 
 
 class ScutilResolver:
@@ -211,34 +209,3 @@ class ScutilResolver:
         output = self._run(script).strip()
         if output:
             raise ScutilError(f"scutil: {output}")
-
-
-class DarwinDns:
-    """The macOS `--dns` applier (`Platform.dns`): the primary service's resolver set to
-    ``servers``, journaled in the device's journal after its routes."""
-
-    def __init__(
-        self, journal: Journal, device: str, *, resolver: ScutilResolver | None = None
-    ) -> None:
-        from ztun.route.darwin import DarwinChanger
-
-        self.journal = journal
-        self.device = device
-        self.resolver = resolver if resolver is not None else ScutilResolver()
-        self.changer = DarwinChanger(resolver=self.resolver)
-
-    def apply(self, servers: Sequence[IPAddress]) -> None:
-        from ztun.route.journaled import append_changes
-
-        try:
-            append_changes(self.resolver.plan(servers), self.journal, self.device, self.changer)
-        finally:
-            self.changer.close()
-
-    def restore(self) -> None:
-        """Undo the journal's resolver entries (idempotent); its routes are the route
-        applier's, whose restore runs next and removes the file."""
-        from ztun.route.journaled import restore_changes
-
-        if self.journal.exists():
-            restore_changes(self.journal, self.changer, only=ResolverChange)

@@ -15,8 +15,7 @@ import pytest
 from ztun.platform import JournalScope, UnsupportedPlatform, for_os
 from ztun.platform import windows as pw
 from ztun.route import Journal
-from ztun.route.darwin import DarwinRoutes
-from ztun.route.scutil import DarwinDns
+from ztun.route.darwin import DarwinDns, DarwinRoutes
 from ztun.tun import DeviceError
 
 

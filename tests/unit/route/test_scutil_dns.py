@@ -105,8 +105,8 @@ def journal(tmp_path: Path) -> Journal:
     return Journal(tmp_path / "utun7.journal")
 
 
-def dns(journal: Journal, fake: FakeScutil) -> s.DarwinDns:
-    return s.DarwinDns(journal, "utun7", resolver=s.ScutilResolver(fake))
+def dns(journal: Journal, fake: FakeScutil) -> d.DarwinDns:
+    return d.DarwinDns(journal, "utun7", resolver=s.ScutilResolver(fake))
 
 
 def test_scripts_are_exactly_these(fake: FakeScutil, journal: Journal) -> None:
@@ -273,7 +273,7 @@ def test_scutil_error_output_fails_the_change(journal: Journal) -> None:
         return FakeScutil(home_store())(script)
 
     with pytest.raises(s.ScutilError, match="Permission denied"):
-        s.DarwinDns(journal, "utun7", resolver=s.ScutilResolver(denied)).apply([TUN_DNS])
+        d.DarwinDns(journal, "utun7", resolver=s.ScutilResolver(denied)).apply([TUN_DNS])
     assert not journal.exists()  # rolled back: nothing was changed
 
 
