@@ -4,7 +4,7 @@ The engine reads the adapter from its reader thread (a Wintun session has no
 descriptor, only a read event: `Device.wait_readable` waits on it and on a stop event
 with WaitForMultipleObjects).  ``--auto-route`` is :class:`ztun.route.windows.WindowsRoutes`,
 journaled in ``%ProgramData%\\ztun``; ``--dns`` sets the Wintun interface's DNS servers
-(:class:`ztun.route.windows_dns.WindowsDns`), in the same journal.
+(:class:`ztun.route.windows.WindowsDns`), in the same journal.
 
 Whether a journal's writer still runs is asked of kernel32 (OpenProcess,
 GetExitCodeProcess, QueryFullProcessImageNameW, GetProcessTimes): the writer is a live
@@ -29,8 +29,7 @@ from .base import Accelerations, Platform
 if TYPE_CHECKING:
     from ..options import RunOptions
     from ..route import Journal
-    from ..route.windows import WindowsRoutes
-    from ..route.windows_dns import WindowsDns
+    from ..route.windows import WindowsDns, WindowsRoutes
 
 PROCESS_QUERY_LIMITED_INFORMATION = 0x1000  # winnt.h
 STILL_ACTIVE = 259  # minwinbase.h (STATUS_PENDING)
@@ -126,7 +125,7 @@ class WindowsPlatform(Platform):
         return WindowsRoutes(journal)
 
     def dns(self, journal: Journal) -> WindowsDns:
-        from ..route.windows_dns import WindowsDns
+        from ..route.windows import WindowsDns
 
         return WindowsDns(journal, device=journal.path.stem)
 

@@ -40,6 +40,11 @@ by CreateIpForwardEntry2 are not persistent (that is ``route -p``'s registry sto
 reboot drops them.  The Wintun interface's metric is set to 0 (automatic metric off,
 as wireguard-windows does for a default-route tunnel) so its routes also win ties; that
 setting belongs to ztun's adapter, which goes away with ztun, so it is not journaled.
+
+``--dns`` (:class:`WindowsDns`) journals its resolver changes (made by
+:class:`ztun.route.windows_dns.WindowsResolver`) in the device's journal, after the
+routes, and makes them through the same :class:`WindowsChanger`, so a route restore
+undoes them too.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ from ztun.route.model import (
     SystemRoute,
 )
 from ztun.route.system import CurrentRoute, plan_system_routes
+from ztun.route.windows_dns import WindowsResolver
+from ztun.tun.windows import IpHelper
 from ztun.win32 import (
     ERROR_FILE_NOT_FOUND,
     ERROR_HOST_UNREACHABLE,
@@ -86,7 +93,6 @@ from ztun.win32 import (
 if TYPE_CHECKING:
     from ztun.route.journal import Journal
     from ztun.route.plan import AutoRouteConfig
-    from ztun.tun.windows import IpHelper
 
 log = logging.getLogger(__name__)
 
@@ -281,10 +287,8 @@ class WindowsChanger:
     those too."""
 
     def __init__(self, helper: RouteHelper) -> None:
-        from ztun.route.windows_dns import WindowsResolver
-
         self.helper = helper
-        self.resolver = WindowsResolver(helper)
+        self.resolver = WindowsResolver(helper.library, helper.alias_to_luid)
 
     @staticmethod
     def _row(change: JournalChange) -> MIB_IPFORWARD_ROW2:
@@ -334,8 +338,6 @@ class WindowsRoutes:
     @property
     def interfaces(self) -> IpHelper:
         if self._interfaces is None:  # pragma: no cover - Windows only
-            from ztun.tun.windows import IpHelper
-
             self._interfaces = IpHelper.load()
         return self._interfaces
 
@@ -359,3 +361,27 @@ class WindowsRoutes:
 
     def recover(self) -> RestoreReport | None:
         return recover_changes(self.journal, self.changer)
+
+
+class WindowsDns:
+    """The Windows ``--dns`` applier (`Platform.dns`): the Wintun interface's servers
+    set to ``servers`` (:mod:`ztun.route.windows_dns`), journaled in the device's journal
+    after its routes.
+
+    It makes its changes through a whole :class:`WindowsChanger`, not the resolver
+    alone: a failed apply rolls back everything the journal lists, the routes included."""
+
+    def __init__(self, journal: Journal, device: str, *, helper: RouteHelper | None = None) -> None:
+        self.journal = journal
+        self.device = device
+        self.changer = WindowsChanger(helper if helper is not None else RouteHelper.load())
+
+    def apply(self, servers: Sequence[IPAddress]) -> None:
+        plan = self.changer.resolver.plan(self.device, servers)
+        append_changes(plan, self.journal, self.device, self.changer)
+
+    def restore(self) -> None:
+        """Undo the journal's resolver entries (idempotent); the routes' restore, which
+        runs next, removes the file."""
+        if self.journal.exists():
+            restore_changes(self.journal, self.changer, only=ResolverChange)

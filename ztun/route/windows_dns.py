@@ -37,9 +37,9 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ctypes import POINTER, c_uint64
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ztun.route.model import JournalChange, ResolverChange, RouteError
 from ztun.win32 import (
@@ -54,10 +54,6 @@ from ztun.win32 import (
     Prototype,
     bind,
 )
-
-if TYPE_CHECKING:
-    from ztun.route.journal import Journal
-    from ztun.route.windows import RouteHelper
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -116,23 +112,27 @@ def parse_key(key: str) -> tuple[uuid.UUID, int]:
 class WindowsResolver:
     """Makes and unmakes :class:`ResolverChange` entries through IP Helper (a
     ``Changer``); binds its calls on first use, so an older Windows (before 10 2004,
-    without SetInterfaceDnsSettings) still has auto-route."""
+    without SetInterfaceDnsSettings) still has auto-route.
 
-    def __init__(self, helper: RouteHelper) -> None:
-        self.helper = helper
+    ``library`` is iphlpapi.dll (or a test's fake) and ``alias_to_luid`` names an
+    interface's NET_LUID: both the routes' :class:`ztun.route.windows.RouteHelper`'s."""
+
+    def __init__(self, library: Any, alias_to_luid: Callable[[str], NET_LUID]) -> None:
+        self.library = library
+        self.alias_to_luid = alias_to_luid
         self._fn: dict[str, Any] | None = None
 
     @property
     def fn(self) -> dict[str, Any]:
         if self._fn is None:
             try:
-                self._fn = bind(self.helper.library, DNS_PROTOTYPES)
+                self._fn = bind(self.library, DNS_PROTOTYPES)
             except OSError as exc:
                 raise RouteError(f"--dns needs Windows 10 2004 or later: {exc}") from exc
         return self._fn
 
     def interface_guid(self, device: str) -> uuid.UUID:
-        luid = self.helper.alias_to_luid(device)
+        luid = self.alias_to_luid(device)
         guid = GUID()
         status = self.fn["ConvertInterfaceLuidToGuid"](ctypes.byref(luid), ctypes.byref(guid))
         if status != NO_ERROR:
@@ -175,29 +175,3 @@ class WindowsResolver:
         if status != NO_ERROR:
             raise RouteError(f"undo {change.describe()}: Windows error {status}")
         return True
-
-
-class WindowsDns:
-    """The Windows ``--dns`` applier (`Platform.dns`): the Wintun interface's servers
-    set to ``servers``, journaled in the device's journal after its routes."""
-
-    def __init__(self, journal: Journal, device: str, *, helper: RouteHelper | None = None) -> None:
-        from ztun.route.windows import RouteHelper, WindowsChanger
-
-        self.journal = journal
-        self.device = device
-        self.changer = WindowsChanger(helper if helper is not None else RouteHelper.load())
-
-    def apply(self, servers: Sequence[IPAddress]) -> None:
-        from ztun.route.journaled import append_changes
-
-        plan = self.changer.resolver.plan(self.device, servers)
-        append_changes(plan, self.journal, self.device, self.changer)
-
-    def restore(self) -> None:
-        """Undo the journal's resolver entries (idempotent); the routes' restore, which
-        runs next, removes the file."""
-        from ztun.route.journaled import restore_changes
-
-        if self.journal.exists():
-            restore_changes(self.journal, self.changer, only=ResolverChange)

@@ -133,11 +133,11 @@ def journal(tmp_path: Path) -> Journal:
     return Journal(tmp_path / "ztun0.journal")
 
 
-def appliers(fake: FakeDnsIpHlpApi, journal: Journal) -> tuple[rw.WindowsRoutes, wd.WindowsDns]:
+def appliers(fake: FakeDnsIpHlpApi, journal: Journal) -> tuple[rw.WindowsRoutes, rw.WindowsDns]:
     lib = library(fake, NAMES)
     helper = rw.RouteHelper(lib)
     routes = rw.WindowsRoutes(journal, helper=helper, interfaces=tw.IpHelper(lib))
-    return routes, wd.WindowsDns(journal, "ztun0", helper=helper)
+    return routes, rw.WindowsDns(journal, "ztun0", helper=helper)
 
 
 def expected_settings(name_server_flags: int) -> bytes:
@@ -250,7 +250,7 @@ def test_an_unknown_adapter_fails_before_any_change(
     fake: FakeDnsIpHlpApi, journal: Journal
 ) -> None:
     with pytest.raises(RouteError, match="ConvertInterfaceAliasToLuid 'nope'"):
-        wd.WindowsDns(journal, "nope", helper=rw.RouteHelper(library(fake, NAMES))).apply([PEER4])
+        rw.WindowsDns(journal, "nope", helper=rw.RouteHelper(library(fake, NAMES))).apply([PEER4])
     assert fake.dns_calls == [] and not journal.exists()
 
 
@@ -258,4 +258,4 @@ def test_a_windows_without_the_call_says_which_version_it_needs(journal: Journal
     fake = FakeDnsIpHlpApi()
     lib = library(fake, [*rw.ROUTE_PROTOTYPES])  # before Windows 10 2004
     with pytest.raises(RouteError, match="--dns needs Windows 10 2004 or later"):
-        wd.WindowsDns(journal, "ztun0", helper=rw.RouteHelper(lib)).apply([PEER4])
+        rw.WindowsDns(journal, "ztun0", helper=rw.RouteHelper(lib)).apply([PEER4])
