@@ -65,7 +65,14 @@ from ztun.route.plan import (
     AutoRouteConfig,
 )
 from ztun.rules import proxies as _proxies
-from ztun.rules.errors import COMMAND_LINE, ConfigError, KeyPath, format_key, locate
+from ztun.rules.errors import (
+    COMMAND_LINE,
+    ConfigError,
+    KeyPath,
+    format_key,
+    kind_name,
+    locate,
+)
 from ztun.rules.proxies import (
     DEFAULT_GROUP,
     LEGACY_ACTIONS,
@@ -320,7 +327,7 @@ class _Builder:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.error(
-                (*path, key), f"must be {_kind_name(kind)}, not {_kind_name(type(value))}"
+                (*path, key), f"must be {kind_name(kind)}, not {kind_name(type(value))}"
             )
         return value
 
@@ -665,14 +672,3 @@ class _Builder:
         if not (rule.has_destination or rule.ports or rule.networks):
             raise self.error(p, "rule has no condition; use default_outbound for a catch-all")
         return rule
-
-
-def _kind_name(kind: type) -> str:
-    return {
-        bool: "true/false",
-        int: "an integer",
-        str: "a string",
-        float: "a number",
-        list: "a list",
-        dict: "a table",
-    }.get(kind, kind.__name__)

@@ -16,6 +16,19 @@ def format_key(path: KeyPath) -> str:
     return out
 
 
+def kind_name(kind: type) -> str:
+    """A TOML value's type as an error message names it (``must be a string, not a
+    list``)."""
+    return {
+        bool: "true/false",
+        int: "an integer",
+        str: "a string",
+        float: "a number",
+        list: "a list",
+        dict: "a table",
+    }.get(kind, kind.__name__)
+
+
 class ConfigError(ValueError):
     """A bad config value; the CLI prints ``str(err)`` and exits 2.
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from ztun.rules.errors import kind_name
+
 if TYPE_CHECKING:
     from ztun.rules.config import _Builder
     from ztun.rules.errors import KeyPath
@@ -115,7 +117,7 @@ def parse_proxy_urls(b: _Builder, data: dict[str, Any]) -> tuple[str, ...]:
     for i, value in enumerate(values):
         path: KeyPath = ("proxy", i) if isinstance(raw, list) else ("proxy",)
         if not isinstance(value, str):
-            raise b.error(path, f"must be a string, not {_kind(value)}")
+            raise b.error(path, f"must be a string, not {kind_name(type(value))}")
         urls.append(proxy_url(b, value, path, alone=len(values) == 1))
     return tuple(urls)
 
@@ -155,7 +157,7 @@ def parse_proxies(b: _Builder, data: dict[str, Any], taken: set[str]) -> tuple[P
         name = new_name(b, t.pop("name"), (*p, "name"), taken)
         url_text = t.pop("url")
         if not isinstance(url_text, str):
-            raise b.error((*p, "url"), f"must be a string, not {_kind(url_text)}")
+            raise b.error((*p, "url"), f"must be a string, not {kind_name(type(url_text))}")
         url = parse_proxy_url(proxy_url(b, url_text, (*p, "url")))
         udp = b.take(t, p, "udp", bool, url.udp_capable)
         if udp and not url.udp_capable:
@@ -204,7 +206,9 @@ def parse_groups(
         if "probe" in t:
             probe_text = t.pop("probe")
             if not isinstance(probe_text, str):
-                raise b.error((*p, "probe"), f"must be a string HOST:PORT, not {_kind(probe_text)}")
+                raise b.error(
+                    (*p, "probe"), f"must be a string HOST:PORT, not {kind_name(type(probe_text))}"
+                )
             probe = b.host_port(probe_text, (*p, "probe"), 0)
             if probe[1] == 0:
                 raise b.error((*p, "probe"), f"{probe_text!r} needs a port (HOST:PORT)")
@@ -226,7 +230,7 @@ def parse_groups(
 def outbound_name(b: _Builder, value: Any, path: KeyPath, known: tuple[str, ...]) -> str:
     """A name a rule or ``default_outbound`` may use: a proxy, a group, direct, reject."""
     if not isinstance(value, str):
-        raise b.error(path, f"must be a string, not {_kind(value)}")
+        raise b.error(path, f"must be a string, not {kind_name(type(value))}")
     if value not in known:
         raise b.error(
             path, f"{value!r} is not a proxy, a group, direct or reject (known: {', '.join(known)})"
@@ -236,7 +240,7 @@ def outbound_name(b: _Builder, value: Any, path: KeyPath, known: tuple[str, ...]
 
 def new_name(b: _Builder, value: Any, path: KeyPath, taken: set[str]) -> str:
     if not isinstance(value, str):
-        raise b.error(path, f"must be a string, not {_kind(value)}")
+        raise b.error(path, f"must be a string, not {kind_name(type(value))}")
     if not NAME_PATTERN.fullmatch(value):
         raise b.error(path, f"{value!r}: a name is 1-32 of A-Z a-z 0-9 _ . -")
     if value in RESERVED_NAMES:
@@ -251,7 +255,7 @@ def _member(
     b: _Builder, value: Any, path: KeyPath, proxies: set[str], seen: list[str], names: set[str]
 ) -> str:
     if not isinstance(value, str):
-        raise b.error(path, f"must be a proxy name, not {_kind(value)}")
+        raise b.error(path, f"must be a proxy name, not {kind_name(type(value))}")
     if value not in proxies:
         what = "a group (members are proxies)" if value in names else "not a proxy"
         raise b.error(path, f"{value!r} is {what}; proxies: {', '.join(sorted(proxies))}")
@@ -266,9 +270,3 @@ def _is_ipv4(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _kind(value: Any) -> str:
-    from ztun.rules.config import _kind_name
-
-    return _kind_name(type(value))
