@@ -36,7 +36,7 @@ import pytest
 
 from harness import report as report_mod
 from harness.artifacts import safe_test_dirname
-from harness.plugin import state
+from harness.state import state
 
 PLUGIN_NAME = "ztun_conformance_summary"
 MARKER = "conformance"

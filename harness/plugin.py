@@ -33,13 +33,13 @@ import signal
 import sys
 import textwrap
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness import artifacts as artifacts_mod
+from harness import conformance
 from harness.artifacts import TestArtifacts, safe_test_dirname
 from harness.faults import Faults, netem_support
 from harness.hosts import Host
@@ -64,6 +64,7 @@ from harness.impls import (
 from harness.proc import interrupt_on, run_local
 from harness.skips import have_tool, is_root, missing_tools_header, require_tool
 from harness.skips import require_root as _require_root
+from harness.state import HarnessState, set_state, state
 from harness.timescale import set_time_scale, time_scale
 from harness.topo import NAME_PREFIX, Namer, Topology, TopologySpec, client_proxy_server
 from harness.vmfixtures import (  # noqa: F401  VM fixtures for any test; heavy imports inside
@@ -101,36 +102,9 @@ LOG_TAIL_IN_REPORT = 15
 STARTUP_CLEANUP_ENV = "ZTUN_HARNESS_STARTUP_CLEANUP"
 """Set to 0 to keep dead runs' leftovers at session start (e.g. to inspect them)."""
 
-_STATE_KEY = pytest.StashKey["HarnessState"]()
 _ONE_AT_A_TIME_KEY = pytest.StashKey[str]()
 _TEST_KEY = pytest.StashKey[TestArtifacts]()
 _FAILED_KEY = pytest.StashKey[bool]()
-
-
-@dataclass
-class HarnessState:
-    """Per-process (per-worker) state of the plugin."""
-
-    seed: int
-    run_id: str
-    run_dir: Path
-    namer: Namer
-    worker_id: str | None
-    xdist_controller: bool
-    keep: bool
-    impl: str
-    adapter: AdapterChoice
-    topology: str = "netns"
-    single_host: str = "auto"
-    report_dir: Path | None = None
-    baseline: RootSnapshot | None = None
-    leaks: Leaks = field(default_factory=Leaks)
-    leaks_text: str = ""
-    stale_removed: str = ""
-
-
-def state(config: pytest.Config) -> HarnessState:
-    return config.stash[_STATE_KEY]
 
 
 def single_host_kind(choice: str, platform_name: str = sys.platform) -> str:
@@ -365,12 +339,10 @@ def pytest_configure(config: pytest.Config) -> None:
         single_host=str(config.getoption("single_host")),
         report_dir=Path(report_opt).resolve() if report_opt else None,
     )
-    config.stash[_STATE_KEY] = st
+    set_state(config, st)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(st), "ztun_harness_xdist")
     interrupt_on(signal.SIGTERM)  # finalizers (namespace removal) run on SIGTERM too
-    from harness import conformance  # imports this module: not at the top
-
     conformance.register(config)
 
 

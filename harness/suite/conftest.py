@@ -27,7 +27,7 @@ from harness.peers.starters import (
     start_tcp_echo,
     start_udp_echo,
 )
-from harness.plugin import state
+from harness.state import state
 from harness.suite.path import (
     DATA_PORT,
     DEVICE,

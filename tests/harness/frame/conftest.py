@@ -16,7 +16,7 @@ SUBPROCESS_TIMEOUT = 120.0
 @pytest.fixture
 def host(require_root: None, artifacts, request: pytest.FixtureRequest) -> Iterator[NetnsHost]:
     """A lone namespace (no links) under this process's owner prefix."""
-    from harness.plugin import state
+    from harness.state import state
 
     scope = state(request.config).namer.scope()
     h = NetnsHost(scope.netns("solo"), log_dir=artifacts.dir / "solo", label="solo")

@@ -203,7 +203,7 @@ def test_base_sysctls(host: NetnsHost) -> None:
 def test_close_kills_untracked_processes_and_verifies(
     require_root: None, artifacts, request: pytest.FixtureRequest
 ) -> None:
-    from harness.plugin import state
+    from harness.state import state
 
     h = NetnsHost(state(request.config).namer.scope().netns("x"), log_dir=artifacts.dir / "x")
     # A daemon the host did not spawn (double fork, own session): only `ip netns pids`

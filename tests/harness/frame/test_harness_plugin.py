@@ -156,7 +156,7 @@ def test_leak_fails_the_run_and_is_cleaned(
         test_leaky="""
 import pytest
 from harness.hosts.netns import NetnsHost
-from harness.plugin import state
+from harness.state import state
 
 @pytest.mark.netns
 def test_leaks(request, tmp_path):
@@ -266,7 +266,7 @@ def test_cleanup_keeps_live_runs(
     request: pytest.FixtureRequest, require_root: None, tmp_path: Path
 ) -> None:
     from harness.hosts.netns import NetnsHost
-    from harness.plugin import state
+    from harness.state import state
 
     scope = state(request.config).namer.scope()  # owned by this (live) process
     host = NetnsHost(scope.netns("live"), log_dir=tmp_path)

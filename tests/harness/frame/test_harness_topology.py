@@ -109,7 +109,7 @@ def test_topology_teardown_removes_everything(topology_factory, list_namespaces)
 def test_failed_build_leaves_nothing(
     topology_factory, list_namespaces, request: pytest.FixtureRequest
 ) -> None:
-    from harness.plugin import state
+    from harness.state import state
 
     prefix = state(request.config).namer.prefix
     before = list_namespaces(prefix)
