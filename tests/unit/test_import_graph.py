@@ -3,19 +3,21 @@
 * ``ztun`` never imports ``harness`` (the harness depends on ztun, not the reverse);
 * no import cycle among the modules of ``ztun/``, nor among those of ``harness/``.
 
-Only module-level imports count: the statements a module runs when it is imported
-(also under a module-level ``if``/``try``), not those inside functions, which run later,
-nor those under ``if TYPE_CHECKING:``, which never run. An import names the module it
-loads: ``from . import x`` is the submodule ``x`` when there is one, else the package;
-the parent packages an import also runs are not edges (``pkg/__init__`` importing its
-own submodules, which import siblings through ``pkg``, is how packages work).
+An import inside a function counts as much as one at module level: it runs later, but it
+is still a dependency, and two modules that import each other -- one of them lazily -- are
+one tangled module (which of them loads first decides what the other sees).  Only the
+imports under ``if TYPE_CHECKING:`` do not count: they never run.  An import names the
+module it loads: ``from . import x`` is the submodule ``x`` when there is one, else the
+package; the parent packages an import also runs are not edges (``pkg/__init__``
+importing its own submodules, which import siblings through ``pkg``, is how packages
+work).
 """
 
 from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -46,61 +48,62 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def module_level_imports(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
-    """Import statements run at import time (module body, its if/try/with blocks)."""
-    pending: list[ast.stmt] = list(tree.body)
-    while pending:
-        node = pending.pop(0)
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            yield node
-        elif isinstance(node, ast.If):
-            if not _is_type_checking(node.test):
-                pending.extend(node.body)
-            pending.extend(node.orelse)
-        elif isinstance(node, ast.Try):
-            for block in (node.body, node.orelse, node.finalbody):
-                pending.extend(block)
-            for handler in node.handlers:
-                pending.extend(handler.body)
-        elif isinstance(node, ast.With):
-            pending.extend(node.body)
+def runtime_imports(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement in `node` that can run: at module level, in functions and
+    classes, under if/try/with -- all but those under ``if TYPE_CHECKING:``."""
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        yield node
+        return
+    if isinstance(node, ast.If) and _is_type_checking(node.test):
+        children: Iterable[ast.AST] = node.orelse
+    else:
+        children = ast.iter_child_nodes(node)
+    for child in children:
+        yield from runtime_imports(child)
 
 
-def imported_modules(
-    name: str, path: Path, known: set[str], tree: ast.Module | None = None
-) -> set[str]:
-    """The modules `name` (at `path`) loads when imported, as dotted names (or those
-    the statements of `tree` load, when given)."""
-    is_package = path.name == "__init__.py"
+def targets(name: str, path: Path, known: set[str], node: ast.Import | ast.ImportFrom) -> set[str]:
+    """The modules one import statement of module `name` (at `path`) loads, as dotted
+    names."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    if node.level:
+        base = name.split(".")
+        base = base[: len(base) - node.level + (1 if path.name == "__init__.py" else 0)]
+        source = ".".join([*base, *([node.module] if node.module else [])])
+    else:
+        source = node.module or ""
     found: set[str] = set()
-    tree = tree if tree is not None else parsed(path)
-    for node in module_level_imports(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-            continue
-        if node.level:
-            base = name.split(".")
-            base = base[: len(base) - node.level + (1 if is_package else 0)]
-            source = ".".join([*base, *([node.module] if node.module else [])])
-        else:
-            source = node.module or ""
-        for alias in node.names:
-            submodule = f"{source}.{alias.name}"
-            found.add(submodule if submodule in known else source)
+    for alias in node.names:
+        submodule = f"{source}.{alias.name}"
+        found.add(submodule if submodule in known else source)
     return found
 
 
-def import_graph(package: str) -> dict[str, set[str]]:
-    """Module -> the modules of the same package it imports at module level."""
+def imported_modules(name: str, path: Path, known: set[str]) -> dict[str, int]:
+    """The modules `name` (at `path`) may load, each with the line of its first import."""
+    found: dict[str, int] = {}
+    for node in runtime_imports(parsed(path)):
+        for target in targets(name, path, known, node):
+            found[target] = min(found.get(target, node.lineno), node.lineno)
+    return found
+
+
+def import_graph(package: str) -> dict[str, dict[str, int]]:
+    """Module -> the modules of the same package it imports (and on which line)."""
     files = module_files(package)
     known = set(files)
     return {
-        name: {m for m in imported_modules(name, path, known) if m in known and m != name}
+        name: {
+            m: line
+            for m, line in imported_modules(name, path, known).items()
+            if m in known and m != name
+        }
         for name, path in files.items()
     }
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+def cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
     """The strongly connected components with more than one module (Tarjan)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -135,10 +138,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def describe(component: list[str], graph: dict[str, set[str]]) -> str:
+def describe(component: list[str], graph: dict[str, dict[str, int]]) -> str:
+    """The edges inside one cycle: ``a:LINE -> b``, one per line."""
     members = set(component)
-    edges = [f"{a} -> {b}" for a in component for b in sorted(graph[a] & members)]
-    return "; ".join(edges)
+    return "\n".join(
+        f"  {a}:{graph[a][b]} -> {b}" for a in component for b in sorted(graph[a].keys() & members)
+    )
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -146,20 +151,20 @@ def test_no_import_cycle(package: str) -> None:
     graph = import_graph(package)
     assert len(graph) > 10  # the walk found the package's modules
     found = cycles(graph)
-    assert not found, "import cycles (module level):\n" + "\n".join(
+    assert not found, "import cycles (lazy imports in functions count too):\n" + "\n".join(
         describe(c, graph) for c in found
     )
 
 
 def imports_anywhere(package: str) -> Iterator[tuple[str, int, str]]:
-    """(module, line, imported module) for every import in `package`, also in functions."""
+    """(module, line, imported module) for every import in `package`, also in functions
+    and under ``if TYPE_CHECKING:``."""
     files = module_files(package)
     known = set(files)
     for name, path in files.items():
         for node in ast.walk(parsed(path)):
             if isinstance(node, ast.Import | ast.ImportFrom):
-                module = ast.Module(body=[node], type_ignores=[])
-                for target in imported_modules(name, path, known, module):
+                for target in targets(name, path, known, node):
                     yield name, node.lineno, target
 
 
@@ -187,16 +192,47 @@ def test_nothing_below_the_app_imports_it() -> None:
 
 def test_the_cycle_finder_sees_a_cycle_and_a_package_relative_import(tmp_path: Path) -> None:
     """The checker itself: a three-module cycle is one component; `from . import b`
-    inside a package's __init__ resolves to the sibling module."""
+    inside a package's __init__ resolves to the sibling module; an import inside a
+    function or a class counts, one under ``if TYPE_CHECKING:`` (at any depth) does not,
+    its ``else:`` does."""
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
     init = tmp_path / "__init__.py"
     init.write_text(
+        "import typing\n"
         "from typing import TYPE_CHECKING\n"
         "from . import b\n"
         "from .c import thing\n"
         "if TYPE_CHECKING:\n    from . import d\n"
         "def later():\n    from . import e\n"
+        "    if typing.TYPE_CHECKING:\n        from . import f\n"
+        "    else:\n        from . import g\n"
+        "class Lazy:\n    def load(self):\n        from .h import thing\n"
     )
-    known = {"p", "p.b", "p.c", "p.d", "p.e"}
-    assert imported_modules("p", init, known) == {"typing", "p.b", "p.c"}
+    known = {"p", "p.b", "p.c", "p.d", "p.e", "p.f", "p.g", "p.h"}
+    assert imported_modules("p", init, known) == {
+        "typing": 1,
+        "p.b": 3,
+        "p.c": 4,
+        "p.e": 8,
+        "p.g": 12,
+        "p.h": 15,
+    }
+
+
+def test_a_lazy_import_back_is_a_cycle(tmp_path: Path) -> None:
+    """Two modules where one imports the other inside a function are a cycle, named
+    with the line of each import."""
+    package = tmp_path / "p"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from p.b import B\n")
+    (package / "b.py").write_text("class B:\n    def a(self):\n        from p import a\n")
+    known = {"p", "p.a", "p.b"}
+    graph = {
+        name: {m: line for m, line in imported_modules(name, path, known).items() if m in known}
+        for name, path in (("p.a", package / "a.py"), ("p.b", package / "b.py"))
+    }
+    found = cycles(graph)
+    assert found == [["p.a", "p.b"]]
+    assert describe(found[0], graph) == "  p.a:1 -> p.b\n  p.b:3 -> p.a"
