@@ -25,8 +25,10 @@ from .outbound import (
     OutboundError,
     Rejected,
     Target,
+    TcpStream,
     UdpAssociation,
 )
+from .outbound.opening import Opening, start_tcp
 from .outbound.uplink import Uplink
 from .pump import TunPump
 from .relay import HAVE_SPLICE, SHARED_BUFFER_SIZE, PipePool, Relay, close_with_reset
@@ -154,6 +156,139 @@ def bind_redirect_listeners() -> list[socket.socket]:
     return listeners
 
 
+class _TcpSetup:
+    """One TCP flow from accept to its relay: route it, open its outbound within the
+    connect timeout, then hand it to `Engine._relay_tcp` -- or reset the app.
+
+    Driven by loop callbacks (`ztun.outbound.opening`): no Task per flow, and the timeout
+    is one timer handle cancelled when the outbound answers. A Task runs only where
+    something must be awaited: a sniff of the app's first bytes, or an outbound without
+    callbacks (`opening.start_tcp` wraps its coroutine). `cancel()` is the flow's closer
+    until the relay takes over (`ztun close`, `ztun stop`): the app gets a reset.
+    """
+
+    __slots__ = (
+        "client",
+        "conn",
+        "dst",
+        "engine",
+        "opening",
+        "port",
+        "record",
+        "session",
+        "started",
+        "task",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        engine: Engine,
+        conn: socket.socket,
+        dst: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        port: int,
+        client: tuple[str, int],
+        session: TcpSession | None,
+    ) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.dst = dst
+        self.port = port
+        self.client = client
+        self.session = session
+        # Accepted a hairpin's (or redirect's) handshake ago: microseconds after the SYN.
+        self.started = engine.loop.time()
+        self.record = engine.flows.add("tcp", client, (dst, port), self.started, closer=self.cancel)
+        self.opening: Opening | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        self.engine.setups.add(self)
+        if self.engine.router.sniff_timeout:
+            self.task = self.engine.loop.create_task(self._sniff())
+        else:
+            self._route(None)
+
+    async def _sniff(self) -> None:
+        try:
+            domain = await self.engine.router.sniff(self.conn)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self.task = None
+        self._route(domain)
+
+    def _route(self, domain: str | None) -> None:
+        engine = self.engine
+        try:
+            decision = engine.router.decide("tcp", self.dst, self.port, domain)
+            engine.flows.routed(self.record, engine.outbound_name(decision, "tcp"), decision.domain)
+            if decision.action is Action.REJECT:
+                raise Rejected(f"rule rejects {decision.target}")
+            loop = engine.loop
+            self.timer = loop.call_at(loop.time() + engine.connect_timeout, self._timed_out)
+            self.opening = start_tcp(decision.outbound, decision.target, self._opened)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.opening is not None:
+            self.opening.cancel()
+            self.opening = None
+        self._failed(TimeoutError())
+
+    def _opened(self, stream: TcpStream | None, exc: BaseException | None) -> None:
+        self.opening = None
+        if stream is None:
+            self._failed(exc or OutboundError("opened nothing"))
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.engine.setups.discard(self)
+        self.engine._relay_tcp(self, stream)
+
+    def _failed(self, exc: BaseException) -> None:
+        engine = self.engine
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        engine.setups.discard(self)
+        stats, source, dst, port = engine.stats, self.client[0], self.dst, self.port
+        if isinstance(exc, LoopDetected):
+            stats["tcp_loop_refused"] += 1
+            log.error("refused a routing loop: %s", exc)
+            reason = "loop"
+        elif isinstance(exc, Rejected):
+            stats["tcp_rejected"] += 1
+            reason = "rejected"
+        elif isinstance(exc, OutboundError | OSError | TimeoutError):
+            stats["tcp_outbound_failed"] += 1
+            log.warning("TCP %s -> %s:%d: %s", source, dst, port, exc or type(exc).__name__)
+            reason = "outbound_failed"
+        else:
+            # A bug or an input nothing above expected must cost this flow, never leak
+            # its socket and NAT entry.
+            stats["tcp_internal_error"] += 1
+            log.error("TCP %s -> %s:%d failed unexpectedly", source, dst, port, exc_info=exc)
+            reason = "internal_error"
+        engine._tcp_failed(self.conn, self.session, self.record, reason)
+
+    def cancel(self) -> None:
+        """End the flow while it is being set up: the app gets a reset."""
+        engine = self.engine
+        if self not in engine.setups:
+            return
+        engine.setups.discard(self)
+        for pending in (self.timer, self.opening, self.task):
+            if pending is not None:
+                pending.cancel()
+        self.timer = self.opening = self.task = None
+        engine._tcp_failed(self.conn, self.session, self.record, "closed")
+
+
 class Engine:
     def __init__(
         self,
@@ -201,7 +336,8 @@ class Engine:
         # reply addresses. The engine runs what it decides.
         self.udp: UdpFlows[Outbound, Target] = UdpFlows(self.stats, max_flows=max_udp_sessions)
         self._udp_io: dict[UdpFlow[Outbound, Target], _UdpFlowIo] = {}
-        self.pending: set[asyncio.Task[None]] = set()
+        # TCP flows between accept and their relay (`ztun stop` ends them too).
+        self.setups: set[_TcpSetup] = set()
         self.listeners: list[socket.socket] = []
         # The stack is shared with the TUN pump (a thread with --tun-thread); every call
         # into it holds this (uncontended, and cheap, when the pump runs on the loop).
@@ -300,8 +436,8 @@ class Engine:
         for relay in list(self.relays):
             relay.abort()
         self._run_udp(self.udp.close_all())
-        for task in list(self.pending):
-            task.cancel()
+        for setup in list(self.setups):
+            setup.cancel()
         if self.dns is not None:
             self.dns.close()
         if self.icmp is not None:
@@ -373,11 +509,6 @@ class Engine:
             self.stats["tcp_flows"] += 1
             self._on_hairpin_accept(conn, session)
 
-    def _spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-
     def _on_redirect_accept(self, listener: socket.socket) -> None:
         """A TCP connection nftables redirected to us: its destination is SO_ORIGINAL_DST."""
         for _ in range(ACCEPT_BATCH):
@@ -404,73 +535,21 @@ class Engine:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.stats["tcp_flows"] += 1
             self.stats["tcp_flows_redirected"] += 1
-            self._spawn(self._serve_tcp(conn, dst, port, (str(peer[0]), peer[1]), None))
+            _TcpSetup(self, conn, dst, port, (str(peer[0]), peer[1]), None).begin()
 
     def _on_hairpin_accept(self, conn: socket.socket, session: TcpSession) -> None:
-        self._spawn(
-            self._serve_tcp(
-                conn,
-                ipaddress.ip_address(session.dst_addr),
-                session.dst_port,
-                (_ip_text(session.client_addr), session.client_port),
-                session,
-            )
-        )
+        _TcpSetup(
+            self,
+            conn,
+            ipaddress.ip_address(session.dst_addr),
+            session.dst_port,
+            (_ip_text(session.client_addr), session.client_port),
+            session,
+        ).begin()
 
-    async def _serve_tcp(
-        self,
-        conn: socket.socket,
-        dst: ipaddress.IPv4Address | ipaddress.IPv6Address,
-        port: int,
-        client: tuple[str, int],
-        session: TcpSession | None,
-    ) -> None:
-        """Route one app connection, open its outbound, relay until both sides are done."""
-        source = client[0]
-        # Accepted a hairpin's (or redirect's) handshake ago: microseconds after the SYN.
-        started = self.loop.time()
-        task = asyncio.current_task()
-        record = self.flows.add(
-            "tcp",
-            client,
-            (dst, port),
-            started,
-            closer=task.cancel if task is not None else None,
-        )
-        try:
-            domain = await self.router.sniff(conn)
-            decision = self.router.decide("tcp", dst, port, domain)
-            self.flows.routed(record, self.outbound_name(decision, "tcp"), decision.domain)
-            if decision.action is Action.REJECT:
-                raise Rejected(f"rule rejects {decision.target}")
-            # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the coroutine in a
-            # Task of its own, one more loop round trip per new connection.
-            async with asyncio.timeout(self.connect_timeout):
-                stream = await decision.outbound.open_tcp(decision.target)
-        except LoopDetected as exc:
-            self.stats["tcp_loop_refused"] += 1
-            log.error("refused a routing loop: %s", exc)
-            self._tcp_failed(conn, session, record, "loop")
-            return
-        except Rejected:
-            self.stats["tcp_rejected"] += 1
-            self._tcp_failed(conn, session, record, "rejected")
-            return
-        except (OutboundError, OSError, TimeoutError) as exc:
-            self.stats["tcp_outbound_failed"] += 1
-            log.warning("TCP %s -> %s:%d: %s", source, dst, port, exc or type(exc).__name__)
-            self._tcp_failed(conn, session, record, "outbound_failed")
-            return
-        except asyncio.CancelledError:
-            self._tcp_failed(conn, session, record, "closed")
-            raise
-        except Exception:
-            # A bug or an input nothing above expected must cost this flow, never leak
-            # its socket and NAT entry.
-            self.stats["tcp_internal_error"] += 1
-            log.exception("TCP %s -> %s:%d failed unexpectedly", source, dst, port)
-            self._tcp_failed(conn, session, record, "internal_error")
-            return
+    def _relay_tcp(self, setup: _TcpSetup, stream: TcpStream) -> None:
+        """The outbound is open: relay until both sides are done."""
+        record, session, started = setup.record, setup.session, setup.started
         remote, early = stream.sock, stream.early  # non-blocking: make_socket's
         if stream.via is not None:  # a group's retry may have used another member
             record.outbound = stream.via
@@ -485,7 +564,7 @@ class Engine:
             self.flows.remove(record, self.loop.time(), "eof" if relay.ended_cleanly else "reset")
             self._session_done(session)
 
-        relay = Relay(self.loop, conn, remote, self._relay_buffer, on_close, self.pipes)
+        relay = Relay(self.loop, setup.conn, remote, self._relay_buffer, on_close, self.pipes)
         self.relays.add(relay)
         self.flows.connected(record, relay, self.loop.time() - started)
         record.closer = relay.abort  # `ztun close`: a reset both ways

@@ -74,7 +74,21 @@ def close_with_reset(sock: socket.socket) -> None:
 
 
 class _Direction:
-    __slots__ = ("buffer", "done", "dst", "eof", "loop", "moved", "pending", "relay", "src")
+    # `reading`/`writing`: whether src's reader / dst's writer is registered, so that
+    # stopping a direction that already ran to its EOF costs no selector calls.
+    __slots__ = (
+        "buffer",
+        "done",
+        "dst",
+        "eof",
+        "loop",
+        "moved",
+        "pending",
+        "reading",
+        "relay",
+        "src",
+        "writing",
+    )
 
     def __init__(
         self, relay: Relay, src: socket.socket, dst: socket.socket, buffer: memoryview
@@ -88,13 +102,29 @@ class _Direction:
         self.eof = False
         self.done = False
         self.moved = 0
+        self.reading = False
+        self.writing = False
 
     def start(self) -> None:
         self.loop.add_reader(self.src.fileno(), self.on_readable)
+        self.reading = True
 
     def stop(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.src.fileno())
+            self.reading = False
+        if self.writing:
+            self.loop.remove_writer(self.dst.fileno())
+            self.writing = False
+
+    def _stop_reading(self) -> None:
         self.loop.remove_reader(self.src.fileno())
-        self.loop.remove_writer(self.dst.fileno())
+        self.reading = False
+
+    def wait_writable(self) -> None:
+        """Wake when dst can take more (`on_writable`)."""
+        self.loop.add_writer(self.dst.fileno(), self.on_writable)
+        self.writing = True
 
     def on_readable(self) -> None:
         buf = self.buffer
@@ -106,7 +136,7 @@ class _Direction:
             self.relay.abort(exc)
             return
         if n == 0:
-            self.loop.remove_reader(self.src.fileno())
+            self._stop_reading()
             self.eof = True
             self._finish_if_drained()
             return
@@ -140,15 +170,16 @@ class _Direction:
 
     def _wait_writable(self) -> None:
         """dst is full: stop reading src until it drains (backpressure)."""
-        self.loop.remove_reader(self.src.fileno())
-        self.loop.add_writer(self.dst.fileno(), self.on_writable)
+        self._stop_reading()
+        self.wait_writable()
 
     def _resume(self) -> None:
         self.loop.remove_writer(self.dst.fileno())
+        self.writing = False
         if self.eof:
             self._finish_if_drained()
         else:
-            self.loop.add_reader(self.src.fileno(), self.on_readable)
+            self.start()
 
     def _finish_if_drained(self) -> None:
         if self.pending:
@@ -191,7 +222,7 @@ class _SpliceDirection(_Direction):
             self.relay.abort(exc)
             return
         if n == 0:
-            self.loop.remove_reader(self.src.fileno())
+            self._stop_reading()
             self.eof = True
             self._release_if_empty()
             self._finish_if_drained()
@@ -280,7 +311,7 @@ class Relay:
             # Bytes the proxy sent right behind its reply belong to the app.
             self.down.moved += len(early_down)
             self.down.pending = early_down
-            self.loop.add_writer(self.app.fileno(), self.down.on_writable)
+            self.down.wait_writable()
         else:
             self.down.start()
         self.up.start()

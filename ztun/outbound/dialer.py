@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from .base import TcpStream
 from .errors import ProxyUnreachable
-from .handshake import Dial, dial
+from .handshake import Dial
+from .opening import Done, Opening, TaskOpening, until_done
 from .protocol import HandshakeCore, LocalProtocolError
 from .sockets import SockAddr, connect_tcp, describe, literal_address, make_socket, resolve
 from .url import ProxyURL, parse_proxy_url
@@ -80,6 +81,43 @@ class ProxyDialer:
                 f"{self.label}: {describe(exc)}", refused=exc.errno == errno.ECONNREFUSED
             ) from exc
 
+    def start_handshake(
+        self,
+        make_core: Callable[[socket.socket], HandshakeCore],
+        settle: Settle[T],
+        on_done: Done[tuple[socket.socket, T, bytes]],
+        *,
+        protocol: str,
+        timeout: float | None = None,
+        then_timeout: float | None = None,
+    ) -> Opening:
+        """Connect and run a core to its end, by callbacks (`handshake.Dial`): `on_done`
+        gets (socket, settle's result, early tunnel bytes) or the error (`opening`'s
+        contract). The core is made once the socket exists (`make_core(sock)`: SOCKS5
+        UDP ASSOCIATE names the zero address of the family the proxy was reached in).
+        `protocol` names what was expected in the timeout message ("no SOCKS5 answer");
+        `timeout` bounds the connect and, separately, the handshake (default:
+        `connect_timeout`); `then_timeout` bounds the rest of it once the proxy's first
+        answer is in (see `handshake.Dial`). The socket is closed on every failure.
+        """
+
+        def dial(candidates: Sequence[tuple[int, SockAddr]]) -> Dial[T]:
+            return Dial(
+                candidates,
+                self._new_socket,
+                make_core,
+                settle,
+                on_done,
+                timeout=self.connect_timeout if timeout is None else timeout,
+                label=self.label,
+                protocol=protocol,
+                then_timeout=then_timeout,
+            ).start()
+
+        if self._addresses is not None:
+            return dial(self._addresses)
+        return _ResolveThenDial(self._resolve(), dial, on_done)  # a name: resolve it now
+
     async def handshake(
         self,
         make_core: Callable[[socket.socket], HandshakeCore],
@@ -89,30 +127,17 @@ class ProxyDialer:
         timeout: float | None = None,
         then_timeout: float | None = None,
     ) -> tuple[socket.socket, T, bytes]:
-        """Connect and run a core to its end: (socket, settle's result, early tunnel bytes).
-
-        Driven by callbacks (`handshake.Dial`): one future for the whole exchange, not an
-        await per message. The core is made once the socket exists (`make_core(sock)`:
-        SOCKS5 UDP ASSOCIATE names the zero address of the family the proxy was reached
-        in). `protocol` names what was expected in the timeout message ("no SOCKS5
-        answer"); `timeout` bounds the connect and, separately, the handshake (default:
-        `connect_timeout`); `then_timeout` bounds the rest of it once the proxy's first
-        answer is in (see `handshake.Dial`). The socket is closed on every failure.
-        """
-        candidates = self._addresses
-        if candidates is None:  # a name: resolve it now (it may change between flows)
-            candidates = await self._resolve()
-        return await dial(
-            Dial(
-                candidates,
-                self._new_socket,
+        """`start_handshake`, awaited."""
+        return await until_done(
+            lambda on_done: self.start_handshake(
                 make_core,
                 settle,
-                timeout=self.connect_timeout if timeout is None else timeout,
-                label=self.label,
+                on_done,
                 protocol=protocol,
+                timeout=timeout,
                 then_timeout=then_timeout,
-            )
+            ),
+            dispose=_close_first,
         )
 
     async def _resolve(self) -> list[tuple[int, SockAddr]]:
@@ -130,6 +155,40 @@ class ProxyDialer:
         return make_socket(
             family, socket.SOCK_STREAM, fwmark=self.fwmark, bind_interface=self.bind_interface
         )
+
+
+def _close_first(result: tuple[socket.socket, object, bytes]) -> None:
+    result[0].close()
+
+
+class _ResolveThenDial:
+    """An opening for a proxy known by name: resolve it (it may change between flows),
+    then dial the addresses it resolved to."""
+
+    __slots__ = ("_dial", "_resolving")
+
+    def __init__(
+        self,
+        resolving: Coroutine[Any, Any, list[tuple[int, SockAddr]]],
+        dial: Callable[[list[tuple[int, SockAddr]]], Opening],
+        on_done: Done[Any],
+    ) -> None:
+        self._dial: Opening | None = None
+
+        def resolved(
+            candidates: list[tuple[int, SockAddr]] | None, exc: BaseException | None
+        ) -> None:
+            if exc is not None or candidates is None:
+                on_done(None, exc)
+            else:
+                self._dial = dial(candidates)
+
+        self._resolving = TaskOpening(resolving, resolved)
+
+    def cancel(self) -> None:
+        self._resolving.cancel()
+        if self._dial is not None:
+            self._dial.cancel()
 
 
 class ProxyOutboundBase:

@@ -27,6 +27,7 @@ from .base import DatagramHandler, Outbound, TcpStream, UdpAssociation
 from .dialer import ProxyDialer
 from .errors import NoMemberUp, OutboundError, ProxyTimeout, UdpNotSupported
 from .health import CameUp, Event, Verdict, WentDown, classify
+from .opening import Done, Opening, release_stream, start_tcp, until_done
 from .policy import Policy, candidates
 from .probe import GroupProber, HealthMonitor, Probed
 from .target import Target
@@ -67,15 +68,28 @@ class Member:
         """The proxy a new flow goes through (for flow records): this one."""
         return self.name
 
+    def start_tcp(self, target: Target, on_done: Done[TcpStream]) -> Opening:
+        """Open through this proxy by callbacks (`opening`), reporting how it went."""
+
+        def opened(stream: TcpStream | None, exc: BaseException | None) -> None:
+            if stream is None:
+                if isinstance(exc, OutboundError):
+                    self.monitor.report(self.name, exc)
+                on_done(None, exc)
+                return
+            self.monitor.succeeded(self.name)
+            self.monitor.opened(self.name)
+            on_done(
+                TcpStream(stream.sock, stream.early, via=self.name, on_release=_Once(self)), None
+            )
+
+        return start_tcp(self.outbound, target, opened)
+
     async def open_tcp(self, target: Target) -> TcpStream:
-        try:
-            stream = await self.outbound.open_tcp(target)
-        except OutboundError as exc:
-            self.monitor.report(self.name, exc)
-            raise
-        self.monitor.succeeded(self.name)
-        self.monitor.opened(self.name)
-        return TcpStream(stream.sock, stream.early, via=self.name, on_release=_Once(self))
+        """`start_tcp`, awaited."""
+        return await until_done(
+            lambda on_done: self.start_tcp(target, on_done), dispose=release_stream
+        )
 
     async def open_udp(self, on_datagram: DatagramHandler) -> UdpAssociation:
         if not self.udp:
@@ -103,6 +117,65 @@ class _Once:
         if self._member is not None:
             self._member.monitor.closed(self._member.name)
             self._member = None
+
+
+class _FailoverOpening:
+    """A group's flow with a member to fall back on: the first member gets half the
+    connect timeout (the engine bounds the whole open), then one retry on the next."""
+
+    __slots__ = ("_first", "_group", "_on_done", "_opening", "_target", "_timer")
+
+    def __init__(
+        self, group: ProxyGroup, first: Member, target: Target, on_done: Done[TcpStream]
+    ) -> None:
+        self._group, self._first, self._target = group, first, target
+        self._on_done: Done[TcpStream] | None = on_done
+        loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = loop.call_at(
+            loop.time() + group.connect_timeout / 2, self._first_timed_out
+        )
+        self._opening = first.start_tcp(target, self._first_done)
+
+    def _first_timed_out(self) -> None:
+        self._timer = None
+        self._opening.cancel()
+        self._retry(self._group._first_timed_out(self._first))
+
+    def _first_done(self, stream: TcpStream | None, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if isinstance(exc, OutboundError):
+            self._retry(exc)
+        else:
+            self._finish(stream, exc)
+
+    def _retry(self, error: OutboundError) -> None:
+        group = self._group
+        second = group._retry_on(self._first.name, error, group._names)
+        if second is None:
+            self._finish(None, error)
+            return
+        log.debug(
+            "group %s: %s failed (%s); trying %s", group.name, self._first.name, error, second
+        )
+        self._opening = group._by_name[second].start_tcp(self._target, self._finish)
+
+    def _finish(self, stream: TcpStream | None, exc: BaseException | None) -> None:
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done(stream, exc)
+        elif stream is not None:
+            release_stream(stream)
+
+    def cancel(self) -> None:
+        if self._on_done is None:
+            return
+        self._on_done = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._opening.cancel()
 
 
 class ProxyGroup:
@@ -184,37 +257,24 @@ class ProxyGroup:
             return "direct"
         return names[0] if names else None
 
-    async def open_tcp(self, target: Target) -> TcpStream:
+    def start_tcp(self, target: Target, on_done: Done[TcpStream]) -> Opening:
+        """Open through the member the policy picks, by callbacks (`opening`); retried once
+        on the next up member when that can help."""
         order = self._candidates(self._names, advance=True)
         if not order:
             if self.fallback is not None:
-                return await self.fallback.open_tcp(target)
+                return start_tcp(self.fallback, target, on_done)
             order = self._names[:1]  # fail closed, after one last try
         first = self._by_name[order[0]]
-        retry = len(order) > 1
-        try:
-            if not retry:
-                return await first.open_tcp(target)
-            # Leave the retry half of the time (the engine bounds the whole open).
-            async with asyncio.timeout(self.connect_timeout / 2):
-                return await first.open_tcp(target)
-        except TimeoutError:
-            error: OutboundError = ProxyTimeout(
-                f"{first.url.label}: no answer within {self.connect_timeout / 2:g}s"
-            )
-            if self.prober is not None and self.prober.target is not None:
-                # The proxy may be waiting on a slow or silent target (danted while the
-                # target drops SYNs): the group's probe decides, not this flow.
-                self.prober.check_now(first.name)
-            else:
-                self.monitor.failed(first.name, str(error))
-        except OutboundError as exc:
-            error = exc
-        second = self._retry_on(first.name, error, self._names)
-        if second is None:
-            raise error
-        log.debug("group %s: %s failed (%s); trying %s", self.name, first.name, error, second)
-        return await self._by_name[second].open_tcp(target)
+        if len(order) == 1:
+            return first.start_tcp(target, on_done)
+        return _FailoverOpening(self, first, target, on_done)
+
+    async def open_tcp(self, target: Target) -> TcpStream:
+        """`start_tcp`, awaited."""
+        return await until_done(
+            lambda on_done: self.start_tcp(target, on_done), dispose=release_stream
+        )
 
     async def open_udp(self, on_datagram: DatagramHandler) -> UdpAssociation:
         if self.udp_outbound is not None:
@@ -264,6 +324,17 @@ class ProxyGroup:
             return rest[0] if rest else None
         order = candidates(self.policy, rest, is_up=health.is_up, active=health.active)
         return order[0] if order else None
+
+    def _first_timed_out(self, first: Member) -> ProxyTimeout:
+        """The first member took half the connect timeout: what that says about it."""
+        error = ProxyTimeout(f"{first.url.label}: no answer within {self.connect_timeout / 2:g}s")
+        if self.prober is not None and self.prober.target is not None:
+            # The proxy may be waiting on a slow or silent target (danted while the
+            # target drops SYNs): the group's probe decides, not this flow.
+            self.prober.check_now(first.name)
+        else:
+            self.monitor.failed(first.name, str(error))
+        return error
 
     def _on_event(self, event: Event | Probed) -> None:
         if not isinstance(event, WentDown | CameUp) or event.name not in self._by_name:

@@ -1,11 +1,12 @@
 """Reach a proxy and run one handshake core, by callbacks on the event loop.
 
-`dialer.ProxyDialer.handshake` runs every proxy outbound's handshake (SOCKS5, SOCKS4,
-HTTP CONNECT) through `Dial`. A new connection through a proxy used to be a chain of
+`dialer.ProxyDialer.start_handshake` runs every proxy outbound's handshake (SOCKS5,
+SOCKS4, HTTP CONNECT) through `Dial`. A new connection through a proxy used to be a chain of
 awaits - `sock_connect`, then `sock_sendall` and `sock_recv` per message - each a future,
 a reader or writer added and removed, and a task step. `Dial` is one object whose
 callbacks the loop calls directly: connect, write what the core queued, feed what the
-proxy sent, and settle one future at the end, which is all the awaiting coroutine sees.
+proxy sent, and call `on_done` once at the end (an `opening.Opening`: no future, and no
+task unless someone awaits it through `opening.until_done`).
 It also writes the first message right behind a connect() that returned EINPROGRESS: to
 a proxy across a veth or loopback the kernel has usually finished the three-way
 handshake by the time connect() returns, so the write goes out at once and the wait for
@@ -32,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from .errors import OutboundError, ProxyProtocolError, ProxyTimeout, ProxyUnreachable
+from .opening import Done
 from .protocol import HandshakeCore, RemoteProtocolError
 from .sockets import SockAddr, describe
 
@@ -44,8 +46,9 @@ _IN_PROGRESS = {errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR}
 
 
 class Dial(Generic[T]):
-    """One connection to a proxy and its handshake; `future` holds (socket, result, early
-    tunnel bytes). The socket is closed on failure and on cancellation of `future`."""
+    """One connection to a proxy and its handshake, an `opening.Opening`: `on_done` gets
+    (socket, result, early tunnel bytes) or the error. The socket is closed on failure
+    and on `cancel()`."""
 
     def __init__(
         self,
@@ -53,6 +56,7 @@ class Dial(Generic[T]):
         new_socket: Callable[[int], socket.socket],
         make_core: Callable[[socket.socket], HandshakeCore],
         settle: Callable[[object], T | None],
+        on_done: Done[tuple[socket.socket, T, bytes]],
         *,
         timeout: float,
         label: str,
@@ -60,9 +64,9 @@ class Dial(Generic[T]):
         then_timeout: float | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[tuple[socket.socket, T, bytes]] = self._loop.create_future()
-        self.future.add_done_callback(self._on_future_done)
-        self._candidates = list(candidates)
+        self._on_done: Done[tuple[socket.socket, T, bytes]] | None = on_done
+        self._starting = False
+        self._candidates = candidates
         self._next = 0
         self._new_socket = new_socket
         self._make_core = make_core
@@ -85,9 +89,25 @@ class Dial(Generic[T]):
         self._deadline = self._armed = self._loop.time() + timeout
         self._timer = self._loop.call_at(self._armed, self._on_timeout)
 
-    def start(self) -> asyncio.Future[tuple[socket.socket, T, bytes]]:
-        self._try_next_address()
-        return self.future
+    def start(self) -> Dial[T]:
+        """Begin connecting; a failure found at once is delivered on the next loop pass
+        (the `opening` contract: never from inside this call)."""
+        self._starting = True
+        try:
+            self._try_next_address()
+        finally:
+            self._starting = False
+        return self
+
+    def cancel(self) -> None:
+        """The flow went away (closed, its deadline passed): stop, close the socket."""
+        if self._on_done is None:
+            return
+        self._on_done = None
+        self._stop_watching()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     # -- connect --------------------------------------------------------------------------
 
@@ -197,7 +217,7 @@ class Dial(Generic[T]):
         except RemoteProtocolError as exc:
             self._fail(ProxyProtocolError(f"{self._label}: {exc}"))
             return
-        except OutboundError as exc:
+        except Exception as exc:  # an OutboundError from settle, or a bug: this flow's
             self._fail(exc)
             return
         if events and self._then_timeout is not None:
@@ -264,36 +284,24 @@ class Dial(Generic[T]):
         sock = self._sock
         assert sock is not None
         self._sock = None
-        if self.future.done():  # cancelled in this same loop pass: nobody will take it
-            sock.close()
-        else:
-            self.future.set_result((sock, result, early))  # the caller owns it now
+        self._deliver((sock, result, early), None)  # the caller owns the socket now
 
-    def _fail(self, exc: OutboundError, *, cause: BaseException | None = None) -> None:
+    def _fail(self, exc: BaseException, *, cause: BaseException | None = None) -> None:
         self._stop_watching()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
         if cause is not None:
             exc.__cause__ = cause
-        if not self.future.done():
-            self.future.set_exception(exc)
+        self._deliver(None, exc)
 
-    def _on_future_done(self, future: asyncio.Future[tuple[socket.socket, T, bytes]]) -> None:
-        if future.cancelled():  # the flow went away (closed, its deadline passed)
-            self._stop_watching()
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
-
-
-async def dial(dialing: Dial[T]) -> tuple[socket.socket, T, bytes]:
-    """Await `dialing` to its end; a socket that was ready when the awaiting task was
-    cancelled is closed rather than leaked."""
-    future = dialing.start()
-    try:
-        return await future
-    except asyncio.CancelledError:
-        if future.done() and not future.cancelled() and future.exception() is None:
-            future.result()[0].close()
-        raise
+    def _deliver(
+        self, result: tuple[socket.socket, T, bytes] | None, exc: BaseException | None
+    ) -> None:
+        on_done, self._on_done = self._on_done, None
+        if on_done is None:
+            return
+        if self._starting:
+            self._loop.call_soon(on_done, result, exc)
+        else:
+            on_done(result, exc)

@@ -27,6 +27,7 @@ from .errors import (
     ProxyTimeout,
     ProxyUnreachable,
 )
+from .opening import Done, Opening, release_stream, until_done
 from .sockets import SockAddr, describe, make_socket, resolve, sockaddr_for
 from .socks5_proto import (
     AuthFailed,
@@ -91,14 +92,29 @@ class Socks5Outbound(ProxyOutboundBase):
         if self.url.username is not None:
             encode_auth(self.url.username, self.url.password or "")
 
+    def start_tcp(self, target: Target, on_done: Done[TcpStream]) -> Opening:
+        """CONNECT to `target` by callbacks (`opening`); the stream's `early` holds bytes
+        that came with the reply."""
+
+        def connected(
+            result: tuple[socket.socket, Target, bytes] | None, exc: BaseException | None
+        ) -> None:
+            on_done(None if result is None else TcpStream(result[0], result[2]), exc)
+
+        return _Handshake(self, Command.CONNECT, target, connected).start()
+
     async def open_tcp(self, target: Target) -> TcpStream:
-        """CONNECT to `target`; the stream's `early` holds bytes that came with the reply."""
-        sock, _bound, early = await self._handshake(Command.CONNECT, target)
-        return TcpStream(sock, early)
+        """`start_tcp`, awaited."""
+        return await until_done(
+            lambda on_done: self.start_tcp(target, on_done), dispose=release_stream
+        )
 
     async def open_udp(self, on_datagram: DatagramHandler) -> Socks5UdpAssociation:
         """UDP ASSOCIATE; the association lives as long as its TCP control connection."""
-        control, bound, _early = await self._handshake(Command.UDP_ASSOCIATE, None)
+        control, bound, _early = await until_done(
+            lambda on_done: _Handshake(self, Command.UDP_ASSOCIATE, None, on_done).start(),
+            dispose=_close_first,
+        )
         try:
             relay_family, relay = await self._relay_address(control, bound)
             udp = make_socket(
@@ -122,54 +138,6 @@ class Socks5Outbound(ProxyOutboundBase):
 
     # -- internals ----------------------------------------------------------------------
 
-    async def _handshake(
-        self, command: Command, target: Target | None
-    ) -> tuple[socket.socket, Target, bytes]:
-        # Only CONNECT is pipelined (the per-connection path), and never with credentials.
-        learn = command is Command.CONNECT and self.url.username is None
-        choice = self.pipelining.begin() if learn else PipelineState.OFF
-        if choice is PipelineState.OFF:
-            result = await self._attempt(command, target, pipeline=False)
-            if learn:
-                self.pipelining.sent_apart_succeeded()
-            return result
-        # A trial is bounded tightly: a proxy that dropped the early request waits forever.
-        # Once on, the connect and the method selection get the usual time, the reply as
-        # long as a trial's: the flow's own limit would otherwise always end it first.
-        timeout, then_timeout = self.connect_timeout, PIPELINE_TRIAL_TIMEOUT
-        if choice is PipelineState.TRIAL:
-            timeout = min(timeout, PIPELINE_TRIAL_TIMEOUT)
-        cores: list[Socks5Client] = []
-        try:
-            result = await self._attempt(
-                command,
-                target,
-                pipeline=True,
-                timeout=timeout,
-                then_timeout=then_timeout,
-                cores=cores,
-            )
-        except (ProxyProtocolError, ProxyTimeout) as exc:
-            self._pipelining_failed(str(exc), self.pipelining.pipelined_failed())
-            return await self._attempt(command, target, pipeline=False)
-        except ProxyRefused:
-            self.pipelining.pipelined_answered()  # a reply code: it parsed the request
-            raise
-        except asyncio.CancelledError:
-            # The flow's limit (or its close) ended it: the method selection without the
-            # reply is all a dropped request shows then (see `Pipelining.cut_short`).
-            answered = bool(cores) and cores[-1].state is State.AWAIT_REPLY
-            self._pipelining_failed(
-                "cancelled after the method selection",
-                self.pipelining.cut_short(greeting_answered=answered),
-            )
-            raise
-        except BaseException:
-            self.pipelining.abandoned()
-            raise
-        self.pipelining.pipelined_answered()
-        return result
-
     def _pipelining_failed(self, why: str, turned_off: bool) -> None:
         if turned_off:  # logged once per proxy, not once per flow in flight
             log.info(
@@ -179,16 +147,17 @@ class Socks5Outbound(ProxyOutboundBase):
                 why,
             )
 
-    async def _attempt(
+    def _attempt(
         self,
         command: Command,
         target: Target | None,
+        on_done: Done[tuple[socket.socket, Target, bytes]],
         *,
         pipeline: bool,
         timeout: float | None = None,
         then_timeout: float | None = None,
         cores: list[Socks5Client] | None = None,
-    ) -> tuple[socket.socket, Target, bytes]:
+    ) -> Opening:
         """One connection to the proxy and one handshake on it; each core made is appended
         to `cores` (its state tells how far a handshake that did not end got)."""
         requested = target
@@ -210,6 +179,11 @@ class Socks5Outbound(ProxyOutboundBase):
 
         def settle(event: object) -> Target | None:
             if isinstance(event, RequestSucceeded):
+                if log.isEnabledFor(logging.DEBUG):
+                    how = "pipelined" if pipeline else "apart"
+                    log.debug(
+                        "%s: %s %s established (%s)", self.url.label, command.name, requested, how
+                    )
                 return event.bound
             if isinstance(event, RequestFailed):
                 raise ProxyRefused(
@@ -226,13 +200,14 @@ class Socks5Outbound(ProxyOutboundBase):
                 )
             return None
 
-        sock, bound, early = await self._dialer.handshake(
-            make_core, settle, protocol="SOCKS5", timeout=timeout, then_timeout=then_timeout
+        return self._dialer.start_handshake(
+            make_core,
+            settle,
+            on_done,
+            protocol="SOCKS5",
+            timeout=timeout,
+            then_timeout=then_timeout,
         )
-        if log.isEnabledFor(logging.DEBUG):
-            how = "pipelined" if pipeline else "apart"
-            log.debug("%s: %s %s established (%s)", self.url.label, command.name, requested, how)
-        return sock, bound, early
 
     def _no_method_message(self) -> str:
         offered = "no-auth" + (", username/password" if self.url.username is not None else "")
@@ -261,6 +236,105 @@ class Socks5Outbound(ProxyOutboundBase):
             ip = ipaddress.ip_address(control.getpeername()[0])
         family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
         return family, sockaddr_for(ip, bound.port)
+
+
+class _Handshake:
+    """One SOCKS5 handshake through `outbound`, by callbacks (an `opening.Opening`).
+
+    Only CONNECT is pipelined (the per-connection path), and never with credentials;
+    whether it is, is the proxy's `Pipelining` (learned): a pipelined handshake that ends
+    without a reply (garbage, a close, the bound on the reply) is redone apart, once.
+    """
+
+    __slots__ = ("_cores", "_learn", "_on_done", "_opening", "_outbound", "_pipelined", "_request")
+
+    def __init__(
+        self,
+        outbound: Socks5Outbound,
+        command: Command,
+        target: Target | None,
+        on_done: Done[tuple[socket.socket, Target, bytes]],
+    ) -> None:
+        self._outbound = outbound
+        self._request = (command, target)
+        self._on_done: Done[tuple[socket.socket, Target, bytes]] | None = on_done
+        self._learn = command is Command.CONNECT and outbound.url.username is None
+        self._pipelined = False  # the attempt under way sent the request with the greeting
+        self._cores: list[Socks5Client] = []
+        self._opening: Opening | None = None
+
+    def start(self) -> _Handshake:
+        outbound = self._outbound
+        choice = outbound.pipelining.begin() if self._learn else PipelineState.OFF
+        if choice is PipelineState.OFF:
+            self._opening = outbound._attempt(*self._request, self._apart_done, pipeline=False)
+            return self
+        # A trial is bounded tightly: a proxy that dropped the early request waits forever.
+        # Once on, the connect and the method selection get the usual time, the reply as
+        # long as a trial's: the flow's own limit would otherwise always end it first.
+        timeout, then_timeout = outbound.connect_timeout, PIPELINE_TRIAL_TIMEOUT
+        if choice is PipelineState.TRIAL:
+            timeout = min(timeout, PIPELINE_TRIAL_TIMEOUT)
+        self._pipelined = True
+        self._opening = outbound._attempt(
+            *self._request,
+            self._pipelined_done,
+            pipeline=True,
+            timeout=timeout,
+            then_timeout=then_timeout,
+            cores=self._cores,
+        )
+        return self
+
+    def _apart_done(
+        self, result: tuple[socket.socket, Target, bytes] | None, exc: BaseException | None
+    ) -> None:
+        if result is not None and self._learn:
+            self._outbound.pipelining.sent_apart_succeeded()
+        self._finish(result, exc)
+
+    def _pipelined_done(
+        self, result: tuple[socket.socket, Target, bytes] | None, exc: BaseException | None
+    ) -> None:
+        self._pipelined = False
+        pipelining = self._outbound.pipelining
+        if exc is None or isinstance(exc, ProxyRefused):
+            pipelining.pipelined_answered()  # a reply code too: it parsed the request
+        elif isinstance(exc, ProxyProtocolError | ProxyTimeout):
+            self._outbound._pipelining_failed(str(exc), pipelining.pipelined_failed())
+            # Redone apart; how that ends says nothing more about pipelining.
+            self._opening = self._outbound._attempt(*self._request, self._finish, pipeline=False)
+            return
+        else:
+            pipelining.abandoned()
+        self._finish(result, exc)
+
+    def _finish(
+        self, result: tuple[socket.socket, Target, bytes] | None, exc: BaseException | None
+    ) -> None:
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done(result, exc)
+
+    def cancel(self) -> None:
+        if self._on_done is None:
+            return
+        self._on_done = None
+        if self._opening is not None:
+            self._opening.cancel()
+        if self._pipelined:
+            # The flow's limit (or its close) ended it: the method selection without the
+            # reply is all a dropped request shows then (see `Pipelining.cut_short`).
+            cores = self._cores
+            answered = bool(cores) and cores[-1].state is State.AWAIT_REPLY
+            self._outbound._pipelining_failed(
+                "cancelled after the method selection",
+                self._outbound.pipelining.cut_short(greeting_answered=answered),
+            )
+
+
+def _close_first(result: tuple[socket.socket, Target, bytes]) -> None:
+    result[0].close()
 
 
 class Socks5UdpAssociation:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -467,7 +466,7 @@ def parse_address(buf: bytes | bytearray | memoryview, offset: int) -> tuple[Tar
         except (UnicodeDecodeError, ValueError):
             raise RemoteProtocolError(f"invalid domain {raw[:MAX_DOMAIN_LEN]!r}") from None
     else:
-        target = Target(str(ipaddress.ip_address(raw)), port)
+        target = Target.from_ip(raw, port)
     return target, end + _PORT_LEN
 
 

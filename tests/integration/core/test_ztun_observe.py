@@ -253,6 +253,35 @@ def test_close_resets_the_flow_it_names(start_ztun) -> None:  # type: ignore[no-
     assert missing.returncode == 1 and "no flow 999" in missing.stderr
 
 
+def test_close_resets_a_flow_still_being_set_up(start_ztun, servers) -> None:  # type: ignore[no-untyped-def]
+    """A proxy that takes the connection and never answers holds the flow in set-up
+    (loop callbacks and a timer, no Task): `ztun close` resets the app and closes ztun's
+    connection to the proxy then, not at the connect timeout (two minutes here)."""
+    proxy_addr = str(servers.address("proxy", "client", 4))
+    silent = servers.proxy.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with silent:
+        silent.bind((proxy_addr, 0))
+        silent.listen(8)
+        silent.settimeout(EVENT_TIMEOUT)
+        url = f"socks5://{proxy_addr}:{silent.getsockname()[1]}"
+        ztun = start_ztun("--proxy", url, "--connect-timeout", "120", proxy=False)
+        with ztun.connect(ECHO_PORT) as app:
+            toward_proxy, _ = silent.accept()  # ztun dials once the flow is routed
+            with toward_proxy:
+                toward_proxy.settimeout(EVENT_TIMEOUT)
+                assert toward_proxy.recv(3) == bytes([5, 1, 0])  # the greeting, unanswered
+                (flow,) = ztun.flows()
+                assert flow["state"] == "connecting" and flow["outbound"] == "proxy1"
+                result = ztun.ctl("close", str(flow["id"]))
+                assert result.returncode == 0, result.stderr
+                with pytest.raises(ConnectionResetError):
+                    app.recv(100)
+                # Whatever else was sent with the greeting, then the close: EOF.
+                while toward_proxy.recv(100):
+                    pass
+        assert ztun.flows() == []
+
+
 def write_config(path: Path, proxy: str, *lines: str) -> None:
     path.write_text("\n".join([f'proxy = "{proxy}"', *lines, ""]))
 
