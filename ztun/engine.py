@@ -28,7 +28,7 @@ from .outbound import (
     TcpStream,
     UdpAssociation,
 )
-from .outbound.opening import Opening, start_tcp
+from .outbound.opening import Opening, release_stream, start_tcp
 from .outbound.uplink import Uplink
 from .pump import TunPump
 from .relay import HAVE_SPLICE, SHARED_BUFFER_SIZE, PipePool, Relay, close_with_reset
@@ -252,6 +252,8 @@ class _TcpSetup:
 
     def _timed_out(self) -> None:
         self.timer = None
+        if self not in self.engine.setups:  # ended already
+            return
         if self.opening is not None:
             self.opening.cancel()
             self.opening = None
@@ -259,6 +261,10 @@ class _TcpSetup:
 
     def _opened(self, stream: TcpStream | None, exc: BaseException | None) -> None:
         self.opening = None
+        if self not in self.engine.setups:  # ended already (an opener broke its contract)
+            if stream is not None:
+                release_stream(stream)
+            return
         if stream is None:
             self._failed(exc or OutboundError("opened nothing"))
             return

@@ -130,11 +130,11 @@ class _FailoverOpening:
     ) -> None:
         self._group, self._first, self._target = group, first, target
         self._on_done: Done[TcpStream] | None = on_done
+        self._opening = first.start_tcp(target, self._first_done)
         loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = loop.call_at(
             loop.time() + group.connect_timeout / 2, self._first_timed_out
         )
-        self._opening = first.start_tcp(target, self._first_done)
 
     def _first_timed_out(self) -> None:
         self._timer = None
