@@ -7,10 +7,12 @@ milliseconds: `pytest tests/bench/test_bench_parse.py`.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
-from ztun.bench import parse, procstat, profile, report
+from ztun.bench import figures, parse, procstat, profile, report, systems
 from ztun.bench.options import QUICK_TESTS, SYSTEMS, TESTS, BenchOptions, parse_names
 
 AB_TEXT = """\
@@ -190,3 +192,14 @@ def test_profiles_are_taken_of_ztun_systems_only() -> None:
         str(profile.profile_path("p", "ztun-stack", "tcp-1-up", 2))
         == "p/ztun-stack-tcp-1-up-r2.txt"
     )
+
+
+def test_memory_is_measured_of_tun2socks_processes_only() -> None:
+    """socks-relay's hop is billed for CPU, but it holds no tunnel: its memory figure would
+    restart it against the holding proxy for nothing."""
+    hop = systems.make_system("socks-relay", cast(systems.Env, None))
+    hop.proc = cast(Any, SimpleNamespace(pid=4321))  # started: it has a process to bill
+    assert hop.pid == 4321
+    with pytest.raises(figures.NotApplicable):
+        figures.rss(cast(Any, None), hop, 1.0)
+    assert systems.make_system("ztun", cast(systems.Env, None)).is_tun2socks

@@ -344,7 +344,7 @@ def rss(ctx: Ctx, system: System, timeout: float) -> dict[str, float]:
     descriptor per connection), so the proxy is never the limit. A connection counts once
     holdsocks answered it; memory is read from /proc (the process tree's resident set).
     """
-    if system.pid is None:
+    if system.pid is None or not system.is_tun2socks:
         raise NotApplicable("no tun2socks process")
     deadline = time.monotonic() + timeout
     system.stop()

@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ztun.tools import tool
 
@@ -45,6 +46,9 @@ class System:
     proc: Proc | None = None
     carries_udp: bool = True
     client_prefix: list[str] = field(default_factory=list)
+    #: False for a helper process that is billed for CPU but holds no tunnel's state
+    #: (socks-relay's hop): the memory figure measures tun2socks implementations only.
+    is_tun2socks: ClassVar[bool] = True
 
     @property
     def pid(self) -> int | None:
@@ -141,6 +145,8 @@ class SocksRelay(System):
     TUN, no stack, no handshake of its own: the least a tun2socks that ends the app's TCP
     and relays it pays, so the gap from `socks-only` to here is the relay hop's and the gap
     from here to a tun2socks is its TUN path's. No UDP (proxychains)."""
+
+    is_tun2socks = False
 
     def start(self, *, tcp_port: int = DANTED_PORT, udp_port: int = SOCKS_UDP_PORT) -> None:
         self.proc = spawn(
