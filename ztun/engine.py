@@ -232,7 +232,10 @@ class _TcpSetup:
         try:
             domain = await self.engine.router.sniff(self.conn)
         except Exception as exc:
-            self._failed(exc)
+            if self in self.engine.setups:
+                self._failed(exc)
+            return
+        if self not in self.engine.setups:  # closed meanwhile: `cancel` resets the app
             return
         self.task = None
         self._route(domain)
@@ -306,11 +309,23 @@ class _TcpSetup:
         if self not in engine.setups:
             return
         engine.setups.discard(self)
-        for pending in (self.timer, self.opening, self.task):
+        for pending in (self.timer, self.opening):
             if pending is not None:
                 pending.cancel()
-        self.timer = self.opening = self.task = None
+        self.timer = self.opening = None
+        task, self.task = self.task, None
+        if task is not None and not task.done():
+            # The sniff watches the app's socket until its Task has run its cleanup: the
+            # socket is closed only then. Closed under a registered reader, its number
+            # would stay in the selector (a later socket given that number is never
+            # watched) and the sniff's cleanup would fail on it.
+            task.cancel()
+            task.add_done_callback(self._closed_after_sniff)
+            return
         engine._tcp_failed(self.conn, self.session, self.record, "closed")
+
+    def _closed_after_sniff(self, _task: asyncio.Task[None]) -> None:
+        self.engine._tcp_failed(self.conn, self.session, self.record, "closed")
 
 
 class Engine:

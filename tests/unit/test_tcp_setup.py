@@ -1,0 +1,93 @@
+"""A TCP flow in set-up (`ztun.engine._TcpSetup`), closed while the engine sniffs its
+first bytes: on 127.0.0.1 with real sockets, no TUN (the flow is handed to the set-up as
+a redirected connection is: no NAT session).
+
+`ztun close` (or `ztun stop`) during the sniff must reset the app and end the flow as
+"closed", and nothing else: no outbound failure counted, no error logged, and the app's
+socket closed only after the sniff stopped watching it -- a descriptor closed under a
+registered reader stays in the loop's selector, where a later socket given the same
+number would never be watched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+
+import pytest
+
+from ztun.engine import Engine, _TcpSetup
+from ztun.outbound import DirectOutbound
+from ztun.router import Router
+from ztun.stack import SystemStack
+
+pytestmark = pytest.mark.linux  # the hairpin network below is on loopback: Linux's 127/8
+
+INET4 = ipaddress.IPv4Interface("127.19.0.5/30")
+TIMEOUT = 10.0
+
+
+async def _loop_passes(count: int) -> None:
+    """Let the loop run `count` passes (a Task created before has taken its first step)."""
+    loop = asyncio.get_running_loop()
+    passed = loop.create_future()
+
+    def step(left: int) -> None:
+        if left:
+            loop.call_soon(step, left - 1)
+        else:
+            passed.set_result(None)
+
+    step(count)
+    await passed
+
+
+async def close_during_sniff() -> tuple[Engine, _TcpSetup, bool, BaseException | None]:
+    loop = asyncio.get_running_loop()
+    tun, other_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # never used
+    listener = socket.create_server(("127.0.0.1", 0))
+    app = socket.create_connection(listener.getsockname())
+    app.setblocking(False)
+    conn, peer = listener.accept()
+    conn.setblocking(False)
+    listener.close()
+    direct = DirectOutbound()
+    # The app sends nothing: the sniff waits for its first bytes until the flow is closed.
+    router = Router(outbounds={"default": direct, "direct": direct}, sniff_timeout=TIMEOUT)
+    engine = Engine(tun, SystemStack(inet4=INET4, inet6=None), router, splice=False)
+    try:
+        setup = _TcpSetup(engine, conn, ipaddress.ip_address("192.0.2.9"), 443, peer, None)
+        setup.begin()
+        sniffing = setup.task
+        assert sniffing is not None
+        fd = conn.fileno()
+        await _loop_passes(2)  # the sniff's first step: it watches the app's socket now
+        assert engine.flows.close(setup.record.id)  # what `ztun close ID` does
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.wait([sniffing])
+            reset: BaseException | None = None
+            try:
+                await loop.sock_recv(app, 100)
+            except ConnectionResetError as exc:
+                reset = exc
+        left_in_selector = loop.remove_reader(fd)
+        return engine, setup, left_in_selector, reset
+    finally:
+        app.close()
+        tun.close()
+        other_end.close()
+
+
+def test_a_flow_closed_while_sniffed_is_reset_and_counted_as_closed_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ztun"):
+        engine, setup, left_in_selector, reset = asyncio.run(close_during_sniff())
+    assert isinstance(reset, ConnectionResetError)  # the app got a reset
+    assert setup.record.reason == "closed" and len(engine.flows) == 0
+    for counter in ("tcp_outbound_failed", "tcp_internal_error", "tcp_rejected"):
+        assert engine.stats[counter] == 0, counter
+    assert not left_in_selector  # the closed socket's number was not left watched
+    assert [r.getMessage() for r in caplog.records] == []
