@@ -180,8 +180,11 @@ class _ResolveThenDial:
         ) -> None:
             if exc is not None or candidates is None:
                 on_done(None, exc)
-            else:
+                return
+            try:
                 self._dial = dial(candidates)
+            except Exception as bug:  # this flow's error, as it was when awaited
+                on_done(None, bug)
 
         self._resolving = TaskOpening(resolving, resolved)
 

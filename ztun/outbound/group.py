@@ -72,16 +72,21 @@ class Member:
         """Open through this proxy by callbacks (`opening`), reporting how it went."""
 
         def opened(stream: TcpStream | None, exc: BaseException | None) -> None:
-            if stream is None:
-                if isinstance(exc, OutboundError):
-                    self.monitor.report(self.name, exc)
-                on_done(None, exc)
-                return
-            self.monitor.succeeded(self.name)
-            self.monitor.opened(self.name)
-            on_done(
-                TcpStream(stream.sock, stream.early, via=self.name, on_release=_Once(self)), None
-            )
+            try:
+                if stream is None:
+                    if isinstance(exc, OutboundError):
+                        self.monitor.report(self.name, exc)
+                else:
+                    self.monitor.succeeded(self.name)
+                    self.monitor.opened(self.name)
+                    stream = TcpStream(
+                        stream.sock, stream.early, via=self.name, on_release=_Once(self)
+                    )
+            except Exception as bug:  # this flow's error, as it was when awaited
+                if stream is not None:
+                    release_stream(stream)
+                stream, exc = None, bug
+            on_done(stream, exc)  # outside the try: what it raises is its own
 
         return start_tcp(self.outbound, target, opened)
 
@@ -139,7 +144,12 @@ class _FailoverOpening:
     def _first_timed_out(self) -> None:
         self._timer = None
         self._opening.cancel()
-        self._retry(self._group._first_timed_out(self._first))
+        try:
+            error = self._group._first_timed_out(self._first)
+        except Exception as bug:  # this flow's error, as it was when awaited
+            self._finish(None, bug)
+            return
+        self._retry(error)
 
     def _first_done(self, stream: TcpStream | None, exc: BaseException | None) -> None:
         if self._timer is not None:
@@ -152,14 +162,22 @@ class _FailoverOpening:
 
     def _retry(self, error: OutboundError) -> None:
         group = self._group
-        second = group._retry_on(self._first.name, error, group._names)
-        if second is None:
-            self._finish(None, error)
-            return
-        log.debug(
-            "group %s: %s failed (%s); trying %s", group.name, self._first.name, error, second
-        )
-        self._opening = group._by_name[second].start_tcp(self._target, self._finish)
+        failure: BaseException = error
+        try:
+            second = group._retry_on(self._first.name, error, group._names)
+            if second is not None:
+                log.debug(
+                    "group %s: %s failed (%s); trying %s",
+                    group.name,
+                    self._first.name,
+                    error,
+                    second,
+                )
+                self._opening = group._by_name[second].start_tcp(self._target, self._finish)
+                return
+        except Exception as bug:  # this flow's error, as it was when awaited
+            failure = bug
+        self._finish(None, failure)
 
     def _finish(self, stream: TcpStream | None, exc: BaseException | None) -> None:
         on_done, self._on_done = self._on_done, None

@@ -95,6 +95,11 @@ class Dial(Generic[T]):
         self._starting = True
         try:
             self._try_next_address()
+        except BaseException:
+            # No opening for the caller to cancel: stop the timer and close the socket
+            # now, or the timer would report this dead dial to `on_done` later.
+            self.cancel()
+            raise
         finally:
             self._starting = False
         return self
@@ -124,6 +129,9 @@ class Dial(Generic[T]):
         try:
             sock = self._sock = self._new_socket(family)
         except OutboundError as exc:  # a routing option the kernel refused: configuration
+            self._fail(exc)
+            return
+        except OSError as exc:  # no socket for this flow (EMFILE, ENOBUFS): not the proxy's
             self._fail(exc)
             return
         code = sock.connect_ex(sockaddr)
@@ -207,18 +215,23 @@ class Dial(Generic[T]):
         except OSError as exc:
             self._lost(exc)
             return
+        result: T | None = None
         try:
             events = core.receive_data(data)
             for event in events:
                 result = self._settle(event)
                 if result is not None:
-                    self._succeed(result, core.trailing_data)
-                    return
+                    break
         except RemoteProtocolError as exc:
             self._fail(ProxyProtocolError(f"{self._label}: {exc}"))
             return
         except Exception as exc:  # an OutboundError from settle, or a bug: this flow's
             self._fail(exc)
+            return
+        if result is not None:
+            # Outside the try: what `on_done` raises is its own bug, not this handshake's
+            # failure (caught here, it would vanish: `on_done` is spent).
+            self._succeed(result, core.trailing_data)
             return
         if events and self._then_timeout is not None:
             self._bound_rest(self._then_timeout)
@@ -298,10 +311,12 @@ class Dial(Generic[T]):
     def _deliver(
         self, result: tuple[socket.socket, T, bytes] | None, exc: BaseException | None
     ) -> None:
-        on_done, self._on_done = self._on_done, None
-        if on_done is None:
+        if self._starting:  # never from inside start(); a cancel() until then still holds
+            self._loop.call_soon(self._deliver, result, exc)
             return
-        if self._starting:
-            self._loop.call_soon(on_done, result, exc)
-        else:
-            on_done(result, exc)
+        on_done, self._on_done = self._on_done, None
+        if on_done is None:  # cancelled
+            if result is not None:
+                result[0].close()
+            return
+        on_done(result, exc)

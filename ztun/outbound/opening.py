@@ -12,7 +12,10 @@ The contract every opener keeps:
   opening (a failure found at once is delivered on the next loop pass), and never after
   `Opening.cancel()`;
 - after `cancel()` the opener owns what it made and closes it (sockets, half-done
-  handshakes): the caller forgets the opening.
+  handshakes): the caller forgets the opening;
+- an error in the opener's own step (EMFILE making a socket, a bug) goes to `on_done` as
+  the flow's error, as it did through the awaits; what `on_done` raises is not the
+  opener's to catch (swallowed, a bug downstream would leave its flow hanging unseen).
 
 `start_tcp` opens through any outbound: by its callbacks when it has them, else by a
 Task around its ``open_tcp`` coroutine (direct, HTTP CONNECT, SOCKS4, test doubles):

@@ -303,7 +303,12 @@ class _Handshake:
         elif isinstance(exc, ProxyProtocolError | ProxyTimeout):
             self._outbound._pipelining_failed(str(exc), pipelining.pipelined_failed())
             # Redone apart; how that ends says nothing more about pipelining.
-            self._opening = self._outbound._attempt(*self._request, self._finish, pipeline=False)
+            try:
+                self._opening = self._outbound._attempt(
+                    *self._request, self._finish, pipeline=False
+                )
+            except Exception as bug:  # this flow's error, as it was when awaited
+                self._finish(None, bug)
             return
         else:
             pipelining.abandoned()
