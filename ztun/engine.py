@@ -607,7 +607,14 @@ class Engine:
         self.relays.add(relay)
         self.flows.connected(record, relay, self.loop.time() - started)
         record.closer = relay.abort  # `ztun close`: a reset both ways
-        relay.start(early)
+        try:
+            relay.start(early)
+        except Exception as exc:
+            # A bug, or a socket that stopped being one, costs this flow only: both sides
+            # are reset and on_close ends the flow and releases the proxy's count.
+            self.stats["tcp_internal_error"] += 1
+            log.error("TCP flow %s: the relay did not start", record.id, exc_info=exc)
+            relay.abort(exc)
 
     def outbound_name(self, decision: Decision, network: str) -> str:
         """What `ztun flows` and the metrics call the outbound a decision chose."""

@@ -20,6 +20,7 @@ import pytest
 
 from ztun.engine import Engine, _TcpSetup
 from ztun.outbound import DirectOutbound
+from ztun.outbound.base import TcpStream
 from ztun.router import Router
 from ztun.stack import SystemStack
 
@@ -91,3 +92,48 @@ def test_a_flow_closed_while_sniffed_is_reset_and_counted_as_closed_only(
         assert engine.stats[counter] == 0, counter
     assert not left_in_selector  # the closed socket's number was not left watched
     assert [r.getMessage() for r in caplog.records] == []
+
+
+async def relay_that_cannot_start() -> tuple[Engine, list[str], BaseException | None, int]:
+    loop = asyncio.get_running_loop()
+    tun, other_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # never used
+    listener = socket.create_server(("127.0.0.1", 0))
+    app = socket.create_connection(listener.getsockname())
+    app.setblocking(False)
+    conn, peer = listener.accept()
+    conn.setblocking(False)
+    listener.close()
+    direct = DirectOutbound()
+    router = Router(outbounds={"default": direct, "direct": direct})
+    engine = Engine(tun, SystemStack(inet4=INET4, inet6=None), router, splice=False)
+    released: list[str] = []
+    remote = socket.socket()
+    remote.close()  # what the outbound hands over is no socket any more: add_reader refuses it
+    try:
+        setup = _TcpSetup(engine, conn, ipaddress.ip_address("192.0.2.9"), 443, peer, None)
+        stream = TcpStream(remote, on_release=lambda: released.append("released"))
+        engine._relay_tcp(setup, stream)
+        reset: BaseException | None = None
+        async with asyncio.timeout(TIMEOUT):
+            try:
+                await loop.sock_recv(app, 100)
+            except ConnectionResetError as exc:
+                reset = exc
+        return engine, released, reset, len(engine.relays)
+    finally:
+        app.close()
+        tun.close()
+        other_end.close()
+
+
+def test_a_relay_that_cannot_start_resets_the_app_and_ends_the_flow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="ztun"):
+        engine, released, reset, relays_left = asyncio.run(relay_that_cannot_start())
+    assert isinstance(reset, ConnectionResetError)  # the app is told at once, not left hanging
+    assert released == ["released"]  # the proxy's open-flow count goes back down, once
+    assert relays_left == 0
+    assert not engine.flows.select()  # the flow is over (no record left behind)
+    assert engine.stats["tcp_internal_error"] == 1
+    assert "the relay did not start" in caplog.text
