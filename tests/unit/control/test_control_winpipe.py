@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.unit.tun.ctypes_fakes import fake_library
+from ztun import win32
 from ztun.control import winpipe as w
 from ztun.control.backends import LocalBackend
 from ztun.flows import FlowTable
@@ -129,7 +130,7 @@ class FakePipes:
     def ReadFile(self, handle, buffer, size, count, overlapped):  # type: ignore[no-untyped-def]
         data = self.clients[handle].to_server.get(timeout=30)
         if data is None:
-            self.local.error = w.ERROR_BROKEN_PIPE
+            self.local.error = win32.ERROR_BROKEN_PIPE
             count._obj.value = 0
             return 0
         assert len(data) <= size
