@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 #: Every system the bench knows, in the order the table shows them. `direct` is the
 #: physical limit (kernel routing, no TUN, no proxy), `socks-only` the proxy's own
-#: ceiling (the app speaks SOCKS5 itself), then the tun2socks implementations.
+#: ceiling (the app speaks SOCKS5 itself), `socks-relay` that ceiling with one loopback
+#: relay hop added (the floor of any design that ends the app's TCP and relays it), then
+#: the tun2socks implementations.
 SYSTEMS: tuple[str, ...] = (
     "direct",
     "socks-only",

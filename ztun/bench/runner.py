@@ -164,6 +164,8 @@ def _environment() -> dict[str, Any]:
         "held_connections_proxy": "holdsocks (answers CONNECT and holds: one fd per connection)",
         "socks_only_client": "proxychains4 (LD_PRELOAD; SOCKS5 handshake inside connect(), "
         "then the app's own data path)",
+        "socks_relay_hop": "ztun.bench.relay_hop: proxychains4 to a loopback listener that "
+        "relays each connection to danted with ztun's splice relay (no TUN, no stack)",
         "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         "tun_mtu": {"ztun": 1500, "sing-box": "default (9000)"},
         "load_tools": {
