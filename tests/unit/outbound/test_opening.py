@@ -28,6 +28,7 @@ from typing import Any
 
 from test_outbound_adapters import LOOPBACK, REPLY_OK_ZERO_V4, TEST_NET, H, run, scripted_proxy
 
+from tests.unit.loop_passes import loop_passes
 from ztun.outbound import DirectOutbound, ProxyUnreachable, Socks5Outbound, Target, TcpStream
 from ztun.outbound.dialer import ProxyDialer
 from ztun.outbound.group import Member
@@ -177,21 +178,6 @@ def test_until_done_cancels_the_opening_with_its_task() -> None:
     run(scenario())
 
 
-async def _loop_passes(count: int) -> None:
-    """Let the loop run `count` passes (what was scheduled with call_soon has run)."""
-    loop = asyncio.get_running_loop()
-    passed = loop.create_future()
-
-    def step(left: int) -> None:
-        if left:
-            loop.call_soon(step, left - 1)
-        else:
-            passed.set_result(None)
-
-    step(count)
-    await passed
-
-
 @contextlib.contextmanager
 def _no_descriptor_left() -> Iterator[None]:
     """The next socket() fails with EMFILE, as it does for a ztun at its descriptor
@@ -225,7 +211,7 @@ def test_cancel_right_after_a_failure_found_at_once_still_silences_on_done() -> 
         )
         assert outcomes == []
         opening.cancel()
-        await _loop_passes(3)
+        await loop_passes(3)
         assert outcomes == []
 
     run(scenario())
