@@ -32,6 +32,12 @@ from .url import ProxyURL, parse_proxy_url
 
 T = TypeVar("T")
 
+
+def _cause(exc: OSError) -> OSError | None:
+    """What a ProxyUnreachable chains to: a timeout says all there is by itself."""
+    return None if isinstance(exc, TimeoutError) else exc
+
+
 #: settle(event): a result ends the handshake, None lets it continue, an error fails it.
 Settle = Callable[[object], T | None]
 
@@ -70,16 +76,20 @@ class ProxyDialer:
                 fwmark=self.fwmark,
                 bind_interface=self.bind_interface,
             )
-        except TimeoutError:
-            raise ProxyUnreachable(
-                f"{self.label}: connect timed out after {self.connect_timeout:g}s"
-            ) from None
-        except socket.gaierror as exc:
-            raise ProxyUnreachable(f"{self.label}: cannot resolve host: {exc.strerror}") from exc
         except OSError as exc:
-            raise ProxyUnreachable(
-                f"{self.label}: {describe(exc)}", refused=exc.errno == errno.ECONNREFUSED
-            ) from exc
+            raise self._unreachable(exc) from _cause(exc)
+
+    def _unreachable(self, exc: OSError) -> ProxyUnreachable:
+        """How not reaching the proxy is reported (``refused`` set on ECONNREFUSED)."""
+        if isinstance(exc, TimeoutError):
+            return ProxyUnreachable(
+                f"{self.label}: connect timed out after {self.connect_timeout:g}s"
+            )
+        if isinstance(exc, socket.gaierror):
+            return ProxyUnreachable(f"{self.label}: cannot resolve host: {exc.strerror}")
+        return ProxyUnreachable(
+            f"{self.label}: {describe(exc)}", refused=exc.errno == errno.ECONNREFUSED
+        )
 
     def start_handshake(
         self,
@@ -144,12 +154,8 @@ class ProxyDialer:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 return await resolve(self.url.host, self.url.port, socket.SOCK_STREAM)
-        except TimeoutError:
-            raise ProxyUnreachable(
-                f"{self.label}: connect timed out after {self.connect_timeout:g}s"
-            ) from None
-        except socket.gaierror as exc:
-            raise ProxyUnreachable(f"{self.label}: cannot resolve host: {exc.strerror}") from exc
+        except (TimeoutError, socket.gaierror) as exc:
+            raise self._unreachable(exc) from _cause(exc)
 
     def _new_socket(self, family: int) -> socket.socket:
         return make_socket(
