@@ -97,26 +97,34 @@ def test_a_failure_found_at_once_is_delivered_on_a_later_loop_pass() -> None:
     run(scenario())
 
 
-def test_cancel_closes_the_connection_to_the_proxy_and_reports_nothing() -> None:
-    greeted, closed = asyncio.Event(), asyncio.Event()
-    ended: list[bytes] = []
+class _MuteProxy:
+    """A SOCKS5 proxy that reads the greeting and never answers; `ended` gets what it
+    reads after that (b"": ztun closed its side)."""
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self) -> None:
+        self.greeted, self.closed = asyncio.Event(), asyncio.Event()
+        self.ended: list[bytes] = []
+
+    async def handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readexactly(3)
-        greeted.set()  # and never answer
-        ended.append(await reader.read())  # b"": ztun closed its side
-        closed.set()
+        self.greeted.set()
+        self.ended.append(await reader.read())
+        self.closed.set()
+
+
+def test_cancel_closes_the_connection_to_the_proxy_and_reports_nothing() -> None:
+    proxy = _MuteProxy()
 
     async def scenario() -> None:
-        async with scripted_proxy(handler) as port:
+        async with scripted_proxy(proxy.handler) as port:
             outcomes, _done, on_done = _collector()
             outbound = Socks5Outbound(f"socks5://{LOOPBACK}:{port}")
             opening = start_tcp(outbound, Target(TEST_NET, 80), on_done)  # type: ignore[arg-type]
-            await asyncio.wait_for(greeted.wait(), EVENT_TIMEOUT)
+            await asyncio.wait_for(proxy.greeted.wait(), EVENT_TIMEOUT)
             opening.cancel()
             opening.cancel()  # idempotent
-            await asyncio.wait_for(closed.wait(), EVENT_TIMEOUT)
-            assert ended == [b""]
+            await asyncio.wait_for(proxy.closed.wait(), EVENT_TIMEOUT)
+            assert proxy.ended == [b""]
             assert outcomes == []
 
     run(scenario())
@@ -148,23 +156,16 @@ def test_an_outbound_without_callbacks_opens_through_a_task() -> None:
 
 
 def test_until_done_cancels_the_opening_with_its_task() -> None:
-    greeted, closed = asyncio.Event(), asyncio.Event()
-    ended: list[bytes] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readexactly(3)
-        greeted.set()
-        ended.append(await reader.read())
-        closed.set()
+    proxy = _MuteProxy()
 
     async def scenario() -> None:
-        async with scripted_proxy(handler) as port:
+        async with scripted_proxy(proxy.handler) as port:
             outbound = Socks5Outbound(f"socks5://{LOOPBACK}:{port}")
             target = Target(TEST_NET, 80)
             task = asyncio.ensure_future(
                 until_done(lambda on_done: outbound.start_tcp(target, on_done))
             )
-            await asyncio.wait_for(greeted.wait(), EVENT_TIMEOUT)
+            await asyncio.wait_for(proxy.greeted.wait(), EVENT_TIMEOUT)
             task.cancel()
             try:
                 await task
@@ -172,8 +173,8 @@ def test_until_done_cancels_the_opening_with_its_task() -> None:
                 pass
             else:
                 raise AssertionError("the task was not cancelled")
-            await asyncio.wait_for(closed.wait(), EVENT_TIMEOUT)
-            assert ended == [b""]
+            await asyncio.wait_for(proxy.closed.wait(), EVENT_TIMEOUT)
+            assert proxy.ended == [b""]
 
     run(scenario())
 
