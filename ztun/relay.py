@@ -111,15 +111,17 @@ class _Direction:
 
     def stop(self) -> None:
         if self.reading:
-            self.loop.remove_reader(self.src.fileno())
-            self.reading = False
+            self._stop_reading()
         if self.writing:
-            self.loop.remove_writer(self.dst.fileno())
-            self.writing = False
+            self._stop_writing()
 
     def _stop_reading(self) -> None:
         self.loop.remove_reader(self.src.fileno())
         self.reading = False
+
+    def _stop_writing(self) -> None:
+        self.loop.remove_writer(self.dst.fileno())
+        self.writing = False
 
     def wait_writable(self) -> None:
         """Wake when dst can take more (`on_writable`)."""
@@ -174,8 +176,7 @@ class _Direction:
         self.wait_writable()
 
     def _resume(self) -> None:
-        self.loop.remove_writer(self.dst.fileno())
-        self.writing = False
+        self._stop_writing()
         if self.eof:
             self._finish_if_drained()
         else:
