@@ -9,6 +9,7 @@ sessions over associations; re-arm one timer for the stack's expiries.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -90,22 +91,13 @@ def original_destination(
     return ipaddress.IPv4Address(addr), port
 
 
-#: Raw address bytes -> (address, text); see `_address`.
-_ADDRESSES: dict[bytes, tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]] = {}
-_ADDRESSES_KEPT = 4096
-
-
+@functools.lru_cache(maxsize=4096)
 def _address(raw: bytes) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]:
     """The address object and text of 4 or 16 address bytes. Kept: every new connection
     names its client and server, the same few again and again, and `ipaddress` parses
     and formats in Python (microseconds per connection)."""
-    found = _ADDRESSES.get(raw)
-    if found is None:
-        if len(_ADDRESSES) >= _ADDRESSES_KEPT:
-            _ADDRESSES.clear()
-        ip = ipaddress.ip_address(raw)
-        found = _ADDRESSES[raw] = (ip, str(ip))
-    return found
+    ip = ipaddress.ip_address(raw)
+    return ip, str(ip)
 
 
 def _ip_text(raw: bytes) -> str:
