@@ -263,18 +263,19 @@ class _TcpSetup:
         if stream is None:
             self._failed(exc or OutboundError("opened nothing"))
             return
+        self._leave()
+        self.engine._relay_tcp(self, stream)
+
+    def _leave(self) -> None:
+        """The set-up is over: its timer goes, and the engine no longer counts it."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.engine.setups.discard(self)
-        self.engine._relay_tcp(self, stream)
 
     def _failed(self, exc: BaseException) -> None:
         engine = self.engine
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        engine.setups.discard(self)
+        self._leave()
         stats, source, dst, port = engine.stats, self.client[0], self.dst, self.port
         if isinstance(exc, LoopDetected):
             stats["tcp_loop_refused"] += 1
