@@ -110,9 +110,7 @@ class Dial(Generic[T]):
             return
         self._on_done = None
         self._stop_watching()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._close_socket()
 
     # -- connect --------------------------------------------------------------------------
 
@@ -128,10 +126,9 @@ class Dial(Generic[T]):
         self._next += 1
         try:
             sock = self._sock = self._new_socket(family)
-        except OutboundError as exc:  # a routing option the kernel refused: configuration
-            self._fail(exc)
-            return
-        except OSError as exc:  # no socket for this flow (EMFILE, ENOBUFS): not the proxy's
+        except (OutboundError, OSError) as exc:
+            # A routing option the kernel refused (configuration), or no socket for this
+            # flow (EMFILE, ENOBUFS): the flow's error, not the proxy's.
             self._fail(exc)
             return
         code = sock.connect_ex(sockaddr)
@@ -168,9 +165,7 @@ class Dial(Generic[T]):
         self._last_error = exc
         self._core = None
         self._pending = b""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._close_socket()
         self._try_next_address()
 
     def _on_connected(self) -> None:
@@ -285,6 +280,11 @@ class Dial(Generic[T]):
             self._loop.remove_writer(self._sock.fileno())
         self._writing = False
 
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
     def _stop_watching(self) -> None:
         self._timer.cancel()
         self._unwatch_writable()
@@ -301,9 +301,7 @@ class Dial(Generic[T]):
 
     def _fail(self, exc: BaseException, *, cause: BaseException | None = None) -> None:
         self._stop_watching()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._close_socket()
         if cause is not None:
             exc.__cause__ = cause
         self._deliver(None, exc)
