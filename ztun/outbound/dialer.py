@@ -98,7 +98,7 @@ class ProxyDialer:
         on_done: Done[tuple[socket.socket, T, bytes]],
         *,
         protocol: str,
-        timeout: float | None = None,
+        handshake_timeout: float | None = None,
         then_timeout: float | None = None,
     ) -> Opening:
         """Connect and run a core to its end, by callbacks (`handshake.Dial`): `on_done`
@@ -106,9 +106,9 @@ class ProxyDialer:
         contract). The core is made once the socket exists (`make_core(sock)`: SOCKS5
         UDP ASSOCIATE names the zero address of the family the proxy was reached in).
         `protocol` names what was expected in the timeout message ("no SOCKS5 answer");
-        `timeout` bounds the connect and, separately, the handshake (default:
-        `connect_timeout`); `then_timeout` bounds the rest of it once the proxy's first
-        answer is in (see `handshake.Dial`). The socket is closed on every failure.
+        `connect_timeout` bounds the connect and, separately, the handshake (unless
+        `handshake_timeout` is given); `then_timeout` bounds the rest of it once the
+        proxy's first answer is in (see `handshake.Dial`). The socket is closed on every failure.
         """
 
         def dial(candidates: Sequence[tuple[int, SockAddr]]) -> Dial[T]:
@@ -118,9 +118,10 @@ class ProxyDialer:
                 make_core,
                 settle,
                 on_done,
-                timeout=self.connect_timeout if timeout is None else timeout,
+                timeout=self.connect_timeout,
                 label=self.label,
                 protocol=protocol,
+                handshake_timeout=handshake_timeout,
                 then_timeout=then_timeout,
             ).start()
 
@@ -134,7 +135,7 @@ class ProxyDialer:
         settle: Settle[T],
         *,
         protocol: str,
-        timeout: float | None = None,
+        handshake_timeout: float | None = None,
         then_timeout: float | None = None,
     ) -> tuple[socket.socket, T, bytes]:
         """`start_handshake`, awaited."""
@@ -144,7 +145,7 @@ class ProxyDialer:
                 settle,
                 on_done,
                 protocol=protocol,
-                timeout=timeout,
+                handshake_timeout=handshake_timeout,
                 then_timeout=then_timeout,
             ),
             dispose=_close_first,

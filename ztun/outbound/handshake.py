@@ -18,9 +18,12 @@ result (the handshake is done), None (go on) or an `OutboundError` (it failed). 
 carry the messages the await-based adapter gave: `ProxyUnreachable` for the TCP connect
 (refused - with `refused` set -, no route, timed out), `ProxyTimeout` for a handshake
 without an answer, `ProxyProtocolError` for garbage or a connection lost mid-handshake.
-`timeout` bounds the connect and, separately, the handshake; `then_timeout`, when given,
-bounds the rest of the handshake once the proxy's first answer is in (a pipelined SOCKS5
-request: its method selection came, so a reply that has not is likely dropped).
+`timeout` bounds the connect and, separately, the handshake (`handshake_timeout`, when
+given, bounds the handshake instead: a pipelined SOCKS5 trial gets little time for its
+answers, but its connect the usual time, since a lost SYN is retransmitted only after a
+second); `then_timeout`, when given, bounds the rest of the handshake once the proxy's
+first answer is in (a pipelined SOCKS5 request: its method selection came, so a reply
+that has not is likely dropped).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Dial(Generic[T]):
         timeout: float,
         label: str,
         protocol: str,
+        handshake_timeout: float | None = None,
         then_timeout: float | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
@@ -71,7 +75,8 @@ class Dial(Generic[T]):
         self._new_socket = new_socket
         self._make_core = make_core
         self._settle = settle
-        self._timeout = timeout
+        self._timeout = timeout  # the connect's; `_on_connected` sets the handshake's
+        self._handshake_timeout = timeout if handshake_timeout is None else handshake_timeout
         self._label = label
         self._protocol = protocol
         self._then_timeout = then_timeout
@@ -172,7 +177,10 @@ class Dial(Generic[T]):
         sock = self._sock
         assert sock is not None
         self._connected = True
+        self._timeout = self._handshake_timeout
         self._deadline = self._loop.time() + self._timeout  # the handshake's own
+        if self._deadline < self._armed:  # a handshake bound tighter than the connect's
+            self._rearm(self._deadline)
         if self._core is None:
             self._core = self._make_core(sock)
         self._loop.add_reader(sock.fileno(), self._on_readable)
@@ -239,9 +247,13 @@ class Dial(Generic[T]):
         if deadline >= self._deadline:
             return
         self._timeout, self._since = seconds, " of the first"
-        self._deadline = self._armed = deadline
+        self._deadline = deadline
+        self._rearm(deadline)
+
+    def _rearm(self, deadline: float) -> None:
+        self._armed = deadline
         self._timer.cancel()
-        self._timer = self._loop.call_at(self._armed, self._on_timeout)
+        self._timer = self._loop.call_at(deadline, self._on_timeout)
 
     def _lost(self, exc: OSError) -> None:
         self._fail(

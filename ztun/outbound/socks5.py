@@ -154,7 +154,7 @@ class Socks5Outbound(ProxyOutboundBase):
         on_done: Done[tuple[socket.socket, Target, bytes]],
         *,
         pipeline: bool,
-        timeout: float | None = None,
+        handshake_timeout: float | None = None,
         then_timeout: float | None = None,
         cores: list[Socks5Client] | None = None,
     ) -> Opening:
@@ -205,7 +205,7 @@ class Socks5Outbound(ProxyOutboundBase):
             settle,
             on_done,
             protocol="SOCKS5",
-            timeout=timeout,
+            handshake_timeout=handshake_timeout,
             then_timeout=then_timeout,
         )
 
@@ -269,19 +269,21 @@ class _Handshake:
         if choice is PipelineState.OFF:
             self._opening = outbound._attempt(*self._request, self._apart_done, pipeline=False)
             return self
-        # A trial is bounded tightly: a proxy that dropped the early request waits forever.
-        # Once on, the connect and the method selection get the usual time, the reply as
-        # long as a trial's: the flow's own limit would otherwise always end it first.
-        timeout, then_timeout = outbound.connect_timeout, PIPELINE_TRIAL_TIMEOUT
+        # A trial's answers are bounded tightly: a proxy that dropped the early request
+        # waits forever. Its TCP connect is not (a lost SYN is retransmitted after a
+        # second; a connect that times out is the proxy's failure, not pipelining's, and is
+        # not redone). Once on, the method selection gets the usual time, the reply as long
+        # as a trial's: the flow's own limit would otherwise always end it first.
+        handshake_timeout = None
         if choice is PipelineState.TRIAL:
-            timeout = min(timeout, PIPELINE_TRIAL_TIMEOUT)
+            handshake_timeout = min(outbound.connect_timeout, PIPELINE_TRIAL_TIMEOUT)
         self._pipelined = True
         self._opening = outbound._attempt(
             *self._request,
             self._pipelined_done,
             pipeline=True,
-            timeout=timeout,
-            then_timeout=then_timeout,
+            handshake_timeout=handshake_timeout,
+            then_timeout=PIPELINE_TRIAL_TIMEOUT,
             cores=self._cores,
         )
         return self

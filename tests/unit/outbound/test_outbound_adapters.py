@@ -684,6 +684,89 @@ def test_first_message_waits_for_a_connect_that_completes_later(
     assert waited == [True]
 
 
+def test_a_trial_whose_syn_is_lost_still_connects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a trial's answers are bounded tightly, not its TCP connect: a lost SYN is
+    retransmitted after the initial RTO (~1 s), and the flow must not fail then as
+    "connect timed out" (CI saw that over a lossy link). The SYN is lost as in the test
+    above: a full accept queue (listen backlog 0, one connection not yet accepted)."""
+    monkeypatch.setattr(socks5_module, "PIPELINE_TRIAL_TIMEOUT", 0.3)
+
+    async def serve_apart(loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
+        conn, _ = await loop.sock_accept(listener)
+        with conn:
+            assert await loop.sock_recv(conn, 16) == GREETING
+            await loop.sock_sendall(conn, H("0500"))
+            assert await loop.sock_recv(conn, 64) == REQUEST
+            await loop.sock_sendall(conn, REPLY_OK)
+
+    async def scenario() -> bytes:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as listener, socket.socket() as filler:
+            listener.bind((LOOPBACK, 0))
+            listener.listen(0)
+            listener.setblocking(False)
+            port = listener.getsockname()[1]
+            outbound = Socks5Outbound(_url(port), connect_timeout=5)
+            apart = asyncio.create_task(outbound.open_tcp(TEST_NET_80))
+            await serve_apart(loop, listener)
+            (await apart).sock.close()
+            assert outbound.pipelining.state is PipelineState.TRIAL
+            filler.connect((LOOPBACK, port))  # the accept queue is full again
+            trial = asyncio.create_task(outbound.open_tcp(TEST_NET_80))
+            await asyncio.sleep(0)  # noqa: sleep-ok (one loop pass: the trial's SYN was lost)
+            assert not trial.done()
+            first, _ = await loop.sock_accept(listener)  # the filler: room for the retry
+            first.close()
+            accept = asyncio.ensure_future(loop.sock_accept(listener))
+            await asyncio.wait({accept, trial}, return_when=asyncio.FIRST_COMPLETED)
+            if not accept.done():
+                accept.cancel()
+                (await trial).sock.close()  # it gave up before its SYN came again: raises
+            conn, _ = accept.result()
+            with conn:
+                early = b""
+                while len(early) < len(GREETING + REQUEST):
+                    early += await loop.sock_recv(conn, 64)
+                await loop.sock_sendall(conn, H("0500") + REPLY_OK)
+                (await trial).sock.close()
+            assert outbound.pipelining.state is PipelineState.ON
+            return early
+
+    assert run(scenario()) == GREETING + REQUEST
+
+
+def test_a_trial_the_proxy_never_answers_is_redone_apart_in_its_own_time(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy that reads the pipelined greeting and request and answers nothing: the
+    trial's bound (not the 30 s connect timeout) ends it, and the flow is carried apart."""
+    monkeypatch.setattr(socks5_module, "PIPELINE_TRIAL_TIMEOUT", 0.3)
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(seen) == 1:
+            seen.append(await reader.readexactly(3 + len(REQUEST)))
+            await reader.read()  # the trial: silence
+            return
+        seen.append(GREETING)
+        await _apart(reader, writer)
+        await reader.read()
+
+    async def scenario() -> None:
+        async with scripted_proxy(handler) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=30)
+            for _ in range(2):
+                async with asyncio.timeout(5):
+                    (await outbound.open_tcp(TEST_NET_80)).sock.close()
+            assert outbound.pipelining.state is PipelineState.OFF
+
+    with caplog.at_level("INFO", logger=socks5_module.__name__):
+        run(scenario())
+    assert seen == [GREETING, GREETING + REQUEST, GREETING]
+    off = [r.getMessage() for r in caplog.records if "apart from now on" in r.getMessage()]
+    assert len(off) == 1 and "no SOCKS5 answer within 0.3s" in off[0]
+
+
 class ChangingProxy:
     """Answers pipelined requests until `drop_early` is set, then turns microsocks-like
     (one recv() for the greeting, the rest dropped): another server behind the address."""
