@@ -17,6 +17,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 
 from .base import DatagramHandler, TcpStream, UdpAssociation
 from .dialer import ProxyOutboundBase
@@ -32,6 +33,7 @@ from .sockets import SockAddr, describe, make_socket, resolve, sockaddr_for
 from .socks5_proto import (
     AuthFailed,
     Command,
+    MethodSelected,
     NoAcceptableMethods,
     PipelineState,
     Pipelining,
@@ -39,7 +41,6 @@ from .socks5_proto import (
     RequestFailed,
     RequestSucceeded,
     Socks5Client,
-    State,
     UdpHeader,
     decode_udp_header,
     encode_auth,
@@ -61,12 +62,15 @@ _CONTROL_READ = 512
 #: RSV RSV FRAG ATYP + address + port, for the fixed-size address types (IPv4, IPv6).
 _FIXED_HEADER_LEN = {1: 4 + 4 + 2, 4: 4 + 16 + 2}
 _HEADER_CACHE = 1024
-#: How long a first pipelined handshake may take before the proxy is taken to have dropped
-#: the request sent with the greeting (microsocks waits for it forever); the reply also
-#: waits for the proxy's connect to the target, so a slow target can fail a trial too:
-#: then that one flow is carried apart and pipelining stays off - correct, only slower.
-#: Once pipelining is on, the reply gets as long after the method selection (a proxy that
-#: starts dropping early requests - another server now at that address - is found so).
+#: How long a pipelined handshake on trial may wait for each answer before the proxy is
+#: suspected of having dropped the request sent with the greeting (microsocks waits for it
+#: forever). The reply also waits for the proxy's connect to the target, so a slow target
+#: looks the same; the flow is then carried apart, and that redo tells the two apart: a
+#: reply within this long of its request says the proxy answers requests promptly, so the
+#: pipelined one was dropped (pipelining off); a slower one blames the target (another
+#: trial later). Once pipelining is on, the usual bounds apply: a proxy that starts
+#: dropping early requests (another server now at that address) is found when the flow's
+#: own limit cuts a handshake short after the method selection.
 PIPELINE_TRIAL_TIMEOUT = 1.0
 _UNSPECIFIED = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 
@@ -156,10 +160,10 @@ class Socks5Outbound(ProxyOutboundBase):
         pipeline: bool,
         handshake_timeout: float | None = None,
         then_timeout: float | None = None,
-        cores: list[Socks5Client] | None = None,
+        on_event: Callable[[object], None] | None = None,
     ) -> Opening:
-        """One connection to the proxy and one handshake on it; each core made is appended
-        to `cores` (its state tells how far a handshake that did not end got)."""
+        """One connection to the proxy and one handshake on it; `on_event` sees each of the
+        core's events as it comes (how far a handshake got, and when)."""
         requested = target
 
         def make_core(sock: socket.socket) -> Socks5Client:
@@ -173,11 +177,11 @@ class Socks5Outbound(ProxyOutboundBase):
                 password=self.url.password,
                 pipeline=pipeline,
             )
-            if cores is not None:
-                cores.append(core)
             return core
 
         def settle(event: object) -> Target | None:
+            if on_event is not None:
+                on_event(event)
             if isinstance(event, RequestSucceeded):
                 if log.isEnabledFor(logging.DEBUG):
                     how = "pipelined" if pipeline else "apart"
@@ -242,11 +246,22 @@ class _Handshake:
     """One SOCKS5 handshake through `outbound`, by callbacks (an `opening.Opening`).
 
     Only CONNECT is pipelined (the per-connection path), and never with credentials;
-    whether it is, is the proxy's `Pipelining` (learned): a pipelined handshake that ends
-    without a reply (garbage, a close, the bound on the reply) is redone apart, once.
+    whether it is, is the proxy's `Pipelining` (learned). A pipelined handshake that ends
+    without a reply is redone apart, once: after garbage or a close pipelining is off;
+    after no answer in time, the redo's reply delay decides (`Pipelining.redo_answered`).
     """
 
-    __slots__ = ("_cores", "_learn", "_on_done", "_opening", "_outbound", "_pipelined", "_request")
+    __slots__ = (
+        "_answered_at",
+        "_learn",
+        "_on_done",
+        "_opening",
+        "_outbound",
+        "_pipelined",
+        "_redo_decides",
+        "_request",
+        "_unanswered",
+    )
 
     def __init__(
         self,
@@ -260,7 +275,9 @@ class _Handshake:
         self._on_done: Done[tuple[socket.socket, Target, bytes]] | None = on_done
         self._learn = command is Command.CONNECT and outbound.url.username is None
         self._pipelined = False  # the attempt under way sent the request with the greeting
-        self._cores: list[Socks5Client] = []
+        self._redo_decides = False  # the attempt under way is a redo whose delay decides
+        self._unanswered = ""  # why the pipelined attempt before the redo ended
+        self._answered_at: float | None = None  # when this attempt's method selection came
         self._opening: Opening | None = None
 
     def start(self) -> _Handshake:
@@ -271,22 +288,25 @@ class _Handshake:
             return self
         # A trial's answers are bounded tightly: a proxy that dropped the early request
         # waits forever. Its TCP connect is not (a lost SYN is retransmitted after a
-        # second; a connect that times out is the proxy's failure, not pipelining's, and is
-        # not redone). Once on, the method selection gets the usual time, the reply as long
-        # as a trial's: the flow's own limit would otherwise always end it first.
-        handshake_timeout = None
-        if choice is PipelineState.TRIAL:
-            handshake_timeout = min(outbound.connect_timeout, PIPELINE_TRIAL_TIMEOUT)
+        # second; a connect that times out is the proxy's failure, not pipelining's).
+        # Once on, the usual bounds (see PIPELINE_TRIAL_TIMEOUT).
+        trial = choice is PipelineState.TRIAL
         self._pipelined = True
         self._opening = outbound._attempt(
             *self._request,
             self._pipelined_done,
             pipeline=True,
-            handshake_timeout=handshake_timeout,
-            then_timeout=PIPELINE_TRIAL_TIMEOUT,
-            cores=self._cores,
+            handshake_timeout=min(outbound.connect_timeout, PIPELINE_TRIAL_TIMEOUT)
+            if trial
+            else None,
+            then_timeout=PIPELINE_TRIAL_TIMEOUT if trial else None,
+            on_event=self._note,
         )
         return self
+
+    def _note(self, event: object) -> None:
+        if isinstance(event, MethodSelected):
+            self._answered_at = asyncio.get_running_loop().time()
 
     def _apart_done(
         self, result: tuple[socket.socket, Target, bytes] | None, exc: BaseException | None
@@ -302,19 +322,53 @@ class _Handshake:
         pipelining = self._outbound.pipelining
         if exc is None or isinstance(exc, ProxyRefused):
             pipelining.pipelined_answered()  # a reply code too: it parsed the request
-        elif isinstance(exc, ProxyProtocolError | ProxyTimeout):
+        elif isinstance(exc, ProxyProtocolError):  # garbage, or a close: it did not
             self._outbound._pipelining_failed(str(exc), pipelining.pipelined_failed())
-            # Redone apart; how that ends says nothing more about pipelining.
-            try:
-                self._opening = self._outbound._attempt(
-                    *self._request, self._finish, pipeline=False
-                )
-            except Exception as bug:  # this flow's error, as it was when awaited
-                self._finish(None, bug)
+            self._redo(self._finish)
+            return
+        elif isinstance(exc, ProxyTimeout):  # a dropped request, or a slow target
+            self._unanswered = str(exc)
+            self._redo_decides = True
+            self._redo(self._redo_done)
             return
         else:
             pipelining.abandoned()
         self._finish(result, exc)
+
+    def _redo(self, on_done: Done[tuple[socket.socket, Target, bytes]]) -> None:
+        """Carry this flow apart after a pipelined attempt that got no reply."""
+        self._answered_at = None
+        try:
+            self._opening = self._outbound._attempt(
+                *self._request, on_done, pipeline=False, on_event=self._note
+            )
+        except Exception as bug:  # this flow's error, as it was when awaited
+            self._decided(None)
+            self._finish(None, bug)
+
+    def _redo_done(
+        self, result: tuple[socket.socket, Target, bytes] | None, exc: BaseException | None
+    ) -> None:
+        replied = exc is None or isinstance(exc, ProxyRefused)
+        answered_at = self._answered_at
+        if replied and answered_at is not None:
+            self._decided(asyncio.get_running_loop().time() - answered_at)
+        else:
+            self._decided(None)
+        self._finish(result, exc)
+
+    def _decided(self, reply_delay: float | None) -> None:
+        """The redo after an unanswered pipelined attempt ended: its reply came
+        `reply_delay` seconds after the request (None: it got no reply)."""
+        if not self._redo_decides:
+            return
+        self._redo_decides = False
+        pipelining = self._outbound.pipelining
+        if reply_delay is None:
+            pipelining.abandoned()
+        else:
+            turned_off = pipelining.redo_answered(reply_delay, PIPELINE_TRIAL_TIMEOUT)
+            self._outbound._pipelining_failed(self._unanswered, turned_off)
 
     def _finish(
         self, result: tuple[socket.socket, Target, bytes] | None, exc: BaseException | None
@@ -332,12 +386,13 @@ class _Handshake:
         if self._pipelined:
             # The flow's limit (or its close) ended it: the method selection without the
             # reply is all a dropped request shows then (see `Pipelining.cut_short`).
-            cores = self._cores
-            answered = bool(cores) and cores[-1].state is State.AWAIT_REPLY
             self._outbound._pipelining_failed(
                 "cancelled after the method selection",
-                self._outbound.pipelining.cut_short(greeting_answered=answered),
+                self._outbound.pipelining.cut_short(
+                    greeting_answered=self._answered_at is not None
+                ),
             )
+        self._decided(None)  # a redo cut short decides nothing
 
 
 def _close_first(result: tuple[socket.socket, Target, bytes]) -> None:

@@ -324,12 +324,14 @@ class Pipelining:
     learned, per proxy and sans-IO: nothing is pipelined until a handshake sent apart
     succeeded without credentials; then one handshake at a time is pipelined on trial. A
     reply to it - success or any reply code: the proxy parsed the request - turns
-    pipelining on; a trial that ends without one (a stall, a close, garbage) turns it off
-    for good, and the adapter redoes that handshake apart. A pipelined handshake that
-    fails that way later (another server now at that address) turns it off as well: the
-    adapter bounds the wait for the reply once the method selection is in, as for a trial,
-    and a handshake cut short from outside (the flow's own time limit, usually the first
-    to end) between the method selection and the reply counts as such a failure too.
+    pipelining on; a close or garbage instead turns it off for good, and the adapter
+    redoes that handshake apart. No answer within the trial's bound is ambiguous (a
+    dropped request, or a target slow to connect): the adapter redoes it apart and times
+    that reply (`redo_answered`): prompt, the pipelined request was dropped (off); slow,
+    the target was (another trial later). Once on, a handshake cut short from outside
+    (the flow's own time limit) between the method selection and the reply counts as a
+    failure: that is how a proxy that starts dropping early requests (another server now
+    at that address) shows.
     """
 
     def __init__(self, *, enabled: bool = True) -> None:
@@ -364,6 +366,17 @@ class Pipelining:
         turned_off = self.state is not PipelineState.OFF
         self.state = PipelineState.OFF
         return turned_off
+
+    def redo_answered(self, reply_delay: float, bound: float) -> bool:
+        """A pipelined handshake got no answer within `bound`; redone apart, its reply came
+        `reply_delay` seconds after the request. Sooner than `bound`: the proxy answers
+        requests promptly, so it dropped the pipelined one - off (True when that turned it
+        off). Later: the target was slow, which says nothing about pipelining (a trial
+        may run again; on stays on)."""
+        if reply_delay < bound:
+            return self.pipelined_failed()
+        self.abandoned()
+        return False
 
     def cut_short(self, *, greeting_answered: bool) -> bool:
         """A pipelined handshake was ended from outside (cancelled) before its reply.

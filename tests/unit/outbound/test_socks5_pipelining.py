@@ -188,3 +188,27 @@ def test_cut_short_trial_after_the_method_selection_is_a_failed_trial() -> None:
     assert policy.begin() is PipelineState.TRIAL
     assert policy.cut_short(greeting_answered=True) is True
     assert policy.begin() is PipelineState.OFF
+
+
+def test_a_prompt_reply_to_the_redo_blames_the_proxy() -> None:
+    """No answer to a pipelined trial within 1 s, yet the request redone apart got its
+    reply in 0.2 s: the pipelined request was dropped."""
+    policy = Pipelining()
+    policy.sent_apart_succeeded()
+    assert policy.begin() is PipelineState.TRIAL
+    assert policy.begin() is PipelineState.OFF  # the redo decides: no second trial yet
+    assert policy.redo_answered(0.2, 1.0) is True
+    assert policy.state is PipelineState.OFF
+    assert policy.redo_answered(0.2, 1.0) is False  # said once
+
+
+def test_a_slow_reply_to_the_redo_blames_the_target() -> None:
+    policy = Pipelining()
+    policy.sent_apart_succeeded()
+    assert policy.begin() is PipelineState.TRIAL
+    assert policy.redo_answered(1.5, 1.0) is False
+    assert policy.state is PipelineState.TRIAL
+    assert policy.begin() is PipelineState.TRIAL  # another trial may run
+    on = _on()
+    assert on.redo_answered(1.5, 1.0) is False
+    assert on.begin() is PipelineState.ON
