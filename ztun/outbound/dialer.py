@@ -108,7 +108,8 @@ class ProxyDialer:
         `protocol` names what was expected in the timeout message ("no SOCKS5 answer");
         `connect_timeout` bounds the connect and, separately, the handshake (unless
         `handshake_timeout` is given); `then_timeout` bounds the rest of it once the
-        proxy's first answer is in (see `handshake.Dial`). The socket is closed on every failure.
+        proxy's first answer is in, from then on (see `handshake.Dial`). The socket is
+        closed on every failure.
         """
 
         def dial(candidates: Sequence[tuple[int, SockAddr]]) -> Dial[T]:

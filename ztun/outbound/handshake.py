@@ -22,8 +22,9 @@ without an answer, `ProxyProtocolError` for garbage or a connection lost mid-han
 given, bounds the handshake instead: a pipelined SOCKS5 trial gets little time for its
 answers, but its connect the usual time, since a lost SYN is retransmitted only after a
 second); `then_timeout`, when given, bounds the rest of the handshake once the proxy's
-first answer is in (a pipelined SOCKS5 request: its method selection came, so a reply
-that has not is likely dropped).
+first answer is in, from then on and instead of the handshake's bound (a pipelined
+SOCKS5 trial: its reply gets as long after the method selection as the method selection
+got, however long that took).
 """
 
 from __future__ import annotations
@@ -241,14 +242,14 @@ class Dial(Generic[T]):
         self._flush()
 
     def _bound_rest(self, seconds: float) -> None:
-        """The rest of the handshake gets `seconds` from now (once), if that is sooner."""
+        """The rest of the handshake gets `seconds` from now (once), sooner or later than
+        the handshake's own deadline: each answer gets its own bound, so a slow first
+        answer does not eat into the wait for the next."""
         self._then_timeout = None
-        deadline = self._loop.time() + seconds
-        if deadline >= self._deadline:
-            return
         self._timeout, self._since = seconds, " of the first"
-        self._deadline = deadline
-        self._rearm(deadline)
+        self._deadline = self._loop.time() + seconds
+        if self._deadline < self._armed:  # later: the timer re-arms itself when it fires
+            self._rearm(self._deadline)
 
     def _rearm(self, deadline: float) -> None:
         self._armed = deadline

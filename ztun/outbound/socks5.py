@@ -286,20 +286,20 @@ class _Handshake:
         if choice is PipelineState.OFF:
             self._opening = outbound._attempt(*self._request, self._apart_done, pipeline=False)
             return self
-        # A trial's answers are bounded tightly: a proxy that dropped the early request
-        # waits forever. Its TCP connect is not (a lost SYN is retransmitted after a
-        # second; a connect that times out is the proxy's failure, not pipelining's).
-        # Once on, the usual bounds (see PIPELINE_TRIAL_TIMEOUT).
+        # A trial's answers are bounded tightly, each on its own (the reply from the method
+        # selection, as the redo's is timed): a proxy that dropped the early request waits
+        # forever. Its TCP connect is not (a lost SYN is retransmitted after a second; a
+        # connect that times out is the proxy's failure, not pipelining's). Once on, the
+        # usual bounds (see PIPELINE_TRIAL_TIMEOUT).
+        bound = min(outbound.connect_timeout, PIPELINE_TRIAL_TIMEOUT)
         trial = choice is PipelineState.TRIAL
         self._pipelined = True
         self._opening = outbound._attempt(
             *self._request,
             self._pipelined_done,
             pipeline=True,
-            handshake_timeout=min(outbound.connect_timeout, PIPELINE_TRIAL_TIMEOUT)
-            if trial
-            else None,
-            then_timeout=PIPELINE_TRIAL_TIMEOUT if trial else None,
+            handshake_timeout=bound if trial else None,
+            then_timeout=bound if trial else None,
             on_event=self._note,
         )
         return self

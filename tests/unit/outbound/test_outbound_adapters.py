@@ -817,6 +817,49 @@ def test_a_trial_to_a_slow_target_keeps_pipelining_on_trial(
     ]
 
 
+def _slow_greeter(greeting_delay: float, target_delay: float, seen: list[bytes]) -> Handler:
+    """A proxy behind a forwarder (ssh -L, a TCP balancer): the connect is answered at
+    once, the greeting only `greeting_delay` later (the forwarder's own connect); the
+    reply `target_delay` after the request (the target's connect). Pipelining it handles."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readexactly(3))
+        await asyncio.sleep(greeting_delay)  # noqa: sleep-ok (the slow forwarder is the case)
+        writer.write(H("0500"))
+        assert await reader.readexactly(len(REQUEST)) == REQUEST
+        await asyncio.sleep(target_delay)  # noqa: sleep-ok
+        writer.write(REPLY_OK)
+        await reader.read()
+
+    return handler
+
+
+def test_a_trial_gets_its_reply_in_its_own_time_after_a_slow_greeting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The method selection takes 0.3 s (a forwarder), the reply 0.3 s more: each answer
+    within the trial's 0.5 s, so the trial is answered and pipelining turns on. (Bounded
+    as a whole from the connect, the trial timed out at 0.5 s; the redo's reply, timed
+    from its method selection, came in 0.3 s and pipelining was turned off for good.)"""
+    monkeypatch.setattr(socks5_module, "PIPELINE_TRIAL_TIMEOUT", 0.5)
+    seen: list[bytes] = []
+
+    async def scenario() -> list[PipelineState]:
+        states = []
+        async with scripted_proxy(_slow_greeter(0.3, 0.3, seen)) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=5)
+            for _ in range(2):
+                (await outbound.open_tcp(TEST_NET_80)).sock.close()
+                states.append(outbound.pipelining.state)
+        return states
+
+    with caplog.at_level("INFO", logger=socks5_module.__name__):
+        states = run(scenario())
+    assert not [r for r in caplog.records if "apart from now on" in r.getMessage()]
+    assert states == [PipelineState.TRIAL, PipelineState.ON]
+    assert len(seen) == 2  # no redo
+
+
 class ChangingProxy:
     """Answers pipelined requests until `drop_early` is set, then turns microsocks-like
     (one recv() for the greeting, the rest dropped): another server behind the address."""
