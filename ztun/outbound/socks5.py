@@ -68,9 +68,12 @@ _HEADER_CACHE = 1024
 #: looks the same; the flow is then carried apart, and that redo tells the two apart: a
 #: reply within this long of its request says the proxy answers requests promptly, so the
 #: pipelined one was dropped (pipelining off); a slower one blames the target (another
-#: trial later). Once pipelining is on, the usual bounds apply: a proxy that starts
-#: dropping early requests (another server now at that address) is found when the flow's
-#: own limit cuts a handshake short after the method selection.
+#: trial later). A trial that got not even the method selection is judged by the redo's
+#: (from its start): prompt, the pipelined greeting went unanswered; slow, the proxy is
+#: (a forwarder in front of it), which says nothing about pipelining. Once pipelining is
+#: on, the usual bounds apply: a proxy that starts dropping early requests (another
+#: server now at that address) is found when the flow's own limit cuts a handshake short
+#: after the method selection.
 PIPELINE_TRIAL_TIMEOUT = 1.0
 _UNSPECIFIED = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 
@@ -253,12 +256,14 @@ class _Handshake:
 
     __slots__ = (
         "_answered_at",
+        "_greeting_unanswered",
         "_learn",
         "_on_done",
         "_opening",
         "_outbound",
         "_pipelined",
         "_redo_decides",
+        "_redo_started_at",
         "_request",
         "_unanswered",
     )
@@ -277,6 +282,8 @@ class _Handshake:
         self._pipelined = False  # the attempt under way sent the request with the greeting
         self._redo_decides = False  # the attempt under way is a redo whose delay decides
         self._unanswered = ""  # why the pipelined attempt before the redo ended
+        self._greeting_unanswered = False  # ... before its method selection, even
+        self._redo_started_at = 0.0
         self._answered_at: float | None = None  # when this attempt's method selection came
         self._opening: Opening | None = None
 
@@ -328,6 +335,7 @@ class _Handshake:
             return
         elif isinstance(exc, ProxyTimeout):  # a dropped request, or a slow target
             self._unanswered = str(exc)
+            self._greeting_unanswered = self._answered_at is None
             self._redo_decides = True
             self._redo(self._redo_done)
             return
@@ -338,6 +346,7 @@ class _Handshake:
     def _redo(self, on_done: Done[tuple[socket.socket, Target, bytes]]) -> None:
         """Carry this flow apart after a pipelined attempt that got no reply."""
         self._answered_at = None
+        self._redo_started_at = asyncio.get_running_loop().time()
         try:
             self._opening = self._outbound._attempt(
                 *self._request, on_done, pipeline=False, on_event=self._note
@@ -351,15 +360,18 @@ class _Handshake:
     ) -> None:
         replied = exc is None or isinstance(exc, ProxyRefused)
         answered_at = self._answered_at
-        if replied and answered_at is not None:
-            self._decided(asyncio.get_running_loop().time() - answered_at)
-        else:
+        if not replied or answered_at is None:
             self._decided(None)
+        elif self._greeting_unanswered:  # time the answer the pipelined attempt lacked
+            self._decided(answered_at - self._redo_started_at)
+        else:
+            self._decided(asyncio.get_running_loop().time() - answered_at)
         self._finish(result, exc)
 
     def _decided(self, reply_delay: float | None) -> None:
-        """The redo after an unanswered pipelined attempt ended: its reply came
-        `reply_delay` seconds after the request (None: it got no reply)."""
+        """The redo after an unanswered pipelined attempt ended: the answer that attempt
+        went without (the reply; the method selection, when even that did not come) came
+        `reply_delay` seconds after it was asked for (None: the redo got no reply)."""
         if not self._redo_decides:
             return
         self._redo_decides = False

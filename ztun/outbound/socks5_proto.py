@@ -368,11 +368,12 @@ class Pipelining:
         return turned_off
 
     def redo_answered(self, reply_delay: float, bound: float) -> bool:
-        """A pipelined handshake got no answer within `bound`; redone apart, its reply came
-        `reply_delay` seconds after the request. Sooner than `bound`: the proxy answers
-        requests promptly, so it dropped the pipelined one - off (True when that turned it
-        off). Later: the target was slow, which says nothing about pipelining (a trial
-        may run again; on stays on)."""
+        """A pipelined handshake got no answer within `bound`; redone apart, the answer it
+        lacked (its reply, or its method selection when even that did not come) came
+        `reply_delay` seconds after it was asked for. Sooner than `bound`: the proxy
+        answers promptly, so it dropped what was pipelined - off (True when that turned it
+        off). Later: the target (or the proxy itself) was slow, which says nothing about
+        pipelining (a trial may run again; on stays on)."""
         if reply_delay < bound:
             return self.pipelined_failed()
         self.abandoned()

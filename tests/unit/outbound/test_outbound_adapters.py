@@ -860,6 +860,32 @@ def test_a_trial_gets_its_reply_in_its_own_time_after_a_slow_greeting(
     assert len(seen) == 2  # no redo
 
 
+def test_a_trial_without_a_method_selection_is_judged_by_the_redos(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The greeting's answer takes 0.5 s, longer than the trial's 0.3 s: the trial ends
+    with no answer at all, and its redo's greeting is as slow. The proxy is slow, not
+    dropping requests: pipelining stays on trial. (Timing the redo's reply instead, which
+    came at once, blamed pipelining and turned it off for good.)"""
+    monkeypatch.setattr(socks5_module, "PIPELINE_TRIAL_TIMEOUT", 0.3)
+    seen: list[bytes] = []
+
+    async def scenario() -> list[PipelineState]:
+        states = []
+        async with scripted_proxy(_slow_greeter(0.5, 0.0, seen)) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=5)
+            for _ in range(2):
+                (await outbound.open_tcp(TEST_NET_80)).sock.close()
+                states.append(outbound.pipelining.state)
+        return states
+
+    with caplog.at_level("INFO", logger=socks5_module.__name__):
+        states = run(scenario())
+    assert not [r for r in caplog.records if "apart from now on" in r.getMessage()]
+    assert states == [PipelineState.TRIAL, PipelineState.TRIAL]
+    assert len(seen) == 3  # apart, the trial, its redo
+
+
 class ChangingProxy:
     """Answers pipelined requests until `drop_early` is set, then turns microsocks-like
     (one recv() for the greeting, the rest dropped): another server behind the address."""
