@@ -300,15 +300,21 @@ class _Handshake:
         # usual bounds (see PIPELINE_TRIAL_TIMEOUT).
         bound = min(outbound.connect_timeout, PIPELINE_TRIAL_TIMEOUT)
         trial = choice is PipelineState.TRIAL
+        try:
+            self._opening = outbound._attempt(
+                *self._request,
+                self._pipelined_done,
+                pipeline=True,
+                handshake_timeout=bound if trial else None,
+                then_timeout=bound if trial else None,
+                on_event=self._note,
+            )
+        except BaseException:
+            # No opening to end it: a trial begun would stay running, every later
+            # handshake apart. The error is the caller's (the flow's), as from any start.
+            outbound.pipelining.abandoned()
+            raise
         self._pipelined = True
-        self._opening = outbound._attempt(
-            *self._request,
-            self._pipelined_done,
-            pipeline=True,
-            handshake_timeout=bound if trial else None,
-            then_timeout=bound if trial else None,
-            on_event=self._note,
-        )
         return self
 
     def _note(self, event: object) -> None:

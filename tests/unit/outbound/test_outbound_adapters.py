@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
+from unittest.mock import Mock
 
 import pytest
 
@@ -884,6 +885,32 @@ def test_a_trial_without_a_method_selection_is_judged_by_the_redos(
     assert not [r for r in caplog.records if "apart from now on" in r.getMessage()]
     assert states == [PipelineState.TRIAL, PipelineState.TRIAL]
     assert len(seen) == 3  # apart, the trial, its redo
+
+
+def test_a_trial_that_cannot_start_leaves_the_next_one_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug raised while a trial's dial starts fails that flow (start_tcp raises: the
+    engine fails the set-up); it must not leave a trial running forever, which would
+    keep every later handshake apart."""
+
+    async def scenario() -> list[PipelineState]:
+        states = []
+        async with scripted_proxy(_apart) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=5)
+            (await outbound.open_tcp(TEST_NET_80)).sock.close()
+            with monkeypatch.context() as patch:
+                patch.setattr(
+                    outbound._dialer, "start_handshake", Mock(side_effect=RuntimeError("bug"))
+                )
+                with pytest.raises(RuntimeError):
+                    await outbound.open_tcp(TEST_NET_80)
+            for _ in range(2):
+                (await outbound.open_tcp(TEST_NET_80)).sock.close()
+                states.append(outbound.pipelining.state)
+        return states
+
+    assert run(scenario()) == [PipelineState.ON, PipelineState.ON]
 
 
 class ChangingProxy:
