@@ -37,6 +37,10 @@ def _cidr(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
         iface = ipaddress.ip_interface(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an address or CIDR ({exc})") from None
+    if getattr(iface, "scope_id", None) is not None:
+        # ipaddress takes "fd00::1%eth0", but a TUN's address carries no zone (RFC 4007
+        # sec. 11): the kernel would refuse it once the device exists.
+        raise argparse.ArgumentTypeError(f"{text}: a TUN address takes no %zone")
     if iface.ip.is_link_local or iface.ip.is_multicast or iface.ip.is_loopback:
         raise argparse.ArgumentTypeError(
             f"{text}: a TUN address must be a unicast address usable without a scope "
@@ -59,9 +63,12 @@ def _cidr(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
 
 def _network(text: str) -> str:
     try:
-        return str(ipaddress.ip_network(text, strict=False))
+        network = ipaddress.ip_network(text, strict=False)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a CIDR ({exc})") from None
+    if getattr(network.network_address, "scope_id", None) is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: a route's prefix takes no %zone")
+    return str(network)
 
 
 def _bounded(kind: type, low: float, high: float, what: str):  # type: ignore[no-untyped-def]
@@ -77,9 +84,24 @@ def _bounded(kind: type, low: float, high: float, what: str):  # type: ignore[no
     return parse
 
 
+def _netns_name(text: str) -> str:
+    """A name under /run/netns, refused as `ip netns` refuses it (iproute2's
+    invalid_name()): a '/' would open some other file as the namespace."""
+    if not text or "/" in text or text in (".", ".."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a namespace name (one under /run/netns: no '/', not . or ..)"
+        )
+    return text
+
+
 def _host_port(text: str) -> str:
     host, sep, port = text.rpartition(":")
-    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+    if (
+        not sep
+        or not host.strip("[]")
+        or not (port.isascii() and port.isdigit())  # int() also reads other scripts' digits
+        or not 0 < int(port) < 65536
+    ):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9100 or [::1]:9100)"
         )
@@ -113,18 +135,29 @@ def _udp_proxy_url(text: str) -> str:
     return text
 
 
+#: The largest descriptor number: file descriptors are C ints.
+MAX_FD = (1 << 31) - 1
+
+
 def _device_url(text: str) -> str:
     if text.startswith("tun://"):
         name = text[len("tun://") :]
-        # Linux allows more, but the name also goes into nftables rules and logs.
-        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,15}", name):
+        # Linux allows more, but the name also goes into nftables rules and logs. Its
+        # dev_valid_name() (net/core/dev.c) refuses ':' and the names "." and "..".
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", name) or name in (".", ".."):
             raise argparse.ArgumentTypeError(
-                f"device {text!r}: tun://NAME needs a name of 1..15 letters, digits or _.:-"
+                f"device {text!r}: tun://NAME needs a name of 1..15 letters, digits or _.- "
+                "(not . or ..)"
             )
         return text
     if text.startswith("fd://"):
-        if not text[len("fd://") :].isdigit():
-            raise argparse.ArgumentTypeError(f"device {text!r}: fd://N needs a descriptor number")
+        number = text[len("fd://") :]
+        # ASCII digits only: str.isdigit() also takes other scripts' digits and int()
+        # reads them, so "fd://٣" would adopt descriptor 3.
+        if not (number.isascii() and number.isdigit()) or int(number) > MAX_FD:
+            raise argparse.ArgumentTypeError(
+                f"device {text!r}: fd://N needs a descriptor number (0..{MAX_FD})"
+            )
         return text
     raise argparse.ArgumentTypeError(f"device {text!r}: use tun://NAME or fd://N")
 
@@ -237,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
         "net.ipv4.ping_group_range), reject (ICMP unreachable, administratively prohibited)",
     )
     run.add_argument(
-        "--netns", metavar="NAME", help="run inside the network namespace /run/netns/NAME"
+        "--netns",
+        type=_netns_name,
+        metavar="NAME",
+        help="run inside the network namespace /run/netns/NAME",
     )
     run.add_argument(
         "--fwmark",

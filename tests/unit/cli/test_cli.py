@@ -52,6 +52,46 @@ def test_bad_input_exits_2_and_says_what_is_wrong(args: list[str], message: str,
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        # Linux's dev_valid_name() (net/core/dev.c) refuses these: TUNSETIFF said EINVAL
+        # and ztun exited 1 ("cannot open") instead of 2.
+        (["--device", "tun://a:b"], "--device"),
+        (["--device", "tun://."], "--device"),
+        (["--device", "tun://.."], "--device"),
+        # Past a C int: os.fstat raised OverflowError at start-up (exit 1).
+        (["--device", "fd://2147483648"], "--device"),
+        (["--device", "fd://99999999999999999999"], "--device"),
+        # ARABIC-INDIC DIGIT THREE: str.isdigit() took it and int() read 3.
+        (["--device", "fd://\u0663"], "--device"),
+        (["--metrics", "127.0.0.1:\u0663"], "--metrics"),
+        # `ip netns` refuses these names; "" opened /run/netns itself, and a '/' any file.
+        (["--netns", ""], "--netns"),
+        (["--netns", ".."], "--netns"),
+        (["--netns", "../../proc/1/ns/net"], "--netns"),
+        # A zone on a TUN address or a route prefix: accepted, refused by the kernel later.
+        (["--address", "fd00::1%eth0/64"], "--address"),
+        (["--address", "fd00::1%1"], "--address"),
+        (["--include", "fd00::%eth0/64"], "--include"),
+        (["--exclude", "fd00::%eth0/64"], "--exclude"),
+    ],
+)
+def test_bad_flag_values_exit_2_with_one_line_naming_the_flag(
+    args: list[str], flag: str, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """Values that used to pass the parser and fail only once ztun was starting (or not
+    at all). Parsed and checked with `_options`, never `main`: nothing may start here."""
+    from ztun.cli import _options
+
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exc:
+        _options(parser.parse_args(["run", *args]), parser)
+    assert exc.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and flag in errors[0], errors
+
+
 def test_icmp_direct_is_refused_on_windows(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     """No ICMP datagram sockets there: a clear refusal (exit 2), not the start-up check's
     message about Linux's ping_group_range."""
