@@ -75,6 +75,11 @@ class DnsService:
                     messages = deframer.feed(data)
         except (OSError, TimeoutError) as exc:
             log.warning("DNS upstream %s:%d failed: %s", host, port, exc or "timed out")
+        except ValueError as exc:  # the deframer: a frame length of 0 (RFC 7766 has 1..)
+            # In hijack mode the upstream is wherever the app sent its query: its bytes
+            # are input like a packet's, counted and dropped, and the query fails now.
+            self.stats["dns_upstream_malformed"] += 1
+            log.warning("DNS upstream %s:%d sent a malformed stream: %s", host, port, exc)
         finally:
             sock.close()
             stream.release()  # the proxy's open-flow count

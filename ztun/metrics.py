@@ -83,6 +83,7 @@ ENGINE_DROPS: Mapping[str, str] = {
     "udp_reply_from_domain": "udp_reply_from_domain",
     "udp_reply_family_mismatch": "udp_reply_family_mismatch",
     "dns_dropped": "dns_dropped",
+    "dns_upstream_malformed": "dns_upstream_malformed",
 }
 
 
