@@ -57,6 +57,7 @@ from typing import Any, TypeVar
 from ztun.dns.fakeip import DEFAULT_V4_RANGE, DEFAULT_V6_RANGE
 from ztun.dns.mode import DEFAULT_FAKE_TTL, DnsMode
 from ztun.dns.state import DEFAULT_STATE_PATH
+from ztun.outbound.target import Target
 from ztun.route.model import RESERVED_TABLES
 from ztun.route.plan import (
     DEFAULT_FWMARK,
@@ -592,6 +593,11 @@ class _Builder:
         upstream = (
             self.host_port(upstream_raw, (*p, "upstream"), DNS_PORT) if upstream_raw else None
         )
+        if upstream is not None:
+            try:  # what the DNS service dials: refused here, not per query at run time
+                Target(*upstream)
+            except ValueError as exc:
+                raise self.error((*p, "upstream"), str(exc)) from None
         if mode is DnsMode.REMOTE and upstream is None:
             raise self.error((*p, "mode"), 'remote mode needs dns.upstream (e.g. "1.1.1.1:53")')
         v4 = DEFAULT_V4_RANGE

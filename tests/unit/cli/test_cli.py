@@ -75,6 +75,8 @@ def test_bad_input_exits_2_and_says_what_is_wrong(args: list[str], message: str,
         (["--address", "fd00::1%1"], "--address"),
         (["--include", "fd00::%eth0/64"], "--include"),
         (["--exclude", "fd00::%eth0/64"], "--exclude"),
+        # Said as the config key the flag sets (like every flag the config validates).
+        (["--dns", "remote", "--dns-upstream", "a b"], "dns.upstream"),
     ],
 )
 def test_bad_flag_values_exit_2_with_one_line_naming_the_flag(

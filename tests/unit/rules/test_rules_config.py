@@ -134,6 +134,17 @@ def test_auto_route_config_bridges_to_the_planner(tmp_path: Path) -> None:
             ('upstream = "[2606:4700::1111]:5353"\n', ""),
             "ztun.toml:14: dns.mode: remote mode needs dns.upstream",
         ),
+        # Taken until it was dialled: each query's task then died on Target's ValueError,
+        # and the app got SERVFAIL only from the handler's timer.
+        (
+            ('"[2606:4700::1111]:5353"', '"a b"'),
+            "ztun.toml:15: dns.upstream: target host 'a b' is neither an IP address nor a "
+            "domain name",
+        ),
+        (
+            ('"[2606:4700::1111]:5353"', '"socks5://h:1"'),
+            "ztun.toml:15: dns.upstream: target host 'socks5://h:1' is neither",
+        ),
         (("exclude = [", "exclude = ["), None),
         (("[route]", "[route]\ntable = 254"), "ztun.toml:9: route.table: 254 is reserved"),
         (("proxy = ", "proxy = 5 #"), "ztun.toml:2: proxy: must be a string, not an integer"),
