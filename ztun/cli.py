@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -135,31 +134,13 @@ def _udp_proxy_url(text: str) -> str:
     return text
 
 
-#: The largest descriptor number: file descriptors are C ints.
-MAX_FD = (1 << 31) - 1
-
-
 def _device_url(text: str) -> str:
-    if text.startswith("tun://"):
-        name = text[len("tun://") :]
-        # Linux allows more, but the name also goes into nftables rules and logs. Its
-        # dev_valid_name() (net/core/dev.c) refuses ':' and the names "." and "..".
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", name) or name in (".", ".."):
-            raise argparse.ArgumentTypeError(
-                f"device {text!r}: tun://NAME needs a name of 1..15 letters, digits or _.- "
-                "(not . or ..)"
-            )
-        return text
-    if text.startswith("fd://"):
-        number = text[len("fd://") :]
-        # ASCII digits only: str.isdigit() also takes other scripts' digits and int()
-        # reads them, so "fd://٣" would adopt descriptor 3.
-        if not (number.isascii() and number.isdigit()) or int(number) > MAX_FD:
-            raise argparse.ArgumentTypeError(
-                f"device {text!r}: fd://N needs a descriptor number (0..{MAX_FD})"
-            )
-        return text
-    raise argparse.ArgumentTypeError(f"device {text!r}: use tun://NAME or fd://N")
+    from .tun.url import device_url_problem
+
+    problem = device_url_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,6 +84,7 @@ from ztun.rules.proxies import (
     implicit_proxies,
 )
 from ztun.rules.rules import Action, Rule, RuleSet
+from ztun.tun.url import device_url_problem
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -443,8 +444,9 @@ class _Builder:
         rules = tuple(self.rule(r, i, known) for i, r in enumerate(rules_raw))
 
         device = self.take(data, (), "device", str, DEFAULT_DEVICE)
-        if not device.removeprefix("tun://") or len(device.removeprefix("tun://")) >= IFNAMSIZ:
-            raise self.error(("device",), f"{device!r}: the name must be 1-{IFNAMSIZ - 1} chars")
+        problem = device_url_problem(device)
+        if problem is not None:
+            raise self.error(("device",), problem)
         addresses = self.items(data, (), "addresses", self.interface_address) or DEFAULT_ADDRESSES
         mtu = self.take(data, (), "mtu", int, DEFAULT_MTU)
         has_v6 = any(a.version == 6 for a in addresses)

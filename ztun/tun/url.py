@@ -15,6 +15,7 @@ Namespaces and virtio-net offloads are Linux features: ``netns`` elsewhere is an
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -22,6 +23,33 @@ from urllib.parse import urlsplit
 from .base import Device
 
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+#: tun://NAME: Linux allows more, but the name also goes into nftables rules and logs.
+#: Its dev_valid_name() (net/core/dev.c) refuses ':' and the names "." and "..".
+_TUN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+#: The largest descriptor number: file descriptors are C ints.
+MAX_FD = (1 << 31) - 1
+
+
+def device_url_problem(url: str) -> str | None:
+    """What is wrong with the device URL `url` (None: nothing), said before anything is
+    opened -- for `--device` and the config's `device` alike."""
+    if url.startswith("tun://"):
+        name = url[len("tun://") :]
+        if not _TUN_NAME.fullmatch(name) or name in (".", ".."):
+            return (
+                f"device {url!r}: tun://NAME needs a name of 1..15 letters, digits or _.- "
+                "(not . or ..)"
+            )
+        return None
+    if url.startswith("fd://"):
+        number = url[len("fd://") :]
+        # ASCII digits only: str.isdigit() also takes other scripts' digits and int()
+        # reads them, so "fd://٣" would adopt descriptor 3.
+        if not (number.isascii() and number.isdigit()) or int(number) > MAX_FD:
+            return f"device {url!r}: fd://N needs a descriptor number (0..{MAX_FD})"
+        return None
+    return f"device {url!r}: use tun://NAME or fd://N"
 
 
 def open_device(

@@ -145,6 +145,14 @@ def test_auto_route_config_bridges_to_the_planner(tmp_path: Path) -> None:
             ('"[2606:4700::1111]:5353"', '"socks5://h:1"'),
             "ztun.toml:15: dns.upstream: target host 'socks5://h:1' is neither",
         ),
+        # The file's device was checked for length only: these failed to open (exit 1).
+        (
+            ('"tun://zt7"', '"ztun0"'),
+            "ztun.toml:3: device: device 'ztun0': use tun://NAME or fd://N",
+        ),
+        (('"tun://zt7"', '"tun://a:b"'), "ztun.toml:3: device: device 'tun://a:b': tun://NAME"),
+        (('"tun://zt7"', '"fd://99999999999"'), "ztun.toml:3: device: device 'fd://99999999999'"),
+        (('"tun://zt7"', '"fd://3"'), None),
         (("exclude = [", "exclude = ["), None),
         (("[route]", "[route]\ntable = 254"), "ztun.toml:9: route.table: 254 is reserved"),
         (("proxy = ", "proxy = 5 #"), "ztun.toml:2: proxy: must be a string, not an integer"),
