@@ -9,8 +9,10 @@ directory as from a checkout.
 
 Exit status: 0 when no required behaviour failed or errored, 1 otherwise (a leak the
 harness found counts: the run was not clean), 2 for a usage error or a selection that
-runs nothing. Skips and optional behaviours never change it (pytest sees an optional
-behaviour as a non-strict xfail; see harness.conformance).
+runs nothing -- also when every selected behaviour was skipped (an implementation that
+cannot be found or started skips them all: that is no certification). Otherwise skips and
+optional behaviours never change it (pytest sees an optional behaviour as a non-strict
+xfail; see harness.conformance).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
     from harness.impls import AdapterChoice
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+NO_TESTS_COLLECTED = 5
+"""pytest.ExitCode.NO_TESTS_COLLECTED, without importing pytest to name it."""
 SUITE = "harness.suite"
 
 
@@ -194,10 +199,34 @@ def exit_status(pytest_status: int) -> int:
     return EXIT_FAILED
 
 
+def nothing_ran(report: Path, since: float) -> str | None:
+    """Why the run in ``report`` certified nothing: every behaviour it wrote a result for
+    was skipped (the first skip's reason says why); None when one passed, failed or
+    errored, or when the run wrote no report.json after ``since`` (nothing collected)."""
+    from harness import report as report_mod
+
+    path = report / report_mod.JSON_NAME
+    try:
+        if path.stat().st_mtime < since:
+            return None  # an older run's report: this one wrote none
+        document, _ = report_mod.load(path)
+    except (OSError, report_mod.ReportError):
+        return None
+    for name, column in document["implementations"].items():
+        if report_mod.only_skips(document, name):
+            first = next(iter(column["results"].values()))
+            return f"every behaviour was skipped ({first['reason']})"
+    return None
+
+
+def _error(message: str) -> None:
+    print(f"ztun-harness certify: error: {message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     problem = usage_problem(args)
     if problem is not None:
-        print(f"ztun-harness certify: error: {problem}", file=sys.stderr)
+        _error(problem)
         return EXIT_USAGE
     report = _report_dir(args)
     report.mkdir(parents=True, exist_ok=True)
@@ -205,8 +234,15 @@ def run(args: argparse.Namespace) -> int:
     # process already has, so it could not rewrite its assertions), and the run gets a
     # clean interpreter whatever imported us.
     argv = [sys.executable, "-m", "pytest", *pytest_argv(args, report)]
+    started = time.time()
     try:
         status = subprocess.run(argv, check=False).returncode
     except KeyboardInterrupt:  # the child got the SIGINT too and has cleaned up
         return EXIT_FAILED
-    return exit_status(status)
+    code = exit_status(status)
+    if status == NO_TESTS_COLLECTED:  # pytest said only "N deselected"
+        _error("no behaviour selected (-k/-m matched none)")
+    elif code == EXIT_OK and (why := nothing_ran(report, started)) is not None:
+        _error(f"nothing certified: {why}")
+        return EXIT_USAGE
+    return code

@@ -171,6 +171,20 @@ def verdict(document: Document, name: str) -> bool:
     return not required.get(FAIL) and not required.get(ERROR)
 
 
+def only_skips(document: Document, name: str) -> bool:
+    """Every behaviour with a result was skipped (an implementation that cannot be found
+    or started skips them all): the column certifies nothing either way."""
+    counts = totals(document, name)
+    outcomes = {o for kind in counts.values() for o in kind}
+    return outcomes == {SKIP}
+
+
+def _state(document: Document, name: str) -> str:
+    if only_skips(document, name):
+        return "NOTHING CERTIFIED (every behaviour skipped)"
+    return "CONFORMS" if verdict(document, name) else "DOES NOT CONFORM"
+
+
 def _summary_line(document: Document, name: str) -> str:
     column = document["implementations"][name]
     counts = totals(document, name)
@@ -181,7 +195,7 @@ def _summary_line(document: Document, name: str) -> str:
             parts.append(f"{kind}: {found}")
     version = column.get("version") or "version unknown"
     where = f"{column.get('topology', '?')} topology, run {column.get('run', '?')}"
-    state = "CONFORMS" if verdict(document, name) else "DOES NOT CONFORM"
+    state = _state(document, name)
     return f"{name} ({version}; {where}): {state} -- {'; '.join(parts) or 'nothing ran'}"
 
 
@@ -297,7 +311,7 @@ def render_html(document: Document) -> str:
         "<ul>",
     ]
     for name in names:
-        good = verdict(document, name)
+        good = verdict(document, name) and not only_skips(document, name)
         out.append(
             f'<li class="{"ok" if good else "bad"}">{esc(_summary_line(document, name))}</li>'
         )

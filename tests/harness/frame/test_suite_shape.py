@@ -58,28 +58,48 @@ def test_run_time_files_are_package_data() -> None:
     assert CONFIG_TEMPLATE.is_file() and CONFIG_TEMPLATE.is_relative_to(package)
 
 
+def _certify(report: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ztun-harness certify --report REPORT ARGS...`` run from REPORT."""
+    return subprocess.run(
+        [sys.executable, "-m", "harness", "certify", "--report", str(report), *args],
+        cwd=report,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--tun2socks", "tun2x"], "unknown tun2socks implementation 'tun2x'"),
         (["--tun2socks-command", "tun2x {dev}"], "unknown placeholder {dev}"),
         (["--tun2socks-ready", "link"], "only apply with --tun2socks-command"),
-        (["-k", "no_behaviour_has_this_name"], ""),
+        (["-k", "no_behaviour_has_this_name"], "no behaviour selected (-k/-m matched none)"),
     ],
 )
 def test_certify_usage_errors_and_empty_selections_exit_2(
     args: list[str], message: str, tmp_path: Path
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "harness", "certify", "--report", str(tmp_path), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _certify(tmp_path, *args)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr
+
+
+@pytest.mark.netns
+@pytest.mark.linux
+@pytest.mark.usefixtures("require_root")
+def test_certify_of_an_implementation_that_cannot_start_exits_2(tmp_path: Path) -> None:
+    """A command that does not exist skips every behaviour (the adapter's
+    ``unavailable_reason``): that certifies nothing, so it must not exit 0 as a pass."""
+    done = _certify(
+        tmp_path, "--tun2socks-command", "/nonexistent/tun2x -dev {device}", "-k", "tcp_open"
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "nothing certified: every behaviour was skipped" in done.stderr, done.stderr
+    assert "/nonexistent/tun2x not found" in done.stderr, done.stderr
+    assert "NOTHING CERTIFIED (every behaviour skipped)" in done.stdout, done.stdout
 
 
 def test_example_lists_and_prints_the_shipped_config_templates(tmp_path: Path) -> None:
