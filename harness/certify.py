@@ -167,6 +167,9 @@ def usage_problem(args: argparse.Namespace) -> str | None:
         adapter_choice(args)
     except (ValueError, TypeError) as exc:
         return str(exc)
+    if args.single_host != "auto" and args.topology != "single":
+        # Else ignored: the whole netns suite runs instead of what was asked for.
+        return f"--single-host {args.single_host} applies only to --topology single"
     if not args.time_scale >= 1.0:
         return f"--time-scale {args.time_scale!r}: must be >= 1"
     if args.workers is not None:

@@ -77,6 +77,10 @@ def _certify(report: Path, *args: str) -> subprocess.CompletedProcess[str]:
         (["--tun2socks-command", "tun2x {dev}"], "unknown placeholder {dev}"),
         (["--tun2socks-ready", "link"], "only apply with --tun2socks-command"),
         (["-k", "no_behaviour_has_this_name"], "no behaviour selected (-k/-m matched none)"),
+        (
+            ["--single-host", "local", "-k", "tcp_open"],
+            "--single-host local applies only to --topology single",
+        ),
     ],
 )
 def test_certify_usage_errors_and_empty_selections_exit_2(
