@@ -338,6 +338,14 @@ class _Builder:
             return None
         return self.take(table, path, key, kind, kind())
 
+    def path_opt(self, table: dict[str, Any], key: str, otherwise: str) -> str | None:
+        """A top-level path key: absent is None (`otherwise`), empty is an error -- an
+        empty path opens nothing, and was found out only once ztun was up."""
+        path = self.take_opt(table, (), key, str)
+        if path is not None and not path:
+            raise self.error((key,), f"must be a path (or leave it out for {otherwise})")
+        return path
+
     def items(
         self, table: dict[str, Any], path: KeyPath, key: str, convert: Callable[[Any, KeyPath], T]
     ) -> tuple[T, ...]:
@@ -465,16 +473,14 @@ class _Builder:
             if "log_level" in data
             else "info"
         )
-        log_file = self.take_opt(data, (), "log_file", str)
+        log_file = self.path_opt(data, "log_file", "stderr")
         log_format = (
             self.choice(data.pop("log_format"), ("log_format",), LOG_FORMATS)
             if "log_format" in data
             else "text"
         )
         log_flows = self.take(data, (), "log_flows", bool, False)
-        control = self.take_opt(data, (), "control", str)
-        if control is not None and not control:
-            raise self.error(("control",), "must be a path (or leave it out for the default)")
+        control = self.path_opt(data, "control", "the default")
         metrics_raw = self.take_opt(data, (), "metrics", str)
         metrics = None
         if metrics_raw is not None:
@@ -483,7 +489,7 @@ class _Builder:
                 raise self.error(
                     ("metrics",), f"{metrics_raw!r} needs HOST:PORT, e.g. 127.0.0.1:9100"
                 )
-        pid_file = self.take_opt(data, (), "pid_file", str)
+        pid_file = self.path_opt(data, "pid_file", "none")
         icmp = self.choice(data.pop("icmp"), ("icmp",), ICMP_MODES) if "icmp" in data else "local"
         max_udp_sessions = self.take_opt(data, (), "max_udp_sessions", int)
         if max_udp_sessions is not None and max_udp_sessions < 0:
