@@ -424,6 +424,10 @@ class _Builder:
             port = self.port_range(port_s, path)[0]
         if not host:
             raise self.error(path, f"{value!r} has no host")
+        try:  # what gets dialled or bound: refused here, not once ztun runs
+            Target(host, port)
+        except ValueError as exc:
+            raise self.error(path, str(exc)) from None
         return host, port
 
     # sections -------------------------------------------------------------------------
@@ -601,11 +605,6 @@ class _Builder:
         upstream = (
             self.host_port(upstream_raw, (*p, "upstream"), DNS_PORT) if upstream_raw else None
         )
-        if upstream is not None:
-            try:  # what the DNS service dials: refused here, not per query at run time
-                Target(*upstream)
-            except ValueError as exc:
-                raise self.error((*p, "upstream"), str(exc)) from None
         if mode is DnsMode.REMOTE and upstream is None:
             raise self.error((*p, "mode"), 'remote mode needs dns.upstream (e.g. "1.1.1.1:53")')
         v4 = DEFAULT_V4_RANGE

@@ -77,6 +77,8 @@ def test_bad_input_exits_2_and_says_what_is_wrong(args: list[str], message: str,
         (["--exclude", "fd00::%eth0/64"], "--exclude"),
         # Said as the config key the flag sets (like every flag the config validates).
         (["--dns", "remote", "--dns-upstream", "a b"], "dns.upstream"),
+        # --metrics checked only HOST:PORT's shape: binding 'h h' failed once ztun was up.
+        (["--metrics", "h h:9100"], "metrics"),
         # An empty --pid-file failed once ztun was up (exit 1); --log-file's said only
         # "log file : No such file or directory".
         (["--pid-file", ""], "pid_file: must be a path"),

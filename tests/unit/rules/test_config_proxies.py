@@ -177,6 +177,11 @@ def test_legacy_default_action(tmp_path: Path) -> None:
         ),
         (('probe = "192.0.2.10:80"', "probe = 80"), "groups.main.probe: must be a string"),
         (
+            # GroupProber's Target(*probe) raised it only once ztun was starting.
+            ('probe = "192.0.2.10:80"', 'probe = "a b:80"'),
+            "ztun.toml:20: groups.main.probe: target host 'a b' is neither an IP address",
+        ),
+        (
             ("interval = 0.5", "interval = 0.1"),
             "ztun.toml:21: groups.main.interval: must be at least 0.2 seconds",
         ),
