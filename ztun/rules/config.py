@@ -48,6 +48,7 @@ Proxies and groups (``[[proxies]]``, ``[groups.NAME]``, ``fail_open``) are parse
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -331,6 +332,9 @@ class _Builder:
             raise self.error(
                 (*path, key), f"must be {kind_name(kind)}, not {kind_name(type(value))}"
             )
+        # TOML has nan and inf; nan passes every `<` bound check (and made probing spin).
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error((*path, key), f"must be a finite number, not {value}")
         return value
 
     def take_opt(self, table: dict[str, Any], path: KeyPath, key: str, kind: type[T]) -> T | None:

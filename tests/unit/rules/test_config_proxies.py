@@ -186,6 +186,15 @@ def test_legacy_default_action(tmp_path: Path) -> None:
             "ztun.toml:21: groups.main.interval: must be at least 0.2 seconds",
         ),
         (("interval = 0.5", 'interval = "5s"'), "groups.main.interval: must be a number"),
+        # TOML has nan and inf: nan passed the `< 0.2` check and made the probe loop spin.
+        (
+            ("interval = 0.5", "interval = nan"),
+            "ztun.toml:21: groups.main.interval: must be a finite number, not nan",
+        ),
+        (
+            ("interval = 0.5", "interval = inf"),
+            "ztun.toml:21: groups.main.interval: must be a finite number, not inf",
+        ),
         (("interval = 0.5", "timeout = 1"), "ztun.toml:21: groups.main.timeout: unknown key"),
         (("[groups.spare]", "[groups.a]"), "ztun.toml:23: groups.a: 'a' is already the name"),
         (("[groups.spare]", "[groups.reject]"), "groups.reject: 'reject' is reserved"),
