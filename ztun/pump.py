@@ -178,7 +178,7 @@ class TunPump(threading.Thread):
         routes = self.udp_routes
         datagrams: list[LoopEvent] = []
         fast: list[tuple[Route, bytes]] = []
-        frames = 0
+        frames = written = 0
         now = time.monotonic()
         for _ in range(READ_BATCH):
             try:
@@ -211,6 +211,7 @@ class TunPump(threading.Thread):
                     # Rewritten in place: back as read, header included, so the
                     # kernel still segments/checksums a GSO super-packet.
                     write_frame(rx[:n])
+                    written += 1
                 elif type(out) is UdpDatagram:
                     route = routes.get((out.session, out.dst_addr, out.dst_port))
                     if route is None:
@@ -220,16 +221,19 @@ class TunPump(threading.Thread):
                 elif type(out) is list:  # a reassembled datagram's answer, in fragments
                     for packet in out:
                         write(packet)
+                        written += 1
                 elif type(out) is IcmpEchoRequest:  # --icmp direct: the loop sends it
                     datagrams.append(out)
                 else:
                     write(out)  # type: ignore[arg-type]
+                    written += 1
             except BlockingIOError:
                 stats["tun_write_dropped"] += 1
             except OSError as exc:
                 stats["tun_write_error"] += 1
                 log.debug("TUN write failed: %s", exc)
         stats["tun_frames_in"] += frames
+        stats["tun_packets_out"] += written
         # Only the inline pump competes with the loop's other work for reading time.
         if self._inline and (frames == READ_BATCH) != self.backlogged:
             self.backlogged = not self.backlogged

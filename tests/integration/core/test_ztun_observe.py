@@ -206,6 +206,20 @@ def test_a_running_download_is_listed_and_counted(start_ztun, rng) -> None:  # t
     assert mode == 0o600
 
 
+def test_tun_packets_out_counts_what_the_pump_writes_back(start_ztun, rng) -> None:  # type: ignore[no-untyped-def]
+    """Without the kernel NAT every TCP segment read from the TUN is rewritten and written
+    back to it (the hairpin), so ztun_tun_packets_total{direction="out"} equals "in" less
+    what was dropped. The pump's writes were not counted: "out" stayed at 0."""
+    ztun = start_ztun("--no-kernel-nat", "--metrics", f"127.0.0.1:{METRICS_PORT}")
+    payload = rng.randbytes(MIB)
+    assert ztun.echo(payload) == payload
+    metrics = ztun.scrape()
+    frames_in = metrics[("ztun_tun_packets_total", (("direction", "in"),))]
+    dropped = sum(v for (name, _), v in metrics.items() if name == "ztun_packets_dropped_total")
+    assert frames_in > 2 * MIB // 65536  # at least the segments of 1 MiB up and 1 MiB down
+    assert metrics[("ztun_tun_packets_total", (("direction", "out"),))] == frames_in - dropped
+
+
 def test_a_udp_flow_is_listed_counted_and_closed(start_ztun, rng) -> None:  # type: ignore[no-untyped-def]
     ztun = start_ztun("--metrics", f"127.0.0.1:{METRICS_PORT}")
     sock = ztun.topo.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
