@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -90,13 +91,18 @@ def cmd_control(ns: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         print(f"ztun {ns.command}: {exc}", file=sys.stderr)
         return exc.code
     except ControlUnreachable as exc:
-        print(f"ztun {ns.command}: no ztun answers at {exc}", file=sys.stderr)
+        print(f"ztun {ns.command}: no ztun answers at {exc.strerror}", file=sys.stderr)
         return 1
     except ControlError as exc:
         print(f"ztun {ns.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        # The reader went away (`ztun status --watch | head -1`): stop without a traceback,
+        # and point stdout at /dev/null so the flush at exit does not fail once more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _run(ns: argparse.Namespace, client: ControlClient, out: TextIO) -> int:

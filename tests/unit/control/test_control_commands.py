@@ -8,6 +8,8 @@ import io
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,8 +211,29 @@ def test_status_close_and_reload(served: tuple[str, list[int]]) -> None:
 
 
 def test_nobody_there_exits_1(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    code, _ = run(str(tmp_path / "none.sock"), "status")
-    assert code == 1 and "no ztun answers" in capsys.readouterr().err
+    path = str(tmp_path / "none.sock")
+    code, _ = run(path, "status")
+    # The path and why, not the OSError's "[Errno 2] PATH: ..." repr.
+    assert (code, capsys.readouterr().err) == (
+        1,
+        f"ztun status: no ztun answers at {path}: No such file or directory\n",
+    )
+
+
+def test_a_reader_that_goes_away_ends_watch_quietly(served: tuple[str, list[int]]) -> None:
+    """`ztun status --watch | head -1`: the pipe closes under the redraw loop; ztun stops
+    without a BrokenPipeError traceback (a real pipe and a real ztun process)."""
+    path, _ = served
+    argv = [sys.executable, "-m", "ztun", "status", "--watch", "--interval", "0.1"]
+    with subprocess.Popen(
+        [*argv, "--control", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as child:
+        assert child.stdout is not None and child.stderr is not None
+        assert child.stdout.readline().startswith(b"\x1b[H\x1b[2Jztun 0.1.0 on zt0")
+        child.stdout.close()  # as head does after its line
+        stderr = child.stderr.read().decode()
+        assert child.wait(timeout=30) == 1, stderr
+    assert stderr == ""
 
 
 def test_format_flows_empty() -> None:
