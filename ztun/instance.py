@@ -117,10 +117,11 @@ def apply_to_engine(engine: Any, opts: RunOptions, new: Config, plan: ReloadPlan
     if "dns.upstream" in applies and engine.dns is not None:
         engine.dns.handler.upstream = new.dns.upstream
     if applies & OUTBOUND_KEYS:
-        from .outbound.build import build_outbounds, proxy_endpoints
+        from .outbound.build import OutboundSet, build_outbounds, proxy_endpoints
 
         new_opts = dataclasses.replace(opts, config=new)
-        old = router.reconfigure(build_outbounds(new_opts), new.rule_set())
+        previous = router.source if isinstance(router.source, OutboundSet) else None
+        old = router.reconfigure(build_outbounds(new_opts, previous=previous), new.rule_set())
         # The loop guard must know the new proxies (their flows must never enter the TUN).
         router.proxy_endpoints = frozenset(proxy_endpoints(new_opts))
         if engine.dns is not None:

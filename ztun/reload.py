@@ -2,8 +2,8 @@
 
 SIGHUP and `ztun reload` re-read the config file. What only shapes new flows -- rules, the
 default outbound, proxies and groups, sniffing, the DNS upstream, the log settings -- is
-swapped in, and flows already open keep the outbound they have (new proxies and groups
-start with fresh health). What the running
+swapped in, and flows already open keep the outbound they have (a proxy whose name and
+URL stayed keeps its health and open-flow count; new ones start up). What the running
 process is built around -- the device and its addresses, the MTU, routing, the DNS mode,
 the control and metrics endpoints -- cannot change under it: a reload that changes any of
 those is refused as a whole, naming them, and the running config stays.

@@ -93,6 +93,11 @@ class Router:
             self._names.setdefault(id(outbound), name)
         return old
 
+    @property
+    def source(self) -> Mapping[str, Outbound]:
+        """The outbounds as last given to `reconfigure` (an OutboundSet in a run)."""
+        return self._source
+
     def name_of(self, outbound: Outbound) -> str:
         """The name the rules know `outbound` by ("?" for one the router never had)."""
         return self._names.get(id(outbound), "?")

@@ -101,9 +101,15 @@ class OutboundSet(Mapping[str, Outbound]):
 
 
 def build_outbounds(
-    opts: OutboundOptions, *, clock: Callable[[], float] | None = None
+    opts: OutboundOptions,
+    *,
+    clock: Callable[[], float] | None = None,
+    previous: OutboundSet | None = None,
 ) -> OutboundSet:
-    """The outbounds `opts` configure, probers running (call with the loop running)."""
+    """The outbounds `opts` configure, probers running (call with the loop running).
+
+    `previous`: the set a reload replaces; a proxy with the same name and URL keeps its
+    health and its count of open flows."""
     config = opts.config
     common: dict[str, Any] = {
         "connect_timeout": opts.connect_timeout,
@@ -122,6 +128,11 @@ def build_outbounds(
         else:
             udp_outbound = direct if spec == "direct" else RejectOutbound()
     monitor = HealthMonitor(urls) if clock is None else HealthMonitor(urls, clock=clock)
+    if previous is not None:
+        kept = previous.members
+        same = [n for n, (url, _) in urls.items() if n in kept and kept[n].url == url]
+        monitor.health.keep(previous.monitor.health, same)
+        monitor.wall_offset = previous.monitor.wall_offset  # `since` stays put to the digit
     members = {
         name: Member(name, url, make_outbound(url, **common), monitor, udp=udp, **common)
         for name, (url, udp) in urls.items()

@@ -169,6 +169,13 @@ class Health:
         text = str(exc) or type(exc).__name__
         return self.failed(name, now, text, refused=verdict is Verdict.REFUSED)
 
+    def keep(self, previous: Health, names: Iterable[str]) -> None:
+        """Share `previous`'s state of `names` (proxies a reload left as they were): their
+        health carries over, and the open flows counted there (which report their close
+        to `previous`) stay counted."""
+        for name in names:
+            self._states[name] = previous._states[name]
+
     def opened(self, name: str) -> None:
         self._states[name].active += 1
 

@@ -294,3 +294,35 @@ def test_failover_to_the_second_and_back(servers: Topology, tmp_path: Path, form
         f"{a} up again {recovered * 1000:.0f} ms after its restart began; {b} stayed up: "
         f"{'proxy ' + b + ' down' not in ztun.log_text()}"
     )
+
+
+def test_a_reload_keeps_the_health_and_open_flows_of_unchanged_proxies(
+    servers: Topology, tmp_path: Path
+) -> None:
+    """A reload that changes a group rebuilds the outbounds; a proxy whose name and URL
+    stayed keeps its health and its open flows' count. Before, every proxy started afresh:
+    a dead one showed up again (since reset) and one carrying a flow showed 0 open."""
+    topo = servers
+    addr, target = proxy_addr(topo), server_addr(topo)
+    first = start_danted(topo.proxy, addr, SOCKS_PORT, name="danted-a")
+    second = start_danted(topo.proxy, addr, SPARE_PORT, name="danted-b")
+    sock_path = str(tmp_path / "zt.sock")
+    conf = _group_config(tmp_path / "ztun.toml", first, second, f"{target}:{DATA_PORT}")
+    ztun = start_ztun(topo, first.url, "--config", str(conf), "--control", sock_path)
+    second.stop()
+    ztun.process.wait_for(LogLine(r"proxy b down: "), timeout=RECOVERY_TIMEOUT)
+    with connect(topo, target, ECHO_PORT) as held:
+        held.sendall(b"x")
+        assert held.recv(1) == b"x"  # open, through a
+        before, _, _ = health_seen(sock_path)
+        assert before["a"]["active"] == 1 and before["b"]["up"] is False, before
+        conf.write_text(conf.read_text().replace("interval = 0.5", "interval = 0.6"))
+        assert control(sock_path, "reload")["message"] == "reloaded, changed: groups"
+        after, groups, samples = health_seen(sock_path)
+        assert after["a"]["active"] == 1, after["a"]
+        assert samples[("ztun_proxy_flows_active", (("proxy", "a"),))] == 1
+        assert after["b"]["up"] is False and after["b"]["since"] == before["b"]["since"]
+        assert groups["main"]["active"] == "a"
+        held.sendall(b"y")
+        assert held.recv(1) == b"y"  # the flow ran on through the reload
+    assert echo(topo, b"new") == b"new"
