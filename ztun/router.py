@@ -142,7 +142,11 @@ class Router:
         name = self.rules.match(Flow(network, dst, port, domain))  # type: ignore[arg-type]
         name = self.aliases.get(name, name)
         try:
-            target = Target(domain, port) if domain else Target.from_ip(dst, port)
+            if domain:
+                fake = self.pool is not None and self.pool.is_fake(dst)
+                target = Target(domain, port, seen_ip=None if fake else dst)
+            else:
+                target = Target.from_ip(dst, port)
         except ValueError:
             # A name DNS let through that SOCKS5 cannot carry: refuse the flow.
             return Decision(Action.REJECT, self.reject, Target.from_ip(dst, port))

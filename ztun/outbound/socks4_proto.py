@@ -122,8 +122,11 @@ def encode_request(target: Target, *, user_id: str = "", socks4a: bool = False) 
     if _NUL in user:
         raise LocalProtocolError("a SOCKS4 user id cannot contain a NUL byte")
     head = bytes((SOCKS4_VERSION, CONNECT)) + target.port.to_bytes(2, "big")
-    if target.ip is not None and target.ip.version == 4:
-        return head + target.ip.packed + user + _NUL
+    ip = target.ip
+    if ip is None and not socks4a:
+        ip = target.seen_ip  # a sniffed name: the address the app itself connected to
+    if ip is not None and ip.version == 4:
+        return head + ip.packed + user + _NUL
     if not socks4a:
         what = "a name" if target.ip is None else "an IPv6 address"
         raise LocalProtocolError(

@@ -42,6 +42,9 @@ class Target:
     host: str
     port: int
     ip: IPAddress | None = field(init=False, repr=False, compare=False)
+    #: For a name ztun sniffed from the app's first bytes: the (real, not fake-IP)
+    #: address the app connected to -- what socks4://, which cannot carry a name, is sent.
+    seen_ip: IPAddress | None = field(default=None, repr=False, compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= MAX_PORT:
@@ -71,6 +74,7 @@ class Target:
         object.__setattr__(target, "host", str(ip))
         object.__setattr__(target, "port", port)
         object.__setattr__(target, "ip", ip)
+        object.__setattr__(target, "seen_ip", None)
         return target
 
     @property

@@ -152,6 +152,18 @@ def test_socks4_through_danted(servers: Topology, rng) -> None:  # type: ignore[
         assert source_download(sock, 8 * MIB, seed) == (8 * MIB, seeded_sha256(seed, 8 * MIB))
 
 
+def test_socks4_with_sniffing_sends_the_address_the_app_connected_to(servers: Topology) -> None:
+    """With --sniff the target of a flow is the name the app sent (HTTP Host here), but
+    socks4:// carries no names: ztun gives it the real address the app connected to. The
+    flow was reset before ("socks4:// cannot carry a name")."""
+    topo = servers
+    danted = start_danted(topo.proxy, proxy_addr(topo), SOCKS_PORT)
+    start_ztun(topo, danted.url_for("socks4"), "--sniff")
+    request = b"GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n"
+    assert echo(topo, request) == request
+    danted.process.wait_for(danted_connected_to(server_addr(topo), ECHO_PORT))
+
+
 def test_socks4a_hands_the_name_to_ssh_dynamic(servers: Topology, rng, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The app asks ztun's fake-IP DNS for a name; ztun CONNECTs to the *name* through
     SOCKS4a; sshd, in the proxy host, resolves it. The fake address routes nowhere, so the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from core_feeding import feed_bytewise
 from hypothesis import given
@@ -25,6 +27,7 @@ H = bytes.fromhex
 V4 = Target("192.0.2.7", 80)
 V6 = Target("2001:db8::1", 443)
 NAME = Target("example.com", 8080)
+SNIFFED = Target("example.com", 8080, seen_ip=ipaddress.IPv4Address("192.0.2.7"))
 #: VN=0 CD=90 DSTPORT DSTIP (8 bytes): the grant danted and OpenSSH send.
 GRANTED = H("00 5a 0000 00000000")
 
@@ -46,8 +49,21 @@ GRANTED = H("00 5a 0000 00000000")
         (Target("bücher.de", 80), "", True, H("04 01 0050 00000001 00") + b"xn--bcher-kva.de\x00"),
         # 4a and IPv6: the literal is the name, for the proxy's resolver to parse
         (V6, "", True, H("04 01 01bb 00000001 00") + b"2001:db8::1\x00"),
+        # a sniffed name: plain SOCKS4 sends the address the app connected to, 4a the name
+        (SNIFFED, "", False, H("04 01 1f90 c0000207 00")),
+        (SNIFFED, "", True, H("04 01 1f90 00000001 00") + b"example.com" + H("00")),
     ],
-    ids=["v4", "v4-userid", "4a-v4", "4a-name", "4a-name-userid", "4a-idna", "4a-v6"],
+    ids=[
+        "v4",
+        "v4-userid",
+        "4a-v4",
+        "4a-name",
+        "4a-name-userid",
+        "4a-idna",
+        "4a-v6",
+        "sniffed",
+        "4a-sniffed",
+    ],
 )
 def test_request_bytes(target: Target, user_id: str, socks4a: bool, expected: bytes) -> None:
     assert encode_request(target, user_id=user_id, socks4a=socks4a) == expected
