@@ -487,7 +487,7 @@ def _overrides(ns: argparse.Namespace) -> dict[str, object]:
 
 
 def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOptions:
-    from .outbound.build import UDP_PROXY
+    from .outbound.build import udp_proxy_clash
     from .rules import ConfigError, load_config
 
     overrides = _overrides(ns)
@@ -498,8 +498,9 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
     except ValueError as exc:
         parser.error(f"{ns.config}: {exc}")
     proxies = config.all_proxies()
-    if ns.udp_proxy is not None and any(p.name == UDP_PROXY for p in proxies):
-        parser.error(f"--udp-proxy is the proxy named {UDP_PROXY!r}: rename yours")
+    clash = udp_proxy_clash(config, ns.udp_proxy)
+    if clash is not None:
+        parser.error(clash)
     addresses = tuple(config.addresses)
     v4 = [a for a in addresses if a.version == 4]
     v6 = [a for a in addresses if a.version == 6]

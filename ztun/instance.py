@@ -82,6 +82,11 @@ class ConfigReloader:
             new = load_config(path, self.opts.overrides, text=text)
         except ConfigError as exc:
             raise CommandFailed(f"reload failed, the running config stays: {exc}") from None
+        from .outbound.build import udp_proxy_clash
+
+        clash = udp_proxy_clash(new, self.opts.udp_proxy)
+        if clash is not None:  # as `ztun run` refuses it (build_outbounds would raise)
+            raise CommandFailed(f"reload failed, the running config stays: {clash}")
         plan = plan_reload(self.current, new)
         if plan.refused:
             raise CommandFailed(plan.refusal())

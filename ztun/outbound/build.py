@@ -100,6 +100,13 @@ class OutboundSet(Mapping[str, Outbound]):
                 await group.prober.stop()
 
 
+def udp_proxy_clash(config: Config, udp_proxy: str | None) -> str | None:
+    """What is wrong when `--udp-proxy` would take the name of a configured proxy."""
+    if udp_proxy is not None and any(p.name == UDP_PROXY for p in config.all_proxies()):
+        return f"--udp-proxy is the proxy named {UDP_PROXY!r}: rename yours"
+    return None
+
+
 def build_outbounds(
     opts: OutboundOptions,
     *,

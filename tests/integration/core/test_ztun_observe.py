@@ -351,6 +351,39 @@ def test_a_broken_or_restart_needing_config_leaves_the_old_one_working(  # type:
     assert result.returncode == 0 and result.stdout == "reloaded, changed: log_level\n"
 
 
+def test_a_reload_naming_a_proxy_udp_beside_udp_proxy_is_refused_whole(  # type: ignore[no-untyped-def]
+    start_ztun, servers, tmp_path
+) -> None:
+    """`ztun run` refuses a proxy named `udp` beside --udp-proxy (exit 2); a reload adding
+    one was an "internal error: ValueError" with a traceback in the log, after it had
+    already switched the log settings. Now it is refused like any bad file."""
+    config = tmp_path / "ztun.toml"
+    proxy_url = f"socks5://{servers.address('proxy', 'client', 4)}:{SOCKS_PORT}"
+    write_config(config, proxy_url)
+    ztun = start_ztun("--config", str(config), "--udp-proxy", proxy_url, proxy=False)
+    write_config(
+        config,
+        proxy_url,
+        'log_level = "debug"',
+        "[[proxies]]",
+        'name = "udp"',
+        f'url = "{proxy_url}"',
+    )
+    result = ztun.ctl("reload")
+    assert result.returncode == 1, result.stdout
+    assert result.stderr == (
+        "ztun reload: reload failed, the running config stays: "
+        "--udp-proxy is the proxy named 'udp': rename yours\n"
+    )
+    assert "Traceback" not in ztun.process.log_text()
+    status = json.loads(ztun.ctl("status", "--json").stdout)
+    assert [p["name"] for p in status["proxies"]] == ["proxy1", "udp"]
+    write_config(config, proxy_url, 'log_level = "debug"')
+    result = ztun.ctl("reload")  # the log level was not taken by the refused reload
+    assert result.returncode == 0 and result.stdout == "reloaded, changed: log_level\n"
+    assert ztun.echo(b"still proxied") == b"still proxied"
+
+
 def test_with_two_workers_the_parent_lists_both(start_ztun, rng) -> None:  # type: ignore[no-untyped-def]
     ztun = start_ztun("--workers", "2")
     held = []
