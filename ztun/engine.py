@@ -733,6 +733,9 @@ class Engine:
             association.close()
             return
         io.association = association
+        via = getattr(association, "via", None)
+        if via is not None:  # a group's retry may have used another member
+            io.record.outbound = via
         self.flows.connected(io.record, io)
         association.closed.add_done_callback(lambda _f: self._run_udp(self.udp.closed(flow)))
         make_uplink = getattr(association, "uplink", None)  # optional: SOCKS5 has one

@@ -19,6 +19,7 @@ the flow is refused - the app gets a reset, or ICMP unreachable for UDP (`NoMemb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -107,6 +108,10 @@ class Member:
         self.monitor.succeeded(self.name)
         self.monitor.opened(self.name)
         association.closed.add_done_callback(lambda _f: self.monitor.closed(self.name))
+        # The proxy that carries it, as TcpStream.via says for TCP: a group may have
+        # retried on another member than the one the flow record named.
+        with contextlib.suppress(AttributeError):  # a class with __slots__ cannot say
+            association.via = self.name  # type: ignore[attr-defined]
         return association
 
 

@@ -25,10 +25,12 @@ from harness.impls.ztun import default_binary
 from harness.peers.starters import (
     PeerServer,
     start_danted,
+    start_microsocks,
     start_ssh_dynamic,
     start_tcp_data,
     start_tcp_echo,
     start_tinyproxy,
+    start_udp_echo,
 )
 from harness.peers.targets import echo_roundtrip, seeded_sha256, source_download
 from harness.topo import Topology
@@ -39,6 +41,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.linux]
 DEVICE = "zt0"
 DATA_PORT, ECHO_PORT = 5001, 5002
 HTTP_PORT, SOCKS_PORT, SPARE_PORT = 3128, 1080, 1081
+UDP_ECHO_PORT = 5003
 MIB = 1 << 20
 BULK_TIMEOUT = 120.0
 FAILOVER_DEADLINE = 2.0  # issue 16: "new connections succeed through the second within 2 s"
@@ -338,3 +341,35 @@ def test_a_reload_keeps_the_health_and_open_flows_of_unchanged_proxies(
         held.sendall(b"y")
         assert held.recv(1) == b"y"  # the flow ran on through the reload
     assert echo(topo, b"new") == b"new"
+
+
+def test_udp_of_a_group_is_listed_under_the_member_that_carries_it(
+    servers: Topology, tmp_path: Path
+) -> None:
+    """microsocks refuses UDP ASSOCIATE, so the UDP of the group [micro, dant] is retried
+    on danted; `ztun flows` named micro (the member tried first) for a flow danted
+    carries (TCP flows already showed the member that carried them)."""
+    topo = servers
+    addr, target = proxy_addr(topo), server_addr(topo)
+    start_udp_echo(topo.server, target, UDP_ECHO_PORT)
+    micro = start_microsocks(topo.proxy, addr, SPARE_PORT)
+    danted = start_danted(topo.proxy, addr, SOCKS_PORT)
+    conf = tmp_path / "ztun.toml"
+    conf.write_text(
+        'default_outbound = "main"\n\n'
+        f'[[proxies]]\nname = "micro"\nurl = "{micro.url}"\n\n'
+        f'[[proxies]]\nname = "dant"\nurl = "{danted.url}"\n\n'
+        '[groups.main]\nmembers = ["micro", "dant"]\n'
+    )
+    sock_path = str(tmp_path / "zt.sock")
+    start_ztun(topo, danted.url, "--config", str(conf), "--control", sock_path)
+    sock = topo.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(15)
+    with sock:
+        sock.connect((target, UDP_ECHO_PORT))
+        sock.send(b"ping")
+        assert sock.recv(100) == b"ping"
+        (flow,) = control(sock_path, "flows")
+        proxies = {p["name"]: p for p in control(sock_path, "status")["proxies"]}
+    assert flow["proto"] == "udp" and flow["outbound"] == "dant", flow
+    assert proxies["dant"]["active"] == 1 and proxies["micro"]["active"] == 0, proxies
