@@ -213,7 +213,7 @@ def _clean(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m harness vm",
+        prog="ztun-harness vm",  # also python -m harness vm: both run harness.cli
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -38,7 +38,7 @@ def _profile(explicit: str | None, beside: Path, tier: str | None) -> Profile:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m harness pcap",
+        prog="ztun-harness pcap",  # also python -m harness pcap: both run harness.cli
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

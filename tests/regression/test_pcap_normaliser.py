@@ -434,6 +434,9 @@ def test_cli_diff_exit_status_and_output(tmp_path: Path) -> None:
         different.stdout
     )
     assert run("diff", str(a), str(tmp_path / "missing.pcap")).returncode == 2
+    usage = run("diff", str(a))  # named as the command the user typed is named
+    assert usage.returncode == 2
+    assert usage.stderr.startswith("usage: ztun-harness pcap diff"), usage.stderr
     profile = tmp_path / "bad.toml"
     profile.write_text('tier = "strict"\n')
     assert run("diff", str(a), str(same), "--profile", str(profile)).returncode == 2
