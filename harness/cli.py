@@ -25,12 +25,17 @@ EXIT_USAGE = 2
 PROG = "ztun-harness"
 
 
-def _cleanup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _cleanup(args: argparse.Namespace) -> int:
     from harness.hygiene import cleanup
     from harness.topo import NAME_PREFIX
 
     if not args.prefix.startswith(NAME_PREFIX):
-        parser.error(f"--prefix must start with {NAME_PREFIX!r}: only our names are removed")
+        print(
+            f"{PROG} cleanup: error: --prefix must start with {NAME_PREFIX!r}: only our "
+            "names are removed",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if os.geteuid() != 0:
         print("cleanup needs root (namespaces are removed with CAP_SYS_ADMIN)", file=sys.stderr)
         return EXIT_USAGE
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args)
     if args.command == "example":
         return _example(args)
-    return _cleanup(args, parser)
+    return _cleanup(args)
 
 
 if __name__ == "__main__":

@@ -238,6 +238,20 @@ def test_interrupted_run_leaves_no_namespace(
     assert leftovers == [], out.decode()
 
 
+def test_cleanup_refuses_a_prefix_that_is_not_ours() -> None:
+    """Only names the harness made (``zt...``) may go: another prefix is a usage error,
+    said by the subcommand (not the top-level usage, which hides which part was wrong)."""
+    cli = subprocess.run(
+        [sys.executable, "-m", "harness", "cleanup", "--prefix", "veth"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 2
+    expected = "ztun-harness cleanup: error: --prefix must start with 'zt': only our names"
+    assert cli.stderr.startswith(expected), cli.stderr
+
+
 def test_sigkilled_run_is_cleaned_by_the_cli(pytester: pytest.Pytester, nested_env: None) -> None:
     proc, names = _start_blocking_run(pytester)
     pids = subprocess.run(
