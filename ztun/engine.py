@@ -29,6 +29,7 @@ from .outbound import (
     TcpStream,
     UdpAssociation,
 )
+from .outbound.direct import OWN_SOURCES
 from .outbound.opening import Opening, release_stream, start_tcp
 from .outbound.uplink import Uplink
 from .pump import TunPump
@@ -235,6 +236,12 @@ class _TcpSetup:
     def _route(self, domain: str | None) -> None:
         engine = self.engine
         try:
+            if self.client in OWN_SOURCES:
+                raise LoopDetected(
+                    f"ztun's own connect from {self.client[0]}:{self.client[1]} to "
+                    f"{self.dst}:{self.port} came back into the TUN (keep ztun's sockets "
+                    "out of the routes into it: --auto-route, or --fwmark/--interface)"
+                )
             decision = engine.router.decide("tcp", self.dst, self.port, domain)
             engine.flows.routed(self.record, engine.outbound_name(decision, "tcp"), decision.domain)
             if decision.action is Action.REJECT:

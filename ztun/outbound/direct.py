@@ -20,6 +20,13 @@ from .target import Target
 
 log = logging.getLogger(__name__)
 
+#: Local (address, port) of every open direct TCP connection. When the routes send one
+#: back into the TUN (a `direct` rule without --auto-route, --fwmark or --interface to
+#: keep ztun's own sockets out), it arrives as a new flow from that address -- after its
+#: handshake with ztun's own listener completed -- and the engine refuses it as a loop
+#: instead of connecting again, and again, until the descriptors run out.
+OWN_SOURCES: set[tuple[str, int]] = set()
+
 _UDP_READ = 65535
 _UDP_BATCH = 64
 _ERRNO_REPLY = {
@@ -48,6 +55,13 @@ class DirectOutbound:
         return "DirectOutbound()"
 
     async def open_tcp(self, target: Target) -> TcpStream:
+        tried: list[tuple[str, int]] = []  # in OWN_SOURCES from their SYN on
+        local: tuple[str, int] | None = None
+
+        def connecting(source: tuple[str, int]) -> None:
+            OWN_SOURCES.add(source)
+            tried.append(source)
+
         try:
             sock = await connect_tcp(
                 target.host,
@@ -55,7 +69,9 @@ class DirectOutbound:
                 timeout=self.connect_timeout,
                 fwmark=self.fwmark,
                 bind_interface=self.bind_interface,
+                on_connecting=connecting,
             )
+            local = sock.getsockname()[:2]
         except TimeoutError:
             raise TargetUnreachable(
                 Reply.HOST_UNREACHABLE,
@@ -68,7 +84,11 @@ class DirectOutbound:
         except OSError as exc:
             code = _ERRNO_REPLY.get(exc.errno or 0, Reply.GENERAL_FAILURE)
             raise TargetUnreachable(code, f"{target}: {describe(exc)}") from exc
-        return TcpStream(sock)
+        finally:
+            OWN_SOURCES.difference_update(s for s in tried if s != local)
+        kept = (local[0], local[1])
+        OWN_SOURCES.add(kept)  # connects without on_connecting (not Linux) too
+        return TcpStream(sock, on_release=lambda: OWN_SOURCES.discard(kept))
 
     async def open_udp(self, on_datagram: DatagramHandler) -> DirectUdpAssociation:
         return DirectUdpAssociation(

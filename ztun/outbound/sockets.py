@@ -8,9 +8,12 @@ real uplink (SO_BINDTODEVICE); both are set before connect(), when the route is 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import os
 import socket
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from .errors import OutboundError
@@ -103,6 +106,26 @@ async def resolve(host: str, port: int, kind: int) -> list[tuple[int, SockAddr]]
     return [(info[0], info[4]) for info in infos]
 
 
+async def _connect_telling(
+    loop: asyncio.AbstractEventLoop,
+    sock: socket.socket,
+    sockaddr: Any,
+    on_connecting: Callable[[tuple[str, int]], None],
+) -> None:
+    """`loop.sock_connect`, telling the local address once the SYN is sent."""
+    err = sock.connect_ex(sockaddr)
+    if err not in (0, errno.EINPROGRESS):
+        raise OSError(err, os.strerror(err))
+    on_connecting(sock.getsockname()[:2])
+    if err == 0:
+        return
+    try:
+        await loop.sock_connect(sock, sockaddr)  # EALREADY: it waits for the handshake
+    except OSError as exc:
+        if exc.errno != errno.EISCONN:  # it completed between the two calls
+            raise
+
+
 async def connect_tcp(
     host: str,
     port: int,
@@ -110,8 +133,13 @@ async def connect_tcp(
     timeout: float,
     fwmark: int | None = None,
     bind_interface: str | None = None,
+    on_connecting: Callable[[tuple[str, int]], None] | None = None,
 ) -> socket.socket:
     """Connect to host:port, trying each resolved address in turn within one deadline.
+
+    `on_connecting(local address, port)` (Linux): called as each SYN leaves, before any
+    answer can be read -- what lets the engine know a SYN of ztun's own that the routes
+    sent back into its TUN (ztun.outbound.direct.OWN_SOURCES).
 
     Raises TimeoutError when the deadline passes, socket.gaierror when the name does not
     resolve, or the last address's OSError (ConnectionRefusedError, ...).
@@ -125,7 +153,10 @@ async def connect_tcp(
                 family, socket.SOCK_STREAM, fwmark=fwmark, bind_interface=bind_interface
             )
             try:
-                await loop.sock_connect(sock, sockaddr)
+                if on_connecting is None or sys.platform != "linux":
+                    await loop.sock_connect(sock, sockaddr)
+                else:
+                    await _connect_telling(loop, sock, sockaddr, on_connecting)
             except OSError as exc:
                 sock.close()
                 last_error = exc

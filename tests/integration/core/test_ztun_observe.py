@@ -384,6 +384,38 @@ def test_a_reload_naming_a_proxy_udp_beside_udp_proxy_is_refused_whole(  # type:
     assert ztun.echo(b"still proxied") == b"still proxied"
 
 
+def test_a_direct_flow_routed_back_into_the_tun_is_refused_as_a_loop(  # type: ignore[no-untyped-def]
+    start_ztun, servers, tmp_path
+) -> None:
+    """A `direct` rule while the routes send the destination into the TUN and nothing
+    keeps ztun's own sockets out: ztun's direct connect enters its own TUN. It connected
+    again for each, 9993 flows deep until "Too many open files"; now the flow that comes
+    back is refused as a loop, the app gets a reset, and the rest runs on."""
+    config = tmp_path / "ztun.toml"
+    proxy_url = f"socks5://{servers.address('proxy', 'client', 4)}:{SOCKS_PORT}"
+    server = servers.address("server", "proxy", 4)
+    write_config(
+        config,
+        proxy_url,
+        "[[rules]]",
+        f'cidr = ["{server}/32"]',
+        f"port = [{DATA_PORT}]",
+        'outbound = "direct"',
+    )
+    ztun = start_ztun("--config", str(config), proxy=False)
+    with (
+        pytest.raises((ConnectionResetError, ConnectionRefusedError)),
+        ztun.connect(DATA_PORT) as sock,
+    ):
+        sock.sendall(b"SOURCE 10 1\n")
+        sock.recv(100)
+    ztun.wait_log(r"refused a routing loop: ztun's own connect from \S+ to .*:5001 came back")
+    status = json.loads(ztun.ctl("status", "--json").stdout)
+    assert status["counters"]["tcp_loop_refused"] == 1, status["counters"]
+    assert status["counters"]["tcp_flows"] == 2  # the app's, and its one echo
+    assert ztun.echo(b"proxied as before") == b"proxied as before"
+
+
 def test_with_two_workers_the_parent_lists_both(start_ztun, rng) -> None:  # type: ignore[no-untyped-def]
     ztun = start_ztun("--workers", "2")
     held = []
