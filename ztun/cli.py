@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="DNS to port 53: off (carried like any UDP), hijack (answered by ztun via the "
         "destination over TCP through the proxy), fake-ip (answered from a fake pool; the "
-        "proxy resolves), remote (sent to --dns-upstream over TCP through the proxy)",
+        "proxy resolves), remote (UDP and TCP queries sent to --dns-upstream over TCP "
+        "through the proxy)",
     )
     routing.add_argument(
         "--dns-upstream", metavar="HOST:PORT", help="resolver for --dns remote (e.g. 1.1.1.1:53)"

@@ -14,7 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 
-from .dns import UPSTREAM_TIMEOUT, Answer, DnsHandler, Drop, Forward, TcpDnsDeframer
+from .dns import UPSTREAM_TIMEOUT, Answer, DnsHandler, DnsMode, Drop, Forward, TcpDnsDeframer
 from .outbound import Outbound, OutboundError, Target
 from .stack import UdpDatagram
 
@@ -34,6 +34,14 @@ class DnsService:
         self.stats = stats
         self._waiting: dict[int, UdpDatagram] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def tcp_upstream(self) -> tuple[str, int] | None:
+        """The resolver an app's DNS over TCP (port 53) must reach instead of the server
+        it named: under ``--dns remote`` the upstream, as for its UDP queries -- a client
+        retries over TCP after a truncated (TC=1) answer (RFC 1035 4.2.1, RFC 7766 5),
+        and the address it asked over UDP may answer nothing. None: the app's own server
+        (hijack, fake-ip)."""
+        return self.handler.upstream if self.handler.mode is DnsMode.REMOTE else None
 
     def on_query(self, datagram: UdpDatagram, now: float) -> None:
         result = self.handler.handle_query(datagram.payload, now)

@@ -243,6 +243,13 @@ class _TcpSetup:
                     "out of the routes into it: --auto-route, or --fwmark/--interface)"
                 )
             decision = engine.router.decide("tcp", self.dst, self.port, domain)
+            upstream = (
+                engine.dns.tcp_upstream()
+                if engine.dns is not None and self.port == DNS_PORT
+                else None
+            )
+            if upstream is not None:
+                decision = engine.router.dns_upstream(upstream)
             engine.flows.routed(self.record, engine.outbound_name(decision, "tcp"), decision.domain)
             if decision.action is Action.REJECT:
                 raise Rejected(f"rule rejects {decision.target}")

@@ -123,6 +123,12 @@ class Router:
         single ``--proxy``), else the default outbound."""
         return self.outbounds.get(DEFAULT_GROUP) or self.outbounds[self.rules.default]
 
+    def dns_upstream(self, upstream: tuple[str, int]) -> Decision:
+        """Where DNS over TCP goes under ``--dns remote``: to the upstream resolver through
+        `proxy_tcp`, as ztun's own forwarded queries do, whatever server the app named."""
+        name = self.name_of(self.proxy_tcp)
+        return Decision(Action.of(name), self.proxy_tcp, Target(*upstream), None, name)
+
     def decide(
         self, network: str, dst: IPAddress, port: int, domain: str | None = None
     ) -> Decision:

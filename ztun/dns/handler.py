@@ -12,7 +12,8 @@ Modes (``--dns``):
     Every query is sent over TCP through the proxy to the server the client asked
     (``Forward.server is None``), so answers are real but nothing leaves outside the tunnel.
 ``remote``
-    Like ``hijack``, but always to the configured ``upstream`` resolver.
+    Like ``hijack``, but always to the configured ``upstream`` resolver; so is an app's
+    DNS over TCP to port 53 (its retry after a TC=1 answer: ``DnsService.tcp_upstream``).
 
 The handler never touches a socket: ``handle_query`` returns an :class:`Answer` (bytes to
 send back to the client), a :class:`Forward` (framed bytes to write to an upstream TCP

@@ -231,6 +231,35 @@ def test_remote_dns_goes_to_the_upstream_through_the_proxy(path) -> None:  # typ
     assert request.command == "CONNECT" and request.target_host == server_addr
 
 
+def test_remote_dns_truncated_answer_is_retried_over_tcp_to_the_upstream(path) -> None:  # type: ignore[no-untyped-def]
+    """An answer too large for 512 bytes comes back TC=1; the client's retry over TCP to
+    the address it asked (any: 192.0.2.53 answers nothing) must reach the upstream too."""
+    from dnslib import DNSRecord
+
+    topology, proxy_addr, server_addr = path
+    many = [f"10.9.{i // 100}.{i % 100 + 1}" for i in range(60)]  # 60 A records: > 512 bytes
+    start_dnsmasq(topology.server, server_addr, {"big.ztun.test": many})
+    recorder = start_recording(topology.proxy, proxy_addr, SOCKS)
+    start_ztun(topology, recorder.url, "--dns", "remote", "--dns-upstream", f"{server_addr}:53")
+    query = DNSRecord.question("big.ztun.test", "A").pack()
+    udp = topology.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with udp:
+        udp.settimeout(10)
+        udp.sendto(query, ("192.0.2.53", 53))
+        truncated = DNSRecord.parse(udp.recvfrom(4096)[0])
+    assert truncated.header.tc == 1 and not truncated.rr
+    tcp = topology.client.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with tcp:
+        tcp.settimeout(10)
+        tcp.connect(("192.0.2.53", 53))
+        tcp.sendall(len(query).to_bytes(2, "big") + query)  # RFC 7766 8: length-prefixed
+        reader = tcp.makefile("rb")
+        answer = DNSRecord.parse(reader.read(int.from_bytes(reader.read(2), "big")))
+    assert sorted(str(rr.rdata) for rr in answer.rr) == sorted(many)
+    connects = [r for r in recorder.requests() if r.target_port == 53]
+    assert {(r.command, r.target_host) for r in connects} == {("CONNECT", server_addr)}
+
+
 def test_strict_route_blocks_ipv6_when_only_ipv4_is_proxied(path) -> None:  # type: ignore[no-untyped-def]
     topology, proxy_addr, server_addr = path
     client = topology.client
