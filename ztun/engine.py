@@ -24,6 +24,7 @@ from .flows import FlowRecord, FlowTable
 from .outbound import (
     Outbound,
     OutboundError,
+    ProxyRefused,
     Rejected,
     Target,
     TcpStream,
@@ -730,7 +731,9 @@ class Engine:
             association = await flow.outbound.open_udp(
                 lambda source, payload: self._on_udp_reply(flow, io, source, payload)
             )
-        except Rejected:
+        except Rejected as exc:
+            if isinstance(exc.__cause__, ProxyRefused):  # the proxy was asked and said no
+                log.warning("UDP association for %s refused: %s", _source(flow), exc)
             self._run_udp(self.udp.open_failed(flow, rejected=True))
             return
         except (OutboundError, OSError) as exc:

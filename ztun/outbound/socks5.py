@@ -27,6 +27,7 @@ from .errors import (
     ProxyRefused,
     ProxyTimeout,
     ProxyUnreachable,
+    UdpNotSupported,
 )
 from .opening import Done, Opening, release_stream, until_done
 from .sockets import SockAddr, describe, make_socket, resolve, sockaddr_for
@@ -38,6 +39,7 @@ from .socks5_proto import (
     PipelineState,
     Pipelining,
     RemoteProtocolError,
+    Reply,
     RequestFailed,
     RequestSucceeded,
     Socks5Client,
@@ -118,10 +120,20 @@ class Socks5Outbound(ProxyOutboundBase):
 
     async def open_udp(self, on_datagram: DatagramHandler) -> Socks5UdpAssociation:
         """UDP ASSOCIATE; the association lives as long as its TCP control connection."""
-        control, bound, _early = await until_done(
-            lambda on_done: _Handshake(self, Command.UDP_ASSOCIATE, None, on_done).start(),
-            dispose=_close_first,
-        )
+        try:
+            control, bound, _early = await until_done(
+                lambda on_done: _Handshake(self, Command.UDP_ASSOCIATE, None, on_done).start(),
+                dispose=_close_first,
+            )
+        except ProxyRefused as exc:
+            if exc.reply_code != Reply.COMMAND_NOT_SUPPORTED:
+                raise
+            # A server without UDP ASSOCIATE (microsocks): the app's UDP is refused as a
+            # TCP-only proxy's is (ICMP port unreachable at once), not left to time out.
+            raise UdpNotSupported(
+                f"{exc}: it carries no UDP (--udp-proxy, or udp = false in a config file, "
+                "sends UDP elsewhere)"
+            ) from exc
         try:
             relay_family, relay = await self._relay_address(control, bound)
             udp = make_socket(

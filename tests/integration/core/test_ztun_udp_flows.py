@@ -92,3 +92,22 @@ def test_udp_flows_are_bounded_by_the_open_files_limit(  # type: ignore[no-untyp
         conn.sendall(b"after the burst")
         assert conn.recv(64) == b"after the burst"
     assert "at most 34 UDP flows hold an association (open files limit 200" in path.ztun.log_text()
+
+
+def test_a_socks5_proxy_without_udp_associate_refuses_udp_at_once(start_path: StartPath) -> None:
+    """microsocks answers UDP ASSOCIATE "command not supported" (0x07): the app gets ICMP
+    port unreachable (ECONNREFUSED on its connected socket), as with a proxy that carries
+    TCP only, instead of silence until its own timeout; the log says why; TCP still works."""
+    path = start_path("microsocks")
+    udp = path.udp(timeout=5)
+    with udp:
+        udp.connect((path.server_v4, UDP_ECHO_PORT))
+        udp.send(b"no relay for this")
+        with pytest.raises(ConnectionRefusedError):
+            udp.recv(100)
+    log = path.ztun.log_text()
+    assert "refused UDP_ASSOCIATE 0.0.0.0:0: command not supported (0x07)" in log, log[-2000:]
+    assert "carries no UDP" in log, log[-2000:]
+    with path.connect(ECHO_PORT) as sock:
+        sock.sendall(b"tcp still")
+        assert sock.recv(100) == b"tcp still"
