@@ -77,7 +77,11 @@ def _bounded(kind: type, low: float, high: float, what: str):  # type: ignore[no
         except ValueError:
             raise argparse.ArgumentTypeError(f"{what} {text!r} is not a number") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} {text} is out of range [{low:g}, {high:g}]")
+            # Whole bounds in full: `:g` wrote the UDP session cap as 1.04858e+06.
+            bounds = ", ".join(
+                str(int(b)) if float(b).is_integer() else f"{b:g}" for b in (low, high)
+            )
+            raise argparse.ArgumentTypeError(f"{what} {text} is out of range [{bounds}]")
         return value
 
     return parse

@@ -42,7 +42,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["run", "--portable", "--redirect"], "--portable turns off"),
         (["frobnicate"], "invalid choice"),
         (["run", "--icmp", "ping"], "invalid choice"),
-        (["run", "--max-udp-sessions", "-1"], "out of range"),
+        (["run", "--max-udp-sessions", "-1"], "out of range [0, 1048576]"),
+        (["run", "--connect-timeout", "0"], "out of range [0.1, 300]"),
     ],
 )
 def test_bad_input_exits_2_and_says_what_is_wrong(args: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]
