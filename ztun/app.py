@@ -281,7 +281,11 @@ def _build_dns(opts: RunOptions, role: WorkerRole):  # type: ignore[no-untyped-d
 
     pool = None
     if cfg.mode is DnsMode.FAKE_IP:
-        pool = load_pool(cfg.state_file, cfg.fake_ip_range, cfg.fake_ip6_range)
+        # A family the TUN has no address of gets no fake addresses (NOERROR, no data): an
+        # app would connect to them around the tunnel, or not at all.
+        v4 = cfg.fake_ip_range if opts.inet4 is not None else None
+        v6 = cfg.fake_ip6_range if opts.inet6 is not None else None
+        pool = load_pool(cfg.state_file, v4, v6)
     handler = DnsHandler(cfg.mode, pool=pool, upstream=cfg.upstream, fake_ttl=cfg.fake_ip_ttl)
     return handler, pool
 

@@ -214,6 +214,29 @@ def test_fake_ip_dns_sends_the_domain_to_the_proxy(path, tmp_path, extra) -> Non
         assert (request.target_host, request.target_port) == (name, 443)
 
 
+def test_fake_ip_answers_no_aaaa_when_the_tun_has_no_ipv6(path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With an IPv4-only TUN a fake IPv6 address (fc00::/18) would be routed around the
+    tunnel, or nowhere: AAAA gets NOERROR without data, A its fake address as before."""
+    from dnslib import QTYPE, RCODE, DNSRecord
+
+    topology, proxy_addr, _server_addr = path
+    start_danted(topology.proxy, proxy_addr, SOCKS)
+    config = tmp_path / "ztun.toml"
+    config.write_text(f'[dns]\nmode = "fake-ip"\nstate_file = "{tmp_path}/fakeip.json"\n')
+    proxy_url = f"socks5://{proxy_addr}:{SOCKS}"
+    start_ztun(topology, proxy_url, "--config", str(config), "--address", "172.19.0.1/30")
+    answers = {}
+    for qtype in ("A", "AAAA"):
+        udp = topology.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with udp:
+            udp.settimeout(5)
+            udp.sendto(DNSRecord.question("v4only.example.test", qtype).pack(), ("192.0.2.53", 53))
+            answers[qtype] = DNSRecord.parse(udp.recvfrom(4096)[0])
+    assert [QTYPE[rr.rtype] for rr in answers["A"].rr] == ["A"]
+    assert str(answers["A"].rr[0].rdata).startswith(("198.18.", "198.19."))
+    assert answers["AAAA"].header.rcode == RCODE.NOERROR and answers["AAAA"].rr == []
+
+
 def test_remote_dns_goes_to_the_upstream_through_the_proxy(path) -> None:  # type: ignore[no-untyped-def]
     from dnslib import DNSRecord
 
