@@ -30,7 +30,7 @@ Example::
 
     [dns]
     mode = "fake-ip"                # off | hijack | fake-ip | remote
-    upstream = "1.1.1.1:53"
+    upstream = "1.1.1.1:53"         # remote mode only; fake-ip forwards nothing (MX, TXT: no data)
 
     [[rules]]
     domain_suffix = ["lan", "corp.example"]
