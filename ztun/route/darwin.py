@@ -294,14 +294,22 @@ class LinkAddress:
 Sockaddr = IPAddress | LinkAddress | bytes  # bytes: a netmask (no family of its own)
 
 
-def parse_sockaddr(raw: bytes, *, is_mask: bool = False) -> Sockaddr | None:
+def parse_sockaddr(
+    raw: bytes, *, is_mask: bool = False, mask_family: int | None = None
+) -> Sockaddr | None:
     """One sockaddr of a message: an address (KAME scope removed), a link address, or
-    for a netmask its address bytes.  None for an empty one (``sa_len`` 0)."""
+    for a netmask its address bytes.  None for an empty one (``sa_len`` 0).
+
+    A netmask's own ``sa_family`` cannot be trusted: XNU stores masks as
+    ``rn_addmask`` (``bsd/net/radix.c``) makes them, every byte between ``sa_len`` and
+    the address filled with ones, so an RTM_GET answer carries an IPv6 mask with
+    family 0xff.  ``rtm_scrub`` (``bsd/net/route.c``) reads it by the family of the
+    message's RTA_DST instead, and so does this: ``mask_family`` is that family."""
     if not raw or raw[0] == 0:
         return b"" if is_mask else None
     length, family = raw[0], raw[1]
-    if is_mask:  # the kernel's radix masks are trimmed and may carry family 0
-        offset = 8 if family == DARWIN_AF_INET6 else 4
+    if is_mask:
+        offset = 8 if (mask_family or family) == DARWIN_AF_INET6 else 4
         return raw[offset:length]
     if family == DARWIN_AF_INET and length >= 8:
         return ipaddress.IPv4Address(raw[4:8])
@@ -380,13 +388,18 @@ def parse_message(raw: bytes) -> RouteReply:
         raise ValueError(f"routing message version {version}, length {msglen}/{len(raw)}")
     sockaddrs: dict[int, Sockaddr | None] = {}
     offset = RT_MSGHDR.size
+    dst_family: int | None = None  # RTA_DST comes first (bit order): the masks' family
     for bit in range(RTAX_MAX):
         flag = 1 << bit
         if not addrs & flag:
             continue
         length = raw[offset] if offset < msglen else 0
+        if flag == RTA_DST and length >= 2:
+            dst_family = raw[offset + 1]
         sockaddrs[flag] = parse_sockaddr(
-            raw[offset : offset + max(length, 2)], is_mask=flag in (RTA_NETMASK, RTA_GENMASK)
+            raw[offset : offset + max(length, 2)],
+            is_mask=flag in (RTA_NETMASK, RTA_GENMASK),
+            mask_family=dst_family,
         )
         offset += roundup32(length)
     return RouteReply(rtm_type, index, flags, pid, seq, err, sockaddrs)

@@ -13,7 +13,9 @@ with no mask (``rtrequest_common_locked`` drops the netmask of an RTF_HOST reque
 one -- never finds it (``rn_lookup_args``, ``bsd/net/radix.c``, walks the duped keys for
 a node whose mask *is* the one given; a host route's is NULL) and fails with ESRCH, and
 a report about a host route carries RTF_HOST and no RTA_NETMASK (``route_output``
-copies ``rt_mask(rt)``, NULL, into the reply, ``bsd/net/rtsock.c``).
+copies ``rt_mask(rt)``, NULL, into the reply, ``bsd/net/rtsock.c``).  The netmask of
+any other route comes back as the radix tree keeps it (:func:`kernel_mask`: 0xff where
+``sa_family`` would be).
 """
 
 from __future__ import annotations
@@ -105,12 +107,27 @@ def sa_dl(index: int, name: str = "") -> bytes:
 
 
 def mask4(prefixlen: int) -> bytes:
-    """A netmask as route(8) sends it and XNU returns it: the sockaddr_in trimmed after
-    its last non-zero byte, sin_len saying how much is left (0 for /0)."""
+    """A netmask as route(8) sends it: the sockaddr_in trimmed after its last non-zero
+    byte, sin_len saying how much is left (0 for /0).  (XNU answers with
+    :func:`kernel_mask`.)"""
     if prefixlen == 0:
         return b""
     addr = (((1 << prefixlen) - 1) << (32 - prefixlen)).to_bytes(4, "big").rstrip(b"\0")
     return bytes([4 + len(addr), AF_INET, 0, 0]) + addr
+
+
+def kernel_mask(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bytes:
+    """A netmask as XNU reports it in an RTM_GET answer: the mask the radix tree keeps
+    (``rn_addmask``, ``bsd/net/radix.c``: the bytes between ``sa_len`` and the address
+    -- 1..3 for AF_INET, 1..7 for AF_INET6 -- copied from ``rn_ones``, i.e. 0xff, so
+    ``sa_family`` is 0xff, never AF_INET6) with trailing zeros trimmed (``sa_trim`` in
+    ``rtm_scrub``, ``bsd/net/route.c``, which reads the mask by RTA_DST's family);
+    empty (``sa_len`` 0) for /0."""
+    skip = 4 if net.version == 4 else 8  # offsetof sin_addr / sin6_addr
+    body = net.netmask.packed.rstrip(b"\0")
+    if not body:
+        return b""
+    return bytes([skip + len(body)]) + b"\xff" * (skip - 1) + body
 
 
 def roundup(sa: bytes) -> bytes:
@@ -254,7 +271,7 @@ class FakeRouteSocket:
             embedded = gw6.packed[:2] + entry.ifindex.to_bytes(2, "big") + gw6.packed[4:]
             gateway = sa_in6(str(ipaddress.IPv6Address(embedded)))  # KAME form
         addrs = RTA_DST | RTA_GATEWAY | RTA_IFP
-        mask = mask4(found.prefixlen) if family == AF_INET else sa_in6(str(found.netmask))
+        mask = kernel_mask(found)
         sockaddrs = [
             sa_in(str(found.network_address))
             if family == AF_INET

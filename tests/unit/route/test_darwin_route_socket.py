@@ -43,6 +43,7 @@ from tests.unit.route.darwin_kernel import (
     FakeRouteSocket,
     Header,
     home_table,
+    kernel_mask,
     mask4,
     message,
     sa_dl,
@@ -181,6 +182,46 @@ def test_parse_reply_with_trimmed_mask_and_named_interface() -> None:
     )  # fmt: skip
     assert (reply.seq, reply.pid, reply.index, reply.prefixlen) == (5, PID, EN0, 0)
     assert reply.gateway == GATEWAY and reply.interface == d.LinkAddress(EN0, "en0")
+
+
+def test_parse_reads_an_ipv6_mask_by_the_destination_family() -> None:
+    """An RTM_GET answer for 2001:db8::/32 as XNU writes it: the netmask is the radix
+    tree's (``rn_addmask``, bsd/net/radix.c: bytes 1..7 -- sin6_family @1, sin6_port
+    @2, sin6_flowinfo @4 -- are 0xff) trimmed by ``rtm_scrub`` (bsd/net/route.c), so its
+    own sa_family is 0xff and the mask is read by RTA_DST's family (AF_INET6: the mask
+    starts at sin6_addr @8), as rtm_scrub does."""
+    mask = (
+        bytes([12])  # sin6_len @0: 8 + the 4 non-zero mask bytes
+        + b"\xff" * 7  # sin6_family @1, sin6_port @2, sin6_flowinfo @4: rn_ones
+        + b"\xff" * 4  # sin6_addr @8: /32, trailing zeros trimmed
+    )
+    assert kernel_mask(ipaddress.ip_network("2001:db8::/32")) == mask
+    reply = d.parse_message(
+        message(
+            Header(0, 5, RTM_GET, EN0, RTF_UP | RTF_GATEWAY | RTF_DONE, 0x17, PID, 9, 0),
+            sa_in6("2001:db8::"), sa_in6("fe80:4::1"), mask, sa_dl(EN0, "en0"),
+        )
+    )  # fmt: skip
+    assert reply.prefixlen == 32
+    assert reply.network == ipaddress.ip_network("2001:db8::/32")
+    assert reply.gateway == ipaddress.ip_address("fe80::1")
+
+
+def test_an_ipv6_exclude_route_is_found_and_deleted_on_restore(
+    sock: FakeRouteSocket, journal: Journal
+) -> None:
+    """An IPv6 exclude kept on en0 (2001:db8:1::/48 via fe80::1) and the IPv6 halves:
+    restore asks for each prefix exactly (RTM_GET with RTA_NETMASK), reads the answer's
+    0xff-family mask as XNU writes it, and deletes all of them.  Read by the mask's own
+    family, a /48 came back as a /80: every IPv6 route counted as gone and the exclude
+    outlived ztun."""
+    before = dict(sock.table)
+    applier = routes(journal, sock)
+    count = applier.apply(cfg(tun_addresses=(V4, V6), exclude=nets("2001:db8:1::/48")))
+    assert count == 5 and ipaddress.ip_network("2001:db8:1::/48") in sock.table
+    report = applier.restore()
+    assert (report.removed, report.absent, report.kept) == (5, 0, 0)
+    assert sock.table == before and not journal.exists()
 
 
 def test_parse_refuses_a_short_message() -> None:
