@@ -94,6 +94,7 @@ RTF_UP = 0x1
 RTF_GATEWAY = 0x2
 RTF_HOST = 0x4
 RTF_STATIC = 0x800
+RTF_WASCLONED = 0x20000
 RTF_IFSCOPE = 0x1000000
 RTA_DST = 0x1
 RTA_GATEWAY = 0x2
@@ -502,14 +503,23 @@ class RouteTable:
 
 
 def current_route(reply: RouteReply | None) -> CurrentRoute | None:
-    """An RTM_GET answer as the planner's view of the route that carries an address."""
+    """An RTM_GET answer as the planner's view of the route that carries an address.
+
+    A host route XNU cloned from a gateway route (RTF_WASCLONED: every IPv4 and IPv6 net
+    route is RTF_PRCLONING, ``in_rmx.c``/``in6_rmx.c``, and a TCP connection clones one
+    per destination) is not a route of its own: adding a more specific net route deletes
+    the clones under it (``rt_fixchange``, ``bsd/net/route.c``).  Its /32 (/128) says
+    nothing about its parent, whose length the answer does not carry, so it counts as
+    the least specific route (prefix 0): the address keeps the clone's gateway and
+    interface through a route of its own -- at worst one more specific than needed."""
     if reply is None or reply.prefixlen is None:
         return None
     interface = reply.interface
     if interface is None:
         raise RouteError(f"route get {reply.dst}: the kernel named no interface (RTA_IFP)")
+    cloned = reply.flags & (RTF_WASCLONED | RTF_GATEWAY) == RTF_WASCLONED | RTF_GATEWAY
     return CurrentRoute(
-        prefixlen=reply.prefixlen,
+        prefixlen=0 if cloned else reply.prefixlen,
         device=interface.name,
         ifindex=reply.index or interface.index,
         gateway=reply.gateway,

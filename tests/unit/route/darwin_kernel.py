@@ -33,6 +33,7 @@ GATEWAY = ipaddress.ip_address("192.168.1.1")
 RTM_VERSION = 5
 RTM_ADD, RTM_DELETE, RTM_GET = 0x1, 0x2, 0x4
 RTF_UP, RTF_GATEWAY, RTF_HOST, RTF_DONE, RTF_STATIC = 0x1, 0x2, 0x4, 0x40, 0x800
+RTF_WASCLONED = 0x20000
 RTA_DST, RTA_GATEWAY, RTA_NETMASK, RTA_IFP, RTA_IFA = 0x1, 0x2, 0x4, 0x10, 0x20
 AF_INET, AF_LINK, AF_INET6 = 2, 18, 30  # bsd/sys/socket.h (Darwin numbers)
 HDR_LEN = 92  # sizeof(struct rt_msghdr), LP64
@@ -164,12 +165,22 @@ class Entry:
     gateway: str | None = None  # None: an interface route (gateway is a sockaddr_dl)
     #: Added with RTF_HOST (no mask in the tree); None: so for a full-length prefix.
     host: bool | None = None
+    #: A host route XNU cloned from a RTF_PRCLONING parent (here: the default route)
+    #: for a destination the host talked to: RTF_WASCLONED, the parent's gateway.
+    cloned: bool = False
 
 
 def is_host(net: ipaddress.IPv4Network | ipaddress.IPv6Network, entry: Entry) -> bool:
     if entry.host is None:
         return net.prefixlen == net.max_prefixlen
     return entry.host
+
+
+def _under(
+    inner: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    outer: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> bool:
+    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
 
 
 def netmask_prefix(mask: bytes, family: int) -> int:
@@ -236,10 +247,15 @@ class FakeRouteSocket:
         entry.host = host
         if hdr.type == RTM_ADD:
             assert hdr.flags & (RTF_UP | RTF_STATIC) == RTF_UP | RTF_STATIC
-            if net in self.table:
+            # A clone in the way is deleted and the add retried ("Uh-oh, we already
+            # have one of these", rtrequest_common_locked, bsd/net/route.c).
+            if net in self.table and not self.table[net].cloned:
                 raise OSError(errno.EEXIST, "File exists")
             entry.ifname = {EN0: "en0", LO0: "lo0", UTUN: "utun7"}[entry.ifindex]
             self.table[net] = entry
+            if not host:  # rt_fixchange: the clones under it (of the default route) go
+                for gone in [n for n, e in self.table.items() if e.cloned and _under(n, net)]:
+                    del self.table[gone]
         else:  # rn_delete: the key with no mask (RTF_HOST) or with exactly this mask
             if net not in self.table or is_host(net, self.table[net]) != host:
                 raise OSError(errno.ESRCH, "No such process")
@@ -261,7 +277,8 @@ class FakeRouteSocket:
             other = Header(0, RTM_VERSION, RTM_ADD, 2, 0, RTA_DST, 99, 1, 0)
             self.replies.append(message(other, sa_in("10.9.9.9")))
         host = is_host(found, entry)
-        flags = RTF_UP | RTF_DONE | RTF_STATIC | (RTF_GATEWAY if entry.gateway else 0)
+        flags = RTF_UP | RTF_DONE | (RTF_GATEWAY if entry.gateway else 0)
+        flags |= RTF_WASCLONED if entry.cloned else RTF_STATIC  # a clone loses RTF_STATIC
         flags |= RTF_HOST if host else 0
         gateway = sa_dl(entry.ifindex)
         if entry.gateway and ":" not in entry.gateway:

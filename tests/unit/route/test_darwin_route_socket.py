@@ -35,6 +35,7 @@ from tests.unit.route.darwin_kernel import (
     RTF_HOST,
     RTF_STATIC,
     RTF_UP,
+    RTF_WASCLONED,
     RTM_ADD,
     RTM_DELETE,
     RTM_GET,
@@ -244,6 +245,30 @@ def test_plan_keeps_the_proxy_on_the_original_gateway(
     gets = [Header.read(m) for m in sock.written]
     assert [(h.type, h.seq, h.addrs) for h in gets] == [(RTM_GET, 1, 0x11), (RTM_GET, 2, 0x11)]
     assert sock.written[1][92:108] == sa_in("127.0.0.1")  # asked, and lo0's /8 keeps it
+
+
+def test_a_cloned_host_route_does_not_keep_the_proxy_off_the_tunnel(
+    sock: FakeRouteSocket, journal: Journal
+) -> None:
+    """A TCP connection to the proxy made before ztun started left a host route XNU
+    cloned from the default route (``rtrequest_common_locked``, bsd/net/route.c: the
+    parent's gateway, RTF_HOST | RTF_WASCLONED, no RTF_STATIC), and RTM_GET for the
+    proxy answers with it (rtm_flags @8).  Adding 0.0.0.0/1 deletes that clone
+    (``rt_fixchange``), so it never keeps the proxy off the tunnel: the proxy still
+    gets a static route of its own via the gateway the clone names.  Taken for a /32
+    that already wins, it got none, and the proxy's traffic went into the utun."""
+    proxy = ipaddress.ip_network("203.0.113.5/32")
+    sock.table[proxy] = Entry(EN0, "en0", str(GATEWAY), cloned=True)
+    sock.noise = False
+    answer = d.RouteTable(sock, pid=PID).get(proxy.network_address)
+    assert answer is not None and answer.flags & (RTF_WASCLONED | RTF_HOST | RTF_GATEWAY) == (
+        RTF_WASCLONED | RTF_HOST | RTF_GATEWAY
+    )
+    applier = routes(journal, sock)
+    applier.apply(cfg(proxy_addresses=(proxy.network_address,)))
+    assert journal.read().intents[0] == SystemRoute(INET, str(proxy), "en0", EN0, "192.168.1.1")
+    kept = sock.table[proxy]
+    assert not kept.cloned and kept.gateway == "192.168.1.1" and kept.ifindex == EN0
 
 
 def test_plan_ipv6_gateway_and_includes(sock: FakeRouteSocket, journal: Journal) -> None:
