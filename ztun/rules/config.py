@@ -611,6 +611,19 @@ class _Builder:
         )
         if mode is DnsMode.REMOTE and upstream is None:
             raise self.error((*p, "mode"), 'remote mode needs dns.upstream (e.g. "1.1.1.1:53")')
+        if (
+            upstream is not None
+            and mode is not DnsMode.REMOTE
+            and (*p, "upstream") in self.overridden
+        ):
+            # --dns-upstream is read only by remote mode: given with another mode it was
+            # silently unused. A file may keep its upstream while another mode is active
+            # (the example above does; "remote mode only"), so only the flag is refused.
+            raise self.error(
+                (*p, "upstream"),
+                f"is used only by --dns remote (dns mode is {mode.value}); add --dns remote "
+                "or drop --dns-upstream",
+            )
         v4 = DEFAULT_V4_RANGE
         if "fake_ip_range" in t:
             net = self.network(t.pop("fake_ip_range"), (*p, "fake_ip_range"))

@@ -78,6 +78,9 @@ def test_bad_input_exits_2_and_says_what_is_wrong(args: list[str], message: str,
         (["--exclude", "fd00::%eth0/64"], "--exclude"),
         # Said as the config key the flag sets (like every flag the config validates).
         (["--dns", "remote", "--dns-upstream", "a b"], "dns.upstream"),
+        # Read only by remote mode: without --dns remote it was silently unused.
+        (["--dns-upstream", "1.1.1.1:53"], "dns.upstream: is used only by --dns remote"),
+        (["--dns", "fake-ip", "--dns-upstream", "1.1.1.1:53"], "dns mode is fake-ip"),
         # --metrics checked only HOST:PORT's shape: binding 'h h' failed once ztun was up.
         (["--metrics", "h h:9100"], "metrics"),
         # An empty --pid-file failed once ztun was up (exit 1); --log-file's said only
@@ -268,6 +271,33 @@ def test_bad_new_keys_exit_2_naming_file_and_line(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f"{config}:2" in err and message in err
+
+
+def test_dns_upstream_flag_needs_remote_mode_from_the_flag_or_the_file(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The flag is checked against the mode in force (flag or file); a file may keep an
+    upstream under another mode, as the documented example does (remote mode only)."""
+    from ztun.cli import _options
+    from ztun.rules import config as config_module
+
+    parser = build_parser()
+    remote = tmp_path / "remote.toml"
+    remote.write_text('[dns]\nmode = "remote"\nupstream = "9.9.9.9:53"\n')
+    args = ["run", "--config", str(remote), "--dns-upstream", "1.1.1.1:53"]
+    assert _options(parser.parse_args(args), parser).config.dns.upstream == ("1.1.1.1", 53)
+    example = tmp_path / "example.toml"
+    example.write_text(config_module.__doc__.split("Example::\n")[1].split("\nProxies")[0])
+    loaded = _options(parser.parse_args(["run", "--config", str(example)]), parser).config
+    assert (loaded.dns.mode.value, loaded.dns.upstream) == ("fake-ip", ("1.1.1.1", 53))
+    with pytest.raises(SystemExit) as exc:
+        _options(
+            parser.parse_args(["run", "--config", str(example), "--dns-upstream", "8.8.8.8"]),
+            parser,
+        )
+    assert exc.value.code == 2
+    assert (
+        "dns.upstream: is used only by --dns remote (dns mode is fake-ip)"
+        in capsys.readouterr().err
+    )
 
 
 # -- proxies and groups (docs/contracts.md section 2) ----------------------------------------
