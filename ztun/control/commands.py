@@ -50,11 +50,34 @@ def add_control_parsers(sub: Any, add_logging: Callable[[argparse.ArgumentParser
     flows = target(sub.add_parser("flows", help="one row per open flow"))
     flows.add_argument("--json", action="store_true", help="a JSON list of flow objects")
     flows.add_argument("--proto", choices=("tcp", "udp", "icmp"), help="only this protocol")
-    flows.add_argument("--dst", metavar="CIDR", help="only flows to this network")
+    flows.add_argument("--dst", type=_cidr_arg, metavar="CIDR", help="only flows to this network")
     flows.add_argument("--domain", metavar="D", help="only flows to D or its subdomains")
     close = target(sub.add_parser("close", help="end one flow (a TCP flow gets a reset)"))
-    close.add_argument("flow_id", metavar="FLOW_ID", help="as `ztun flows` shows it")
+    close.add_argument(
+        "flow_id", type=_flow_id_arg, metavar="FLOW_ID", help="as `ztun flows` shows it"
+    )
     target(sub.add_parser("reload", help="re-read the config file (as SIGHUP does)"))
+
+
+def _cidr_arg(text: str) -> str:
+    """--dst checked as the instance would check it, so a typo exits 2 before any call."""
+    from ..flows import FlowFilter
+
+    try:
+        FlowFilter.from_request({"dst": text})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _flow_id_arg(text: str) -> int | str:
+    """FLOW_ID checked as the instance would check it (exit 2, not the instance's 1)."""
+    from .handler import CommandFailed, flow_id
+
+    try:
+        return flow_id(text)
+    except CommandFailed as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def find_instance(
@@ -114,9 +137,8 @@ def _run(ns: argparse.Namespace, client: ControlClient, out: TextIO) -> int:
         out.write(json.dumps(flows, indent=1) + "\n" if ns.json else format_flows(flows))
         return 0
     if ns.command == "close":
-        flow_id: int | str = int(ns.flow_id) if ns.flow_id.isdigit() else ns.flow_id
-        client.call("close", id=flow_id)
-        out.write(f"closed flow {flow_id}\n")
+        client.call("close", id=ns.flow_id)
+        out.write(f"closed flow {ns.flow_id}\n")
         return 0
     result = client.call("reload")
     out.write(f"{result['message']}\n")

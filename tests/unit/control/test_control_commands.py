@@ -236,6 +236,29 @@ def test_a_reader_that_goes_away_ends_watch_quietly(served: tuple[str, list[int]
     assert stderr == ""
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["flows", "--dst", "BAD"], "argument --dst: dst 'BAD' is not a CIDR"),
+        (["flows", "--dst", "10.0.0.300/8"], "argument --dst:"),
+        (["close", "abc"], "argument FLOW_ID: 'abc' is not a flow id"),
+        (["close", "0"], "argument FLOW_ID: '0' is not a flow id"),
+        (["close", "w1-"], "argument FLOW_ID:"),
+    ],
+)
+def test_malformed_arguments_exit_2_before_any_instance_is_asked(
+    argv: list[str], message: str, served: tuple[str, list[int]], capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """A typo is the user's to fix (exit 2, docs/control.md), not the instance's refusal
+    (exit 1); the parser decides, so the served instance is never asked to close."""
+    path, closed = served
+    with pytest.raises(SystemExit) as exc:
+        run(path, *argv)
+    assert exc.value.code == 2 and closed == []
+    assert message in capsys.readouterr().err
+    assert run(path, "close", "w0-2")[0] == 1  # well-formed, and no worker 0 here: refused
+
+
 def test_format_flows_empty() -> None:
     assert format_flows([]) == "no open flows\n"
 
