@@ -139,7 +139,8 @@ def test_cleanup_restores_every_journal_it_can_and_exits_1_naming_the_others(
     out = capsys.readouterr().out
     assert f"cannot restore {linux.path}: routes: " in out
     assert "not a macOS change (another OS's journal)" in out
-    assert f"restored routes from {crashed.journal_path('utun7')}" in out
+    assert f"restored routes from {crashed.journal_path('utun7')}: removed " in out
+    assert "changes ztun made" in out and "RestoreReport(" not in out
     assert f"not restored (left for another try): {linux.path}" in out
     assert restored(crashed) and linux.exists()
 

@@ -290,3 +290,18 @@ class RestoreReport:
     absent: int = 0
     kept: int = 0
     errors: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        """As a log line says it: "removed 7 changes ztun made, 1 already gone"."""
+        said = [f"removed {_counted(self.removed, 'change')} ztun made"]
+        if self.absent:
+            said.append(f"{self.absent} already gone")
+        if self.kept:
+            said.append(f"kept {_counted(self.kept, 'entry', 'entries')} the system already had")
+        if self.errors:
+            said.append(f"{len(self.errors)} failed: {'; '.join(self.errors)}")
+        return ", ".join(said)
+
+
+def _counted(n: int, one: str, many: str = "") -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"

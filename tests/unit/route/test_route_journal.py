@@ -15,6 +15,7 @@ from ztun.route import (
     TableRoute,
     default_journal_path,
 )
+from ztun.route.model import RestoreReport
 
 RULE = PolicyRule(family=socket.AF_INET, priority=9000, table=254, suppress_prefixlength=0)
 ROUTE = TableRoute(family=socket.AF_INET6, table=2022, dst="::/0", device="ztun0")
@@ -95,3 +96,25 @@ def test_linux_applier_refuses_an_event_loop_thread(tmp_path: Path) -> None:
             restore(j)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("report", "said"),
+    [
+        (RestoreReport(removed=7), "removed 7 changes ztun made"),
+        (RestoreReport(removed=1, absent=2), "removed 1 change ztun made, 2 already gone"),
+        (
+            RestoreReport(kept=1, errors=["ip rule del: EPERM"]),
+            "removed 0 changes ztun made, kept 1 entry the system already had, "
+            "1 failed: ip rule del: EPERM",
+        ),
+        (
+            RestoreReport(removed=2, kept=3),
+            "removed 2 changes ztun made, kept 3 entries the system already had",
+        ),
+    ],
+)
+def test_a_restore_report_reads_as_a_sentence(report: RestoreReport, said: str) -> None:
+    """The exit log ("auto-route restored: ...") and `ztun cleanup` print it; they
+    printed the dataclass repr, RestoreReport(removed=7, absent=0, ...)."""
+    assert str(report) == said
