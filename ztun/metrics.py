@@ -86,6 +86,10 @@ ENGINE_DROPS: Mapping[str, str] = {
     "dns_upstream_malformed": "dns_upstream_malformed",
 }
 
+#: Every known reason: exposed at 0 before its first drop, so rate() and alerts on a
+#: reason work from the start (Prometheus practice: do not let a label appear late).
+KNOWN_DROP_REASONS = STACK_DROPS | frozenset(ENGINE_DROPS.values())
+
 
 def drop_reasons(counters: Mapping[str, Any]) -> dict[str, int]:
     """reason -> dropped packets, from a status reply's `counters`."""
@@ -232,7 +236,12 @@ def render(status: Mapping[str, Any]) -> str:
         "ztun_packets_dropped_total",
         "counter",
         "Packets dropped, by reason.",
-        (({"reason": reason}, n) for reason, n in drop_reasons(counters).items()),
+        (
+            ({"reason": reason}, n)
+            for reason, n in sorted(
+                (dict.fromkeys(KNOWN_DROP_REASONS, 0) | drop_reasons(counters)).items()
+            )
+        ),
     )
     _proxy_health(out, status.get("proxies") or (), status.get("groups") or {})
     out.histogram(

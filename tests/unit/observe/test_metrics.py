@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ztun.flows import FlowTable
-from ztun.metrics import ENGINE_DROPS, drop_reasons, escape, render
+from ztun.metrics import ENGINE_DROPS, STACK_DROPS, drop_reasons, escape, render
 
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\[\\"n])*"'  # escapes: \\ \" \n only
@@ -74,6 +74,21 @@ def test_drop_reasons_come_from_the_one_table() -> None:
         "malformed_truncated": 4,
         ENGINE_DROPS["tun_write_dropped"]: 3,
     }
+
+
+def test_every_known_drop_reason_is_exposed_at_0_before_its_first_drop() -> None:
+    """A label that appears only at the first drop breaks rate() and alerts on it
+    until then; the known reasons (the stack's and the engine's) start at 0."""
+    samples = {
+        s.labels["reason"]: s.value
+        for family in text_string_to_metric_families(render(a_status()))
+        if family.name == "ztun_packets_dropped"
+        for s in family.samples
+    }
+    assert set(samples) == STACK_DROPS | set(ENGINE_DROPS.values()) | {"ipv4_fragment"}
+    assert samples["tcp_nat_exhausted"] == 0 and samples["udp_queue_overflow"] == 0
+    assert samples["malformed_truncated"] == 4 and samples["tun_write_full"] == 3
+    assert samples["icmp_send_failed"] == 0  # two engine counters, one reason, one sample
 
 
 def test_label_values_are_escaped() -> None:
