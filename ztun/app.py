@@ -21,7 +21,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .options import RunOptions
-from .outbound.url import redact
 from .platform import (
     Accelerations,
     DnsApplier,
@@ -426,7 +425,7 @@ async def _run_engine(
         "on" if device.frame_header_len else "off",
         ",".join(str(a) for a in opts.addresses),
         ",".join(f"v{v}:{p}" for v, p in engine.listen_ports().items()),
-        redact(opts.proxy),
+        cfg.default_outbound_summary(),
         cfg.dns.mode,
         "on" if cfg.sniff.enabled else "off",
         "on" if cfg.route.auto else "off",

@@ -554,7 +554,8 @@ def _options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> RunOpti
         fwmark = config.route.fwmark
     return RunOptions(
         device=device,
-        # What the start-up line shows: the first proxy of the group `default`.
+        # The first proxy of the group `default` (the start-up line names what new flows
+        # use instead: Config.default_outbound_summary).
         proxy=config.proxy or (proxies[0].url if proxies else DEFAULT_PROXY),
         udp_proxy=ns.udp_proxy,
         udp_timeout=ns.udp_timeout,

@@ -38,7 +38,6 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .options import RunOptions
-from .outbound.url import redact
 from .role import WorkerRole
 
 log = logging.getLogger("ztun")
@@ -325,7 +324,7 @@ class _Workers:
             self.device.index,
             self.device.mtu,
             ",".join(str(a) for a in opts.addresses),
-            redact(opts.proxy),
+            opts.config.default_outbound_summary(),
             opts.config.dns.mode,
             len(self.pids),
             f"on:{nft_port}" if nft_port else "off",

@@ -217,6 +217,24 @@ class Config:
         name ``default`` means that outbound, not a group."""
         return builtin_default(self.proxy_urls)
 
+    def default_outbound_summary(self) -> str:
+        """What new flows use when no rule matches, for the start-up line (redacted):
+        ``proxy2(socks5://h:1080)``, ``default(failover:proxy1=socks5://h:1080,...)`` for
+        a group, or ``direct`` / ``reject``."""
+        from ztun.outbound.url import redact
+
+        name = self.default_outbound
+        if name == DEFAULT_GROUP and self.default_alias is not None:
+            return self.default_alias
+        urls = {p.name: redact(p.url) for p in self.all_proxies()}
+        if name in urls:
+            return f"{name}({urls[name]})"
+        group = next((g for g in self.all_groups() if g.name == name), None)
+        if group is None:
+            return name  # direct or reject
+        members = ",".join(f"{m}={urls[m]}" for m in group.members)
+        return f"{name}({group.policy.value}:{members})"
+
     def rule_set(self) -> RuleSet:
         """The compiled rules with the default outbound."""
         return RuleSet(self.rules, self.default_outbound)

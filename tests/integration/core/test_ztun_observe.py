@@ -517,7 +517,8 @@ def test_every_new_config_key_works(start_ztun, servers, tmp_path, notify) -> No
     ztun.process.stop()
     old = [json.loads(line) for line in (tmp_path / "ztun.log.1").read_text().splitlines()]
     new = [json.loads(line) for line in log_file.read_text().splitlines()]
-    assert any(e["message"].startswith("ztun ready") for e in old)
+    ready = next(e["message"] for e in old if e["message"].startswith("ztun ready"))
+    assert f" proxy=default(failover:proxy1={proxy_url}) " in ready  # what new flows use
     assert any(e["level"] == "debug" for e in old)
     closed = [e for e in old + new if e.get("event") == "flow_closed"]
     assert len(closed) == 1 and closed[0]["flow"]["outbound"] == "proxy1"

@@ -330,6 +330,36 @@ def test_repeated_proxy_forms_the_failover_group_default() -> None:
     assert opts.proxy == "http://u:p@10.0.0.2:3128"  # what the start-up line names
 
 
+@pytest.mark.parametrize(
+    ("lines", "named"),
+    [
+        # default_outbound pointed at b, yet the start-up line named proxy1's URL.
+        (
+            'proxy = "socks5://u:pw@10.0.0.2:1080"\ndefault_outbound = "b"\n'
+            '[[proxies]]\nname = "b"\nurl = "http://10.0.0.3:3128"\n',
+            "b(http://10.0.0.3:3128)",
+        ),
+        (
+            'proxy = ["socks5://u:pw@10.0.0.2:1080", "http://10.0.0.3:3128"]\n',
+            "default(failover:proxy1=socks5://u:***@10.0.0.2:1080,proxy2=http://10.0.0.3:3128)",
+        ),
+        (
+            'default_outbound = "g"\n[[proxies]]\nname = "a"\nurl = "socks5://10.0.0.4:1080"\n'
+            '[groups.g]\nmembers = ["a"]\npolicy = "round-robin"\n',
+            "g(round-robin:a=socks5://10.0.0.4:1080)",
+        ),
+        ('proxy = "socks5://10.0.0.2:1080"\ndefault_outbound = "direct"\n', "direct"),
+        ('proxy = "reject://"\n', "reject"),
+    ],
+)
+def test_the_start_up_line_names_the_default_outbound(lines: str, named: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`ztun ready ... proxy=` says what new flows use by default (a group as the group,
+    with its members), never a password."""
+    conf = tmp_path / "ztun.toml"
+    conf.write_text(lines)
+    assert _parsed("--config", str(conf)).config.default_outbound_summary() == named
+
+
 def test_without_fail_open_groups_fail_closed() -> None:
     assert _parsed("--proxy", "socks5://10.0.0.2:1080").config.fail_open is False
 
