@@ -30,7 +30,7 @@ from .outbound import (
     TcpStream,
     UdpAssociation,
 )
-from .outbound.direct import OWN_SOURCES
+from .outbound.direct import is_own_source
 from .outbound.opening import Opening, release_stream, start_tcp
 from .outbound.uplink import Uplink
 from .pump import TunPump
@@ -71,6 +71,8 @@ log = logging.getLogger("ztun")
 
 ACCEPT_BATCH = 64
 DNS_PORT = 53
+# What ends a loop of ztun's own direct sockets through its TUN (said with each refusal).
+_KEEP_OUT = "(keep ztun's sockets out of the routes into it: --auto-route, or --fwmark/--interface)"
 
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same value
@@ -237,11 +239,10 @@ class _TcpSetup:
     def _route(self, domain: str | None) -> None:
         engine = self.engine
         try:
-            if self.client in OWN_SOURCES:
+            if is_own_source("tcp", *self.client):
                 raise LoopDetected(
                     f"ztun's own connect from {self.client[0]}:{self.client[1]} to "
-                    f"{self.dst}:{self.port} came back into the TUN (keep ztun's sockets "
-                    "out of the routes into it: --auto-route, or --fwmark/--interface)"
+                    f"{self.dst}:{self.port} came back into the TUN {_KEEP_OUT}"
                 )
             decision = engine.router.decide("tcp", self.dst, self.port, domain)
             upstream = (
@@ -383,6 +384,7 @@ class Engine:
         # reply addresses. The engine runs what it decides.
         self.udp: UdpFlows[Outbound, Target] = UdpFlows(self.stats, max_flows=max_udp_sessions)
         self._udp_io: dict[UdpFlow[Outbound, Target], _UdpFlowIo] = {}
+        self._told_udp_loop = False  # `_came_back` logs the first loop only
         # TCP flows between accept and their relay (`ztun stop` ends them too).
         self.setups: set[_TcpSetup] = set()
         self.listeners: list[socket.socket] = []
@@ -681,7 +683,32 @@ class Engine:
             self.stats["udp_rejected"] += 1
             self.write_packet(self.stack.udp_unreachable(datagram))
             return
+        if not self.udp.carries(datagram.session, route.outbound) and self._came_back(datagram):
+            return
         self._run_udp(self.udp.datagram(datagram, route, self.loop.time()))
+
+    def _came_back(self, datagram: UdpDatagram) -> bool:
+        """Whether a datagram that would open a flow is from ztun's own direct UDP
+        association, sent back into the TUN by the routes: it is dropped, or its new
+        association would send it back again (~3700 sessions deep, each holding a socket
+        until the UDP timeout). Counted each time, told once: the app's flow loops on."""
+        session = datagram.session
+        source = _ip_text(session.client_addr)
+        if not is_own_source("udp", source, session.client_port):
+            return False
+        self.stats["udp_loop_refused"] += 1
+        if not self._told_udp_loop:
+            self._told_udp_loop = True
+            log.error(
+                "refused a routing loop: ztun's own UDP from %s:%d to %s:%d came back into "
+                "the TUN %s; further ones are only counted (udp_loop_refused)",
+                source,
+                session.client_port,
+                _ip_text(datagram.dst_addr),
+                datagram.dst_port,
+                _KEEP_OUT,
+            )
+        return True
 
     def _udp_route(self, datagram: UdpDatagram) -> UdpRoute[Outbound, Target] | None:
         """Ask the rules where a destination goes (the core remembers the answer)."""

@@ -20,12 +20,37 @@ from .target import Target
 
 log = logging.getLogger(__name__)
 
-#: Local (address, port) of every open direct TCP connection. When the routes send one
-#: back into the TUN (a `direct` rule without --auto-route, --fwmark or --interface to
-#: keep ztun's own sockets out), it arrives as a new flow from that address -- after its
-#: handshake with ztun's own listener completed -- and the engine refuses it as a loop
-#: instead of connecting again, and again, until the descriptors run out.
-OWN_SOURCES: set[tuple[str, int]] = set()
+#: Local (network, address, port) of ztun's own direct sockets: every open TCP connection,
+#: and each socket of an open UDP association (on the wildcard address: an unconnected
+#: socket's source address is chosen per datagram by the routes). When the routes send
+#: one back into the TUN (a `direct` rule without --auto-route, --fwmark or --interface
+#: to keep ztun's own sockets out), it arrives as a new flow from that address -- a TCP
+#: one after its handshake with ztun's own listener completed -- and the engine refuses
+#: it as a loop (`is_own_source`) instead of connecting or associating again, and again,
+#: until the descriptors run out.
+OWN_SOURCES: set[tuple[str, str, int]] = set()
+_WILDCARD: dict[int, str] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+
+
+def is_own_source(network: str, address: str, port: int) -> bool:
+    """Whether a new `network` flow from address:port is one of ztun's own direct sockets
+    come back through the TUN. A UDP association's port counts only with an address of
+    this host's: in gateway mode another host's app may use the same port number."""
+    if (network, address, port) in OWN_SOURCES:
+        return True
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    return (network, _WILDCARD[family], port) in OWN_SOURCES and _is_local(family, address)
+
+
+def _is_local(family: int, address: str) -> bool:
+    """Whether `address` is one of this host's: only those can be bound (EADDRNOTAVAIL)."""
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
 
 _UDP_READ = 65535
 _UDP_BATCH = 64
@@ -55,12 +80,13 @@ class DirectOutbound:
         return "DirectOutbound()"
 
     async def open_tcp(self, target: Target) -> TcpStream:
-        tried: list[tuple[str, int]] = []  # in OWN_SOURCES from their SYN on
-        local: tuple[str, int] | None = None
+        tried: list[tuple[str, str, int]] = []  # in OWN_SOURCES from their SYN on
+        local: tuple[str, str, int] | None = None
 
         def connecting(source: tuple[str, int]) -> None:
-            OWN_SOURCES.add(source)
-            tried.append(source)
+            own = ("tcp", source[0], source[1])
+            OWN_SOURCES.add(own)
+            tried.append(own)
 
         try:
             sock = await connect_tcp(
@@ -71,7 +97,8 @@ class DirectOutbound:
                 bind_interface=self.bind_interface,
                 on_connecting=connecting,
             )
-            local = sock.getsockname()[:2]
+            address, port = sock.getsockname()[:2]
+            local = ("tcp", address, port)
         except TimeoutError:
             raise TargetUnreachable(
                 Reply.HOST_UNREACHABLE,
@@ -86,7 +113,7 @@ class DirectOutbound:
             raise TargetUnreachable(code, f"{target}: {describe(exc)}") from exc
         finally:
             OWN_SOURCES.difference_update(s for s in tried if s != local)
-        kept = (local[0], local[1])
+        kept = local
         OWN_SOURCES.add(kept)  # connects without on_connecting (not Linux) too
         return TcpStream(sock, on_release=lambda: OWN_SOURCES.discard(kept))
 
@@ -117,6 +144,7 @@ class DirectUdpAssociation:
         self._dropped = 0
         self._resolving: set[asyncio.Task[None]] = set()
         self._sockets: dict[int, socket.socket] = {}
+        self._own: list[tuple[str, str, int]] = []  # what it put in OWN_SOURCES
         try:
             for family in (socket.AF_INET, socket.AF_INET6):
                 self._open(family, fwmark, bind_interface)
@@ -133,8 +161,18 @@ class DirectUdpAssociation:
             if exc.errno == errno.EAFNOSUPPORT:  # e.g. IPv6 disabled: that family is off
                 return
             raise
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Bound now, not by the first sendto: its port is in OWN_SOURCES before any
+            # datagram of it can come back through the TUN.
+            sock.bind((_WILDCARD[family], 0))
+        except BaseException:
+            sock.close()
+            raise
+        own = ("udp", _WILDCARD[family], sock.getsockname()[1])
+        OWN_SOURCES.add(own)
+        self._own.append(own)
         self._sockets[family] = sock
         self._loop.add_reader(sock.fileno(), self._on_readable, sock)
 
@@ -165,6 +203,7 @@ class DirectUdpAssociation:
             self._loop.remove_reader(sock.fileno())
             sock.close()
         self._sockets.clear()
+        OWN_SOURCES.difference_update(self._own)
         self._closed.set_result(None)
 
     # -- internals ----------------------------------------------------------------------

@@ -231,6 +231,10 @@ class UdpFlows(Generic[Out, Tgt]):
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def carries(self, session: UdpSession, outbound: Out) -> bool:
+        """Whether `session` has a flow through `outbound` (open, or being set up)."""
+        return (session, outbound) in self._flows
+
     # -- routing decisions -----------------------------------------------------------------
 
     def decided(self, dst_addr: bytes, dst_port: int) -> UdpRoute[Out, Tgt] | None:

@@ -384,6 +384,16 @@ def test_a_reload_naming_a_proxy_udp_beside_udp_proxy_is_refused_whole(  # type:
     assert ztun.echo(b"still proxied") == b"still proxied"
 
 
+def _direct_rule(servers: Topology, tmp_path: Path, port: int, *conditions: str) -> Path:
+    """A config sending the server's `port` direct (the routes send it into the TUN)."""
+    config = tmp_path / "ztun.toml"
+    proxy_url = f"socks5://{servers.address('proxy', 'client', 4)}:{SOCKS_PORT}"
+    server = servers.address("server", "proxy", 4)
+    rule = ["[[rules]]", f'cidr = ["{server}/32"]', f"port = [{port}]", *conditions]
+    write_config(config, proxy_url, *rule, 'outbound = "direct"')
+    return config
+
+
 def test_a_direct_flow_routed_back_into_the_tun_is_refused_as_a_loop(  # type: ignore[no-untyped-def]
     start_ztun, servers, tmp_path
 ) -> None:
@@ -391,18 +401,7 @@ def test_a_direct_flow_routed_back_into_the_tun_is_refused_as_a_loop(  # type: i
     keeps ztun's own sockets out: ztun's direct connect enters its own TUN. It connected
     again for each, 9993 flows deep until "Too many open files"; now the flow that comes
     back is refused as a loop, the app gets a reset, and the rest runs on."""
-    config = tmp_path / "ztun.toml"
-    proxy_url = f"socks5://{servers.address('proxy', 'client', 4)}:{SOCKS_PORT}"
-    server = servers.address("server", "proxy", 4)
-    write_config(
-        config,
-        proxy_url,
-        "[[rules]]",
-        f'cidr = ["{server}/32"]',
-        f"port = [{DATA_PORT}]",
-        'outbound = "direct"',
-    )
-    ztun = start_ztun("--config", str(config), proxy=False)
+    ztun = start_ztun("--config", str(_direct_rule(servers, tmp_path, DATA_PORT)), proxy=False)
     with (
         pytest.raises((ConnectionResetError, ConnectionRefusedError)),
         ztun.connect(DATA_PORT) as sock,
@@ -413,6 +412,38 @@ def test_a_direct_flow_routed_back_into_the_tun_is_refused_as_a_loop(  # type: i
     status = json.loads(ztun.ctl("status", "--json").stdout)
     assert status["counters"]["tcp_loop_refused"] == 1, status["counters"]
     assert status["counters"]["tcp_flows"] == 2  # the app's, and its one echo
+    assert ztun.echo(b"proxied as before") == b"proxied as before"
+
+
+def test_a_direct_udp_flow_routed_back_into_the_tun_is_dropped_as_a_loop(  # type: ignore[no-untyped-def]
+    start_ztun, servers, tmp_path
+) -> None:
+    """The UDP side of the loop above: one datagram under a `direct` UDP rule whose
+    destination the routes send into the TUN made ~3700 UDP sessions, each a new direct
+    association (a socket held until the UDP timeout) whose datagram came back in as the
+    next. Now the datagram from ztun's own association is dropped, counted, logged once
+    with the advice; the app's flow is the only one and the rest runs on."""
+    config = _direct_rule(servers, tmp_path, UDP_ECHO_PORT, 'network = "udp"')
+    ztun = start_ztun("--config", str(config), proxy=False)
+    advice = r"\(keep ztun's sockets out of the routes into it: --auto-route, or --fwmark"
+    with ztun.topo.client.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((ztun.server, UDP_ECHO_PORT))  # getsockname: the address the app used
+        sock.send(b"once")
+        ztun.wait_log(
+            r"refused a routing loop: ztun's own UDP from \S+ to "
+            rf"{ztun.server}:{UDP_ECHO_PORT} came back into the TUN {advice}"
+        )
+        sock.send(b"twice")  # loops once more: counted
+        status = json.loads(ztun.ctl("status", "--json").stdout)
+        for _ in range(100):  # the second datagram's round through the TUN, ~1 ms
+            if status["counters"].get("udp_loop_refused", 0) >= 2:
+                break
+            status = json.loads(ztun.ctl("status", "--json").stdout)
+        assert status["counters"]["udp_loop_refused"] == 2, status["counters"]
+        ours = sock.getsockname()
+        (flow,) = ztun.flows("--proto", "udp")
+        assert flow["src"] == f"{ours[0]}:{ours[1]}" and flow["outbound"] == "direct"
+    assert ztun.process.log_text().count("refused a routing loop") == 1
     assert ztun.echo(b"proxied as before") == b"proxied as before"
 
 

@@ -41,6 +41,7 @@ from ztun.outbound import (
     handshake,
 )
 from ztun.outbound import socks5 as socks5_module
+from ztun.outbound.direct import OWN_SOURCES, is_own_source
 from ztun.outbound.socks5_proto import Command, PipelineState, encode_request, encode_udp_header
 
 T = TypeVar("T")
@@ -470,6 +471,32 @@ def test_direct_udp_round_trip_and_close() -> None:
             assert assoc.closed.done()
             assoc.send(target, b"late")
             assert assoc.dropped == 1
+
+    run(scenario())
+
+
+def test_a_direct_udp_association_is_known_as_its_own_source_until_closed() -> None:
+    """The engine's loop guard: a datagram from the association's port on an address of
+    this host is ztun's own (the routes chose that source); the same port from another
+    host's address (gateway mode) is not, and neither is the port once closed."""
+
+    async def scenario() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+            server.bind((LOOPBACK, 0))
+            server.settimeout(EVENT_TIMEOUT)
+            assoc = await DirectOutbound().open_udp(Inbox())
+            # Its port is known before a datagram leaves (bound at open).
+            ports = [port for network, _, port in OWN_SOURCES if network == "udp"]
+            assert len(ports) == len(assoc._sockets)
+            assoc.send(Target(LOOPBACK, server.getsockname()[1]), b"ping")
+            port = server.recvfrom(100)[1][1]
+            assert port in ports
+            assert is_own_source("udp", LOOPBACK, port)
+            assert not is_own_source("udp", TEST_NET, port)  # not an address of this host
+            assert not is_own_source("tcp", LOOPBACK, port)
+            assoc.close()
+            assert not is_own_source("udp", LOOPBACK, port)
+            assert not any(network == "udp" for network, _, _ in OWN_SOURCES)
 
     run(scenario())
 
