@@ -59,6 +59,11 @@ class UdpAssociation(Protocol):
 
 
 class Outbound(Protocol):
+    """Optional: ``async open_probe(target) -> TcpStream``, `open_tcp` for a health probe
+    (`ztun.outbound.probe`), when an outbound opens streams in ways that would time
+    something besides the proxy (SOCKS5's pipelining trial); without it probes use
+    `open_tcp`."""
+
     async def open_tcp(self, target: Target) -> TcpStream:
         """Open a TCP stream to `target`; raises an OutboundError subclass."""
         ...

@@ -194,7 +194,9 @@ class GroupProber:
         try:
             async with asyncio.timeout(self.timeout):
                 if self.target is not None:
-                    stream = await member.outbound.open_tcp(self.target)
+                    outbound = member.outbound
+                    open_probe = getattr(outbound, "open_probe", outbound.open_tcp)
+                    stream = await open_probe(self.target)
                     stream.sock.close()
                 else:
                     sock = await member.dialer.connect()

@@ -101,21 +101,31 @@ class Socks5Outbound(ProxyOutboundBase):
         if self.url.username is not None:
             encode_auth(self.url.username, self.url.password or "")
 
-    def start_tcp(self, target: Target, on_done: Done[TcpStream]) -> Opening:
+    def start_tcp(self, target: Target, on_done: Done[TcpStream], *, trial: bool = True) -> Opening:
         """CONNECT to `target` by callbacks (`opening`); the stream's `early` holds bytes
-        that came with the reply."""
+        that came with the reply. `trial=False`: it may not be the pipelining trial."""
 
         def connected(
             result: tuple[socket.socket, Target, bytes] | None, exc: BaseException | None
         ) -> None:
             on_done(None if result is None else TcpStream(result[0], result[2]), exc)
 
-        return _Handshake(self, Command.CONNECT, target, connected).start()
+        return _Handshake(self, Command.CONNECT, target, connected, trial=trial).start()
 
     async def open_tcp(self, target: Target) -> TcpStream:
         """`start_tcp`, awaited."""
         return await until_done(
             lambda on_done: self.start_tcp(target, on_done), dispose=release_stream
+        )
+
+    async def open_probe(self, target: Target) -> TcpStream:
+        """`open_tcp` for a health probe (see `Outbound`): pipelined once pipelining is on,
+        never its trial. A trial waits up to PIPELINE_TRIAL_TIMEOUT for a reply and is
+        then redone apart: against a proxy that drops the request (microsocks) a probe
+        whose own timeout is 1 s ran out first and took the proxy down, or timed the
+        trial (~1002 ms) instead of the proxy."""
+        return await until_done(
+            lambda on_done: self.start_tcp(target, on_done, trial=False), dispose=release_stream
         )
 
     async def open_udp(self, on_datagram: DatagramHandler) -> Socks5UdpAssociation:
@@ -277,6 +287,7 @@ class _Handshake:
         "_redo_decides",
         "_redo_started_at",
         "_request",
+        "_trial",
         "_unanswered",
     )
 
@@ -286,9 +297,12 @@ class _Handshake:
         command: Command,
         target: Target | None,
         on_done: Done[tuple[socket.socket, Target, bytes]],
+        *,
+        trial: bool = True,
     ) -> None:
         self._outbound = outbound
         self._request = (command, target)
+        self._trial = trial  # it may be the pipelining trial (not a health probe)
         self._on_done: Done[tuple[socket.socket, Target, bytes]] | None = on_done
         self._learn = command is Command.CONNECT and outbound.url.username is None
         self._pipelined = False  # the attempt under way sent the request with the greeting
@@ -301,7 +315,7 @@ class _Handshake:
 
     def start(self) -> _Handshake:
         outbound = self._outbound
-        choice = outbound.pipelining.begin() if self._learn else PipelineState.OFF
+        choice = outbound.pipelining.begin(trial=self._trial) if self._learn else PipelineState.OFF
         if choice is PipelineState.OFF:
             self._opening = outbound._attempt(*self._request, self._apart_done, pipeline=False)
             return self

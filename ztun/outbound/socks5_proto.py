@@ -338,12 +338,13 @@ class Pipelining:
         self.state = PipelineState.UNKNOWN if enabled else PipelineState.OFF
         self._trial_running = False
 
-    def begin(self) -> PipelineState:
+    def begin(self, *, trial: bool = True) -> PipelineState:
         """How to send the next handshake: ON (pipelined), TRIAL (pipelined, on trial: bound
-        it tightly and report how it ended) or OFF (apart)."""
+        it tightly and report how it ended) or OFF (apart). `trial=False`: never TRIAL
+        (a health probe measures the proxy; a trial's bound and redo would be timed too)."""
         if self.state is PipelineState.ON:
             return PipelineState.ON
-        if self.state is PipelineState.TRIAL and not self._trial_running:
+        if trial and self.state is PipelineState.TRIAL and not self._trial_running:
             self._trial_running = True
             return PipelineState.TRIAL
         return PipelineState.OFF

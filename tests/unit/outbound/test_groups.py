@@ -23,6 +23,7 @@ from ztun.outbound import (
     NoMemberUp,
     ProxyRefused,
     ProxyUnreachable,
+    Socks5Outbound,
     Target,
     TcpStream,
     UdpNotSupported,
@@ -30,6 +31,7 @@ from ztun.outbound import (
 from ztun.outbound.build import OutboundSet, build_outbounds
 from ztun.outbound.health import CameUp, Event, WentDown
 from ztun.outbound.probe import Probed
+from ztun.outbound.socks5_proto import Command, PipelineState, encode_request
 from ztun.rules import Config, load_config
 
 EVENT_TIMEOUT = 5.0
@@ -389,6 +391,57 @@ def test_a_probe_target_is_connected_through_each_member(tmp_path: Path) -> None
                 await outbounds.close()
 
     run(scenario())
+
+
+def test_probes_through_a_socks5_member_never_run_its_pipelining_trial(
+    tmp_path: Path,
+) -> None:
+    """microsocks reads the greeting with one recv() and drops a request sent with it. A
+    probe that was the pipelining trial waited for the trial's 1 s bound, which its own
+    1 s timeout (interval <= 1 s) ended first: the probe failed, or timed ~1002 ms. Now
+    probes send apart until pipelining is on: every one gets through, and the trial is
+    left to a flow."""
+    first_reads: list[bytes] = []
+    request = encode_request(Command.CONNECT, Target("192.0.2.10", 80))
+
+    async def microsocks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            first_reads.append(await reader.read(512))  # what came with it is dropped
+            writer.write(bytes.fromhex("0500"))
+            assert await reader.readexactly(len(request)) == request
+            writer.write(bytes.fromhex("05 00 00 01 7f000001 0050"))
+            await reader.read()
+        writer.close()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(microsocks, LOOPBACK, 0)
+        port = server.sockets[0].getsockname()[1]
+        path = tmp_path / "ztun.toml"
+        path.write_text(
+            'default_outbound = "g"\n\n'
+            f'[[proxies]]\nname = "a"\nurl = "socks5://{LOOPBACK}:{port}"\n\n'
+            '[groups.g]\nmembers = ["a"]\nprobe = "192.0.2.10:80"\ninterval = 0.2\n'
+        )
+        outbounds = build_outbounds(Options(load_config(path)))
+        hook = Transitions(outbounds)
+        try:
+
+            def probe_of_a(event: Event | Probed) -> bool:
+                return isinstance(event, Probed) and event.name == "a"
+
+            await hook.wait(lambda e: probe_of_a(e) and sum(map(probe_of_a, hook.seen)) >= 4)
+            done = [e for e in hook.seen if probe_of_a(e)]
+            assert all(isinstance(e, Probed) and e.error is None for e in done), done
+            assert outbounds.monitor.health.state("a").up
+            member = outbounds.members["a"].outbound
+            assert isinstance(member, Socks5Outbound)
+            assert member.pipelining.state is PipelineState.TRIAL  # for a flow to try
+        finally:
+            await outbounds.close()
+            server.close()
+
+    run(scenario())
+    assert first_reads and all(read == bytes.fromhex("050100") for read in first_reads)
 
 
 def test_udp_of_a_group_without_udp_capable_members_is_refused(tmp_path: Path) -> None:

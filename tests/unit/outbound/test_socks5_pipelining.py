@@ -120,6 +120,16 @@ def test_one_trial_at_a_time_then_on() -> None:
     assert [policy.begin() for _ in range(3)] == [PipelineState.ON] * 3
 
 
+def test_a_handshake_that_may_not_be_the_trial_is_sent_apart_until_on() -> None:
+    """A health probe's: it measures the proxy, not pipelining (trial=False)."""
+    policy = Pipelining()
+    policy.sent_apart_succeeded()
+    assert policy.begin(trial=False) is PipelineState.OFF
+    assert policy.begin() is PipelineState.TRIAL  # the trial is left to a flow
+    policy.pipelined_answered()
+    assert policy.begin(trial=False) is PipelineState.ON
+
+
 def test_a_failed_trial_turns_it_off_for_good() -> None:
     policy = Pipelining()
     policy.sent_apart_succeeded()
