@@ -321,12 +321,21 @@ class DarwinUtun(DeviceInfo):
 
     def read_into(self, buf: memoryview) -> int:
         """Read one packet into ``buf`` (family word stripped). Frames that are shorter
-        than the word or carry another family are counted in ``errors`` and skipped."""
+        than the word or carry another family are counted in ``errors`` and skipped.
+
+        Raises DeviceError(ENXIO) when the control socket reached end of file (0 bytes:
+        every utun frame has its family word): the device is gone, like a deleted Linux
+        TUN's EBADFD, an errno the pump stops on (pump.FATAL_ERRNOS), not a short frame
+        to skip -- the socket stays readable, and the poll loop would spin."""
         hdr = self._rx_hdr
         for _ in range(READ_SKIP_LIMIT):
             n = os.readv(self._fd, (hdr, buf))
             if n > UTUN_HDR_LEN and hdr in _KNOWN_HDRS:
                 return n - UTUN_HDR_LEN
+            if n == 0:
+                raise DeviceError(
+                    errno.ENXIO, f"{self._name}: the utun control socket reached end of file"
+                )
             self.errors["bad_family" if n > UTUN_HDR_LEN else "short_frame"] += 1
         raise BlockingIOError(errno.EAGAIN, "utun: too many bad frames in a row; poll again")
 

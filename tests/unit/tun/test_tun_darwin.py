@@ -28,7 +28,7 @@ from ctypes import c_char, c_int, c_int64, c_uint8, c_uint16, c_uint32
 
 import pytest
 
-from ztun.pump import TunPump
+from ztun.pump import FATAL_ERRNOS, TunPump
 from ztun.stack.system import SystemStack, hairpin_peer
 from ztun.tun import Device, DeviceError
 from ztun.tun import darwin as d
@@ -442,6 +442,60 @@ def test_a_flood_of_bad_frames_yields_to_the_poll_loop(
         dev.read_into(buf)
     assert dev.read_into(buf) == len(PKT4)
     assert dev.errors["bad_family"] == d.READ_SKIP_LIMIT + 1
+
+
+def test_end_of_file_on_the_control_socket_is_a_vanished_device() -> None:
+    """A 0-byte read from a readable utun socket: the device is gone (the kernel control
+    socket reached end of file; a utun frame always carries its 4-byte family word). It
+    was counted as a short frame until READ_SKIP_LIMIT, then BlockingIOError: the poll
+    loop, seeing the socket readable again, spun. Now it is ENXIO, as a vanished Linux
+    TUN's read errno is one the pump stops on (pump.FATAL_ERRNOS). Faked at the readv()
+    boundary: a SOCK_SEQPACKET socketpair whose "kernel" end closed returns 0 as the
+    control socket at end of file would."""
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    dev = DarwinUtun(ours, name="utun3")
+    try:
+        kernel.send(b"\x00\x00\x00\x02" + PKT4)
+        kernel.close()
+        buf = memoryview(bytearray(2048))
+        assert dev.read_into(buf) == len(PKT4)  # what was queued is still read
+        with pytest.raises(DeviceError) as info:
+            dev.read_into(buf)
+        assert info.value.errno == errno.ENXIO and info.value.errno in FATAL_ERRNOS
+        assert "utun3" in str(info.value)
+        assert not dev.errors  # not a short frame
+    finally:
+        dev.close()
+
+
+def test_the_pump_stops_on_a_vanished_utun() -> None:
+    """The real TunPump over a utun whose control socket reached end of file (faked as
+    above): it reports the device failed once (on_fatal), and stops reading."""
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    dev = DarwinUtun(ours, name="utun3")
+    loop = asyncio.new_event_loop()
+    stats: Counter[str] = Counter()
+    fatal = loop.create_future()
+    pump = TunPump(
+        dev,
+        SystemStack(inet4=V4, inet6=V6),
+        threading.Lock(),
+        loop,
+        lambda _datagrams: None,
+        stats,
+        on_fatal=lambda: fatal.set_result(None),
+    )
+    pump.start()
+    try:
+        kernel.close()
+        loop.run_until_complete(asyncio.wait_for(fatal, 5.0))
+        pump.join(5.0)
+        assert not pump.is_alive()
+        assert stats["tun_read_error"] == 1
+    finally:
+        pump.stop()
+        loop.close()
+        dev.close()
 
 
 def test_close_is_idempotent(utun: tuple[DarwinUtun, socket.socket]) -> None:
