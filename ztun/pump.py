@@ -35,7 +35,13 @@ from .tun import Device
 
 log = logging.getLogger("ztun")
 
-FATAL_ERRNOS = frozenset({errno.EBADFD, errno.EBADF, errno.EIO, errno.ENXIO, errno.ENODEV})
+#: A read error that says the device is gone (deleted Linux TUN: EBADFD; utun: ENXIO).
+#: EBADFD is Linux's only: macOS and Windows have no such errno (nor the name).
+FATAL_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("EBADFD", "EBADF", "EIO", "ENXIO", "ENODEV")
+    if hasattr(errno, name)
+)
 READ_BATCH = 64  # frames per wakeup: bounds how long the loop (accepts, relays) waits
 MAX_FRAME = 65536 + 64
 #: Longest the reader thread blocks in `wait_readable`: how soon it sees a stop, or an

@@ -23,6 +23,7 @@ MISSING = {
         "os": ["pipe2", "splice", "pidfd_open", "sched_setaffinity", "memfd_create"],
         "select": ["epoll"],
         "socket": ["SO_MARK", "SO_BINDTODEVICE", "SOL_UDP", "MSG_NOSIGNAL", "SO_ORIGINAL_DST"],
+        "errno": ["EBADFD"],  # <sys/errno.h> has no EBADFD
         "modules": [],
     },
     "win32": {
@@ -48,6 +49,7 @@ MISSING = {
             "SO_REUSEPORT",
         ],
         "signal": ["SIGHUP", "SIGKILL", "pthread_sigmask"],
+        "errno": ["EBADFD"],  # nor has the UCRT's <errno.h>
         "modules": ["fcntl", "termios", "resource", "pwd", "grp"],
     },
 }
@@ -88,7 +90,7 @@ def simulate(os_name: str, body: str) -> subprocess.CompletedProcess[str]:
     missing = MISSING[os_name]
     prelude = textwrap.dedent(
         f"""
-        import os, select, signal, socket, sys
+        import errno, os, select, signal, socket, sys
         # The standard library picks its own per-OS code at import time (subprocess,
         # asyncio): load it whole first, so what follows checks ztun's code alone.
         import asyncio, selectors, subprocess, ctypes, ipaddress, json, logging, threading
@@ -97,6 +99,7 @@ def simulate(os_name: str, body: str) -> subprocess.CompletedProcess[str]:
             (select, {missing["select"]!r}),
             (socket, {missing["socket"]!r}),
             (signal, {missing.get("signal", [])!r}),
+            (errno, {missing["errno"]!r}),
         ):
             for name in names:
                 if hasattr(module, name):
