@@ -244,6 +244,11 @@ class _TcpSetup:
                     f"ztun's own connect from {self.client[0]}:{self.client[1]} to "
                     f"{self.dst}:{self.port} came back into the TUN {_KEEP_OUT}"
                 )
+            dns = engine.dns
+            if dns is not None and self.port == DNS_PORT and dns.answers_tcp:
+                self._leave()
+                engine._answer_dns_over_tcp(self, dns)
+                return
             decision = engine.router.decide("tcp", self.dst, self.port, domain)
             upstream = (
                 engine.dns.tcp_upstream()
@@ -625,6 +630,29 @@ class Engine:
             self.stats["tcp_internal_error"] += 1
             log.error("TCP flow %s: the relay did not start", record.id, exc_info=exc)
             relay.abort(exc)
+
+    def _answer_dns_over_tcp(self, setup: _TcpSetup, dns: DnsService) -> None:
+        """Fake-ip: an app's DNS over TCP is answered by ztun, as its UDP queries are --
+        the resolver it named, through the proxy, would give it real addresses."""
+        record, session, conn = setup.record, setup.session, setup.conn
+
+        def done(task: asyncio.Task[None]) -> None:
+            exc = None if task.cancelled() else task.exception()
+            if task.cancelled() or (exc is not None and not isinstance(exc, TimeoutError)):
+                close_with_reset(conn)  # `ztun close`, a stop, or the app reset
+                reason = "reset"
+            else:
+                conn.close()  # the app closed, or stayed idle (RFC 7766 6.2.3)
+                reason = "eof"
+            if exc is not None and not isinstance(exc, OSError | TimeoutError):
+                log.error("DNS over TCP flow %s failed unexpectedly", record.id, exc_info=exc)
+            self.flows.remove(record, self.loop.time(), reason)
+            self._session_done(session)
+
+        self.flows.routed(record, "dns")
+        client, task = dns.serve_tcp(conn, (str(setup.dst), setup.port), done)
+        self.flows.connected(record, client, self.loop.time() - setup.started)
+        record.closer = task.cancel
 
     def outbound_name(self, decision: Decision, network: str) -> str:
         """What `ztun flows` and the metrics call the outbound a decision chose."""

@@ -7,7 +7,9 @@ Modes (``--dns``):
     connection that follows carries the domain to the proxy (remote resolution).  PTR for a
     fake address answers the domain.  HTTPS/SVCB (types 65/64) get an empty NOERROR: their
     ``ipv4hint``/``ipv6hint`` would hand browsers real addresses and bypass the pool.  Other
-    types get an empty NOERROR, or are forwarded when ``forward_other`` is set.
+    types get an empty NOERROR, or are forwarded when ``forward_other`` is set.  An app's
+    DNS over TCP to port 53 is answered the same way (``handle_query(tcp=True)``: whole,
+    never TC=1; ``DnsService.answers_tcp``), or its resolver would give real addresses.
 ``hijack``
     Every query is sent over TCP through the proxy to the server the client asked
     (``Forward.server is None``), so answers are real but nothing leaves outside the tunnel.
@@ -32,7 +34,7 @@ from dnslib import AAAA, EDNS0, PTR, QTYPE, RCODE, RR, A, DNSError, DNSHeader, D
 
 from ztun.dns.cache import CacheKey, DnsCache, cache_key
 from ztun.dns.fakeip import FakeIpPool, normalize_domain
-from ztun.dns.framing import frame
+from ztun.dns.framing import MAX_MESSAGE, frame
 from ztun.dns.mode import DEFAULT_FAKE_TTL, UPSTREAM_TIMEOUT, DnsMode
 
 __all__ = ["DEFAULT_FAKE_TTL", "UPSTREAM_TIMEOUT", "DnsMode"]  # re-exported: old import paths
@@ -72,6 +74,7 @@ class Forward:
     udp_limit: int
     server: tuple[str, int] | None
     sent_at: float
+    tcp: bool = False  # the client asked over TCP: its answer is not cut to `udp_limit`
 
 
 QueryResult = Answer | Forward | Drop
@@ -150,8 +153,9 @@ class DnsHandler:
 
     # -- queries ----------------------------------------------------------------------
 
-    def handle_query(self, payload: bytes, now: float) -> QueryResult:
-        """What to do with one query datagram received on the TUN."""
+    def handle_query(self, payload: bytes, now: float, *, tcp: bool = False) -> QueryResult:
+        """What to do with one query received on the TUN: a datagram, or a message of an
+        app's DNS over TCP (`tcp`: answers are whole, never TC=1)."""
         if len(payload) < HEADER_LEN:
             return Drop("shorter than a DNS header")
         if payload[2] & 0x80:
@@ -168,8 +172,8 @@ class DnsHandler:
         if self.mode is DnsMode.FAKE_IP:
             answer = self._fake(query, key)
             if answer is not None:
-                return Answer(fit_udp(answer, _udp_limit(query)))
-        return self._resolve(query, payload, key, now)
+                return Answer(fit_udp(answer, MAX_MESSAGE if tcp else _udp_limit(query)))
+        return self._resolve(query, payload, key, now, tcp)
 
     def _fake(self, query: DNSRecord, key: CacheKey) -> DNSRecord | None:
         """The fake-IP answer, or None when the query should be forwarded instead."""
@@ -203,7 +207,9 @@ class DnsHandler:
             return reply  # NOERROR, no data
         return None
 
-    def _resolve(self, query: DNSRecord, payload: bytes, key: CacheKey, now: float) -> QueryResult:
+    def _resolve(
+        self, query: DNSRecord, payload: bytes, key: CacheKey, now: float, tcp: bool
+    ) -> QueryResult:
         limit = _udp_limit(query)
         cached = self.cache.get(key, now)
         if cached is not None:
@@ -211,7 +217,7 @@ class DnsHandler:
             cached.questions = list(query.questions)  # the client's spelling (0x20 case)
             if limit == CLASSIC_UDP_LIMIT:  # client sent no OPT: answer without one
                 cached.ar = [rr for rr in cached.ar if rr.rtype != QTYPE.OPT]
-            return Answer(fit_udp(cached, limit))
+            return Answer(fit_udp(cached, MAX_MESSAGE if tcp else limit))
         if len(self._pending) >= MAX_PENDING:
             return Answer(_error_reply(payload, RCODE.SERVFAIL))
         upstream_id = self._fresh_id()
@@ -232,6 +238,7 @@ class DnsHandler:
             udp_limit=limit,
             server=server,
             sent_at=now,
+            tcp=tcp,
         )
         self._pending[upstream_id] = fwd
         return fwd
@@ -266,7 +273,7 @@ class DnsHandler:
         record.questions = list(client.questions)
         if fwd.udp_limit == CLASSIC_UDP_LIMIT:
             record.ar = [rr for rr in record.ar if rr.rtype != QTYPE.OPT]
-        return fwd, fit_udp(record, fwd.udp_limit)
+        return fwd, fit_udp(record, MAX_MESSAGE if fwd.tcp else fwd.udp_limit)
 
     def fail(self, upstream_id: int) -> tuple[Forward, bytes] | None:
         """The upstream stream broke: the SERVFAIL answer for a pending query."""

@@ -237,6 +237,47 @@ def test_fake_ip_answers_no_aaaa_when_the_tun_has_no_ipv6(path, tmp_path) -> Non
     assert answers["AAAA"].header.rcode == RCODE.NOERROR and answers["AAAA"].rr == []
 
 
+def test_fake_ip_answers_dns_over_tcp_from_the_pool(path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An app's DNS over TCP to port 53 (its retry after TC=1, or its choice) went through
+    the proxy to the resolver it named and got the real address (dnsmasq's 10.9.9.x here)
+    while its UDP queries got fake ones. Now ztun answers it from the pool as it answers
+    UDP: two queries sent in one write on one connection, each answered (RFC 7766
+    framing), the same fake address as over UDP, and nothing to port 53 at the proxy."""
+    from dnslib import DNSRecord
+
+    topology, proxy_addr, server_addr = path
+    start_dnsmasq(
+        topology.server, server_addr, {"tcp.ztun.test": "10.9.9.9", "udp.ztun.test": "10.9.9.8"}
+    )
+    recorder = start_recording(topology.proxy, proxy_addr, SOCKS)
+    config = tmp_path / "ztun.toml"
+    config.write_text(f'[dns]\nmode = "fake-ip"\nstate_file = "{tmp_path}/fakeip.json"\n')
+    start_ztun(topology, recorder.url, "--config", str(config))
+    udp = topology.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with udp:
+        udp.settimeout(10)
+        udp.sendto(DNSRecord.question("udp.ztun.test", "A").pack(), (server_addr, 53))
+        over_udp = str(DNSRecord.parse(udp.recvfrom(4096)[0]).rr[0].rdata)
+    queries = [DNSRecord.question(name, "A") for name in ("tcp.ztun.test", "udp.ztun.test")]
+    for ident, query in enumerate(queries, 1):
+        query.header.id = ident
+    tcp = topology.client.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with tcp:
+        tcp.settimeout(10)
+        tcp.connect((server_addr, 53))
+        wire = [bytes(query.pack()) for query in queries]
+        tcp.sendall(b"".join(len(w).to_bytes(2, "big") + w for w in wire))  # RFC 7766 8
+        reader = tcp.makefile("rb")
+        answers = {}
+        for _ in queries:
+            answer = DNSRecord.parse(reader.read(int.from_bytes(reader.read(2), "big")))
+            answers[answer.header.id] = [str(rr.rdata) for rr in answer.rr]
+    (over_tcp,) = answers[1]
+    assert over_tcp.startswith(("198.18.", "198.19.")), answers
+    assert over_udp.startswith(("198.18.", "198.19.")) and answers[2] == [over_udp]
+    assert not [r for r in recorder.requests() if r.target_port == 53]
+
+
 def test_remote_dns_goes_to_the_upstream_through_the_proxy(path) -> None:  # type: ignore[no-untyped-def]
     from dnslib import DNSRecord
 

@@ -198,6 +198,22 @@ def test_large_answers_truncate_for_classic_clients_only() -> None:
     assert len(whole.rr) == 60 and not whole.header.tc
 
 
+def test_a_query_over_tcp_gets_its_large_answer_whole() -> None:
+    """DNS over TCP (an app's, answered under fake-ip) has no 512-byte limit: neither the
+    upstream's reply nor the cached answer is cut to TC=1, with or without EDNS0."""
+    h = remote()
+    query = DNSRecord.question("big.example")
+    fwd = h.handle_query(bytes(query.pack()), 0, tcp=True)
+    assert isinstance(fwd, Forward) and fwd.tcp
+    got = h.handle_reply(upstream_reply(fwd, answers=60), 0)
+    assert got is not None
+    whole = DNSRecord.parse(got[1])
+    assert len(whole.rr) == 60 and not whole.header.tc and not whole.ar  # no OPT asked
+    cached = answer_of(h.handle_query(bytes(query.pack()), 1, tcp=True))
+    assert len(cached.rr) == 60 and not cached.header.tc
+    assert answer_of(h.handle_query(bytes(query.pack()), 1)).header.tc  # over UDP: cut
+
+
 def test_mode_requirements() -> None:
     with pytest.raises(ValueError):
         DnsHandler(DnsMode.OFF)
