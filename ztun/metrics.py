@@ -84,6 +84,8 @@ ENGINE_DROPS: Mapping[str, str] = {
     "udp_reply_family_mismatch": "udp_reply_family_mismatch",
     "dns_dropped": "dns_dropped",
     "dns_upstream_malformed": "dns_upstream_malformed",
+    "dns_tcp_malformed": "dns_tcp_malformed",
+    "udp_loop_refused": "udp_loop_refused",
 }
 
 #: Every known reason: exposed at 0 before its first drop, so rate() and alerts on a
