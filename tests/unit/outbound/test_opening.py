@@ -23,7 +23,7 @@ import errno
 import os
 import resource
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from test_outbound_adapters import LOOPBACK, REPLY_OK_ZERO_V4, TEST_NET, H, run, scripted_proxy
@@ -248,8 +248,10 @@ def test_no_descriptor_for_the_proxy_connection_is_delivered_once_and_not_held_a
     run(scenario())
 
 
-def test_what_on_done_raises_reaches_the_loop_exception_handler() -> None:
-    finished = asyncio.Event()
+def _answers_then_awaits_close(
+    closed: asyncio.Event,
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A proxy that answers a no-auth CONNECT apart, then sets `closed` once ztun closed."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readexactly(3)
@@ -257,9 +259,16 @@ def test_what_on_done_raises_reaches_the_loop_exception_handler() -> None:
         await reader.readexactly(10)
         writer.write(REPLY_OK_ZERO_V4)
         await writer.drain()
-        await reader.read()
+        await reader.read()  # b"": ztun closed the connection
         writer.close()
-        finished.set()
+        closed.set()
+
+    return handler
+
+
+def test_what_on_done_raises_reaches_the_loop_exception_handler() -> None:
+    finished = asyncio.Event()
+    handler = _answers_then_awaits_close(finished)
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -297,16 +306,7 @@ def test_a_bug_in_a_members_bookkeeping_fails_that_flow_at_once() -> None:
     -- and the connection to the proxy be closed -- rather than vanish while the app
     waits for the connect timeout."""
     closed = asyncio.Event()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readexactly(3)
-        writer.write(H("0500"))
-        await reader.readexactly(10)
-        writer.write(REPLY_OK_ZERO_V4)
-        await writer.drain()
-        await reader.read()  # b"": ztun closed the connection
-        writer.close()
-        closed.set()
+    handler = _answers_then_awaits_close(closed)
 
     async def scenario() -> None:
         async with scripted_proxy(handler) as port:

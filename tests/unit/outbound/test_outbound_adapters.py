@@ -862,6 +862,21 @@ def _slow_greeter(greeting_delay: float, target_delay: float, seen: list[bytes])
     return handler
 
 
+def _states_per_connect(handler: Handler, connects: int = 2) -> list[PipelineState]:
+    """Connect `connects` times through a scripted proxy; the pipelining state after each."""
+
+    async def scenario() -> list[PipelineState]:
+        states = []
+        async with scripted_proxy(handler) as port:
+            outbound = Socks5Outbound(_url(port), connect_timeout=5)
+            for _ in range(connects):
+                (await outbound.open_tcp(TEST_NET_80)).sock.close()
+                states.append(outbound.pipelining.state)
+        return states
+
+    return run(scenario())
+
+
 def test_a_trial_gets_its_reply_in_its_own_time_after_a_slow_greeting(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -871,18 +886,8 @@ def test_a_trial_gets_its_reply_in_its_own_time_after_a_slow_greeting(
     from its method selection, came in 0.3 s and pipelining was turned off for good.)"""
     monkeypatch.setattr(socks5_module, "PIPELINE_TRIAL_TIMEOUT", 0.5)
     seen: list[bytes] = []
-
-    async def scenario() -> list[PipelineState]:
-        states = []
-        async with scripted_proxy(_slow_greeter(0.3, 0.3, seen)) as port:
-            outbound = Socks5Outbound(_url(port), connect_timeout=5)
-            for _ in range(2):
-                (await outbound.open_tcp(TEST_NET_80)).sock.close()
-                states.append(outbound.pipelining.state)
-        return states
-
     with caplog.at_level("INFO", logger=socks5_module.__name__):
-        states = run(scenario())
+        states = _states_per_connect(_slow_greeter(0.3, 0.3, seen))
     assert not [r for r in caplog.records if "apart from now on" in r.getMessage()]
     assert states == [PipelineState.TRIAL, PipelineState.ON]
     assert len(seen) == 2  # no redo
@@ -897,18 +902,8 @@ def test_a_trial_without_a_method_selection_is_judged_by_the_redos(
     came at once, blamed pipelining and turned it off for good.)"""
     monkeypatch.setattr(socks5_module, "PIPELINE_TRIAL_TIMEOUT", 0.3)
     seen: list[bytes] = []
-
-    async def scenario() -> list[PipelineState]:
-        states = []
-        async with scripted_proxy(_slow_greeter(0.5, 0.0, seen)) as port:
-            outbound = Socks5Outbound(_url(port), connect_timeout=5)
-            for _ in range(2):
-                (await outbound.open_tcp(TEST_NET_80)).sock.close()
-                states.append(outbound.pipelining.state)
-        return states
-
     with caplog.at_level("INFO", logger=socks5_module.__name__):
-        states = run(scenario())
+        states = _states_per_connect(_slow_greeter(0.5, 0.0, seen))
     assert not [r for r in caplog.records if "apart from now on" in r.getMessage()]
     assert states == [PipelineState.TRIAL, PipelineState.TRIAL]
     assert len(seen) == 3  # apart, the trial, its redo
