@@ -17,7 +17,7 @@ import contextlib
 import gc
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 from unittest.mock import Mock
 
@@ -667,6 +667,18 @@ def test_cancelled_mid_handshake_closes_the_socket() -> None:
     run(scenario())
 
 
+@contextlib.contextmanager
+def _backlog_0_listener() -> Iterator[tuple[socket.socket, int]]:
+    """A non-blocking listener on 127.0.0.1 with a backlog of 0: one connection not yet
+    accepted fills its queue, and the kernel drops the next SYN (tcp_conn_request:
+    sk_acceptq_is_full) until that one is accepted. Yields it and its port."""
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen(0)
+        listener.setblocking(False)
+        yield listener, listener.getsockname()[1]
+
+
 def test_first_message_waits_for_a_connect_that_completes_later(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -686,11 +698,7 @@ def test_first_message_waits_for_a_connect_that_completes_later(
 
     async def scenario() -> bytes:
         loop = asyncio.get_running_loop()
-        with socket.socket() as listener, socket.socket() as filler:
-            listener.bind((LOOPBACK, 0))
-            listener.listen(0)
-            listener.setblocking(False)
-            port = listener.getsockname()[1]
+        with _backlog_0_listener() as (listener, port), socket.socket() as filler:
             filler.connect((LOOPBACK, port))  # the one entry a backlog of 0 allows
             task = asyncio.create_task(
                 Socks5Outbound(_url(port), connect_timeout=5).open_tcp(TEST_NET_80)
@@ -729,11 +737,7 @@ def test_a_trial_whose_syn_is_lost_still_connects(monkeypatch: pytest.MonkeyPatc
 
     async def scenario() -> bytes:
         loop = asyncio.get_running_loop()
-        with socket.socket() as listener, socket.socket() as filler:
-            listener.bind((LOOPBACK, 0))
-            listener.listen(0)
-            listener.setblocking(False)
-            port = listener.getsockname()[1]
+        with _backlog_0_listener() as (listener, port), socket.socket() as filler:
             outbound = Socks5Outbound(_url(port), connect_timeout=5)
             apart = asyncio.create_task(outbound.open_tcp(TEST_NET_80))
             await serve_apart(loop, listener)
