@@ -30,7 +30,7 @@ from .outbound import (
     TcpStream,
     UdpAssociation,
 )
-from .outbound.direct import is_own_source
+from .outbound.direct import OWN_SOURCES, is_own_source
 from .outbound.opening import Opening, release_stream, start_tcp
 from .outbound.uplink import Uplink
 from .pump import TunPump
@@ -711,7 +711,13 @@ class Engine:
             self.stats["udp_rejected"] += 1
             self.write_packet(self.stack.udp_unreachable(datagram))
             return
-        if not self.udp.carries(datagram.session, route.outbound) and self._came_back(datagram):
+        # A second look-up of the flow per datagram, paid only while ztun has sockets of
+        # its own that could come back (the usual proxied run has none).
+        if (
+            OWN_SOURCES
+            and not self.udp.carries(datagram.session, route.outbound)
+            and self._came_back(datagram)
+        ):
             return
         self._run_udp(self.udp.datagram(datagram, route, self.loop.time()))
 
